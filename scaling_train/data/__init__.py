@@ -1,0 +1,5 @@
+"""Corpora, tokenizer, token shards and packed batches with document ids."""
+
+from scaling_train.data.packing import Batch, DataConfig, PreparedData, TokenStream, batch_indices, prepare
+
+__all__ = ["Batch", "DataConfig", "PreparedData", "TokenStream", "batch_indices", "prepare"]

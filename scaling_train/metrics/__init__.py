@@ -1,0 +1,1 @@
+"""Device-side metric accumulators, gradient noise scale, MetricsStream and its sinks."""

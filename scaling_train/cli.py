@@ -1,0 +1,57 @@
+"""``scaling-train`` command line: parse -> build -> run. Each subcommand's help gives the exact usage.
+
+    scaling-train train CONFIG [key=value ...]     one run (single process; torchrun for several)
+    scaling-train train --help-config              every config key with its default and meaning
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+from scaling_train.config import ConfigError
+
+
+def _cmd_train(args: argparse.Namespace) -> int:
+    from scaling_train import config as config_mod
+    from scaling_train.train import RunConfig, Trainer
+
+    if args.help_config:
+        for key, tp, default, text in config_mod.describe(RunConfig):
+            print(f"{key:28s} {tp:34s} default {default:14s} {text}")
+        return 0
+    if args.config is None:
+        raise ConfigError("scaling-train train: give a CONFIG file (e.g. configs/train/tiny.yaml)")
+    cfg = config_mod.load(RunConfig, args.config, args.overrides)
+    res = Trainer(cfg).run()
+    if not res.already_done:
+        ev = f", eval loss {res.final_eval_loss:.4f}" if res.final_eval_loss is not None else ""
+        print(f"[train] done: {res.steps} steps, {res.tokens:,} tokens, loss {res.final_loss:.4f}{ev} -> {res.run_dir}")
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="scaling-train", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    sub = p.add_subparsers(dest="command", required=True)
+    t = sub.add_parser("train", help="train one run from a YAML config plus key=value overrides")
+    t.add_argument("config", nargs="?", help="YAML run config, e.g. configs/train/tiny.yaml")
+    t.add_argument("overrides", nargs="*", help="dotted overrides, e.g. optim.lr=1e-3 model.size=2M")
+    t.add_argument("--help-config", action="store_true", help="list every config key and exit")
+    t.set_defaults(func=_cmd_train)
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        return args.func(args)
+    except ConfigError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("interrupted; rerun the same command to resume from the last checkpoint", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,184 @@
+"""Token shards (memmapped uint16/uint32 arrays) and packed batches with document ids.
+
+The token stream of a split is every document's tokens followed by EOS, concatenated. Sequence i
+of length T is ``stream[i*T : i*T + T]`` with targets shifted by one. The order of training
+sequences is a pure function of (seed, step): ``batch_indices(step)`` draws positions
+``step*B .. step*B + B - 1`` of an endless stream of per-epoch permutations, so a resumed run sees
+exactly the batches an uninterrupted one would.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import json
+import os
+from dataclasses import dataclass
+from functools import lru_cache
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from scaling_train.config import doc
+from scaling_train.data import corpus as corpus_mod
+from scaling_train.data import tokenizer as tok_mod
+
+
+@dataclass
+class DataConfig:
+    corpus: str = doc("'builtin' (Python's stdlib sources), a file, a folder, a .jsonl file, or hf:NAME[:CONFIG].", "builtin")
+    text_field: str = doc("Field holding the text in .jsonl / Hugging Face records.", "text")
+    vocab_size: int = doc("BPE vocabulary size (incl. the EOS token).", 8192)
+    val_fraction: float = doc("Fraction of documents (by name hash) held out for validation.", 0.05)
+    max_bytes: int | None = doc("Read at most this many bytes of text (null = all).", None)
+    cache_dir: str = doc("Where tokenizers and token shards are cached ($SCALING_TRAIN_CACHE overrides).", "~/.cache/scaling_train")
+
+    def __post_init__(self) -> None:
+        if not 0.0 < self.val_fraction < 1.0:
+            raise ValueError(f"data.val_fraction={self.val_fraction} must be in (0, 1)")
+        if self.max_bytes is not None and self.max_bytes <= 0:
+            raise ValueError(f"data.max_bytes={self.max_bytes} must be > 0 or null")
+        if not 258 <= self.vocab_size < 2**32:
+            raise ValueError(f"data.vocab_size={self.vocab_size} must be in [258, 2**32)")
+
+
+def cache_root(cfg: DataConfig) -> Path:
+    root = Path(os.environ.get("SCALING_TRAIN_CACHE", cfg.cache_dir)).expanduser()
+    root.mkdir(parents=True, exist_ok=True)
+    return root
+
+
+@contextlib.contextmanager
+def _file_lock(path: Path):
+    """Exclusive lock so concurrent runs of a sweep build each cache entry once."""
+    with open(path, "a+") as f:
+        fcntl.flock(f, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(f, fcntl.LOCK_UN)
+
+
+@dataclass
+class Batch:
+    """One micro-batch. ``segment_ids`` are unique within the batch (0..num_segments-1)."""
+
+    idx: torch.Tensor  # (B, T) int64 inputs
+    targets: torch.Tensor  # (B, T) int64
+    segment_ids: torch.Tensor  # (B, T) int64
+    num_segments: int
+
+    def to(self, device: torch.device | str) -> Batch:
+        nb = torch.device(device).type == "cuda"
+        return Batch(
+            self.idx.to(device, non_blocking=nb),
+            self.targets.to(device, non_blocking=nb),
+            self.segment_ids.to(device, non_blocking=nb),
+            self.num_segments,
+        )
+
+
+class TokenStream:
+    """A memmapped split with packed-sequence access."""
+
+    def __init__(self, path: Path, dtype: np.dtype, eos_id: int, seq_len: int) -> None:
+        self.tokens = np.memmap(path, dtype=dtype, mode="r")
+        self.eos_id = eos_id
+        self.seq_len = seq_len
+        self.n_seqs = (len(self.tokens) - 1) // seq_len
+        if self.n_seqs < 1:
+            raise ValueError(
+                f"{path}: {len(self.tokens)} tokens cannot fill one sequence of model.seq_len={seq_len}; "
+                "use a larger corpus or a shorter seq_len"
+            )
+
+    def batch(self, seq_indices: np.ndarray) -> Batch:
+        T = self.seq_len
+        rows = np.stack([np.asarray(self.tokens[i * T : i * T + T + 1], dtype=np.int64) for i in seq_indices])
+        x, y = rows[:, :-1], rows[:, 1:]  # (B, T) each
+        # document index within the row: EOS closes a document, so count EOS strictly before j
+        is_eos = (x == self.eos_id).astype(np.int64)
+        local = np.cumsum(is_eos, axis=1) - is_eos  # (B, T)
+        per_row = local[:, -1] + 1
+        offsets = np.concatenate([[0], np.cumsum(per_row)[:-1]])
+        seg = local + offsets[:, None]
+        return Batch(
+            torch.from_numpy(np.ascontiguousarray(x)),
+            torch.from_numpy(np.ascontiguousarray(y)),
+            torch.from_numpy(seg),
+            int(per_row.sum()),
+        )
+
+
+@lru_cache(maxsize=8)
+def _epoch_perm(seed: int, epoch: int, n: int) -> np.ndarray:
+    return np.random.Generator(np.random.PCG64([seed, epoch])).permutation(n)
+
+
+def batch_indices(seed: int, step: int, batch_size: int, n_seqs: int) -> np.ndarray:
+    """Sequence indices of optimizer step ``step`` (0-based): a pure function of its arguments."""
+    pos = np.arange(step * batch_size, (step + 1) * batch_size, dtype=np.int64)
+    epochs, offs = pos // n_seqs, pos % n_seqs
+    return np.array([_epoch_perm(seed, int(e), n_seqs)[o] for e, o in zip(epochs, offs)], dtype=np.int64)
+
+
+@dataclass
+class PreparedData:
+    train: TokenStream
+    val: TokenStream
+    tokenizer_path: Path
+    vocab_size: int
+    eos_id: int
+    info: dict
+
+
+def prepare(cfg: DataConfig, seq_len: int, *, log=print) -> PreparedData:
+    """Read the corpus, train or load the tokenizer, write or load both token shards."""
+    root = cache_root(cfg)
+    docs = list(corpus_mod.iter_documents(cfg.corpus, text_field=cfg.text_field, max_bytes=cfg.max_bytes))
+    if not docs:
+        raise ValueError(f"data.corpus={cfg.corpus!r} yielded no documents")
+    train_docs, val_docs = corpus_mod.split_documents(docs, cfg.val_fraction)
+    fp = corpus_mod.fingerprint(docs) + f"-val{cfg.val_fraction}"
+    key = tok_mod.cache_key(fp, cfg.vocab_size)
+    dtype = np.dtype(np.uint16 if cfg.vocab_size <= 2**16 else np.uint32)
+    tok_path = root / f"tokenizer-{key}.json"
+    shard = {s: root / f"tokens-{key}-{s}.{dtype.name}.bin" for s in ("train", "val")}
+    meta_path = root / f"tokens-{key}.json"
+    with _file_lock(root / f"{key}.lock"):
+        if not (tok_path.is_file() and meta_path.is_file() and all(p.is_file() for p in shard.values())):
+            log(f"[data] training BPE (vocab {cfg.vocab_size}) on {len(train_docs)} documents of {cfg.corpus!r}")
+            tok = tok_mod.load_or_train([d.text for d in train_docs], cfg.vocab_size, tok_path)
+            eos_id = tok.token_to_id(tok_mod.EOS)
+            counts = {}
+            for split, ds in (("train", train_docs), ("val", val_docs)):
+                enc = tok.encode_batch([d.text for d in ds])
+                arr = np.fromiter(
+                    (t for e in enc for t in (*e.ids, eos_id)), dtype=dtype, count=sum(len(e.ids) + 1 for e in enc)
+                )
+                tmp = shard[split].with_suffix(".tmp")
+                arr.tofile(tmp)
+                os.replace(tmp, shard[split])
+                counts[split] = int(arr.size)
+            meta = {
+                "corpus": cfg.corpus,
+                "documents": {"train": len(train_docs), "val": len(val_docs)},
+                "tokens": counts,
+                "vocab_size": tok.get_vocab_size(),
+                "eos_id": eos_id,
+                "fingerprint": fp,
+            }
+            tmp = meta_path.with_suffix(".tmp")
+            tmp.write_text(json.dumps(meta, indent=1))
+            os.replace(tmp, meta_path)
+            log(f"[data] {counts['train']:,} train / {counts['val']:,} val tokens cached under {root}")
+    meta = json.loads(meta_path.read_text())
+    return PreparedData(
+        train=TokenStream(shard["train"], dtype, meta["eos_id"], seq_len),
+        val=TokenStream(shard["val"], dtype, meta["eos_id"], seq_len),
+        tokenizer_path=tok_path,
+        vocab_size=meta["vocab_size"],
+        eos_id=meta["eos_id"],
+        info=meta,
+    )

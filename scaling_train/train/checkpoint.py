@@ -1,0 +1,89 @@
+"""Atomic checkpoints: write a temp file, fsync, rename; a sha256 sidecar detects torn or corrupt files.
+
+Layout: ``run_dir/checkpoints/step-00000100.pt`` + ``step-00000100.pt.sha256``. Loading walks from the
+newest to older checkpoints and skips (with a warning) any that fail their checksum or fail to load,
+so a crash while writing never restarts a run silently from step 0.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import os
+import re
+import warnings
+from pathlib import Path
+from typing import Any
+
+import torch
+
+_NAME = re.compile(r"step-(\d{8})\.pt$")
+
+
+def _fsync_dir(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def _atomic_write(path: Path, data: bytes) -> None:
+    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
+    with open(tmp, "wb") as f:
+        f.write(data)
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, path)
+
+
+def save(ckpt_dir: str | Path, step: int, state: dict[str, Any], *, keep: int) -> Path:
+    ckpt_dir = Path(ckpt_dir)
+    ckpt_dir.mkdir(parents=True, exist_ok=True)
+    buf = io.BytesIO()
+    torch.save(state, buf)
+    data = buf.getvalue()
+    path = ckpt_dir / f"step-{step:08d}.pt"
+    _atomic_write(path, data)
+    _atomic_write(path.with_name(path.name + ".sha256"), hashlib.sha256(data).hexdigest().encode())
+    _fsync_dir(ckpt_dir)
+    for old in list_checkpoints(ckpt_dir)[keep:]:
+        for p in (old, old.with_name(old.name + ".sha256")):
+            p.unlink(missing_ok=True)
+    return path
+
+
+def list_checkpoints(ckpt_dir: str | Path) -> list[Path]:
+    """Newest first."""
+    ckpt_dir = Path(ckpt_dir)
+    if not ckpt_dir.is_dir():
+        return []
+    found = [(int(m.group(1)), p) for p in ckpt_dir.iterdir() if (m := _NAME.search(p.name))]
+    return [p for _, p in sorted(found, reverse=True)]
+
+
+def load_latest(ckpt_dir: str | Path, map_location: str | torch.device = "cpu") -> tuple[Path, dict] | None:
+    """The newest checkpoint that passes its checksum and loads; None when there is none at all.
+
+    Raises RuntimeError when checkpoints exist but none is usable (never a silent restart)."""
+    paths = list_checkpoints(ckpt_dir)
+    problems = []
+    for path in paths:
+        try:
+            data = path.read_bytes()
+            side = path.with_name(path.name + ".sha256")
+            if not side.is_file():
+                raise ValueError("checksum file missing")
+            if hashlib.sha256(data).hexdigest() != side.read_text().strip():
+                raise ValueError("checksum mismatch (torn or corrupt file)")
+            state = torch.load(io.BytesIO(data), map_location=map_location, weights_only=False)
+            return path, state
+        except Exception as e:  # any failure: try the previous checkpoint
+            problems.append(f"{path.name}: {e}")
+            warnings.warn(f"skipping checkpoint {path}: {e}; trying an older one", stacklevel=2)
+    if paths:
+        raise RuntimeError(
+            f"no usable checkpoint in {ckpt_dir}: " + "; ".join(problems)
+            + ". Delete the folder to restart from step 0 on purpose."
+        )
+    return None

@@ -1,0 +1,102 @@
+"""The resolved configuration of one training run (``scaling-train train CONFIG key=value ...``)."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+from dataclasses import dataclass, field
+from typing import Literal
+
+from scaling_train.config import doc, to_dict
+from scaling_train.data import DataConfig
+from scaling_train.models import ModelConfig
+from scaling_train.train.schedule import OptimConfig
+
+
+@dataclass
+class LoopConfig:
+    batch_size: int = doc("Global batch in sequences per optimizer step.", 16)
+    micro_batch_size: int | None = doc("Sequences per forward/backward (per process); null = batch_size.", None)
+    max_steps: int | None = doc("Budget in optimizer steps (exactly one of max_steps / max_tokens).", None)
+    max_tokens: float | None = doc("Budget in training tokens; steps = ceil(max_tokens / (batch_size*seq_len)).", None)
+    log_every: int = doc("Flush metrics to metrics.jsonl every k steps (one host sync per flush).", 10)
+    eval_every: int = doc("Evaluate on the validation split every k steps (0 = only at the end).", 100)
+    eval_batches: int = doc("Validation micro-batches per evaluation.", 4)
+    ckpt_every: int = doc("Checkpoint every k steps (0 = only at the end).", 100)
+    keep_checkpoints: int = doc("Keep the newest k checkpoints.", 2)
+    compile: bool = doc("torch.compile the model.", False)
+    progress: bool = doc("Show a progress bar.", True)
+
+    def __post_init__(self) -> None:
+        if self.batch_size < 1:
+            raise ValueError(f"train.batch_size={self.batch_size} must be >= 1")
+        mb = self.micro_batch_size
+        if mb is not None and (mb < 1 or self.batch_size % mb):
+            raise ValueError(f"train.micro_batch_size={mb} must be >= 1 and divide train.batch_size={self.batch_size}")
+        if (self.max_steps is None) == (self.max_tokens is None):
+            raise ValueError(
+                f"set exactly one of train.max_steps={self.max_steps} and train.max_tokens={self.max_tokens}"
+            )
+        if self.max_steps is not None and self.max_steps < 1:
+            raise ValueError(f"train.max_steps={self.max_steps} must be >= 1")
+        if self.max_tokens is not None and not self.max_tokens > 0:
+            raise ValueError(f"train.max_tokens={self.max_tokens} must be > 0")
+        for name in ("log_every",):
+            if getattr(self, name) < 1:
+                raise ValueError(f"train.{name}={getattr(self, name)} must be >= 1")
+        for name in ("eval_every", "ckpt_every", "eval_batches"):
+            if getattr(self, name) < 0:
+                raise ValueError(f"train.{name}={getattr(self, name)} must be >= 0")
+        if self.keep_checkpoints < 1:
+            raise ValueError(f"train.keep_checkpoints={self.keep_checkpoints} must be >= 1")
+
+
+@dataclass
+class RunConfig:
+    run_dir: str = doc("Run folder: config.yaml, metrics.jsonl, checkpoints/, DONE, predictions.json.", "runs/default")
+    seed: int = doc("Seed of the init and of the batch order.", 0)
+    device: Literal["auto", "cpu", "cuda"] = doc("auto = cuda when available.", "auto")
+    precision: Literal["auto", "fp32", "bf16"] = doc("Autocast dtype; auto = bf16 on GPU, fp32 on CPU.", "auto")
+    threads: int | None = doc("torch CPU threads (null = torch's default).", None)
+    sweep: str | None = doc("Sweep name (set by the launcher; W&B group).", None)
+    model: ModelConfig = field(default_factory=ModelConfig, metadata={"doc": "model"})
+    data: DataConfig = field(default_factory=DataConfig, metadata={"doc": "data"})
+    optim: OptimConfig = field(default_factory=OptimConfig, metadata={"doc": "optimizer"})
+    train: LoopConfig = field(default_factory=lambda: LoopConfig(max_steps=200), metadata={"doc": "loop"})
+
+    def __post_init__(self) -> None:
+        if self.model.vocab_size is not None and self.model.vocab_size < self.data.vocab_size:
+            raise ValueError(
+                f"model.vocab_size={self.model.vocab_size} is below data.vocab_size={self.data.vocab_size}"
+            )
+
+    @property
+    def tokens_per_step(self) -> int:
+        return self.train.batch_size * self.model.seq_len
+
+    @property
+    def total_steps(self) -> int:
+        if self.train.max_steps is not None:
+            return self.train.max_steps
+        return max(1, math.ceil(self.train.max_tokens / self.tokens_per_step))  # type: ignore[operator]
+
+
+# Keys that do not change what is computed: they may differ on resume and are left out of the hash.
+NON_SEMANTIC = {("train", "progress"), ("run_dir",), ("threads",), ("train", "log_every"), ("sweep",)}
+
+
+def semantic_dict(cfg: RunConfig) -> dict:
+    d = to_dict(cfg)
+    for path in NON_SEMANTIC:
+        node = d
+        for p in path[:-1]:
+            node = node[p]
+        node.pop(path[-1], None)
+    return d
+
+
+def config_hash(cfg: RunConfig) -> str:
+    """8 hex digits over the resolved, semantic config: an edited config is a new run."""
+    raw = json.dumps(semantic_dict(cfg), sort_keys=True, default=str)
+    return hashlib.sha256(raw.encode()).hexdigest()[:8]

@@ -1,0 +1,331 @@
+"""The training loop: one run, resumable exactly, metrics flushed every k steps.
+
+Launch (single process, CPU or one GPU):
+
+    scaling-train train configs/train/tiny.yaml                     # run folder from the config
+    scaling-train train configs/train/tiny.yaml optim.lr=1e-3 run_dir=runs/lr1e-3
+
+A killed run restarted with the same command resumes from its newest good checkpoint; the batch
+order is a pure function of (seed, step), so its losses equal an uninterrupted run's (bitwise on CPU).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+import yaml
+
+from scaling_train.config import to_dict
+from scaling_train.data import Batch, PreparedData, batch_indices, prepare
+from scaling_train.metrics.jsonl import JsonlWriter
+from scaling_train.models import GPT
+from scaling_train.train import checkpoint
+from scaling_train.train.backend import make_backend
+from scaling_train.train.config import RunConfig, config_hash, semantic_dict
+from scaling_train.train.schedule import lr_at
+
+
+class ConfigMismatchError(RuntimeError):
+    pass
+
+
+@dataclass
+class RunResult:
+    run_dir: Path
+    steps: int
+    tokens: int
+    final_loss: float
+    final_eval_loss: float | None
+    resumed_from: int | None
+    already_done: bool = False
+
+
+def _diff_keys(a: Any, b: Any, prefix: str = "") -> list[str]:
+    if isinstance(a, dict) and isinstance(b, dict):
+        out = []
+        for k in sorted(set(a) | set(b)):
+            out += _diff_keys(a.get(k), b.get(k), f"{prefix}{k}.")
+        return out
+    return [] if a == b else [f"{prefix.rstrip('.')}: {a!r} -> {b!r}"]
+
+
+class Trainer:
+    """Single-process trainer. ``callbacks`` get ``on_flush(trainer, row)`` after each metrics flush."""
+
+    def __init__(self, cfg: RunConfig, *, log: Callable[[str], None] = print, callbacks: list | None = None) -> None:
+        self.cfg = cfg
+        self.log = log
+        self.callbacks = list(callbacks or [])
+        self.run_dir = Path(cfg.run_dir)
+        self.backend = make_backend(cfg)
+        if cfg.threads:
+            torch.set_num_threads(cfg.threads)
+
+    # ------------------------------------------------------------------ setup
+    def _setup(self) -> None:
+        cfg = self.cfg
+        self.data: PreparedData = prepare(cfg.data, cfg.model.seq_len, log=self.log if self.backend.is_main else lambda s: None)
+        if cfg.model.vocab_size is None:
+            cfg.model.vocab_size = self.data.vocab_size
+        elif cfg.model.vocab_size < self.data.vocab_size:
+            raise ValueError(f"model.vocab_size={cfg.model.vocab_size} < tokenizer vocabulary {self.data.vocab_size}")
+        world = self.backend.world_size
+        mb = cfg.train.micro_batch_size or cfg.train.batch_size // world
+        if cfg.train.batch_size % (world * mb):
+            raise ValueError(
+                f"train.batch_size={cfg.train.batch_size} must be divisible by world_size={world} x "
+                f"micro_batch_size={mb}"
+            )
+        self.micro_bs = mb
+        self.accum = cfg.train.batch_size // (world * mb)
+        torch.manual_seed(cfg.seed)
+        model = GPT(cfg.model).to(self.backend.device)
+        self.raw_model = model
+        self.param_counts = model.param_counts()
+        self.flops_per_token = model.flops_per_token()
+        opt = torch.optim.AdamW(
+            model.param_groups(cfg.optim.lr, cfg.optim.weight_decay),
+            lr=cfg.optim.lr,
+            betas=(cfg.optim.beta1, cfg.optim.beta2),
+            eps=cfg.optim.eps,
+            foreach=True,
+        )
+        self.model, self.optimizer = self.backend.prepare(model, opt)
+        if cfg.train.compile:
+            self.model = torch.compile(self.model)
+        self.total_steps = cfg.total_steps
+
+    def _write_config(self) -> None:
+        path = self.run_dir / "config.yaml"
+        resolved = to_dict(self.cfg)
+        if path.is_file():
+            old = yaml.safe_load(path.read_text()) or {}
+            old_sem = {k: v for k, v in old.items() if k not in ("resolved", "config_hash")}
+            from scaling_train.config import from_dict  # local: avoids a cycle at import time
+
+            try:
+                old_cfg = from_dict(RunConfig, old_sem, source=str(path))
+                diff = _diff_keys(semantic_dict(old_cfg), semantic_dict(self.cfg))
+            except Exception as e:  # an unreadable config is a mismatch too
+                diff = [f"unreadable: {e}"]
+            if diff:
+                raise ConfigMismatchError(
+                    f"{self.run_dir} holds a run with another config ({'; '.join(diff[:5])}). "
+                    "Use another run_dir, or delete that folder to start over."
+                )
+        resolved["config_hash"] = config_hash(self.cfg)
+        resolved["resolved"] = {
+            "params": self.param_counts,
+            "flops_per_token": self.flops_per_token,
+            "tokens_per_step": self.cfg.tokens_per_step,
+            "total_steps": self.total_steps,
+            "total_tokens": self.total_steps * self.cfg.tokens_per_step,
+            "micro_batch_size": self.micro_bs,
+            "grad_accum": self.accum,
+            "world_size": self.backend.world_size,
+        }
+        tmp = path.with_name(f".config.yaml.tmp{os.getpid()}")
+        tmp.write_text(yaml.safe_dump(resolved, sort_keys=False))
+        os.replace(tmp, path)
+
+    # -------------------------------------------------------------- batches
+    def micro_batches(self, step: int) -> list[Batch]:
+        """This rank's micro-batches of optimizer step ``step`` (pure function of seed and step)."""
+        idx = batch_indices(self.cfg.seed, step, self.cfg.train.batch_size, self.data.train.n_seqs)
+        per_rank = len(idx) // self.backend.world_size
+        mine = idx[self.backend.rank * per_rank : (self.backend.rank + 1) * per_rank]
+        return [self.data.train.batch(mine[i : i + self.micro_bs]) for i in range(0, len(mine), self.micro_bs)]
+
+    @torch.no_grad()
+    def evaluate(self) -> dict[str, float]:
+        """Mean NLL and accuracy over the first ``eval_batches`` validation micro-batches."""
+        n = self.cfg.train.eval_batches
+        if n == 0:
+            return {}
+        self.model.eval()
+        val = self.data.val
+        sums = torch.zeros(3, dtype=torch.float64, device=self.backend.device)  # nll, correct, tokens
+        # evenly spaced over the whole split (its first sequences are one file, not a sample)
+        total = n * self.micro_bs * self.backend.world_size
+        all_ids = (np.arange(total, dtype=np.int64) * val.n_seqs) // total
+        mine = all_ids.reshape(self.backend.world_size, n, self.micro_bs)[self.backend.rank]
+        for ids in mine:
+            batch = val.batch(ids).to(self.backend.device)
+            with self.backend.autocast():
+                out = self.model(batch.idx, batch.targets, reduction="sum")
+            sums += torch.stack(
+                [out.token_nll.double().sum(), out.token_correct.double().sum(), torch.tensor(float(out.token_nll.numel()), dtype=torch.float64, device=sums.device)]
+            )
+        sums = self.backend.all_reduce_mean(sums)
+        nll, correct, count = sums.tolist()  # sync: one transfer per evaluation
+        self.model.train()
+        return {"eval_loss": nll / count, "eval_acc": correct / count}
+
+    # ----------------------------------------------------------------- run
+    def run(self) -> RunResult:
+        cfg = self.cfg
+        self.run_dir.mkdir(parents=True, exist_ok=True)
+        done = self.run_dir / "DONE"
+        if done.is_file():
+            info = json.loads(done.read_text() or "{}")
+            self.log(f"[train] {self.run_dir} is already DONE; nothing to do")
+            return RunResult(self.run_dir, info.get("steps", 0), info.get("tokens", 0), info.get("final_loss", float("nan")),
+                             info.get("final_eval_loss"), None, already_done=True)
+        self._setup()
+        if self.backend.is_main:
+            self._write_config()
+        metrics = JsonlWriter(self.run_dir / "metrics.jsonl") if self.backend.is_main else None
+        start_step, resumed_from = 0, None
+        found = checkpoint.load_latest(self.run_dir / "checkpoints", map_location=self.backend.device)
+        if found is not None:
+            path, state = found
+            self.backend.load_model_state(self.model, state["model"])
+            self.backend.load_optim_state(self.optimizer, state["optimizer"])
+            torch.set_rng_state(state["rng_cpu"])
+            start_step = resumed_from = state["step"]
+            if metrics is not None:
+                metrics.truncate(state["metrics_offset"])  # drop rows written after the checkpoint
+            self.log(f"[train] resumed {self.run_dir} from {path.name} (step {start_step}/{self.total_steps})")
+        for cb in self.callbacks:
+            if hasattr(cb, "on_train_begin"):
+                cb.on_train_begin(self)
+        result = self._loop(start_step, metrics)
+        result.resumed_from = resumed_from
+        if self.backend.is_main:
+            if metrics is not None:
+                metrics.close()
+            summary = {
+                "steps": result.steps,
+                "tokens": result.tokens,
+                "final_loss": result.final_loss,
+                "final_eval_loss": result.final_eval_loss,
+                "params": self.param_counts,
+                "flops": float(self.flops_per_token * result.tokens),
+                "config_hash": config_hash(cfg),
+            }
+            tmp = self.run_dir / f".DONE.tmp{os.getpid()}"
+            tmp.write_text(json.dumps(summary, indent=1))
+            os.replace(tmp, done)
+        self.backend.barrier()
+        for cb in self.callbacks:
+            if hasattr(cb, "on_train_end"):
+                cb.on_train_end(self)
+        return result
+
+    def _checkpoint(self, step: int, metrics: JsonlWriter | None) -> None:
+        offset = metrics.flush() if metrics is not None else 0
+        state = {
+            "model": self.backend.model_state(self.model),
+            "optimizer": self.backend.optim_state(self.optimizer),
+            "step": step,
+            "rng_cpu": torch.get_rng_state(),
+            "metrics_offset": offset,
+            "config_hash": config_hash(self.cfg),
+        }
+        if self.backend.is_main:
+            checkpoint.save(self.run_dir / "checkpoints", step, state, keep=self.cfg.train.keep_checkpoints)
+        self.backend.barrier()
+
+    def _loop(self, start_step: int, metrics: JsonlWriter | None) -> RunResult:
+        cfg, dev = self.cfg, self.backend.device
+        T, tps = self.total_steps, cfg.tokens_per_step
+        bar = None
+        if cfg.train.progress and self.backend.is_main:
+            from tqdm.auto import tqdm
+
+            bar = tqdm(total=T, initial=start_step, desc=self.run_dir.name, unit="step", dynamic_ncols=True, leave=False)
+        # device accumulators over a flush window: loss sum, grad-norm sum, steps
+        acc = torch.zeros(3, dtype=torch.float64, device=dev)
+        window_start, t_window = start_step, time.perf_counter()
+        last_loss, last_eval = float("nan"), None
+        self.model.train()
+        for step in range(start_step, T):
+            lr = lr_at(cfg.optim, step, T)
+            for g in self.optimizer.param_groups:
+                g["lr"] = lr * g.get("lr_scale", 1.0)
+            batches = self.micro_batches(step)
+            step_loss = torch.zeros((), dtype=torch.float64, device=dev)
+            for i, b in enumerate(batches):
+                b = b.to(dev)
+                ctx = self.backend.no_sync(self.model) if i < len(batches) - 1 else _null
+                with ctx:
+                    with self.backend.autocast():
+                        out = self.model(b.idx, b.targets)
+                    self.backend.backward(out.loss / self.accum)
+                step_loss += out.loss.detach().double()
+                for cb in self.callbacks:
+                    if hasattr(cb, "on_micro_batch"):
+                        cb.on_micro_batch(self, out, b)
+            gnorm = self.backend.clip_grad_norm(self.model, cfg.optim.grad_clip)
+            for cb in self.callbacks:
+                if hasattr(cb, "on_before_step"):
+                    cb.on_before_step(self, step)
+            self.optimizer.step()
+            self.optimizer.zero_grad(set_to_none=True)
+            acc += torch.stack([step_loss / self.accum, gnorm.detach().double(), torch.ones((), dtype=torch.float64, device=dev)])
+            done_steps = step + 1
+            is_last = done_steps == T
+            do_eval = is_last or (cfg.train.eval_every and done_steps % cfg.train.eval_every == 0)
+            if done_steps % cfg.train.log_every == 0 or is_last or do_eval:
+                acc = self.backend.all_reduce_mean(acc)
+                loss_sum, gn_sum, n = acc.tolist()  # sync: one host transfer per flush, not per step
+                acc.zero_()
+                now = time.perf_counter()
+                row = {
+                    "step": done_steps,
+                    "tokens": done_steps * tps,
+                    "flops": float(self.flops_per_token * done_steps * tps),
+                    "loss": loss_sum / n,
+                    "lr": lr,
+                    "grad_norm": gn_sum / n,
+                    "tokens_per_s": (done_steps - window_start) * tps / max(now - t_window, 1e-9),
+                    "time": time.time(),
+                }
+                if do_eval:
+                    ev = self.evaluate()
+                    row.update(ev)
+                    last_eval = ev.get("eval_loss", last_eval)
+                for cb in self.callbacks:
+                    if hasattr(cb, "on_flush"):
+                        cb.on_flush(self, row)
+                last_loss = row["loss"]
+                if metrics is not None:
+                    metrics.write(row)
+                    metrics.flush()
+                if bar is not None:
+                    bar.update(done_steps - bar.n)
+                    post = {"loss": f"{last_loss:.3f}"}
+                    if last_eval is not None:
+                        post["eval"] = f"{last_eval:.3f}"
+                    bar.set_postfix(post)
+                window_start, t_window = done_steps, time.perf_counter()
+            if cfg.train.ckpt_every and done_steps % cfg.train.ckpt_every == 0 and not is_last:
+                self._checkpoint(done_steps, metrics)
+        if start_step < T:
+            self._checkpoint(T, metrics)
+        if bar is not None:
+            bar.close()
+        return RunResult(self.run_dir, T, T * tps, last_loss, last_eval, None)
+
+
+class _NullCtx:
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *a):
+        return False
+
+
+_null = _NullCtx()
+
+
+def train(cfg: RunConfig, **kw: Any) -> RunResult:
+    return Trainer(cfg, **kw).run()
