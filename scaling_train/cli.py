@@ -7,9 +7,19 @@
 from __future__ import annotations
 
 import argparse
+import importlib
 import sys
 
 from scaling_train.config import ConfigError
+
+
+PLUGINS = (
+    "scaling_train.sweep.cli",  # scaling-train sweep
+    "scaling_train.fitter.cli",  # scaling-train fit
+    "scaling_train.report.cli",  # scaling-train report
+    "scaling_train.bench",  # scaling-train bench
+)
+"""Modules that add a subcommand with ``register(subparsers)``; each sets ``func`` -> exit code."""
 
 
 def _cmd_train(args: argparse.Namespace) -> int:
@@ -38,6 +48,15 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("overrides", nargs="*", help="dotted overrides, e.g. optim.lr=1e-3 model.size=2M")
     t.add_argument("--help-config", action="store_true", help="list every config key and exit")
     t.set_defaults(func=_cmd_train)
+    # Other subcommands live beside their code: each module has register(subparsers).
+    for mod in PLUGINS:
+        try:
+            module = importlib.import_module(mod)
+        except ModuleNotFoundError as e:
+            if e.name != mod:
+                raise
+            continue
+        module.register(sub)
     return p
 
 
