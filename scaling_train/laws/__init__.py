@@ -1,0 +1,54 @@
+"""Scaling laws: pure numpy/scipy fits over arrays, typed frozen results, the law in each docstring."""
+
+from .batch import (
+    CriticalBatchFit,
+    GradientNoiseScale,
+    StepsToTargetFit,
+    fit_critical_batch,
+    fit_steps_to_target,
+)
+from .chinchilla import ChinchillaFit, fit_chinchilla, hoffmann_grid
+from .curve import (
+    Curve,
+    LossPrediction,
+    MultiPowerFit,
+    MultiPowerPrior,
+    NotEnoughDataError,
+    fit_multipower,
+    predict_final_loss,
+    schedule_from_samples,
+)
+from .isoflop import IsoFLOPFit, IsoFLOPParabola, fit_isoflop
+from .overtraining import DownstreamFit, OvertrainingFit, fit_downstream, fit_overtraining
+from .sample import PassUntilFit, SampleScores, fit_pass_until, fit_pass_until_from_loglik, sample_scores
+
+__all__ = [
+    "ChinchillaFit",
+    "CriticalBatchFit",
+    "Curve",
+    "DownstreamFit",
+    "GradientNoiseScale",
+    "IsoFLOPFit",
+    "IsoFLOPParabola",
+    "LossPrediction",
+    "MultiPowerFit",
+    "MultiPowerPrior",
+    "NotEnoughDataError",
+    "OvertrainingFit",
+    "PassUntilFit",
+    "SampleScores",
+    "StepsToTargetFit",
+    "fit_chinchilla",
+    "fit_critical_batch",
+    "fit_downstream",
+    "fit_isoflop",
+    "fit_multipower",
+    "fit_overtraining",
+    "fit_pass_until",
+    "fit_pass_until_from_loglik",
+    "fit_steps_to_target",
+    "hoffmann_grid",
+    "predict_final_loss",
+    "sample_scores",
+    "schedule_from_samples",
+]

@@ -1,0 +1,435 @@
+"""Schedule-aware loss curves: the multi-power law (Luo et al. 2025) and final-loss prediction.
+
+    L(t) = L0 + A * (S1(t) + S_W)**(-alpha) - LD(t)
+    S1(t) + S_W = sum_{tau <= t} eta_tau                      (forward area, warmup included)
+    LD(t) = B * sum_{k <= t} (eta_{k-1} - eta_k) * G(eta_k**(-gamma) * S_k(t)),  S_k(t) = sum_{k <= tau <= t} eta_tau
+    G(x) = 1 - (C x + 1)**(-beta)
+
+LRs are normalised by the schedule's peak (eta = lr / max(lr)), so A, B, C are in "peak-LR step" units
+and shared shape parameters transfer between runs of one model with different peak LRs only approximately.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from collections import OrderedDict
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+
+import numpy as np
+from scipy.optimize import least_squares, nnls
+
+from ._validate import as_1d, check_range
+
+
+class NotEnoughDataError(ValueError):
+    """Raised when a curve has too few valid points to predict anything (and no references help)."""
+
+
+@dataclass(frozen=True, eq=False)
+class Curve:
+    """One training run: ``losses[i]`` measured at optimizer step ``steps[i]`` (1-based, increasing,
+    irregular), and ``lr`` the full planned per-step schedule (length T = total steps; ``lr[k]`` is the
+    LR of step k+1). Non-finite losses are kept here and dropped (and counted) by the fit."""
+
+    steps: np.ndarray
+    losses: np.ndarray
+    lr: np.ndarray
+    name: str = ""
+
+    def __post_init__(self) -> None:
+        steps = np.asarray(self.steps, dtype=np.float64).reshape(-1)
+        losses = np.asarray(self.losses, dtype=np.float64).reshape(-1)
+        lr = as_1d(f"lr (curve {self.name!r})", self.lr, min_len=1)
+        if len(steps) != len(losses):
+            raise ValueError(f"len(steps)={len(steps)} != len(losses)={len(losses)} (curve {self.name!r})")
+        if np.any(~np.isfinite(steps)):
+            i = int(np.flatnonzero(~np.isfinite(steps))[0])
+            raise ValueError(f"steps[{i}]={steps[i]} must be finite (curve {self.name!r})")
+        if len(steps) and (steps[0] < 1 or steps[-1] > len(lr)):
+            raise ValueError(
+                f"steps must lie in [1, T={len(lr)}] (T = len(lr)); got [{steps[0]:g}, {steps[-1]:g}] (curve {self.name!r})"
+            )
+        if np.any(np.diff(steps) <= 0):
+            i = int(np.flatnonzero(np.diff(steps) <= 0)[0]) + 1
+            raise ValueError(
+                f"steps[{i}]={steps[i]:g} must be > steps[{i - 1}]={steps[i - 1]:g} (curve {self.name!r})"
+            )
+        if np.any(lr < 0):
+            i = int(np.flatnonzero(lr < 0)[0])
+            raise ValueError(f"lr[{i}]={lr[i]} must be >= 0 (curve {self.name!r})")
+        if lr.max() <= 0:
+            raise ValueError(f"max(lr)={lr.max()} must be > 0 (curve {self.name!r})")
+        object.__setattr__(self, "steps", steps)
+        object.__setattr__(self, "losses", losses)
+        object.__setattr__(self, "lr", lr)
+
+    @property
+    def total_steps(self) -> int:
+        return len(self.lr)
+
+    def truncated(self, fraction: float) -> Curve:
+        """The same run observed only up to step ``fraction * T`` (for backtests)."""
+        check_range("fraction", fraction, 0.0, 1.0)
+        keep = self.steps <= fraction * self.total_steps
+        return Curve(self.steps[keep], self.losses[keep], self.lr, self.name)
+
+    def digest(self) -> str:
+        h = hashlib.sha1()
+        for a in (self.steps, self.losses, self.lr):
+            h.update(np.ascontiguousarray(a).tobytes())
+        return h.hexdigest()
+
+
+def schedule_from_samples(
+    steps: np.ndarray, lr: np.ndarray, *, total_steps: int, warmup: str = "linear"
+) -> np.ndarray:
+    """Reconstruct a full per-step schedule (length ``total_steps``) from LRs logged at some steps:
+    linear interpolation between logged steps, the last logged LR held to the end, and before the first
+    logged step a linear warmup from 0 (``warmup="linear"``) or the first LR held (``"constant"``)."""
+    steps = as_1d("steps", steps, positive=True)
+    lr = as_1d("lr", lr)
+    if len(steps) != len(lr):
+        raise ValueError(f"len(steps)={len(steps)} != len(lr)={len(lr)}")
+    if total_steps < steps[-1]:
+        raise ValueError(f"total_steps={total_steps} must be >= the last logged step {steps[-1]:g}")
+    if warmup not in ("linear", "constant"):
+        raise ValueError(f"warmup={warmup!r} must be 'linear' or 'constant'")
+    t = np.arange(1, total_steps + 1, dtype=np.float64)
+    out = np.interp(t, steps, lr)
+    if warmup == "linear":
+        pre = t < steps[0]
+        out[pre] = lr[0] * t[pre] / steps[0]
+    return out
+
+
+# --------------------------------------------------------------------------------------------------
+# law evaluation on a compressed schedule
+
+
+@dataclass(frozen=True)
+class _Prepared:
+    """A cleaned, downsampled curve with the schedule compressed into drop bins."""
+
+    t: np.ndarray  # (n,) evaluation steps (1-based)
+    y: np.ndarray  # (n,) losses (bin means)
+    w: np.ndarray  # (n,) weights (points per bin)
+    area: np.ndarray  # (n,) forward area S1(t) + S_W in peak-LR steps
+    bin_drop: np.ndarray  # (M,) total normalised LR drop in the bin
+    bin_eta: np.ndarray  # (M,) drop-weighted LR after the drop
+    bin_cs: np.ndarray  # (M,) drop-weighted forward area just before the drop
+    bin_end: np.ndarray  # (M,) last step of the bin
+    n_dropped: int  # non-finite losses dropped
+    n_spikes: int  # spikes rejected
+    n_valid: int
+
+
+def _clean(steps: np.ndarray, losses: np.ndarray) -> tuple[np.ndarray, np.ndarray, int, int]:
+    finite = np.isfinite(losses) & (losses > 0)
+    n_dropped = int((~finite).sum())
+    s, y = steps[finite], losses[finite]
+    n_spikes = 0
+    if len(y) >= 7:
+        # spikes: points far above a running median (7 points), scale by the MAD of the deviations
+        pad = np.pad(y, 3, mode="edge")
+        med = np.median(np.lib.stride_tricks.sliding_window_view(pad, 7), axis=1)
+        dev = y - med
+        mad = 1.4826 * np.median(np.abs(dev - np.median(dev))) + 1e-12
+        keep = dev < 6 * mad
+        n_spikes = int((~keep).sum())
+        s, y = s[keep], y[keep]
+    return s, y, n_dropped, n_spikes
+
+
+def _prepare(curve: Curve, *, max_points: int, n_bins: int, extra_t: Sequence[float] = ()) -> _Prepared:
+    s, y, n_dropped, n_spikes = _clean(curve.steps, curve.losses)
+    n_valid = len(y)
+    if len(y) > max_points:  # equal-count bins along the curve: mean step, mean loss
+        edges = np.linspace(0, len(y), max_points + 1).round().astype(int)
+        counts = np.diff(edges)
+        s = np.add.reduceat(s, edges[:-1]) / counts
+        y = np.add.reduceat(y, edges[:-1]) / counts
+        w = counts.astype(np.float64)
+    else:
+        w = np.ones(len(y))
+    eta = curve.lr / curve.lr.max()  # (T,) normalised schedule
+    cs = np.concatenate([[0.0], np.cumsum(eta)])  # cs[t] = area of steps 1..t
+    t_all = np.concatenate([s, np.asarray(extra_t, dtype=np.float64)])
+    area = np.interp(t_all, np.arange(len(cs)), cs)
+    # drops after the peak: delta_k = eta_{k-1} - eta_k for step k (1-based) = index k-1
+    peak = int(np.argmax(eta))
+    delta = np.zeros_like(eta)
+    delta[1:] = eta[:-1] - eta[1:]
+    delta[: peak + 1] = 0.0
+    ks = np.flatnonzero(delta != 0)  # 0-based step indices of drops
+    if ks.size == 0:
+        empty = np.zeros(0)
+        return _Prepared(s, y, w, area, empty, empty, empty, empty, n_dropped, n_spikes, n_valid)
+    cum = np.cumsum(np.abs(delta[ks]))
+    q = np.searchsorted(cum, np.linspace(0, cum[-1], n_bins + 1)[1:-1])  # equal-drop quantile edges
+    # bins must not straddle an evaluation step: add those steps as edges
+    ev = np.searchsorted(ks + 1, np.unique(np.floor(t_all)), side="right")
+    cut = np.unique(np.concatenate([q, ev, [len(ks)]]))
+    cut = cut[(cut > 0) & (cut <= len(ks))]
+    starts = np.concatenate([[0], cut[:-1]])
+    d = delta[ks]
+    bin_drop = np.add.reduceat(d, starts)
+    wabs = np.abs(d)
+    wsum = np.add.reduceat(wabs, starts)
+    bin_eta = np.add.reduceat(wabs * eta[ks], starts) / wsum
+    bin_cs = np.add.reduceat(wabs * cs[ks], starts) / wsum  # cs[k] with k 0-based = area before step k+1
+    bin_end = (ks[cut - 1] + 1).astype(np.float64)
+    return _Prepared(s, y, w, area, bin_drop, bin_eta, bin_cs, bin_end, n_dropped, n_spikes, n_valid)
+
+
+def _ld_basis(
+    p: _Prepared, t: np.ndarray, area: np.ndarray, C: float, beta: float, gamma: float
+) -> np.ndarray:
+    """sum_bins drop * G(eta**-gamma * S_k(t)) for each t (LD / B)."""
+    if p.bin_drop.size == 0:
+        return np.zeros(len(t))
+    x = p.bin_eta[None, :] ** (-gamma) * np.maximum(area[:, None] - p.bin_cs[None, :], 0.0)  # (n, M)
+    g = -np.expm1(-beta * np.log1p(C * x))
+    g = np.where(p.bin_end[None, :] <= t[:, None], g, 0.0)
+    return g @ p.bin_drop
+
+
+# nonlinear parameters theta = (log alpha, log C, log beta, gamma)
+_LO = np.array([np.log(0.02), np.log(1e-7), np.log(0.02), 0.0])
+_HI = np.array([np.log(3.0), np.log(10.0), np.log(5.0), 1.5])
+
+
+@dataclass(frozen=True)
+class MultiPowerPrior:
+    """Weak Gaussian prior on the shape parameters (in the fit's coordinates) and on B relative to the
+    loss level: B ~ N(b_rel * loss_last, (b_rel_sd * loss_last)**2). Used when the data cannot identify
+    the annealing term (e.g. a constant-LR prefix without references)."""
+
+    theta: tuple[float, float, float, float] = (np.log(0.5), np.log(2e-3), np.log(0.6), 0.5)
+    theta_sd: tuple[float, float, float, float] = (0.7, 2.0, 0.7, 0.4)
+    b_rel: float = 0.035
+    b_rel_sd: float = 0.02
+
+
+@dataclass(frozen=True)
+class MultiPowerFit:
+    """Multi-power law fitted to one or more curves: shared A, alpha, B, C, beta, gamma; L0 per curve."""
+
+    L0: tuple[float, ...]
+    A: float
+    alpha: float
+    B: float
+    C: float
+    beta: float
+    gamma: float
+    rmse: float
+    n_points: int
+    theta: np.ndarray = field(repr=False)
+
+    def predict(self, curve: Curve, steps: np.ndarray, *, index: int = 0) -> np.ndarray:
+        """Loss of ``curve`` (fitted as number ``index``) at ``steps`` under its schedule."""
+        steps = np.asarray(steps, dtype=np.float64)
+        p = _prepare(curve, max_points=0, n_bins=256, extra_t=steps)
+        area = p.area[len(p.t) :]
+        return (
+            self.L0[index]
+            + self.A * area ** (-self.alpha)
+            - self.B * _ld_basis(p, steps, area, self.C, self.beta, self.gamma)
+        )
+
+
+def _fit(
+    preps: Sequence[_Prepared], *, prior: MultiPowerPrior, prior_weight: float, theta0: np.ndarray
+) -> tuple[np.ndarray, np.ndarray, float]:
+    """Variable projection: outer least squares over theta, inner non-negative LS over (L0_c.., A, B)."""
+    n_c = len(preps)
+    y = np.concatenate([p.y for p in preps])
+    sw = np.sqrt(np.concatenate([p.w for p in preps]))
+    level = float(np.average(preps[-1].y[-3:]))
+    scale = max(float(np.std(np.diff(y))) if len(y) > 2 else 0.01, 1e-3)  # ~ noise level
+    pth = np.array(prior.theta)
+    psd = np.array(prior.theta_sd)
+    b_mu, b_sd = prior.b_rel * level, prior.b_rel_sd * level
+
+    def design(theta: np.ndarray) -> np.ndarray:
+        alpha, C, beta, gamma = np.exp(theta[0]), np.exp(theta[1]), np.exp(theta[2]), theta[3]
+        cols = []
+        for c, p in enumerate(preps):
+            x = np.zeros((len(p.t), n_c + 2))
+            x[:, c] = 1.0
+            x[:, n_c] = p.area[: len(p.t)] ** (-alpha)
+            x[:, n_c + 1] = -_ld_basis(p, p.t, p.area[: len(p.t)], C, beta, gamma)
+            cols.append(x)
+        return np.vstack(cols)
+
+    def inner(theta: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        x = design(theta) * sw[:, None] / scale
+        rhs = y * sw / scale
+        # prior row on B (weight prior_weight), as a pseudo-observation
+        prow = np.zeros(n_c + 2)
+        prow[n_c + 1] = prior_weight / b_sd
+        x2 = np.vstack([x, prow])
+        rhs2 = np.concatenate([rhs, [prior_weight * b_mu / b_sd]])
+        coef, _ = nnls(x2, rhs2, maxiter=200)  # L0_c >= 0, A >= 0, B >= 0 (the LD column is -LD)
+        return coef, x2 @ coef - rhs2  # data residuals and the B prior row
+
+    def resid(theta: np.ndarray) -> np.ndarray:
+        _, r = inner(theta)
+        return np.concatenate([r, prior_weight * (theta - pth) / psd])
+
+    res = least_squares(
+        resid, np.clip(theta0, _LO + 1e-9, _HI - 1e-9), bounds=(_LO, _HI), x_scale=1.0, max_nfev=200
+    )
+    coef, r = inner(res.x)
+    rmse = float(np.sqrt(np.sum((r[:-1] * scale) ** 2) / np.sum(sw**2)))
+    return res.x, coef, rmse
+
+
+def fit_multipower(
+    curves: Sequence[Curve],
+    *,
+    prior: MultiPowerPrior | None = None,
+    prior_weight: float = 1.0,
+    max_points: int = 64,
+    n_bins: int = 48,
+) -> MultiPowerFit:
+    """Fit the multi-power law (module docstring) jointly to ``curves``: one L0 per curve, all other
+    parameters shared. ``prior_weight`` scales the weak prior (0 disables it)."""
+    if len(curves) == 0:
+        raise ValueError("curves is empty; at least one curve is needed")
+    prior = prior or MultiPowerPrior()
+    preps = [_prepare(c, max_points=max_points, n_bins=n_bins) for c in curves]
+    for c, p in zip(curves, preps):
+        if len(p.y) < 3:
+            raise NotEnoughDataError(f"curve {c.name!r} has {len(p.y)} valid points; at least 3 are needed")
+    theta, coef, rmse = _fit(preps, prior=prior, prior_weight=prior_weight, theta0=np.array(prior.theta))
+    return _as_fit(theta, coef, rmse, len(curves), sum(p.n_valid for p in preps))
+
+
+def _as_fit(theta: np.ndarray, coef: np.ndarray, rmse: float, n_c: int, n_points: int) -> MultiPowerFit:
+    return MultiPowerFit(
+        L0=tuple(float(v) for v in coef[:n_c]),
+        A=float(coef[n_c]),
+        alpha=float(np.exp(theta[0])),
+        B=float(coef[n_c + 1]),
+        C=float(np.exp(theta[1])),
+        beta=float(np.exp(theta[2])),
+        gamma=float(theta[3]),
+        rmse=rmse,
+        n_points=n_points,
+        theta=theta,
+    )
+
+
+# --------------------------------------------------------------------------------------------------
+# final-loss prediction
+
+
+@dataclass(frozen=True)
+class LossPrediction:
+    """Predicted loss at the last step T of the schedule with a 90% interval [low, high].
+
+    ``n_used`` valid target points, ``n_dropped`` non-finite losses dropped, ``n_spikes`` spikes rejected,
+    ``extrapolation`` = log(area(T) / area(last observed step)), ``fit`` the multi-power fit used."""
+
+    loss: float
+    low: float
+    high: float
+    n_used: int
+    n_dropped: int
+    n_spikes: int
+    extrapolation: float
+    fit: MultiPowerFit | None = field(default=None, repr=False)
+
+
+# Interval model: relative half-width = z90 * sqrt(s0**2 + (s1 * extrapolation)**2 + (rmse / loss)**2 * k),
+# constants calibrated on held-out curves (see benchmarks/bench_laws.py, "interval calibration").
+_CAL = {
+    "with_refs": (0.0015, 0.0020),
+    "no_refs": (0.003, 0.008),
+}
+_Z90 = 1.6449
+
+_REF_CACHE: OrderedDict[tuple[str, ...], tuple[np.ndarray, MultiPowerFit]] = OrderedDict()
+
+
+def _reference_fit(
+    references: Sequence[Curve], max_points: int, n_bins: int
+) -> tuple[np.ndarray, MultiPowerFit]:
+    key = tuple(c.digest() for c in references) + (str(max_points), str(n_bins))
+    if key in _REF_CACHE:
+        _REF_CACHE.move_to_end(key)
+        return _REF_CACHE[key]
+    fit = fit_multipower(references, prior_weight=0.05, max_points=max_points, n_bins=n_bins)
+    _REF_CACHE[key] = (fit.theta, fit)
+    if len(_REF_CACHE) > 16:
+        _REF_CACHE.popitem(last=False)
+    return _REF_CACHE[key]
+
+
+def predict_final_loss(
+    target: Curve, references: Sequence[Curve] = (), *, max_points: int = 64, n_bins: int = 48
+) -> LossPrediction:
+    """Predict the loss of ``target`` at its last step T = len(target.lr) with the multi-power law.
+
+    Without references the law is fitted to the target's observed points alone, with a weak prior on
+    the annealing shape (``MultiPowerPrior``) so a constant-LR prefix does not leave it undetermined.
+    With references (other runs of the same model, partial or finished) all shape parameters
+    (A, alpha, B, C, beta, gamma) are fitted jointly on references + target, the target getting its own
+    L0; the references-only fit is cached and warm-starts the joint fit.
+
+    Raises ``NotEnoughDataError`` when the target has < 3 valid points and there are no references;
+    with references and < 3 target points the prediction uses the references' mean L0 and a wide interval.
+    """
+    if not isinstance(target, Curve):
+        raise TypeError(f"target must be a Curve, got {type(target).__name__}")
+    refs = list(references)
+    for i, r in enumerate(refs):
+        if not isinstance(r, Curve):
+            raise TypeError(f"references[{i}] must be a Curve, got {type(r).__name__}")
+    T = float(target.total_steps)
+    p = _prepare(target, max_points=max_points, n_bins=n_bins, extra_t=[T])
+    n_t = len(p.t)
+    if n_t < 3 and not refs:
+        raise NotEnoughDataError(
+            f"target {target.name!r} has {n_t} valid points (dropped {p.n_dropped} non-finite, "
+            f"{p.n_spikes} spikes); at least 3 are needed without references"
+        )
+    area_T = p.area[-1]
+    area_last = p.area[n_t - 1] if n_t else p.area[-1] * 1e-3
+    extrap = float(np.log(area_T / area_last))
+    if refs:
+        theta0, ref_fit = _reference_fit(refs, max_points, n_bins)
+        if n_t >= 3:
+            preps = [_prepare(c, max_points=max_points, n_bins=n_bins) for c in refs] + [p]
+            theta, coef, rmse = _fit(preps, prior=MultiPowerPrior(), prior_weight=0.05, theta0=theta0)
+            fit = _as_fit(theta, coef, rmse, len(preps), ref_fit.n_points + p.n_valid)
+            idx = len(preps) - 1
+            extra_var = 0.0
+        else:  # no usable target points: borrow the references' L0
+            l0 = np.array(ref_fit.L0)
+            fit = MultiPowerFit(
+                L0=(*ref_fit.L0, float(l0.mean())), A=ref_fit.A, alpha=ref_fit.alpha, B=ref_fit.B, C=ref_fit.C,
+                beta=ref_fit.beta, gamma=ref_fit.gamma, rmse=ref_fit.rmse, n_points=ref_fit.n_points,
+                theta=ref_fit.theta,
+            )  # fmt: skip
+            idx = len(l0)
+            extra_var = float(np.var(l0)) + (0.05 * float(l0.mean())) ** 2
+        s0, s1 = _CAL["with_refs"]
+    else:
+        theta, coef, rmse = _fit(
+            [p], prior=MultiPowerPrior(), prior_weight=1.0, theta0=np.array(MultiPowerPrior().theta)
+        )
+        fit = _as_fit(theta, coef, rmse, 1, p.n_valid)
+        idx = 0
+        extra_var = 0.0
+        s0, s1 = _CAL["no_refs"]
+    ld = _ld_basis(p, np.array([T]), np.array([area_T]), fit.C, fit.beta, fit.gamma)[0]
+    loss = fit.L0[idx] + fit.A * area_T ** (-fit.alpha) - fit.B * ld
+    few = 3.0 if n_t < 10 else 1.0  # short prefixes: inflate
+    rel = _Z90 * few * np.sqrt(s0**2 + (s1 * extrap) ** 2 + (fit.rmse / loss) ** 2 / max(n_t, 1))
+    half = rel * loss + _Z90 * np.sqrt(extra_var)
+    return LossPrediction(
+        loss=float(loss), low=float(loss - half), high=float(loss + half), n_used=p.n_valid,
+        n_dropped=p.n_dropped, n_spikes=p.n_spikes, extrapolation=extrap, fit=fit,
+    )  # fmt: skip
