@@ -133,4 +133,6 @@ def read_jsonl(path: str | Path, offset: int = 0) -> ReadResult:
             bad_lines.append(i)
             continue
         rows.append(_restore(row))
-    return ReadResult(rows, offset + len(complete), bad, torn_tail=len(complete) < len(data), malformed_lines=bad_lines)
+    return ReadResult(
+        rows, offset + len(complete), bad, torn_tail=len(complete) < len(data), malformed_lines=bad_lines
+    )

@@ -10,6 +10,7 @@ from typing import Literal
 
 from scaling_train.config import doc, to_dict
 from scaling_train.data import DataConfig
+from scaling_train.metrics.config import MetricsConfig
 from scaling_train.models import ModelConfig
 from scaling_train.train.schedule import OptimConfig
 
@@ -53,6 +54,25 @@ class LoopConfig:
 
 
 @dataclass
+class DistConfig:
+    """How one run is spread over processes; applied in ``train/backend.py`` only (model code stays
+    single-device). The process count comes from the launcher (torchrun's WORLD_SIZE), not from here."""
+
+    strategy: Literal["auto", "single", "ddp", "fsdp", "deepspeed"] = doc(
+        "auto = single for one process, else ddp below 300M non-embedding params, deepspeed from 300M.",
+        "auto",
+    )
+    zero_stage: int | None = doc("DeepSpeed ZeRO stage 1/2/3; null = by size (2 below 1.5B params, else 3).", None)
+    offload: bool = doc("DeepSpeed: offload optimizer state to CPU (ZeRO-2/3).", False)
+    comm_backend: Literal["auto", "nccl", "gloo"] = doc("Process-group backend; auto = nccl on GPU, gloo on CPU.", "auto")
+    fsdp_sharding: Literal["full_shard", "shard_grad_op", "no_shard"] = doc("FSDP sharding strategy.", "full_shard")
+
+    def __post_init__(self) -> None:
+        if self.zero_stage is not None and self.zero_stage not in (0, 1, 2, 3):
+            raise ValueError(f"dist.zero_stage={self.zero_stage} must be 0, 1, 2, 3 or null")
+
+
+@dataclass
 class RunConfig:
     run_dir: str = doc("Run folder: config.yaml, metrics.jsonl, checkpoints/, DONE, predictions.json.", "runs/default")
     seed: int = doc("Seed of the init and of the batch order.", 0)
@@ -64,6 +84,8 @@ class RunConfig:
     data: DataConfig = field(default_factory=DataConfig, metadata={"doc": "data"})
     optim: OptimConfig = field(default_factory=OptimConfig, metadata={"doc": "optimizer"})
     train: LoopConfig = field(default_factory=lambda: LoopConfig(max_steps=200), metadata={"doc": "loop"})
+    dist: DistConfig = field(default_factory=DistConfig, metadata={"doc": "distribution (train/backend.py)"})
+    metrics: MetricsConfig = doc("Metrics stream: device statistics, noise scale, W&B.", default_factory=MetricsConfig)
 
     def __post_init__(self) -> None:
         if self.model.vocab_size is not None and self.model.vocab_size < self.data.vocab_size:
@@ -83,7 +105,7 @@ class RunConfig:
 
 
 # Keys that do not change what is computed: they may differ on resume and are left out of the hash.
-NON_SEMANTIC = {("train", "progress"), ("run_dir",), ("threads",), ("train", "log_every"), ("sweep",)}
+NON_SEMANTIC = {("train", "progress"), ("run_dir",), ("threads",), ("train", "log_every"), ("sweep",), ("metrics",)}
 
 
 def semantic_dict(cfg: RunConfig) -> dict:

@@ -26,6 +26,7 @@ import yaml
 from scaling_train.config import to_dict
 from scaling_train.data import Batch, PreparedData, batch_indices, prepare
 from scaling_train.metrics.jsonl import JsonlWriter
+from scaling_train.metrics.stream import open_trainer_stream
 from scaling_train.models import GPT
 from scaling_train.train import checkpoint
 from scaling_train.train.backend import make_backend
@@ -182,7 +183,7 @@ class Trainer:
         self._setup()
         if self.backend.is_main:
             self._write_config()
-        metrics = JsonlWriter(self.run_dir / "metrics.jsonl") if self.backend.is_main else None
+        metrics = open_trainer_stream(self) if self.backend.is_main else None  # metrics.jsonl + sinks
         start_step, resumed_from = 0, None
         found = checkpoint.load_latest(self.run_dir / "checkpoints", map_location=self.backend.device)
         if found is not None:

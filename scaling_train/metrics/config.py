@@ -1,0 +1,51 @@
+"""Config of the metrics stream (``RunConfig.metrics``): device statistics, noise scale, sinks."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Literal
+
+from scaling_train.config import doc
+
+
+@dataclass
+class WandbConfig:
+    mode: Literal["disabled", "offline", "online"] = doc(
+        "W&B sink: disabled, offline (files under RUN_DIR/wandb, `wandb sync` later) or online.", "disabled"
+    )
+    project: str = doc("W&B project.", "scaling_train")
+    entity: str | None = doc("W&B entity (team or user); null = the account's default.", None)
+    group: str | None = doc("W&B group; null = the sweep name (RunConfig.sweep).", None)
+    tags: list[str] = doc("W&B tags.", default_factory=list)
+
+
+@dataclass
+class MetricsConfig:
+    token_stats: bool = doc(
+        "Per-token statistics from the fused loss (NLL histogram, by position, accuracy).", True
+    )
+    nll_bins: int = doc("Bins of the token-NLL histogram over [0, nll_max] (last bin open-ended).", 32)
+    nll_max: float = doc("Upper edge of the token-NLL histogram in nats.", 16.0)
+    pos_buckets: int = doc("Position buckets of the loss-by-position curve (must be <= seq_len).", 8)
+    gns: bool = doc("Gradient noise scale (needs grad accumulation >= 2 in one process, or DDP).", True)
+    gns_every: int = doc("Measure the noise scale every k optimizer steps (1 = every step).", 1)
+    gns_decay: float = doc("EMA decay per flush of the noise-scale estimates.", 0.9)
+    fit_in_process: bool = doc(
+        "Refit this run's final-loss prediction in the training process at flushes.", False
+    )
+    fit_every: int = doc("In-process fit every k flushes.", 5)
+    wandb: WandbConfig = field(default_factory=WandbConfig, metadata={"doc": "W&B sink"})
+
+    def __post_init__(self) -> None:
+        if self.nll_bins < 1 or self.pos_buckets < 1:
+            raise ValueError(
+                f"metrics.nll_bins={self.nll_bins} and metrics.pos_buckets={self.pos_buckets} must be >= 1"
+            )
+        if not self.nll_max > 0:
+            raise ValueError(f"metrics.nll_max={self.nll_max} must be > 0")
+        if self.gns_every < 1 or self.fit_every < 1:
+            raise ValueError(
+                f"metrics.gns_every={self.gns_every} and metrics.fit_every={self.fit_every} must be >= 1"
+            )
+        if not 0 <= self.gns_decay < 1:
+            raise ValueError(f"metrics.gns_decay={self.gns_decay} must be in [0, 1)")

@@ -1,0 +1,151 @@
+"""Gradient noise scale probes: squared gradient norms at two batch sizes, kept on the device.
+
+``E|G_B|^2 = |G|^2 + tr(Sigma) / B``: measuring |G_B|^2 at a small and a big batch gives both terms
+(``scaling_train.laws.GradientNoiseScale`` does the algebra and the smoothing). Batch sizes are in
+tokens because the loss is a per-token mean.
+
+* Single process with gradient accumulation (``AccumGNSProbe``): after the first micro-batch's backward
+  ``p.grad = g_0 / accum`` (the loss is divided by ``accum``), so ``|g_0|^2 = accum^2 |p.grad|^2`` (small
+  batch = one micro-batch); after the last one ``p.grad`` is the mean over the step (big batch). Cost:
+  two fused norms per step, no gradient copy.
+* DDP (``ddp_gns_hook``): a comm hook sees each bucket's local gradient (small batch = this rank's
+  tokens per step) before the all-reduce and the averaged one after it (big batch = global tokens).
+
+Both accumulate sums in a (3,) float64 device tensor ``[sum |G_small|^2, sum |G_big|^2, n]`` read once
+per flush together with the other statistics.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+
+from scaling_train.laws import GradientNoiseScale
+
+
+def _sq_norm(grads: list[torch.Tensor]) -> torch.Tensor:
+    if not grads:
+        return torch.zeros((), dtype=torch.float64)
+    norms = torch._foreach_norm(grads, 2)  # one fused kernel per dtype/device group
+    return torch.stack(norms).double().pow(2).sum()
+
+
+class AccumGNSProbe:
+    """Per-micro-batch vs accumulated gradient in one process. Needs ``accum >= 2`` micro-batches."""
+
+    def __init__(
+        self, params: Iterable[torch.nn.Parameter], *, accum: int, micro_tokens: int, every: int = 1
+    ) -> None:
+        self.params = [p for p in params if p.requires_grad]
+        self.accum, self.micro_tokens, self.every = accum, micro_tokens, every
+        self.enabled = accum >= 2
+        self.sums = torch.zeros(
+            3, dtype=torch.float64, device=self.params[0].device if self.params else "cpu"
+        )
+        self._i = 0
+        self._step = 0
+
+    @property
+    def b_small(self) -> float:
+        return float(self.micro_tokens)
+
+    @property
+    def b_big(self) -> float:
+        return float(self.micro_tokens * self.accum)
+
+    def _grads(self) -> list[torch.Tensor]:
+        return [p.grad for p in self.params if p.grad is not None]
+
+    @torch.no_grad()
+    def after_backward(self) -> None:
+        """Call after each micro-batch's backward (before clipping and the optimizer step)."""
+        i, self._i = self._i, self._i + 1
+        if not self.enabled or self._step % self.every:
+            return
+        if i == 0:
+            self.sums[0] += self.accum**2 * _sq_norm(self._grads()).to(self.sums.device)
+        if i == self.accum - 1:
+            self.sums[1] += _sq_norm(self._grads()).to(self.sums.device)
+            self.sums[2] += 1
+
+    def end_step(self) -> None:
+        self._i = 0
+        self._step += 1
+
+
+@dataclass
+class DDPGNSState:
+    """State of ``ddp_gns_hook``; register with ``ddp_model.register_comm_hook(state, ddp_gns_hook)``."""
+
+    process_group: Any = None
+    local_tokens: int = 0
+    """Tokens behind one rank's gradient per optimizer step (micro-batch x accum x seq_len)."""
+    world_size: int = 1
+    sums: torch.Tensor = field(default_factory=lambda: torch.zeros(3, dtype=torch.float64))
+
+    @property
+    def b_small(self) -> float:
+        return float(self.local_tokens)
+
+    @property
+    def b_big(self) -> float:
+        return float(self.local_tokens * self.world_size)
+
+    def end_step(self) -> None:
+        """Call once per optimizer step after backward (counts the measurement)."""
+        self.sums[2] += 1
+
+
+def ddp_gns_hook(state: DDPGNSState, bucket: Any) -> torch.futures.Future:
+    """All-reduce-mean (as DDP's default hook) and, on the side, |local|^2 and |averaged|^2 per bucket.
+
+    Summed over buckets, these are the squared norms of the whole local and global gradients."""
+    import torch.distributed as dist
+
+    buf = bucket.buffer()
+    if state.sums.device != buf.device:
+        state.sums = state.sums.to(buf.device)
+    state.sums[0] += buf.double().pow(2).sum()
+    buf.div_(state.world_size)
+    fut = dist.all_reduce(buf, group=state.process_group, async_op=True).get_future()
+
+    def _after(f: torch.futures.Future) -> torch.Tensor:
+        out = f.value()[0]
+        state.sums[1] += out.double().pow(2).sum()
+        return out
+
+    return fut.then(_after)
+
+
+class NoiseScaleTracker:
+    """Host side: feeds window means of a probe's sums into ``GradientNoiseScale`` once per flush.
+
+    The window mean of each squared norm is still an unbiased estimate of ``E|G_B|^2``, so one update
+    per flush loses nothing but the per-step noise (which the EMA would average anyway)."""
+
+    def __init__(self, *, decay: float = 0.9) -> None:
+        self.gns = GradientNoiseScale(decay=decay)
+
+    def summarize(self, sums: list[float], b_small: float, b_big: float) -> dict[str, float]:
+        s_small, s_big, n = sums
+        if n <= 0 or not b_small < b_big:
+            return {}
+        self.gns.update(max(s_small / n, 0.0), max(s_big / n, 0.0), b_small, b_big)
+        return {
+            "gns_g2": self.gns.g2,
+            "gns_trace_sigma": self.gns.trace_sigma,
+            "gns_b_simple": self.gns.b_simple,  # tokens
+            "gns_sq_small": s_small / n,
+            "gns_sq_big": s_big / n,
+        }
+
+    def state_dict(self) -> dict[str, float]:
+        g = self.gns
+        return {"g2": g._g2, "s": g._s, "w": g._w, "n": g.n_updates}
+
+    def load_state_dict(self, d: dict[str, float]) -> None:
+        g = self.gns
+        g._g2, g._s, g._w, g.n_updates = d["g2"], d["s"], d["w"], int(d["n"])
