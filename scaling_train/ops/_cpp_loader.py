@@ -8,7 +8,6 @@ Set SCALING_TRAIN_NO_JIT=1 to skip the JIT build.
 
 from __future__ import annotations
 
-import functools
 import os
 import warnings
 from pathlib import Path
@@ -17,15 +16,27 @@ import torch
 
 _CSRC = Path(__file__).resolve().parents[2] / "csrc"
 _reason: str | None = None
+# same flags as setup.py; -march=native: the JIT build always runs on the machine that uses it
+_CXX_FLAGS = ["-O3", "-fopenmp", "-march=native"]
 
 
 def _ops_registered() -> bool:
     return hasattr(torch.ops.scaling_train, "lce_fwd")
 
 
-@functools.cache
+_available: bool | None = None  # cached result of the first load attempt
+
+
+@torch.compiler.assume_constant_result  # torch.compile: evaluated once at trace time, not traced
 def cpp_available() -> bool:
     """True once torch.ops.scaling_train.lce_fwd is registered (loads or JIT-builds it on first call)."""
+    global _available
+    if _available is None:
+        _available = _load()
+    return _available
+
+
+def _load() -> bool:
     global _reason
     try:
         import scaling_train._C  # noqa: F401  (registers the ops on import)
@@ -42,7 +53,7 @@ def cpp_available() -> bool:
                 load(
                     name="scaling_train_C_jit",
                     sources=sources,
-                    extra_cflags=["-O3", "-fopenmp"],
+                    extra_cflags=_CXX_FLAGS,
                     extra_ldflags=["-fopenmp"],
                     is_python_module=False,
                     verbose=False,
