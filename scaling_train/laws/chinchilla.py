@@ -42,7 +42,7 @@ def _jac(theta: np.ndarray, log_x: np.ndarray) -> np.ndarray:
 class ChinchillaFit:
     """Fitted ``L(N, D) = E + A / N**alpha + B / D**beta``.
 
-    ``objective`` is the Huber sum at the optimum; ``n_starts`` the L-BFGS starts actually run;
+    ``objective`` is the Huber sum at the optimum; ``n_starts`` the BFGS starts actually run;
     ``ci`` maps each parameter name to its (low, high) bootstrap interval when requested.
     """
 
@@ -107,8 +107,8 @@ def fit_chinchilla(
 
     Parametrisation ``A = exp(a), B = exp(b), E = exp(e)``;
     objective ``sum_i Huber_delta(LSE(a - alpha log N_i, b - beta log D_i, e) - log L_i)``, minimised by
-    L-BFGS-B with the analytic gradient. The full Hoffmann grid (4500 points, see ``hoffmann_grid``) is
-    scored in one vectorised call; L-BFGS then runs from the ``n_best`` best grid points plus the best
+    BFGS with the analytic gradient. The full Hoffmann grid (4500 points, see ``hoffmann_grid``) is
+    scored in one vectorised call; BFGS then runs from the ``n_best`` best grid points plus the best
     point of every (alpha, beta) pair (33 starts by default). ``n_best=None`` runs all 4500 starts.
 
     ``n_bootstrap > 0`` adds case-resampling bootstrap intervals (``confidence`` two-sided) in ``ci``.

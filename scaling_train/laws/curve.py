@@ -427,6 +427,9 @@ def predict_final_loss(
     ld = _ld_basis(p, np.array([T]), np.array([area_T]), fit.C, fit.beta, fit.gamma)[0]
     loss = fit.L0[idx] + fit.A * area_T ** (-fit.alpha) - fit.B * ld
     few = 3.0 if n_t < 10 else 1.0  # short prefixes: inflate
+    if not refs:  # the annealing amount B * LD(T) rests on the prior when no reference pins it down
+        prior = MultiPowerPrior()
+        extra_var += (fit.B * ld * prior.b_rel_sd / prior.b_rel) ** 2
     rel = _Z90 * few * np.sqrt(s0**2 + (s1 * extrap) ** 2 + (fit.rmse / loss) ** 2 / max(n_t, 1))
     half = rel * loss + _Z90 * np.sqrt(extra_var)
     return LossPrediction(

@@ -78,7 +78,7 @@ def fit_overtraining(
     """Fit ``L(N, M) = E + (A + B M**(-eta)) N**(-eta)``, M = D/N, one exponent shared by N and D.
 
     Same estimator as ``fit_chinchilla`` (LSE parametrisation, Huber ``delta`` on log-loss residuals,
-    L-BFGS-B with analytic gradient from a pruned grid over a, b in {0..25}, e in {-1..1}, eta in {0..2}).
+    BFGS with analytic gradient from a pruned grid over a, b in {0..25}, e in {-1..1}, eta in {0..2}).
     """
     N = as_1d("N", N, positive=True)
     D = as_1d("D", D, positive=True)

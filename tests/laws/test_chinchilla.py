@@ -1,0 +1,144 @@
+import time
+
+import numpy as np
+import pytest
+
+from scaling_train.laws import fit_chinchilla, fit_isoflop, fit_overtraining, hoffmann_grid
+from scaling_train.laws._lse import LSEProblem, multistart
+from scaling_train.laws.chinchilla import _jac, _terms
+
+TRUE = dict(E=1.69, A=406.4, B=410.7, alpha=0.34, beta=0.28)
+
+
+def synthetic(n=245, noise=0.005, seed=0):
+    rng = np.random.default_rng(seed)
+    N = np.exp(rng.uniform(np.log(1e7), np.log(3e9), n))
+    D = N * np.exp(rng.uniform(np.log(5), np.log(300), n))
+    L = TRUE["E"] + TRUE["A"] * N ** -TRUE["alpha"] + TRUE["B"] * D ** -TRUE["beta"]
+    return N, D, L * np.exp(rng.normal(0, noise, n))
+
+
+def test_recovers_known_parameters_and_is_fast():
+    N, D, L = synthetic()
+    t0 = time.perf_counter()
+    fit = fit_chinchilla(N, D, L)
+    dt = time.perf_counter() - t0
+    assert dt < 5.0, f"fit took {dt:.2f}s for 245 points"
+    assert fit.alpha == pytest.approx(TRUE["alpha"], abs=0.03)
+    assert fit.beta == pytest.approx(TRUE["beta"], abs=0.03)
+    assert fit.E == pytest.approx(TRUE["E"], rel=0.05)
+    Nt, Dt = np.array([1e8, 1e10]), np.array([2e9, 2e11])
+    truth = TRUE["E"] + TRUE["A"] * Nt ** -TRUE["alpha"] + TRUE["B"] * Dt ** -TRUE["beta"]
+    np.testing.assert_allclose(fit.predict(Nt, Dt), truth, rtol=0.01)
+
+
+def test_pruned_grid_matches_many_starts():
+    """The pruned multistart must reach the best objective found from 300 random grid starts (a
+    superset check of the full 4500-start grid, which bench_laws.py runs on 245 points)."""
+    N, D, L = synthetic(n=80, noise=0.02, seed=3)
+    fit = fit_chinchilla(N, D, L)
+    problem = LSEProblem(
+        np.column_stack([np.log(N), np.log(D)]), np.log(L), np.ones(len(L)), 1e-3, _terms, _jac
+    )
+    grid = hoffmann_grid()
+    idx = np.random.default_rng(0).choice(len(grid), 300, replace=False)
+    _, f_many = multistart(problem, grid[idx])
+    assert fit.objective <= f_many * (1 + 1e-6) + 1e-15
+
+
+def test_objective_gradient_is_exact():
+    N, D, L = synthetic(n=30)
+    problem = LSEProblem(np.column_stack([np.log(N), np.log(D)]), np.log(L), np.ones(30), 1e-3, _terms, _jac)
+    theta = np.array([6.0, 6.1, 0.5, 0.35, 0.3])
+    _, g = problem.objective_and_grad(theta)
+    eps = 1e-6
+    num = [
+        (problem.objective_and_grad(theta + eps * e)[0] - problem.objective_and_grad(theta - eps * e)[0])
+        / (2 * eps)
+        for e in np.eye(5)
+    ]
+    np.testing.assert_allclose(g, num, rtol=1e-4, atol=1e-9)
+    # the batched objective equals the single one
+    assert problem.objective_batch(theta[None])[0] == pytest.approx(problem.objective_and_grad(theta)[0])
+
+
+def test_optimal_allocation_minimises_loss_on_isoflop():
+    fit = fit_chinchilla(*synthetic())
+    C = 1e21
+    n_opt, d_opt, l_opt = fit.optimal(C)
+    assert 6 * n_opt * d_opt == pytest.approx(C)
+    Ns = n_opt * np.exp(np.linspace(-1, 1, 201))
+    losses = fit.predict(Ns, C / (6 * Ns))
+    assert l_opt <= losses.min() + 1e-12
+    assert Ns[np.argmin(losses)] == pytest.approx(n_opt, rel=0.02)
+
+
+def test_bootstrap_interval_covers_truth():
+    fit = fit_chinchilla(*synthetic(n=120, seed=5), n_bootstrap=20, seed=1)
+    lo, hi = fit.ci["alpha"]
+    assert lo < fit.alpha < hi
+    assert lo - 0.03 < TRUE["alpha"] < hi + 0.03
+
+
+def test_real_gemstone_cooldown_ends():
+    from realdata import gemstone_cooldowns
+
+    cds = gemstone_cooldowns()
+    N = np.array([c.N for c in cds])
+    D = np.array([c.tokens_end for c in cds])
+    L = np.array([c.loss_end for c in cds])
+    fit = fit_chinchilla(N, D, L)
+    assert 0.05 < fit.alpha < 1.5 and 0.05 < fit.beta < 1.5
+    rel = np.abs(fit.predict(N, D) / L - 1)
+    assert np.median(rel) < 0.02
+
+
+@pytest.mark.parametrize(
+    "kwargs, match",
+    [
+        (dict(N=[1e8, -1, 1e8, 1e8, 1e8], D=[1e9] * 5, loss=[3.0] * 5), r"N\[1\]=-1.0 must be > 0"),
+        (dict(N=[1e8] * 5, D=[1e9] * 4, loss=[3.0] * 5), "len\\(D\\)=4"),
+        (dict(N=[], D=[], loss=[]), "N has 0 entries"),
+        (dict(N=[1e8] * 5, D=[1e9] * 5, loss=[3.0, 3.0, np.nan, 3.0, 3.0]), r"loss\[2\]=nan must be finite"),
+        (dict(N=[1e8] * 3, D=[1e9] * 3, loss=[3.0] * 3), "at least 5"),
+    ],
+)
+def test_bad_input(kwargs, match):
+    with pytest.raises(ValueError, match=match):
+        fit_chinchilla(**kwargs)
+
+
+def test_overtraining_recovers_shared_exponent():
+    rng = np.random.default_rng(2)
+    N = np.exp(rng.uniform(np.log(1e7), np.log(2e9), 150))
+    M = np.exp(rng.uniform(np.log(5), np.log(500), 150))
+    E, A, B, eta = 1.8, 300.0, 900.0, 0.3
+    L = (E + (A + B * M**-eta) * N**-eta) * np.exp(rng.normal(0, 0.003, 150))
+    fit = fit_overtraining(N, N * M, L)
+    assert fit.eta == pytest.approx(eta, abs=0.02)
+    assert fit.E == pytest.approx(E, rel=0.03)
+    # the compute form agrees with the (N, M) form
+    C = 6 * N[:5] ** 2 * M[:5]
+    np.testing.assert_allclose(fit.predict_compute(C, M[:5]), fit.predict(N[:5], M[:5]), rtol=1e-10)
+    with pytest.raises(ValueError, match=r"D\[0\]=0.0 must be > 0"):
+        fit_overtraining([1e8] * 4, [0.0] * 4, [3.0] * 4)
+
+
+def test_isoflop_exponents():
+    fit = dict(E=1.69, A=406.4, B=410.7, alpha=0.34, beta=0.28)
+    Ns, Ds, Ls = [], [], []
+    for C in [1e18, 1e19, 1e20, 1e21]:
+        n_opt = (C / 6) ** (fit["beta"] / (fit["alpha"] + fit["beta"]))
+        for f in np.exp(np.linspace(-2.5, 2.5, 9)):
+            N = n_opt * f * 0.5
+            D = C / (6 * N)
+            Ns.append(N)
+            Ds.append(D)
+            Ls.append(fit["E"] + fit["A"] * N ** -fit["alpha"] + fit["B"] * D ** -fit["beta"])
+    res = fit_isoflop(np.array(Ns), np.array(Ds), np.array(Ls))
+    assert len(res.parabolas) == 4
+    assert res.a == pytest.approx(0.28 / 0.62, abs=0.03)
+    assert res.b == pytest.approx(0.34 / 0.62, abs=0.03)
+    assert res.a + res.b == pytest.approx(1.0, abs=1e-9)
+    with pytest.raises(ValueError, match="at least min_points=3"):
+        fit_isoflop(np.array(Ns[:2]), np.array(Ds[:2]), np.array(Ls[:2]))

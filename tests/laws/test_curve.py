@@ -1,0 +1,167 @@
+import time
+
+import numpy as np
+import pytest
+from realdata import (
+    MP_REFERENCES,
+    MP_TARGETS,
+    cooldown_curve,
+    gemstone_cooldowns,
+    gemstone_hot,
+    multipower_curve,
+)
+
+from scaling_train.laws import (
+    Curve,
+    NotEnoughDataError,
+    fit_multipower,
+    predict_final_loss,
+    schedule_from_samples,
+)
+
+
+def mpl_loss(lr, steps, L0=3.0, A=0.9, alpha=0.45, B=0.3, C=0.05, beta=0.5, gamma=0.6):
+    """Exact multi-power law evaluated step by step (no binning) — the reference for the fast path."""
+    eta = lr / lr.max()
+    cs = np.r_[0.0, np.cumsum(eta)]
+    delta = np.r_[0.0, eta[:-1] - eta[1:]]
+    delta[: int(np.argmax(eta)) + 1] = 0
+    out = []
+    for t in steps.astype(int):
+        k = np.arange(t)  # 0-based steps 1..t
+        x = eta[k] ** -gamma * (cs[t] - cs[k])
+        out.append(L0 + A * cs[t] ** -alpha - B * np.sum(delta[k] * (1 - (C * x + 1) ** -beta)))
+    return np.array(out)
+
+
+def cosine(T, warm=200, floor=0.1):
+    t = np.arange(1, T + 1)
+    lr = floor + (1 - floor) * 0.5 * (1 + np.cos(np.pi * np.clip((t - warm) / (T - warm), 0, 1)))
+    lr[:warm] = t[:warm] / warm
+    return lr
+
+
+def wsd(T, decay_from, warm=200):
+    t = np.arange(1, T + 1)
+    lr = np.ones(T)
+    lr[:warm] = t[:warm] / warm
+    lr[decay_from:] = np.linspace(1, 0.01, T - decay_from)
+    return lr
+
+
+def test_binned_law_matches_exact_sum():
+    lr = wsd(6000, 4500)
+    steps = np.arange(300, 6001, 100).astype(float)
+    y = mpl_loss(lr, steps)
+    fit = fit_multipower([Curve(steps, y, lr)], prior_weight=0.0)
+    assert fit.rmse < 2e-3  # the binned evaluation reproduces the exact law closely
+
+
+def test_recovers_multipower_parameters_from_synthetic_runs():
+    rng = np.random.default_rng(0)
+    curves = []
+    for lr in (cosine(8000), wsd(8000, 6000), np.r_[np.linspace(0, 1, 200)[1:], np.ones(7801)]):
+        steps = np.arange(250, len(lr) + 1, 50).astype(float)
+        curves.append(Curve(steps, mpl_loss(lr, steps) + rng.normal(0, 0.003, len(steps)), lr))
+    fit = fit_multipower(curves, prior_weight=0.0, max_points=200)
+    assert fit.alpha == pytest.approx(0.45, abs=0.1)
+    # the fitted law predicts a different schedule's end well
+    lr = wsd(8000, 7000)
+    truth = mpl_loss(lr, np.array([8000.0]))[0]
+    pred = fit.predict(Curve([250.0], [4.0], lr), np.array([8000.0]), index=0)[0]
+    assert pred == pytest.approx(truth, rel=3e-3)
+
+
+@pytest.mark.parametrize(
+    "use_refs, fraction, target", [(True, 0.25, 0.003), (False, 0.25, 0.01), (True, 0.5, 0.003)]
+)
+def test_multipower_25m_final_loss(use_refs, fraction, target):
+    refs = [multipower_curve(n) for n in MP_REFERENCES] if use_refs else []
+    errs, covered = [], 0
+    for name in MP_TARGETS:
+        c = multipower_curve(name)
+        pred = predict_final_loss(c.truncated(fraction), refs)
+        errs.append(abs(pred.loss / c.losses[-1] - 1))
+        covered += pred.low <= c.losses[-1] <= pred.high
+        assert pred.low < pred.loss < pred.high
+    assert np.mean(errs) <= target, f"mean relative error {np.mean(errs):.4f} > {target}"
+    assert covered >= 4
+
+
+def test_gemstone_cooldown_with_earlier_cooldowns_as_references():
+    cds, hot = gemstone_cooldowns(), gemstone_hot()
+    errs = []
+    for cd in cds[::7]:
+        refs = [
+            cooldown_curve(c, hot, observed_end=True)
+            for c in cds
+            if c.run == cd.run and c.end_step < cd.begin_step
+        ]
+        if refs:
+            pred = predict_final_loss(cooldown_curve(cd, hot, observed_end=False), refs[-3:])
+            errs.append(abs(pred.loss / cd.loss_end - 1))
+    assert len(errs) >= 10 and np.mean(errs) < 0.004
+
+
+def test_latency_500_point_curve():
+    lr = cosine(50_000)
+    steps = np.linspace(300, 25_000, 500).round()
+    y = mpl_loss(lr, steps[::25])
+    y = np.interp(steps, steps[::25], y) + np.random.default_rng(1).normal(0, 0.01, 500)
+    c = Curve(steps, y, lr)
+    predict_final_loss(c)  # warm-up (imports, caches)
+    t0 = time.perf_counter()
+    for _ in range(5):
+        predict_final_loss(c)
+    dt = (time.perf_counter() - t0) / 5
+    assert dt < 0.05, f"{dt * 1e3:.1f} ms per call"
+
+
+def test_nan_inf_and_spikes_are_dropped_and_counted():
+    c = multipower_curve("cosine_72000").truncated(0.5)
+    clean = predict_final_loss(c)
+    y = c.losses.copy()
+    y[[5, 40]] = np.nan
+    y[60] = np.inf
+    y[[80, 81]] += 2.0  # loss spikes
+    dirty = predict_final_loss(Curve(c.steps, y, c.lr))
+    assert dirty.n_dropped == 3 and dirty.n_spikes >= 2
+    assert dirty.loss == pytest.approx(clean.loss, rel=2e-3)
+
+
+def test_too_few_points():
+    lr = cosine(1000)
+    with pytest.raises(NotEnoughDataError, match="2 valid points"):
+        predict_final_loss(Curve([10.0, 20.0], [5.0, 4.9], lr))
+    with pytest.raises(NotEnoughDataError):
+        predict_final_loss(Curve([10.0, 20.0, 30.0], [np.nan, np.nan, np.nan], lr))
+    refs = [multipower_curve("cosine_24000")]
+    target = multipower_curve("wsdcon_3")
+    pred = predict_final_loss(Curve([], [], target.lr), refs)  # only references: wide interval, no crash
+    few = predict_final_loss(target.truncated(0.5), refs)
+    assert pred.high - pred.low > 3 * (few.high - few.low)
+    assert pred.low < target.losses[-1] < pred.high
+
+
+def test_curve_validation():
+    lr = np.ones(100)
+    with pytest.raises(ValueError, match=r"steps must lie in \[1, T=100\]"):
+        Curve([0.0, 5.0], [1.0, 1.0], lr)
+    with pytest.raises(ValueError, match=r"steps\[1\]=5 must be > steps\[0\]=5"):
+        Curve([5.0, 5.0], [1.0, 1.0], lr)
+    with pytest.raises(ValueError, match=r"len\(steps\)=2 != len\(losses\)=1"):
+        Curve([1.0, 5.0], [1.0], lr)
+    with pytest.raises(ValueError, match=r"lr\[3\]=-1.0 must be >= 0"):
+        Curve([1.0], [1.0], np.r_[1.0, 1, 1, -1])
+    with pytest.raises(TypeError, match="references\\[0\\] must be a Curve"):
+        predict_final_loss(Curve([1.0, 2, 3], [3.0, 2.9, 2.8], lr), [np.ones(3)])
+
+
+def test_schedule_from_samples():
+    lr = schedule_from_samples(np.array([100.0, 200.0]), np.array([1.0, 0.5]), total_steps=300)
+    assert len(lr) == 300
+    assert lr[49] == pytest.approx(0.5)  # step 50 of a linear warmup to step 100
+    assert lr[149] == pytest.approx(0.75)
+    assert lr[-1] == pytest.approx(0.5)
+    with pytest.raises(ValueError, match="total_steps=150 must be >= the last logged step 200"):
+        schedule_from_samples(np.array([100.0, 200.0]), np.array([1.0, 0.5]), total_steps=150)
