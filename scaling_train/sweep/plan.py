@@ -1,0 +1,333 @@
+"""Sweep plan: spec -> one ``RunSpec`` per grid point, with deterministic names and exact commands.
+
+Run names encode the coordinates and the hash of the resolved run config (STYLE 8):
+
+    N2.2e5-D1.1e6-B16-lr3e-3-s0-1a2b3c4d     N non-embedding params, D training tokens, B global batch
+                                             (sequences), peak lr, seed, config_hash (8 hex)
+
+``parse_run_name`` gives the coordinates back. An edited base config changes the hash, so it is a new
+run folder rather than a silently mixed one.
+"""
+
+from __future__ import annotations
+
+import math
+import re
+import shlex
+import sys
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from scaling_train.config import ConfigError, deep_merge, from_dict, load_yaml, parse_overrides
+from scaling_train.models import sizes
+from scaling_train.sweep.spec import PowerRule, SweepSpec
+from scaling_train.train.config import RunConfig, config_hash
+
+CPU_FLOPS_PER_S = 4e9  # measured: ~0.2M-param model, 1 thread, 2-core VM (benchmarks/results/sweep.md)
+GPU_FLOPS_PER_S = 2e14  # H100 bf16 at ~25% MFU for small models
+BYTES_PER_PARAM = 16  # fp32 weights + grads + Adam m, v (ZeRO splits these across devices)
+GPU_MEMORY = 60e9  # usable bytes per GPU for states (80 GB card minus activations)
+TARGET_HOURS = 4.0  # auto devices: enough GPUs to finish a run in about this long
+
+
+@dataclass
+class RunSpec:
+    index: int
+    name: str
+    size: str
+    n_params: int  # non-embedding N of the actual shape
+    tokens: int  # D = steps * batch_size * seq_len
+    steps: int
+    batch_size: int
+    lr: float
+    seed: int
+    flops: float  # flops_per_token (incl. attention and LM head) * D
+    devices: int  # processes per node
+    nodes: int
+    est_s: float
+    time_limit_min: int
+    config_hash: str
+    run_dir: str
+    overrides: dict[str, Any] = field(default_factory=dict)
+    """Dotted RunConfig keys this run sets on the command line (spec overrides + coordinates)."""
+
+    @property
+    def world_size(self) -> int:
+        return self.devices * self.nodes
+
+
+@dataclass
+class Plan:
+    spec: SweepSpec
+    sweep_dir: Path
+    base: dict[str, Any]  # written to sweep_dir/base.yaml: spec.base merged with spec.run
+    runs: list[RunSpec]
+
+    @property
+    def base_path(self) -> Path:
+        return self.sweep_dir / "base.yaml"
+
+    def train_argv(self, run: RunSpec) -> list[str]:
+        """`scaling_train.cli train` arguments of one run (after the interpreter / torchrun)."""
+        return ["-m", "scaling_train.cli", "train", str(self.base_path), *format_overrides(run.overrides)]
+
+    def python(self) -> str:
+        return self.spec.launch.python or sys.executable
+
+    def to_json(self) -> dict[str, Any]:
+        return {"sweep": self.spec.name, "spec": self.spec.source, "runs": [asdict(r) for r in self.runs]}
+
+
+# ---------------------------------------------------------------------------------------- names
+def _e(x: float, digits: int = 1) -> str:
+    """3.2e7 style: ``f"{x:.1e}"`` without '+', zero padding or a trailing '.0'."""
+    m, ex = f"{x:.{digits}e}".split("e")
+    m = m.rstrip("0").rstrip(".")
+    return f"{m}e{int(ex)}"
+
+
+NAME_RE = re.compile(
+    r"^N(?P<N>[0-9.]+e-?\d+)-D(?P<D>[0-9.]+e-?\d+)-B(?P<B>\d+)-lr(?P<lr>[0-9.]+e-?\d+)-s(?P<seed>\d+)-(?P<hash>[0-9a-f]{8})$"
+)
+
+
+def run_name(*, n_params: float, tokens: float, batch_size: int, lr: float, seed: int, cfg_hash: str) -> str:
+    return f"N{_e(n_params)}-D{_e(tokens)}-B{batch_size}-lr{_e(lr)}-s{seed}-{cfg_hash}"
+
+
+def parse_run_name(name: str) -> dict[str, Any]:
+    """``'N2.2e5-D1.1e6-B16-lr3e-3-s0-1a2b3c4d'`` -> {N: 2.2e5, D: 1.1e6, B: 16, lr: 3e-3, seed: 0, hash}."""
+    m = NAME_RE.match(Path(name).name)
+    if not m:
+        raise ValueError(f"{name!r} is not a sweep run name like 'N2.2e5-D1.1e6-B16-lr3e-3-s0-1a2b3c4d'")
+    g = m.groupdict()
+    return {
+        "N": float(g["N"]),
+        "D": float(g["D"]),
+        "B": int(g["B"]),
+        "lr": float(g["lr"]),
+        "seed": int(g["seed"]),
+        "hash": g["hash"],
+    }
+
+
+# ---------------------------------------------------------------------------------------- rules
+def _size_n(size: str | float, where: str) -> float:
+    try:
+        return sizes.parse_size(size, where=where)
+    except ValueError as e:
+        raise ConfigError(str(e)) from None
+
+
+def apply_rule(rule: PowerRule, n: float, *, where: str) -> float:
+    """value * (N / N0) ** exponent, clamped and rounded as the rule says."""
+    v = rule.value * (n / _size_n(rule.ref_size, where=f"{where}.ref_size")) ** rule.exponent
+    if rule.min is not None:
+        v = max(v, rule.min)
+    if rule.max is not None:
+        v = min(v, rule.max)
+    if rule.multiple_of:
+        v = max(rule.multiple_of, rule.multiple_of * round(v / rule.multiple_of))
+    return v
+
+
+def format_overrides(over: dict[str, Any]) -> list[str]:
+    """``{'optim.lr': 0.003}`` -> ``['optim.lr=0.003']`` (values as YAML scalars; null for None)."""
+    out = []
+    for k, v in over.items():
+        if v is None:
+            s = "null"
+        elif isinstance(v, bool):
+            s = "true" if v else "false"
+        elif isinstance(v, (int, float)):
+            s = repr(v)
+        else:
+            s = str(v)
+            # keep strings strings: a value YAML would read as something else is written quoted
+            try:
+                if yaml.safe_load(s) != s:
+                    s = "'" + s.replace("'", "''") + "'"
+            except yaml.YAMLError:
+                s = "'" + s.replace("'", "''") + "'"
+        out.append(f"{k}={s}")
+    return out
+
+
+def _flat(d: dict[str, Any], prefix: str = "") -> dict[str, Any]:
+    out = {}
+    for k, v in d.items():
+        if isinstance(v, dict):
+            out.update(_flat(v, f"{prefix}{k}."))
+        else:
+            out[f"{prefix}{k}"] = v
+    return out
+
+
+# ---------------------------------------------------------------------------------------- plan
+def make_plan(spec: SweepSpec, *, output: str | Path | None = None) -> Plan:
+    """Expand the grid. Raises ConfigError (file, key, value, allowed) before anything starts."""
+    src, g, rules, res = spec.source, spec.grid, spec.rules, spec.resources
+    sweep_dir = Path(output or spec.output or Path("runs") / spec.name).absolute()
+    base = load_yaml(spec.base) if spec.base else {}
+    base = deep_merge(base, spec.run or {})
+    # Validate the shared part once, so its errors name the spec rather than a run.
+    spec_over = {str(k): v for k, v in _flat(spec.overrides or {}).items()}
+    try:
+        parse_overrides(format_overrides(spec_over))
+    except ConfigError as e:
+        raise ConfigError(f"{src}: overrides: {e}") from None
+
+    budgets: list[tuple[str, float]] = [
+        (k, float(v)) for k in ("tokens_per_param", "tokens", "flops") if getattr(g, k) for v in getattr(g, k)
+    ]
+    runs: list[RunSpec] = []
+    seen: dict[str, str] = {}
+    for si, size in enumerate(g.sizes):
+        n_target = _size_n(size, where=f"{src}: grid.sizes[{si}]")
+        for kind, budget in budgets:
+            for bs_axis in g.batch_sizes or [None]:
+                for seed in g.seeds:
+                    over: dict[str, Any] = dict(spec_over)
+                    over["model.size"] = str(size)
+                    cfg0 = _build(base, over, src, where=f"grid.sizes[{si}]={size!r}")
+                    shape, T = cfg0.model.shape, cfg0.model.seq_len
+                    n = sizes.non_embedding_params(shape)
+                    vocab = cfg0.model.vocab_size or cfg0.data.vocab_size
+                    fpt = sizes.flops_per_token(shape, T, vocab_size=vocab)
+                    B = (
+                        int(bs_axis)
+                        if bs_axis is not None
+                        else int(apply_rule(rules.batch_size, n_target, where=f"{src}: rules.batch_size"))
+                    )
+                    lr = (
+                        rules.lr.value
+                        if rules.mup
+                        else apply_rule(rules.lr, n_target, where=f"{src}: rules.lr")
+                    )
+                    d_target = {"tokens_per_param": budget * n, "tokens": budget, "flops": budget / fpt}[kind]
+                    tps = B * T
+                    if d_target < tps:
+                        key = {
+                            "tokens_per_param": "grid.tokens_per_param",
+                            "tokens": "grid.tokens",
+                            "flops": "grid.flops",
+                        }[kind]
+                        raise ConfigError(
+                            f"{src}: {key} value {budget:g} gives D={d_target:,.0f} tokens for size {size} (N={n:,}), "
+                            f"below one optimizer step of batch_size*seq_len = {B}*{T} = {tps:,} tokens; "
+                            f"raise the budget, or lower the batch size or seq_len"
+                        )
+                    steps = math.ceil(d_target / tps)
+                    over.update(
+                        {
+                            "train.max_steps": steps,
+                            "train.max_tokens": None,
+                            "train.batch_size": B,
+                            "optim.lr": float(f"{lr:.3g}"),
+                            "seed": int(seed),
+                            "sweep": spec.name,
+                        }
+                    )
+                    if rules.mup:
+                        over.update({"model.mup": True, "model.mup_base_width": rules.mup_base_width})
+                    if res.gpu:
+                        over["device"] = "cuda"
+                    cfg = _build(base, over, src, where=f"run size={size} {kind}={budget:g}")
+                    h = config_hash(cfg)
+                    D = steps * tps
+                    name = run_name(
+                        n_params=n, tokens=D, batch_size=B, lr=cfg.optim.lr, seed=int(seed), cfg_hash=h
+                    )
+                    if name in seen:
+                        raise ConfigError(
+                            f"{src}: two grid points resolve to the same run {name} ({seen[name]} and size={size} "
+                            f"{kind}={budget:g}); remove the duplicate size or budget"
+                        )
+                    seen[name] = f"size={size} {kind}={budget:g}"
+                    over["run_dir"] = str(sweep_dir / name)
+                    flops = fpt * D
+                    devices, nodes = _resources(spec, n_total=n + vocab * shape.d_model * 2, flops=flops)
+                    fps = res.flops_per_s or (GPU_FLOPS_PER_S if res.gpu else CPU_FLOPS_PER_S)
+                    est = flops / (fps * devices * nodes) + res.overhead_s
+                    limit = res.time_limit_min or int(math.ceil(2 * est / 60 + 10))
+                    runs.append(
+                        RunSpec(
+                            index=len(runs),
+                            name=name,
+                            size=str(size),
+                            n_params=n,
+                            tokens=D,
+                            steps=steps,
+                            batch_size=B,
+                            lr=cfg.optim.lr,
+                            seed=int(seed),
+                            flops=flops,
+                            devices=devices,
+                            nodes=nodes,
+                            est_s=est,
+                            time_limit_min=int(limit),
+                            config_hash=h,
+                            run_dir=str(sweep_dir / name),
+                            overrides=over,
+                        )
+                    )
+    return Plan(spec=spec, sweep_dir=sweep_dir, base=base, runs=runs)
+
+
+def _build(base: dict, over: dict, src: str, *, where: str) -> RunConfig:
+    try:
+        merged = deep_merge(base, parse_overrides(format_overrides(over)))
+        return from_dict(RunConfig, merged, source=f"{src} ({where})")
+    except ConfigError:
+        raise
+    except ValueError as e:
+        raise ConfigError(f"{src} ({where}): {e}") from None
+
+
+def _resources(spec: SweepSpec, *, n_total: float, flops: float) -> tuple[int, int]:
+    """(devices per node, nodes): from resources.* when set, else from N (memory) and C (time)."""
+    res = spec.resources
+    if res.devices is not None:
+        devices = res.devices
+    elif not res.gpu:
+        devices = 1
+    else:
+        by_time = flops / ((res.flops_per_s or GPU_FLOPS_PER_S) * TARGET_HOURS * 3600)
+        by_mem = BYTES_PER_PARAM * n_total / GPU_MEMORY
+        want = max(1, math.ceil(max(by_time, by_mem)))
+        total = 1 << (want - 1).bit_length()  # next power of two
+        return min(total, res.devices_per_node), res.nodes or max(1, total // res.devices_per_node)
+    nodes = res.nodes or (spec.torchrun.nnodes if spec.torchrun.nnodes > 1 else 1)
+    return devices, nodes
+
+
+# ---------------------------------------------------------------------------------------- display
+def _fmt_s(s: float) -> str:
+    return f"{s:.0f}s" if s < 120 else (f"{s / 60:.1f}m" if s < 7200 else f"{s / 3600:.1f}h")
+
+
+def describe(plan: Plan) -> str:
+    """The plan as a table: run name, N, D, FLOPs, devices, estimated time."""
+    lines = [
+        f"sweep {plan.spec.name}: {len(plan.runs)} runs -> {plan.sweep_dir}",
+        f"{'#':>3} {'run':42s} {'N':>9} {'D':>9} {'FLOPs':>8} {'B':>4} {'lr':>7} {'steps':>6} {'dev':>7} {'est':>6}",
+    ]
+    for r in plan.runs:
+        lines.append(
+            f"{r.index:>3} {r.name:42s} {r.n_params:9.2e} {r.tokens:9.2e} {r.flops:8.1e} {r.batch_size:>4} "
+            f"{r.lr:7.1e} {r.steps:>6} {f'{r.nodes}x{r.devices}':>7} {_fmt_s(r.est_s):>6}"
+        )
+    total = sum(r.est_s for r in plan.runs)
+    conc = plan.spec.launch.concurrency
+    lines.append(
+        f"total: {sum(r.flops for r in plan.runs):.2e} FLOPs, {_fmt_s(total)} of run time "
+        f"(~{_fmt_s(total / conc)} wall with launch.concurrency={conc})"
+    )
+    return "\n".join(lines)
+
+
+def command_line(argv: list[str]) -> str:
+    return " ".join(shlex.quote(a) for a in argv)

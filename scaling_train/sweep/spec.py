@@ -1,0 +1,212 @@
+"""The sweep spec: a YAML file in ``configs/sweeps/`` that names the grid, the per-size rules, the
+resources and the launcher. Loaded into typed dataclasses; every mistake fails before anything
+starts, naming the file, the key, the value and what is allowed.
+
+    name: quickstart
+    base: ../train/tiny.yaml            # optional run config (path relative to this file)
+    run: {model: {seq_len: 64}}         # nested RunConfig values for every run (over base)
+    overrides: {optim.warmup_steps: 10} # dotted RunConfig keys for every run (shown in each command)
+    grid:
+      sizes: [0.2M, 0.5M, 1M, 3M]       # named sizes or numbers (non-embedding parameters)
+      tokens_per_param: [5, 10, 20]     # exactly one of tokens_per_param | tokens | flops (IsoFLOP)
+      batch_sizes: null                 # null = from rules.batch_size; a list makes a batch-size axis
+      seeds: [0]
+    rules:
+      lr: {value: 3e-3, ref_size: 1M, exponent: -0.25}        # lr(N) = value * (N / ref)**exponent
+      batch_size: {value: 16, ref_size: 1M, exponent: 0.0, multiple_of: 8}
+      mup: false                        # muP transfer: lr(N) = value for every width, model.mup=true
+    resources: {devices: 1, nodes: 1, time_limit_min: null, flops_per_s: null}
+    launch: {concurrency: 2, retries: 1, fitter: true, report: true}
+    slurm: {partition: null, mode: array}
+    torchrun: {nnodes: 1, master_addr: 127.0.0.1, master_port: 29500}
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Literal
+
+from scaling_train.config import ConfigError, doc, from_dict, load_yaml
+
+
+@dataclass
+class Grid:
+    sizes: list[str] = doc(
+        "Model sizes (named like '1M' or numbers of non-embedding parameters).", default_factory=list
+    )
+    tokens_per_param: list[float] | None = doc("Token budgets as D/N ratios (Chinchilla-optimal ~20).", None)
+    tokens: list[float] | None = doc("Token budgets in absolute training tokens.", None)
+    flops: list[float] | None = doc("IsoFLOP budgets in training FLOPs; D = C / flops_per_token(N).", None)
+    batch_sizes: list[int] | None = doc(
+        "Batch-size axis in sequences; null = one batch size from rules.batch_size.", None
+    )
+    seeds: list[int] = doc("Seeds (init and data order).", default_factory=lambda: [0])
+
+
+@dataclass
+class PowerRule:
+    value: float = doc("The value at ref_size.", 3e-3)
+    ref_size: str = doc("Reference size N0 (named or a number).", "1M")
+    exponent: float = doc("value(N) = value * (N / N0) ** exponent.", 0.0)
+    multiple_of: int | None = doc("Round to a multiple of this (batch sizes).", None)
+    min: float | None = doc("Clamp from below.", None)
+    max: float | None = doc("Clamp from above.", None)
+
+
+@dataclass
+class Rules:
+    lr: PowerRule = doc(
+        "Peak learning rate as a power law in N.", default_factory=lambda: PowerRule(3e-3, "1M", 0.0)
+    )
+    batch_size: PowerRule = doc(
+        "Global batch (sequences) as a power law in N.", default_factory=lambda: PowerRule(16, "1M", 0.0, 8)
+    )
+    mup: bool = doc(
+        "muP transfer: model.mup=true and the same lr for every width (rules.lr.exponent ignored).", False
+    )
+    mup_base_width: int = doc("muP base width (where rules.lr.value was tuned).", 128)
+
+
+@dataclass
+class Resources:
+    devices: int | None = doc("Processes (GPUs) per node per run; null = 1 on CPU, else from N and D.", None)
+    nodes: int | None = doc("Nodes per run; null = from devices and devices_per_node.", None)
+    devices_per_node: int = doc("GPUs per node of the cluster.", 8)
+    time_limit_min: float | None = doc(
+        "Slurm time limit per run in minutes; null = 2x the estimate + 10.", None
+    )
+    flops_per_s: float | None = doc(
+        "Achieved training FLOP/s per device for estimates; null = 4e9 CPU, 2e14 GPU.", None
+    )
+    overhead_s: float = doc("Fixed seconds per run (start-up, data, checkpoints) in estimates.", 8.0)
+    gpu: bool = doc("Runs use GPUs (device=cuda; Slurm asks --gpus-per-node).", False)
+    cpus_per_task: int | None = doc("Slurm --cpus-per-task; null = not set.", None)
+    mem: str | None = doc("Slurm --mem (e.g. '16G'); null = not set.", None)
+
+
+@dataclass
+class Launch:
+    backend: Literal["local", "torchrun", "slurm"] = doc(
+        "Default sweep backend (the --backend flag wins).", "local"
+    )
+    concurrency: int = doc("local: runs at the same time on this machine.", 1)
+    retries: int = doc("A failing run is retried up to this many times (others go on).", 1)
+    fitter: bool = doc("Start `scaling-train fit SWEEP_DIR --follow` beside the runs (when installed).", True)
+    report: bool = doc("Run `scaling-train report SWEEP_DIR` at the end (when installed).", True)
+    stale_lock_s: float = doc(
+        "A run lock whose heartbeat is older than this is stale and may be taken.", 120.0
+    )
+    python: str | None = doc("Python interpreter for runs; null = the one running the sweep.", None)
+
+
+@dataclass
+class Slurm:
+    mode: Literal["array", "submitit"] = doc(
+        "sbatch job array from launch/slurm/array.sbatch, or submitit.", "array"
+    )
+    partition: str | None = doc("--partition.", None)
+    account: str | None = doc("--account.", None)
+    qos: str | None = doc("--qos.", None)
+    max_parallel: int | None = doc("Array throttle: at most this many runs at once (%k).", None)
+    setup: list[str] = doc(
+        "Shell lines run before each job (module load, venv activation).", default_factory=list
+    )
+    extra: list[str] = doc("Extra sbatch options, e.g. ['--constraint=h100'].", default_factory=list)
+    template: str | None = doc("sbatch template path; null = launch/slurm/array.sbatch.", None)
+    wait: bool = doc("Wait for the jobs to finish and print their states.", True)
+    requeue: bool = doc(
+        "submitit: requeue on preemption/timeout (the run resumes from its checkpoint).", True
+    )
+
+
+@dataclass
+class Torchrun:
+    nnodes: int = doc(
+        "Agents (nodes) per run; each node runs `scaling-train sweep ... --backend torchrun`.", 1
+    )
+    node_rank: int | None = doc("This node's rank; null = $NODE_RANK or 0.", None)
+    master_addr: str = doc("c10d rendezvous host (node 0).", "127.0.0.1")
+    master_port: int = doc("c10d rendezvous port (each run uses master_port + its index).", 29500)
+
+
+@dataclass
+class SweepSpec:
+    name: str = doc("Sweep name: output folder runs/<name>, W&B group.", "sweep")
+    base: str | None = doc("Base run config YAML (relative to the spec file).", None)
+    run: dict = doc("Nested RunConfig values for every run (over base).", default_factory=dict)
+    overrides: dict = doc(
+        "Dotted RunConfig keys for every run (over run; written into each command).", default_factory=dict
+    )
+    output: str | None = doc("Sweep folder; null = runs/<name> (the --output flag wins).", None)
+    grid: Grid = doc("The axes.", default_factory=Grid)
+    rules: Rules = doc("Per-size LR and batch rules.", default_factory=Rules)
+    resources: Resources = doc("Devices, nodes, time limits.", default_factory=Resources)
+    launch: Launch = doc("Launcher behaviour.", default_factory=Launch)
+    slurm: Slurm = doc("Slurm settings.", default_factory=Slurm)
+    torchrun: Torchrun = doc("Multi-node torchrun settings.", default_factory=Torchrun)
+    source: str = field(default="<dict>", metadata={"doc": "(set by the loader)"})
+
+
+def load_spec(path: str | Path) -> SweepSpec:
+    """Read and validate a sweep spec (structure here; the grid itself in ``plan.make_plan``)."""
+    path = Path(path)
+    data = load_yaml(path)
+    spec = from_dict(SweepSpec, data, source=str(path))
+    spec.source = str(path)
+    if spec.base is not None:
+        base = Path(spec.base)
+        if not base.is_absolute():
+            cand = (path.parent / base).resolve()
+            base = cand if cand.is_file() else Path(spec.base).resolve()
+        if not base.is_file():
+            raise ConfigError(
+                f"{path}: base={spec.base!r} does not exist (looked next to the spec and in the cwd)"
+            )
+        spec.base = str(base)
+    _check(spec)
+    return spec
+
+
+def _check(spec: SweepSpec) -> None:
+    src, g = spec.source, spec.grid
+    if not spec.name or "/" in spec.name or spec.name in (".", ".."):
+        raise ConfigError(f"{src}: name={spec.name!r} must be a non-empty folder name without '/'")
+    if not g.sizes:
+        raise ConfigError(f"{src}: grid.sizes is empty; list at least one size, e.g. [0.2M, 1M]")
+    given = [k for k in ("tokens_per_param", "tokens", "flops") if getattr(g, k) is not None]
+    if len(given) != 1:
+        raise ConfigError(
+            f"{src}: give exactly one budget axis of grid.tokens_per_param / grid.tokens / grid.flops (got {given or 'none'})"
+        )
+    for key in (*given, "seeds") + (("batch_sizes",) if g.batch_sizes is not None else ()):
+        vals = getattr(g, key)
+        if not vals:
+            raise ConfigError(f"{src}: grid.{key} is empty; list at least one value")
+        if len(set(vals)) != len(vals):
+            raise ConfigError(f"{src}: grid.{key}={vals} has duplicates")
+        if key != "seeds" and any(not v > 0 for v in vals):
+            raise ConfigError(f"{src}: grid.{key}={vals}: every value must be > 0")
+    if len(set(map(str, g.sizes))) != len(g.sizes):
+        raise ConfigError(f"{src}: grid.sizes={g.sizes} has duplicates")
+    for name in ("lr", "batch_size"):
+        r = getattr(spec.rules, name)
+        if not r.value > 0:
+            raise ConfigError(f"{src}: rules.{name}.value={r.value} must be > 0")
+        if r.multiple_of is not None and r.multiple_of < 1:
+            raise ConfigError(f"{src}: rules.{name}.multiple_of={r.multiple_of} must be >= 1")
+    la = spec.launch
+    if la.concurrency < 1:
+        raise ConfigError(f"{src}: launch.concurrency={la.concurrency} must be >= 1")
+    if la.retries < 0:
+        raise ConfigError(f"{src}: launch.retries={la.retries} must be >= 0")
+    res = spec.resources
+    for key in ("devices", "nodes"):
+        v = getattr(res, key)
+        if v is not None and v < 1:
+            raise ConfigError(f"{src}: resources.{key}={v} must be >= 1 or null")
+    if spec.torchrun.nnodes < 1:
+        raise ConfigError(f"{src}: torchrun.nnodes={spec.torchrun.nnodes} must be >= 1")
+    for key in spec.overrides:
+        if not isinstance(key, str) or not key:
+            raise ConfigError(f"{src}: overrides key {key!r} must be a dotted RunConfig key like optim.lr")
