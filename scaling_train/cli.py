@@ -1,7 +1,7 @@
 """``scaling-train`` command line: parse -> build -> run. Each subcommand's help gives the exact usage.
 
-    scaling-train train CONFIG [key=value ...]     one run (single process; torchrun for several)
-    scaling-train train --help-config              every config key with its default and meaning
+scaling-train train CONFIG [key=value ...]     one run (single process; torchrun for several)
+scaling-train train --help-config              every config key with its default and meaning
 """
 
 from __future__ import annotations
@@ -11,7 +11,6 @@ import importlib
 import sys
 
 from scaling_train.config import ConfigError
-
 
 PLUGINS = (
     "scaling_train.sweep.cli",  # scaling-train sweep
@@ -30,18 +29,24 @@ def _cmd_train(args: argparse.Namespace) -> int:
         for key, tp, default, text in config_mod.describe(RunConfig):
             print(f"{key:28s} {tp:34s} default {default:14s} {text}")
         return 0
-    if args.config is None:
-        raise ConfigError("scaling-train train: give a CONFIG file (e.g. configs/train/tiny.yaml)")
-    cfg = config_mod.load(RunConfig, args.config, args.overrides)
+    overrides = list(args.overrides)
+    if args.config is not None and "=" in args.config and not args.config.endswith((".yaml", ".yml")):
+        overrides.insert(0, args.config)  # only overrides: start from the defaults
+        args.config = None
+    cfg = config_mod.load(RunConfig, args.config, overrides)
     res = Trainer(cfg).run()
     if not res.already_done:
         ev = f", eval loss {res.final_eval_loss:.4f}" if res.final_eval_loss is not None else ""
-        print(f"[train] done: {res.steps} steps, {res.tokens:,} tokens, loss {res.final_loss:.4f}{ev} -> {res.run_dir}")
+        print(
+            f"[train] done: {res.steps} steps, {res.tokens:,} tokens, loss {res.final_loss:.4f}{ev} -> {res.run_dir}"
+        )
     return 0
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="scaling-train", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = argparse.ArgumentParser(
+        prog="scaling-train", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     sub = p.add_subparsers(dest="command", required=True)
     t = sub.add_parser("train", help="train one run from a YAML config plus key=value overrides")
     t.add_argument("config", nargs="?", help="YAML run config, e.g. configs/train/tiny.yaml")

@@ -124,7 +124,7 @@ def from_dict(cls: type[T], data: Mapping[str, Any], *, source: str = "<dict>", 
     for k, v in data.items():
         if k not in names:
             raise ConfigError(
-                f"{source}: unknown key {prefix}{k!r}; known keys of {cls.__name__}: {sorted(names)}"
+                f"{source}: unknown key {(prefix + k)!r}; known keys of {cls.__name__}: {sorted(names)}"
             )
         kwargs[k] = _coerce(v, hints[k], f"{prefix}{k}", source)
     try:
@@ -151,7 +151,9 @@ def parse_overrides(items: Sequence[str]) -> dict[str, Any]:
     out: dict[str, Any] = {}
     for item in items:
         if "=" not in item:
-            raise ConfigError(f"command line: override {item!r} must look like key=value (e.g. optim.lr=3e-3)")
+            raise ConfigError(
+                f"command line: override {item!r} must look like key=value (e.g. optim.lr=3e-3)"
+            )
         key, raw = item.split("=", 1)
         key = key.strip()
         if not key or any(not p for p in key.split(".")):
@@ -193,14 +195,38 @@ def load_yaml(path: str | Path) -> dict[str, Any]:
     return data
 
 
+def _resolve_includes(cls: type, data: dict[str, Any], base: Path | None) -> dict[str, Any]:
+    """A sub-config given as a path (``model: configs/models/1M.yaml``) is read from that file,
+    relative to the including file first, then to the working directory."""
+    hints = _hints(cls)
+    out = dict(data)
+    for k, v in data.items():
+        tp = hints.get(k)
+        if (
+            tp is not None
+            and dataclasses.is_dataclass(tp)
+            and isinstance(v, str)
+            and v.endswith((".yaml", ".yml"))
+        ):
+            cands = ([base / v] if base is not None else []) + [Path(v)]
+            hit = next((c for c in cands if c.is_file()), None)
+            if hit is None:
+                raise ConfigError(f"{k}={v!r}: included file not found (looked at {[str(c) for c in cands]})")
+            out[k] = _resolve_includes(tp, load_yaml(hit), hit.parent)
+        elif tp is not None and dataclasses.is_dataclass(tp) and isinstance(v, dict):
+            out[k] = _resolve_includes(tp, v, base)
+    return out
+
+
 def load(cls: type[T], path: str | Path | None, overrides: Sequence[str] = ()) -> T:
     """Load ``cls`` from a YAML file plus command-line overrides (overrides win)."""
-    data = load_yaml(path) if path is not None else {}
+    data = _resolve_includes(cls, load_yaml(path), Path(path).parent) if path is not None else {}
     over = parse_overrides(overrides)
     src = str(path) if path is not None else "<defaults>"
     if over:
         # Validate the overrides on their own first so their errors name the command line.
         _check_keys(cls, over, source="command line")
+        over = _resolve_includes(cls, over, None)
         src = f"{src} + command line"
     return from_dict(cls, deep_merge(data, over), source=src)
 
@@ -211,7 +237,7 @@ def _check_keys(cls: type, data: Mapping[str, Any], *, source: str, prefix: str 
     for k, v in data.items():
         if k not in names:
             raise ConfigError(
-                f"{source}: unknown key {prefix}{k!r}; known keys of {cls.__name__}: {sorted(names)}"
+                f"{source}: unknown key {(prefix + k)!r}; known keys of {cls.__name__}: {sorted(names)}"
             )
         tp = hints[k]
         if dataclasses.is_dataclass(tp) and isinstance(v, Mapping):

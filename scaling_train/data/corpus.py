@@ -44,7 +44,9 @@ def _read(path: Path) -> str:
     return path.read_bytes().decode("utf-8", errors="replace")
 
 
-def iter_documents(corpus: str, *, text_field: str = "text", max_bytes: int | None = None) -> Iterator[Document]:
+def iter_documents(
+    corpus: str, *, text_field: str = "text", max_bytes: int | None = None
+) -> Iterator[Document]:
     """Yield the corpus's documents in a deterministic order, stopping after ``max_bytes``."""
     seen = 0
 
@@ -67,7 +69,9 @@ def iter_documents(corpus: str, *, text_field: str = "text", max_bytes: int | No
                     key=lambda p: p.relative_to(path).as_posix(),
                 )
                 if not files:
-                    raise ValueError(f"data.corpus={corpus!r}: folder has no text files ({sorted(TEXT_SUFFIXES)})")
+                    raise ValueError(
+                        f"data.corpus={corpus!r}: folder has no text files ({sorted(TEXT_SUFFIXES)})"
+                    )
                 for p in files:
                     yield Document(p.relative_to(path).as_posix(), _read(p))
             elif path.suffix == ".jsonl":
@@ -94,7 +98,9 @@ def _jsonl_documents(path: Path, text_field: str) -> Iterator[Document]:
             except json.JSONDecodeError as e:
                 raise ValueError(f"{path}:{lineno}: not valid JSON ({e.msg})") from None
             if not isinstance(rec, dict) or not isinstance(rec.get(text_field), str):
-                raise ValueError(f"{path}:{lineno}: expected an object with a string field data.text_field={text_field!r}")
+                raise ValueError(
+                    f"{path}:{lineno}: expected an object with a string field data.text_field={text_field!r}"
+                )
             yield Document(f"{path.name}:{lineno}", rec[text_field])
 
 
@@ -103,24 +109,42 @@ def _hf_documents(corpus: str, text_field: str) -> Iterator[Document]:
     try:
         import datasets  # optional: the `hf` extra
     except ImportError:
-        raise ImportError(f"data.corpus={corpus!r} needs the `datasets` package: pip install 'scaling-train[hf]'") from None
+        raise ImportError(
+            f"data.corpus={corpus!r} needs the `datasets` package: pip install 'scaling-train[hf]'"
+        ) from None
     try:
-        ds = datasets.load_dataset(parts[0], parts[1] if len(parts) > 1 else None, split="train", streaming=True)
+        ds = datasets.load_dataset(
+            parts[0], parts[1] if len(parts) > 1 else None, split="train", streaming=True
+        )
     except Exception as e:  # network or name errors from the hub
         raise RuntimeError(f"data.corpus={corpus!r}: could not load from the Hugging Face hub: {e}") from None
     for i, rec in enumerate(ds):
         yield Document(f"{parts[0]}:{i}", rec[text_field])
 
 
+def hash_fraction(name: str) -> float:
+    return int.from_bytes(hashlib.blake2b(name.encode(), digest_size=8).digest(), "little") / 2**64
+
+
 def is_validation(name: str, val_fraction: float) -> bool:
-    h = int.from_bytes(hashlib.blake2b(name.encode(), digest_size=8).digest(), "little")
-    return h / 2**64 < val_fraction
+    return hash_fraction(name) < val_fraction
 
 
 def split_documents(docs: list[Document], val_fraction: float) -> tuple[list[Document], list[Document]]:
+    """Validation = documents whose name hash falls below ``val_fraction``. Small corpora: if that
+    leaves no validation document, the one with the lowest hash is taken; a single document is cut
+    at (1 - val_fraction) of its characters."""
+    if len(docs) == 1:
+        d = docs[0]
+        cut = int(len(d.text) * (1 - val_fraction))
+        return [Document(d.name, d.text[:cut])], [Document(d.name + ":val", d.text[cut:])]
     train, val = [], []
     for d in docs:
         (val if is_validation(d.name, val_fraction) else train).append(d)
+    if not val and len(train) > 1:
+        first = min(train, key=lambda d: hash_fraction(d.name))
+        train = [d for d in train if d is not first]
+        val = [first]
     if not train or not val:
         raise ValueError(
             f"data.val_fraction={val_fraction} leaves {len(train)} train and {len(val)} validation documents "

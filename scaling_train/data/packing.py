@@ -27,12 +27,18 @@ from scaling_train.data import tokenizer as tok_mod
 
 @dataclass
 class DataConfig:
-    corpus: str = doc("'builtin' (Python's stdlib sources), a file, a folder, a .jsonl file, or hf:NAME[:CONFIG].", "builtin")
+    corpus: str = doc(
+        "'builtin' (Python's stdlib sources), a file, a folder, a .jsonl file, or hf:NAME[:CONFIG].",
+        "builtin",
+    )
     text_field: str = doc("Field holding the text in .jsonl / Hugging Face records.", "text")
     vocab_size: int = doc("BPE vocabulary size (incl. the EOS token).", 8192)
     val_fraction: float = doc("Fraction of documents (by name hash) held out for validation.", 0.05)
     max_bytes: int | None = doc("Read at most this many bytes of text (null = all).", None)
-    cache_dir: str = doc("Where tokenizers and token shards are cached ($SCALING_TRAIN_CACHE overrides).", "~/.cache/scaling_train")
+    cache_dir: str = doc(
+        "Where tokenizers and token shards are cached ($SCALING_TRAIN_CACHE overrides).",
+        "~/.cache/scaling_train",
+    )
 
     def __post_init__(self) -> None:
         if not 0.0 < self.val_fraction < 1.0:
@@ -148,14 +154,18 @@ def prepare(cfg: DataConfig, seq_len: int, *, log=print) -> PreparedData:
     meta_path = root / f"tokens-{key}.json"
     with _file_lock(root / f"{key}.lock"):
         if not (tok_path.is_file() and meta_path.is_file() and all(p.is_file() for p in shard.values())):
-            log(f"[data] training BPE (vocab {cfg.vocab_size}) on {len(train_docs)} documents of {cfg.corpus!r}")
+            log(
+                f"[data] training BPE (vocab {cfg.vocab_size}) on {len(train_docs)} documents of {cfg.corpus!r}"
+            )
             tok = tok_mod.load_or_train([d.text for d in train_docs], cfg.vocab_size, tok_path)
             eos_id = tok.token_to_id(tok_mod.EOS)
             counts = {}
             for split, ds in (("train", train_docs), ("val", val_docs)):
                 enc = tok.encode_batch([d.text for d in ds])
                 arr = np.fromiter(
-                    (t for e in enc for t in (*e.ids, eos_id)), dtype=dtype, count=sum(len(e.ids) + 1 for e in enc)
+                    (t for e in enc for t in (*e.ids, eos_id)),
+                    dtype=dtype,
+                    count=sum(len(e.ids) + 1 for e in enc),
                 )
                 tmp = shard[split].with_suffix(".tmp")
                 arr.tofile(tmp)

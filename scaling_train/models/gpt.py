@@ -36,8 +36,12 @@ class ModelConfig:
     tie_embeddings: bool = doc("Share the token embedding and the LM head.", False)
     rope_theta: float = doc("RoPE base.", 10000.0)
     norm_eps: float = doc("RMSNorm epsilon.", 1e-6)
-    init_std: float = doc("Init std of weight matrices; output projections get init_std/sqrt(2*n_layers).", 0.02)
-    mup: bool = doc("muP parametrisation: hidden init and LR scale with base_width/d_model, readout 1/m.", False)
+    init_std: float = doc(
+        "Init std of weight matrices; output projections get init_std/sqrt(2*n_layers).", 0.02
+    )
+    mup: bool = doc(
+        "muP parametrisation: hidden init and LR scale with base_width/d_model, readout 1/m.", False
+    )
     mup_base_width: int = doc("muP base width (the width at which the LR was tuned).", 128)
     attn_doc_mask: bool = doc("Block attention across packed documents (uses segment_ids).", False)
     loss_impl: Literal["auto", "triton", "cpp", "torch"] = doc("Fused-loss implementation.", "auto")
@@ -108,9 +112,7 @@ class Attention(nn.Module):
         self.qkv = nn.Linear(cfg.d_model, 3 * cfg.d_model, bias=False)  # type: ignore[arg-type]
         self.proj = nn.Linear(cfg.d_model, cfg.d_model, bias=False)  # type: ignore[arg-type]
         # muP: attention logits scale 1/head_dim instead of 1/sqrt(head_dim) (equal at the base width)
-        self.scale = (
-            math.sqrt(cfg.mup_base_width / cfg.n_heads) / self.head_dim if cfg.mup else None
-        )
+        self.scale = math.sqrt(cfg.mup_base_width / cfg.n_heads) / self.head_dim if cfg.mup else None
 
     def forward(self, x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, mask: torch.Tensor | None):
         B, T, C = x.shape
@@ -207,7 +209,13 @@ class GPT(nn.Module):
             else:
                 hidden.append(p)
         groups = [
-            {"params": hidden, "lr": lr / m, "weight_decay": weight_decay, "lr_scale": 1.0 / m, "name": "hidden"},
+            {
+                "params": hidden,
+                "lr": lr / m,
+                "weight_decay": weight_decay,
+                "lr_scale": 1.0 / m,
+                "name": "hidden",
+            },
             {"params": embed, "lr": lr, "weight_decay": weight_decay, "lr_scale": 1.0, "name": "embedding"},
             {"params": vector, "lr": lr, "weight_decay": 0.0, "lr_scale": 1.0, "name": "vector"},
         ]

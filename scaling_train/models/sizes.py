@@ -4,10 +4,10 @@ One aspect-ratio rule covers 0.1M to 3B non-embedding parameters:
 
     per-layer parameters  P(d) = 4*d**2 (q, k, v, o) + 3*d*d_ff (SwiGLU) + 2*d (two RMSNorms)
     d_ff(d)               = 8/3 * d rounded up to a multiple of 32 (SwiGLU keeps ~8*d**2 MLP params)
-    d_model               = (N * r / 12) ** (1/3) rounded to a multiple of head_dim,
-                            with aspect ratio r = d_model / n_layers = 64 (Kaplan et al. 2020 find the
+    d_model               = (N * r / 12) ** (1/3) rounded down or up to a multiple of head_dim,
+                            whichever lands closer to N with n_layers below; aspect ratio r = d_model / n_layers = 64 (Kaplan et al. 2020 find the
                             loss flat for r in 20..200)
-    n_layers              = round(N / P(d_model)), at least 1
+    n_layers              = round(N / P(d_model)), at least 2
     head_dim              = 32 below d_model=512, 64 from 512, 128 from 2048;  n_heads = d_model / head_dim
 
 Since P(d) ~ 12*d**2, N ~ 12 * n_layers * d_model**2, the Kaplan approximation. The exact count of
@@ -55,7 +55,9 @@ def parse_size(size: str | int | float, *, where: str = "model.size") -> float:
             )
         n = float(m.group(1)) * _SUFFIX[m.group(2).upper()]
     if not (MIN_PARAMS <= n <= MAX_PARAMS):
-        raise ValueError(f"{where}={size!r} = {n:.3g} non-embedding parameters is outside [{MIN_PARAMS:.0e}, {MAX_PARAMS:.0e}]")
+        raise ValueError(
+            f"{where}={size!r} = {n:.3g} non-embedding parameters is outside [{MIN_PARAMS:.0e}, {MAX_PARAMS:.0e}]"
+        )
     return n
 
 
@@ -76,10 +78,18 @@ def shape_for(n_params: float) -> Shape:
     """The family's shape for a target non-embedding parameter count (module docstring rule)."""
     d = (n_params * ASPECT_RATIO / 12) ** (1 / 3)
     mult = head_dim_for(round(d))
-    d_model = max(64, mult * round(d / mult))
-    d_ff = swiglu_ff(d_model)
-    n_layers = max(1, round(n_params / layer_params(d_model, d_ff)))
-    return Shape(d_model=d_model, n_layers=n_layers, n_heads=d_model // head_dim_for(d_model), d_ff=d_ff)
+    best = None
+    for d_model in {max(64, mult * math.floor(d / mult)), max(64, mult * math.ceil(d / mult))}:
+        d_ff = swiglu_ff(d_model)
+        n_layers = max(2, round(n_params / layer_params(d_model, d_ff)))
+        err = abs(math.log(n_layers * layer_params(d_model, d_ff) / n_params))
+        if (
+            best is None
+            or err < best[0] - 1e-12
+            or (abs(err - best[0]) <= 1e-12 and d_model < best[1].d_model)
+        ):
+            best = (err, Shape(d_model, n_layers, d_model // head_dim_for(d_model), d_ff))
+    return best[1]
 
 
 def non_embedding_params(shape: Shape) -> int:

@@ -83,7 +83,8 @@ def load_latest(ckpt_dir: str | Path, map_location: str | torch.device = "cpu") 
             warnings.warn(f"skipping checkpoint {path}: {e}; trying an older one", stacklevel=2)
     if paths:
         raise RuntimeError(
-            f"no usable checkpoint in {ckpt_dir}: " + "; ".join(problems)
+            f"no usable checkpoint in {ckpt_dir}: "
+            + "; ".join(problems)
             + ". Delete the folder to restart from step 0 on purpose."
         )
     return None

@@ -18,9 +18,13 @@ from scaling_train.train.schedule import OptimConfig
 @dataclass
 class LoopConfig:
     batch_size: int = doc("Global batch in sequences per optimizer step.", 16)
-    micro_batch_size: int | None = doc("Sequences per forward/backward (per process); null = batch_size.", None)
+    micro_batch_size: int | None = doc(
+        "Sequences per forward/backward (per process); null = batch_size.", None
+    )
     max_steps: int | None = doc("Budget in optimizer steps (exactly one of max_steps / max_tokens).", None)
-    max_tokens: float | None = doc("Budget in training tokens; steps = ceil(max_tokens / (batch_size*seq_len)).", None)
+    max_tokens: float | None = doc(
+        "Budget in training tokens; steps = ceil(max_tokens / (batch_size*seq_len)).", None
+    )
     log_every: int = doc("Flush metrics to metrics.jsonl every k steps (one host sync per flush).", 10)
     eval_every: int = doc("Evaluate on the validation split every k steps (0 = only at the end).", 100)
     eval_batches: int = doc("Validation micro-batches per evaluation.", 4)
@@ -34,7 +38,9 @@ class LoopConfig:
             raise ValueError(f"train.batch_size={self.batch_size} must be >= 1")
         mb = self.micro_batch_size
         if mb is not None and (mb < 1 or self.batch_size % mb):
-            raise ValueError(f"train.micro_batch_size={mb} must be >= 1 and divide train.batch_size={self.batch_size}")
+            raise ValueError(
+                f"train.micro_batch_size={mb} must be >= 1 and divide train.batch_size={self.batch_size}"
+            )
         if (self.max_steps is None) == (self.max_tokens is None):
             raise ValueError(
                 f"set exactly one of train.max_steps={self.max_steps} and train.max_tokens={self.max_tokens}"
@@ -62,10 +68,16 @@ class DistConfig:
         "auto = single for one process, else ddp below 300M non-embedding params, deepspeed from 300M.",
         "auto",
     )
-    zero_stage: int | None = doc("DeepSpeed ZeRO stage 1/2/3; null = by size (2 below 1.5B params, else 3).", None)
+    zero_stage: int | None = doc(
+        "DeepSpeed ZeRO stage 1/2/3; null = by size (2 below 1.5B params, else 3).", None
+    )
     offload: bool = doc("DeepSpeed: offload optimizer state to CPU (ZeRO-2/3).", False)
-    comm_backend: Literal["auto", "nccl", "gloo"] = doc("Process-group backend; auto = nccl on GPU, gloo on CPU.", "auto")
-    fsdp_sharding: Literal["full_shard", "shard_grad_op", "no_shard"] = doc("FSDP sharding strategy.", "full_shard")
+    comm_backend: Literal["auto", "nccl", "gloo"] = doc(
+        "Process-group backend; auto = nccl on GPU, gloo on CPU.", "auto"
+    )
+    fsdp_sharding: Literal["full_shard", "shard_grad_op", "no_shard"] = doc(
+        "FSDP sharding strategy.", "full_shard"
+    )
 
     def __post_init__(self) -> None:
         if self.zero_stage is not None and self.zero_stage not in (0, 1, 2, 3):
@@ -74,10 +86,14 @@ class DistConfig:
 
 @dataclass
 class RunConfig:
-    run_dir: str = doc("Run folder: config.yaml, metrics.jsonl, checkpoints/, DONE, predictions.json.", "runs/default")
+    run_dir: str = doc(
+        "Run folder: config.yaml, metrics.jsonl, checkpoints/, DONE, predictions.json.", "runs/default"
+    )
     seed: int = doc("Seed of the init and of the batch order.", 0)
     device: Literal["auto", "cpu", "cuda"] = doc("auto = cuda when available.", "auto")
-    precision: Literal["auto", "fp32", "bf16"] = doc("Autocast dtype; auto = bf16 on GPU, fp32 on CPU.", "auto")
+    precision: Literal["auto", "fp32", "bf16"] = doc(
+        "Autocast dtype; auto = bf16 on GPU, fp32 on CPU.", "auto"
+    )
     threads: int | None = doc("torch CPU threads (null = torch's default).", None)
     sweep: str | None = doc("Sweep name (set by the launcher; W&B group).", None)
     model: ModelConfig = field(default_factory=ModelConfig, metadata={"doc": "model"})
@@ -85,7 +101,9 @@ class RunConfig:
     optim: OptimConfig = field(default_factory=OptimConfig, metadata={"doc": "optimizer"})
     train: LoopConfig = field(default_factory=lambda: LoopConfig(max_steps=200), metadata={"doc": "loop"})
     dist: DistConfig = field(default_factory=DistConfig, metadata={"doc": "distribution (train/backend.py)"})
-    metrics: MetricsConfig = doc("Metrics stream: device statistics, noise scale, W&B.", default_factory=MetricsConfig)
+    metrics: MetricsConfig = doc(
+        "Metrics stream: device statistics, noise scale, W&B.", default_factory=MetricsConfig
+    )
 
     def __post_init__(self) -> None:
         if self.model.vocab_size is not None and self.model.vocab_size < self.data.vocab_size:
@@ -105,7 +123,14 @@ class RunConfig:
 
 
 # Keys that do not change what is computed: they may differ on resume and are left out of the hash.
-NON_SEMANTIC = {("train", "progress"), ("run_dir",), ("threads",), ("train", "log_every"), ("sweep",), ("metrics",)}
+NON_SEMANTIC = {
+    ("train", "progress"),
+    ("run_dir",),
+    ("threads",),
+    ("train", "log_every"),
+    ("sweep",),
+    ("metrics",),
+}
 
 
 def semantic_dict(cfg: RunConfig) -> dict:

@@ -20,7 +20,9 @@ class OptimConfig:
     lr: float = doc("Peak learning rate (muP: the base-width LR).", 3e-3)
     min_lr_ratio: float = doc("Final LR as a fraction of the peak (cosine, wsd, linear).", 0.1)
     schedule: Literal["constant", "cosine", "wsd", "linear"] = doc("LR schedule after warmup.", "cosine")
-    warmup_steps: int = doc("Linear warmup steps (0 = none); a float in (0,1) is not accepted, give steps.", 20)
+    warmup_steps: int = doc(
+        "Linear warmup steps (0 = none); a float in (0,1) is not accepted, give steps.", 20
+    )
     decay_fraction: float = doc("WSD: fraction of all steps spent in the final decay.", 0.2)
     weight_decay: float = doc("AdamW decoupled weight decay on matrices.", 0.1)
     beta1: float = doc("AdamW beta1.", 0.9)

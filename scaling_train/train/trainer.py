@@ -61,7 +61,9 @@ def _diff_keys(a: Any, b: Any, prefix: str = "") -> list[str]:
 class Trainer:
     """Single-process trainer. ``callbacks`` get ``on_flush(trainer, row)`` after each metrics flush."""
 
-    def __init__(self, cfg: RunConfig, *, log: Callable[[str], None] = print, callbacks: list | None = None) -> None:
+    def __init__(
+        self, cfg: RunConfig, *, log: Callable[[str], None] = print, callbacks: list | None = None
+    ) -> None:
         self.cfg = cfg
         self.log = log
         self.callbacks = list(callbacks or [])
@@ -73,11 +75,15 @@ class Trainer:
     # ------------------------------------------------------------------ setup
     def _setup(self) -> None:
         cfg = self.cfg
-        self.data: PreparedData = prepare(cfg.data, cfg.model.seq_len, log=self.log if self.backend.is_main else lambda s: None)
+        self.data: PreparedData = prepare(
+            cfg.data, cfg.model.seq_len, log=self.log if self.backend.is_main else lambda s: None
+        )
         if cfg.model.vocab_size is None:
             cfg.model.vocab_size = self.data.vocab_size
         elif cfg.model.vocab_size < self.data.vocab_size:
-            raise ValueError(f"model.vocab_size={cfg.model.vocab_size} < tokenizer vocabulary {self.data.vocab_size}")
+            raise ValueError(
+                f"model.vocab_size={cfg.model.vocab_size} < tokenizer vocabulary {self.data.vocab_size}"
+            )
         world = self.backend.world_size
         mb = cfg.train.micro_batch_size or cfg.train.batch_size // world
         if cfg.train.batch_size % (world * mb):
@@ -143,7 +149,9 @@ class Trainer:
         idx = batch_indices(self.cfg.seed, step, self.cfg.train.batch_size, self.data.train.n_seqs)
         per_rank = len(idx) // self.backend.world_size
         mine = idx[self.backend.rank * per_rank : (self.backend.rank + 1) * per_rank]
-        return [self.data.train.batch(mine[i : i + self.micro_bs]) for i in range(0, len(mine), self.micro_bs)]
+        return [
+            self.data.train.batch(mine[i : i + self.micro_bs]) for i in range(0, len(mine), self.micro_bs)
+        ]
 
     @torch.no_grad()
     def evaluate(self) -> dict[str, float]:
@@ -163,7 +171,11 @@ class Trainer:
             with self.backend.autocast():
                 out = self.model(batch.idx, batch.targets, reduction="sum")
             sums += torch.stack(
-                [out.token_nll.double().sum(), out.token_correct.double().sum(), torch.tensor(float(out.token_nll.numel()), dtype=torch.float64, device=sums.device)]
+                [
+                    out.token_nll.double().sum(),
+                    out.token_correct.double().sum(),
+                    torch.tensor(float(out.token_nll.numel()), dtype=torch.float64, device=sums.device),
+                ]
             )
         sums = self.backend.all_reduce_mean(sums)
         nll, correct, count = sums.tolist()  # sync: one transfer per evaluation
@@ -178,8 +190,15 @@ class Trainer:
         if done.is_file():
             info = json.loads(done.read_text() or "{}")
             self.log(f"[train] {self.run_dir} is already DONE; nothing to do")
-            return RunResult(self.run_dir, info.get("steps", 0), info.get("tokens", 0), info.get("final_loss", float("nan")),
-                             info.get("final_eval_loss"), None, already_done=True)
+            return RunResult(
+                self.run_dir,
+                info.get("steps", 0),
+                info.get("tokens", 0),
+                info.get("final_loss", float("nan")),
+                info.get("final_eval_loss"),
+                None,
+                already_done=True,
+            )
         self._setup()
         if self.backend.is_main:
             self._write_config()
@@ -194,7 +213,9 @@ class Trainer:
             start_step = resumed_from = state["step"]
             if metrics is not None:
                 metrics.truncate(state["metrics_offset"])  # drop rows written after the checkpoint
-            self.log(f"[train] resumed {self.run_dir} from {path.name} (step {start_step}/{self.total_steps})")
+            self.log(
+                f"[train] resumed {self.run_dir} from {path.name} (step {start_step}/{self.total_steps})"
+            )
         for cb in self.callbacks:
             if hasattr(cb, "on_train_begin"):
                 cb.on_train_begin(self)
@@ -242,7 +263,14 @@ class Trainer:
         if cfg.train.progress and self.backend.is_main:
             from tqdm.auto import tqdm
 
-            bar = tqdm(total=T, initial=start_step, desc=self.run_dir.name, unit="step", dynamic_ncols=True, leave=False)
+            bar = tqdm(
+                total=T,
+                initial=start_step,
+                desc=self.run_dir.name,
+                unit="step",
+                dynamic_ncols=True,
+                leave=False,
+            )
         # device accumulators over a flush window: loss sum, grad-norm sum, steps
         acc = torch.zeros(3, dtype=torch.float64, device=dev)
         window_start, t_window = start_step, time.perf_counter()
@@ -271,7 +299,13 @@ class Trainer:
                     cb.on_before_step(self, step)
             self.optimizer.step()
             self.optimizer.zero_grad(set_to_none=True)
-            acc += torch.stack([step_loss / self.accum, gnorm.detach().double(), torch.ones((), dtype=torch.float64, device=dev)])
+            acc += torch.stack(
+                [
+                    step_loss / self.accum,
+                    gnorm.detach().double(),
+                    torch.ones((), dtype=torch.float64, device=dev),
+                ]
+            )
             done_steps = step + 1
             is_last = done_steps == T
             do_eval = is_last or (cfg.train.eval_every and done_steps % cfg.train.eval_every == 0)

@@ -1,0 +1,207 @@
+import json
+import math
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+
+from scaling_train.metrics.jsonl import read_jsonl
+from scaling_train.train import Trainer, lr_array, train
+from scaling_train.train import checkpoint as ckpt
+
+from ..conftest import tiny_config, tiny_overrides
+
+REPO = Path(__file__).resolve().parents[2]
+VOLATILE = {"time", "tokens_per_s"}
+
+
+def _rows(run_dir):
+    return [
+        {k: v for k, v in r.items() if k not in VOLATILE}
+        for r in read_jsonl(Path(run_dir) / "metrics.jsonl").rows
+    ]
+
+
+class Crash(Exception):
+    pass
+
+
+class CrashAt:
+    def __init__(self, step):
+        self.step = step
+
+    def on_before_step(self, trainer, step):
+        if step == self.step:
+            raise Crash(f"simulated crash at step {step}")
+
+
+def test_loss_falls_on_builtin_corpus(tmp_path):
+    """A ~1M-parameter model learns the stdlib corpus within 200 steps on CPU."""
+    cfg = tiny_config(
+        tmp_path / "r",
+        **{
+            "model.size": "1M",
+            "train.max_steps": 200,
+            "train.batch_size": 8,
+            "train.eval_every": 100,
+            "train.eval_batches": 4,
+            "train.ckpt_every": 0,
+            "optim.lr": 3e-3,
+            "optim.warmup_steps": 20,
+        },
+    )
+    res = train(cfg, log=lambda s: None)
+    rows = read_jsonl(tmp_path / "r" / "metrics.jsonl").rows
+    first, last = rows[0]["loss"], rows[-1]["loss"]
+    assert first > 0.8 * math.log(1024)  # starts near uniform (ln V = 6.93)
+    assert last < 0.6 * first, (first, last)
+    assert res.final_eval_loss is not None and res.final_eval_loss < 0.65 * math.log(1024)
+    evals = [r["eval_loss"] for r in rows if "eval_loss" in r]
+    assert len(evals) == 2 and evals[1] < evals[0]
+    assert (tmp_path / "r" / "DONE").is_file()
+
+
+def test_metrics_rows_and_config_written(tmp_path):
+    cfg = tiny_config(tmp_path / "r")
+    train(cfg, log=lambda s: None)
+    rows = read_jsonl(tmp_path / "r" / "metrics.jsonl").rows
+    assert [r["step"] for r in rows] == [5, 10, 15, 20, 25, 30]
+    r = rows[-1]
+    assert r["tokens"] == 30 * 8 * 64
+    assert r["flops"] == pytest.approx(r["tokens"] * cfg_flops(tmp_path / "r"))
+    assert {"loss", "lr", "grad_norm", "tokens_per_s", "eval_loss", "eval_acc"} <= set(r)
+    assert r["lr"] == pytest.approx(lr_array(cfg.optim, 30)[-1])
+    import yaml
+
+    conf = yaml.safe_load((tmp_path / "r" / "config.yaml").read_text())
+    assert conf["model"]["d_model"] == 96 and conf["model"]["vocab_size"] == 1024
+    assert conf["resolved"]["total_steps"] == 30 and len(conf["config_hash"]) == 8
+    done = json.loads((tmp_path / "r" / "DONE").read_text())
+    assert done["steps"] == 30 and done["tokens"] == 30 * 8 * 64
+    # a second invocation sees DONE and does nothing
+    res = train(tiny_config(tmp_path / "r"), log=lambda s: None)
+    assert res.already_done
+
+
+def cfg_flops(run_dir):
+    import yaml
+
+    return yaml.safe_load((Path(run_dir) / "config.yaml").read_text())["resolved"]["flops_per_token"]
+
+
+def test_grad_accumulation_matches_full_batch(tmp_path):
+    a = tiny_config(tmp_path / "a", **{"train.max_steps": 6, "train.eval_every": 0, "train.ckpt_every": 0})
+    b = tiny_config(
+        tmp_path / "b",
+        **{"train.max_steps": 6, "train.eval_every": 0, "train.ckpt_every": 0, "train.micro_batch_size": 2},
+    )
+    train(a, log=lambda s: None)
+    train(b, log=lambda s: None)
+    la = [r["loss"] for r in _rows(tmp_path / "a")]
+    lb = [r["loss"] for r in _rows(tmp_path / "b")]
+    assert la == pytest.approx(lb, rel=1e-4)
+
+
+def test_kill9_and_resume_equals_uninterrupted(tmp_path):
+    """A real process killed with SIGKILL after its step-20 checkpoint resumes bitwise (CPU)."""
+    extra = {"train.max_steps": 40, "train.eval_every": 20}
+    train(tiny_config(tmp_path / "ref", **extra), log=lambda s: None)
+
+    run = tmp_path / "killed"
+    overrides = tiny_overrides(run, **extra)
+    # the child trains normally, then hangs before step 26 so the kill lands mid-run
+    script = (
+        "import sys, time\n"
+        "from scaling_train import config as C\n"
+        "from scaling_train.train import RunConfig, Trainer\n"
+        "class Hang:\n"
+        "    def on_before_step(self, t, step):\n"
+        "        if step == 25: time.sleep(600)\n"
+        f"cfg = C.load(RunConfig, None, {overrides!r})\n"
+        "Trainer(cfg, callbacks=[Hang()]).run()\n"
+    )
+    env = {**os.environ, "PYTHONPATH": str(REPO)}
+    proc = subprocess.Popen(
+        [sys.executable, "-c", script], env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE
+    )
+    deadline = time.time() + 300
+    target = run / "checkpoints" / "step-00000020.pt.sha256"
+    while not target.exists():
+        assert proc.poll() is None, proc.stderr.read().decode()
+        assert time.time() < deadline
+        time.sleep(0.1)
+    rows_before = read_jsonl(run / "metrics.jsonl").rows
+    while not rows_before or rows_before[-1]["step"] < 25:  # let it write rows past the checkpoint
+        time.sleep(0.1)
+        rows_before = read_jsonl(run / "metrics.jsonl").rows
+    os.kill(proc.pid, signal.SIGKILL)
+    proc.wait()
+    assert not (run / "DONE").exists()
+    # rerun the same command line: resumes from step 20, drops rows 21-25 and recomputes them
+    res = subprocess.run(
+        [sys.executable, "-m", "scaling_train.cli", "train", *overrides],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+    assert res.returncode == 0, res.stderr
+    assert "resumed" in res.stdout and "step-00000020.pt" in res.stdout
+    assert _rows(run) == _rows(tmp_path / "ref")  # bitwise: every loss, lr, grad norm and eval value
+
+
+def test_corrupt_latest_checkpoint_falls_back(tmp_path):
+    extra = {"train.max_steps": 30, "train.keep_checkpoints": 3}
+    train(tiny_config(tmp_path / "ref", **extra), log=lambda s: None)
+    run = tmp_path / "r"
+    with pytest.raises(Crash):
+        Trainer(tiny_config(run, **extra), callbacks=[CrashAt(25)], log=lambda s: None).run()
+    latest = run / "checkpoints" / "step-00000020.pt"
+    data = latest.read_bytes()
+    latest.write_bytes(data[: len(data) // 2])  # torn write
+    logs = []
+    with pytest.warns(UserWarning, match="step-00000020.pt.*checksum mismatch"):
+        res = Trainer(tiny_config(run, **extra), log=logs.append).run()
+    assert res.resumed_from == 10
+    assert _rows(run) == _rows(tmp_path / "ref")
+
+
+def test_all_checkpoints_corrupt_is_an_error_not_a_restart(tmp_path):
+    run = tmp_path / "r"
+    with pytest.raises(Crash):
+        Trainer(tiny_config(run), callbacks=[CrashAt(15)], log=lambda s: None).run()
+    for p in ckpt.list_checkpoints(run / "checkpoints"):
+        p.write_bytes(b"garbage")
+    with pytest.warns(UserWarning), pytest.raises(RuntimeError, match="no usable checkpoint"):
+        Trainer(tiny_config(run), log=lambda s: None).run()
+
+
+def test_checkpoints_are_pruned_and_atomic(tmp_path):
+    d = tmp_path / "c"
+    for s in (1, 2, 3, 4):
+        ckpt.save(d, s, {"x": torch.tensor([s])}, keep=2)
+    names = sorted(p.name for p in d.iterdir())
+    assert names == [
+        "step-00000003.pt",
+        "step-00000003.pt.sha256",
+        "step-00000004.pt",
+        "step-00000004.pt.sha256",
+    ]
+    path, state = ckpt.load_latest(d)
+    assert path.name == "step-00000004.pt" and state["x"].item() == 4
+
+
+def test_changed_config_in_same_run_dir_is_refused(tmp_path):
+    from scaling_train.train.trainer import ConfigMismatchError
+
+    with pytest.raises(Crash):
+        Trainer(tiny_config(tmp_path / "r"), callbacks=[CrashAt(12)], log=lambda s: None).run()
+    with pytest.raises(ConfigMismatchError, match=r"optim.lr: 0.003 -> 0.001"):
+        Trainer(tiny_config(tmp_path / "r", **{"optim.lr": 1e-3}), log=lambda s: None).run()
+    # cosmetic keys may change
+    Trainer(tiny_config(tmp_path / "r", **{"train.progress": True}), log=lambda s: None).run()
