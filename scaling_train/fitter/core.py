@@ -1,0 +1,284 @@
+"""The online fitter of one sweep: tail every run folder, refit, write predictions atomically.
+
+    fitter = SweepFitter(sweep_dir)
+    fitter.step()      # poll all runs (incrementally), refit what changed, write the JSON files
+
+Per run, ``predictions.json``: the final loss predicted by ``laws.predict_final_loss`` from the run's
+training-loss curve and its full planned LR schedule, with sibling runs of the same model size
+(same non-embedding N) as references. Per sweep, ``sweep_law.json``: Chinchilla
+``L(N, D) = E + A / N**alpha + B / D**beta`` and the IsoFLOP optimum over (N, D, final loss) -- observed
+for finished runs, predicted for running ones -- and Kaplan's ``B_crit(L) = B_star / L**(1/alpha_B)``
+over (loss, gradient noise scale) pairs of all runs. Diverged runs (a non-finite loss) are marked and
+left out. The fitter's own offsets and compact rows live in ``SWEEP_DIR/.fitter_state.json`` so a
+restarted fitter continues where it stopped instead of re-reading every file.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from scaling_train.fitter.tail import RunTail, find_runs
+from scaling_train.metrics.jsonl import _clean
+
+STATE_FILE = ".fitter_state.json"
+MIN_POINTS = 3
+
+
+def write_json_atomic(path: Path, obj: Any) -> None:
+    """Write a temp file in the same folder, fsync, rename: readers see the old or the new file, whole."""
+    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
+    with open(tmp, "w") as f:
+        json.dump(_clean(obj), f, indent=1)
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, path)
+
+
+def _lr_schedule(tail: RunTail) -> np.ndarray | None:
+    from scaling_train.config import from_dict
+    from scaling_train.train.schedule import OptimConfig, lr_array
+
+    cfg, T = tail.config or {}, tail.total_steps
+    if not T:
+        return None
+    sched = tail.run_dir / "lr_schedule.json"  # written by the HF / accelerate integrations
+    if sched.is_file():
+        lr = np.asarray(json.loads(sched.read_text()), dtype=np.float64)
+        return lr if len(lr) == T else None
+    if "optim" not in cfg:
+        return None
+    return lr_array(from_dict(OptimConfig, cfg["optim"], source=str(tail.run_dir / "config.yaml")), T)
+
+
+class SweepFitter:
+    """Tails the runs of ``sweep_dir``; ``only`` restricts the written predictions to one run (in-process)."""
+
+    def __init__(
+        self, sweep_dir: str | Path, *, only: str | None = None, sweep_law: bool = True, log=print
+    ) -> None:
+        self.sweep_dir = Path(sweep_dir)
+        self.only, self.write_sweep_law, self.log = only, sweep_law, log
+        self.tails: dict[str, RunTail] = {}
+        self._lr: dict[str, np.ndarray | None] = {}
+        self._fitted: dict[str, tuple] = {}  # run -> versions its prediction was computed from
+        self.predictions: dict[str, dict[str, Any]] = {}
+        self.state_path = self.sweep_dir / STATE_FILE
+        self.polls = 0
+        if only is None:
+            self._load_state()
+
+    # -------------------------------------------------------------- state
+    def _load_state(self) -> None:
+        try:
+            st = json.loads(self.state_path.read_text())
+        except (OSError, ValueError):
+            return  # no state or a broken one: start from the files (they are the truth)
+        for name, d in st.get("runs", {}).items():
+            run_dir = self.sweep_dir / d["rel"]
+            if run_dir.is_dir():
+                t = RunTail(run_dir)
+                t.load_state(d)
+                self.tails[name] = t
+
+    def _save_state(self) -> None:
+        runs = {}
+        for name, t in self.tails.items():
+            d = t.state()
+            d["rel"] = str(t.run_dir.relative_to(self.sweep_dir))
+            runs[name] = d
+        write_json_atomic(self.state_path, {"runs": runs, "time": time.time()})
+
+    # -------------------------------------------------------------- polling
+    def poll(self) -> set[str]:
+        """Pick up new runs and read appended rows; returns the names of runs that changed."""
+        for run_dir in find_runs(self.sweep_dir):
+            if run_dir.name not in self.tails:
+                self.tails[run_dir.name] = RunTail(run_dir)
+                self.log(f"[fit] new run {run_dir.name}")
+        changed = {n for n, t in self.tails.items() if t.poll()}
+        self.polls += 1
+        return changed
+
+    def step(self) -> set[str]:
+        """One poll + refit + write cycle."""
+        changed = self.poll()
+        refit = self._refit()
+        if refit and self.write_sweep_law and self.only is None:
+            self.write_law()
+        if changed and self.only is None:
+            self._save_state()
+        return refit
+
+    @property
+    def all_done(self) -> bool:
+        return bool(self.tails) and all(t.done or t.diverged_at is not None for t in self.tails.values())
+
+    # -------------------------------------------------------------- per-run predictions
+    def _curve(self, t: RunTail):
+        from scaling_train.laws import Curve
+
+        if t.name not in self._lr or self._lr[t.name] is None:
+            self._lr[t.name] = _lr_schedule(t)
+        lr = self._lr[t.name]
+        if lr is None or not t.rows:
+            return None
+        steps = np.array(sorted(s for s in t.rows if s <= len(lr)), dtype=np.float64)
+        if len(steps) == 0:
+            return None
+        losses = np.array([t.rows[int(s)].get("loss", math.nan) for s in steps])
+        return Curve(steps, losses, lr, t.name)
+
+    def _references(self, t: RunTail) -> list[RunTail]:
+        return [
+            r
+            for r in self.tails.values()
+            if r is not t and r.n_params == t.n_params and r.diverged_at is None and len(r.rows) >= MIN_POINTS
+        ]
+
+    def _refit(self) -> set[str]:
+        from scaling_train.laws import NotEnoughDataError, predict_final_loss
+
+        refit = set()
+        names = [self.only] if self.only is not None else list(self.tails)
+        for name in names:
+            t = self.tails.get(name)
+            if t is None or t.config is None:
+                continue
+            refs = self._references(t)
+            key = (t.version, tuple(sorted((r.name, r.version) for r in refs)))
+            if self._fitted.get(name) == key:
+                continue
+            self._fitted[name] = key
+            pred: dict[str, Any] = {
+                "run": name,
+                "step": t.last_step,
+                "total_steps": t.total_steps,
+                "N": t.n_params,
+                "D": t.total_tokens,
+                "malformed_lines": t.malformed,
+                "updated": time.time(),
+            }
+            last = t.rows[t.last_step] if t.rows else {}
+            pred["observed_loss"] = last.get("loss")
+            if t.diverged_at is not None:
+                pred.update(status="diverged", diverged_at_step=t.diverged_at, loss=None, low=None, high=None)
+            elif t.done and t.total_steps and t.last_step >= t.total_steps:
+                lo = last.get("loss")
+                pred.update(status="done", loss=lo, low=lo, high=lo, final_eval_loss=last.get("eval_loss"))
+            else:
+                pred["status"] = "running"
+                try:
+                    curve = self._curve(t)
+                    if curve is None:
+                        raise NotEnoughDataError("no rows or no LR schedule yet")
+                    ref_curves = [c for c in (self._curve(r) for r in refs) if c is not None]
+                    p = predict_final_loss(curve, ref_curves)
+                    pred.update(
+                        loss=p.loss, low=p.low, high=p.high, n_used=p.n_used, n_spikes=p.n_spikes,
+                        extrapolation=p.extrapolation, references=[c.name for c in ref_curves],
+                    )  # fmt: skip
+                except (ValueError, RuntimeError, FloatingPointError) as e:
+                    pred.update(loss=None, low=None, high=None, error=f"{type(e).__name__}: {e}")
+            self.predictions[name] = pred
+            write_json_atomic(t.run_dir / "predictions.json", pred)
+            refit.add(name)
+        return refit
+
+    # -------------------------------------------------------------- sweep laws
+    def sweep_points(self) -> list[dict[str, Any]]:
+        pts = []
+        for name, t in sorted(self.tails.items()):
+            p = self.predictions.get(name, {})
+            loss = p.get("loss")
+            if t.diverged_at is not None or loss is None or not (t.n_params and t.total_tokens):
+                continue
+            pts.append(
+                {"run": name, "N": t.n_params, "D": t.total_tokens, "B": t.batch_tokens, "loss": loss,
+                 "source": "observed" if p.get("status") == "done" else "predicted"}
+            )  # fmt: skip
+        return pts
+
+    def law(self) -> dict[str, Any]:
+        from scaling_train.laws import fit_chinchilla, fit_critical_batch, fit_isoflop
+
+        pts = self.sweep_points()
+        out: dict[str, Any] = {
+            "updated": time.time(),
+            "points": pts,
+            "diverged": sorted(n for n, t in self.tails.items() if t.diverged_at is not None),
+            "malformed_lines": {n: t.malformed for n, t in self.tails.items() if t.malformed},
+            "n_runs": len(self.tails),
+        }
+        N = np.array([p["N"] for p in pts])
+        D = np.array([p["D"] for p in pts])
+        L = np.array([p["loss"] for p in pts])
+        try:
+            f = fit_chinchilla(N, D, L)
+            out["chinchilla"] = {
+                k: getattr(f, k) for k in ("E", "A", "B", "alpha", "beta", "objective", "n_points")
+            }
+        except (ValueError, RuntimeError, FloatingPointError) as e:
+            out["chinchilla"] = {"error": str(e), "n_points": len(pts)}
+        try:
+            f = fit_isoflop(N, D, L)
+            out["isoflop"] = {
+                "a": f.a, "kN": f.kN, "b": f.b, "kD": f.kD,
+                "optima": [{"C": q.C, "N_opt": q.N_opt, "D_opt": q.D_opt, "L_opt": q.L_opt} for q in f.parabolas],
+            }  # fmt: skip
+        except (ValueError, RuntimeError, FloatingPointError) as e:
+            out["isoflop"] = {"error": str(e)}
+        # B_crit(L): (loss, B_simple) pairs along every healthy run, past its first 20% of steps
+        bl, bb = [], []
+        for t in self.tails.values():
+            if t.diverged_at is not None or not t.total_steps:
+                continue
+            for s, r in t.rows.items():
+                b, lo = r.get("gns_b_simple"), r.get("loss")
+                if s > 0.2 * t.total_steps and b and lo and b > 0 and lo > 0 and math.isfinite(b):
+                    bl.append(lo)
+                    bb.append(b)
+        try:
+            f = fit_critical_batch(np.array(bl), np.array(bb))
+            out["critical_batch"] = {
+                "B_star": f.B_star,
+                "alpha_B": f.alpha_B,
+                "rmse_log": f.rmse_log,
+                "n_points": len(bl),
+            }
+        except (ValueError, RuntimeError, FloatingPointError) as e:
+            out["critical_batch"] = {"error": str(e), "n_points": len(bl)}
+        return out
+
+    def write_law(self) -> dict[str, Any]:
+        law = self.law()
+        write_json_atomic(self.sweep_dir / "sweep_law.json", law)
+        return law
+
+    # -------------------------------------------------------------- loop
+    def follow(
+        self, *, interval: float = 10.0, until_done: bool = False, max_polls: int | None = None
+    ) -> int:
+        while True:
+            refit = self.step()
+            if refit:
+                for n in sorted(refit):
+                    p = self.predictions[n]
+                    lo = p.get("loss")
+                    txt = (
+                        f"{lo:.4f} [{p['low']:.4f}, {p['high']:.4f}]"
+                        if lo is not None
+                        else p.get("error", "-")
+                    )
+                    self.log(f"[fit] {n}: step {p['step']}/{p['total_steps']} {p['status']} -> {txt}")
+            if until_done and self.all_done:
+                return 0
+            if max_polls is not None and self.polls >= max_polls:
+                return 0
+            time.sleep(interval)

@@ -1,0 +1,168 @@
+"""Incremental readers of run folders: each poll reads only the bytes appended since the last one.
+
+A ``RunTail`` remembers its byte offset and a signature of the last line it read; if the file shrank
+or the bytes before the offset changed (a resumed run rolled ``metrics.jsonl`` back and wrote past the
+old offset again), it starts that file over. Rows are keyed by step, so a re-read never duplicates.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from scaling_train.metrics.jsonl import read_jsonl
+
+SIG_BYTES = 64
+"""Bytes before the offset remembered to detect a rewritten file (the tail of the last line read)."""
+
+KEEP = ("tokens", "loss", "eval_loss", "gns_b_simple", "lr")
+"""Row fields the fitter keeps (compact: rows of a long run stay small in memory and in the state file)."""
+
+
+@dataclass
+class RunTail:
+    run_dir: Path
+    offset: int = 0
+    sig: str = ""
+    rows: dict[int, dict[str, float]] = field(default_factory=dict)
+    malformed: int = 0
+    diverged_at: int | None = None
+    config: dict[str, Any] | None = None
+    done: bool = False
+    version: int = 0
+    """Bumped whenever the rows change (predictions are refitted only then)."""
+
+    @property
+    def name(self) -> str:
+        return self.run_dir.name
+
+    @property
+    def path(self) -> Path:
+        return self.run_dir / "metrics.jsonl"
+
+    # ------------------------------------------------------------ persistence
+    def state(self) -> dict[str, Any]:
+        return {
+            "offset": self.offset,
+            "sig": self.sig,
+            "malformed": self.malformed,
+            "rows": [[s, r] for s, r in sorted(self.rows.items())],
+        }
+
+    def load_state(self, d: dict[str, Any]) -> None:
+        self.offset, self.sig, self.malformed = int(d["offset"]), str(d["sig"]), int(d.get("malformed", 0))
+        self.rows = {int(s): r for s, r in d["rows"]}
+        self._update_diverged()
+        self.version += 1
+
+    # ------------------------------------------------------------ polling
+    def _signature_ok(self) -> bool:
+        if self.offset == 0:
+            return True
+        try:
+            with open(self.path, "rb") as f:
+                size = f.seek(0, 2)
+                if size < self.offset:
+                    return False
+                n = min(SIG_BYTES, self.offset)
+                f.seek(self.offset - n)
+                return f.read(n).hex() == self.sig
+        except FileNotFoundError:
+            return False
+
+    def poll(self) -> bool:
+        """Read what was appended; returns True when the rows changed."""
+        changed = False
+        if self.config is None and (self.run_dir / "config.yaml").is_file():
+            try:
+                self.config = yaml.safe_load((self.run_dir / "config.yaml").read_text()) or {}
+                changed = True
+            except (OSError, yaml.YAMLError):
+                self.config = None  # being written; next poll
+        if not self.done and (self.run_dir / "DONE").is_file():
+            self.done, changed = True, True
+        if not self.path.is_file():
+            return changed
+        if not self._signature_ok():  # rolled back: start over
+            self.offset, self.sig, self.rows, self.malformed = 0, "", {}, 0
+            changed = True
+        res = read_jsonl(self.path, self.offset)
+        self.malformed += res.malformed
+        if res.offset != self.offset:
+            with open(self.path, "rb") as f:
+                n = min(SIG_BYTES, res.offset)
+                f.seek(res.offset - n)
+                self.sig = f.read(n).hex()
+            self.offset = res.offset
+        for r in res.rows:
+            if "step" not in r or "loss" not in r:
+                continue
+            step = int(r["step"])
+            # a rolled-back run rewrites steps it had written: later rows replace earlier ones
+            for s in [s for s in self.rows if s >= step]:
+                del self.rows[s]
+            self.rows[step] = {k: _num(r[k]) for k in KEEP if k in r and _num(r[k]) is not None}
+            changed = True
+        if changed:
+            self._update_diverged()
+            self.version += 1
+        return changed
+
+    def _update_diverged(self) -> None:
+        self.diverged_at = None
+        for s, r in sorted(self.rows.items()):
+            if not math.isfinite(r.get("loss", math.nan)):
+                self.diverged_at = s
+                break
+
+    # ------------------------------------------------------------ views
+    @property
+    def resolved(self) -> dict[str, Any]:
+        return (self.config or {}).get("resolved") or {}
+
+    @property
+    def total_steps(self) -> int | None:
+        t = self.resolved.get("total_steps")
+        return int(t) if t else None
+
+    @property
+    def n_params(self) -> float | None:
+        p = self.resolved.get("params") or {}
+        return float(p["non_embedding"]) if "non_embedding" in p else None
+
+    @property
+    def total_tokens(self) -> float | None:
+        t = self.resolved.get("total_tokens")
+        return float(t) if t else None
+
+    @property
+    def batch_tokens(self) -> float | None:
+        t = self.resolved.get("tokens_per_step")
+        return float(t) if t else None
+
+    @property
+    def last_step(self) -> int:
+        return max(self.rows) if self.rows else 0
+
+
+def _num(v: Any) -> float | None:
+    if isinstance(v, bool):
+        return None
+    if isinstance(v, (int, float)):
+        return float(v)
+    return None
+
+
+def find_runs(sweep_dir: Path) -> list[Path]:
+    """Run folders under ``sweep_dir``: children (or grandchildren) holding a ``config.yaml``; the folder
+    itself when it is a run."""
+    if (sweep_dir / "config.yaml").is_file() and not any(sweep_dir.glob("*/config.yaml")):
+        return [sweep_dir]
+    found = {p.parent for p in sweep_dir.glob("*/config.yaml")} | {
+        p.parent for p in sweep_dir.glob("*/*/config.yaml")
+    }
+    return sorted(p for p in found if "wandb" not in p.parts and "checkpoints" not in p.parts)

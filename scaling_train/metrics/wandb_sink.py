@@ -1,0 +1,104 @@
+"""W&B sink of the ``MetricsStream`` (offline or online).
+
+* ``define_metric``: every metric is plotted against ``tokens``; ``flops/*`` copies of the losses against
+  ``flops`` (W&B allows one x-axis per metric, so the FLOPs view gets its own keys).
+* group = the sweep name, name = the run folder's name.
+* The W&B run id is stored in ``RUN_DIR/wandb_run.json``; a resumed run reopens the same W&B run
+  (``resume="allow"``) and skips rows up to the last step it had already logged, so a rollback to a
+  checkpoint does not plot the same steps twice.
+* The final-loss prediction the fitter writes to ``RUN_DIR/predictions.json`` is logged (``pred/*``)
+  whenever it changes.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+from typing import Any
+
+from scaling_train.metrics.config import WandbConfig
+
+ID_FILE = "wandb_run.json"
+FLOPS_KEYS = ("loss", "eval_loss")
+
+
+class WandbSink:
+    def __init__(
+        self, run_dir: str | Path, cfg: WandbConfig, *, sweep: str | None = None, config: dict | None = None,
+        name: str | None = None,
+    ) -> None:  # fmt: skip
+        import wandb
+
+        self.run_dir = Path(run_dir)
+        id_path = self.run_dir / ID_FILE
+        saved = json.loads(id_path.read_text()) if id_path.is_file() else {}
+        run_id = saved.get("id") or wandb.util.generate_id()
+        self.skip_until = int(saved.get("logged_step", 0))
+        self.run = wandb.init(
+            project=cfg.project, entity=cfg.entity, group=cfg.group or sweep, name=name or self.run_dir.name,
+            id=run_id, resume="allow", mode=cfg.mode, dir=str(self.run_dir), config=config, tags=list(cfg.tags),
+            reinit="create_new",
+        )  # fmt: skip
+        self._save_id(run_id, self.skip_until)
+        self.run_id = run_id
+        self.run.define_metric("tokens")
+        self.run.define_metric("flops")
+        self.run.define_metric("*", step_metric="tokens")
+        self.run.define_metric("flops/*", step_metric="flops")
+        self._pred_mtime = 0.0
+
+    def _save_id(self, run_id: str, logged_step: int) -> None:
+        p = self.run_dir / ID_FILE
+        tmp = p.with_name(f".{ID_FILE}.tmp{os.getpid()}")
+        tmp.write_text(json.dumps({"id": run_id, "logged_step": logged_step}))
+        os.replace(tmp, p)
+
+    def _payload(self, row: dict[str, Any]) -> dict[str, Any]:
+        out: dict[str, Any] = {}
+        for k, v in row.items():
+            if k == "tok_nll_by_pos" and isinstance(v, list):
+                out.update({f"tok_nll_pos/{i}": x for i, x in enumerate(v) if x is not None})
+            elif k == "tok_nll_hist" and isinstance(v, list):
+                continue  # the histogram stays in metrics.jsonl (a W&B histogram per flush is heavy)
+            elif isinstance(v, (int, float)) and not isinstance(v, bool):
+                out[k] = v
+        for k in FLOPS_KEYS:
+            if k in out:
+                out[f"flops/{k}"] = out[k]
+        return out
+
+    def log(self, rows: list[dict[str, Any]]) -> None:
+        last = self.skip_until
+        for row in rows:
+            step = int(row.get("step", 0))
+            if step <= self.skip_until:
+                continue  # already logged before a rollback/resume
+            self.run.log(self._payload(row))
+            last = max(last, step)
+        self._log_prediction()
+        if last > self.skip_until:
+            self.skip_until = last
+            self._save_id(self.run_id, last)
+
+    def _log_prediction(self) -> None:
+        p = self.run_dir / "predictions.json"
+        try:
+            m = p.stat().st_mtime
+            if m == self._pred_mtime:
+                return
+            pred = json.loads(p.read_text())
+        except (OSError, ValueError):
+            return
+        self._pred_mtime = m
+        vals = {
+            f"pred/{k}": pred[k] for k in ("loss", "low", "high") if isinstance(pred.get(k), (int, float))
+        }
+        if vals and isinstance(pred.get("step"), int) and self.run.summary.get("tokens") is not None:
+            self.run.log({**vals, "tokens": self.run.summary.get("tokens")})
+
+    def rollback(self, *, kept_step: int, logged_step: int) -> None:
+        self.skip_until = max(self.skip_until, logged_step)
+
+    def close(self) -> None:
+        self.run.finish()

@@ -1,0 +1,127 @@
+"""A stock transformers Trainer on a tiny randomly initialised GPT-2 (no download), CPU, with only our callback."""
+
+from __future__ import annotations
+
+import json
+import math
+
+import pytest
+import torch
+
+transformers = pytest.importorskip("transformers")
+
+from scaling_train.integrations import ScalingLawCallback  # noqa: E402
+from scaling_train.metrics.jsonl import read_jsonl  # noqa: E402
+
+V, T = 97, 32
+
+
+def _model():
+    torch.manual_seed(0)
+    cfg = transformers.GPT2Config(vocab_size=V, n_positions=T, n_embd=32, n_layer=2, n_head=2)
+    return transformers.GPT2LMHeadModel(cfg)
+
+
+def _data(n=64):
+    g = torch.Generator().manual_seed(1)
+    # a learnable pattern: next token = (token * 3 + 1) % V
+    out = []
+    for _ in range(n):
+        x = [int(torch.randint(0, V, (1,), generator=g))]
+        for _ in range(T - 1):
+            x.append((x[-1] * 3 + 1) % V)
+        ids = torch.tensor(x)
+        out.append({"input_ids": ids, "labels": ids.clone()})
+    return out
+
+
+def _args(tmp_path, **kw):
+    base = dict(
+        output_dir=str(tmp_path / "hf_out"), max_steps=12, per_device_train_batch_size=4,
+        gradient_accumulation_steps=2, logging_steps=2, learning_rate=3e-3, lr_scheduler_type="cosine",
+        warmup_steps=2, report_to=[], use_cpu=True, save_strategy="no", disable_tqdm=True,
+        include_num_input_tokens_seen=True, dataloader_num_workers=0, seed=0,
+    )  # fmt: skip
+    base.update(kw)
+    return transformers.TrainingArguments(**base)
+
+
+def test_stock_trainer_with_callback_only(tmp_path):
+    run_dir = tmp_path / "run"
+    cb = ScalingLawCallback(str(run_dir))
+    tr = transformers.Trainer(model=_model(), args=_args(tmp_path), train_dataset=_data(), callbacks=[cb])
+    tr.train()
+    res = read_jsonl(run_dir / "metrics.jsonl")
+    rows = [r for r in res.rows if "loss" in r]
+    assert [r["step"] for r in rows] == [2, 4, 6, 8, 10, 12]
+    assert res.malformed == 0
+    # tokens axis from num_input_tokens_seen: 12 steps x 8 sequences x 32 tokens
+    assert rows[-1]["tokens"] == 12 * 8 * T
+    for r in rows:
+        # same tokens, same logits; HF normalises by num_items_in_batch counted before the label shift
+        # (8 x 32 labels, of which 8 x 31 are targets), the device statistics by the counted targets
+        assert r["tok_nll"] == pytest.approx(r["loss"] * T / (T - 1), rel=1e-3)
+        assert r["tok_count"] == 2 * 8 * (T - 1)
+        assert sum(r["tok_nll_hist"]) == pytest.approx(1.0)
+        assert 0 <= r["tok_acc"] <= 1
+        assert math.isfinite(r["gns_sq_small"]) and r["gns_sq_small"] > r["gns_sq_big"] > 0
+    assert "gns_b_simple" in rows[-1]
+    pred = json.loads((run_dir / "predictions.json").read_text())
+    assert pred["run"] == "run" and pred["status"] == "done"
+    assert (run_dir / "DONE").is_file()
+    lr = json.loads((run_dir / "lr_schedule.json").read_text())
+    assert len(lr) == 12 and max(lr) == pytest.approx(3e-3)
+
+
+def test_fused_loss_matches_stock_loss(tmp_path):
+    run_a, run_b = tmp_path / "a", tmp_path / "b"
+    cb_a = ScalingLawCallback(str(run_a), gns=False)
+    transformers.Trainer(
+        model=_model(), args=_args(tmp_path, max_steps=4), train_dataset=_data(), callbacks=[cb_a]
+    ).train()
+    m = _model()
+    cb_b = ScalingLawCallback(str(run_b), gns=False)
+    tr = transformers.Trainer(
+        model=m,
+        args=_args(tmp_path, max_steps=4),
+        train_dataset=_data(),
+        callbacks=[cb_b],
+        compute_loss_func=cb_b.fused_loss(m),
+    )
+    tr.train()
+    ra = [r for r in read_jsonl(run_a / "metrics.jsonl").rows if "loss" in r]
+    rb = [r for r in read_jsonl(run_b / "metrics.jsonl").rows if "loss" in r]
+    assert len(ra) == len(rb) == 2
+    for a, b in zip(ra, rb):
+        assert b["loss"] == pytest.approx(a["loss"], rel=1e-4)
+        assert b["tok_nll"] == pytest.approx(a["tok_nll"], rel=1e-4)
+        assert b["tok_acc"] == pytest.approx(a["tok_acc"], abs=1e-6)
+
+
+def test_resume_keeps_rows_and_state(tmp_path):
+    run_dir = tmp_path / "run"
+    args = _args(tmp_path, save_strategy="steps", save_steps=6, max_steps=12)
+    cb = ScalingLawCallback(str(run_dir))
+    tr = transformers.Trainer(model=_model(), args=args, train_dataset=_data(), callbacks=[cb])
+    tr.train()
+    full = [r["step"] for r in read_jsonl(run_dir / "metrics.jsonl").rows if "loss" in r]
+    # resume from the step-6 checkpoint: the rows 8..12 are rolled back and written again, once
+    cb2 = ScalingLawCallback(str(run_dir))
+    tr2 = transformers.Trainer(model=_model(), args=args, train_dataset=_data(), callbacks=[cb2])
+    tr2.train(resume_from_checkpoint=str(tmp_path / "hf_out" / "checkpoint-6"))
+    steps = [r["step"] for r in read_jsonl(run_dir / "metrics.jsonl").rows if "loss" in r]
+    assert steps == full == [2, 4, 6, 8, 10, 12]
+    restored = [c for c in tr2.callback_handler.callbacks if isinstance(c, ScalingLawCallback)]
+    assert restored and restored[0].gns_state is not None and restored[0].gns_state["n"] >= 1
+
+
+def test_early_stop_on_narrow_interval(tmp_path):
+    run_dir = tmp_path / "run"
+    cb = ScalingLawCallback(str(run_dir), tolerance=10.0, min_progress=0.5)  # any interval is narrower
+    tr = transformers.Trainer(
+        model=_model(), args=_args(tmp_path, max_steps=20), train_dataset=_data(), callbacks=[cb]
+    )
+    tr.train()
+    assert cb.stopped_early
+    assert 10 <= tr.state.global_step < 20
+    assert not (run_dir / "DONE").exists()
