@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import json
 import os
+import secrets
 from pathlib import Path
 from typing import Any
 
@@ -33,7 +34,7 @@ class WandbSink:
         self.run_dir = Path(run_dir)
         id_path = self.run_dir / ID_FILE
         saved = json.loads(id_path.read_text()) if id_path.is_file() else {}
-        run_id = saved.get("id") or wandb.util.generate_id()
+        run_id = saved.get("id") or secrets.token_hex(4)  # 8 hex chars, a valid W&B id
         self.skip_until = int(saved.get("logged_step", 0))
         self.run = wandb.init(
             project=cfg.project, entity=cfg.entity, group=cfg.group or sweep, name=name or self.run_dir.name,
@@ -102,3 +103,39 @@ class WandbSink:
 
     def close(self) -> None:
         self.run.finish()
+
+
+def read_wandb_records(path: str | Path) -> list[Any]:
+    """Decode a W&B transaction log (``run-<id>.wandb``) into ``wandb.proto.wandb_internal_pb2.Record``s.
+
+    The file is a LevelDB-style log (7-byte header ``:W&B`` + magic + version, then 32 KiB blocks of
+    records with a 7-byte header: crc32c, length u16, type FULL/FIRST/MIDDLE/LAST); the payloads are
+    W&B's own protobuf records. wandb >= 0.2x keeps its reader in the Go core, so this is the Python side.
+    """
+    from wandb.proto import wandb_internal_pb2 as pb
+
+    data = Path(path).read_bytes()
+    if data[:4] != b":W&B":
+        raise ValueError(f"{path}: not a W&B transaction log (header {data[:4]!r})")
+    block, pos, out, buf = 32768, 7, [], b""
+    while pos + 7 <= len(data):
+        left = block - pos % block
+        if left < 7:  # block trailer padding
+            pos += left
+            continue
+        length = int.from_bytes(data[pos + 4 : pos + 6], "little")
+        kind = data[pos + 6]
+        payload = data[pos + 7 : pos + 7 + length]
+        pos += 7 + length
+        if kind == 0 and length == 0:
+            continue
+        if kind in (1, 2):  # FULL, FIRST
+            buf = payload
+        else:  # MIDDLE, LAST
+            buf += payload
+        if kind in (1, 4):
+            rec = pb.Record()
+            rec.ParseFromString(buf)
+            out.append(rec)
+            buf = b""
+    return out
