@@ -25,6 +25,9 @@ def _cmd_train(args: argparse.Namespace) -> int:
     from scaling_train import config as config_mod
     from scaling_train.train import RunConfig, Trainer
 
+    if args.help_config and args.markdown:
+        print(config_mod.markdown_reference(RunConfig))
+        return 0
     if args.help_config:
         for key, tp, default, text in config_mod.describe(RunConfig):
             print(f"{key:28s} {tp:34s} default {default:14s} {text}")
@@ -52,6 +55,9 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("config", nargs="?", help="YAML run config, e.g. configs/train/tiny.yaml")
     t.add_argument("overrides", nargs="*", help="dotted overrides, e.g. optim.lr=1e-3 model.size=2M")
     t.add_argument("--help-config", action="store_true", help="list every config key and exit")
+    t.add_argument(
+        "--markdown", action="store_true", help="with --help-config: as the README's markdown table"
+    )
     t.set_defaults(func=_cmd_train)
     # Other subcommands live beside their code: each module has register(subparsers).
     for mod in PLUGINS:

@@ -261,3 +261,13 @@ def describe(cls: type, prefix: str = "") -> list[tuple[str, str, str, str]]:
             default = "(required)"
         rows.append((prefix + f.name, _type_name(tp), default, f.metadata.get("doc", "")))
     return rows
+
+
+def markdown_reference(cls: type) -> str:
+    """The config reference table of the README (``scaling-train train --help-config --markdown``)."""
+    lines = ["| key | type | default | meaning |", "| --- | --- | --- | --- |"]
+    for key, tp, default, text in describe(cls):
+        tp = tp.replace("|", "\\|")
+        text = text.replace("|", "\\|")
+        lines.append(f"| `{key}` | {tp} | `{default}` | {text} |")
+    return "\n".join(lines)
