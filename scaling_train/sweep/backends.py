@@ -104,7 +104,7 @@ class Sidecars:
     def finish(self) -> None:
         if self.proc is not None:
             try:
-                self.proc.wait(timeout=30)  # --follow exits once every run is DONE
+                self.proc.wait(timeout=10)  # --follow exits once every run is DONE
             except subprocess.TimeoutExpired:
                 self.proc.terminate()
                 self.proc.wait(timeout=10)

@@ -1,0 +1,182 @@
+"""Planner: names, hashes, rules, budgets, dry runs, and bad specs failing before anything starts."""
+
+from __future__ import annotations
+
+import subprocess
+
+import pytest
+import yaml
+from conftest import PY, REPO, sweep_cmd, tiny_spec, write_spec
+
+from scaling_train.config import ConfigError
+from scaling_train.models import sizes
+from scaling_train.sweep.plan import make_plan, parse_run_name, run_name
+from scaling_train.sweep.spec import load_spec
+
+
+def plan_of(tmp_path, spec: dict, name="s.yaml"):
+    return make_plan(load_spec(write_spec(tmp_path / name, spec)), output=tmp_path / "out")
+
+
+def test_names_parse_back_and_are_deterministic(tmp_path):
+    spec = tiny_spec(
+        grid={"sizes": ["0.1M", "0.2M"], "tokens": [2560, 5120], "seeds": [0, 1], "batch_sizes": [8, 16]}
+    )
+    p1, p2 = plan_of(tmp_path, spec), plan_of(tmp_path, spec)
+    assert len(p1.runs) == 2 * 2 * 2 * 2
+    assert [r.name for r in p1.runs] == [r.name for r in p2.runs]
+    assert len({r.name for r in p1.runs}) == len(p1.runs)
+    for r in p1.runs:
+        c = parse_run_name(r.name)
+        assert c["B"] == r.batch_size and c["seed"] == r.seed and c["hash"] == r.config_hash
+        assert c["N"] == pytest.approx(r.n_params, rel=0.05) and c["D"] == pytest.approx(r.tokens, rel=0.05)
+        assert c["lr"] == pytest.approx(r.lr, rel=0.05)
+    assert parse_run_name("N3.2e7-D6.4e8-B256-lr3e-3-s0-0123abcd") == {
+        "N": 3.2e7,
+        "D": 6.4e8,
+        "B": 256,
+        "lr": 3e-3,
+        "seed": 0,
+        "hash": "0123abcd",
+    }
+    assert (
+        run_name(n_params=3.2e7, tokens=6.4e8, batch_size=256, lr=3e-3, seed=0, cfg_hash="0123abcd")
+        == "N3.2e7-D6.4e8-B256-lr3e-3-s0-0123abcd"
+    )
+    with pytest.raises(ValueError, match="not a sweep run name"):
+        parse_run_name("N3.2e7-oops")
+
+
+def test_edited_config_is_a_new_run(tmp_path):
+    a = plan_of(tmp_path, tiny_spec())
+    spec = tiny_spec()
+    spec["run"] = {**spec["run"], "optim": {"warmup_steps": 3, "lr": 3e-3}}
+    b = plan_of(tmp_path, spec)
+    assert a.runs[0].config_hash != b.runs[0].config_hash and a.runs[0].name != b.runs[0].name
+    # non-semantic keys (progress bar, log interval) keep the run
+    spec = tiny_spec(overrides={"train.progress": True, "train.log_every": 5})
+    assert plan_of(tmp_path, spec).runs[0].name == a.runs[0].name
+
+
+def test_budgets_rules_and_isoflop(tmp_path):
+    spec = tiny_spec(
+        grid={"sizes": ["0.1M", "1M"], "tokens_per_param": [0.5], "seeds": [0]},
+        rules={
+            "lr": {"value": 1e-3, "ref_size": "1M", "exponent": -0.5},
+            "batch_size": {"value": 8, "ref_size": "0.1M", "exponent": 1.0, "multiple_of": 8},
+        },
+    )
+    p = plan_of(tmp_path, spec)
+    small, big = p.runs
+    assert small.lr == pytest.approx(1e-3 * (1e5 / 1e6) ** -0.5, rel=1e-2)
+    assert big.lr == pytest.approx(1e-3, rel=1e-2)
+    assert small.batch_size == 8 and big.batch_size == 80  # 8 * (1e6 / 1e5) ** 1
+    assert (
+        small.tokens >= 0.5 * small.n_params and small.tokens - 0.5 * small.n_params < small.batch_size * 32
+    )
+    # IsoFLOP: D = C / flops_per_token(N), so every run of a budget spends ~C
+    spec = tiny_spec(grid={"sizes": ["0.1M", "0.2M"], "flops": [2e11], "seeds": [0]})
+    for r in plan_of(tmp_path, spec).runs:
+        assert r.flops == pytest.approx(2e11, rel=0.02)
+    # muP: one lr for every width and model.mup set
+    spec = tiny_spec(
+        grid={"sizes": ["0.1M", "0.2M"], "tokens": [2560]},
+        rules={"lr": {"value": 1e-2, "ref_size": "1M", "exponent": -1}, "mup": True},
+    )
+    runs = plan_of(tmp_path, spec).runs
+    assert {r.lr for r in runs} == {1e-2} and all(r.overrides["model.mup"] is True for r in runs)
+
+
+def test_resources_from_n_and_d(tmp_path):
+    spec = tiny_spec(
+        grid={"sizes": ["1B"], "tokens_per_param": [20]},
+        run={"model": {"seq_len": 2048}},
+        resources={"gpu": True, "devices": None, "devices_per_node": 8},
+    )
+    (r,) = plan_of(tmp_path, spec).runs
+    # 6 * 1e9 * 2e10 = 1.2e20 FLOPs at 2e14 FLOP/s per GPU within ~4 h -> >= 32 GPUs -> 4 nodes of 8
+    assert r.devices == 8 and r.nodes >= 4 and r.time_limit_min > 60
+    assert "device=cuda" in " ".join(f"{k}={v}" for k, v in r.overrides.items())
+
+
+BAD = [
+    ({"grid": {"sizes": [], "tokens": [2560]}}, ["grid.sizes", "empty"]),
+    ({"grid": {"sizes": ["0.1M"], "tokens": []}}, ["grid.tokens", "empty"]),
+    ({"grid": {"sizes": ["12Q"], "tokens": [2560]}}, ["grid.sizes[0]", "'12Q'", "ladder"]),
+    (
+        {"grid": {"sizes": ["0.1M"], "tokens": [100]}},
+        ["grid.tokens", "100", "below one optimizer step", "8*32"],
+    ),
+    ({"grid": {"sizes": ["0.1M"], "tokens": [2560], "flops": [1e12]}}, ["exactly one", "tokens", "flops"]),
+    ({"grid": {"sizes": ["0.1M"], "tokens": [2560], "seeds": []}}, ["grid.seeds", "empty"]),
+    ({"grid": {"sizes": ["0.1M"], "tokens": [-5]}}, ["grid.tokens", "> 0"]),
+    ({"gird": {}}, ["unknown key 'gird'", "grid"]),
+    ({"launch": {"concurrency": 0}}, ["launch.concurrency=0", ">= 1"]),
+    ({"launch": {"backend": "ssh"}}, ["launch.backend='ssh'", "local", "slurm"]),
+    ({"overrides": {"optim.lrr": 1}}, ["lrr", "known keys"]),
+    ({"overrides": {"model.seq_len": "long"}}, ["model.seq_len", "'long'", "integer"]),
+]
+
+
+@pytest.mark.parametrize("over,needles", BAD, ids=[n[0] for _, n in BAD])
+def test_bad_specs_fail_before_anything_starts(tmp_path, over, needles):
+    spec = tiny_spec()
+    spec.update(over)
+    path = write_spec(tmp_path / "bad.yaml", spec)
+    with pytest.raises(ConfigError) as e:
+        make_plan(load_spec(path), output=tmp_path / "out")
+    msg = str(e.value)
+    assert str(path) in msg, msg
+    for n in needles:
+        assert n in msg, f"{n!r} not in {msg!r}"
+    # through the CLI: exit code 2, the message on stderr, nothing created
+    out = subprocess.run(
+        sweep_cmd(path, "--output", str(tmp_path / "out")), capture_output=True, text=True, cwd=REPO
+    )
+    assert out.returncode == 2 and "error:" in out.stderr and needles[0] in out.stderr
+    assert not (tmp_path / "out").exists()
+
+
+def test_dry_run_prints_plan_and_commands_and_starts_nothing(tmp_path):
+    spec = tiny_spec(grid={"sizes": ["0.1M", "0.2M"], "tokens": [2560, 5120]})
+    path = write_spec(tmp_path / "s.yaml", spec)
+    for backend in ("local", "torchrun", "slurm"):
+        out = subprocess.run(
+            sweep_cmd(path, "--output", str(tmp_path / "out"), "--backend", backend, "--dry-run"),
+            capture_output=True,
+            text=True,
+            cwd=REPO,
+        )
+        assert out.returncode == 0, out.stderr
+        plan = make_plan(load_spec(path), output=tmp_path / "out")
+        for r in plan.runs:
+            assert r.name in out.stdout
+        assert "FLOPs" in out.stdout and "est" in out.stdout
+        if backend == "slurm":
+            assert "#SBATCH --array=0-3" in out.stdout and "scaling_train.sweep.worker" in out.stdout
+        else:
+            assert out.stdout.count("scaling_train.cli train") == 4
+        if backend == "torchrun":
+            assert "--rdzv_backend c10d" not in out.stdout  # one process per run: plain python
+    assert not (tmp_path / "out").exists()
+
+
+def test_quickstart_and_shipped_specs_plan(tmp_path):
+    for name in ("quickstart", "chinchilla-small", "ladder-3b"):
+        plan = make_plan(load_spec(REPO / "configs" / "sweeps" / f"{name}.yaml"), output=tmp_path / name)
+        assert plan.runs
+        if name == "quickstart":
+            assert len(plan.runs) == 12 and sum(r.est_s for r in plan.runs) / 2 < 600
+            assert (
+                min(r.n_params for r in plan.runs) < 2e5
+                and max(sizes.parse_size(r.size) for r in plan.runs) >= 1e6
+            )
+        if name == "ladder-3b":
+            big = max(plan.runs, key=lambda r: r.n_params)
+            assert big.nodes > 1 and big.overrides.get("dist.zero_stage") == 3
+
+
+def test_spec_file_is_yaml_roundtrip(tmp_path):
+    path = write_spec(tmp_path / "s.yaml", tiny_spec())
+    assert yaml.safe_load(path.read_text())["name"] == "t"
+    assert PY
