@@ -255,6 +255,18 @@ def _groups(plan: Plan) -> list[list[RunSpec]]:
     return list(out.values())
 
 
+def _sbatch_opt(opt: str) -> str:
+    """An #SBATCH line is parsed by sbatch, not by a shell: values with blanks go in double quotes."""
+    if "\n" in opt or '"' in opt:
+        raise ValueError(
+            f"sbatch option {opt!r} cannot hold a newline or a double quote; rename the path/value"
+        )
+    key, eq, val = opt.partition("=")
+    if eq and re.search(r"\s|'", val):
+        return f'{key}="{val}"'
+    return opt
+
+
 def sbatch_script(plan: Plan, runs: list[RunSpec], *, template: Path | None = None) -> str:
     """Render the array script: one `case` branch per array index with the run's quoted command."""
     spec, res, sl, la = plan.spec, plan.spec.resources, plan.spec.slurm, plan.spec.launch
@@ -279,9 +291,7 @@ def sbatch_script(plan: Plan, runs: list[RunSpec], *, template: Path | None = No
     if res.mem:
         opts.append(f"--mem={res.mem}")
     opts += list(sl.extra)
-    for o in opts:
-        if "\n" in o:
-            raise ValueError(f"sbatch option {o!r} contains a newline")
+    opts = [_sbatch_opt(o) for o in opts]
     py = q(plan.python())
     cases = []
     for i, r in enumerate(runs):
