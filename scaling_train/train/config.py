@@ -10,6 +10,7 @@ from typing import Literal
 
 from scaling_train.config import doc, to_dict
 from scaling_train.data import DataConfig
+from scaling_train.evals.config import EvalsConfig
 from scaling_train.metrics.config import MetricsConfig
 from scaling_train.models import ModelConfig
 from scaling_train.train.schedule import OptimConfig
@@ -104,6 +105,9 @@ class RunConfig:
     metrics: MetricsConfig = doc(
         "Metrics stream: device statistics, noise scale, W&B.", default_factory=MetricsConfig
     )
+    evals: EvalsConfig = doc(
+        "Downstream evals every k steps (scaling_train/evals, docs/evals.md).", default_factory=EvalsConfig
+    )
 
     def __post_init__(self) -> None:
         if self.model.vocab_size is not None and self.model.vocab_size < self.data.vocab_size:
@@ -130,6 +134,7 @@ NON_SEMANTIC = {
     ("train", "log_every"),
     ("sweep",),
     ("metrics",),
+    ("evals",),
 }
 
 

@@ -203,6 +203,10 @@ class Trainer:
         if self.backend.is_main:
             self._write_config()
         metrics = open_trainer_stream(self) if self.backend.is_main else None  # metrics.jsonl + sinks
+        if cfg.evals.tasks:  # downstream evals every k steps, scalars added to the flushed rows
+            from scaling_train.evals.callback import EvalCallback
+
+            self.callbacks.append(EvalCallback(cfg=cfg.evals))
         start_step, resumed_from = 0, None
         found = checkpoint.load_latest(self.run_dir / "checkpoints", map_location=self.backend.device)
         if found is not None:

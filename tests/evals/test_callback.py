@@ -1,0 +1,58 @@
+"""Evals every k steps in a real (tiny) training run, through the metrics stream."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from scaling_train.evals.callback import EvalCallback, parse_row_key
+from scaling_train.metrics.jsonl import read_jsonl
+from scaling_train.train.trainer import Trainer
+
+
+def test_evals_every_k_steps_in_metrics_rows(tiny_cfg, tmp_path):
+    task_file = tmp_path / "own.jsonl"
+    task_file.write_text(
+        "\n".join(
+            json.dumps({"context": "import ", "choices": [c, "zzzz"], "answer": 0}) for c in ("os", "sys")
+        )
+        + "\n"
+    )
+    cfg = tiny_cfg(**{
+        "train.max_steps": 20, "train.log_every": 5, "train.eval_every": 20, "evals.every": 10,
+        "evals.tasks": f"[next_line,identifier,compiles,{task_file}]", "evals.n_items": 6,
+        "evals.pass_until_items": 2, "evals.max_attempts": 4, "evals.max_new_tokens": 8,
+        "model.loss_impl": "torch",
+    })  # fmt: skip
+    logs: list[str] = []
+    Trainer(cfg, log=logs.append).run()
+    rows = read_jsonl(cfg.run_dir + "/metrics.jsonl", 0).rows
+    with_tasks = [r["step"] for r in rows if "task/next_line/acc" in r]
+    assert with_tasks == [10, 20]
+    last = rows[-1]
+    names = {parse_row_key(k)[0] for k in last if parse_row_key(k)}
+    assert names == {"next_line", "identifier", "compiles", "own"}
+    assert 0 <= last["task/next_line/acc"] <= 1 and last["task/next_line/n_items"] == 6
+    assert last["task/identifier/loglik"] < 0
+    assert (
+        0
+        <= last["task/compiles/pass_rate_low"]
+        <= last["task/compiles/pass_rate"]
+        <= last["task/compiles/pass_rate_high"]
+    )
+    recs = read_jsonl(cfg.run_dir + "/evals.jsonl", 0).rows
+    assert [(r["step"], r["task"]) for r in recs] == [
+        (s, t) for s in (10, 20) for t in ("next_line", "identifier", "compiles", "own")
+    ]
+    assert len(recs[0]["records"][0]["loglik"]) == 4  # every choice's log-likelihood
+    assert any("[evals] 4 task(s)" in s for s in logs)
+
+
+def test_due_schedule():
+    cb = EvalCallback([], every=10)
+    # flushes every 4 steps: evals at the first flush at or after 10, 20, 30 and at the end (34)
+    due = [s for s in range(4, 35, 4) if cb._due(s, 34, 4)] + ([34] if cb._due(34, 34, 4) else [])
+    assert due == [12, 20, 32, 34]
+    with pytest.raises(ValueError, match="every=-1"):
+        EvalCallback([], every=-1)
