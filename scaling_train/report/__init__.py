@@ -1,0 +1,46 @@
+"""Reports of a sweep: a self-contained ``report.html`` (plots embedded, opens offline) and a W&B report.
+
+    from scaling_train.report import write_report
+    path = write_report("runs/quickstart")        # -> runs/quickstart/report.html
+
+    scaling-train report runs/quickstart          # the same from the shell (see report/cli.py)
+
+The report never fails on a sweep with missing, partial, diverged or broken runs: it says what is
+missing instead. Loading (data.py), fits (analysis.py), figures (figures.py) and the page (html.py)
+are separate; the W&B report spec is in wandb_report.py.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+REPORT_FILE = "report.html"
+CACHE_FILE = ".report_cache.pkl"
+
+
+def write_report(sweep_dir: str | Path, *, output: str | Path | None = None, n_bootstrap: int = 20) -> Path:
+    """Write ``SWEEP_DIR/report.html`` (or ``output``) atomically and return its path.
+
+    Cheap to call again while a sweep runs: the expensive fits (Chinchilla bootstrap with
+    ``n_bootstrap`` resamples, prediction replays) are cached in ``SWEEP_DIR/.report_cache.pkl`` keyed
+    by their inputs."""
+    from scaling_train.report.analysis import analyse
+    from scaling_train.report.data import load_sweep
+    from scaling_train.report.html import render
+
+    sweep_dir = Path(sweep_dir)
+    if not sweep_dir.is_dir():
+        raise FileNotFoundError(f"sweep folder {str(sweep_dir)!r} does not exist")
+    sweep = load_sweep(sweep_dir)
+    an = analyse(sweep, n_bootstrap=n_bootstrap, cache=sweep_dir / CACHE_FILE)
+    page = render(sweep, an)
+    out = Path(output) if output is not None else sweep_dir / REPORT_FILE
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = out.with_name(f".{out.name}.tmp{os.getpid()}")
+    tmp.write_text(page, encoding="utf-8")
+    os.replace(tmp, out)
+    return out
+
+
+__all__ = ["write_report"]

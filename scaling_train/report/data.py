@@ -1,0 +1,312 @@
+"""Read a sweep folder into typed records for the report; never fails on a missing or broken run.
+
+    sweep = load_sweep(sweep_dir)
+    sweep.runs        # RunData per planned or found run, with .status and .notes (what is wrong)
+    sweep.law         # sweep_law.json written by the fitter, or None
+    sweep.problems    # sweep-level notes (no plan.json, unreadable sweep_law.json, ...)
+
+Sources, all optional: ``plan.json`` (the planned runs: a planned run without a folder is "missing"),
+per run ``config.yaml`` (``resolved``: params.non_embedding, tokens_per_step, total_steps,
+flops_per_token), ``metrics.jsonl`` (rows step, tokens, flops, loss, lr, gns_b_simple, tok_nll_hist,
+...), ``DONE`` (JSON summary), ``predictions.json`` (fitter), ``predictions_history.jsonl`` (one
+prediction per refit, if the fitter keeps one) and ``samples.jsonl`` (per-sample log-likelihood records
+of ``metrics.stats.sample_records``: sample, tokens, nll_sum, loglik, step).
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import yaml
+
+from scaling_train.metrics.jsonl import read_jsonl
+
+STATUSES = ("done", "partial", "diverged", "no metrics", "missing", "broken")
+"""done: DONE marker and all steps; partial: rows but not finished (running or stopped);
+diverged: a non-finite loss; no metrics: a folder without rows; missing: planned, no folder;
+broken: config.yaml unreadable."""
+
+
+@dataclass
+class RunData:
+    name: str
+    run_dir: Path | None
+    status: str = "missing"
+    N: float | None = None
+    """Non-embedding parameters."""
+    D: float | None = None
+    """Planned training tokens (total_steps * tokens_per_step)."""
+    flops_per_token: float | None = None
+    planned_flops: float | None = None
+    """The sweep's FLOP budget of the run (plan.json ``flops``; the IsoFLOP grouping key)."""
+    tokens_per_step: float | None = None
+    total_steps: int | None = None
+    config: dict[str, Any] = field(default_factory=dict)
+    rows: list[dict[str, Any]] = field(default_factory=list)
+    """metrics.jsonl rows with a step and a loss, sorted by step, one per step (the last one wins)."""
+    eval_rows: list[dict[str, Any]] = field(default_factory=list)
+    done: dict[str, Any] | None = None
+    prediction: dict[str, Any] | None = None
+    history: list[dict[str, Any]] = field(default_factory=list)
+    samples: list[dict[str, Any]] = field(default_factory=list)
+    malformed: int = 0
+    diverged_at: int | None = None
+    notes: list[str] = field(default_factory=list)
+
+    # ------------------------------------------------------------ views
+    def column(self, key: str) -> np.ndarray:
+        """(n,) float values of ``key`` over the rows (nan where absent)."""
+        return np.array([_f(r.get(key)) for r in self.rows], dtype=np.float64)
+
+    @property
+    def steps(self) -> np.ndarray:
+        return self.column("step")
+
+    @property
+    def tokens(self) -> np.ndarray:
+        """Tokens seen at each row: the logged value, else step * tokens_per_step."""
+        t = self.column("tokens")
+        if self.tokens_per_step:
+            miss = ~np.isfinite(t)
+            t[miss] = self.steps[miss] * self.tokens_per_step
+        return t
+
+    @property
+    def flops(self) -> np.ndarray:
+        f = self.column("flops")
+        if self.flops_per_token:
+            miss = ~np.isfinite(f)
+            f[miss] = self.tokens[miss] * self.flops_per_token
+        return f
+
+    @property
+    def last_step(self) -> int:
+        return int(self.rows[-1]["step"]) if self.rows else 0
+
+    @property
+    def fraction_done(self) -> float | None:
+        return self.last_step / self.total_steps if self.total_steps else None
+
+    @property
+    def final_loss(self) -> float | None:
+        """Observed training loss at the last step of a finished run."""
+        if self.status != "done" or not self.rows:
+            return None
+        return _f(self.rows[-1].get("loss"))
+
+    @property
+    def label(self) -> str:
+        return f"N={self.N:.3g}" if self.N else self.name
+
+
+@dataclass
+class SweepData:
+    sweep_dir: Path
+    name: str
+    runs: list[RunData]
+    law: dict[str, Any] | None
+    problems: list[str]
+
+    def by_status(self, *statuses: str) -> list[RunData]:
+        return [r for r in self.runs if r.status in statuses]
+
+    @property
+    def sizes(self) -> list[float]:
+        """Distinct model sizes N of the runs that have one, ascending."""
+        return sorted({r.N for r in self.runs if r.N})
+
+
+def _f(v: Any) -> float:
+    if isinstance(v, bool) or v is None:
+        return math.nan
+    try:
+        return float(v)
+    except (TypeError, ValueError):
+        return math.nan
+
+
+def _read_json(path: Path, notes: list[str]) -> Any:
+    if not path.is_file():
+        return None
+    try:
+        return json.loads(path.read_text() or "null")
+    except (OSError, ValueError) as e:
+        notes.append(f"{path.name} unreadable ({type(e).__name__}: {e})")
+        return None
+
+
+def _find_run_dirs(sweep_dir: Path) -> list[Path]:
+    found = {p.parent for p in sweep_dir.glob("*/config.yaml")} | {
+        p.parent for p in sweep_dir.glob("*/metrics.jsonl")
+    }
+    return sorted(p for p in found if p.name not in ("wandb", "checkpoints", "logs"))
+
+
+def load_run(run_dir: Path, planned: dict[str, Any] | None = None) -> RunData:
+    """One run folder (or a planned run whose folder is absent) -> RunData; problems go to ``notes``."""
+    planned = planned or {}
+    run = RunData(name=run_dir.name, run_dir=run_dir if run_dir.is_dir() else None)
+    run.N = _f(planned.get("n_params")) if planned.get("n_params") else None
+    run.D = _f(planned.get("tokens")) if planned.get("tokens") else None
+    run.total_steps = int(planned["steps"]) if planned.get("steps") else None
+    run.planned_flops = _f(planned.get("flops")) if planned.get("flops") else None
+    if run.run_dir is None:
+        run.status = "missing"
+        run.notes.append("planned but its folder does not exist (not started)")
+        return run
+    cfg_path = run_dir / "config.yaml"
+    if cfg_path.is_file():
+        try:
+            run.config = yaml.safe_load(cfg_path.read_text()) or {}
+            if not isinstance(run.config, dict):
+                raise ValueError(f"top level is {type(run.config).__name__}, not a mapping")
+        except (OSError, ValueError, yaml.YAMLError) as e:
+            run.status = "broken"
+            run.notes.append(f"config.yaml unreadable ({type(e).__name__}: {str(e)[:200]})")
+            run.config = {}
+    else:
+        run.notes.append("no config.yaml (sizes taken from plan.json or the run name)")
+    res = run.config.get("resolved") or {}
+    params = res.get("params") or {}
+    if params.get("non_embedding"):
+        run.N = _f(params["non_embedding"])
+    for key, attr in (("flops_per_token", "flops_per_token"), ("tokens_per_step", "tokens_per_step")):
+        if res.get(key):
+            setattr(run, attr, _f(res[key]))
+    if res.get("total_steps"):
+        run.total_steps = int(res["total_steps"])
+    if res.get("total_tokens"):
+        run.D = _f(res["total_tokens"])
+    elif run.total_steps and run.tokens_per_step:
+        run.D = run.total_steps * run.tokens_per_step
+    if run.N is None or run.D is None:
+        try:
+            from scaling_train.sweep.plan import parse_run_name
+
+            p = parse_run_name(run.name)
+            run.N = run.N or p["N"]
+            run.D = run.D or p["D"]
+        except (ValueError, ImportError):
+            pass
+
+    res_rows = read_jsonl(run_dir / "metrics.jsonl")
+    run.malformed = res_rows.malformed
+    if res_rows.malformed:
+        run.notes.append(f"metrics.jsonl: {res_rows.malformed} malformed line(s) skipped")
+    if res_rows.torn_tail:
+        run.notes.append("metrics.jsonl: torn last line skipped (crash or still writing)")
+    by_step: dict[int, dict[str, Any]] = {}
+    evals: dict[int, dict[str, Any]] = {}
+    for r in res_rows.rows:
+        if "step" not in r:
+            continue
+        s = int(r["step"])
+        # a resumed run rewrites steps: later rows replace the earlier ones at and after that step
+        if "loss" in r:
+            for k in [k for k in by_step if k >= s]:
+                del by_step[k]
+            by_step[s] = r
+        if "eval_loss" in r:
+            evals[s] = r
+    run.rows = [by_step[s] for s in sorted(by_step)]
+    run.eval_rows = [evals[s] for s in sorted(evals)]
+    for r in run.rows:
+        if not math.isfinite(_f(r.get("loss"))):
+            run.diverged_at = int(r["step"])
+            break
+
+    run.done = _read_json(run_dir / "DONE", run.notes)
+    if (run_dir / "DONE").is_file() and run.done is None:
+        run.done = {}
+    run.prediction = _read_json(run_dir / "predictions.json", run.notes)
+    if not isinstance(run.prediction, dict):
+        run.prediction = None
+    hist = read_jsonl(run_dir / "predictions_history.jsonl")
+    run.history = [h for h in hist.rows if "step" in h and "loss" in h]
+    run.samples = [s for s in read_jsonl(run_dir / "samples.jsonl").rows if "loglik" in s or "nll_sum" in s]
+
+    if run.status == "broken":
+        return run
+    if run.diverged_at is not None:
+        run.status = "diverged"
+        run.notes.append(f"diverged: non-finite loss at step {run.diverged_at}")
+    elif not run.rows:
+        run.status = "no metrics"
+        run.notes.append("no metrics rows yet (metrics.jsonl absent or empty)")
+    elif run.done is not None:
+        run.status = "done"
+        if run.total_steps and run.last_step < run.total_steps:
+            run.notes.append(f"DONE, but the last logged step is {run.last_step} of {run.total_steps}")
+    else:
+        run.status = "partial"
+        frac = f" ({run.fraction_done:.0%})" if run.fraction_done is not None else ""
+        run.notes.append(f"not finished: step {run.last_step} of {run.total_steps or '?'}{frac}")
+    return run
+
+
+def load_sweep(sweep_dir: str | Path) -> SweepData:
+    """Every planned and every found run of ``sweep_dir`` (see the module docstring for the sources)."""
+    sweep_dir = Path(sweep_dir)
+    problems: list[str] = []
+    plan = _read_json(sweep_dir / "plan.json", problems)
+    planned: dict[str, dict[str, Any]] = {}
+    name = sweep_dir.name
+    if isinstance(plan, dict):
+        name = str(plan.get("sweep") or name)
+        for r in plan.get("runs") or []:
+            if isinstance(r, dict) and r.get("name"):
+                planned[str(r["name"])] = r
+    else:
+        problems.append("no plan.json: missing runs cannot be detected, only the run folders found are shown")
+    found = {p.name: p for p in _find_run_dirs(sweep_dir)}
+    if (sweep_dir / "config.yaml").is_file() and not found:  # a single run folder
+        found = {sweep_dir.name: sweep_dir}
+    runs = []
+    for run_name in list(planned) + sorted(n for n in found if n not in planned):
+        path = found.get(run_name) or Path(planned[run_name].get("run_dir") or sweep_dir / run_name)
+        if not path.is_dir():
+            path = sweep_dir / run_name
+        runs.append(load_run(path, planned.get(run_name)))
+    law = _read_json(sweep_dir / "sweep_law.json", problems)
+    if law is None and not (sweep_dir / "sweep_law.json").is_file():
+        problems.append("no sweep_law.json (run `scaling-train fit SWEEP_DIR`); laws refitted from the runs")
+    if not runs:
+        problems.append("no runs found (no plan.json and no folder with config.yaml or metrics.jsonl)")
+    runs.sort(key=lambda r: (r.N or math.inf, r.D or math.inf, r.name))
+    return SweepData(sweep_dir, name, runs, law if isinstance(law, dict) else None, problems)
+
+
+def lr_schedule(run: RunData) -> np.ndarray | None:
+    """The run's full per-step LR schedule (length total_steps): ``lr_schedule.json`` (integrations),
+    else the ``optim`` section of config.yaml, else interpolated from the logged ``lr`` column."""
+    T = run.total_steps
+    if not T or run.run_dir is None:
+        return None
+    sched = run.run_dir / "lr_schedule.json"
+    if sched.is_file():
+        try:
+            lr = np.asarray(json.loads(sched.read_text()), dtype=np.float64)
+            if len(lr) == T:
+                return lr
+        except (OSError, ValueError):
+            pass
+    if "optim" in run.config:
+        try:
+            from scaling_train.config import from_dict
+            from scaling_train.train.schedule import OptimConfig, lr_array
+
+            return np.asarray(lr_array(from_dict(OptimConfig, run.config["optim"], source="config.yaml"), T))
+        except Exception:  # noqa: BLE001 - an odd optim section: fall back to the logged LRs
+            pass
+    lr, steps = run.column("lr"), run.steps
+    ok = np.isfinite(lr) & (steps >= 1) & (steps <= T)
+    if ok.sum() >= 2:
+        from scaling_train.laws import schedule_from_samples
+
+        return schedule_from_samples(steps[ok], lr[ok], total_steps=T)
+    return None

@@ -1,0 +1,421 @@
+"""Matplotlib figures of the report, each returned as PNG bytes (embedded base64 in the HTML).
+
+Every function takes the loaded sweep and its analysis and returns ``Figure`` (png bytes + caption)
+or raises ``NoData`` with the reason a panel is empty. Axes: tokens, FLOPs, parameters, log scales.
+"""
+
+from __future__ import annotations
+
+import io
+import math
+from dataclasses import dataclass
+
+import numpy as np
+
+from scaling_train.report.analysis import Analysis, flops_per_token_fn
+from scaling_train.report.data import SweepData
+
+
+class NoData(Exception):  # noqa: N818 - a reason, not an error
+    """The panel has nothing to draw; the message says why."""
+
+
+@dataclass
+class Figure:
+    key: str
+    title: str
+    png: bytes
+    caption: str
+
+
+def _plt():
+    import matplotlib
+
+    matplotlib.use("Agg", force=True)
+    import matplotlib.pyplot as plt
+
+    plt.rcParams.update({"figure.dpi": 100, "font.size": 9, "axes.grid": True, "grid.alpha": 0.3})
+    return plt
+
+
+def _png(fig) -> bytes:
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png", dpi=100, bbox_inches="tight")
+    _plt().close(fig)
+    return buf.getvalue()
+
+
+def _colors(sizes: list[float]) -> dict[float, tuple]:
+    import matplotlib
+
+    cmap = matplotlib.colormaps["viridis"]
+    n = max(len(sizes) - 1, 1)
+    return {N: cmap(0.9 * i / n) for i, N in enumerate(sizes)}
+
+
+def _fmt_n(N: float) -> str:
+    return f"{N / 1e9:.3g}B" if N >= 1e9 else f"{N / 1e6:.3g}M" if N >= 1e6 else f"{N / 1e3:.3g}k"
+
+
+# ----------------------------------------------------------------------------------- loss curves
+def loss_curves(sweep: SweepData, an: Analysis) -> Figure:
+    runs = [r for r in sweep.runs if r.rows]
+    if not runs:
+        raise NoData("no run has metrics rows yet")
+    plt = _plt()
+    col = _colors(sweep.sizes)
+    fig, axes = plt.subplots(1, 2, figsize=(12, 4.6))
+    n_pred = 0
+    for ax, xkey, xlabel in ((axes[0], "tokens", "training tokens"), (axes[1], "flops", "training FLOPs")):
+        seen = set()
+        for r in runs:
+            x = r.tokens if xkey == "tokens" else r.flops
+            y = r.column("loss")
+            ok = np.isfinite(x) & np.isfinite(y) & (x > 0) & (y > 0)
+            if not ok.any():
+                continue
+            c = col.get(r.N, "gray")
+            lab = _fmt_n(r.N) if r.N and r.N not in seen else None
+            seen.add(r.N)
+            ax.plot(x[ok], y[ok], color=c, lw=1.2, alpha=0.9, label=lab)
+            if r.status == "diverged":
+                ax.plot(x[ok][-1], y[ok][-1], "x", color="red", ms=8)
+            elif r.status == "done":
+                ax.plot(x[ok][-1], y[ok][-1], "o", color=c, ms=4)
+            p = r.prediction
+            if r.status == "partial" and p and p.get("loss") and r.D:
+                x_end = r.D if xkey == "tokens" else r.D * (r.flops_per_token or 6 * r.N)
+                lo, hi = p.get("low") or p["loss"], p.get("high") or p["loss"]
+                ax.plot([x[ok][-1], x_end], [y[ok][-1], p["loss"]], ":", color=c, lw=1)
+                ax.errorbar(
+                    [x_end], [p["loss"]], yerr=[[p["loss"] - lo], [hi - p["loss"]]], fmt="D", color=c,
+                    mfc="white", ms=6, capsize=4, lw=1.5,
+                )  # fmt: skip
+                n_pred += xkey == "tokens"
+        ax.set_xscale("log")
+        ax.set_yscale("log")
+        ax.set_xlabel(xlabel)
+        ax.set_ylabel("training loss (nats/token)")
+        ax.yaxis.set_minor_formatter(plt.matplotlib.ticker.FormatStrFormatter("%.1f"))
+    axes[0].legend(title="non-embedding N", fontsize=8)
+    axes[0].set_title("loss vs tokens")
+    axes[1].set_title("loss vs FLOPs")
+    cap = (
+        "Training loss per run, coloured by model size. ● finished run's final loss; ◇ with bars: the "
+        f"fitter's predicted final loss and 90% interval at the run's planned end ({n_pred} unfinished "
+        "run(s)), dotted from the last observed point; × diverged."
+    )
+    return Figure("loss", "Loss vs tokens and FLOPs per model size", _png(fig), cap)
+
+
+# ----------------------------------------------------------------------------------- history
+def prediction_history(sweep: SweepData, an: Analysis) -> Figure:
+    hist = {k: v for k, v in an.history.items() if v}
+    if not hist:
+        done = len(sweep.by_status("done"))
+        raise NoData(
+            f"{done} finished run(s); none has enough rows (>= 3 before 90% of its steps) and an LR "
+            "schedule to replay the prediction on its prefixes"
+            if done
+            else "no finished runs yet"
+        )
+    plt = _plt()
+    col = _colors(sweep.sizes)
+    runs = {r.name: r for r in sweep.runs}
+    fig, axes = plt.subplots(1, 2, figsize=(12, 4.4))
+    errs_at = {}
+    for name, h in sorted(hist.items(), key=lambda kv: (runs[kv[0]].N or 0, runs[kv[0]].D or 0)):
+        r = runs[name]
+        final = r.final_loss
+        if final is None or not math.isfinite(final):
+            continue
+        f = np.array([p["fraction"] for p in h])
+        y = np.array([p["loss"] for p in h])
+        lo = np.array([p["low"] if p["low"] is not None else p["loss"] for p in h])
+        hi = np.array([p["high"] if p["high"] is not None else p["loss"] for p in h])
+        c = col.get(r.N, "gray")
+        lab = f"{_fmt_n(r.N)} D={r.D:.2g}" if r.N and r.D else name
+        axes[0].plot(f, y, "o-", color=c, ms=3, lw=1, label=lab)
+        axes[0].fill_between(f, lo, hi, color=c, alpha=0.12)
+        axes[0].plot([1.0], [final], "*", color=c, ms=9)
+        rel = 100 * (y - final) / final
+        axes[1].plot(f, rel, "o-", color=c, ms=3, lw=1)
+        axes[1].fill_between(f, 100 * (lo - final) / final, 100 * (hi - final) / final, color=c, alpha=0.12)
+        inside = (lo <= final) & (final <= hi) & (np.abs(rel) <= 2)
+        # earliest fraction from which every later prediction is within 2% and covers the final loss
+        ok_from = next((float(f[i]) for i in range(len(f)) if inside[i:].all()), None)
+        errs_at[name] = ok_from
+    axes[0].set_xlabel("fraction of the run done (steps / planned steps)")
+    axes[0].set_ylabel("predicted final loss (nats/token)")
+    axes[0].set_title("predicted final loss and 90% interval (★ = observed)")
+    axes[0].legend(fontsize=7, ncol=2)
+    axes[1].axhline(0, color="k", lw=0.8)
+    axes[1].axhspan(-2, 2, color="green", alpha=0.08)
+    axes[1].set_xlabel("fraction of the run done (steps / planned steps)")
+    axes[1].set_ylabel("prediction error (% of final loss)")
+    axes[1].set_title("error of the prediction (green: within ±2%)")
+    for ax in axes:
+        ax.set_xlim(0, 1.05)
+    src = {p["source"] for h in hist.values() for p in h}
+    how = (
+        "from the fitter's prediction history"
+        if src == {"fitter"}
+        else "replayed with laws.predict_final_loss on each run's own prefix (no reference runs)"
+    )
+    good = [v for v in errs_at.values() if v is not None]
+    summary = (
+        f" Median fraction of the run after which the prediction stays within 2% and its interval covers "
+        f"the final loss: {np.median(good):.0%} ({len(good)} of {len(errs_at)} runs get there)."
+        if good
+        else f" No run's prediction settles within 2% with an interval covering the final loss ({len(errs_at)} runs)."
+    )
+    return Figure(
+        "history", "How early was the prediction right", _png(fig), f"Finished runs, {how}.{summary}"
+    )
+
+
+# ----------------------------------------------------------------------------------- isoflop
+def isoflop(sweep: SweepData, an: Analysis) -> Figure:
+    pts = an.points
+    if not pts:
+        raise NoData("no finished or predicted final losses")
+    plt = _plt()
+    fig, axes = plt.subplots(1, 3, figsize=(15, 4.6))
+    N = np.array([p.N for p in pts])
+    D = np.array([p.D for p in pts])
+    L = np.array([p.loss for p in pts])
+    C = np.array([p.C for p in pts])
+    obs = np.array([p.source == "observed" for p in pts])
+    fpt = flops_per_token_fn(pts)  # N -> FLOPs per token, to place fitted optima at real FLOPs
+    # (1) IsoFLOP profiles: loss vs N per budget
+    ax = axes[0]
+    iso, chin = an.isoflop, an.chinchilla
+    if iso is not None:
+        import matplotlib
+
+        cmap = matplotlib.colormaps["plasma"]
+        for i, par in enumerate(iso.parabolas):
+            c = cmap(0.85 * i / max(len(iso.parabolas) - 1, 1))
+            m = np.abs(np.log(C / par.C)) < np.log1p(0.05) + 1e-9
+            ax.scatter(N[m], L[m], color=c, s=22, label=f"C={par.C:.2g}")
+            xs = np.geomspace(N[m].min() / 1.3, N[m].max() * 1.3, 100)
+            lx = np.log(xs)
+            ax.plot(xs, par.c2 * lx**2 + par.c1 * lx + par.c0, color=c, lw=1)
+            ax.plot(par.N_opt, par.L_opt, "*", color=c, ms=12, mec="k")
+        ax.legend(title="FLOP budget", fontsize=7)
+    else:
+        sc = ax.scatter(N, L, c=np.log10(C), cmap="plasma", s=22)
+        fig.colorbar(sc, ax=ax, label="log10 training FLOPs")
+        ax.text(0.5, 0.97, "no IsoFLOP fit (see caption)", transform=ax.transAxes, ha="center", va="top",
+                fontsize=8, color="firebrick")  # fmt: skip
+    ax.scatter(N[~obs], L[~obs], facecolors="none", edgecolors="k", s=60, label="predicted")
+    ax.set_xscale("log")
+    ax.set_xlabel("non-embedding parameters N")
+    ax.set_ylabel("final loss (nats/token)")
+    ax.set_title("IsoFLOP profiles (★ = optimum)")
+    # (2) L(N, D) contours with the runs, iso-FLOP lines and the compute-optimal frontier
+    ax = axes[1]
+    nx = np.geomspace(N.min() / 3, N.max() * 3, 120)
+    dx = np.geomspace(D.min() / 3, D.max() * 3, 120)
+    if chin is not None:
+        G_N, G_D = np.meshgrid(nx, dx)
+        Z = chin.predict(G_N, G_D)
+        cs = ax.contour(G_N, G_D, Z, levels=12, cmap="viridis", linewidths=0.8)
+        ax.clabel(cs, fontsize=6, fmt="%.2f")
+    else:
+        ax.text(0.5, 0.97, "no Chinchilla fit (see caption)", transform=ax.transAxes, ha="center", va="top",
+                fontsize=8, color="firebrick")  # fmt: skip
+    sc = ax.scatter(N, D, c=L, cmap="viridis", s=30, edgecolors=np.where(obs, "k", "r"))
+    fig.colorbar(sc, ax=ax, label="final loss")
+    for c in np.unique(np.round(np.log10(6 * N * D), 1)):
+        ax.plot(nx, 10**c / (6 * nx), "--", color="gray", lw=0.6)
+    cs_line = np.geomspace(C.min() / 3, C.max() * 3, 50)
+    if chin is not None:
+        try:
+            n_o, d_o, _ = chin.optimal(
+                6 * np.geomspace(N.min() / 3, N.max() * 3, 50) * np.geomspace(D.min() / 3, D.max() * 3, 50)
+            )
+            ax.plot(n_o, d_o, "r-", lw=1.5, label="compute-optimal (Chinchilla fit)")
+        except ValueError:
+            pass
+    if iso is not None:
+        n_opt = np.array([p.N_opt for p in iso.parabolas])
+        d_opt = np.array([p.C for p in iso.parabolas]) / fpt(n_opt)  # D = C / FLOPs-per-token(N_opt)
+        ax.plot(n_opt, d_opt, "k*", ms=10, label="IsoFLOP optima")
+    ax.set_xscale("log")
+    ax.set_yscale("log")
+    ax.set_xlim(nx[0], nx[-1])
+    ax.set_ylim(dx[0], dx[-1])
+    ax.set_xlabel("non-embedding parameters N")
+    ax.set_ylabel("training tokens D")
+    ax.set_title("fitted L(N, D) contours (dashed: iso-FLOP lines)")
+    if chin is not None or iso is not None:
+        ax.legend(fontsize=7, loc="upper right")
+    # (3) frontier: N_opt(C)
+    ax = axes[2]
+    drew = False
+    if iso is not None:
+        ax.plot(
+            [p.C for p in iso.parabolas],
+            [p.N_opt for p in iso.parabolas],
+            "k*",
+            ms=10,
+            label="IsoFLOP optima",
+        )
+        ax.plot(cs_line, iso.predict_N_opt(cs_line), "k--", lw=1, label=f"IsoFLOP: N_opt ∝ C^{iso.a:.2f}")
+        drew = True
+    if chin is not None:
+        try:
+            # Chinchilla's optimum is over 6 N D; drawn at the real FLOPs fpt(N_opt) * D_opt of that allocation
+            n_o, d_o, _ = chin.optimal(
+                np.geomspace(6 * N.min() * D.min() / 10, 6 * N.max() * D.max() * 10, 80)
+            )
+            s = chin.beta / (chin.alpha + chin.beta)
+            c_real = fpt(n_o) * d_o
+            keep = (c_real >= cs_line[0]) & (c_real <= cs_line[-1])
+            ax.plot(c_real[keep], n_o[keep], "r-", lw=1.5, label=f"Chinchilla: N_opt ∝ (6ND)^{s:.2f}")
+            drew = True
+        except ValueError:
+            pass
+    ax.scatter(C, N, c="lightgray", s=12, label="runs")
+    ax.set_xscale("log")
+    ax.set_yscale("log")
+    ax.set_xlabel("training FLOPs C")
+    from matplotlib.ticker import NullFormatter
+
+    ax.xaxis.set_minor_formatter(NullFormatter())
+    ax.set_ylabel("compute-optimal parameters N_opt")
+    ax.set_title("compute-optimal frontier" + ("" if drew else " (no fit)"))
+    ax.legend(fontsize=7)
+    fig.tight_layout()
+    n_pred = int((~obs).sum())
+    cap = (
+        f"{len(pts)} runs ({n_pred} with a predicted final loss, circled/red-edged). Left: final loss per FLOP "
+        "budget with the fitted parabola in log N and its optimum. Middle: contours of the fitted Chinchilla "
+        "law over (N, D) with the compute-optimal allocation. Right: N_opt against compute from both methods."
+    )
+    for row in an.laws[:2]:
+        if row.error:
+            cap += f" {row.law} not fitted: {row.error}."
+
+    return Figure(
+        "isoflop", "IsoFLOP curves, L(N, D) contours and the compute-optimal frontier", _png(fig), cap
+    )
+
+
+# ----------------------------------------------------------------------------------- GNS
+def noise_scale(sweep: SweepData, an: Analysis) -> Figure:
+    runs = [r for r in sweep.runs if r.rows and np.isfinite(r.column("gns_b_simple")).any()]
+    if not runs:
+        raise NoData(
+            "no gns_b_simple in any metrics.jsonl (the noise scale needs grad accumulation >= 2: set "
+            "train.micro_batch_size below train.batch_size, or DDP)"
+        )
+    plt = _plt()
+    col = _colors(sweep.sizes)
+    fig, axes = plt.subplots(1, 2, figsize=(12, 4.4))
+    seen = set()
+    for r in runs:
+        b, t = r.column("gns_b_simple"), r.tokens
+        ok = np.isfinite(b) & (b > 0) & np.isfinite(t)
+        lab = _fmt_n(r.N) if r.N and r.N not in seen else None
+        seen.add(r.N)
+        axes[0].plot(t[ok], b[ok], color=col.get(r.N, "gray"), lw=1, label=lab)
+    axes[0].set_xscale("log")
+    axes[0].set_yscale("log")
+    axes[0].set_xlabel("training tokens")
+    axes[0].set_ylabel("gradient noise scale B_simple (tokens)")
+    axes[0].set_title("gradient noise scale over training")
+    axes[0].legend(title="non-embedding N", fontsize=8)
+    lo, bs = an.gns_points
+    ax = axes[1]
+    if len(lo):
+        ax.scatter(lo, bs, s=8, alpha=0.5, c="tab:blue", label=f"(loss, B_simple), {len(lo)} rows")
+    f = an.critical_batch
+    if f is not None:
+        xs = np.geomspace(lo.min() * 0.95, lo.max() * 1.05, 50)
+        ax.plot(xs, f.predict(xs), "r-", label=f"B_crit = {f.B_star:.3g} / L^(1/{f.alpha_B:.3g})")
+    else:
+        ax.text(0.5, 0.97, "no B_crit fit (see caption)", transform=ax.transAxes, ha="center", va="top",
+                fontsize=8, color="firebrick")  # fmt: skip
+    ax.set_xscale("log")
+    ax.set_yscale("log")
+    ax.set_xlabel("training loss (nats/token)")
+    ax.set_ylabel("critical batch (tokens)")
+    ax.set_title("B_crit(L) fit (rows past 20% of each run)")
+    ax.legend(fontsize=7)
+    cap = "B_simple = tr(Σ)/|G|² in tokens, from the gradient-noise-scale probe; the fit is Kaplan et al.'s B_crit(L)."
+    if an.laws[2].error:
+        cap += f" B_crit not fitted: {an.laws[2].error}."
+    return Figure("gns", "Gradient noise scale and the critical batch size", _png(fig), cap)
+
+
+# ----------------------------------------------------------------------------------- samples
+def sample_loglik(sweep: SweepData, an: Analysis) -> Figure:
+    runs = [r for r in sweep.runs if r.samples and r.N]
+    if not runs:
+        raise NoData("no per-sample records (no samples.jsonl in any run folder)")
+    plt = _plt()
+    by_n: dict[float, list[float]] = {}
+    for r in runs:
+        last = max(int(s.get("step", 0)) for s in r.samples)
+        for s in r.samples:
+            if int(s.get("step", 0)) != last:
+                continue
+            ll = float(s["loglik"]) if "loglik" in s else -float(s["nll_sum"])
+            n = max(int(s.get("tokens") or 1), 1)
+            if math.isfinite(ll):
+                by_n.setdefault(r.N, []).append(ll / n)
+    if not by_n:
+        raise NoData("per-sample records exist but none has a finite log-likelihood")
+    sizes = sorted(by_n)
+    col = _colors(sizes)
+    fig, axes = plt.subplots(1, 2, figsize=(12, 4.2))
+    parts = axes[0].violinplot([by_n[n] for n in sizes], positions=range(len(sizes)), showmedians=True)
+    for body, n in zip(parts["bodies"], sizes):
+        body.set_facecolor(col[n])
+    axes[0].set_xticks(range(len(sizes)), [_fmt_n(n) for n in sizes])
+    axes[0].set_xlabel("non-embedding parameters N")
+    axes[0].set_ylabel("sample log-likelihood per token (nats)")
+    axes[0].set_title("per-sample log-likelihood by model size")
+    for n in sizes:
+        v = np.sort(by_n[n])
+        axes[1].plot(v, np.arange(1, len(v) + 1) / len(v), color=col[n], label=_fmt_n(n))
+    axes[1].set_xlabel("sample log-likelihood per token (nats)")
+    axes[1].set_ylabel("fraction of samples ≤ x")
+    axes[1].set_title("empirical CDF")
+    axes[1].legend(title="N", fontsize=8)
+    counts = ", ".join(f"{_fmt_n(n)}: {len(by_n[n])}" for n in sizes)
+    cap = f"Records of each run's last evaluated step (samples per size: {counts})."
+    return Figure("samples", "Per-sample log-likelihood distributions per model size", _png(fig), cap)
+
+
+def token_nll_hist(sweep: SweepData, an: Analysis) -> Figure:
+    """Fallback when there are no per-sample records: the token-NLL histogram of each size's last row."""
+    plt = _plt()
+    by_n: dict[float, tuple[list[float], float, float]] = {}  # N -> (histogram, tokens seen, nll_max)
+    for r in sweep.runs:
+        rows = [x for x in r.rows if isinstance(x.get("tok_nll_hist"), list)]
+        if not rows or not r.N or r.status in ("diverged", "broken"):
+            continue
+        nll_max = float(((r.config.get("metrics") or {}).get("nll_max")) or 16.0)
+        tokens = float(r.tokens[-1])
+        if r.N not in by_n or tokens > by_n[r.N][1]:
+            by_n[r.N] = (rows[-1]["tok_nll_hist"], tokens, nll_max)
+    if not by_n:
+        raise NoData("no per-sample records and no tok_nll_hist in metrics.jsonl")
+    col = _colors(sorted(by_n))
+    fig, ax = plt.subplots(figsize=(7, 3.8))
+    for n in sorted(by_n):
+        h, _, nll_max = by_n[n]
+        w = nll_max / len(h)
+        ax.step(np.arange(len(h)) * w, h, where="post", color=col[n], label=_fmt_n(n))
+    ax.set_xlabel("token NLL (nats)")
+    ax.set_ylabel("fraction of tokens")
+    ax.set_title("token-NLL distribution at each size's longest run, last logged row")
+    ax.legend(title="N", fontsize=8)
+    cap = "No per-sample records in the run folders; shown instead: the per-token NLL histogram from the fused loss."
+    return Figure("tokens", "Token NLL distribution per model size (no per-sample records)", _png(fig), cap)
+
+
+FIGURES = (loss_curves, prediction_history, isoflop, noise_scale, sample_loglik)
