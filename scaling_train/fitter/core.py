@@ -254,6 +254,9 @@ class SweepFitter:
             }
         except (ValueError, RuntimeError, FloatingPointError) as e:
             out["critical_batch"] = {"error": str(e), "n_points": len(bl)}
+        from scaling_train.fitter.tasks import fit_task_laws  # task laws from the evals' row scalars
+
+        out["tasks"] = fit_task_laws(self.tails, self.predictions)
         return out
 
     def write_law(self) -> dict[str, Any]:
