@@ -1,0 +1,130 @@
+"""The online fitter: incremental tails, malformed/diverged runs, runs added mid-way, kill -9 of a run and
+of the fitter itself, restart of both."""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import shutil
+import signal
+import time
+
+import pytest
+
+from scaling_train.fitter.core import SweepFitter
+from scaling_train.metrics.jsonl import read_jsonl
+from tests.metrics.helpers import cli, overrides, run_config, train
+
+
+@pytest.fixture(scope="module")
+def sweep(tmp_path_factory):
+    """Two finished runs of one model size (references for each other)."""
+    root = tmp_path_factory.mktemp("sweep")
+    for lr in ("1e-3", "3e-3"):
+        train(run_config(root / f"lr{lr}", max_steps=24, **{"optim.lr": lr}))
+    return root
+
+
+def test_predictions_law_malformed_diverged_and_new_runs(sweep, tmp_path):
+    sw = tmp_path / "sw"
+    shutil.copytree(sweep, sw)
+    # a running run: the first 12 of 24 steps, plus a malformed line
+    part = sw / "partial"
+    shutil.copytree(sw / "lr3e-3", part)
+    (part / "DONE").unlink()
+    rows = read_jsonl(part / "metrics.jsonl").rows
+    with open(part / "metrics.jsonl", "w") as f:
+        for r in rows[:3]:
+            f.write(json.dumps(r) + "\n")
+        f.write("{not json\n")
+    f = SweepFitter(sw, log=lambda s: None)
+    f.step()
+    p = json.loads((part / "predictions.json").read_text())
+    assert p["status"] == "running" and p["malformed_lines"] == 1
+    assert p["low"] <= p["loss"] <= p["high"] and set(p["references"]) == {"lr1e-3", "lr3e-3"}
+    done = json.loads((sw / "lr1e-3" / "predictions.json").read_text())
+    assert (
+        done["status"] == "done"
+        and done["loss"] == read_jsonl(sw / "lr1e-3" / "metrics.jsonl").rows[-1]["loss"]
+    )
+    law = json.loads((sw / "sweep_law.json").read_text())
+    assert {q["run"]: q["source"] for q in law["points"]}["partial"] == "predicted"
+    assert (
+        law["malformed_lines"] == {"partial": 1} and "error" in law["chinchilla"]
+    )  # 3 points < 5 parameters
+    # the run goes on: only the new bytes are read
+    off = f.tails["partial"].offset
+    with open(part / "metrics.jsonl", "a") as fh:
+        fh.write(json.dumps(rows[3]) + "\n")
+    f.step()
+    assert f.tails["partial"].offset == off + len(json.dumps(rows[3])) + 1
+    assert json.loads((part / "predictions.json").read_text())["step"] == rows[3]["step"]
+    # a diverged run added mid-way is picked up, marked and left out of the law
+    div = sw / "diverged"
+    shutil.copytree(sw / "lr1e-3", div)
+    (div / "DONE").unlink()
+    with open(div / "metrics.jsonl", "a") as fh:
+        fh.write(json.dumps({"step": 25, "loss": "nan"}) + "\n")
+    f.step()
+    assert json.loads((div / "predictions.json").read_text())["status"] == "diverged"
+    law = json.loads((sw / "sweep_law.json").read_text())
+    assert law["diverged"] == ["diverged"] and "diverged" not in {q["run"] for q in law["points"]}
+
+
+def _wait_rows(path, n, proc, timeout=120):
+    t0 = time.time()
+    while time.time() - t0 < timeout:
+        if path.exists() and len(read_jsonl(path).rows) >= n:
+            return
+        assert proc.poll() is None, "process ended early"
+        time.sleep(0.05)
+    raise TimeoutError(path)
+
+
+def test_kill9_run_and_fitter_then_restart(sweep, tmp_path):
+    sw = tmp_path / "sw"
+    shutil.copytree(sweep / "lr1e-3", sw / "ref")
+    run_dir = sw / "run"
+    args = overrides(run_dir, max_steps=48, ckpt_every=8, **{"train.log_every": 2, "optim.lr": "1e-3"})
+    args = [a.replace("train.log_every=4", "train.log_every=2") for a in args]
+    fit_args = ["fit", str(sw), "--follow", "--interval", "0.1", "--until-done"]
+    train_p = cli(
+        "train", *args, stdout=open(tmp_path / "train1.log", "w"), stderr=open(tmp_path / "train1.err", "w")
+    )
+    _wait_rows(run_dir / "metrics.jsonl", 1, train_p)  # --until-done would exit at once with only "ref" there
+    fit_p = cli(*fit_args, stdout=open(tmp_path / "fit1.log", "w"), stderr=open(tmp_path / "fit1.err", "w"))
+    _wait_rows(run_dir / "metrics.jsonl", 9, train_p)  # past the step-16 checkpoint
+    os.kill(train_p.pid, signal.SIGKILL)  # rows after the last checkpoint will be rolled back on restart
+    t0 = time.time()
+    while not (run_dir / "predictions.json").exists() and time.time() - t0 < 120:
+        time.sleep(0.05)
+    time.sleep(0.3)
+    os.kill(fit_p.pid, signal.SIGKILL)  # the fitter mid-way (following, between or inside refits)
+    train_p.wait(), fit_p.wait()
+    pred = json.loads((run_dir / "predictions.json").read_text())  # whole, never torn
+    assert pred["status"] == "running"
+    assert len(read_jsonl(run_dir / "metrics.jsonl").rows) < 24, "the run finished before it was killed"
+    # restart both with the same commands
+    train_p = cli(
+        "train", *args, stdout=open(tmp_path / "train2.log", "w"), stderr=open(tmp_path / "train2.err", "w")
+    )
+    fit_p = cli(*fit_args, stdout=open(tmp_path / "fit2.log", "w"), stderr=open(tmp_path / "fit2.err", "w"))
+    assert train_p.wait(timeout=300) == 0, (tmp_path / "train2.err").read_text()
+    assert fit_p.wait(timeout=120) == 0, (tmp_path / "fit2.err").read_text()
+    res = read_jsonl(run_dir / "metrics.jsonl")
+    assert [r["step"] for r in res.rows] == list(range(2, 49, 2)) and res.malformed == 0 and not res.torn_tail
+    # the resumed run's rows equal an uninterrupted run's (batch order and state are restored exactly)
+    ref = run_config(
+        tmp_path / "clean", max_steps=48, ckpt_every=8, **{"train.log_every": 2, "optim.lr": "1e-3"}
+    )
+    train(ref)
+    clean = read_jsonl(tmp_path / "clean" / "metrics.jsonl").rows
+    assert [r["loss"] for r in res.rows] == pytest.approx([r["loss"] for r in clean], rel=1e-6)
+    # the restarted fitter continued from its saved offsets and ends with the file's rows, no duplicates
+    state = json.loads((sw / ".fitter_state.json").read_text())["runs"]["run"]
+    assert [s for s, _ in state["rows"]] == list(range(2, 49, 2))
+    assert state["offset"] == (run_dir / "metrics.jsonl").stat().st_size
+    pred = json.loads((run_dir / "predictions.json").read_text())
+    assert pred["status"] == "done" and pred["step"] == 48 and math.isfinite(pred["loss"])
+    json.loads((sw / "sweep_law.json").read_text())
