@@ -8,6 +8,11 @@ from pathlib import Path
 import pytest
 import torch
 
+# Triton kernels run on CPU tensors under the interpreter; it must be set before any triton.jit runs,
+# and any test module may import scaling_train.ops first.
+if not torch.cuda.is_available():
+    os.environ.setdefault("TRITON_INTERPRET", "1")
+
 # Small corpus cap so a session trains its BPE in a second or two; every test shares the cache.
 TINY_MAX_BYTES = 1_500_000
 
