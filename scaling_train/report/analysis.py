@@ -228,6 +228,26 @@ def _fit_bcrit(losses: np.ndarray, bs: np.ndarray) -> tuple[Any, LawRow]:
     return f, row
 
 
+def _fitter_rows(law: dict[str, Any] | None) -> list[LawRow]:
+    """The online fitter's own fits from sweep_law.json (no intervals), for comparison with the refits."""
+    rows = []
+    ch = (law or {}).get("chinchilla") or {}
+    if "alpha" in ch:
+        row = LawRow("Chinchilla (online fitter)", "L(N, D) = E + A / N^alpha + B / D^beta, sweep_law.json")
+        row.params = {k: (float(ch[k]), None, None) for k in ("E", "A", "B", "alpha", "beta") if k in ch}
+        row.fit_quality = {"Huber objective": float(ch.get("objective", math.nan))}
+        row.n_points = int(ch.get("n_points") or 0)
+        rows.append(row)
+    iso = (law or {}).get("isoflop") or {}
+    if "a" in iso and "b" in iso:
+        row = LawRow("IsoFLOP (online fitter)", "N_opt ∝ C^a, D_opt ∝ C^b, sweep_law.json")
+        row.params = {"a": (float(iso["a"]), None, None), "b": (float(iso["b"]), None, None)}
+        row.n_points = len(iso.get("optima") or [])
+        row.note = "points = FLOP budgets"
+        rows.append(row)
+    return rows
+
+
 def _prediction_rows(sweep: SweepData) -> list[LawRow]:
     rows = []
     for r in sweep.runs:
@@ -322,6 +342,7 @@ def analyse(sweep: SweepData, *, n_bootstrap: int = 20, cache: Path | None = Non
     a.gns_points = gns_points(sweep)
     a.critical_batch, row = _fit_bcrit(*a.gns_points)
     a.laws.append(row)
+    a.laws.extend(_fitter_rows(sweep.law))
     a.laws.extend(_prediction_rows(sweep))
     for r in sweep.runs:
         if r.status == "done":

@@ -166,7 +166,9 @@ def render(sweep: SweepData, an: Analysis) -> str:
 {"".join(sections)}
 <section id="laws-section"><h2>Fitted laws</h2>{_law_table(an.laws)}
 <p class="caption">Intervals are 90%: Chinchilla by case-resampling bootstrap, IsoFLOP exponents by residual
-bootstrap, B_crit from the OLS standard errors, final-loss predictions from the fitter's calibrated interval.</p>
+bootstrap, B_crit from the OLS standard errors, final-loss predictions from the fitter's calibrated interval.
+The laws are refitted here from the runs' final (or predicted) losses; rows marked "online fitter" are
+the fitter's own sweep_law.json{"" if sweep.law else " (absent: run <code>scaling-train fit SWEEP_DIR</code>)"}.</p>
 </section>
 <section id="runs-section"><h2>Runs</h2>{_status_table(sweep)}</section>
 </body></html>
