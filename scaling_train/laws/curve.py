@@ -19,6 +19,7 @@ from dataclasses import dataclass, field
 import numpy as np
 from scipy.optimize import least_squares, nnls
 
+from . import _calibration
 from ._validate import as_1d, check_range
 
 
@@ -202,13 +203,23 @@ _HI = np.array([np.log(3.0), np.log(10.0), np.log(5.0), 1.5])
 @dataclass(frozen=True)
 class MultiPowerPrior:
     """Weak Gaussian prior on the shape parameters (in the fit's coordinates) and on B relative to the
-    loss level: B ~ N(b_rel * loss_last, (b_rel_sd * loss_last)**2). Used when the data cannot identify
-    the annealing term (e.g. a constant-LR prefix without references)."""
+    loss level: B ~ N(b_rel * loss_last, (b_rel_sd * loss_last)**2). The defaults are the generic weak
+    regulariser of ``fit_multipower`` and of the with-references fit (weight 0.05; chosen by hand).
+    Without references a constant-LR prefix cannot identify the annealing term and the prior decides it:
+    that case uses ``NO_REF_PRIOR``, whose B mean and log C mean are fitted on calibration curves
+    (empirical Bayes, ``benchmarks/calibrate_laws.py``, constants in ``_calibration.py``)."""
 
     theta: tuple[float, float, float, float] = (np.log(0.5), np.log(2e-3), np.log(0.6), 0.5)
     theta_sd: tuple[float, float, float, float] = (0.7, 2.0, 0.7, 0.4)
     b_rel: float = 0.035
     b_rel_sd: float = 0.02
+
+
+NO_REF_PRIOR = MultiPowerPrior(
+    theta=(np.log(0.5), _calibration.NO_REF_LOG_C, np.log(0.6), 0.5),
+    b_rel=_calibration.NO_REF_B_REL,
+    b_rel_sd=_calibration.NO_REF_B_REL * 0.02 / 0.035,
+)
 
 
 @dataclass(frozen=True)
@@ -340,15 +351,26 @@ class LossPrediction:
     n_spikes: int
     extrapolation: float
     fit: MultiPowerFit | None = field(default=None, repr=False)
+    rel_scale: float = float("nan")  # uncalibrated relative uncertainty u; interval = loss * (1 + q * u)
+    mode: str = ""  # "with_refs" or "no_refs": which calibrated constants were used
+    scale_terms: tuple[float, ...] = field(default=(), repr=False)  # (few, extrapolation, v_fit, g_prior)
 
 
-# Interval model: relative half-width = z90 * sqrt(s0**2 + (s1 * extrapolation)**2 + (rmse / loss)**2 * k),
-# constants calibrated on held-out curves (see benchmarks/bench_laws.py, "interval calibration").
-_CAL = {
-    "with_refs": (0.0015, 0.0020),
-    "no_refs": (0.003, 0.008),
-}
-_Z90 = 1.6449
+# Interval model (per mode m = "with_refs" / "no_refs"): an uncalibrated relative scale
+#   u = few * sqrt(s0**2 + (s1 * extrapolation)**2 + (rmse / loss)**2 / n + prior_rel**2 + extra_rel**2)
+# (prior_rel = r * B * LD(T) / loss: sd of the prior-driven annealing gain without references; extra_rel: spread of the
+# references' L0 when the target has < 3 points; few = 3 when n < 10) and the interval
+#   [loss * (1 + q_lo * u), loss * (1 + q_hi * u)].
+# s0, s1, r (Gaussian ML) and q_lo, q_hi (split-conformal 5% / 95% quantiles of (true / loss - 1) / u) are
+# fitted on a calibration split of real curves by benchmarks/calibrate_laws.py and stored in
+# _calibration.py together with the data they came from; held-out coverage is in benchmarks/results/laws.md.
+_CAL = _calibration.INTERVAL
+
+
+def _rel_scale(cal: dict, few: float, extrap: float, v_fit: float, g_prior: float, r_prior: float) -> float:
+    """u = few * sqrt(s0^2 + (s1 * extrap)^2 + v_fit + (r_prior * g_prior)^2) (see the comment above)."""
+    return float(few * np.sqrt(cal["s0"] ** 2 + (cal["s1"] * extrap) ** 2 + v_fit + (r_prior * g_prior) ** 2))
+
 
 _REF_CACHE: OrderedDict[tuple[str, ...], tuple[np.ndarray, MultiPowerFit]] = OrderedDict()
 
@@ -368,7 +390,12 @@ def _reference_fit(
 
 
 def predict_final_loss(
-    target: Curve, references: Sequence[Curve] = (), *, max_points: int = 64, n_bins: int = 48
+    target: Curve,
+    references: Sequence[Curve] = (),
+    *,
+    max_points: int = 64,
+    n_bins: int = 48,
+    prior: MultiPowerPrior | None = None,
 ) -> LossPrediction:
     """Predict the loss of ``target`` at its last step T = len(target.lr) with the multi-power law.
 
@@ -380,7 +407,10 @@ def predict_final_loss(
 
     Raises ``NotEnoughDataError`` when the target has < 3 valid points and there are no references;
     with references and < 3 target points the prediction uses the references' mean L0 and a wide interval.
+    The 90% interval is calibrated on held-out curves (see ``_CAL`` and benchmarks/calibrate_laws.py);
+    ``prior`` replaces ``NO_REF_PRIOR`` in the no-reference fit (the calibration script uses it).
     """
+    prior = prior or NO_REF_PRIOR
     if not isinstance(target, Curve):
         raise TypeError(f"target must be a Curve, got {type(target).__name__}")
     refs = list(references)
@@ -415,24 +445,23 @@ def predict_final_loss(
             )  # fmt: skip
             idx = len(l0)
             extra_var = float(np.var(l0)) + (0.05 * float(l0.mean())) ** 2
-        s0, s1 = _CAL["with_refs"]
+        mode = "with_refs"
     else:
-        theta, coef, rmse = _fit(
-            [p], prior=MultiPowerPrior(), prior_weight=1.0, theta0=np.array(MultiPowerPrior().theta)
-        )
+        theta, coef, rmse = _fit([p], prior=prior, prior_weight=1.0, theta0=np.array(prior.theta))
         fit = _as_fit(theta, coef, rmse, 1, p.n_valid)
         idx = 0
         extra_var = 0.0
-        s0, s1 = _CAL["no_refs"]
+        mode = "no_refs"
     ld = _ld_basis(p, np.array([T]), np.array([area_T]), fit.C, fit.beta, fit.gamma)[0]
     loss = fit.L0[idx] + fit.A * area_T ** (-fit.alpha) - fit.B * ld
-    few = 3.0 if n_t < 10 else 1.0  # short prefixes: inflate
-    if not refs:  # the annealing amount B * LD(T) rests on the prior when no reference pins it down
-        prior = MultiPowerPrior()
-        extra_var += (fit.B * ld * prior.b_rel_sd / prior.b_rel) ** 2
-    rel = _Z90 * few * np.sqrt(s0**2 + (s1 * extrap) ** 2 + (fit.rmse / loss) ** 2 / max(n_t, 1))
-    half = rel * loss + _Z90 * np.sqrt(extra_var)
+    few = 3.0 if n_t < 10 else 1.0  # short prefixes: inflate (not calibrated: no such data)
+    v_fit = (fit.rmse / loss) ** 2 / max(n_t, 1) + extra_var / loss**2
+    # the annealing amount B * LD(T) rests on the prior when no reference pins it down
+    g_prior = 0.0 if refs else float(fit.B * ld / loss)
+    cal = _CAL[mode]
+    u = _rel_scale(cal, few, extrap, v_fit, g_prior, cal.get("r", 0.0))
     return LossPrediction(
-        loss=float(loss), low=float(loss - half), high=float(loss + half), n_used=p.n_valid,
-        n_dropped=p.n_dropped, n_spikes=p.n_spikes, extrapolation=extrap, fit=fit,
+        loss=float(loss), low=float(loss * (1 + cal["q_lo"] * u)), high=float(loss * (1 + cal["q_hi"] * u)),
+        n_used=p.n_valid, n_dropped=p.n_dropped, n_spikes=p.n_spikes, extrapolation=extrap, fit=fit,
+        rel_scale=float(u), mode=mode, scale_terms=(few, extrap, v_fit, g_prior),
     )  # fmt: skip
