@@ -1,0 +1,95 @@
+"""The W&B report, offline: the spec's panels plot keys our W&B sink really logs, against tokens or FLOPs,
+over the runs of the sweep's group; wandb-workspaces objects build without network; nothing is saved
+when not logged in. One real tiny training run checks the report against the trainer's own files."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+pytest.importorskip("matplotlib", reason="the report needs matplotlib (pip install 'scaling-train[report]')")
+
+from scaling_train.report import write_report  # noqa: E402
+from scaling_train.report.data import load_sweep  # noqa: E402
+from scaling_train.report.wandb_report import build_spec, save_report, to_report  # noqa: E402
+from tests.conftest import tiny_config  # noqa: E402
+
+
+@pytest.fixture(scope="module")
+def real_sweep(tmp_path_factory):
+    """One real 0.2M-parameter run (30 steps, grad accumulation 2 so the noise scale is measured)."""
+    from scaling_train.train import train
+
+    sweep = tmp_path_factory.mktemp("real") / "rs"
+    cfg = tiny_config(sweep / "run0", **{"train.micro_batch_size": 4, "train.log_every": 2, "sweep": "rs"})
+    train(cfg, log=lambda *a, **k: None)
+    return sweep
+
+
+def _logged_keys(sweep) -> set[str]:
+    """Keys the W&B sink would log for this sweep's rows (its own payload function) + its pred/* keys."""
+    from scaling_train.metrics.wandb_sink import WandbSink
+
+    keys = {"pred/loss", "pred/low", "pred/high"}
+    for r in load_sweep(sweep).runs:
+        for row in r.rows + r.eval_rows:
+            keys |= set(WandbSink._payload(None, row))
+    return keys
+
+
+def test_spec_panels_match_logged_keys(real_sweep):
+    spec = build_spec(real_sweep, entity="someone", project="proj")
+    json.dumps(spec)  # plain JSON
+    assert spec["runset"]["filters"] == "Metric('Group') == 'rs'"  # the W&B group = the sweep name
+    logged = _logged_keys(real_sweep)
+    panels = [p for s in spec["sections"] for p in s["panels"]]
+    assert len(panels) >= 8
+    for p in panels:
+        assert p["x"] in ("tokens", "flops", "loss"), p
+        ys = p["y"] if isinstance(p["y"], list) else [p["y"]]
+        for y in ys:
+            assert y in logged, (y, sorted(logged))
+        if p["type"] == "line":
+            assert p["x"] in ("tokens", "flops")
+    assert {p["x"] for p in panels} >= {"tokens", "flops"}
+    assert "| law |" in spec["laws_markdown"] and "Chinchilla" in spec["laws_markdown"]
+
+
+def test_wandb_objects_offline(real_sweep):
+    import wandb_workspaces.reports.v2 as wr
+
+    spec = build_spec(real_sweep, entity="someone", project="proj")
+    report = to_report(spec)
+    grids = [b for b in report.blocks if isinstance(b, wr.PanelGrid)]
+    assert len(grids) == len(spec["sections"])
+    for g, sec in zip(grids, spec["sections"]):
+        assert [p.title for p in g.panels] == [p["title"] for p in sec["panels"]]
+        assert g.runsets[0].project == "proj" and "rs" in g.runsets[0].filters
+    assert any(isinstance(b, wr.MarkdownBlock) for b in report.blocks)
+    spec["entity"] = None
+    with pytest.raises(ValueError, match="no entity"):
+        to_report(spec)
+
+
+def test_not_saved_when_logged_out(real_sweep, tmp_path, monkeypatch):
+    monkeypatch.delenv("WANDB_API_KEY", raising=False)
+    monkeypatch.setenv("HOME", str(tmp_path))  # no ~/.netrc
+    monkeypatch.setenv("WANDB_CONFIG_DIR", str(tmp_path / "wandb"))
+    monkeypatch.setenv("NETRC", str(tmp_path / "netrc"))
+    assert save_report(build_spec(real_sweep, entity="someone", project="proj")) is None
+
+
+def test_real_run_report(real_sweep):
+    sweep = load_sweep(real_sweep)
+    (run,) = sweep.runs
+    assert run.status == "done" and run.N and run.total_steps == 30 and run.flops_per_token
+    assert run.tokens[-1] == 30 * run.tokens_per_step
+    html = write_report(real_sweep, n_bootstrap=0).read_text()
+    assert "id='fig-loss'" in html and "id='fig-gns'" in html
+    loss = html[html.index("id='fig-loss'") : html.index("</section>", html.index("id='fig-loss'"))]
+    assert "data:image/png;base64," in loss
+    gns = html[html.index("id='fig-gns'") : html.index("</section>", html.index("id='fig-gns'"))]
+    assert "data:image/png;base64," in gns  # the trainer's gns_b_simple rows were found
+    assert "no per-sample records" in html
+    assert "no plan.json" in html  # a bare folder of runs: said, not fatal
