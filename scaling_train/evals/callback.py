@@ -78,8 +78,10 @@ class EvalCallback:
                 corpus=d.corpus, val_fraction=d.val_fraction,
             )  # fmt: skip
         if self.cfg.records and self.tasks:
-            from scaling_train.metrics.jsonl import JsonlWriter
+            from scaling_train.metrics.jsonl import JsonlWriter, rollback_jsonl
 
+            # resumed from a checkpoint: records of steps after it are recomputed, drop the old ones
+            rollback_jsonl(trainer.run_dir / "evals.jsonl", getattr(trainer, "start_step", 0))
             self._writer = JsonlWriter(trainer.run_dir / "evals.jsonl")
         trainer.log(
             f"[evals] {len(self.tasks)} task(s): "

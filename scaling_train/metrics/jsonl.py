@@ -136,3 +136,22 @@ def read_jsonl(path: str | Path, offset: int = 0) -> ReadResult:
     return ReadResult(
         rows, offset + len(complete), bad, torn_tail=len(complete) < len(data), malformed_lines=bad_lines
     )
+
+
+def rollback_jsonl(path: str | Path, max_step: int, *, key: str = "step") -> int:
+    """Drop rows whose ``key`` exceeds ``max_step`` (a side file of a run resumed from a checkpoint at
+    ``max_step``), rewriting the file atomically. Returns the number of rows dropped."""
+    path = Path(path)
+    if not path.is_file():
+        return 0
+    rows = read_jsonl(path).rows
+    kept = [r for r in rows if not (isinstance(r.get(key), (int, float)) and r[key] > max_step)]
+    if len(kept) == len(rows):
+        return 0
+    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
+    with open(tmp, "wb") as f:
+        f.write(b"".join(json.dumps(_clean(r), separators=(",", ":")).encode() + b"\n" for r in kept))
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, path)
+    return len(rows) - len(kept)

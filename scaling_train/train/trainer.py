@@ -220,6 +220,7 @@ class Trainer:
             self.log(
                 f"[train] resumed {self.run_dir} from {path.name} (step {start_step}/{self.total_steps})"
             )
+        self.start_step = start_step  # callbacks with side files roll them back to this step
         for cb in self.callbacks:
             if hasattr(cb, "on_train_begin"):
                 cb.on_train_begin(self)

@@ -56,3 +56,23 @@ def test_due_schedule():
     assert due == [12, 20, 32, 34]
     with pytest.raises(ValueError, match="every=-1"):
         EvalCallback([], every=-1)
+
+
+def test_resume_rolls_back_eval_records(tiny_cfg):
+    """Records of steps after the checkpoint are recomputed on resume, never duplicated."""
+
+    class CrashAt:
+        def on_before_step(self, trainer, step):
+            if step == 17:
+                raise RuntimeError("crash")
+
+    extra = {
+        "train.max_steps": 20, "train.log_every": 5, "train.eval_every": 0, "train.ckpt_every": 10,
+        "evals.every": 5, "evals.tasks": "[next_line]", "evals.n_items": 4, "model.loss_impl": "torch",
+    }  # fmt: skip
+    with pytest.raises(RuntimeError, match="crash"):
+        Trainer(tiny_cfg(**extra), callbacks=[CrashAt()], log=lambda s: None).run()
+    path = tiny_cfg(**extra).run_dir + "/evals.jsonl"
+    assert [r["step"] for r in read_jsonl(path, 0).rows] == [5, 10, 15]
+    Trainer(tiny_cfg(**extra), log=lambda s: None).run()
+    assert [r["step"] for r in read_jsonl(path, 0).rows] == [5, 10, 15, 20]
