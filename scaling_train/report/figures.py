@@ -86,7 +86,10 @@ def loss_curves(sweep: SweepData, an: Analysis) -> Figure:
             if r.status == "partial" and p and p.get("loss") and r.D:
                 x_end = r.D if xkey == "tokens" else r.D * (r.flops_per_token or 6 * r.N)
                 lo, hi = p.get("low") or p["loss"], p.get("high") or p["loss"]
-                ax.plot([x[ok][-1], x_end], [y[ok][-1], p["loss"]], ":", color=c, lw=1)
+                # dotted from the point the prediction was made at (it may lag the curve by a poll)
+                at = r.steps[ok] <= (p.get("step") or r.last_step)
+                i = int(np.flatnonzero(at)[-1]) if at.any() else -1
+                ax.plot([x[ok][i], x_end], [y[ok][i], p["loss"]], ":", color=c, lw=1)
                 ax.errorbar(
                     [x_end], [p["loss"]], yerr=[[p["loss"] - lo], [hi - p["loss"]]], fmt="D", color=c,
                     mfc="white", ms=6, capsize=4, lw=1.5,
@@ -103,7 +106,7 @@ def loss_curves(sweep: SweepData, an: Analysis) -> Figure:
     cap = (
         "Training loss per run, coloured by model size. ● finished run's final loss; ◇ with bars: the "
         f"fitter's predicted final loss and 90% interval at the run's planned end ({n_pred} unfinished "
-        "run(s)), dotted from the last observed point; × diverged."
+        "run(s)), dotted from the step the prediction was made at; × diverged."
     )
     return Figure("loss", "Loss vs tokens and FLOPs per model size", _png(fig), cap)
 

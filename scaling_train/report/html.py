@@ -74,7 +74,14 @@ def _missing_box(sweep: SweepData) -> str:
     if not items:
         return ""
     li = "".join(f"<li>{_e(x)}</li>" for x in items)
-    return f"<div class='missing' id='missing'><b>What is missing or incomplete</b><ul>{li}</ul></div>"
+    hint = (
+        "Rerunning the sweep command runs missing runs and resumes partial ones from their checkpoints; "
+        "the figures below use what exists (unfinished runs through their predicted final loss)."
+    )
+    return (
+        f"<div class='missing' id='missing'><b>What is missing or incomplete</b><ul>{li}</ul>"
+        f"<span>{_e(hint)}</span></div>"
+    )
 
 
 def _law_table(laws: list[LawRow]) -> str:
