@@ -22,6 +22,8 @@ GNS_SKIP = 0.2
 REPLAY_FRACTIONS = (0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9)
 """Prefixes of each finished run on which its final-loss prediction is replayed."""
 CONFIDENCE = 0.9
+CACHE_VERSION = 2
+"""Part of every cache key: bump when a cached result's content changes (fits, notes, replay rule)."""
 
 
 @dataclass
@@ -142,6 +144,11 @@ def _fit_chinchilla(pts: list[Point], n_bootstrap: int) -> tuple[Any, LawRow]:
     }
     n_pred = sum(p.source == "predicted" for p in pts)
     row.note = f"{n_bootstrap} bootstrap resamples" if n_bootstrap else "no bootstrap"
+    if min(f.alpha, f.beta, f.A, f.B) <= 0:
+        row.note += (
+            f"; alpha={f.alpha:.3g}, beta={f.beta:.3g}: the loss does not fall with both N and D over these runs,"
+            " so there is no compute-optimal frontier (runs too short or too few sizes)"
+        )
     if n_pred:
         row.note += f"; {n_pred} of {len(pts)} points are predicted final losses"
     return f, row
@@ -309,7 +316,8 @@ def replay_history(run: RunData, fractions: tuple[float, ...] = REPLAY_FRACTIONS
 
 # ----------------------------------------------------------------------------------- all
 def _digest(obj: Any) -> str:
-    return hashlib.sha1(json.dumps(obj, sort_keys=True, default=str).encode()).hexdigest()[:16]
+    blob = json.dumps([CACHE_VERSION, obj], sort_keys=True, default=str).encode()
+    return hashlib.sha1(blob).hexdigest()[:16]
 
 
 def analyse(sweep: SweepData, *, n_bootstrap: int = 20, cache: Path | None = None) -> Analysis:

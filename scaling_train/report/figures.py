@@ -252,7 +252,7 @@ def isoflop(sweep: SweepData, an: Analysis) -> Figure:
     ax.set_xlabel("non-embedding parameters N")
     ax.set_ylabel("training tokens D")
     ax.set_title("fitted L(N, D) contours (dashed: iso-FLOP lines)")
-    if chin is not None or iso is not None:
+    if ax.get_legend_handles_labels()[0]:
         ax.legend(fontsize=7, loc="upper right")
     # (3) frontier: N_opt(C)
     ax = axes[2]
