@@ -99,10 +99,11 @@ class SingleDevice:
 
 # --------------------------------------------------------------------------- distributed (accelerate)
 DDP_MAX_PARAMS = 3e8
-"""auto strategy: DDP below this many non-embedding params, DeepSpeed ZeRO from it (optimizer state
+"""auto strategy: DDP below this many non-embedding params, FSDP (full shard) from it (optimizer state
 of 16 bytes/param = 4.8 GB at 3e8 starts to crowd a GPU next to activations)."""
-ZERO3_MIN_PARAMS = 1.5e9
-"""auto ZeRO stage: 2 below this many non-embedding params, 3 from it (fp32 weights+grads = 12 GB)."""
+ZERO3_MIN_PARAMS = float("inf")
+"""auto ZeRO stage: 2 below this many non-embedding params, 3 from it. Infinite until ZeRO-3 works with
+the fused LM-head loss (see ``Distributed.prepare``); shard big models with dist.strategy=fsdp."""
 
 
 def _n_params(cfg) -> float:
@@ -118,7 +119,7 @@ def choose_strategy(cfg, world_size: int) -> str:
         return s
     if world_size == 1:
         return "single"
-    return "ddp" if _n_params(cfg) < DDP_MAX_PARAMS else "deepspeed"
+    return "ddp" if _n_params(cfg) < DDP_MAX_PARAMS else "fsdp"
 
 
 def choose_zero_stage(cfg) -> int:
@@ -201,29 +202,31 @@ class Distributed(SingleDevice):
             self.zero_stage = self.ds_config["zero_optimization"]["stage"]
             kw["deepspeed_plugin"] = DeepSpeedPlugin(hf_ds_config=self.ds_config)
             kw["mixed_precision"] = "bf16" if precision == "bf16" else "no"
-        elif strategy == "fsdp":
-            from accelerate.utils import FullyShardedDataParallelPlugin
-            from torch.distributed.fsdp import ShardingStrategy
-
-            kw["fsdp_plugin"] = FullyShardedDataParallelPlugin(
-                sharding_strategy=ShardingStrategy[cfg.dist.fsdp_sharding.upper()],
-                use_orig_params=True,  # our param groups (decay / no decay / muP scales) survive wrapping
-                sync_module_states=True,
-            )
         self.acc = Accelerator(**kw)
-        self.device = self.acc.device
+        # accelerate says cpu:0 on CPU; torch.load cannot map checkpoints onto 'cpu:0'
+        self.device = self.acc.device if want_cuda else torch.device("cpu")
         self._boundary = True
         self.engine = None
 
     def prepare(
         self, model: nn.Module, optimizer: torch.optim.Optimizer
     ) -> tuple[nn.Module, torch.optim.Optimizer]:
+        if self.name == "fsdp":
+            return self._prepare_fsdp(model, optimizer)
         if self.name == "ddp":
             # torch DDP directly: accelerate's default comm-hook registration fails on torch 2.13
             from torch.nn.parallel import DistributedDataParallel
 
             ids = [self.device.index] if self.device.type == "cuda" else None
             return DistributedDataParallel(model.to(self.device), device_ids=ids), optimizer
+        if self.name == "deepspeed" and self.zero_stage == 3:
+            raise NotImplementedError(
+                "dist.zero_stage=3 does not work with the fused LM-head loss yet: it reads the head weight "
+                "inside GPT.forward and in its own autograd backward, outside the module hooks through which "
+                "ZeRO-3 gathers parameters (backward sees the empty shard). Use dist.strategy=fsdp (FSDP2 "
+                "full_shard shards weights, gradients and optimizer state like ZeRO-3), or dist.zero_stage=2 "
+                "with dist.offload=true."
+            )
         model, optimizer = self.acc.prepare(model, optimizer)
         if self.name == "deepspeed":
             import deepspeed
@@ -234,6 +237,34 @@ class Distributed(SingleDevice):
                 )
             self.engine = model
         return model, optimizer
+
+    def _prepare_fsdp(self, model: nn.Module, optimizer: torch.optim.Optimizer):
+        """FSDP2 (``fully_shard``) per block, then the root; torch directly, since accelerate's FSDP
+        refuses CPU. Sharding replaces the parameters, so the optimizer is rebuilt with the same groups."""
+        from torch.distributed.fsdp import fully_shard
+
+        names = {id(p): n for n, p in model.named_parameters()}
+        groups = [
+            ([names[id(p)] for p in g["params"]], {k: v for k, v in g.items() if k != "params"})
+            for g in optimizer.param_groups
+        ]
+        model = model.to(self.device)
+        reshard = self.cfg.dist.fsdp_sharding == "full_shard"
+        if self.cfg.dist.fsdp_sharding == "no_shard":
+            raise ValueError("dist.fsdp_sharding=no_shard is DDP: use dist.strategy=ddp")
+        for block in getattr(model, "blocks", []):
+            fully_shard(block, reshard_after_forward=reshard)
+        fully_shard(model, reshard_after_forward=reshard)
+        params = dict(model.named_parameters())
+        new_groups = [{"params": [params[n] for n in ns], **hp} for ns, hp in groups]
+        import inspect
+
+        accepted = inspect.signature(type(optimizer).__init__).parameters
+        opt = type(optimizer)(
+            new_groups, **{k: v for k, v in optimizer.defaults.items() if k in accepted and k != "params"}
+        )
+        self._fsdp_model = model
+        return model, opt
 
     def autocast(self):
         if self.name == "deepspeed":  # DeepSpeed holds bf16 weights itself
@@ -257,6 +288,12 @@ class Distributed(SingleDevice):
         try:
             if self.engine is not None:
                 yield
+            elif self.name == "fsdp":
+                model.set_requires_gradient_sync(False)
+                try:
+                    yield
+                finally:
+                    model.set_requires_gradient_sync(True)
             else:
                 with model.no_sync():
                     yield
@@ -269,10 +306,13 @@ class Distributed(SingleDevice):
             return torch.as_tensor(
                 float(g) if g is not None else float("nan"), dtype=torch.float64, device=self.device
             )
-        if self.name == "fsdp":
-            return self.acc.clip_grad_norm_(
-                model.parameters(), max_norm if max_norm is not None else float("inf")
+        if self.name == "fsdp":  # DTensor gradient shards: the norm is a collective
+            params = [p for p in model.parameters() if p.grad is not None]
+            inf = float("inf")
+            norm = torch.nn.utils.clip_grad_norm_(
+                params, max_norm if max_norm is not None else inf, foreach=True
             )
+            return norm.full_tensor() if hasattr(norm, "full_tensor") else norm
         return super().clip_grad_norm(model, max_norm)  # DDP: gradients are already identical on all ranks
 
     def all_reduce_mean(self, t: torch.Tensor) -> torch.Tensor:
@@ -288,11 +328,19 @@ class Distributed(SingleDevice):
         dist.barrier()
 
     def unwrap(self, model: nn.Module) -> nn.Module:
+        if self.name == "fsdp":
+            return model  # FSDP2 shards in place: same module
         return self.acc.unwrap_model(model, keep_torch_compile=False)
 
     # Checkpoint states (collectives: called on every rank, saved by rank 0, loaded by every rank).
     def model_state(self, model: nn.Module) -> dict[str, Any]:
-        if self.name == "fsdp" or self.zero_stage == 3:
+        if self.name == "fsdp":
+            from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_state_dict
+
+            return get_model_state_dict(
+                model, options=StateDictOptions(full_state_dict=True, cpu_offload=True)
+            )
+        if self.zero_stage == 3:
             state = self.acc.get_state_dict(model)  # gathers full tensors
             return {k: v.detach().cpu() for k, v in state.items()} if state else {}
         return {k: v.detach().cpu() for k, v in self.unwrap(model).state_dict().items()}
@@ -323,11 +371,8 @@ class Distributed(SingleDevice):
         if self.name == "fsdp":
             from torch.distributed.checkpoint.state_dict import StateDictOptions, get_optimizer_state_dict
 
-            return get_optimizer_state_dict(
-                self._model_of(optimizer),
-                optimizer.optimizer,
-                options=StateDictOptions(full_state_dict=True, cpu_offload=True),
-            )
+            opts = StateDictOptions(full_state_dict=True, cpu_offload=True)
+            return get_optimizer_state_dict(self._fsdp_model, optimizer, options=opts)
         return optimizer.state_dict()
 
     def load_optim_state(self, optimizer: torch.optim.Optimizer, state: dict[str, Any]) -> None:
@@ -344,16 +389,13 @@ class Distributed(SingleDevice):
             from torch.distributed.checkpoint.state_dict import StateDictOptions, set_optimizer_state_dict
 
             set_optimizer_state_dict(
-                self._model_of(optimizer),
-                optimizer.optimizer,
+                self._fsdp_model,
+                optimizer,
                 state,
                 options=StateDictOptions(full_state_dict=True),
             )
             return
         optimizer.load_state_dict(state)
-
-    def _model_of(self, optimizer) -> nn.Module:
-        return self.acc._models[0]
 
     def shutdown(self) -> None:
         import torch.distributed as dist

@@ -66,11 +66,11 @@ class DistConfig:
     single-device). The process count comes from the launcher (torchrun's WORLD_SIZE), not from here."""
 
     strategy: Literal["auto", "single", "ddp", "fsdp", "deepspeed"] = doc(
-        "auto = single for one process, else ddp below 300M non-embedding params, deepspeed from 300M.",
+        "auto = single for one process, else ddp below 300M non-embedding params, fsdp from 300M.",
         "auto",
     )
     zero_stage: int | None = doc(
-        "DeepSpeed ZeRO stage 1/2/3; null = by size (2 below 1.5B params, else 3).", None
+        "DeepSpeed ZeRO stage 1/2 (3: not yet with the fused loss, use fsdp); null = 2.", None
     )
     offload: bool = doc("DeepSpeed: offload optimizer state to CPU (ZeRO-2/3).", False)
     comm_backend: Literal["auto", "nccl", "gloo"] = doc(

@@ -173,7 +173,7 @@ def test_quickstart_and_shipped_specs_plan(tmp_path):
             )
         if name == "ladder-3b":
             big = max(plan.runs, key=lambda r: r.n_params)
-            assert big.nodes > 1 and big.overrides.get("dist.zero_stage") == 3
+            assert big.nodes > 1 and big.overrides.get("dist.strategy") == "fsdp"
 
 
 def test_spec_file_is_yaml_roundtrip(tmp_path):

@@ -1,6 +1,6 @@
-"""Distributed backends on CPU: torchrun --nproc_per_node 2 (gloo) with DDP and DeepSpeed ZeRO-2 gives
-the loss trajectory of one process with the same global batch; a ZeRO-2 run killed after a checkpoint
-resumes to the same losses."""
+"""Distributed backends on CPU: torchrun --nproc_per_node 2 (gloo) with DDP, DeepSpeed ZeRO-2/3 and FSDP
+give the loss trajectory of one process with the same global batch; ZeRO-2 and FSDP runs cut back to
+a checkpoint resume to the same losses."""
 
 from __future__ import annotations
 
@@ -74,9 +74,14 @@ def single(tmp_path_factory, env):
     return _train(tmp_path_factory.mktemp("single") / "run", env)
 
 
-@pytest.mark.parametrize(
-    "extra", [("dist.strategy=ddp",), ("dist.strategy=deepspeed", "dist.zero_stage=2")], ids=["ddp", "zero2"]
-)
+STRATEGIES = {
+    "ddp": ("dist.strategy=ddp",),
+    "zero2": ("dist.strategy=deepspeed", "dist.zero_stage=2"),
+    "fsdp": ("dist.strategy=fsdp",),
+}
+
+
+@pytest.mark.parametrize("extra", list(STRATEGIES.values()), ids=list(STRATEGIES))
 def test_two_processes_match_one(tmp_path, env, single, extra):
     rows = _train(tmp_path / "run", env, *extra, nproc=2)
     assert [r["step"] for r in rows] == [r["step"] for r in single]
@@ -89,9 +94,10 @@ def test_two_processes_match_one(tmp_path, env, single, extra):
     assert cfg["resolved"]["world_size"] == 2
 
 
-def test_zero2_resume_from_checkpoint(tmp_path, env, single):
+@pytest.mark.parametrize("name", ["zero2", "fsdp"])
+def test_resume_from_checkpoint(tmp_path, env, single, name):
     run = tmp_path / "run"
-    extra = ("dist.strategy=deepspeed", "dist.zero_stage=2")
+    extra = STRATEGIES[name]
     _train(run, env, *extra, nproc=2)
     # cut the run back to its step-4 checkpoint, as a crash after it would leave it
     (run / "DONE").unlink()
@@ -100,3 +106,23 @@ def test_zero2_resume_from_checkpoint(tmp_path, env, single):
     rows = _train(run, env, *extra, nproc=2)
     for a, b in zip(rows, single):
         assert a["step"] == b["step"] and a["loss"] == pytest.approx(b["loss"], rel=1e-4, abs=1e-4)
+
+
+def test_zero3_refused_with_a_clear_message(tmp_path, env):
+    cmd = [
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
+        "--standalone",
+        "--nproc_per_node",
+        "2",
+        "-m",
+        "scaling_train.cli",
+        "train",
+        *ARGS,
+        f"run_dir={tmp_path}",
+        "dist.strategy=deepspeed",
+        "dist.zero_stage=3",
+    ]
+    res = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300, cwd=REPO)
+    assert res.returncode != 0 and "dist.strategy=fsdp" in res.stdout + res.stderr
