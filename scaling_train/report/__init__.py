@@ -16,14 +16,14 @@ import os
 from pathlib import Path
 
 REPORT_FILE = "report.html"
-CACHE_FILE = ".report_cache.pkl"
+CACHE_FILE = ".report_cache.json"
 
 
 def write_report(sweep_dir: str | Path, *, output: str | Path | None = None, n_bootstrap: int = 20) -> Path:
     """Write ``SWEEP_DIR/report.html`` (or ``output``) atomically and return its path.
 
     Cheap to call again while a sweep runs: the expensive fits (Chinchilla bootstrap with
-    ``n_bootstrap`` resamples, prediction replays) are cached in ``SWEEP_DIR/.report_cache.pkl`` keyed
+    ``n_bootstrap`` resamples, prediction replays) are cached in ``SWEEP_DIR/.report_cache.json`` keyed
     by their inputs."""
     from scaling_train.report.analysis import analyse
     from scaling_train.report.data import load_sweep
@@ -43,4 +43,21 @@ def write_report(sweep_dir: str | Path, *, output: str | Path | None = None, n_b
     return out
 
 
-__all__ = ["write_report"]
+def refresh_report(
+    sweep_dir: str | Path, *, min_interval_s: float = 60.0, n_bootstrap: int = 0, log=print
+) -> Path | None:
+    """For loops such as ``fit --follow``: rewrite the report unless it is younger than ``min_interval_s``;
+    never raises (a failing report must not stop the fitter), returns the path or None (skipped/failed)."""
+    import time
+
+    path = Path(sweep_dir) / REPORT_FILE
+    try:
+        if path.is_file() and time.time() - path.stat().st_mtime < min_interval_s:
+            return None
+        return write_report(sweep_dir, n_bootstrap=n_bootstrap)
+    except Exception as e:  # noqa: BLE001 - reported, the caller goes on
+        log(f"[report] refresh of {path} failed: {type(e).__name__}: {e}")
+        return None
+
+
+__all__ = ["refresh_report", "write_report"]

@@ -9,7 +9,7 @@ from __future__ import annotations
 import hashlib
 import json
 import math
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -320,32 +320,58 @@ def _digest(obj: Any) -> str:
     return hashlib.sha1(blob).hexdigest()[:16]
 
 
-def analyse(sweep: SweepData, *, n_bootstrap: int = 20, cache: Path | None = None) -> Analysis:
-    """All fits of the report. ``cache`` (a pickle file the report itself writes) keeps the expensive ones (Chinchilla bootstrap,
-    prediction replays) keyed by their inputs, so a refresh with no new finished runs costs little."""
-    import pickle
+def _encode_fit(pair: tuple[Any, LawRow]) -> dict[str, Any]:
+    fit, row = pair
+    return {"fit": asdict(fit) if fit is not None else None, "row": asdict(row)}
 
+
+def _decode_fit(kind: str, d: dict[str, Any]) -> tuple[Any, LawRow]:
+    from scaling_train.laws import ChinchillaFit, IsoFLOPFit, IsoFLOPParabola
+
+    row = LawRow(**{**d["row"], "params": {k: tuple(v) for k, v in d["row"]["params"].items()}})
+    f = d["fit"]
+    if f is None:
+        return None, row
+    if kind == "chin":
+        return ChinchillaFit(**{**f, "ci": {k: tuple(v) for k, v in f["ci"].items()}}), row
+    return IsoFLOPFit(**{**f, "parabolas": tuple(IsoFLOPParabola(**p) for p in f["parabolas"])}), row
+
+
+def analyse(sweep: SweepData, *, n_bootstrap: int = 20, cache: Path | None = None) -> Analysis:
+    """All fits of the report. ``cache`` (a JSON file the report writes) keeps the expensive ones
+    (Chinchilla bootstrap, IsoFLOP bootstrap, prediction replays) keyed by their inputs, so a refresh in
+    which no final loss changed costs a few seconds."""
     store: dict[str, Any] = {}
     if cache is not None and cache.is_file():
         try:
-            store = pickle.loads(cache.read_bytes())
-        except Exception:  # noqa: BLE001 - a stale or foreign cache is rebuilt
-            store = {}
+            store = json.loads(cache.read_text())
+        except (OSError, ValueError):
+            store = {}  # a torn or foreign cache is rebuilt
     used: dict[str, Any] = {}
 
-    def cached(key: str, fn):
-        if key not in store:
-            store[key] = fn()
-        used[key] = store[key]
-        return store[key]
+    def cached(key: str, fn, enc=lambda v: v, dec=lambda v: v):
+        if key in store:
+            try:
+                used[key] = store[key]
+                return dec(store[key])
+            except (KeyError, TypeError, ValueError):
+                pass  # written by another version: recompute
+        value = fn()
+        used[key] = enc(value)
+        return value
 
     pts = sweep_points(sweep)
     a = Analysis(points=pts)
-    key = "chin-" + _digest([(p.N, p.D, p.loss, p.C) for p in pts] + [n_bootstrap])
-    a.chinchilla, row = cached(key, lambda: _fit_chinchilla(pts, n_bootstrap))
+    inputs = [(p.N, p.D, p.loss, p.C) for p in pts] + [n_bootstrap]
+    a.chinchilla, row = cached(
+        "chin-" + _digest(inputs), lambda: _fit_chinchilla(pts, n_bootstrap), _encode_fit,
+        lambda d: _decode_fit("chin", d),
+    )  # fmt: skip
     a.laws.append(row)
-    key = "iso-" + _digest([(p.N, p.D, p.loss, p.C) for p in pts] + [n_bootstrap])
-    a.isoflop, row = cached(key, lambda: _fit_isoflop(pts, 200 if n_bootstrap else 0))
+    a.isoflop, row = cached(
+        "iso-" + _digest(inputs), lambda: _fit_isoflop(pts, 200 if n_bootstrap else 0), _encode_fit,
+        lambda d: _decode_fit("iso", d),
+    )  # fmt: skip
     a.laws.append(row)
     a.gns_points = gns_points(sweep)
     a.critical_batch, row = _fit_bcrit(*a.gns_points)
@@ -358,8 +384,8 @@ def analyse(sweep: SweepData, *, n_bootstrap: int = 20, cache: Path | None = Non
             a.history[r.name] = cached(key, lambda r=r: replay_history(r))
     if cache is not None:
         try:
-            tmp = cache.with_name(cache.name + ".tmp")
-            tmp.write_bytes(pickle.dumps(used))
+            tmp = cache.with_name(f".{cache.name}.tmp")
+            tmp.write_text(json.dumps(used))
             tmp.replace(cache)
         except OSError:
             pass

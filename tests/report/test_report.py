@@ -140,7 +140,7 @@ def test_cli_and_cache(full_sweep, tmp_path):
     res = subprocess.run(cmd, capture_output=True, text=True, timeout=300)
     assert res.returncode == 0, res.stderr
     assert str(out) in res.stdout and out.stat().st_size > 50_000
-    assert (full_sweep / ".report_cache.pkl").is_file()
+    assert (full_sweep / ".report_cache.json").is_file()
     res = subprocess.run([sys.executable, "-m", "scaling_train.cli", "report", str(tmp_path / "nope")],
                          capture_output=True, text=True, timeout=120)  # fmt: skip
     assert res.returncode != 0 and "is not a folder" in (res.stdout + res.stderr)
@@ -154,3 +154,31 @@ def test_predictions_history_file_is_used(tmp_path):
     an = analyse(load_sweep(sweep), n_bootstrap=0)
     h = an.history[run.name]
     assert [p["source"] for p in h] == ["fitter"] * 3 and [p["step"] for p in h] == [50, 100, 150]
+
+
+def test_cache_roundtrip_gives_the_same_fits(full_sweep, tmp_path):
+    cache = tmp_path / "cache.json"
+    sweep = load_sweep(full_sweep)
+    a = analyse(sweep, n_bootstrap=0, cache=cache)
+    keys = set(json.loads(cache.read_text()))
+    assert {k.split("-")[0] for k in keys} == {"chin", "iso", "hist"}
+    b = analyse(sweep, n_bootstrap=0, cache=cache)  # every expensive fit decoded from the JSON cache
+    assert b.chinchilla == a.chinchilla and b.isoflop == a.isoflop
+    assert b.laws == a.laws and b.history == a.history
+    cache.write_text("{torn")  # a broken cache is rebuilt, not fatal
+    assert analyse(sweep, n_bootstrap=0, cache=cache).chinchilla == a.chinchilla
+
+
+def test_refresh_report_throttles_and_never_raises(tmp_path):
+    from scaling_train.report import refresh_report
+
+    sweep = synth.write_sweep(
+        tmp_path / "r", runs=[{"N": 1e5, "D": 3e5, "status": "partial", "fraction": 0.5}]
+    )
+    first = refresh_report(sweep, min_interval_s=60)
+    assert first == sweep / "report.html" and first.is_file()
+    assert refresh_report(sweep, min_interval_s=60) is None  # too soon: skipped
+    assert refresh_report(sweep, min_interval_s=0) == first
+    logged = []
+    assert refresh_report(tmp_path / "gone", min_interval_s=0, log=logged.append) is None
+    assert logged and "does not exist" in logged[0]
