@@ -141,10 +141,14 @@ def _read_json(path: Path, notes: list[str]) -> Any:
 
 
 def _find_run_dirs(sweep_dir: Path) -> list[Path]:
-    found = {p.parent for p in sweep_dir.glob("*/config.yaml")} | {
-        p.parent for p in sweep_dir.glob("*/metrics.jsonl")
+    """Children or grandchildren holding config.yaml or metrics.jsonl (as the fitter's ``find_runs``)."""
+    found = {
+        p.parent
+        for pattern in ("*/config.yaml", "*/metrics.jsonl", "*/*/config.yaml", "*/*/metrics.jsonl")
+        for p in sweep_dir.glob(pattern)
     }
-    return sorted(p for p in found if p.name not in ("wandb", "checkpoints", "logs"))
+    skip = {"wandb", "checkpoints", "logs"}
+    return sorted(p for p in found if not skip & set(p.relative_to(sweep_dir).parts))
 
 
 def load_run(run_dir: Path, planned: dict[str, Any] | None = None) -> RunData:
