@@ -97,7 +97,15 @@ class Sidecars:
         if not self.plan.spec.launch.fitter or not self._have("scaling_train.fitter.cli"):
             return
         log = open(self.plan.sweep_dir / "logs" / "fitter.log", "ab")  # noqa: SIM115 - lives with the process
-        cmd = [self.plan.python(), "-m", "scaling_train.cli", "fit", str(self.plan.sweep_dir), "--follow"]
+        cmd = [
+            self.plan.python(),
+            "-m",
+            "scaling_train.cli",
+            "fit",
+            str(self.plan.sweep_dir),
+            "--follow",
+            "--until-done",
+        ]
         self.proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT)
         self.say(f"[sweep] online fitter: {command_line(cmd)}  (log: logs/fitter.log)")
 

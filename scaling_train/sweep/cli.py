@@ -41,8 +41,9 @@ def _set(spec, item: str) -> None:
     from typing import get_type_hints
 
     from scaling_train.config import _coerce, parse_overrides  # noqa: PLC2701 - same package family
+    from scaling_train.sweep.plan import flat
 
-    for key, value in _flat(parse_overrides([item])).items():
+    for key, value in flat(parse_overrides([item])).items():
         obj, parts = spec, key.split(".")
         for p in parts[:-1]:
             if not dataclasses.is_dataclass(obj) or not hasattr(obj, p):
@@ -52,16 +53,6 @@ def _set(spec, item: str) -> None:
             raise ConfigError(f"command line: --set {item!r}: unknown sweep key {key!r}")
         tp = get_type_hints(type(obj))[parts[-1]]
         setattr(obj, parts[-1], _coerce(value, tp, key, "command line"))
-
-
-def _flat(d: dict, prefix: str = "") -> dict:
-    out = {}
-    for k, v in d.items():
-        if isinstance(v, dict):
-            out.update(_flat(v, f"{prefix}{k}."))
-        else:
-            out[f"{prefix}{k}"] = v
-    return out
 
 
 def register(subparsers) -> None:

@@ -156,11 +156,12 @@ def format_overrides(over: dict[str, Any]) -> list[str]:
     return out
 
 
-def _flat(d: dict[str, Any], prefix: str = "") -> dict[str, Any]:
+def flat(d: dict[str, Any], prefix: str = "") -> dict[str, Any]:
+    """``{'optim': {'lr': 1}}`` -> ``{'optim.lr': 1}``."""
     out = {}
     for k, v in d.items():
         if isinstance(v, dict):
-            out.update(_flat(v, f"{prefix}{k}."))
+            out.update(flat(v, f"{prefix}{k}."))
         else:
             out[f"{prefix}{k}"] = v
     return out
@@ -174,7 +175,7 @@ def make_plan(spec: SweepSpec, *, output: str | Path | None = None) -> Plan:
     base = load_yaml(spec.base) if spec.base else {}
     base = deep_merge(base, spec.run or {})
     # Validate the shared part once, so its errors name the spec rather than a run.
-    spec_over = {str(k): v for k, v in _flat(spec.overrides or {}).items()}
+    spec_over = {str(k): v for k, v in flat(spec.overrides or {}).items()}
     try:
         parse_overrides(format_overrides(spec_over))
     except ConfigError as e:

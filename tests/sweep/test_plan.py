@@ -129,6 +129,8 @@ def test_bad_specs_fail_before_anything_starts(tmp_path, over, needles):
     assert str(path) in msg, msg
     for n in needles:
         assert n in msg, f"{n!r} not in {msg!r}"
+    if over is not BAD[0][0] and over is not BAD[3][0]:  # the CLI path twice is enough (each costs ~4 s)
+        return
     # through the CLI: exit code 2, the message on stderr, nothing created
     out = subprocess.run(
         sweep_cmd(path, "--output", str(tmp_path / "out")), capture_output=True, text=True, cwd=REPO

@@ -42,21 +42,15 @@ def env(tmp_path_factory):
     return {**os.environ, "SCALING_TRAIN_CACHE": cache, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(REPO)}
 
 
-def _train(run_dir: Path, env, *extra: str, nproc: int = 1) -> list[dict]:
+def _cmd(nproc: int) -> list[str]:
     if nproc == 1:
-        cmd = [sys.executable, "-m", "scaling_train.cli", "train"]
-    else:
-        cmd = [
-            sys.executable,
-            "-m",
-            "torch.distributed.run",
-            "--standalone",
-            "--nproc_per_node",
-            str(nproc),
-            "-m",
-            "scaling_train.cli",
-            "train",
-        ]
+        return [sys.executable, "-m", "scaling_train.cli", "train"]
+    dist = ["-m", "torch.distributed.run", "--standalone", "--nproc_per_node", str(nproc)]
+    return [sys.executable, *dist, "-m", "scaling_train.cli", "train"]
+
+
+def _train(run_dir: Path, env, *extra: str, nproc: int = 1) -> list[dict]:
+    cmd = _cmd(nproc)
     res = subprocess.run(
         [*cmd, *ARGS, f"run_dir={run_dir}", *extra],
         env=env,
@@ -109,20 +103,6 @@ def test_resume_from_checkpoint(tmp_path, env, single, name):
 
 
 def test_zero3_refused_with_a_clear_message(tmp_path, env):
-    cmd = [
-        sys.executable,
-        "-m",
-        "torch.distributed.run",
-        "--standalone",
-        "--nproc_per_node",
-        "2",
-        "-m",
-        "scaling_train.cli",
-        "train",
-        *ARGS,
-        f"run_dir={tmp_path}",
-        "dist.strategy=deepspeed",
-        "dist.zero_stage=3",
-    ]
+    cmd = [*_cmd(2), *ARGS, f"run_dir={tmp_path}", "dist.strategy=deepspeed", "dist.zero_stage=3"]
     res = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300, cwd=REPO)
     assert res.returncode != 0 and "dist.strategy=fsdp" in res.stdout + res.stderr
