@@ -9,8 +9,9 @@ Sources, all optional: ``plan.json`` (the planned runs: a planned run without a 
 per run ``config.yaml`` (``resolved``: params.non_embedding, tokens_per_step, total_steps,
 flops_per_token), ``metrics.jsonl`` (rows step, tokens, flops, loss, lr, gns_b_simple, tok_nll_hist,
 ...), ``DONE`` (JSON summary), ``predictions.json`` (fitter), ``predictions_history.jsonl`` (one
-prediction per refit, if the fitter keeps one) and ``samples.jsonl`` (per-sample log-likelihood records
-of ``metrics.stats.sample_records``: sample, tokens, nll_sum, loglik, step).
+prediction per refit, if the fitter keeps one), ``samples.jsonl`` (per-sample log-likelihood records
+of ``metrics.stats.sample_records``: sample, tokens, nll_sum, loglik, step) and ``evals.jsonl``
+(per-item records of scaling_train/evals, see ``eval_samples``).
 """
 
 from __future__ import annotations
@@ -232,7 +233,12 @@ def load_run(run_dir: Path, planned: dict[str, Any] | None = None) -> RunData:
         run.prediction = None
     hist = read_jsonl(run_dir / "predictions_history.jsonl")
     run.history = [h for h in hist.rows if "step" in h and "loss" in h]
-    run.samples = [s for s in read_jsonl(run_dir / "samples.jsonl").rows if "loglik" in s or "nll_sum" in s]
+    run.samples = [
+        {"task": "samples", **s}
+        for s in read_jsonl(run_dir / "samples.jsonl").rows
+        if "loglik" in s or "nll_sum" in s
+    ]
+    run.samples += eval_samples(run_dir / "evals.jsonl")
 
     if run.status == "broken":
         return run
@@ -251,6 +257,30 @@ def load_run(run_dir: Path, planned: dict[str, Any] | None = None) -> RunData:
         frac = f" ({run.fraction_done:.0%})" if run.fraction_done is not None else ""
         run.notes.append(f"not finished: step {run.last_step} of {run.total_steps or '?'}{frac}")
     return run
+
+
+def eval_samples(path: Path) -> list[dict[str, Any]]:
+    """Per-item records of ``RUN/evals.jsonl`` (scaling_train/evals: one line per (step, task) with
+    ``records``) as samples {task, sample, step, loglik, tokens}: a cloze item's answer log-likelihood,
+    a multiple-choice item's log-likelihood of the right choice. A step written twice (resume): last wins."""
+    latest: dict[tuple[int, str], list[dict[str, Any]]] = {}
+    for line in read_jsonl(path).rows:
+        if isinstance(line.get("records"), list) and "step" in line:
+            latest[(int(line["step"]), str(line.get("task", "eval")))] = line["records"]
+    out = []
+    for (step, task), recs in sorted(latest.items()):
+        for rec in recs:
+            ll, tok = rec.get("loglik"), rec.get("tokens")
+            if isinstance(ll, list):  # multiple choice: the answer's entry
+                a = rec.get("answer")
+                if not isinstance(a, int) or not 0 <= a < len(ll):
+                    continue
+                ll, tok = ll[a], tok[a] if isinstance(tok, list) and a < len(tok) else None
+            if isinstance(ll, (int, float)):
+                out.append(
+                    {"task": task, "sample": rec.get("id"), "step": step, "loglik": float(ll), "tokens": tok}
+                )
+    return out
 
 
 def load_sweep(sweep_dir: str | Path) -> SweepData:

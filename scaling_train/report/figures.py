@@ -357,39 +357,56 @@ def noise_scale(sweep: SweepData, an: Analysis) -> Figure:
 def sample_loglik(sweep: SweepData, an: Analysis) -> Figure:
     runs = [r for r in sweep.runs if r.samples and r.N]
     if not runs:
-        raise NoData("no per-sample records (no samples.jsonl in any run folder)")
+        raise NoData("no per-sample records (no samples.jsonl or evals.jsonl records in any run folder)")
     plt = _plt()
-    by_n: dict[float, list[float]] = {}
+    # task -> N -> per-token sample log-likelihoods at each run's last recorded step of that task
+    data: dict[str, dict[float, list[float]]] = {}
     for r in runs:
-        last = max(int(s.get("step", 0)) for s in r.samples)
-        for s in r.samples:
-            if int(s.get("step", 0)) != last:
-                continue
-            ll = float(s["loglik"]) if "loglik" in s else -float(s["nll_sum"])
-            n = max(int(s.get("tokens") or 1), 1)
-            if math.isfinite(ll):
-                by_n.setdefault(r.N, []).append(ll / n)
-    if not by_n:
+        tasks = {str(s.get("task", "samples")) for s in r.samples}
+        for task in tasks:
+            recs = [s for s in r.samples if str(s.get("task", "samples")) == task]
+            last = max(int(s.get("step", 0)) for s in recs)
+            for s in recs:
+                if int(s.get("step", 0)) != last:
+                    continue
+                ll = float(s["loglik"]) if "loglik" in s else -float(s["nll_sum"])
+                n = max(int(s.get("tokens") or 1), 1)
+                if math.isfinite(ll):
+                    data.setdefault(task, {}).setdefault(r.N, []).append(ll / n)
+    if not data:
         raise NoData("per-sample records exist but none has a finite log-likelihood")
-    sizes = sorted(by_n)
+    tasks = sorted(data, key=lambda t: -sum(len(v) for v in data[t].values()))[:3]
+    sizes = sorted({n for t in tasks for n in data[t]})
     col = _colors(sizes)
-    fig, axes = plt.subplots(1, 2, figsize=(12, 4.2))
-    parts = axes[0].violinplot([by_n[n] for n in sizes], positions=range(len(sizes)), showmedians=True)
-    for body, n in zip(parts["bodies"], sizes):
-        body.set_facecolor(col[n])
-    axes[0].set_xticks(range(len(sizes)), [_fmt_n(n) for n in sizes])
-    axes[0].set_xlabel("non-embedding parameters N")
-    axes[0].set_ylabel("sample log-likelihood per token (nats)")
-    axes[0].set_title("per-sample log-likelihood by model size")
+    fig, axes = plt.subplots(1, len(tasks) + 1, figsize=(4.2 * (len(tasks) + 1), 4.2), squeeze=False)
+    axes = axes[0]
+    for ax, task in zip(axes, tasks):
+        ns = [n for n in sizes if data[task].get(n)]
+        parts = ax.violinplot([data[task][n] for n in ns], positions=range(len(ns)), showmedians=True)
+        for body, n in zip(parts["bodies"], ns):
+            body.set_facecolor(col[n])
+        ax.set_xticks(range(len(ns)), [_fmt_n(n) for n in ns])
+        ax.set_xlabel("non-embedding parameters N")
+        ax.set_ylabel("sample log-likelihood per token (nats)")
+        ax.set_title(f"{task}: per-sample log-likelihood")
+    ax = axes[-1]
     for n in sizes:
-        v = np.sort(by_n[n])
-        axes[1].plot(v, np.arange(1, len(v) + 1) / len(v), color=col[n], label=_fmt_n(n))
-    axes[1].set_xlabel("sample log-likelihood per token (nats)")
-    axes[1].set_ylabel("fraction of samples ≤ x")
-    axes[1].set_title("empirical CDF")
-    axes[1].legend(title="N", fontsize=8)
-    counts = ", ".join(f"{_fmt_n(n)}: {len(by_n[n])}" for n in sizes)
-    cap = f"Records of each run's last evaluated step (samples per size: {counts})."
+        v = np.sort(data[tasks[0]].get(n, []))
+        if len(v):
+            ax.plot(v, np.arange(1, len(v) + 1) / len(v), color=col[n], label=_fmt_n(n))
+    ax.set_xlabel("sample log-likelihood per token (nats)")
+    ax.set_ylabel("fraction of samples ≤ x")
+    ax.set_title(f"{tasks[0]}: empirical CDF")
+    ax.legend(title="N", fontsize=8)
+    fig.tight_layout()
+    counts = "; ".join(
+        f"{t}: " + ", ".join(f"{_fmt_n(n)} {len(v)}" for n, v in sorted(data[t].items())) for t in tasks
+    )
+    more = f" ({len(data) - len(tasks)} more task(s) not shown)" if len(data) > len(tasks) else ""
+    cap = (
+        "Per-sample (per-item) log-likelihood divided by its token count, at each run's last recorded step; "
+        f"samples.jsonl and evals.jsonl records. Samples per size: {counts}{more}."
+    )
     return Figure("samples", "Per-sample log-likelihood distributions per model size", _png(fig), cap)
 
 

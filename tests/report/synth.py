@@ -36,6 +36,7 @@ def write_run(
     status: str = "done",
     fraction: float = 1.0,
     samples: bool = False,
+    evals: bool = False,
     log_every: int | None = None,
     seed: int = 0,
 ) -> Path:
@@ -128,6 +129,31 @@ def write_run(
                 nll = tok * final * float(np.exp(rng.normal(0, 0.2)))
                 f.write(
                     json.dumps({"sample": i, "tokens": tok, "nll_sum": nll, "loglik": -nll, "step": T}) + "\n"
+                )
+    if evals:  # scaling_train/evals format: one line per (step, task); a resumed step written twice
+        with open(d / "evals.jsonl", "w") as f:
+            for step in (T // 2, T, T):
+                cloze = [{"id": f"c{i}", "loglik": -3.0 * final * (1 + 0.1 * i % 3), "tokens": 3, "correct_tokens": 1,
+                          "exact_match": False} for i in range(40)]  # fmt: skip
+                mc = [{"id": f"m{i}", "answer": i % 4, "loglik": [-final * (k + 1) for k in range(4)],
+                       "tokens": [2, 2, 2, 2]} for i in range(30)]  # fmt: skip
+                f.write(
+                    json.dumps(
+                        {"step": step, "task": "cloze_x", "kind": "cloze", "metrics": {}, "records": cloze}
+                    )
+                    + "\n"
+                )
+                f.write(
+                    json.dumps(
+                        {
+                            "step": step,
+                            "task": "mc_y",
+                            "kind": "multiple_choice",
+                            "metrics": {},
+                            "records": mc,
+                        }
+                    )
+                    + "\n"
                 )
     return d
 

@@ -182,3 +182,25 @@ def test_refresh_report_throttles_and_never_raises(tmp_path):
     logged = []
     assert refresh_report(tmp_path / "gone", min_interval_s=0, log=logged.append) is None
     assert logged and "does not exist" in logged[0]
+
+
+def test_eval_records_are_per_sample_loglik(tmp_path):
+    sweep = synth.write_sweep(
+        tmp_path / "ev", runs=[{"N": 1e5, "D": 3e5, "evals": True}, {"N": 4e5, "D": 3e5, "evals": True}]
+    )
+    runs = load_sweep(sweep).runs
+    for r in runs:
+        last = [s for s in r.samples if s["step"] == r.total_steps]
+        # the twice-written last step counts once; MC items contribute the right choice's loglik
+        assert (
+            sum(s["task"] == "cloze_x" for s in last) == 40 and sum(s["task"] == "mc_y" for s in last) == 30
+        )
+        mc = [s for s in last if s["task"] == "mc_y"]
+        assert all(s["tokens"] == 2 and s["loglik"] < 0 for s in mc)
+        assert {s["loglik"] for s in mc if s["sample"] == "m2"} == {
+            -3 * r.final_loss
+        }  # answer 2 -> loglik[2]
+    html = write_report(sweep, n_bootstrap=0).read_text()
+    sec = _sections(html)["samples"]
+    assert "data:image/png;base64," in sec and "cloze_x" in sec and "mc_y" in sec
+    assert "no per-sample records" not in html
