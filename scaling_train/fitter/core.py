@@ -229,7 +229,7 @@ class SweepFitter:
         try:
             f = fit_isoflop(N, D, L)
             out["isoflop"] = {
-                "a": f.a, "kN": f.kN, "b": f.b, "kD": f.kD,
+                "a": f.a, "coef_n": f.coef_n, "b": f.b, "coef_d": f.coef_d,
                 "optima": [{"C": q.C, "N_opt": q.N_opt, "D_opt": q.D_opt, "L_opt": q.L_opt} for q in f.parabolas],
             }  # fmt: skip
         except (ValueError, RuntimeError, FloatingPointError) as e:

@@ -128,3 +128,18 @@ def test_kill9_run_and_fitter_then_restart(sweep, tmp_path):
     pred = json.loads((run_dir / "predictions.json").read_text())
     assert pred["status"] == "done" and pred["step"] == 48 and math.isfinite(pred["loss"])
     json.loads((sw / "sweep_law.json").read_text())
+
+
+def test_isoflop_section_on_a_synthetic_isoflop_sweep(tmp_path):
+    """Finished runs on an IsoFLOP grid drawn from a known Chinchilla law: the sweep law carries the
+    IsoFLOP exponents (regression: the fitter once read attributes IsoFLOPFit does not have)."""
+    from ..report.synth import write_sweep
+
+    sweep = write_sweep(tmp_path / "iso")
+    fitter = SweepFitter(sweep, log=lambda s: None)
+    fitter.step()
+    law = json.loads((sweep / "sweep_law.json").read_text())
+    iso = law["isoflop"]
+    assert "error" not in iso, iso
+    assert 0.3 < iso["a"] < 0.7 and 0.3 < iso["b"] < 0.7 and iso["coef_n"] > 0 and iso["coef_d"] > 0
+    assert len(iso["optima"]) >= 3
