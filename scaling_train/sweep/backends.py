@@ -162,6 +162,7 @@ def run_local(plan: Plan, *, say=print) -> int:
             say=say,
             env={"OMP_NUM_THREADS": os.environ.get("OMP_NUM_THREADS", "1")},
             preexec=_die_with_parent,
+            stop=stop,
         )
         with lock:
             results[run.name] = rc
@@ -172,8 +173,21 @@ def run_local(plan: Plan, *, say=print) -> int:
                 f"{summ} in {time.time() - t:.0f}s | {n_done}/{len(plan.runs)} DONE, {time.time() - t0:.0f}s elapsed"
             )
 
-    with ThreadPoolExecutor(max_workers=la.concurrency) as pool:
-        list(pool.map(one, todo))
+    stop = threading.Event()
+
+    def guarded(run: RunSpec) -> None:
+        if not stop.is_set():
+            one(run)
+
+    pool = ThreadPoolExecutor(max_workers=la.concurrency)
+    try:
+        list(pool.map(guarded, todo))
+    except KeyboardInterrupt:  # the runs got SIGINT too and checkpoint-exit; start nothing new
+        stop.set()
+        say("[sweep] interrupted: waiting for the running runs to stop; rerun the same command to resume")
+        pool.shutdown(wait=True, cancel_futures=True)
+        raise
+    pool.shutdown(wait=True)
     side.finish()
     return report_states(plan, say=say)
 

@@ -15,6 +15,7 @@ import signal
 import socket
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 
@@ -33,6 +34,7 @@ def execute(
     env: dict[str, str] | None = None,
     say=print,
     preexec=None,
+    stop: threading.Event | None = None,
 ) -> int:
     run_dir = Path(run_dir)
     name = run_dir.name
@@ -66,11 +68,13 @@ def execute(
             )
             if ok:
                 return EXIT_OK
-            more = attempt < retries
+            more = attempt < retries and not (stop is not None and stop.is_set())  # no retry on Ctrl-C
             say(
                 f"[sweep] {name}: attempt {attempt + 1} failed (exit {rc}); "
                 + ("retrying from its last checkpoint" if more else f"giving up; log: {log_path or 'stdout'}")
             )
+            if not more:
+                break
         return EXIT_FAILED
     finally:
         lock.release()
@@ -104,8 +108,6 @@ def _run(cmd: list[str], log_path: str | Path | None, env: dict[str, str] | None
 
 
 def _main_thread() -> bool:
-    import threading
-
     return threading.current_thread() is threading.main_thread()
 
 
