@@ -157,6 +157,13 @@ class TrainerMetrics:
                     "train.micro_batch_size to a divisor of train.batch_size below it)"
                 )
 
+    def state_dict(self) -> dict[str, Any]:
+        """Saved in our trainer's checkpoints so the noise-scale EMAs continue across a resume."""
+        return {"gns": self.tracker.state_dict()}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.tracker.load_state_dict(state["gns"])
+
     def on_micro_batch(self, trainer: Any, out: Any, batch: Any) -> None:
         if self.stats is not None:
             self.stats.update_lce(out, batch.targets)

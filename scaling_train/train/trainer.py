@@ -25,7 +25,7 @@ import yaml
 
 from scaling_train.config import to_dict
 from scaling_train.data import Batch, PreparedData, batch_indices, prepare
-from scaling_train.metrics.jsonl import JsonlWriter
+from scaling_train.metrics.jsonl import JsonlWriter, rollback_jsonl
 from scaling_train.metrics.stream import open_trainer_stream
 from scaling_train.models import GPT
 from scaling_train.train import checkpoint
@@ -153,32 +153,75 @@ class Trainer:
             self.data.train.batch(mine[i : i + self.micro_bs]) for i in range(0, len(mine), self.micro_bs)
         ]
 
+    def _val_docs_before(self, seq: int) -> int:
+        """Documents (EOS tokens) of the validation split before sequence ``seq``; cached per sequence."""
+        cache = self.__dict__.setdefault("_docs_before", {})
+        if seq not in cache:
+            val, T = self.data.val, self.cfg.model.seq_len
+            prev = max((k for k in cache if k < seq), default=None)
+            base, start = (cache[prev], prev * T) if prev is not None else (0, 0)
+            cache[seq] = base + int(np.count_nonzero(np.asarray(val.tokens[start : seq * T]) == val.eos_id))
+        return cache[seq]
+
     @torch.no_grad()
-    def evaluate(self) -> dict[str, float]:
-        """Mean NLL and accuracy over the first ``eval_batches`` validation micro-batches."""
+    def evaluate(self, step: int | None = None) -> dict[str, float]:
+        """Mean NLL and accuracy over ``eval_batches`` validation micro-batches, evenly spaced over the
+        split; per-document log-likelihoods (the fused loss's segment sums) go to ``samples.jsonl``."""
         n = self.cfg.train.eval_batches
         if n == 0:
             return {}
         self.model.eval()
-        val = self.data.val
-        sums = torch.zeros(3, dtype=torch.float64, device=self.backend.device)  # nll, correct, tokens
+        val, dev = self.data.val, self.backend.device
+        sums = torch.zeros(3, dtype=torch.float64, device=dev)  # nll, correct, tokens
         # evenly spaced over the whole split (its first sequences are one file, not a sample)
         total = n * self.micro_bs * self.backend.world_size
         all_ids = (np.arange(total, dtype=np.int64) * val.n_seqs) // total
         mine = all_ids.reshape(self.backend.world_size, n, self.micro_bs)[self.backend.rank]
+        seg_parts, meta = [], []  # per batch: (S,) nll and token tensors; host-side (doc, seq) ids
         for ids in mine:
-            batch = val.batch(ids).to(self.backend.device)
+            batch = val.batch(ids)
+            seg = batch.segment_ids.numpy()
+            for r, i in enumerate(ids):  # segment g of row r is document docs_before(i) + g - seg[r, 0]
+                first = int(seg[r, 0])
+                meta += [
+                    (self._val_docs_before(int(i)) + g - first, int(i))
+                    for g in range(first, int(seg[r, -1]) + 1)
+                ]
+            batch = batch.to(dev)
             with self.backend.autocast():
-                out = self.model(batch.idx, batch.targets, reduction="sum")
+                out = self.model(
+                    batch.idx,
+                    batch.targets,
+                    batch.segment_ids,
+                    num_segments=batch.num_segments,
+                    reduction="sum",
+                )
             sums += torch.stack(
                 [
                     out.token_nll.double().sum(),
                     out.token_correct.double().sum(),
-                    torch.tensor(float(out.token_nll.numel()), dtype=torch.float64, device=sums.device),
+                    torch.tensor(float(out.token_nll.numel()), dtype=torch.float64, device=dev),
                 ]
             )
+            seg_parts += [out.segment_nll.double(), out.segment_tokens.double()]
         sums = self.backend.all_reduce_mean(sums)
-        nll, correct, count = sums.tolist()  # sync: one transfer per evaluation
+        n_seg = len(meta)
+        flat = torch.cat([sums, *seg_parts[0::2], *seg_parts[1::2]]).tolist()  # sync: one transfer per eval
+        nll, correct, count = flat[:3]
+        if self._samples is not None and step is not None:
+            seg_nll, seg_tok = flat[3 : 3 + n_seg], flat[3 + n_seg :]
+            for (doc, seq), s_nll, s_tok in zip(meta, seg_nll, seg_tok):
+                self._samples.write(
+                    {
+                        "step": step,
+                        "sample": doc,
+                        "seq": seq,
+                        "tokens": int(s_tok),
+                        "nll_sum": s_nll,
+                        "loglik": -s_nll,
+                    }
+                )
+            self._samples.flush()
         self.model.train()
         return {"eval_loss": nll / count, "eval_acc": correct / count}
 
@@ -221,6 +264,15 @@ class Trainer:
                 f"[train] resumed {self.run_dir} from {path.name} (step {start_step}/{self.total_steps})"
             )
         self.start_step = start_step  # callbacks with side files roll them back to this step
+        self._samples = None
+        if self.backend.is_main and cfg.train.eval_batches:
+            rollback_jsonl(self.run_dir / "samples.jsonl", start_step)  # recomputed after the checkpoint
+            self._samples = JsonlWriter(self.run_dir / "samples.jsonl")
+        if found is not None:  # callbacks' own state (e.g. the noise-scale EMAs) continues too
+            for cb in self.callbacks:
+                key = type(cb).__name__
+                if hasattr(cb, "load_state_dict") and key in found[1].get("callbacks", {}):
+                    cb.load_state_dict(found[1]["callbacks"][key])
         for cb in self.callbacks:
             if hasattr(cb, "on_train_begin"):
                 cb.on_train_begin(self)
@@ -229,6 +281,8 @@ class Trainer:
         if self.backend.is_main:
             if metrics is not None:
                 metrics.close()
+            if self._samples is not None:
+                self._samples.close()
             summary = {
                 "steps": result.steps,
                 "tokens": result.tokens,
@@ -256,6 +310,9 @@ class Trainer:
             "rng_cpu": torch.get_rng_state(),
             "metrics_offset": offset,
             "config_hash": config_hash(self.cfg),
+            "callbacks": {
+                type(cb).__name__: cb.state_dict() for cb in self.callbacks if hasattr(cb, "state_dict")
+            },
         }
         if self.backend.is_main:
             checkpoint.save(self.run_dir / "checkpoints", step, state, keep=self.cfg.train.keep_checkpoints)
@@ -330,7 +387,7 @@ class Trainer:
                     "time": time.time(),
                 }
                 if do_eval:
-                    ev = self.evaluate()
+                    ev = self.evaluate(step=done_steps)
                     row.update(ev)
                     last_eval = ev.get("eval_loss", last_eval)
                 for cb in self.callbacks:
