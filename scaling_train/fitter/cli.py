@@ -31,7 +31,9 @@ def _cmd_fit(args: argparse.Namespace) -> int:
         for k in ("chinchilla", "isoflop", "critical_batch"):
             print(f"[fit]   {k}: {law[k].get('error', 'ok')}")
         return 0
-    return fitter.follow(interval=args.interval, until_done=args.until_done, max_polls=args.max_polls)
+    return fitter.follow(
+        interval=args.interval, until_done=args.until_done, max_polls=args.max_polls, report=not args.no_report
+    )
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -48,4 +50,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         "--until-done", action="store_true", help="with --follow: exit when every run is DONE or diverged"
     )
     p.add_argument("--max-polls", type=int, default=None, help="with --follow: exit after this many polls")
+    p.add_argument(
+        "--no-report", action="store_true", help="with --follow: do not refresh SWEEP_DIR/report.html"
+    )
     p.set_defaults(func=_cmd_fit)

@@ -266,10 +266,21 @@ class SweepFitter:
 
     # -------------------------------------------------------------- loop
     def follow(
-        self, *, interval: float = 10.0, until_done: bool = False, max_polls: int | None = None
+        self,
+        *,
+        interval: float = 10.0,
+        until_done: bool = False,
+        max_polls: int | None = None,
+        report: bool = False,
     ) -> int:
+        """Poll until stopped; with ``report`` the sweep's report.html is refreshed (at most once a
+        minute, never raising) whenever a prediction changed."""
         while True:
             refit = self.step()
+            if refit and report and self.only is None:
+                from scaling_train.report import refresh_report
+
+                refresh_report(self.sweep_dir, log=self.log)
             if refit:
                 for n in sorted(refit):
                     p = self.predictions[n]

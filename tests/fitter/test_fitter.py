@@ -143,3 +143,12 @@ def test_isoflop_section_on_a_synthetic_isoflop_sweep(tmp_path):
     assert "error" not in iso, iso
     assert 0.3 < iso["a"] < 0.7 and 0.3 < iso["b"] < 0.7 and iso["coef_n"] > 0 and iso["coef_d"] > 0
     assert len(iso["optima"]) >= 3
+
+
+def test_follow_refreshes_the_report(tmp_path):
+    from ..report.synth import write_sweep
+
+    sweep = write_sweep(tmp_path / "s", runs=[{"N": 1e5, "D": 3e5, "status": "partial", "fraction": 0.5}])
+    assert SweepFitter(sweep, log=lambda s: None).follow(interval=0.01, max_polls=1, report=True) == 0
+    html = (sweep / "report.html").read_text()
+    assert "<img" in html and "not finished" in html
