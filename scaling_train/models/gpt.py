@@ -149,6 +149,44 @@ class Block(nn.Module):
         return x + self.mlp(self.norm_mlp(x))
 
 
+class LMHead(nn.Module):
+    """The output projection and the fused loss in one module, so that the head weight is only read
+    inside this module's forward (DeepSpeed ZeRO-3 and FSDP gather a module's parameters around its
+    forward; reading ``weight`` from outside would see a partitioned tensor)."""
+
+    def __init__(self, cfg: ModelConfig, weight: nn.Parameter | None = None) -> None:
+        super().__init__()
+        self.cfg = cfg
+        if weight is None:  # untied: the head owns its (V, d_model) weight
+            self.weight = nn.Parameter(torch.empty(cfg.vocab_size, cfg.d_model))  # type: ignore[arg-type]
+        else:  # tied: borrow the embedding's without registering it twice
+            self._tied = [weight]
+
+    @property
+    def head_weight(self) -> torch.Tensor:
+        return self.weight if "weight" in self._parameters else self._tied[0]
+
+    def forward(
+        self, x: torch.Tensor, targets: torch.Tensor | None = None, **loss_kw
+    ) -> LCEOutput | torch.Tensor:
+        w = self.head_weight
+        if targets is None:
+            logits = F.linear(x, w).float()  # (B, T, V): inference only
+            if self.cfg.logit_softcap is not None:
+                c = self.cfg.logit_softcap
+                logits = c * torch.tanh(logits / c)
+            return logits
+        return linear_cross_entropy(
+            x,
+            w,
+            targets,
+            z_loss=self.cfg.z_loss,
+            softcap=self.cfg.logit_softcap,
+            impl=self.cfg.loss_impl,
+            **loss_kw,
+        )
+
+
 class GPT(nn.Module):
     def __init__(self, cfg: ModelConfig) -> None:
         super().__init__()
@@ -158,7 +196,7 @@ class GPT(nn.Module):
         self.wte = nn.Embedding(cfg.vocab_size, cfg.d_model)  # type: ignore[arg-type]
         self.blocks = nn.ModuleList(Block(cfg) for _ in range(cfg.n_layers))  # type: ignore[arg-type]
         self.norm_f = RMSNorm(cfg.d_model, cfg.norm_eps)  # type: ignore[arg-type]
-        self.lm_head = None if cfg.tie_embeddings else nn.Linear(cfg.d_model, cfg.vocab_size, bias=False)  # type: ignore[arg-type]
+        self.lm_head = LMHead(cfg, self.wte.weight if cfg.tie_embeddings else None)
         cos, sin = rope_tables(cfg.seq_len, cfg.d_model // cfg.n_heads, cfg.rope_theta)  # type: ignore[operator]
         self.register_buffer("rope_cos", cos, persistent=False)  # (T, head_dim/2)
         self.register_buffer("rope_sin", sin, persistent=False)
@@ -184,12 +222,12 @@ class GPT(nn.Module):
 
     @property
     def head_weight(self) -> torch.Tensor:
-        return self.wte.weight if self.lm_head is None else self.lm_head.weight
+        return self.lm_head.head_weight
 
     def param_counts(self) -> dict[str, int]:
         """Exact counts: ``non_embedding`` (Kaplan N: blocks + final norm) and ``total``."""
         total = sum(p.numel() for p in self.parameters())
-        emb = self.wte.weight.numel() + (0 if self.lm_head is None else self.lm_head.weight.numel())
+        emb = sum(p.numel() for n, p in self.named_parameters() if n.startswith(("wte", "lm_head")))
         return {"non_embedding": total - emb, "embedding": emb, "total": total}
 
     def flops_per_token(self, *, with_head: bool = False) -> float:
@@ -256,23 +294,13 @@ class GPT(nn.Module):
         with ``num_segments`` the output carries per-sample NLL sums (``segment_nll``)."""
         x = self.hidden_states(idx, segment_ids)
         if targets is None:
-            logits = F.linear(x, self.head_weight).float()  # (B, T, V): inference only
-            if self.cfg.logit_softcap is not None:
-                c = self.cfg.logit_softcap
-                logits = c * torch.tanh(logits / c)
-            return logits
-        seg = None
-        if segment_ids is not None and num_segments is not None:
-            seg = segment_ids
-        return linear_cross_entropy(
+            return self.lm_head(x)
+        seg = segment_ids if segment_ids is not None and num_segments is not None else None
+        return self.lm_head(
             x,
-            self.head_weight,
             targets,
             ignore_index=ignore_index,
-            z_loss=self.cfg.z_loss,
-            softcap=self.cfg.logit_softcap,
             segment_ids=seg,
             num_segments=num_segments if seg is not None else None,
             reduction=reduction,
-            impl=self.cfg.loss_impl,
         )
