@@ -207,6 +207,18 @@ class Distributed(SingleDevice):
         self.device = self.acc.device if want_cuda else torch.device("cpu")
         self._boundary = True
         self.engine = None
+        # The trainer does not call shutdown(); a live gloo group torn down by interpreter exit can
+        # abort ("terminate called without an active exception"), so leave it cleanly at exit.
+        import atexit
+
+        atexit.register(self._destroy_group)
+
+    @staticmethod
+    def _destroy_group() -> None:
+        import torch.distributed as dist
+
+        if dist.is_initialized():
+            dist.destroy_process_group()
 
     def prepare(
         self, model: nn.Module, optimizer: torch.optim.Optimizer
@@ -402,7 +414,7 @@ class Distributed(SingleDevice):
 
         if dist.is_initialized():
             dist.barrier()
-            dist.destroy_process_group()
+        self._destroy_group()
 
 
 def make_backend(cfg) -> SingleDevice:
