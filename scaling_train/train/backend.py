@@ -233,9 +233,9 @@ class Distributed(SingleDevice):
             return DistributedDataParallel(model.to(self.device), device_ids=ids), optimizer
         if self.name == "deepspeed" and self.zero_stage == 3:
             raise NotImplementedError(
-                "dist.zero_stage=3 does not work with the fused LM-head loss yet: it reads the head weight "
-                "inside GPT.forward and in its own autograd backward, outside the module hooks through which "
-                "ZeRO-3 gathers parameters (backward sees the empty shard). Use dist.strategy=fsdp (FSDP2 "
+                "dist.zero_stage=3 does not work with the fused LM-head loss yet: its autograd backward reads "
+                "a parameter that ZeRO-3 has released (backward sees an empty shard: 'size of tensor a (0) must "
+                "match ...'), since no module hook runs around it. Use dist.strategy=fsdp (FSDP2 "
                 "full_shard shards weights, gradients and optimizer state like ZeRO-3), or dist.zero_stage=2 "
                 "with dist.offload=true."
             )
