@@ -415,10 +415,18 @@ class _SubmititRun:
             rdzv_id=f"{env.job_id}",
         )
         if env.global_rank != 0:
-            return subprocess.call(argv)
+            return subprocess.call(argv, preexec_fn=_die_with_parent)
         deadline = time.time() + 1.5 * la.stale_lock_s  # a requeued job waits for its old lock to expire
         while True:
-            rc = execute(r.run_dir, argv, retries=la.retries, stale_lock_s=la.stale_lock_s)
+            # preexec: a requeued job's old training process dies with its worker, never runs on
+            rc = execute(
+                r.run_dir,
+                argv,
+                retries=la.retries,
+                stale_lock_s=la.stale_lock_s,
+                log_path=self.plan.sweep_dir / "logs" / f"{r.name}.log",
+                preexec=_die_with_parent,
+            )
             if rc != EXIT_LOCKED or time.time() > deadline:
                 return rc
             time.sleep(5)

@@ -3,7 +3,10 @@ through an sbatch job array to completion; a rerun submits nothing."""
 
 from __future__ import annotations
 
+import json
 import subprocess
+import time
+from pathlib import Path
 
 import pytest
 from conftest import REPO, sweep_cmd, tiny_spec, write_spec
@@ -55,3 +58,45 @@ def test_submitit_mode_runs_and_skips_done(tmp_path, env, slurm_cluster):
     for r in plan.runs:
         assert state.is_done(r.run_dir) and len(state.attempts(r.run_dir)) == 1
     assert list((out / "submitit").rglob("*_submitted.pkl"))  # submitit's own job records
+
+
+def test_submitit_requeue_on_preemption_resumes(tmp_path, env, slurm_cluster):
+    """USR2 (Slurm's pre-timeout signal; submitit's checkpoint trigger) mid-run: submitit requeues the
+    job, the new job takes over the run's lock and resumes from the last checkpoint."""
+    steps = 150
+    spec = tiny_spec("requeue", grid={"sizes": ["0.1M"], "tokens": [256 * steps]}, slurm={"mode": "submitit"})
+    spec["run"] = {**spec["run"], "train": {**spec["run"]["train"], "ckpt_every": 10}}
+    path = write_spec(tmp_path / "s.yaml", spec)
+    out = tmp_path / "out"
+    (run,) = make_plan(load_spec(path), output=out).runs
+    sweep = subprocess.Popen(
+        sweep_cmd(path, "--output", str(out), "--backend", "slurm"),
+        cwd=REPO,
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
+    ckpts = Path(run.run_dir) / "checkpoints"
+    deadline = time.time() + 300
+    while not list(ckpts.glob("step-*.pt")) and time.time() < deadline:
+        assert sweep.poll() is None, sweep.stdout.read()
+        time.sleep(0.2)
+    job = subprocess.run(
+        ["squeue", "-h", "-n", "requeue", "-o", "%i"], capture_output=True, text=True
+    ).stdout.split()
+    assert job, "the submitit job is not in the queue"
+    subprocess.run(["scancel", "--signal=USR2", job[0]], check=True)
+    # Slurm holds a requeued job ~2 min (BeginTime); release it as an admin would, to keep the test short
+    while sweep.poll() is None and time.time() < deadline + 300:
+        subprocess.run(["scontrol", "update", f"JobId={job[0]}", "StartTime=now"], capture_output=True)
+        time.sleep(1)
+    outs = sweep.communicate(timeout=600)[0]
+    assert sweep.returncode == 0, outs
+    assert state.is_done(run.run_dir)
+    log = (out / "logs" / f"{run.name}.log").read_text()
+    assert "resumed" in log, log[-3000:]
+    rows = [
+        json.loads(ln) for ln in (Path(run.run_dir) / "metrics.jsonl").read_text().splitlines() if ln.strip()
+    ]
+    assert [r["step"] for r in rows] == sorted({r["step"] for r in rows}) and rows[-1]["step"] == steps
