@@ -7,6 +7,7 @@ optional tied embeddings, init scaled by depth, optional muP. The loss goes thro
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from dataclasses import dataclass
 from typing import Literal
@@ -168,7 +169,8 @@ class LMHead(nn.Module):
 
     def forward(
         self, x: torch.Tensor, targets: torch.Tensor | None = None, **loss_kw
-    ) -> LCEOutput | torch.Tensor:
+    ) -> tuple | torch.Tensor:
+        """Logits (B, T, V) without targets; else the fields of the fused loss's LCEOutput, in order."""
         w = self.head_weight
         if targets is None:
             logits = F.linear(x, w).float()  # (B, T, V): inference only
@@ -176,7 +178,7 @@ class LMHead(nn.Module):
                 c = self.cfg.logit_softcap
                 logits = c * torch.tanh(logits / c)
             return logits
-        return linear_cross_entropy(
+        out = linear_cross_entropy(
             x,
             w,
             targets,
@@ -185,6 +187,9 @@ class LMHead(nn.Module):
             impl=self.cfg.loss_impl,
             **loss_kw,
         )
+        # a plain tuple, not the dataclass: ZeRO-3 hooks the tensors of a module's outputs to re-gather
+        # the weight for backward and cannot see inside a dataclass (GPT.forward rebuilds LCEOutput)
+        return tuple(getattr(out, f.name) for f in dataclasses.fields(out))
 
 
 class GPT(nn.Module):
@@ -296,11 +301,13 @@ class GPT(nn.Module):
         if targets is None:
             return self.lm_head(x)
         seg = segment_ids if segment_ids is not None and num_segments is not None else None
-        return self.lm_head(
-            x,
-            targets,
-            ignore_index=ignore_index,
-            segment_ids=seg,
-            num_segments=num_segments if seg is not None else None,
-            reduction=reduction,
+        return LCEOutput(
+            *self.lm_head(
+                x,
+                targets,
+                ignore_index=ignore_index,
+                segment_ids=seg,
+                num_segments=num_segments if seg is not None else None,
+                reduction=reduction,
+            )
         )
