@@ -5,8 +5,7 @@ from __future__ import annotations
 import subprocess
 
 import pytest
-import yaml
-from conftest import PY, REPO, sweep_cmd, tiny_spec, write_spec
+from conftest import REPO, sweep_cmd, tiny_spec, write_spec
 
 from scaling_train.config import ConfigError
 from scaling_train.models import sizes
@@ -176,9 +175,3 @@ def test_quickstart_and_shipped_specs_plan(tmp_path):
         if name == "ladder-3b":
             big = max(plan.runs, key=lambda r: (r.n_params, r.flops))
             assert big.nodes > 1 and big.overrides.get("dist.strategy") == "fsdp"
-
-
-def test_spec_file_is_yaml_roundtrip(tmp_path):
-    path = write_spec(tmp_path / "s.yaml", tiny_spec())
-    assert yaml.safe_load(path.read_text())["name"] == "t"
-    assert PY
