@@ -68,7 +68,8 @@ def execute(
             )
             if ok:
                 return EXIT_OK
-            more = attempt < retries and not (stop is not None and stop.is_set())  # no retry on Ctrl-C
+            interrupted = rc in (130, -signal.SIGINT) or (stop is not None and stop.is_set())
+            more = attempt < retries and not interrupted  # Ctrl-C stops a run, it does not retry it
             say(
                 f"[sweep] {name}: attempt {attempt + 1} failed (exit {rc}); "
                 + ("retrying from its last checkpoint" if more else f"giving up; log: {log_path or 'stdout'}")

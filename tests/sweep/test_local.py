@@ -126,3 +126,28 @@ def test_shell_metacharacters_in_a_real_local_sweep(tmp_path, env):
     cfg = yaml.safe_load((Path(run.run_dir) / "config.yaml").read_text())
     assert cfg["data"]["cache_dir"] == EVIL.format(p=tmp_path)  # arrived as data, byte for byte
     assert _pwned(tmp_path) == []
+
+
+@pytest.mark.slow
+def test_ctrl_c_stops_without_retrying(tmp_path, env):
+    spec = tiny_spec("intr", grid={"sizes": ["0.1M"], "tokens": [256 * 400]}, launch={"retries": 2})
+    path = write_spec(tmp_path / "intr.yaml", spec)
+    out = tmp_path / "out"
+    (run,) = make_plan(load_spec(path), output=out).runs
+    proc = subprocess.Popen(
+        sweep_cmd(path, "--output", str(out)),
+        cwd=REPO,
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        start_new_session=True,
+    )
+    deadline = time.time() + 240
+    while not list((Path(run.run_dir) / "checkpoints").glob("step-*.pt")) and time.time() < deadline:
+        time.sleep(0.2)
+    os.killpg(proc.pid, signal.SIGINT)  # what Ctrl-C in a terminal does: the sweep and its run
+    outs = proc.communicate(timeout=60)[0]
+    assert proc.returncode != 0 and "rerun the same command to resume" in outs, outs
+    assert len(state.attempts(run.run_dir)) == 1  # stopped, not retried
+    assert not (Path(run.run_dir) / state.LOCK).exists() and not state.is_done(run.run_dir)
