@@ -32,7 +32,10 @@ def _cmd_fit(args: argparse.Namespace) -> int:
             print(f"[fit]   {k}: {law[k].get('error', 'ok')}")
         return 0
     return fitter.follow(
-        interval=args.interval, until_done=args.until_done, max_polls=args.max_polls, report=not args.no_report
+        interval=args.interval,
+        until_done=args.until_done,
+        max_polls=args.max_polls,
+        report=not args.no_report,
     )
 
 

@@ -99,7 +99,7 @@ class DDPGNSState:
         self.sums[2] += 1
 
 
-def ddp_gns_hook(state: DDPGNSState, bucket: Any) -> torch.futures.Future:
+def ddp_gns_hook(state, bucket):  # no annotations: DDP rejects any but dist.GradBucket (strings included)
     """All-reduce-mean (as DDP's default hook) and, on the side, |local|^2 and |averaged|^2 per bucket.
 
     Summed over buckets, these are the squared norms of the whole local and global gradients."""

@@ -4,4 +4,14 @@ from scaling_train.train.config import LoopConfig, RunConfig, config_hash
 from scaling_train.train.schedule import OptimConfig, lr_array, lr_at
 from scaling_train.train.trainer import RunResult, Trainer, train
 
-__all__ = ["LoopConfig", "OptimConfig", "RunConfig", "RunResult", "Trainer", "config_hash", "lr_array", "lr_at", "train"]
+__all__ = [
+    "LoopConfig",
+    "OptimConfig",
+    "RunConfig",
+    "RunResult",
+    "Trainer",
+    "config_hash",
+    "lr_array",
+    "lr_at",
+    "train",
+]

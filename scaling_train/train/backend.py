@@ -101,9 +101,11 @@ class SingleDevice:
 DDP_MAX_PARAMS = 3e8
 """auto strategy: DDP below this many non-embedding params, FSDP (full shard) from it (optimizer state
 of 16 bytes/param = 4.8 GB at 3e8 starts to crowd a GPU next to activations)."""
-ZERO3_MIN_PARAMS = float("inf")
-"""auto ZeRO stage: 2 below this many non-embedding params, 3 from it. Infinite until ZeRO-3 works with
-the fused LM-head loss (see ``Distributed.prepare``); shard big models with dist.strategy=fsdp."""
+ZERO3_MIN_PARAMS = 1e9
+"""auto ZeRO stage: 2 below this many non-embedding params, 3 from it (at 1e9 the fp32 master weights
+and Adam moments, 12 bytes/param = 12 GB, no longer fit comfortably replicated next to activations).
+ZeRO-3 works with the fused loss because ``models.gpt.LMHead`` reads the head weight only inside its
+own forward and returns plain tensors, which DeepSpeed hooks to re-gather the weight for backward."""
 
 
 def _n_params(cfg) -> float:
@@ -231,14 +233,6 @@ class Distributed(SingleDevice):
 
             ids = [self.device.index] if self.device.type == "cuda" else None
             return DistributedDataParallel(model.to(self.device), device_ids=ids), optimizer
-        if self.name == "deepspeed" and self.zero_stage == 3:
-            raise NotImplementedError(
-                "dist.zero_stage=3 does not work with the fused LM-head loss yet: its autograd backward reads "
-                "a parameter that ZeRO-3 has released (backward sees an empty shard: 'size of tensor a (0) must "
-                "match ...'), since no module hook runs around it. Use dist.strategy=fsdp (FSDP2 "
-                "full_shard shards weights, gradients and optimizer state like ZeRO-3), or dist.zero_stage=2 "
-                "with dist.offload=true."
-            )
         model, optimizer = self.acc.prepare(model, optimizer)
         if self.name == "deepspeed":
             import deepspeed

@@ -174,4 +174,5 @@ def test_quickstart_and_shipped_specs_plan(tmp_path):
             )
         if name == "ladder-3b":
             big = max(plan.runs, key=lambda r: (r.n_params, r.flops))
-            assert big.nodes > 1 and big.overrides.get("dist.strategy") == "fsdp"
+            assert big.nodes > 1 and big.overrides.get("dist.strategy") == "deepspeed"
+            assert big.overrides.get("dist.zero_stage") == 3
