@@ -118,7 +118,16 @@ class SweepFitter:
 
     @property
     def all_done(self) -> bool:
-        return bool(self.tails) and all(t.done or t.diverged_at is not None for t in self.tails.values())
+        """Every run is DONE or diverged, including runs the sweep planned (``plan.json``) but has not
+        started yet, so ``--until-done`` does not exit between the last running run and the next."""
+        if not self.tails or not all(t.done or t.diverged_at is not None for t in self.tails.values()):
+            return False
+        plan = self.sweep_dir / "plan.json"
+        try:
+            planned = {r["name"] for r in json.loads(plan.read_text())["runs"]} if plan.is_file() else set()
+        except (ValueError, KeyError, TypeError):
+            planned = set()
+        return planned <= set(self.tails)
 
     # -------------------------------------------------------------- per-run predictions
     def _curve(self, t: RunTail):

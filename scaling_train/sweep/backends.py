@@ -116,6 +116,9 @@ class Sidecars:
             except subprocess.TimeoutExpired:
                 self.proc.terminate()
                 self.proc.wait(timeout=10)
+            # one last pass over the finished folders: every run's final prediction and the final law
+            cmd = [self.plan.python(), "-m", "scaling_train.cli", "fit", str(self.plan.sweep_dir)]
+            subprocess.run(cmd, check=False, stdout=subprocess.DEVNULL, stderr=subprocess.STDOUT)
         if self.plan.spec.launch.report and self._have("scaling_train.report.cli"):
             cmd = [self.plan.python(), "-m", "scaling_train.cli", "report", str(self.plan.sweep_dir)]
             self.say(f"[sweep] report: {command_line(cmd)}")

@@ -152,3 +152,16 @@ def test_follow_refreshes_the_report(tmp_path):
     assert SweepFitter(sweep, log=lambda s: None).follow(interval=0.01, max_polls=1, report=True) == 0
     html = (sweep / "report.html").read_text()
     assert "<img" in html and "not finished" in html
+
+
+def test_until_done_waits_for_planned_runs_not_started_yet(tmp_path):
+    from ..report.synth import write_sweep
+
+    sweep = write_sweep(tmp_path / "s", runs=[{"N": 1e5, "D": 3e5}])
+    fitter = SweepFitter(sweep, log=lambda s: None)
+    fitter.step()
+    names = [p.name for p in sweep.iterdir() if (p / "config.yaml").is_file()]
+    (sweep / "plan.json").write_text(json.dumps({"runs": [{"name": n} for n in names] + [{"name": "later"}]}))
+    assert not fitter.all_done  # the planned run 'later' has no folder yet
+    (sweep / "plan.json").write_text(json.dumps({"runs": [{"name": n} for n in names]}))
+    assert fitter.all_done
