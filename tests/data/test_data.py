@@ -108,3 +108,20 @@ def test_data_config_errors():
         DataConfig(val_fraction=1.5)
     with pytest.raises(ValueError, match="data.vocab_size=10"):
         DataConfig(vocab_size=10)
+
+
+def test_hf_datasets_source_local_and_unreachable(tmp_path, monkeypatch):
+    """``hf:NAME`` goes through datasets.load_dataset (streaming); a local dataset folder stands in for
+    the hub, and an unreachable hub name fails with a message naming the corpus."""
+    pytest.importorskip("datasets")
+    folder = tmp_path / "ds"
+    folder.mkdir()
+    (folder / "train.jsonl").write_text(
+        "\n".join(json.dumps({"body": f"text {i} " * 20}) for i in range(5)) + "\n"
+    )
+    docs = list(corpus_mod.iter_documents(f"hf:{folder}", text_field="body"))
+    assert len(docs) == 5 and docs[0].text.startswith("text 0")
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    monkeypatch.setenv("HF_DATASETS_OFFLINE", "1")
+    with pytest.raises(RuntimeError, match=r"data.corpus='hf:no-such-org/no-such-set': could not load"):
+        list(corpus_mod.iter_documents("hf:no-such-org/no-such-set"))
