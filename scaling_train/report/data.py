@@ -8,7 +8,7 @@
 Sources, all optional: ``plan.json`` (the planned runs: a planned run without a folder is "missing"),
 per run ``config.yaml`` (``resolved``: params.non_embedding, tokens_per_step, total_steps,
 flops_per_token), ``metrics.jsonl`` (rows step, tokens, flops, loss, lr, gns_b_simple, tok_nll_hist,
-...), ``DONE`` (JSON summary), ``predictions.json`` (fitter), ``predictions_history.jsonl`` (one
+``task/<name>/<metric>`` eval scalars in ``task_rows``, ...), ``DONE`` (JSON summary), ``predictions.json`` (fitter), ``predictions_history.jsonl`` (one
 prediction per refit, if the fitter keeps one), ``samples.jsonl`` (per-sample log-likelihood records
 of ``metrics.stats.sample_records``: sample, tokens, nll_sum, loglik, step) and ``evals.jsonl``
 (per-item records of scaling_train/evals, see ``eval_samples``).
@@ -51,6 +51,8 @@ class RunData:
     rows: list[dict[str, Any]] = field(default_factory=list)
     """metrics.jsonl rows with a step and a loss, sorted by step, one per step (the last one wins)."""
     eval_rows: list[dict[str, Any]] = field(default_factory=list)
+    task_rows: list[dict[str, Any]] = field(default_factory=list)
+    """metrics.jsonl rows with ``task/<name>/<metric>`` scalars (scaling_train/evals), sorted by step."""
     done: dict[str, Any] | None = None
     prediction: dict[str, Any] | None = None
     history: list[dict[str, Any]] = field(default_factory=list)
@@ -207,6 +209,7 @@ def load_run(run_dir: Path, planned: dict[str, Any] | None = None) -> RunData:
         run.notes.append("metrics.jsonl: torn last line skipped (crash or still writing)")
     by_step: dict[int, dict[str, Any]] = {}
     evals: dict[int, dict[str, Any]] = {}
+    tasks: dict[int, dict[str, Any]] = {}
     for r in res_rows.rows:
         if "step" not in r:
             continue
@@ -218,8 +221,13 @@ def load_run(run_dir: Path, planned: dict[str, Any] | None = None) -> RunData:
             by_step[s] = r
         if "eval_loss" in r:
             evals[s] = r
+        if any(isinstance(k, str) and k.startswith("task/") for k in r):
+            for k in [k for k in tasks if k >= s]:
+                del tasks[k]
+            tasks[s] = r
     run.rows = [by_step[s] for s in sorted(by_step)]
     run.eval_rows = [evals[s] for s in sorted(evals)]
+    run.task_rows = [tasks[s] for s in sorted(tasks)]
     for r in run.rows:
         if not math.isfinite(_f(r.get("loss"))):
             run.diverged_at = int(r["step"])

@@ -12,6 +12,7 @@ from typing import Any
 from scaling_train.report import figures as figs
 from scaling_train.report.analysis import Analysis, LawRow
 from scaling_train.report.data import STATUSES, SweepData
+from scaling_train.report.tasks import tasks_section
 
 CSS = """
 body{font-family:system-ui,-apple-system,Segoe UI,Helvetica,Arial,sans-serif;margin:24px auto;max-width:1280px;
@@ -162,6 +163,10 @@ def render(sweep: SweepData, an: Analysis) -> str:
         except Exception as e:  # noqa: BLE001 - one broken panel must not lose the report
             tb = traceback.format_exc(limit=3)
             sections.append(_nodata_html(key, title, f"figure failed: {type(e).__name__}: {e}\n{tb}"))
+    try:
+        tasks_html = tasks_section(sweep)
+    except Exception as e:  # noqa: BLE001 - the section must not lose the report
+        tasks_html = _nodata_html("tasks", "Downstream tasks", f"section failed: {type(e).__name__}: {e}")
     counts = ", ".join(f"{len(sweep.by_status(s))} {s}" for s in STATUSES if sweep.by_status(s))
     when = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime())
     return f"""<!DOCTYPE html>
@@ -171,6 +176,7 @@ def render(sweep: SweepData, an: Analysis) -> str:
 <p class="meta">{_e(sweep.sweep_dir)} · {len(sweep.runs)} runs ({_e(counts or "none")}) · written {when}</p>
 {_missing_box(sweep)}
 {"".join(sections)}
+{tasks_html}
 <section id="laws-section"><h2>Fitted laws</h2>{_law_table(an.laws)}
 <p class="caption">Intervals are 90%: Chinchilla by case-resampling bootstrap, IsoFLOP exponents by residual
 bootstrap, B_crit from the OLS standard errors, final-loss predictions from the fitter's calibrated interval.

@@ -37,6 +37,7 @@ def write_run(
     fraction: float = 1.0,
     samples: bool = False,
     evals: bool = False,
+    tasks: bool = False,
     log_every: int | None = None,
     seed: int = 0,
 ) -> Path:
@@ -92,6 +93,8 @@ def write_run(
         if s > 1:
             row["gns_b_simple"] = B_STAR / loss ** (1 / ALPHA_B) * float(np.exp(rng.normal(0, 0.05)))
             row["tok_nll_hist"] = list(np.diff(np.exp(-np.linspace(0, 4, 33) / max(loss, 0.1)) * -1))
+        if tasks and ((s // log_every) % 10 == 0 or s == T):
+            row.update(task_metrics(N, loss, s / T, rng))
         if status == "diverged" and s > last // 2:
             row["loss"] = math.nan
         rows.append(row)
@@ -158,6 +161,60 @@ def write_run(
     return d
 
 
+# downstream tasks (scaling_train/evals row scalars): accuracy follows 1 - Err(L) with Err(L) = eps - k exp(-gamma L)
+TASK_ERR = {"eps": 0.75, "k": 3.0, "gamma": 0.5}
+PASS_UNTIL = {"c": 5.1, "alpha": 0.32}  # final pass rate P(N) = exp(-exp(c) N**-alpha)
+PASS_ATTEMPTS = 4000
+
+
+def task_metrics(N: float, loss: float, frac: float, rng) -> dict[str, float]:
+    """``task/<name>/<metric>`` scalars of one eval row: ``next_line`` (multiple choice) from the loss,
+    ``compiles`` (PassUntil) from N and the fraction of training done (the law's value at the end)."""
+    t = TASK_ERR
+    acc = 1 - (t["eps"] - t["k"] * math.exp(-t["gamma"] * loss))
+    acc = min(max(acc + float(rng.normal(0, 0.005)), 0.0), 1.0)
+    p = math.exp(-math.exp(PASS_UNTIL["c"]) * N ** -PASS_UNTIL["alpha"] * (1 + 1.5 * (1 - frac)))
+    passes = max(int(round(p * PASS_ATTEMPTS)), 1)
+    pr = passes / PASS_ATTEMPTS
+    half = 1.96 * math.sqrt(pr * (1 - pr) / PASS_ATTEMPTS)
+    return {
+        "task/next_line/acc": acc,
+        "task/next_line/p_correct": max(acc - 0.05, 0.0),
+        "task/next_line/n_items": 100,
+        "task/compiles/pass_rate": pr,
+        "task/compiles/pass_rate_low": max(pr - half, pr / 5),
+        "task/compiles/pass_rate_high": pr + half,
+        "task/compiles/passes": passes,
+        "task/compiles/attempts": PASS_ATTEMPTS,
+        "task/compiles/solved": 1.0,
+    }
+
+
+def fit_tasks(sweep: Path) -> dict:
+    """Run the real fitter's task laws (scaling_train/fitter/tasks.py) on the sweep's run folders and merge
+    them into ``sweep_law.json["tasks"]``; returns that section."""
+    from types import SimpleNamespace
+
+    from scaling_train.fitter.tasks import fit_task_laws
+
+    tails, preds = {}, {}
+    for cfg_path in sorted(sweep.glob("*/config.yaml")):
+        d = cfg_path.parent
+        res = yaml.safe_load(cfg_path.read_text())["resolved"]
+        tails[d.name] = SimpleNamespace(
+            run_dir=d, n_params=res["params"]["non_embedding"], total_tokens=res["total_tokens"], resolved=res,
+            done=(d / "DONE").is_file(), diverged_at=None,
+        )  # fmt: skip
+        if (d / "predictions.json").is_file():
+            preds[d.name] = json.loads((d / "predictions.json").read_text())
+    out = fit_task_laws(tails, preds)
+    path = sweep / "sweep_law.json"
+    law = json.loads(path.read_text()) if path.is_file() else {}
+    law["tasks"] = out
+    path.write_text(json.dumps(law))
+    return out
+
+
 def isoflop_grid() -> list[tuple[float, float, float]]:
     """(N, D, C) for 3 FLOP budgets x 5 sizes around each budget's optimum (so each parabola has a minimum)."""
     out = []
@@ -167,14 +224,17 @@ def isoflop_grid() -> list[tuple[float, float, float]]:
     return out
 
 
-def write_sweep(sweep: Path, *, runs: list[dict] | None = None, plan_extra: list[str] = ()) -> Path:
-    """A sweep folder with plan.json; ``runs`` are write_run kwargs (default: the full IsoFLOP grid, done)."""
+def write_sweep(
+    sweep: Path, *, runs: list[dict] | None = None, plan_extra: list[str] = (), tasks: bool = False
+) -> Path:
+    """A sweep folder with plan.json; ``runs`` are write_run kwargs (default: the full IsoFLOP grid, done).
+    ``tasks``: every run logs task metrics and sweep_law.json gets the fitter's task laws."""
     sweep.mkdir(parents=True, exist_ok=True)
     if runs is None:
         runs = [{"N": N, "D": D, "samples": i < 5} for i, (N, D, _) in enumerate(isoflop_grid())]
     plan = []
     for kw in runs:
-        d = write_run(sweep, **kw)
+        d = write_run(sweep, **({"tasks": True} if tasks else {}), **kw)
         res = yaml.safe_load((d / "config.yaml").read_text())["resolved"]
         plan.append(
             {"name": d.name, "n_params": kw["N"], "tokens": res["total_tokens"], "steps": res["total_steps"],
@@ -183,4 +243,16 @@ def write_sweep(sweep: Path, *, runs: list[dict] | None = None, plan_extra: list
     for name in plan_extra:  # planned, never started
         plan.append({"name": name, "n_params": 1e6, "tokens": 1e6, "steps": 100, "flops": 6e12})
     (sweep / "plan.json").write_text(json.dumps({"sweep": sweep.name, "runs": plan}))
+    if tasks:
+        fit_tasks(sweep)
     return sweep
+
+
+def task_sweep(sweep: Path) -> Path:
+    """Four sizes on one token budget with task metrics; the two largest still training (predicted)."""
+    runs = [
+        {"N": 2e4, "D": 1e6}, {"N": 6e4, "D": 1e6},
+        {"N": 2e5, "D": 1e6, "status": "partial", "fraction": 0.5},
+        {"N": 6e5, "D": 1e6, "status": "partial", "fraction": 0.3},
+    ]  # fmt: skip
+    return write_sweep(sweep, runs=runs, tasks=True)

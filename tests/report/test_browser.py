@@ -28,8 +28,8 @@ def _png_size(path) -> tuple[int, int]:
 @pytest.mark.parametrize("kind", ["full", "messy"])
 def test_report_renders(tmp_path, kind):
     if kind == "full":
-        sweep = synth.write_sweep(tmp_path / "s")
-        n_images = 5
+        sweep = synth.write_sweep(tmp_path / "s", tasks=True)  # + the Downstream tasks section (2 tasks)
+        n_images = 7
     else:  # partial + diverged + a planned run that never started: fewer panels, still a clean page
         sweep = synth.write_sweep(
             tmp_path / "s",
@@ -46,7 +46,11 @@ def test_report_renders(tmp_path, kind):
     assert all(i["naturalWidth"] > 300 and i["naturalHeight"] > 200 for i in res.images)
     assert res.title.startswith("Scaling report")
     assert "Fitted laws" in res.text and "Runs" in res.text
+    assert "Downstream tasks" in res.text
+    if kind == "full":
+        assert "Task next_line" in res.text and "Task laws" in res.text
     if kind == "messy":
+        assert "no downstream evals: enable with evals.tasks=" in res.text
         assert "What is missing or incomplete" in res.text and "deadbeef" in res.text
         assert "no per-sample records" in res.text
     w, h = _png_size(shot)

@@ -91,5 +91,14 @@ def test_real_run_report(real_sweep):
     assert "data:image/png;base64," in loss
     gns = html[html.index("id='fig-gns'") : html.index("</section>", html.index("id='fig-gns'"))]
     assert "data:image/png;base64," in gns  # the trainer's gns_b_simple rows were found
-    assert "no per-sample records" in html
+    if (
+        real_sweep / "run0" / "samples.jsonl"
+    ).is_file():  # the trainer's per-sample records, when it writes them
+        samples = html[
+            html.index("id='fig-samples'") : html.index("</section>", html.index("id='fig-samples'"))
+        ]
+        assert "data:image/png;base64," in samples
+    else:
+        assert "no per-sample records" in html
+    assert "no downstream evals: enable with evals.tasks=" in html  # a run without evals: one line
     assert "no plan.json" in html  # a bare folder of runs: said, not fatal
