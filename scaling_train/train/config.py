@@ -70,7 +70,7 @@ class DistConfig:
         "auto",
     )
     zero_stage: int | None = doc(
-        "DeepSpeed ZeRO stage 1/2 (3: not yet with the fused loss, use fsdp); null = 2.", None
+        "DeepSpeed ZeRO stage 1/2/3; null = 2 below 1e9 non-embedding params, 3 from there.", None
     )
     offload: bool = doc("DeepSpeed: offload optimizer state to CPU (ZeRO-2/3).", False)
     comm_backend: Literal["auto", "nccl", "gloo"] = doc(
