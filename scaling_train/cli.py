@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import importlib
+import os
 import sys
 
 from scaling_train.config import ConfigError
@@ -37,12 +38,22 @@ def _cmd_train(args: argparse.Namespace) -> int:
         overrides.insert(0, args.config)  # only overrides: start from the defaults
         args.config = None
     cfg = config_mod.load(RunConfig, args.config, overrides)
-    res = Trainer(cfg).run()
+    trainer = Trainer(cfg)
+    res = trainer.run()
     if not res.already_done:
         ev = f", eval loss {res.final_eval_loss:.4f}" if res.final_eval_loss is not None else ""
         print(
             f"[train] done: {res.steps} steps, {res.tokens:,} tokens, loss {res.final_loss:.4f}{ev} -> {res.run_dir}"
         )
+    if trainer.backend.world_size > 1:
+        # Everything is written and fsynced (metrics, checkpoint, DONE). Leave the process group on
+        # every rank, then skip interpreter teardown: gloo/FSDP background threads destroyed by C++
+        # static destructors sometimes abort a finished run ("terminate called without an active
+        # exception"), which torchrun would report as a failure.
+        trainer.backend.shutdown()
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os._exit(0)
     return 0
 
 
