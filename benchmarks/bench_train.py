@@ -28,6 +28,7 @@ from scaling_train import config as config_mod  # noqa: E402
 from scaling_train.data import batch_indices, prepare  # noqa: E402
 from scaling_train.models import GPT  # noqa: E402
 from scaling_train.train import RunConfig, Trainer, lr_at  # noqa: E402
+from scaling_train.train.trainer import make_optimizer  # noqa: E402
 
 
 def make_cfg(size: str, steps: int, run_dir: str) -> RunConfig:
@@ -82,13 +83,7 @@ def run_plain(size: str, steps: int, warmup: int) -> float:
         cfg.model.vocab_size = data.vocab_size
         torch.manual_seed(cfg.seed)
         model = GPT(cfg.model)
-        opt = torch.optim.AdamW(
-            model.param_groups(cfg.optim.lr, cfg.optim.weight_decay),
-            lr=cfg.optim.lr,
-            betas=(cfg.optim.beta1, cfg.optim.beta2),
-            eps=cfg.optim.eps,
-            foreach=True,
-        )
+        opt = make_optimizer(model, cfg.optim)  # the trainer's own optimizer
         t = {}
         for step in range(steps):
             for g in opt.param_groups:

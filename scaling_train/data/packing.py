@@ -20,6 +20,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from scaling_train._io import atomic_write
 from scaling_train.config import doc
 from scaling_train.data import corpus as corpus_mod
 from scaling_train.data import tokenizer as tok_mod
@@ -179,9 +180,7 @@ def prepare(cfg: DataConfig, seq_len: int, *, log=print) -> PreparedData:
                 "eos_id": eos_id,
                 "fingerprint": fp,
             }
-            tmp = meta_path.with_suffix(".tmp")
-            tmp.write_text(json.dumps(meta, indent=1))
-            os.replace(tmp, meta_path)
+            atomic_write(meta_path, json.dumps(meta, indent=1))
             log(f"[data] {counts['train']:,} train / {counts['val']:,} val tokens cached under {root}")
     meta = json.loads(meta_path.read_text())
     return PreparedData(

@@ -17,13 +17,13 @@ from __future__ import annotations
 
 import json
 import math
-import os
 import time
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
+from scaling_train._io import atomic_write
 from scaling_train.fitter.tail import RunTail, find_runs
 from scaling_train.metrics.jsonl import _clean
 
@@ -33,12 +33,7 @@ MIN_POINTS = 3
 
 def write_json_atomic(path: Path, obj: Any) -> None:
     """Write a temp file in the same folder, fsync, rename: readers see the old or the new file, whole."""
-    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
-    with open(tmp, "w") as f:
-        json.dump(_clean(obj), f, indent=1)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
+    atomic_write(path, json.dumps(_clean(obj), indent=1))
 
 
 def _lr_schedule(tail: RunTail) -> np.ndarray | None:

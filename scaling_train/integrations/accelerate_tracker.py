@@ -14,12 +14,12 @@ the file are dropped, so a resumed loop that logs the same steps again writes ea
 from __future__ import annotations
 
 import json
-import os
 from pathlib import Path
 from typing import Any
 
 from accelerate.tracking import GeneralTracker, on_main_process
 
+from scaling_train._io import atomic_write
 from scaling_train.fitter.sink import FitterSink
 from scaling_train.integrations.hf import write_run_meta
 from scaling_train.metrics.jsonl import read_jsonl
@@ -59,9 +59,7 @@ class ScalingLawTracker(GeneralTracker):
 
     @on_main_process
     def store_init_configuration(self, values: dict) -> None:
-        tmp = self.run_dir / f".hparams.json.tmp{os.getpid()}"
-        tmp.write_text(json.dumps(values, default=str))
-        os.replace(tmp, self.run_dir / "hparams.json")
+        atomic_write(self.run_dir / "hparams.json", json.dumps(values, default=str))
 
     @on_main_process
     def log(self, values: dict, step: int | None = None, **kwargs: Any) -> None:
@@ -82,7 +80,5 @@ class ScalingLawTracker(GeneralTracker):
     @on_main_process
     def finish(self) -> None:
         if self.last_step >= self.total_steps:
-            tmp = self.run_dir / f".DONE.tmp{os.getpid()}"
-            tmp.write_text(json.dumps({"steps": self.last_step}))
-            os.replace(tmp, self.run_dir / "DONE")
+            atomic_write(self.run_dir / "DONE", json.dumps({"steps": self.last_step}))
         self.stream.close()

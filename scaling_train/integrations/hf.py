@@ -24,7 +24,6 @@ from __future__ import annotations
 
 import json
 import math
-import os
 import time
 from pathlib import Path
 from typing import Any
@@ -34,6 +33,7 @@ import yaml
 from transformers import TrainerCallback
 from transformers.trainer_callback import ExportableState
 
+from scaling_train._io import atomic_write
 from scaling_train.metrics.gns import NoiseScaleTracker
 from scaling_train.metrics.stats import TokenStats
 from scaling_train.metrics.stream import MetricsStream
@@ -54,9 +54,7 @@ def write_run_meta(run_dir: Path, *, total_steps: int, lr: list[float], params: 
         ("config.yaml", yaml.safe_dump(meta, sort_keys=False)),
         ("lr_schedule.json", json.dumps(lr)),
     ):
-        tmp = run_dir / f".{name}.tmp{os.getpid()}"
-        tmp.write_text(text)
-        os.replace(tmp, run_dir / name)
+        atomic_write(run_dir / name, text)
 
 
 def count_params(model: torch.nn.Module) -> dict[str, int]:
@@ -364,8 +362,6 @@ class ScalingLawCallback(TrainerCallback, ExportableState):
         self.stream.flush()
         done = {"steps": state.global_step, "tokens": self.tokens, "stopped_early": self.stopped_early}
         if state.global_step >= state.max_steps:
-            tmp = Path(self.run_dir) / f".DONE.tmp{os.getpid()}"
-            tmp.write_text(json.dumps(done))
-            os.replace(tmp, Path(self.run_dir) / "DONE")
+            atomic_write(Path(self.run_dir) / "DONE", json.dumps(done))
         self.stream.close()  # the fitter's last refit sees DONE
         self.stream = None

@@ -14,6 +14,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from scaling_train._io import atomic_write
+
 
 def _clean(v: Any) -> Any:
     """JSON has no NaN/inf: write them as strings 'nan', 'inf', '-inf' (read back as floats)."""
@@ -148,10 +150,5 @@ def rollback_jsonl(path: str | Path, max_step: int, *, key: str = "step") -> int
     kept = [r for r in rows if not (isinstance(r.get(key), (int, float)) and r[key] > max_step)]
     if len(kept) == len(rows):
         return 0
-    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
-    with open(tmp, "wb") as f:
-        f.write(b"".join(json.dumps(_clean(r), separators=(",", ":")).encode() + b"\n" for r in kept))
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
+    atomic_write(path, b"".join(json.dumps(_clean(r), separators=(",", ":")).encode() + b"\n" for r in kept))
     return len(rows) - len(kept)

@@ -13,11 +13,11 @@
 from __future__ import annotations
 
 import json
-import os
 import secrets
 from pathlib import Path
 from typing import Any
 
+from scaling_train._io import atomic_write
 from scaling_train.metrics.config import WandbConfig
 
 ID_FILE = "wandb_run.json"
@@ -51,9 +51,7 @@ class WandbSink:
 
     def _save_id(self, run_id: str, logged_step: int) -> None:
         p = self.run_dir / ID_FILE
-        tmp = p.with_name(f".{ID_FILE}.tmp{os.getpid()}")
-        tmp.write_text(json.dumps({"id": run_id, "logged_step": logged_step}))
-        os.replace(tmp, p)
+        atomic_write(p, json.dumps({"id": run_id, "logged_step": logged_step}))
 
     def _payload(self, row: dict[str, Any]) -> dict[str, Any]:
         out: dict[str, Any] = {}

@@ -12,8 +12,9 @@ are separate; the W&B report spec is in wandb_report.py.
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
+
+from scaling_train._io import atomic_write
 
 REPORT_FILE = "report.html"
 CACHE_FILE = ".report_cache.json"
@@ -37,9 +38,7 @@ def write_report(sweep_dir: str | Path, *, output: str | Path | None = None, n_b
     page = render(sweep, an)
     out = Path(output) if output is not None else sweep_dir / REPORT_FILE
     out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out.with_name(f".{out.name}.tmp{os.getpid()}")
-    tmp.write_text(page, encoding="utf-8")
-    os.replace(tmp, out)
+    atomic_write(out, page)
     return out
 
 

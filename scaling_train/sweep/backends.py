@@ -22,6 +22,7 @@ from typing import Any
 
 import yaml
 
+from scaling_train._io import atomic_write
 from scaling_train.sweep import state
 from scaling_train.sweep.plan import Plan, RunSpec, command_line
 from scaling_train.sweep.worker import EXIT_LOCKED, EXIT_OK, execute
@@ -67,16 +68,10 @@ def prepare_dir(plan: Plan) -> None:
     """Write sweep_dir/{base.yaml, plan.json, spec.yaml} and logs/ (the runs read base.yaml)."""
     d = plan.sweep_dir
     (d / "logs").mkdir(parents=True, exist_ok=True)
-    _atomic(d / "base.yaml", yaml.safe_dump(plan.base, sort_keys=False))
-    _atomic(d / "plan.json", json.dumps(plan.to_json(), indent=1))
+    atomic_write(d / "base.yaml", yaml.safe_dump(plan.base, sort_keys=False))
+    atomic_write(d / "plan.json", json.dumps(plan.to_json(), indent=1))
     if Path(plan.spec.source).is_file():
-        _atomic(d / "spec.yaml", Path(plan.spec.source).read_text())
-
-
-def _atomic(path: Path, text: str) -> None:
-    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
-    tmp.write_text(text)
-    os.replace(tmp, path)
+        atomic_write(d / "spec.yaml", Path(plan.spec.source).read_text())
 
 
 # ------------------------------------------------------------------------------------- fitter
@@ -352,7 +347,7 @@ def write_sbatch(plan: Plan) -> list[Path]:
     for gi, runs in enumerate(_groups(plan)):
         p = plan.sweep_dir / "slurm" / f"array-{gi}.sbatch"
         p.parent.mkdir(parents=True, exist_ok=True)
-        _atomic(p, sbatch_script(plan, runs))
+        atomic_write(p, sbatch_script(plan, runs))
         paths.append(p)
     return paths
 
@@ -374,7 +369,7 @@ def run_slurm(plan: Plan, *, say=print) -> int:
         job = out.stdout.strip().split(";")[0]
         jobs.append(job)
         say(f"[sweep] submitted {path.name} as job array {job}")
-    _atomic(plan.sweep_dir / "slurm" / "jobs.json", json.dumps(jobs))
+    atomic_write(plan.sweep_dir / "slurm" / "jobs.json", json.dumps(jobs))
     if not plan.spec.slurm.wait:
         say(f"[sweep] not waiting (slurm.wait=false); watch with: squeue -j {','.join(jobs)}")
         return 0

@@ -17,6 +17,8 @@ from typing import Any
 
 import torch
 
+from scaling_train._io import atomic_write
+
 _NAME = re.compile(r"step-(\d{8})\.pt$")
 
 
@@ -28,15 +30,6 @@ def _fsync_dir(path: Path) -> None:
         os.close(fd)
 
 
-def _atomic_write(path: Path, data: bytes) -> None:
-    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
-    with open(tmp, "wb") as f:
-        f.write(data)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
-
-
 def save(ckpt_dir: str | Path, step: int, state: dict[str, Any], *, keep: int) -> Path:
     ckpt_dir = Path(ckpt_dir)
     ckpt_dir.mkdir(parents=True, exist_ok=True)
@@ -44,8 +37,8 @@ def save(ckpt_dir: str | Path, step: int, state: dict[str, Any], *, keep: int) -
     torch.save(state, buf)
     data = buf.getvalue()
     path = ckpt_dir / f"step-{step:08d}.pt"
-    _atomic_write(path, data)
-    _atomic_write(path.with_name(path.name + ".sha256"), hashlib.sha256(data).hexdigest().encode())
+    atomic_write(path, data)
+    atomic_write(path.with_name(path.name + ".sha256"), hashlib.sha256(data).hexdigest())
     _fsync_dir(ckpt_dir)
     for old in list_checkpoints(ckpt_dir)[keep:]:
         for p in (old, old.with_name(old.name + ".sha256")):

@@ -11,8 +11,8 @@ order is a pure function of (seed, step), so its losses equal an uninterrupted r
 
 from __future__ import annotations
 
+import contextlib
 import json
-import os
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -23,6 +23,7 @@ import numpy as np
 import torch
 import yaml
 
+from scaling_train._io import atomic_write
 from scaling_train.config import to_dict
 from scaling_train.data import Batch, PreparedData, batch_indices, prepare
 from scaling_train.metrics.jsonl import JsonlWriter, rollback_jsonl
@@ -31,7 +32,18 @@ from scaling_train.models import GPT
 from scaling_train.train import checkpoint
 from scaling_train.train.backend import make_backend
 from scaling_train.train.config import RunConfig, config_hash, semantic_dict
-from scaling_train.train.schedule import lr_at
+from scaling_train.train.schedule import OptimConfig, lr_at
+
+
+def make_optimizer(model: GPT, optim: OptimConfig) -> torch.optim.AdamW:
+    """AdamW over the model's parameter groups (decay on matrices; muP per-group LR scales)."""
+    return torch.optim.AdamW(
+        model.param_groups(optim.lr, optim.weight_decay),
+        lr=optim.lr,
+        betas=(optim.beta1, optim.beta2),
+        eps=optim.eps,
+        foreach=True,
+    )
 
 
 class ConfigMismatchError(RuntimeError):
@@ -98,13 +110,7 @@ class Trainer:
         self.raw_model = model
         self.param_counts = model.param_counts()
         self.flops_per_token = model.flops_per_token()
-        opt = torch.optim.AdamW(
-            model.param_groups(cfg.optim.lr, cfg.optim.weight_decay),
-            lr=cfg.optim.lr,
-            betas=(cfg.optim.beta1, cfg.optim.beta2),
-            eps=cfg.optim.eps,
-            foreach=True,
-        )
+        opt = make_optimizer(model, cfg.optim)
         self.model, self.optimizer = self.backend.prepare(model, opt)
         if cfg.train.compile:
             self.model = torch.compile(self.model)
@@ -139,9 +145,7 @@ class Trainer:
             "grad_accum": self.accum,
             "world_size": self.backend.world_size,
         }
-        tmp = path.with_name(f".config.yaml.tmp{os.getpid()}")
-        tmp.write_text(yaml.safe_dump(resolved, sort_keys=False))
-        os.replace(tmp, path)
+        atomic_write(path, yaml.safe_dump(resolved, sort_keys=False))
 
     # -------------------------------------------------------------- batches
     def micro_batches(self, step: int) -> list[Batch]:
@@ -292,9 +296,7 @@ class Trainer:
                 "flops": float(self.flops_per_token * result.tokens),
                 "config_hash": config_hash(cfg),
             }
-            tmp = self.run_dir / f".DONE.tmp{os.getpid()}"
-            tmp.write_text(json.dumps(summary, indent=1))
-            os.replace(tmp, done)
+            atomic_write(done, json.dumps(summary, indent=1))
         self.backend.barrier()
         for cb in self.callbacks:
             if hasattr(cb, "on_train_end"):
@@ -346,7 +348,7 @@ class Trainer:
             step_loss = torch.zeros((), dtype=torch.float64, device=dev)
             for i, b in enumerate(batches):
                 b = b.to(dev)
-                ctx = self.backend.no_sync(self.model) if i < len(batches) - 1 else _null
+                ctx = self.backend.no_sync(self.model) if i < len(batches) - 1 else contextlib.nullcontext()
                 with ctx:
                     with self.backend.autocast():
                         out = self.model(b.idx, b.targets)
@@ -411,17 +413,6 @@ class Trainer:
         if bar is not None:
             bar.close()
         return RunResult(self.run_dir, T, T * tps, last_loss, last_eval, None)
-
-
-class _NullCtx:
-    def __enter__(self):
-        return self
-
-    def __exit__(self, *a):
-        return False
-
-
-_null = _NullCtx()
 
 
 def train(cfg: RunConfig, **kw: Any) -> RunResult:
