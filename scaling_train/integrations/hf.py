@@ -6,12 +6,14 @@
     # optional, the fused loss (no (B, T, V) logits kept): Trainer(..., compute_loss_func=cb.fused_loss(model))
     trainer.train()
 
-What it does (rank 0 only; other ranks do nothing):
+What it does (rank 0 only; other ranks only register the DDP comm hook):
 
 * when training begins it hooks the model's forward: per-token statistics (NLL histogram, NLL by position,
   accuracy, entropy) are computed from ``logits`` and ``labels`` on the device, without host syncs;
-* post-accumulate-grad hooks give the squared norm of the first micro-batch's gradient and of the whole
-  step's (before clipping) -> gradient noise scale (needs ``gradient_accumulation_steps >= 2``);
+* gradient noise scale, from squared gradient norms at two batch sizes taken before clipping: in one
+  process, post-accumulate-grad hooks give the first micro-batch's and the whole step's (needs
+  ``gradient_accumulation_steps >= 2``); under DDP a comm hook (registered on every rank) gives this
+  rank's and the all-reduced one;
 * at every ``on_log`` with a training loss it writes one row to ``run_dir/metrics.jsonl`` (one host
   transfer), the x-axis ``tokens`` from ``state.num_input_tokens_seen`` (or the counted label tokens);
 * an in-process fitter writes ``run_dir/predictions.json``; with ``tolerance`` set, training stops when
@@ -25,6 +27,7 @@ from __future__ import annotations
 import json
 import math
 import time
+import warnings
 from pathlib import Path
 from typing import Any
 
@@ -34,7 +37,7 @@ from transformers import TrainerCallback
 from transformers.trainer_callback import ExportableState
 
 from scaling_train._io import atomic_write
-from scaling_train.metrics.gns import NoiseScaleTracker
+from scaling_train.metrics.gns import DDPGNSState, NoiseScaleTracker, ddp_gns_hook
 from scaling_train.metrics.stats import TokenStats
 from scaling_train.metrics.stream import MetricsStream
 
@@ -139,6 +142,54 @@ class _GradProbe:
             h.remove()
 
 
+class _DDPProbe:
+    """Under DDP: this rank's whole-step gradient (small batch) and the all-reduced one (big batch),
+    squared bucket by bucket in ``ddp_gns_hook`` on the ``DistributedDataParallel`` wrapper, before any
+    clipping. Window sums laid out as ``_GradProbe``'s. The big batch's tokens are this rank's times the
+    world size (the ranks' batches are taken as equal in size)."""
+
+    def __init__(self, ddp: torch.nn.Module, device: torch.device, world_size: int) -> None:
+        self.world = world_size
+        self.state = DDPGNSState(process_group=ddp.process_group, world_size=world_size)
+        self.state.sums = self.state.sums.to(device)
+        ddp.register_comm_hook(self.state, ddp_gns_hook)  # before the first backward (first step)
+        self.tok_step = torch.zeros((), dtype=torch.float64, device=device)
+        self.sums = torch.zeros(5, dtype=torch.float64, device=device)
+
+    def start_micro(self, n_tokens: torch.Tensor) -> None:
+        self.tok_step += n_tokens
+
+    @torch.no_grad()
+    def end_step(self) -> None:
+        s = self.state.sums  # [|local|^2, |averaged|^2, -]: summed over buckets by the hook
+        one = torch.ones_like(s[0])
+        self.sums += torch.stack([s[0], s[1], one, self.tok_step, self.tok_step * self.world])
+        s.zero_()
+        self.tok_step.zero_()
+
+    def remove(self) -> None:
+        pass  # DDP cannot unregister a comm hook; it keeps all-reducing as the default hook does
+
+
+def _find_ddp(model: torch.nn.Module) -> torch.nn.Module | None:
+    """The ``DistributedDataParallel`` wrapping ``model``: callbacks get the bare model, and the Trainer
+    keeps the wrapper to itself, so look for it once among the live objects."""
+    import gc
+
+    from torch.nn.parallel import DistributedDataParallel
+
+    for o in gc.get_objects():
+        try:
+            if isinstance(o, DistributedDataParallel) and model in (
+                o.module,
+                getattr(o.module, "_orig_mod", None),
+            ):
+                return o
+        except Exception:  # exotic objects whose isinstance or attributes raise
+            continue
+    return None
+
+
 class ScalingLawCallback(TrainerCallback, ExportableState):
     def __init__(
         self,
@@ -162,7 +213,7 @@ class ScalingLawCallback(TrainerCallback, ExportableState):
         self.stream: MetricsStream | None = None
         self.fitter = None
         self.stats: TokenStats | None = None
-        self.probe: _GradProbe | None = None
+        self.probe: _GradProbe | _DDPProbe | None = None
         self.tracker = NoiseScaleTracker(decay=0.9)
         self._hooks: list = []
         self._fused_out: Any = None
@@ -240,8 +291,13 @@ class ScalingLawCallback(TrainerCallback, ExportableState):
     def on_step_begin(self, args, state, control, model=None, lr_scheduler=None, **kw):
         # Set up at the first step, not in on_train_begin: a resumed Trainer restores its state and
         # replaces this callback by a new instance (ExportableState) only after on_train_begin.
-        if self.stream is None and not self._setup_done and state.is_world_process_zero:
+        if self._setup_done:
+            return
+        if state.is_world_process_zero:
             self._setup(args, state, model, lr_scheduler)
+        else:  # other ranks write nothing, but under DDP their comm hook must match rank 0's
+            self._setup_done = True
+            self.probe = self._ddp_probe(args, model, next(model.parameters()).device)
 
     def _setup(self, args, state, model, lr_scheduler) -> None:
         self._setup_done = True
@@ -277,10 +333,35 @@ class ScalingLawCallback(TrainerCallback, ExportableState):
             self.tracker.load_state_dict(self.gns_state)
         if self.token_stats:
             self.stats = TokenStats(n_bins=self.nll_bins, pos_buckets=self.pos_buckets, device=dev)
-        if self.gns and accum >= 2 and args.world_size == 1:
+        if args.world_size > 1:
+            self.probe = self._ddp_probe(args, model, dev)
+        elif self.gns and accum >= 2:
             self.probe = _GradProbe(model, dev)
+        elif self.gns:
+            warnings.warn(
+                f"ScalingLawCallback: gradient noise scale off: gradient_accumulation_steps={accum} < 2 in "
+                "one process (it needs two batch sizes: micro-batch and step)",
+                stacklevel=2,
+            )
         self._hooks.append(model.register_forward_hook(self._forward_hook, with_kwargs=True))
         self._last_tokens = self.tokens
+
+    def _ddp_probe(self, args, model, dev) -> _DDPProbe | None:
+        if not self.gns:
+            return None
+        ddp = _find_ddp(model)
+        if ddp is None:
+            warnings.warn(
+                f"ScalingLawCallback: gradient noise scale off: world_size={args.world_size} but the model is "
+                "not wrapped in DistributedDataParallel (FSDP and DeepSpeed are not supported)",
+                stacklevel=2,
+            )
+            return None
+        try:
+            return _DDPProbe(ddp, dev, args.world_size)
+        except RuntimeError as e:  # e.g. a comm hook is already registered (DDP allows one)
+            warnings.warn(f"ScalingLawCallback: gradient noise scale off: {e}", stacklevel=2)
+            return None
 
     @staticmethod
     def _lr_schedule(args, state, sched) -> list[float]:
@@ -298,6 +379,8 @@ class ScalingLawCallback(TrainerCallback, ExportableState):
         self._consume_fused()
         if self.probe is not None:
             self.probe.end_step()
+            if self.stream is None:  # not rank 0: nothing reads the sums
+                self.probe.sums.zero_()
 
     def on_log(self, args, state, control, logs=None, **kw):
         if self.stream is None or not logs or "loss" not in logs:

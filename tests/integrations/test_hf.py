@@ -125,3 +125,50 @@ def test_early_stop_on_narrow_interval(tmp_path):
     assert cb.stopped_early
     assert 10 <= tr.state.global_step < 20
     assert not (run_dir / "DONE").exists()
+
+
+@pytest.mark.multiproc
+@pytest.mark.slow
+def test_ddp_gradient_noise_scale_matches_accumulation(tmp_path):
+    """torchrun, 2 ranks x 4 sequences (comm hook: rank 0's gradient vs the all-reduced one) against one
+    process with 2 micro-batches of 4 (micro-batch vs step): the same two squared norms per step."""
+    import os
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    script = Path(__file__).with_name("hf_ddp_script.py")
+    repo = Path(__file__).resolve().parents[2]
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(repo)}
+    out = {}
+    for name, pre in [
+        ("one", []),
+        ("ddp", ["-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2"]),
+    ]:
+        res = subprocess.run(
+            [sys.executable, *pre, str(script), str(tmp_path / name)], env=env, capture_output=True, text=True,
+            timeout=600, cwd=repo,
+        )  # fmt: skip
+        assert res.returncode == 0, res.stdout[-3000:] + res.stderr[-5000:]
+        out[name] = [r for r in read_jsonl(tmp_path / name / "metrics.jsonl").rows if "loss" in r]
+    one, ddp = out["one"], out["ddp"]
+    assert [r["step"] for r in ddp] == [r["step"] for r in one] == [2, 4, 6, 8]
+    for a, b in zip(ddp, one):
+        assert a["loss"] == pytest.approx(b["loss"], rel=1e-4)
+        assert a["gns_sq_big"] == pytest.approx(b["gns_sq_big"], rel=1e-3)
+        assert a["gns_sq_small"] == pytest.approx(b["gns_sq_small"], rel=1e-3)
+        assert a["gns_sq_small"] > a["gns_sq_big"] > 0
+        assert a["tokens"] == b["tokens"]
+        assert a["gns_trace_sigma"] == pytest.approx(b["gns_trace_sigma"], rel=1e-2)
+        assert a["gns_b_simple"] == pytest.approx(b["gns_b_simple"], rel=1e-2, nan_ok=True)
+    assert math.isfinite(ddp[-1]["gns_b_simple"]) and ddp[-1]["gns_b_simple"] > 0
+
+
+def test_no_accumulation_single_process_says_noise_scale_is_off(tmp_path):
+    cb = ScalingLawCallback(str(tmp_path / "run"))
+    args = _args(tmp_path, gradient_accumulation_steps=1, max_steps=2)
+    tr = transformers.Trainer(model=_model(), args=args, train_dataset=_data(), callbacks=[cb])
+    with pytest.warns(UserWarning, match=r"gradient noise scale off: gradient_accumulation_steps=1 < 2"):
+        tr.train()
+    rows = read_jsonl(tmp_path / "run" / "metrics.jsonl").rows
+    assert rows and all("gns_sq_small" not in r for r in rows) and "tok_nll" in rows[-1]

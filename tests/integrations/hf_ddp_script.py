@@ -1,0 +1,50 @@
+"""A stock transformers Trainer with only ``ScalingLawCallback``, for the DDP test.
+
+    python hf_ddp_script.py RUN_DIR                                   # one process, 2 micro-batches of 4
+    python -m torch.distributed.run --nproc_per_node 2 hf_ddp_script.py RUN_DIR   # 2 ranks x 4, gloo
+
+Both see the same 8 sequences per step; the model has no dropout, so the gradients agree.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+
+import torch
+import transformers
+
+from scaling_train.integrations import ScalingLawCallback
+
+V, T = 97, 32
+
+
+def main(run_dir: str) -> None:
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    torch.manual_seed(0)
+    cfg = transformers.GPT2Config(
+        vocab_size=V, n_positions=T, n_embd=32, n_layer=2, n_head=2, resid_pdrop=0.0, embd_pdrop=0.0,
+        attn_pdrop=0.0,
+    )  # fmt: skip
+    model = transformers.GPT2LMHeadModel(cfg)
+    g = torch.Generator().manual_seed(1)
+    data = []
+    for _ in range(64):  # a learnable pattern (next = 3 * token + 1 mod V): a clear gradient signal
+        x = [int(torch.randint(0, V, (1,), generator=g))]
+        for _ in range(T - 1):
+            x.append((x[-1] * 3 + 1) % V)
+        ids = torch.tensor(x)
+        data.append({"input_ids": ids, "labels": ids.clone()})
+    args = transformers.TrainingArguments(
+        output_dir=os.path.join(run_dir, "hf_out"), max_steps=8, per_device_train_batch_size=4,
+        gradient_accumulation_steps=2 if world == 1 else 1, logging_steps=2, learning_rate=3e-3,
+        lr_scheduler_type="constant", report_to=[], use_cpu=True, save_strategy="no", disable_tqdm=True,
+        include_num_input_tokens_seen=True, dataloader_num_workers=0, seed=0,
+        **({"ddp_backend": "gloo"} if world > 1 else {}),
+    )  # fmt: skip
+    cb = ScalingLawCallback(run_dir)
+    transformers.Trainer(model=model, args=args, train_dataset=data, callbacks=[cb]).train()
+
+
+if __name__ == "__main__":
+    main(sys.argv[1])
