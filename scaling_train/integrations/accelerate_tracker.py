@@ -6,6 +6,17 @@
     accelerator.log({"loss": loss, "tokens": tokens_seen}, step=step)   # step = optimizer steps done
     accelerator.end_training()
 
+Per-token statistics and the gradient noise scale, as the transformers callback gives them: call
+``tracker.watch(model, optimizer)`` on every process after ``accelerator.prepare`` (under DDP every rank
+registers the noise-scale comm hook). Each logged row then also carries ``tok_*`` (from the ``labels`` and
+``logits`` of the model's forward, or what you pass to ``tracker.watcher.update_logits`` /
+``update_lce``) and ``gns_*`` (one process: needs ``gradient_accumulation_steps >= 2``; DDP: rank 0's
+step gradient vs the all-reduced one). ``accelerator.register_for_checkpointing(tracker)`` keeps the
+noise-scale averages across a resume.
+
+Create the tracker once the distributed state exists (on CPU ``PartialState(cpu=True)`` under torchrun;
+GPUs are found by itself): accelerate's ``on_main_process`` decides at construction which process keeps it.
+
 Rows go through a ``MetricsStream`` (``metrics.jsonl`` durable first) and an in-process fitter that writes
 ``predictions.json``; ``prediction`` holds the latest one. Rows with ``step`` <= the last step already in
 the file are dropped, so a resumed loop that logs the same steps again writes each step once.
@@ -14,15 +25,20 @@ the file are dropped, so a resumed loop that logs the same steps again writes ea
 from __future__ import annotations
 
 import json
+import warnings
 from pathlib import Path
 from typing import Any
 
+import torch
 from accelerate.tracking import GeneralTracker, on_main_process
 
 from scaling_train._io import atomic_write
 from scaling_train.fitter.sink import FitterSink
 from scaling_train.integrations.hf import write_run_meta
+from scaling_train.integrations.watch import ModelWatcher, make_probe
+from scaling_train.metrics.gns import NoiseScaleTracker
 from scaling_train.metrics.jsonl import read_jsonl
+from scaling_train.metrics.stats import TokenStats
 from scaling_train.metrics.stream import MetricsStream
 
 
@@ -49,6 +65,64 @@ class ScalingLawTracker(GeneralTracker):
         rows = read_jsonl(self.stream.path).rows
         self.last_step = max([int(r.get("step", 0)) for r in rows] or [0])
 
+    watcher: ModelWatcher | None = None
+    gns_tracker: NoiseScaleTracker | None = None
+    _world = 1
+
+    def watch(
+        self, model: torch.nn.Module, optimizer: Any = None, *, token_stats: bool = True, gns: bool = True,
+        nll_bins: int = 32, pos_buckets: int = 8,
+    ) -> ModelWatcher:  # fmt: skip
+        """Hook the prepared ``model`` (and ``optimizer``, which marks optimizer steps for the noise scale).
+        Call on every process; only the main one keeps statistics."""
+        from accelerate.state import PartialState
+        from torch.nn.parallel import DistributedDataParallel
+
+        st = PartialState()
+        ddp = model if isinstance(model, DistributedDataParallel) else None
+        inner = ddp.module if ddp is not None else model
+        inner = getattr(inner, "_orig_mod", inner)  # torch.compile
+        dev = next(inner.parameters()).device
+        self._world = st.num_processes
+        self.gns_tracker = self.gns_tracker or NoiseScaleTracker(decay=0.9)
+        probe = None
+        if gns and optimizer is None:
+            warnings.warn(
+                "ScalingLawTracker.watch: gradient noise scale off: pass the optimizer", stacklevel=2
+            )
+        elif gns:
+            probe = make_probe(
+                inner, dev, world_size=st.num_processes, ddp=ddp, accum=None, who="ScalingLawTracker"
+            )
+        main = st.is_main_process
+        stats = (
+            TokenStats(n_bins=nll_bins, pos_buckets=pos_buckets, device=dev) if token_stats and main else None
+        )
+        self.watcher = ModelWatcher(
+            inner, dev, stats=stats, probe=probe, tracker=self.gns_tracker, who="ScalingLawTracker"
+        )
+        if probe is not None:
+            # the wrapped optimizer's own step runs once per optimizer step (accelerate skips it on
+            # accumulation micro-batches), after the last backward
+            getattr(optimizer, "optimizer", optimizer).register_step_pre_hook(lambda *a: self._end_step(main))
+        return self.watcher
+
+    def _end_step(self, main: bool) -> None:
+        w = self.watcher
+        if w is not None:
+            w.end_step()
+            if not main and w.probe is not None:  # nothing reads other ranks' sums
+                w.probe.sums.zero_()
+
+    def state_dict(self) -> dict[str, Any]:
+        """For ``accelerator.register_for_checkpointing(tracker)``: the noise-scale averages."""
+        return {"gns": self.gns_tracker.state_dict() if self.gns_tracker is not None else None}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        if state.get("gns") is not None:
+            self.gns_tracker = self.gns_tracker or NoiseScaleTracker(decay=0.9)
+            self.gns_tracker.load_state_dict(state["gns"])
+
     @property
     def tracker(self) -> MetricsStream:
         return self.stream
@@ -73,6 +147,10 @@ class ScalingLawTracker(GeneralTracker):
         row.update(
             {k: float(v) for k, v in values.items() if isinstance(v, (int, float)) or hasattr(v, "item")}
         )
+        if self.watcher is not None:
+            self.watcher.collect(row)  # one host transfer for the statistics and the noise scale
+            if "tokens" not in row:  # counted target tokens of rank 0, times the ranks
+                row["tokens"] = self.watcher.tok_count * self._world
         self.stream.write(row)
         self.stream.flush()
         self.last_step = step
@@ -82,3 +160,5 @@ class ScalingLawTracker(GeneralTracker):
         if self.last_step >= self.total_steps:
             atomic_write(self.run_dir / "DONE", json.dumps({"steps": self.last_step}))
         self.stream.close()
+        if self.watcher is not None:
+            self.watcher.remove()

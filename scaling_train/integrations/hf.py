@@ -27,7 +27,6 @@ from __future__ import annotations
 import json
 import math
 import time
-import warnings
 from pathlib import Path
 from typing import Any
 
@@ -37,7 +36,8 @@ from transformers import TrainerCallback
 from transformers.trainer_callback import ExportableState
 
 from scaling_train._io import atomic_write
-from scaling_train.metrics.gns import DDPGNSState, NoiseScaleTracker, ddp_gns_hook
+from scaling_train.integrations.watch import ModelWatcher, find_ddp, make_probe
+from scaling_train.metrics.gns import NoiseScaleTracker
 from scaling_train.metrics.stats import TokenStats
 from scaling_train.metrics.stream import MetricsStream
 
@@ -93,103 +93,6 @@ def offset_after_step(path: Path, step: int) -> int:
     return end
 
 
-class _GradProbe:
-    """Squared norms of the cumulative gradient after each micro-batch's backward, via
-    ``register_post_accumulate_grad_hook`` (runs before any clipping)."""
-
-    def __init__(self, model: torch.nn.Module, device: torch.device) -> None:
-        self.params = [p for p in model.parameters() if p.requires_grad]
-        self.cur = torch.zeros(
-            (), dtype=torch.float64, device=device
-        )  # |cumulative grad|^2 of this micro-batch
-        self.first = torch.zeros((), dtype=torch.float64, device=device)
-        # window sums: [ratio^2 * |g_0|^2, |G_step|^2, n_steps, tokens mb0, tokens step]
-        self.sums = torch.zeros(5, dtype=torch.float64, device=device)
-        self.handles = [p.register_post_accumulate_grad_hook(self._hook) for p in self.params]
-        self.micro = 0
-        self.tok_first = torch.zeros((), dtype=torch.float64, device=device)
-        self.tok_step = torch.zeros((), dtype=torch.float64, device=device)
-
-    @torch.no_grad()
-    def _hook(self, p: torch.Tensor) -> None:
-        self.cur += p.grad.detach().double().pow(2).sum()
-
-    def start_micro(self, n_tokens: torch.Tensor) -> None:
-        """Called from the forward hook: the previous micro-batch's backward is complete."""
-        if self.micro == 1:
-            self.first.copy_(self.cur)
-        self.cur.zero_()
-        if self.micro == 0:
-            self.tok_first.copy_(n_tokens)
-        self.tok_step += n_tokens
-        self.micro += 1
-
-    @torch.no_grad()
-    def end_step(self) -> None:
-        if self.micro >= 2:
-            big = self.cur  # the last micro-batch's cumulative = whole step (hooks ran before clipping)
-            # loss normalised by the step's token count: grad after mb0 = (n0 / N) * mean grad of mb0
-            ratio = self.tok_step / self.tok_first.clamp(min=1)
-            self.sums += torch.stack(
-                [ratio.pow(2) * self.first, big, torch.ones_like(big), self.tok_first, self.tok_step]
-            )
-        self.micro = 0
-        self.cur.zero_()
-        self.tok_step.zero_()
-
-    def remove(self) -> None:
-        for h in self.handles:
-            h.remove()
-
-
-class _DDPProbe:
-    """Under DDP: this rank's whole-step gradient (small batch) and the all-reduced one (big batch),
-    squared bucket by bucket in ``ddp_gns_hook`` on the ``DistributedDataParallel`` wrapper, before any
-    clipping. Window sums laid out as ``_GradProbe``'s. The big batch's tokens are this rank's times the
-    world size (the ranks' batches are taken as equal in size)."""
-
-    def __init__(self, ddp: torch.nn.Module, device: torch.device, world_size: int) -> None:
-        self.world = world_size
-        self.state = DDPGNSState(process_group=ddp.process_group, world_size=world_size)
-        self.state.sums = self.state.sums.to(device)
-        ddp.register_comm_hook(self.state, ddp_gns_hook)  # before the first backward (first step)
-        self.tok_step = torch.zeros((), dtype=torch.float64, device=device)
-        self.sums = torch.zeros(5, dtype=torch.float64, device=device)
-
-    def start_micro(self, n_tokens: torch.Tensor) -> None:
-        self.tok_step += n_tokens
-
-    @torch.no_grad()
-    def end_step(self) -> None:
-        s = self.state.sums  # [|local|^2, |averaged|^2, -]: summed over buckets by the hook
-        one = torch.ones_like(s[0])
-        self.sums += torch.stack([s[0], s[1], one, self.tok_step, self.tok_step * self.world])
-        s.zero_()
-        self.tok_step.zero_()
-
-    def remove(self) -> None:
-        pass  # DDP cannot unregister a comm hook; it keeps all-reducing as the default hook does
-
-
-def _find_ddp(model: torch.nn.Module) -> torch.nn.Module | None:
-    """The ``DistributedDataParallel`` wrapping ``model``: callbacks get the bare model, and the Trainer
-    keeps the wrapper to itself, so look for it once among the live objects."""
-    import gc
-
-    from torch.nn.parallel import DistributedDataParallel
-
-    for o in gc.get_objects():
-        try:
-            if isinstance(o, DistributedDataParallel) and model in (
-                o.module,
-                getattr(o.module, "_orig_mod", None),
-            ):
-                return o
-        except Exception:  # exotic objects whose isinstance or attributes raise
-            continue
-    return None
-
-
 class ScalingLawCallback(TrainerCallback, ExportableState):
     def __init__(
         self,
@@ -212,11 +115,8 @@ class ScalingLawCallback(TrainerCallback, ExportableState):
         self.metrics_offset, self.tokens, self.gns_state = metrics_offset, float(tokens), gns_state
         self.stream: MetricsStream | None = None
         self.fitter = None
-        self.stats: TokenStats | None = None
-        self.probe: _GradProbe | _DDPProbe | None = None
+        self.watch: ModelWatcher | None = None  # statistics and noise-scale probe, made at the first step
         self.tracker = NoiseScaleTracker(decay=0.9)
-        self._hooks: list = []
-        self._fused_out: Any = None
         self._last_flush = time.perf_counter()
         self._last_tokens = 0.0
         self.stopped_early = False
@@ -254,38 +154,13 @@ class ScalingLawCallback(TrainerCallback, ExportableState):
             h = cap.pop("h")[:, :-1]  # (B, T-1, H): position t predicts label t+1
             y = labels[:, 1:].contiguous()
             out = linear_cross_entropy(h, head.weight, y, bias=getattr(head, "bias", None), reduction="sum")
-            self._fused_out = (out, y)
+            if self.watch is not None:
+                self.watch.fused_out = (out, y)  # statistics taken after this micro-batch's backward
             n = num_items_in_batch if num_items_in_batch is not None else (y != -100).sum()
             return out.loss / n
 
         self._fused = True
         return compute_loss
-
-    # ------------------------------------------------------------ hooks
-    def _forward_hook(self, module: torch.nn.Module, args: tuple, kwargs: dict, output: Any) -> None:
-        if not module.training:
-            return
-        labels = kwargs.get("labels")
-        n_tok = None
-        if self._fused_out is not None:
-            pass  # stats are taken in on_substep/step from the fused output (computed after forward)
-        elif labels is not None and self.stats is not None:
-            logits = output["logits"] if isinstance(output, dict) else output.logits
-            if logits.shape[-1] > 0:
-                nll = self.stats.update_logits(logits.detach(), labels)
-                del nll
-        if labels is None:
-            labels = kwargs.get("input_ids")
-        if labels is not None:
-            n_tok = (labels[:, 1:] != -100).sum().double()
-        if self.probe is not None and n_tok is not None:
-            self.probe.start_micro(n_tok)
-
-    def _consume_fused(self) -> None:
-        if self._fused_out is not None and self.stats is not None:
-            out, y = self._fused_out
-            self.stats.update_lce(out, y)
-        self._fused_out = None
 
     # ------------------------------------------------------------ callback events
     def on_step_begin(self, args, state, control, model=None, lr_scheduler=None, **kw):
@@ -297,7 +172,8 @@ class ScalingLawCallback(TrainerCallback, ExportableState):
             self._setup(args, state, model, lr_scheduler)
         else:  # other ranks write nothing, but under DDP their comm hook must match rank 0's
             self._setup_done = True
-            self.probe = self._ddp_probe(args, model, next(model.parameters()).device)
+            if self.gns and args.world_size > 1:
+                self._watch(args, model, stats=None)
 
     def _setup(self, args, state, model, lr_scheduler) -> None:
         self._setup_done = True
@@ -331,37 +207,24 @@ class ScalingLawCallback(TrainerCallback, ExportableState):
             self.tokens = 0.0
         if self.gns_state:
             self.tracker.load_state_dict(self.gns_state)
+        stats = None
         if self.token_stats:
-            self.stats = TokenStats(n_bins=self.nll_bins, pos_buckets=self.pos_buckets, device=dev)
-        if args.world_size > 1:
-            self.probe = self._ddp_probe(args, model, dev)
-        elif self.gns and accum >= 2:
-            self.probe = _GradProbe(model, dev)
-        elif self.gns:
-            warnings.warn(
-                f"ScalingLawCallback: gradient noise scale off: gradient_accumulation_steps={accum} < 2 in "
-                "one process (it needs two batch sizes: micro-batch and step)",
-                stacklevel=2,
-            )
-        self._hooks.append(model.register_forward_hook(self._forward_hook, with_kwargs=True))
+            stats = TokenStats(n_bins=self.nll_bins, pos_buckets=self.pos_buckets, device=dev)
+        self._watch(args, model, stats=stats)
         self._last_tokens = self.tokens
 
-    def _ddp_probe(self, args, model, dev) -> _DDPProbe | None:
-        if not self.gns:
-            return None
-        ddp = _find_ddp(model)
-        if ddp is None:
-            warnings.warn(
-                f"ScalingLawCallback: gradient noise scale off: world_size={args.world_size} but the model is "
-                "not wrapped in DistributedDataParallel (FSDP and DeepSpeed are not supported)",
-                stacklevel=2,
-            )
-            return None
-        try:
-            return _DDPProbe(ddp, dev, args.world_size)
-        except RuntimeError as e:  # e.g. a comm hook is already registered (DDP allows one)
-            warnings.warn(f"ScalingLawCallback: gradient noise scale off: {e}", stacklevel=2)
-            return None
+    def _watch(self, args, model, *, stats: TokenStats | None) -> None:
+        dev = next(model.parameters()).device
+        probe = None
+        if self.gns:
+            ddp = find_ddp(model) if args.world_size > 1 else None
+            probe = make_probe(
+                model, dev, world_size=args.world_size, ddp=ddp, accum=args.gradient_accumulation_steps,
+                who="ScalingLawCallback",
+            )  # fmt: skip
+        self.watch = ModelWatcher(
+            model, dev, stats=stats, probe=probe, tracker=self.tracker, who="ScalingLawCallback"
+        )
 
     @staticmethod
     def _lr_schedule(args, state, sched) -> list[float]:
@@ -373,14 +236,14 @@ class ScalingLawCallback(TrainerCallback, ExportableState):
         return [float(args.learning_rate)] * T
 
     def on_substep_end(self, args, state, control, **kw):
-        self._consume_fused()
+        if self.watch is not None:
+            self.watch.take_fused()
 
     def on_pre_optimizer_step(self, args, state, control, **kw):
-        self._consume_fused()
-        if self.probe is not None:
-            self.probe.end_step()
-            if self.stream is None:  # not rank 0: nothing reads the sums
-                self.probe.sums.zero_()
+        if self.watch is not None:
+            self.watch.end_step()
+            if self.stream is None and self.watch.probe is not None:  # not rank 0: nothing reads the sums
+                self.watch.probe.sums.zero_()
 
     def on_log(self, args, state, control, logs=None, **kw):
         if self.stream is None or not logs or "loss" not in logs:
@@ -395,25 +258,12 @@ class ScalingLawCallback(TrainerCallback, ExportableState):
                 )
                 self.stream.flush()
             return
-        parts = [
-            t
-            for t in (self.stats.values() if self.stats else None, self.probe.sums if self.probe else None)
-            if t is not None
-        ]
-        vals = torch.cat(parts).tolist() if parts else []  # sync: one host transfer per logged row
         row: dict[str, Any] = {"step": state.global_step, "loss": float(logs["loss"])}
         for k in ("learning_rate", "grad_norm"):
             if k in logs:
                 row["lr" if k == "learning_rate" else k] = float(logs[k])
-        if self.stats is not None:
-            row.update(self.stats.summarize(vals[: self.stats.size]))
-            self.stats.reset()
-            vals = vals[self.stats.size :]
-        if self.probe is not None:
-            s_small, s_big, n, t0, tN = vals[:5]
-            if n > 0:
-                row.update(self.tracker.summarize([s_small, s_big, n], t0 / n, tN / n))
-            self.probe.sums.zero_()
+        if self.watch is not None:
+            self.watch.collect(row)  # one host transfer for the statistics and the noise scale
         seen = getattr(state, "num_input_tokens_seen", 0) or 0
         self.tokens = float(seen) if seen else self.tokens + row.get("tok_count", 0.0)
         row["tokens"] = self.tokens
@@ -437,11 +287,8 @@ class ScalingLawCallback(TrainerCallback, ExportableState):
     def on_train_end(self, args, state, control, **kw):
         if self.stream is None:
             return
-        for h in self._hooks:
-            h.remove()
-        self._hooks.clear()
-        if self.probe is not None:
-            self.probe.remove()
+        if self.watch is not None:
+            self.watch.remove()
         self.stream.flush()
         done = {"steps": state.global_step, "tokens": self.tokens, "stopped_early": self.stopped_early}
         if state.global_step >= state.max_steps:

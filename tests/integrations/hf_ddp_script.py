@@ -11,30 +11,15 @@ from __future__ import annotations
 import os
 import sys
 
-import torch
+import tiny_gpt2  # this folder (the script's own)
 import transformers
 
 from scaling_train.integrations import ScalingLawCallback
 
-V, T = 97, 32
-
 
 def main(run_dir: str) -> None:
     world = int(os.environ.get("WORLD_SIZE", "1"))
-    torch.manual_seed(0)
-    cfg = transformers.GPT2Config(
-        vocab_size=V, n_positions=T, n_embd=32, n_layer=2, n_head=2, resid_pdrop=0.0, embd_pdrop=0.0,
-        attn_pdrop=0.0,
-    )  # fmt: skip
-    model = transformers.GPT2LMHeadModel(cfg)
-    g = torch.Generator().manual_seed(1)
-    data = []
-    for _ in range(64):  # a learnable pattern (next = 3 * token + 1 mod V): a clear gradient signal
-        x = [int(torch.randint(0, V, (1,), generator=g))]
-        for _ in range(T - 1):
-            x.append((x[-1] * 3 + 1) % V)
-        ids = torch.tensor(x)
-        data.append({"input_ids": ids, "labels": ids.clone()})
+    model, data = tiny_gpt2.model(), tiny_gpt2.pattern_data(64)
     args = transformers.TrainingArguments(
         output_dir=os.path.join(run_dir, "hf_out"), max_steps=8, per_device_train_batch_size=4,
         gradient_accumulation_steps=2 if world == 1 else 1, logging_steps=2, learning_rate=3e-3,

@@ -38,3 +38,70 @@ def test_tracker_writes_rows_and_predictions(tmp_path):
     assert json.loads((tmp_path / "run" / "hparams.json").read_text()) == {"lr": 1e-3}
     final = json.loads((tmp_path / "run" / "predictions.json").read_text())
     assert final["status"] == "done" and math.isclose(final["loss"], rows[-1]["loss"])
+
+
+def _run(script, run_dir, nproc: int) -> list[dict]:
+    import os
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    repo = Path(__file__).resolve().parents[2]
+    pre = ["-m", "torch.distributed.run", "--standalone", "--nproc_per_node", str(nproc)] if nproc > 1 else []
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(repo)}
+    res = subprocess.run(
+        [sys.executable, *pre, str(script), str(run_dir)], env=env, capture_output=True, text=True, timeout=600,
+        cwd=repo,
+    )  # fmt: skip
+    assert res.returncode == 0, res.stdout[-3000:] + res.stderr[-5000:]
+    return read_jsonl(run_dir / "metrics.jsonl").rows
+
+
+@pytest.fixture(scope="module")
+def one_process(tmp_path_factory):
+    from pathlib import Path
+
+    run_dir = tmp_path_factory.mktemp("acc") / "one"
+    rows = _run(Path(__file__).with_name("accelerate_script.py"), run_dir, 1)
+    return rows, json.loads((run_dir / "manual.json").read_text())
+
+
+def test_watch_gives_token_stats_and_noise_scale(one_process):
+    rows, manual = one_process
+    assert [r["step"] for r in rows] == [2, 4, 6, 8]
+    for i, r in enumerate(rows):
+        win = manual[2 * i : 2 * i + 2]  # the two optimizer steps of this row's window
+        assert r["gns_sq_small"] == pytest.approx(sum(m[0] for m in win) / 2, rel=1e-6)
+        assert r["gns_sq_big"] == pytest.approx(sum(m[1] for m in win) / 2, rel=1e-6)
+        assert r["tok_nll"] == pytest.approx(r["loss"], rel=1e-4)  # the model's loss: mean over targets
+        assert r["tok_count"] == 2 * 8 * 31 and r["tokens"] == (i + 1) * 2 * 8 * 31
+        assert 0 <= r["tok_acc"] <= 1 and sum(r["tok_nll_hist"]) == pytest.approx(1.0)
+    assert math.isfinite(rows[-1]["gns_b_simple"]) and rows[-1]["gns_b_simple"] > 0
+
+
+@pytest.mark.multiproc
+@pytest.mark.slow
+def test_watch_under_ddp_matches_one_process(tmp_path, one_process):
+    from pathlib import Path
+
+    one, _ = one_process
+    ddp = _run(Path(__file__).with_name("accelerate_script.py"), tmp_path / "ddp", 2)
+    assert [r["step"] for r in ddp] == [r["step"] for r in one]
+    for a, b in zip(ddp, one):
+        assert a["loss"] == pytest.approx(b["loss"], rel=1e-4)
+        assert a["tokens"] == b["tokens"]  # rank 0's counted targets x 2 ranks
+        for k in ("gns_sq_small", "gns_sq_big"):
+            assert a[k] == pytest.approx(b[k], rel=1e-3), k
+        # token statistics are rank 0's half of each step
+        assert a["tok_count"] == b["tok_count"] / 2 and 0 <= a["tok_acc"] <= 1
+
+
+def test_noise_scale_state_round_trip(tmp_path):
+    from scaling_train.metrics.gns import NoiseScaleTracker
+
+    tr = ScalingLawTracker(tmp_path / "run", total_steps=2, lr_schedule=[1e-3, 1e-3], params=10)
+    tr.gns_tracker = NoiseScaleTracker()
+    tr.gns_tracker.summarize([4.0, 1.0, 1.0], 32.0, 64.0)
+    tr2 = ScalingLawTracker(tmp_path / "run2", total_steps=2, lr_schedule=[1e-3, 1e-3], params=10)
+    tr2.load_state_dict(tr.state_dict())
+    assert tr2.gns_tracker.state_dict() == tr.gns_tracker.state_dict() and tr2.gns_tracker.gns.n_updates == 1
