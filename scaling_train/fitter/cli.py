@@ -4,7 +4,9 @@
     scaling-train fit runs/my_sweep --follow              # keep tailing (Ctrl-C to stop; restart resumes)
     scaling-train fit runs/my_sweep --follow --until-done # exit once every run is DONE or diverged
 
-Writes RUN/predictions.json for each run and SWEEP_DIR/sweep_law.json (both atomically).
+Writes RUN/predictions.json for each run and SWEEP_DIR/sweep_law.json (both atomically). When the runs
+log to W&B (their ``metrics.wandb.mode``) or ``--wandb offline|online`` is given, the predictions and laws
+also go to a W&B run of the sweep's group as they change (``scaling_train/fitter/wandb_log.py``).
 """
 
 from __future__ import annotations
@@ -24,19 +26,78 @@ def _cmd_fit(args: argparse.Namespace) -> int:
     if args.interval <= 0:
         raise ConfigError(f"--interval={args.interval} must be > 0 seconds")
     fitter = SweepFitter(sweep)
-    if not args.follow:
-        fitter.follow(interval=args.interval, max_polls=1)
-        law = fitter.write_law()
-        print(f"[fit] {len(fitter.tails)} runs; sweep law -> {sweep / 'sweep_law.json'}")
-        for k in ("chinchilla", "isoflop", "critical_batch"):
-            print(f"[fit]   {k}: {law[k].get('error', 'ok')}")
-        return 0
-    return fitter.follow(
-        interval=args.interval,
-        until_done=args.until_done,
-        max_polls=args.max_polls,
-        report=not args.no_report,
-    )
+    wb = _WandbHook(fitter, mode=args.wandb, project=args.wandb_project)
+    try:
+        if not args.follow:
+            fitter.follow(interval=args.interval, max_polls=1)
+            law = fitter.last_law = fitter.write_law()
+            wb(set(fitter.predictions))
+            print(f"[fit] {len(fitter.tails)} runs; sweep law -> {sweep / 'sweep_law.json'}")
+            for k in ("chinchilla", "isoflop", "critical_batch"):
+                print(f"[fit]   {k}: {law[k].get('error', 'ok')}")
+            return 0
+        return fitter.follow(
+            interval=args.interval,
+            until_done=args.until_done,
+            max_polls=args.max_polls,
+            report=not args.no_report,
+            on_refit=wb,
+        )
+    finally:
+        wb.close()
+
+
+class _WandbHook:
+    """Logs predictions and laws to the fitter's W&B run after each refit; W&B trouble turns it off
+    with one message and never stops the fitter."""
+
+    def __init__(self, fitter, *, mode: str, project: str | None) -> None:
+        self.fitter, self.mode, self.project = fitter, mode, project
+        self.wb = None
+        self.off = mode == "disabled"
+        self._checked: set[str] = set()  # runs whose config.yaml had W&B off (mode auto)
+
+    def _open(self) -> bool:
+        from scaling_train.fitter.wandb_log import FitterWandb, settings_from_runs
+        from scaling_train.metrics.config import WandbConfig
+
+        dirs = [t.run_dir for n, t in self.fitter.tails.items() if n not in self._checked]
+        found = settings_from_runs(dirs)
+        if found is None and self.mode == "auto":
+            self._checked.update(
+                t.run_dir.name for t in self.fitter.tails.values() if (t.run_dir / "config.yaml").is_file()
+            )
+            return False
+        cfg, sweep = found if found is not None else (WandbConfig(), None)
+        if self.mode != "auto":
+            cfg.mode = self.mode
+        if self.project:
+            cfg.project = self.project
+        self.wb = FitterWandb(self.fitter.sweep_dir, cfg, sweep_name=sweep)
+        self.fitter.log(
+            f"[fit] W&B: predictions and laws -> run {self.wb.run_id} ({cfg.mode}, group {cfg.group or sweep or self.fitter.sweep_dir.name})"
+        )
+        return True
+
+    def __call__(self, refit: set[str]) -> None:
+        if self.off:
+            return
+        try:
+            if self.wb is None:
+                if not self._open():
+                    return
+                refit = set(self.fitter.predictions)  # first entry: everything known so far
+            self.wb.log(refit, self.fitter.predictions, self.fitter.last_law)
+        except Exception as e:  # W&B must never stop the fitter
+            self.off = True
+            self.fitter.log(f"[fit] W&B logging off: {type(e).__name__}: {e}")
+
+    def close(self) -> None:
+        if self.wb is not None:
+            try:
+                self.wb.close()
+            except Exception as e:
+                self.fitter.log(f"[fit] W&B finish failed: {type(e).__name__}: {e}")
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -55,5 +116,12 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--max-polls", type=int, default=None, help="with --follow: exit after this many polls")
     p.add_argument(
         "--no-report", action="store_true", help="with --follow: do not refresh SWEEP_DIR/report.html"
+    )
+    p.add_argument(
+        "--wandb", choices=["auto", "disabled", "offline", "online"], default="auto",
+        help="log predictions and laws to a W&B run of the sweep's group (auto: as the runs' metrics.wandb)",
+    )  # fmt: skip
+    p.add_argument(
+        "--wandb-project", default=None, help="W&B project (default: the runs' metrics.wandb.project)"
     )
     p.set_defaults(func=_cmd_fit)

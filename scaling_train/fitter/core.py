@@ -18,6 +18,7 @@ from __future__ import annotations
 import json
 import math
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -66,6 +67,7 @@ class SweepFitter:
         self.predictions: dict[str, dict[str, Any]] = {}
         self.state_path = self.sweep_dir / STATE_FILE
         self.polls = 0
+        self.last_law: dict[str, Any] | None = None  # the sweep law last written
         if only is None:
             self._load_state()
 
@@ -106,7 +108,7 @@ class SweepFitter:
         changed = self.poll()
         refit = self._refit()
         if refit and self.write_sweep_law and self.only is None:
-            self.write_law()
+            self.last_law = self.write_law()
         if changed and self.only is None:
             self._save_state()
         return refit
@@ -276,11 +278,14 @@ class SweepFitter:
         until_done: bool = False,
         max_polls: int | None = None,
         report: bool = False,
+        on_refit: Callable[[set[str]], None] | None = None,
     ) -> int:
         """Poll until stopped; with ``report`` the sweep's report.html is refreshed (at most once a
-        minute, never raising) whenever a prediction changed."""
+        minute, never raising) whenever a prediction changed; ``on_refit(names)`` is called then too."""
         while True:
             refit = self.step()
+            if refit and on_refit is not None:
+                on_refit(refit)
             if refit and report and self.only is None:
                 from scaling_train.report import refresh_report
 

@@ -165,4 +165,5 @@ def find_runs(sweep_dir: Path) -> list[Path]:
     found = {p.parent for p in sweep_dir.glob("*/config.yaml")} | {
         p.parent for p in sweep_dir.glob("*/*/config.yaml")
     }
-    return sorted(p for p in found if "wandb" not in p.parts and "checkpoints" not in p.parts)
+    skip = {"wandb", "checkpoints"}  # W&B's and the trainer's own folders (relative parts only)
+    return sorted(p for p in found if not skip & set(p.relative_to(sweep_dir).parts))
