@@ -3,7 +3,8 @@
     Trainer(cfg, callbacks=[EvalCallback(tasks, every=100)])   # or RunConfig.evals (wired in the trainer)
 
 At a flush at or after each multiple of ``every`` (and at the last step) rank 0 scores every task with
-``trainer.raw_model`` under the backend's autocast and adds ``task/<name>/<metric>`` scalars to the row
+``trainer.raw_model`` under the backend's autocast (with sharded parameters -- FSDP, ZeRO-3 -- every
+rank does, in lockstep, sampling from rank 0's draws) and adds ``task/<name>/<metric>`` scalars to the row
 (the row is then written to ``metrics.jsonl`` and the other sinks by the trainer). Per-item records
 (log-likelihood of every choice, attempts and passes) go to ``RUN_DIR/evals.jsonl``, one line per
 (step, task); after a resume a step may appear twice there, the later line wins.
@@ -36,6 +37,13 @@ def parse_row_key(key: str) -> tuple[str, str] | None:
     return name, metric
 
 
+def _from_rank0(t: Any) -> Any:
+    import torch.distributed as dist
+
+    dist.broadcast(t, src=0)
+    return t
+
+
 class EvalCallback:
     """Evaluates ``tasks`` (or the tasks named by ``cfg.tasks``, built at train begin) every ``every`` steps."""
 
@@ -51,18 +59,19 @@ class EvalCallback:
         self._writer = None
         self.results: dict[str, TaskResult] = {}
         self.enabled = True
+        self.collective = False
 
     # ------------------------------------------------------------------ trainer hooks
     def on_train_begin(self, trainer: Any) -> None:
         from tokenizers import Tokenizer
 
-        if not trainer.backend.is_main:
-            return
-        if trainer.backend.world_size > 1 and getattr(trainer.backend, "name", "") in ("fsdp", "deepspeed"):
-            trainer.log(
-                f"[evals] off: parameters are sharded by {trainer.backend.name}; evals need whole weights on rank 0"
-            )
-            self.enabled = False
+        b = trainer.backend
+        # sharded parameters (FSDP, ZeRO-3): every rank runs the evals in lockstep (the forward gathers
+        # the shards), sampling follows rank 0's draws, and rank 0 keeps the results
+        self.collective = b.world_size > 1 and (
+            b.name == "fsdp" or (b.name == "deepspeed" and getattr(b, "zero_stage", None) == 3)
+        )
+        if not (b.is_main or self.collective):
             return
         data = trainer.data
         tok = Tokenizer.from_file(str(data.tokenizer_path))
@@ -77,16 +86,44 @@ class EvalCallback:
                 list(c.tasks), n_items=c.n_items, pass_until_items=c.pass_until_items, seed=c.seed,
                 corpus=d.corpus, val_fraction=d.val_fraction,
             )  # fmt: skip
-        if self.cfg.records and self.tasks:
+        self.tasks = self._fit_context(
+            self.tasks, trainer.cfg.model.seq_len, trainer.log if b.is_main else None
+        )
+        if self.cfg.records and self.tasks and b.is_main:
             from scaling_train.metrics.jsonl import JsonlWriter, rollback_jsonl
 
             # resumed from a checkpoint: records of steps after it are recomputed, drop the old ones
             rollback_jsonl(trainer.run_dir / "evals.jsonl", getattr(trainer, "start_step", 0))
             self._writer = JsonlWriter(trainer.run_dir / "evals.jsonl")
+        if not b.is_main:
+            return
         trainer.log(
-            f"[evals] {len(self.tasks)} task(s): "
+            f"[evals] {len(self.tasks)} task(s){' on every rank (sharded parameters)' if self.collective else ''}: "
             + ", ".join(f"{t.name} ({len(t)} items)" for t in self.tasks)
         )
+
+    def _fit_context(self, tasks: list[Task], T: int, log: Any) -> list[Task]:
+        """Items whose scored continuation (a choice, a cloze answer) is longer than the model's context
+        cannot be scored: drop them (and tasks left empty) with a message, rather than failing the run
+        at its first eval."""
+        out = []
+        for task in tasks:
+            if task.kind == "pass_until":
+                out.append(task)  # prompts keep their last tokens; samples are cut to the context
+                continue
+            keep = [
+                it for it in task.items
+                if all(len(self._encode(c)) <= T for c in (it.choices if task.kind == "multiple_choice" else (it.answer,)))
+            ]  # fmt: skip
+            dropped = len(task.items) - len(keep)
+            if dropped and log is not None:
+                log(
+                    f"[evals] {task.name}: {dropped} of {len(task.items)} items dropped: a continuation is "
+                    f"longer than model.seq_len={T} tokens"
+                )
+            if keep:
+                out.append(Task(task.name, task.kind, keep))
+        return out
 
     def _due(self, step: int, total: int, log_every: int) -> bool:
         prev = self._prev_step if self._prev_step is not None else step - log_every
@@ -98,9 +135,13 @@ class EvalCallback:
     def on_flush(self, trainer: Any, row: dict[str, Any]) -> None:
         step = int(row["step"])
         due = self._due(step, trainer.total_steps, trainer.cfg.train.log_every)
-        if not (due and self.enabled and trainer.backend.is_main and self.tasks):
+        main = trainer.backend.is_main
+        if not (due and self.enabled and (main or self.collective) and self.tasks):
             return
-        row.update(self.evaluate(trainer.raw_model, autocast=trainer.backend.autocast, step=step))
+        sync = _from_rank0 if self.collective else None
+        out = self.evaluate(trainer.raw_model, autocast=trainer.backend.autocast, step=step, sync=sync)
+        if main:
+            row.update(out)
 
     def on_train_end(self, trainer: Any) -> None:
         if self._writer is not None:
@@ -108,7 +149,9 @@ class EvalCallback:
             self._writer = None
 
     # ------------------------------------------------------------------ evaluation
-    def evaluate(self, model: Any, *, autocast: Any = None, step: int = 0) -> dict[str, float]:
+    def evaluate(
+        self, model: Any, *, autocast: Any = None, step: int = 0, sync: Any = None
+    ) -> dict[str, float]:
         """Score every task once; returns the row scalars and writes the per-item records."""
         c = self.cfg
         out: dict[str, float] = {}
@@ -119,7 +162,7 @@ class EvalCallback:
                 model, task, self._encode, self._decode, bos_id=self._eos, eos_id=self._eos,
                 batch_size=c.batch_size, autocast=autocast, max_attempts=c.max_attempts,
                 target_passes=c.target_passes, max_new_tokens=c.max_new_tokens, temperature=c.temperature,
-                seed=c.seed + step,
+                seed=c.seed + step, **({"sync": sync} if task.kind == "pass_until" else {}),
             )  # fmt: skip
             self.results[task.name] = res
             for k, v in res.metrics.items():

@@ -231,11 +231,13 @@ def sample_continuations(
     eos_id: int | None = None,
     generator: torch.Generator | None = None,
     autocast: Callable[[], Any] | None = None,
+    sync: Callable[[torch.Tensor], torch.Tensor] | None = None,
 ) -> list[list[int]]:
     """``n`` independent samples of up to ``max_new_tokens`` tokens after ``prompt`` (cut at EOS).
 
     Each step runs the model on the last ``seq_len`` tokens and draws from softmax(logits / temperature)
-    at the last position."""
+    at the last position. ``sync`` (sharded models, every rank sampling in lockstep) maps each step's
+    drawn tokens to rank 0's, so all ranks continue the same sequences."""
     if not prompt:
         raise ValueError("empty prompt; prepend a token (e.g. EOS)")
     if not temperature > 0:
@@ -250,6 +252,8 @@ def sample_continuations(
             logits = model(x[:, -T:])[:, -1].float()  # (n, V) last position only is kept
         probs = torch.softmax(logits.double() / temperature, dim=-1)
         nxt = torch.multinomial(probs, 1, generator=generator)  # (n, 1)
+        if sync is not None:
+            nxt = sync(nxt)
         new.append(nxt)
         x = torch.cat([x, nxt], dim=1)
     toks = torch.cat(new, dim=1).tolist()  # sync: one transfer per call
@@ -321,6 +325,7 @@ def evaluate_pass_until(
     seed: int = 0,
     confidence: float = 0.95,
     autocast: Callable[[], Any] | None = None,
+    sync: Callable[[torch.Tensor], torch.Tensor] | None = None,
 ) -> TaskResult:
     """Per item: sample in rounds of ``batch_size`` until ``target_passes`` passes or ``max_attempts``
     samples; samples of the last round after the stopping point are discarded, so the result is that
@@ -343,7 +348,7 @@ def evaluate_pass_until(
             r = min(batch_size, max_attempts - n)
             for toks in sample_continuations(
                 model, prompt, r, max_new_tokens=max_new_tokens, temperature=temperature, eos_id=eos_id,
-                generator=gen, autocast=autocast,
+                generator=gen, autocast=autocast, sync=sync,
             ):  # fmt: skip
                 n += 1
                 text = decode(toks)

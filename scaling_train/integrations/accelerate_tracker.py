@@ -35,7 +35,7 @@ from accelerate.tracking import GeneralTracker, on_main_process
 from scaling_train._io import atomic_write
 from scaling_train.fitter.sink import FitterSink
 from scaling_train.integrations.hf import write_run_meta
-from scaling_train.integrations.watch import ModelWatcher, make_probe
+from scaling_train.integrations.watch import ModelWatcher, check_args, make_probe
 from scaling_train.metrics.gns import NoiseScaleTracker
 from scaling_train.metrics.jsonl import read_jsonl
 from scaling_train.metrics.stats import TokenStats
@@ -53,6 +53,7 @@ class ScalingLawTracker(GeneralTracker):
         tokens_per_step: float | None = None, fit_every: int = 1,
     ) -> None:  # fmt: skip
         super().__init__()
+        check_args("ScalingLawTracker", fit_every=fit_every)
         if len(lr_schedule) != total_steps:
             raise ValueError(f"len(lr_schedule)={len(lr_schedule)} must equal total_steps={total_steps}")
         self.run_dir = Path(run_dir)
@@ -78,6 +79,7 @@ class ScalingLawTracker(GeneralTracker):
         from accelerate.state import PartialState
         from torch.nn.parallel import DistributedDataParallel
 
+        check_args("ScalingLawTracker.watch", nll_bins=nll_bins, pos_buckets=pos_buckets)
         st = PartialState()
         ddp = model if isinstance(model, DistributedDataParallel) else None
         inner = ddp.module if ddp is not None else model

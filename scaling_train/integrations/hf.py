@@ -36,7 +36,7 @@ from transformers import TrainerCallback
 from transformers.trainer_callback import ExportableState
 
 from scaling_train._io import atomic_write
-from scaling_train.integrations.watch import ModelWatcher, find_ddp, make_probe
+from scaling_train.integrations.watch import ModelWatcher, check_args, find_ddp, make_probe
 from scaling_train.metrics.gns import NoiseScaleTracker
 from scaling_train.metrics.stats import TokenStats
 from scaling_train.metrics.stream import MetricsStream
@@ -109,6 +109,10 @@ class ScalingLawCallback(TrainerCallback, ExportableState):
         tokens: float = 0.0,
         gns_state: dict | None = None,
     ) -> None:
+        check_args(
+            "ScalingLawCallback", tolerance=tolerance, min_progress=min_progress, fit_every=fit_every,
+            nll_bins=nll_bins, pos_buckets=pos_buckets,
+        )  # fmt: skip
         self.run_dir = str(run_dir)
         self.tolerance, self.min_progress, self.fit_every = tolerance, min_progress, fit_every
         self.token_stats, self.gns, self.nll_bins, self.pos_buckets = token_stats, gns, nll_bins, pos_buckets

@@ -15,6 +15,7 @@ reads; ``collect(row)`` adds the window's statistics to a metrics row with one h
 
 from __future__ import annotations
 
+import math
 import warnings
 from typing import Any
 
@@ -22,6 +23,25 @@ import torch
 
 from scaling_train.metrics.gns import DDPGNSState, NoiseScaleTracker, ddp_gns_hook
 from scaling_train.metrics.stats import TokenStats
+
+
+def check_args(who: str, **values: float | None) -> None:
+    """Errors that name the argument, its value and the allowed range (the integrations' constructors)."""
+    rules = {
+        "tolerance": (lambda v: v is None or (math.isfinite(v) and v > 0), "None or a finite number > 0"),
+        "min_progress": (lambda v: 0 <= v <= 1, "in [0, 1]"),
+        "fit_every": (lambda v: int(v) == v and v >= 1, "an integer >= 1"),
+        "nll_bins": (lambda v: int(v) == v and v >= 1, "an integer >= 1"),
+        "pos_buckets": (lambda v: int(v) == v and v >= 1, "an integer >= 1"),
+    }
+    for k, v in values.items():
+        ok, allowed = rules[k]
+        try:
+            good = ok(v)
+        except (TypeError, ValueError):
+            good = False
+        if not good:
+            raise ValueError(f"{who}: {k}={v!r} must be {allowed}")
 
 
 class AccumProbe:

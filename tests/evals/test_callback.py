@@ -76,3 +76,23 @@ def test_resume_rolls_back_eval_records(tiny_cfg):
     assert [r["step"] for r in read_jsonl(path, 0).rows] == [5, 10, 15]
     Trainer(tiny_cfg(**extra), log=lambda s: None).run()
     assert [r["step"] for r in read_jsonl(path, 0).rows] == [5, 10, 15, 20]
+
+
+def test_items_longer_than_the_context_are_dropped_with_a_message():
+    from scaling_train.evals.tasks import ClozeItem, MultipleChoiceItem, PassUntilItem, Task
+
+    cb = EvalCallback()
+    cb._encode = lambda s: list(range(len(s.split())))  # one token per word
+    mc = Task("mc", "multiple_choice", [
+        MultipleChoiceItem("ctx", ("a b", "c"), 0, id="fits"),
+        MultipleChoiceItem("ctx", ("a b c d e", "c"), 1, id="too-long"),
+    ])  # fmt: skip
+    cloze = Task("cl", "cloze", [ClozeItem("ctx", "a b c d e", id="too-long")])
+    pu = Task("pu", "pass_until", [PassUntilItem("a b c d e f g", verifier=bool)])
+    said = []
+    out = cb._fit_context([mc, cloze, pu], 4, said.append)
+    assert [t.name for t in out] == ["mc", "pu"] and [it.id for it in out[0].items] == ["fits"]
+    assert said == [
+        "[evals] mc: 1 of 2 items dropped: a continuation is longer than model.seq_len=4 tokens",
+        "[evals] cl: 1 of 1 items dropped: a continuation is longer than model.seq_len=4 tokens",
+    ]

@@ -172,3 +172,19 @@ def test_no_accumulation_single_process_says_noise_scale_is_off(tmp_path):
         tr.train()
     rows = read_jsonl(tmp_path / "run" / "metrics.jsonl").rows
     assert rows and all("gns_sq_small" not in r for r in rows) and "tok_nll" in rows[-1]
+
+
+@pytest.mark.parametrize(
+    "kw, msg",
+    [
+        ({"tolerance": 0.0}, "tolerance=0.0 must be None or a finite number > 0"),
+        ({"tolerance": float("nan")}, "tolerance=nan must be"),
+        ({"min_progress": 1.5}, r"min_progress=1.5 must be in \[0, 1\]"),
+        ({"fit_every": 0}, "fit_every=0 must be an integer >= 1"),
+        ({"nll_bins": 2.5}, "nll_bins=2.5 must be an integer >= 1"),
+        ({"pos_buckets": "8"}, "pos_buckets='8' must be an integer >= 1"),
+    ],
+)
+def test_bad_arguments_name_value_and_range(tmp_path, kw, msg):
+    with pytest.raises(ValueError, match=r"ScalingLawCallback: " + msg):
+        ScalingLawCallback(str(tmp_path / "run"), **kw)

@@ -118,3 +118,37 @@ def test_ddp_gradient_noise_scale_matches_accumulation(tmp_path, env):
         else:  # "nan" (JSON's spelling) until the |G|^2 estimate turns positive
             assert a["gns_b_simple"] == b["gns_b_simple"]
     assert sum(isinstance(r.get("gns_b_simple"), float) for r in one) >= 3
+
+
+EVALS = (
+    "evals.tasks=[next_line,compiles]", "evals.n_items=4", "evals.pass_until_items=2", "evals.max_attempts=4",
+    "evals.max_new_tokens=4", "evals.batch_size=4", "evals.every=4",
+)  # fmt: skip
+
+
+@pytest.fixture(scope="module")
+def single_evals(tmp_path_factory, env):
+    run = tmp_path_factory.mktemp("single_evals") / "run"
+    return _train(run, env, *EVALS), run
+
+
+@pytest.mark.parametrize("name", ["fsdp", "zero3"])
+def test_evals_with_sharded_parameters(tmp_path, env, single_evals, name):
+    """FSDP / ZeRO-3: every rank runs the evals (the forward gathers the shards), sampling follows rank 0,
+    rank 0 writes; the scores match one process with the same weights."""
+    one, one_dir = single_evals
+    rows = _train(tmp_path / "run", env, *STRATEGIES[name], *EVALS, nproc=2)
+    ev = [r for r in rows if any(k.startswith("task/") for k in r)]
+    ev1 = [r for r in one if any(k.startswith("task/") for k in r)]
+    assert [r["step"] for r in ev] == [r["step"] for r in ev1] == [4, 8]
+    for a, b in zip(ev, ev1):
+        for k in ("task/next_line/p_correct", "task/next_line/loglik_correct"):
+            assert a[k] == pytest.approx(b[k], rel=1e-3, abs=1e-4), k
+        assert 0 <= a["task/compiles/pass_rate"] <= 1 and 1 <= a["task/compiles/attempts"] <= 2 * 4
+    recs = [json.loads(ln) for ln in (tmp_path / "run" / "evals.jsonl").read_text().splitlines()]
+    assert sorted((r["step"], r["task"]) for r in recs) == [
+        (4, "compiles"),
+        (4, "next_line"),
+        (8, "compiles"),
+        (8, "next_line"),
+    ]
