@@ -33,3 +33,4 @@ def main(run_dir: str) -> None:
 
 if __name__ == "__main__":
     main(sys.argv[1])
+    tiny_gpt2.exit_cleanly()
