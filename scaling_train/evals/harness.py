@@ -247,15 +247,32 @@ def sample_continuations(
     x = torch.tensor(list(prompt), dtype=torch.int64, device=device).expand(n, -1)  # (n, P)
     ctx_mgr = autocast or nullcontext
     new = []
-    for _ in range(max_new_tokens):
+    # KV cache when the whole sample fits the context (the last input is P + max_new_tokens - 1 tokens):
+    # the prompt runs once (one row, shared by the n samples), then one token per step. Longer samples
+    # slide a window of the last seq_len tokens, recomputed at every step.
+    cache = None
+    if getattr(model, "supports_kv_cache", False) and x.shape[1] + max_new_tokens - 1 <= T:
+        from scaling_train.models.gpt import KVCache
+
+        cache = KVCache()
         with ctx_mgr():
-            logits = model(x[:, -T:])[:, -1].float()  # (n, V) last position only is kept
+            logits = model(x[:1], cache=cache)[:, -1].float().expand(n, -1)
+        cache.k = [k.expand(n, -1, -1, -1) for k in cache.k]
+        cache.v = [v.expand(n, -1, -1, -1) for v in cache.v]
+    for step in range(max_new_tokens):
+        if cache is None:
+            with ctx_mgr():
+                logits = model(x[:, -T:])[:, -1].float()  # (n, V) last position only is kept
+        elif step > 0:
+            with ctx_mgr():
+                logits = model(new[-1], cache=cache)[:, -1].float()
         probs = torch.softmax(logits.double() / temperature, dim=-1)
         nxt = torch.multinomial(probs, 1, generator=generator)  # (n, 1)
         if sync is not None:
             nxt = sync(nxt)
         new.append(nxt)
-        x = torch.cat([x, nxt], dim=1)
+        if cache is None:
+            x = torch.cat([x, nxt], dim=1)
     toks = torch.cat(new, dim=1).tolist()  # sync: one transfer per call
     if eos_id is not None:
         toks = [t[: t.index(eos_id)] if eos_id in t else t for t in toks]

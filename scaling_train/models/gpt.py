@@ -105,6 +105,27 @@ def apply_rope(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.T
     return out.type_as(x)
 
 
+class KVCache:
+    """Keys and values of every layer for the tokens already run (inference: incremental decoding).
+
+    ``GPT.hidden_states(idx, cache=c)`` runs ``idx`` at positions ``c.pos ..`` and appends to the cache;
+    rows of one batch advance together. Positions cannot exceed ``model.seq_len`` (RoPE tables)."""
+
+    def __init__(self) -> None:
+        self.k: list[torch.Tensor] = []
+        self.v: list[torch.Tensor] = []
+        self.pos = 0
+
+    def extend(self, layer: int, k: torch.Tensor, v: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        if layer == len(self.k):
+            self.k.append(k)
+            self.v.append(v)
+        else:
+            self.k[layer] = torch.cat([self.k[layer], k], dim=2)
+            self.v[layer] = torch.cat([self.v[layer], v], dim=2)
+        return self.k[layer], self.v[layer]
+
+
 class Attention(nn.Module):
     def __init__(self, cfg: ModelConfig) -> None:
         super().__init__()
@@ -115,10 +136,24 @@ class Attention(nn.Module):
         # muP: attention logits scale 1/head_dim instead of 1/sqrt(head_dim) (equal at the base width)
         self.scale = math.sqrt(cfg.mup_base_width / cfg.n_heads) / self.head_dim if cfg.mup else None
 
-    def forward(self, x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, mask: torch.Tensor | None):
+    def forward(
+        self, x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, mask: torch.Tensor | None,
+        cache: KVCache | None = None, layer: int = 0,
+    ):  # fmt: skip
         B, T, C = x.shape
         q, k, v = self.qkv(x).view(B, T, 3, self.n_heads, self.head_dim).permute(2, 0, 3, 1, 4)
         q, k = apply_rope(q, cos, sin), apply_rope(k, cos, sin)  # (B, n_heads, T, head_dim)
+        if cache is not None and (cache.pos > 0 or layer < len(cache.k)):
+            k, v = cache.extend(layer, k, v)  # (B, n_heads, S, head_dim), S = cached + T
+            S = k.shape[2]
+            # the new queries sit at positions S-T .. S-1: causal over the whole cache
+            causal = (
+                None if T == 1 else torch.ones(T, S, dtype=torch.bool, device=x.device).tril(diagonal=S - T)
+            )
+            y = F.scaled_dot_product_attention(q, k, v, attn_mask=causal, scale=self.scale)
+            return self.proj(y.transpose(1, 2).reshape(B, T, C))
+        if cache is not None:
+            cache.extend(layer, k, v)
         if mask is None:
             y = F.scaled_dot_product_attention(q, k, v, is_causal=True, scale=self.scale)
         else:
@@ -145,8 +180,8 @@ class Block(nn.Module):
         self.norm_mlp = RMSNorm(cfg.d_model, cfg.norm_eps)  # type: ignore[arg-type]
         self.mlp = SwiGLU(cfg.d_model, cfg.d_ff)  # type: ignore[arg-type]
 
-    def forward(self, x, cos, sin, mask):
-        x = x + self.attn(self.norm_attn(x), cos, sin, mask)
+    def forward(self, x, cos, sin, mask, cache: KVCache | None = None, layer: int = 0):
+        x = x + self.attn(self.norm_attn(x), cos, sin, mask, cache, layer)
         return x + self.mlp(self.norm_mlp(x))
 
 
@@ -193,6 +228,8 @@ class LMHead(nn.Module):
 
 
 class GPT(nn.Module):
+    supports_kv_cache = True  # forward(..., cache=KVCache()): incremental decoding (evals' sampling)
+
     def __init__(self, cfg: ModelConfig) -> None:
         super().__init__()
         if cfg.vocab_size is None:
@@ -265,19 +302,32 @@ class GPT(nn.Module):
         return [g for g in groups if g["params"]]
 
     # ------------------------------------------------------------------- forward
-    def hidden_states(self, idx: torch.Tensor, segment_ids: torch.Tensor | None = None) -> torch.Tensor:
+    def hidden_states(
+        self, idx: torch.Tensor, segment_ids: torch.Tensor | None = None, *, cache: KVCache | None = None
+    ) -> torch.Tensor:
+        """Final hidden states (B, T, d_model). With ``cache`` (inference), ``idx`` continues the cached
+        tokens: positions ``cache.pos ..``, keys and values appended to the cache."""
         B, T = idx.shape
-        if T > self.cfg.seq_len:
-            raise ValueError(f"sequence length {T} exceeds model.seq_len={self.cfg.seq_len}")
+        p0 = cache.pos if cache is not None else 0
+        if p0 + T > self.cfg.seq_len:
+            where = f" after {p0} cached tokens" if p0 else ""
+            raise ValueError(f"sequence length {T}{where} exceeds model.seq_len={self.cfg.seq_len}")
+        if cache is not None and segment_ids is not None:
+            raise ValueError("segment_ids with a KV cache: incremental decoding runs one document per row")
         mask = None
         if self.cfg.attn_doc_mask and segment_ids is not None:
             causal = torch.ones(T, T, dtype=torch.bool, device=idx.device).tril()
             same = segment_ids[:, :, None] == segment_ids[:, None, :]  # (B, T, T)
             mask = (same & causal)[:, None]  # (B, 1, T, T)
         x = self.wte(idx)  # (B, T, d_model)
-        cos, sin = self.rope_cos[:T], self.rope_sin[:T]
-        for block in self.blocks:
-            x = block(x, cos, sin, mask)
+        cos, sin = self.rope_cos[p0 : p0 + T], self.rope_sin[p0 : p0 + T]
+        if cache is None:
+            for block in self.blocks:
+                x = block(x, cos, sin, mask)
+        else:
+            for i, block in enumerate(self.blocks):
+                x = block(x, cos, sin, mask, cache, i)
+            cache.pos += T
         x = self.norm_f(x)
         if self.cfg.mup:
             x = x / self.cfg.width_mult  # muP readout multiplier 1/m, applied before the LM head
@@ -292,12 +342,14 @@ class GPT(nn.Module):
         num_segments: int | None = None,
         ignore_index: int = -100,
         reduction: Literal["mean", "sum", "none"] = "mean",
+        cache: KVCache | None = None,
     ) -> LCEOutput | torch.Tensor:
         """``targets is None``: logits (B, T, V). Otherwise the fused loss's ``LCEOutput``.
 
         ``segment_ids`` (B, T) int64 give each token's sample index within the batch (-1 = none);
-        with ``num_segments`` the output carries per-sample NLL sums (``segment_nll``)."""
-        x = self.hidden_states(idx, segment_ids)
+        with ``num_segments`` the output carries per-sample NLL sums (``segment_nll``). ``cache``: see
+        ``hidden_states`` (incremental decoding; inference only)."""
+        x = self.hidden_states(idx, segment_ids, cache=cache)
         if targets is None:
             return self.lm_head(x)
         seg = segment_ids if segment_ids is not None and num_segments is not None else None

@@ -237,3 +237,25 @@ def test_bad_inputs_are_named():
     with pytest.raises(TypeError, match="item 0 is a ClozeItem"):
         Task("t", "multiple_choice", [ClozeItem("a", "b")])
     assert math.isfinite(score_continuations(model, [([1], [2])]).loglik[0])
+
+
+def test_sampling_with_kv_cache_draws_what_full_recompute_draws():
+    from scaling_train.evals.harness import sample_continuations
+
+    model = _model(seq_len=24).eval()
+    kw = dict(max_new_tokens=8, temperature=1.0)
+    prompt = [3, 5, 7, 11, 13]
+
+    def draw(m):
+        return sample_continuations(m, prompt, 6, generator=torch.Generator().manual_seed(4), **kw)
+
+    cached = draw(model)
+    type(model).supports_kv_cache = False  # the sliding-window path, recomputed at every step
+    try:
+        full = draw(model)
+    finally:
+        type(model).supports_kv_cache = True
+    assert cached == full and len(cached) == 6 and all(len(t) == 8 for t in cached)
+    # a sample that would not fit the context takes the sliding-window path: still 8 tokens each
+    long = sample_continuations(model, list(range(20)), 2, generator=torch.Generator().manual_seed(0), **kw)
+    assert all(len(t) == 8 for t in long)

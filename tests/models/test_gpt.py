@@ -105,3 +105,24 @@ def test_bad_model_config_messages():
     m = _model()
     with pytest.raises(ValueError, match="exceeds model.seq_len=32"):
         m(torch.zeros(1, 33, dtype=torch.long))
+
+
+@pytest.mark.parametrize("mup", [False, True])
+def test_kv_cache_decoding_equals_full_forward(mup):
+    from scaling_train.models.gpt import KVCache
+
+    kw = {"mup": True, "mup_base_width": 32} if mup else {}
+    m = _model(**kw).eval()
+    idx = torch.randint(0, 97, (3, 32))
+    with torch.no_grad():
+        full = m(idx)  # (3, 32, V)
+        cache = KVCache()
+        parts = [m(idx[:, :10], cache=cache)]  # prefill 10
+        parts += [m(idx[:, t : t + 1], cache=cache) for t in range(10, 20)]  # one token at a time
+        parts.append(m(idx[:, 20:32], cache=cache))  # a chunk of 12 after the cache
+    assert cache.pos == 32
+    torch.testing.assert_close(torch.cat(parts, dim=1), full, rtol=1e-4, atol=1e-4)
+    with pytest.raises(ValueError, match="sequence length 1 after 32 cached tokens exceeds model.seq_len=32"):
+        m(idx[:, :1], cache=cache)
+    with pytest.raises(ValueError, match="segment_ids with a KV cache"):
+        m.hidden_states(idx[:, :4], torch.zeros(3, 4, dtype=torch.int64), cache=KVCache())
