@@ -289,10 +289,11 @@ class ScalingLawCallback(TrainerCallback, ExportableState):
                 self.stopped_early = True
 
     def on_train_end(self, args, state, control, **kw):
+        if self.watch is not None:  # every rank: the forward hook and the gradient hooks go
+            self.watch.remove()
+            self.watch = None
         if self.stream is None:
             return
-        if self.watch is not None:
-            self.watch.remove()
         self.stream.flush()
         done = {"steps": state.global_step, "tokens": self.tokens, "stopped_early": self.stopped_early}
         if state.global_step >= state.max_steps:
