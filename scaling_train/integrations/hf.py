@@ -27,6 +27,7 @@ from __future__ import annotations
 import json
 import math
 import time
+import warnings
 from pathlib import Path
 from typing import Any
 
@@ -105,6 +106,7 @@ class ScalingLawCallback(TrainerCallback, ExportableState):
         gns: bool = True,
         nll_bins: int = 32,
         pos_buckets: int = 8,
+        wandb: bool | None = None,
         metrics_offset: int | None = None,
         tokens: float = 0.0,
         gns_state: dict | None = None,
@@ -116,6 +118,7 @@ class ScalingLawCallback(TrainerCallback, ExportableState):
         self.run_dir = str(run_dir)
         self.tolerance, self.min_progress, self.fit_every = tolerance, min_progress, fit_every
         self.token_stats, self.gns, self.nll_bins, self.pos_buckets = token_stats, gns, nll_bins, pos_buckets
+        self.wandb = wandb
         self.metrics_offset, self.tokens, self.gns_state = metrics_offset, float(tokens), gns_state
         self.stream: MetricsStream | None = None
         self.fitter = None
@@ -133,7 +136,7 @@ class ScalingLawCallback(TrainerCallback, ExportableState):
             "args": {
                 "run_dir": self.run_dir, "tolerance": self.tolerance, "min_progress": self.min_progress,
                 "fit_every": self.fit_every, "token_stats": self.token_stats, "gns": self.gns,
-                "nll_bins": self.nll_bins, "pos_buckets": self.pos_buckets,
+                "nll_bins": self.nll_bins, "pos_buckets": self.pos_buckets, "wandb": self.wandb,
             },
             "attributes": {"metrics_offset": offset, "tokens": self.tokens, "gns_state": self.tracker.state_dict()},
         }  # fmt: skip
@@ -194,6 +197,7 @@ class ScalingLawCallback(TrainerCallback, ExportableState):
 
         self.fitter = FitterSink(run_dir, every=self.fit_every)
         self.stream = MetricsStream(run_dir, sinks=[self.fitter])
+        self._mirror_to_wandb()
         if state.global_step > 0 and self.metrics_offset is None:
             # restore_callback_states_from_checkpoint=False (HF's default): take our state from the
             # checkpoint's trainer_state.json anyway, or else cut after the checkpoint's step
@@ -216,6 +220,27 @@ class ScalingLawCallback(TrainerCallback, ExportableState):
             stats = TokenStats(n_bins=self.nll_bins, pos_buckets=self.pos_buckets, device=dev)
         self._watch(args, model, stats=stats)
         self._last_tokens = self.tokens
+
+    def _mirror_to_wandb(self) -> None:
+        """Rows also go to the W&B run transformers' ``WandbCallback`` opened (``report_to="wandb"``), as
+        ``scaling/*`` against ``train/global_step``: ``wandb=None`` when there is one, ``True`` insists."""
+        if self.wandb is False:
+            return
+        import sys
+
+        wandb = sys.modules.get("wandb")  # only a W&B that someone already imported can have a run
+        run = getattr(wandb, "run", None) if wandb is not None else None
+        if run is None:
+            if self.wandb:
+                warnings.warn(
+                    "ScalingLawCallback(wandb=True): no active W&B run (add report_to='wandb' to the "
+                    "TrainingArguments); rows go to metrics.jsonl only",
+                    stacklevel=3,
+                )
+            return
+        from scaling_train.metrics.wandb_sink import WandbMirror
+
+        self.stream.add_sink(WandbMirror(run, self.run_dir))
 
     def _watch(self, args, model, *, stats: TokenStats | None) -> None:
         dev = next(model.parameters()).device

@@ -54,14 +54,7 @@ class WandbSink:
         atomic_write(p, json.dumps({"id": run_id, "logged_step": logged_step}))
 
     def _payload(self, row: dict[str, Any]) -> dict[str, Any]:
-        out: dict[str, Any] = {}
-        for k, v in row.items():
-            if k == "tok_nll_by_pos" and isinstance(v, list):
-                out.update({f"tok_nll_pos/{i}": x for i, x in enumerate(v) if x is not None})
-            elif k == "tok_nll_hist" and isinstance(v, list):
-                continue  # the histogram stays in metrics.jsonl (a W&B histogram per flush is heavy)
-            elif isinstance(v, (int, float)) and not isinstance(v, bool):
-                out[k] = v
+        out = row_payload(row)
         for k in FLOPS_KEYS:
             if k in out:
                 out[f"flops/{k}"] = out[k]
@@ -81,19 +74,8 @@ class WandbSink:
             self._save_id(self.run_id, last)
 
     def _log_prediction(self) -> None:
-        p = self.run_dir / "predictions.json"
-        try:
-            m = p.stat().st_mtime
-            if m == self._pred_mtime:
-                return
-            pred = json.loads(p.read_text())
-        except (OSError, ValueError):
-            return
-        self._pred_mtime = m
-        vals = {
-            f"pred/{k}": pred[k] for k in ("loss", "low", "high") if isinstance(pred.get(k), (int, float))
-        }
-        if vals and isinstance(pred.get("step"), int) and self.run.summary.get("tokens") is not None:
+        vals, self._pred_mtime = new_prediction(self.run_dir, self._pred_mtime)
+        if vals and self.run.summary.get("tokens") is not None:
             self.run.log({**vals, "tokens": self.run.summary.get("tokens")})
 
     def rollback(self, *, kept_step: int, logged_step: int) -> None:
@@ -101,6 +83,60 @@ class WandbSink:
 
     def close(self) -> None:
         self.run.finish()
+
+
+def row_payload(row: dict[str, Any]) -> dict[str, Any]:
+    """The numbers of a metrics row as W&B keys: lists become ``tok_nll_pos/<i>``; the NLL histogram stays
+    in metrics.jsonl (a W&B histogram per flush is heavy)."""
+    out: dict[str, Any] = {}
+    for k, v in row.items():
+        if k == "tok_nll_by_pos" and isinstance(v, list):
+            out.update({f"tok_nll_pos/{i}": x for i, x in enumerate(v) if x is not None})
+        elif isinstance(v, (int, float)) and not isinstance(v, bool):
+            out[k] = v
+    return out
+
+
+def new_prediction(run_dir: Path, last_mtime: float) -> tuple[dict[str, float], float]:
+    """``pred/{loss,low,high}`` of ``RUN_DIR/predictions.json`` if it changed since ``last_mtime``."""
+    p = run_dir / "predictions.json"
+    try:
+        m = p.stat().st_mtime
+        if m == last_mtime:
+            return {}, last_mtime
+        pred = json.loads(p.read_text())
+    except (OSError, ValueError):
+        return {}, last_mtime
+    if not isinstance(pred.get("step"), int):
+        return {}, m
+    return {f"pred/{k}": pred[k] for k in ("loss", "low", "high") if isinstance(pred.get(k), (int, float))}, m
+
+
+class WandbMirror:
+    """Sink onto a W&B run that another logger opened (transformers' ``WandbCallback``): each row under
+    ``prefix`` with ``step_key`` set to the row's step, so it shares that run's x-axis; the prediction as
+    ``<prefix>pred/*``. The run is not ours: ``close`` leaves it open."""
+
+    def __init__(
+        self, run: Any, run_dir: str | Path, *, prefix: str = "scaling/", step_key: str = "train/global_step"
+    ) -> None:
+        self.run, self.run_dir, self.prefix, self.step_key = run, Path(run_dir), prefix, step_key
+        self._pred_mtime = 0.0
+
+    def log(self, rows: list[dict[str, Any]]) -> None:
+        for row in rows:
+            if "step" not in row:
+                continue
+            data = {self.prefix + k: v for k, v in row_payload(row).items() if k != "step"}
+            vals, self._pred_mtime = new_prediction(self.run_dir, self._pred_mtime)
+            data.update({self.prefix + k: v for k, v in vals.items()})
+            self.run.log({**data, self.step_key: row["step"]})
+
+    def rollback(self, *, kept_step: int, logged_step: int) -> None:
+        pass  # resumed: the steps after the checkpoint are logged again, as the other logger does
+
+    def close(self) -> None:
+        pass
 
 
 def read_wandb_records(path: str | Path) -> list[Any]:

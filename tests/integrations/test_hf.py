@@ -188,3 +188,46 @@ def test_no_accumulation_single_process_says_noise_scale_is_off(tmp_path):
 def test_bad_arguments_name_value_and_range(tmp_path, kw, msg):
     with pytest.raises(ValueError, match=r"ScalingLawCallback: " + msg):
         ScalingLawCallback(str(tmp_path / "run"), **kw)
+
+
+def test_rows_mirrored_to_the_trainers_wandb_run(tmp_path, monkeypatch):
+    """report_to="wandb" (offline): our rows also land in HF's W&B run as scaling/* against
+    train/global_step (read back with wandb's own records)."""
+    wandb = pytest.importorskip("wandb")
+    from scaling_train.metrics.wandb_sink import read_wandb_records
+
+    monkeypatch.setenv("WANDB_MODE", "offline")
+    monkeypatch.setenv("WANDB_DIR", str(tmp_path))
+    monkeypatch.setenv("WANDB_SILENT", "true")
+    run_dir = tmp_path / "run"
+    tr = transformers.Trainer(
+        model=_model(), args=_args(tmp_path, report_to=["wandb"], max_steps=6), train_dataset=_data(),
+        callbacks=[ScalingLawCallback(str(run_dir))],
+    )  # fmt: skip
+    tr.train()
+    wandb.finish()
+    files = sorted(tmp_path.glob("wandb/offline-run-*/run-*.wandb"))
+    assert len(files) == 1
+    hist = []
+    for r in read_wandb_records(files[0]):
+        if r.WhichOneof("record_type") == "history":
+            hist.append(
+                {it.key or "/".join(it.nested_key): json.loads(it.value_json) for it in r.history.item}
+            )
+    ours = [h for h in hist if "scaling/tok_nll" in h]
+    assert [h["train/global_step"] for h in ours] == [2, 4, 6]
+    rows = [r for r in read_jsonl(run_dir / "metrics.jsonl").rows if "loss" in r]
+    for h, r in zip(ours, rows):
+        assert h["scaling/tok_nll"] == pytest.approx(r["tok_nll"]) and h["scaling/tokens"] == r["tokens"]
+        assert h["scaling/gns_sq_small"] == pytest.approx(r["gns_sq_small"])
+    assert any("scaling/pred/loss" in h for h in ours)
+
+
+def test_wandb_true_without_a_wandb_run_says_so(tmp_path):
+    cb = ScalingLawCallback(str(tmp_path / "run"), wandb=True)
+    tr = transformers.Trainer(
+        model=_model(), args=_args(tmp_path, max_steps=2), train_dataset=_data(), callbacks=[cb]
+    )
+    with pytest.warns(UserWarning, match=r"wandb=True\): no active W&B run"):
+        tr.train()
+    assert (tmp_path / "run" / "metrics.jsonl").stat().st_size > 0
