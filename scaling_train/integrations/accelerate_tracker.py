@@ -50,13 +50,15 @@ class ScalingLawTracker(GeneralTracker):
     @on_main_process
     def __init__(
         self, run_dir: str | Path, *, total_steps: int, lr_schedule: list[float], params: int | dict,
-        tokens_per_step: float | None = None, fit_every: int = 1,
+        tokens_per_step: float | None = None, fit_every: int = 1, wandb: bool | None = None,
     ) -> None:  # fmt: skip
         super().__init__()
         check_args("ScalingLawTracker", fit_every=fit_every)
         if len(lr_schedule) != total_steps:
             raise ValueError(f"len(lr_schedule)={len(lr_schedule)} must equal total_steps={total_steps}")
         self.run_dir = Path(run_dir)
+        self.wandb = wandb
+        self._mirror_checked = wandb is False
         p = params if isinstance(params, dict) else {"non_embedding": int(params), "total": int(params)}
         write_run_meta(self.run_dir, total_steps=total_steps, lr=[float(x) for x in lr_schedule], params=p,
                        tokens_per_step=tokens_per_step, extra={"source": "accelerate"})  # fmt: skip
@@ -153,9 +155,27 @@ class ScalingLawTracker(GeneralTracker):
             self.watcher.collect(row)  # one host transfer for the statistics and the noise scale
             if "tokens" not in row:  # counted target tokens of rank 0, times the ranks
                 row["tokens"] = self.watcher.tok_count * self._world
+        if not self._mirror_checked:
+            self._mirror_to_wandb()
         self.stream.write(row)
         self.stream.flush()
         self.last_step = step
+
+    def _mirror_to_wandb(self) -> None:
+        """Rows also go to the W&B run of accelerate's W&B tracker (``log_with=["wandb", tracker]``) as
+        ``scaling/*`` at the same step: ``wandb=None`` when there is one, ``True`` insists."""
+        from scaling_train.metrics.wandb_sink import WandbMirror, active_wandb_run
+
+        self._mirror_checked = True
+        run = active_wandb_run()
+        if run is not None:
+            self.stream.add_sink(WandbMirror(run, self.run_dir, step_key=None))
+        elif self.wandb:
+            warnings.warn(
+                "ScalingLawTracker(wandb=True): no active W&B run (add 'wandb' to log_with); rows go to "
+                "metrics.jsonl only",
+                stacklevel=3,
+            )
 
     @on_main_process
     def finish(self) -> None:

@@ -226,10 +226,9 @@ class ScalingLawCallback(TrainerCallback, ExportableState):
         ``scaling/*`` against ``train/global_step``: ``wandb=None`` when there is one, ``True`` insists."""
         if self.wandb is False:
             return
-        import sys
+        from scaling_train.metrics.wandb_sink import WandbMirror, active_wandb_run
 
-        wandb = sys.modules.get("wandb")  # only a W&B that someone already imported can have a run
-        run = getattr(wandb, "run", None) if wandb is not None else None
+        run = active_wandb_run()
         if run is None:
             if self.wandb:
                 warnings.warn(
@@ -238,8 +237,6 @@ class ScalingLawCallback(TrainerCallback, ExportableState):
                     stacklevel=3,
                 )
             return
-        from scaling_train.metrics.wandb_sink import WandbMirror
-
         self.stream.add_sink(WandbMirror(run, self.run_dir))
 
     def _watch(self, args, model, *, stats: TokenStats | None) -> None:

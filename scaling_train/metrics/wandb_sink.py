@@ -114,11 +114,17 @@ def new_prediction(run_dir: Path, last_mtime: float) -> tuple[dict[str, float], 
 
 class WandbMirror:
     """Sink onto a W&B run that another logger opened (transformers' ``WandbCallback``): each row under
-    ``prefix`` with ``step_key`` set to the row's step, so it shares that run's x-axis; the prediction as
+    ``prefix`` with ``step_key`` set to the row's step, so it shares that run's x-axis (``step_key=None``:
+    W&B's own step = the row's step, as accelerate's W&B tracker logs); the prediction as
     ``<prefix>pred/*``. The run is not ours: ``close`` leaves it open."""
 
     def __init__(
-        self, run: Any, run_dir: str | Path, *, prefix: str = "scaling/", step_key: str = "train/global_step"
+        self,
+        run: Any,
+        run_dir: str | Path,
+        *,
+        prefix: str = "scaling/",
+        step_key: str | None = "train/global_step",
     ) -> None:
         self.run, self.run_dir, self.prefix, self.step_key = run, Path(run_dir), prefix, step_key
         self._pred_mtime = 0.0
@@ -130,13 +136,24 @@ class WandbMirror:
             data = {self.prefix + k: v for k, v in row_payload(row).items() if k != "step"}
             vals, self._pred_mtime = new_prediction(self.run_dir, self._pred_mtime)
             data.update({self.prefix + k: v for k, v in vals.items()})
-            self.run.log({**data, self.step_key: row["step"]})
+            if self.step_key is None:
+                self.run.log(data, step=int(row["step"]))
+            else:
+                self.run.log({**data, self.step_key: row["step"]})
 
     def rollback(self, *, kept_step: int, logged_step: int) -> None:
         pass  # resumed: the steps after the checkpoint are logged again, as the other logger does
 
     def close(self) -> None:
         pass
+
+
+def active_wandb_run() -> Any:
+    """The W&B run another logger opened in this process, or None (W&B is not imported for this)."""
+    import sys
+
+    wandb = sys.modules.get("wandb")
+    return getattr(wandb, "run", None) if wandb is not None else None
 
 
 def read_wandb_records(path: str | Path) -> list[Any]:

@@ -105,3 +105,34 @@ def test_noise_scale_state_round_trip(tmp_path):
     tr2 = ScalingLawTracker(tmp_path / "run2", total_steps=2, lr_schedule=[1e-3, 1e-3], params=10)
     tr2.load_state_dict(tr.state_dict())
     assert tr2.gns_tracker.state_dict() == tr.gns_tracker.state_dict() and tr2.gns_tracker.gns.n_updates == 1
+
+
+def test_rows_mirrored_to_accelerates_wandb_run(tmp_path, monkeypatch):
+    """log_with=["wandb", tracker] (offline): our rows also land in accelerate's W&B run as scaling/* at
+    the same steps (read back with wandb's own records)."""
+    pytest.importorskip("wandb")
+    from scaling_train.metrics.wandb_sink import read_wandb_records
+
+    monkeypatch.setenv("WANDB_MODE", "offline")
+    monkeypatch.setenv("WANDB_DIR", str(tmp_path))
+    monkeypatch.setenv("WANDB_SILENT", "true")
+    T = 12
+    tr = ScalingLawTracker(tmp_path / "run", total_steps=T, lr_schedule=[1e-3] * T, params=1_000_000)
+    acc = accelerate.Accelerator(log_with=["wandb", tr], cpu=True)
+    acc.init_trackers("proj")
+    for step in range(4, T + 1, 4):
+        acc.log({"loss": _loss(step, step * 1.0), "tokens": step * 512}, step=step)
+    acc.end_training()
+    files = sorted(tmp_path.glob("wandb/offline-run-*/run-*.wandb"))
+    assert len(files) == 1
+    hist = []
+    for r in read_wandb_records(files[0]):
+        if r.WhichOneof("record_type") == "history":
+            h = {it.key or "/".join(it.nested_key): json.loads(it.value_json) for it in r.history.item}
+            hist.append(h)
+    by_step = {h["_step"]: h for h in hist}
+    rows = read_jsonl(tmp_path / "run" / "metrics.jsonl").rows
+    for r in rows:
+        h = by_step[r["step"]]
+        assert h["scaling/loss"] == pytest.approx(r["loss"]) and h["loss"] == pytest.approx(r["loss"])
+        assert h["scaling/tokens"] == r["tokens"]
