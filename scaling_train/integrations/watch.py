@@ -129,15 +129,16 @@ def find_ddp(model: torch.nn.Module) -> torch.nn.Module | None:
 
     from torch.nn.parallel import DistributedDataParallel
 
-    for o in gc.get_objects():
-        try:
-            if isinstance(o, DistributedDataParallel) and model in (
-                o.module,
-                getattr(o.module, "_orig_mod", None),
-            ):
-                return o
-        except Exception:  # exotic objects whose isinstance or attributes raise
-            continue
+    with warnings.catch_warnings():  # isinstance on some deprecated torch objects warns
+        warnings.simplefilter("ignore")
+        for o in gc.get_objects():
+            try:
+                if isinstance(o, DistributedDataParallel) and (
+                    o.module is model or getattr(o.module, "_orig_mod", None) is model
+                ):
+                    return o
+            except Exception:  # exotic objects whose isinstance or attributes raise
+                continue
     return None
 
 
