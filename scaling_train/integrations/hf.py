@@ -15,7 +15,8 @@ What it does (rank 0 only; other ranks only register the DDP comm hook):
   ``gradient_accumulation_steps >= 2``); under DDP a comm hook (registered on every rank) gives this
   rank's and the all-reduced one;
 * at every ``on_log`` with a training loss it writes one row to ``run_dir/metrics.jsonl`` (one host
-  transfer), the x-axis ``tokens`` from ``state.num_input_tokens_seen`` (or the counted label tokens);
+  transfer), the x-axis ``tokens`` from ``state.num_input_tokens_seen`` (or else the counted target
+  tokens: rank 0's times the number of ranks);
 * an in-process fitter writes ``run_dir/predictions.json``; with ``tolerance`` set, training stops when
   the predicted final-loss interval is narrower than it (``control.should_training_stop``);
 * its state (offsets, token count, noise-scale EMA) is saved in checkpoints (``ExportableState``); on
@@ -288,10 +289,13 @@ class ScalingLawCallback(TrainerCallback, ExportableState):
         for k in ("learning_rate", "grad_norm"):
             if k in logs:
                 row["lr" if k == "learning_rate" else k] = float(logs[k])
+        counted = 0.0
         if self.watch is not None:
+            before = self.watch.tok_count
             self.watch.collect(row)  # one host transfer for the statistics and the noise scale
+            counted = (self.watch.tok_count - before) * args.world_size  # rank 0's targets x the ranks
         seen = getattr(state, "num_input_tokens_seen", 0) or 0
-        self.tokens = float(seen) if seen else self.tokens + row.get("tok_count", 0.0)
+        self.tokens = float(seen) if seen else self.tokens + counted
         row["tokens"] = self.tokens
         now = time.perf_counter()
         row["tokens_per_s"] = (self.tokens - self._last_tokens) / max(now - self._last_flush, 1e-9)

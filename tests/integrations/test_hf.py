@@ -231,3 +231,13 @@ def test_wandb_true_without_a_wandb_run_says_so(tmp_path):
     with pytest.warns(UserWarning, match=r"wandb=True\): no active W&B run"):
         tr.train()
     assert (tmp_path / "run" / "metrics.jsonl").stat().st_size > 0
+
+
+def test_tokens_axis_counted_when_the_trainer_does_not_count(tmp_path):
+    run_dir = tmp_path / "run"
+    cb = ScalingLawCallback(str(run_dir), token_stats=False)
+    args = _args(tmp_path, max_steps=4, include_num_input_tokens_seen=False)
+    transformers.Trainer(model=_model(), args=args, train_dataset=_data(), callbacks=[cb]).train()
+    rows = [r for r in read_jsonl(run_dir / "metrics.jsonl").rows if "loss" in r]
+    # 2 steps per row x 8 sequences x (T - 1) targets
+    assert [r["tokens"] for r in rows] == [2 * 8 * (T - 1), 4 * 8 * (T - 1)] and "tok_nll" not in rows[0]
