@@ -111,11 +111,9 @@ def test_rows_mirrored_to_accelerates_wandb_run(tmp_path, monkeypatch):
     """log_with=["wandb", tracker] (offline): our rows also land in accelerate's W&B run as scaling/* at
     the same steps (read back with wandb's own records)."""
     pytest.importorskip("wandb")
-    from scaling_train.metrics.wandb_sink import read_wandb_records
+    from tests.metrics.helpers import fresh_offline_wandb, wandb_history
 
-    monkeypatch.setenv("WANDB_MODE", "offline")
-    monkeypatch.setenv("WANDB_DIR", str(tmp_path))
-    monkeypatch.setenv("WANDB_SILENT", "true")
+    fresh_offline_wandb(monkeypatch, tmp_path)
     T = 12
     tr = ScalingLawTracker(tmp_path / "run", total_steps=T, lr_schedule=[1e-3] * T, params=1_000_000)
     acc = accelerate.Accelerator(log_with=["wandb", tr], cpu=True)
@@ -125,12 +123,7 @@ def test_rows_mirrored_to_accelerates_wandb_run(tmp_path, monkeypatch):
     acc.end_training()
     files = sorted(tmp_path.glob("wandb/offline-run-*/run-*.wandb"))
     assert len(files) == 1
-    hist = []
-    for r in read_wandb_records(files[0]):
-        if r.WhichOneof("record_type") == "history":
-            h = {it.key or "/".join(it.nested_key): json.loads(it.value_json) for it in r.history.item}
-            hist.append(h)
-    by_step = {h["_step"]: h for h in hist}
+    by_step = {h["_step"]: h for h in wandb_history(files[0])}
     rows = read_jsonl(tmp_path / "run" / "metrics.jsonl").rows
     for r in rows:
         h = by_step[r["step"]]

@@ -194,11 +194,9 @@ def test_rows_mirrored_to_the_trainers_wandb_run(tmp_path, monkeypatch):
     """report_to="wandb" (offline): our rows also land in HF's W&B run as scaling/* against
     train/global_step (read back with wandb's own records)."""
     wandb = pytest.importorskip("wandb")
-    from scaling_train.metrics.wandb_sink import read_wandb_records
+    from tests.metrics.helpers import fresh_offline_wandb, wandb_history
 
-    monkeypatch.setenv("WANDB_MODE", "offline")
-    monkeypatch.setenv("WANDB_DIR", str(tmp_path))
-    monkeypatch.setenv("WANDB_SILENT", "true")
+    fresh_offline_wandb(monkeypatch, tmp_path)
     run_dir = tmp_path / "run"
     tr = transformers.Trainer(
         model=_model(), args=_args(tmp_path, report_to=["wandb"], max_steps=6), train_dataset=_data(),
@@ -208,13 +206,7 @@ def test_rows_mirrored_to_the_trainers_wandb_run(tmp_path, monkeypatch):
     wandb.finish()
     files = sorted(tmp_path.glob("wandb/offline-run-*/run-*.wandb"))
     assert len(files) == 1
-    hist = []
-    for r in read_wandb_records(files[0]):
-        if r.WhichOneof("record_type") == "history":
-            hist.append(
-                {it.key or "/".join(it.nested_key): json.loads(it.value_json) for it in r.history.item}
-            )
-    ours = [h for h in hist if "scaling/tok_nll" in h]
+    ours = [h for h in wandb_history(files[0]) if "scaling/tok_nll" in h]
     assert [h["train/global_step"] for h in ours] == [2, 4, 6]
     rows = [r for r in read_jsonl(run_dir / "metrics.jsonl").rows if "loss" in r]
     for h, r in zip(ours, rows):

@@ -42,3 +42,29 @@ def train(cfg: RunConfig, **kw):
 def cli(*args: str, **popen_kw) -> subprocess.Popen:
     env = {**os.environ, "PYTHONPATH": str(REPO), "OMP_NUM_THREADS": "1"}
     return subprocess.Popen([sys.executable, "-m", "scaling_train.cli", *args], cwd=REPO, env=env, **popen_kw)
+
+
+def fresh_offline_wandb(monkeypatch, wandb_dir: Path) -> None:
+    """W&B offline, writing under ``wandb_dir``. W&B reads its settings (WANDB_DIR included) once per
+    process, so an earlier test's setup is torn down first; without this the run lands in the cwd."""
+    import wandb
+
+    monkeypatch.setenv("WANDB_MODE", "offline")
+    monkeypatch.setenv("WANDB_DIR", str(wandb_dir))
+    monkeypatch.setenv("WANDB_SILENT", "true")
+    wandb.teardown()
+
+
+def wandb_history(wandb_file: Path) -> list[dict]:
+    """The history rows of an offline W&B run file (read with wandb's own protobuf records)."""
+    import json
+
+    from scaling_train.metrics.wandb_sink import read_wandb_records
+
+    rows = []
+    for r in read_wandb_records(wandb_file):
+        if r.WhichOneof("record_type") == "history":
+            rows.append(
+                {it.key or "/".join(it.nested_key): json.loads(it.value_json) for it in r.history.item}
+            )
+    return rows
