@@ -61,8 +61,8 @@ def main(run_dir: str) -> None:
     if world == 1:
         with open(os.path.join(run_dir, "manual.json"), "w") as f:
             json.dump(manual, f)
+    tiny_gpt2.exit_cleanly()  # while the model (and its DDP wrapper) is still alive
 
 
 if __name__ == "__main__":
     main(sys.argv[1])
-    tiny_gpt2.exit_cleanly()

@@ -28,9 +28,10 @@ def main(run_dir: str) -> None:
         **({"ddp_backend": "gloo"} if world > 1 else {}),
     )  # fmt: skip
     cb = ScalingLawCallback(run_dir)
-    transformers.Trainer(model=model, args=args, train_dataset=data, callbacks=[cb]).train()
+    trainer = transformers.Trainer(model=model, args=args, train_dataset=data, callbacks=[cb])
+    trainer.train()
+    tiny_gpt2.exit_cleanly()  # while the Trainer (and its DDP wrapper) is still alive
 
 
 if __name__ == "__main__":
     main(sys.argv[1])
-    tiny_gpt2.exit_cleanly()

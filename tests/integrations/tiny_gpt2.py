@@ -33,7 +33,8 @@ def pattern_data(n: int) -> list[dict[str, torch.Tensor]]:
 
 def exit_cleanly() -> None:
     """End a torchrun worker: leave the process group, then skip interpreter teardown (gloo's background
-    threads destroyed by C++ static destructors sometimes abort a finished process, as our CLI notes)."""
+    threads destroyed by C++ static destructors sometimes abort a finished process, as our CLI notes).
+    Call it while the DDP model is still referenced: freeing it first can abort the same way."""
     import os
     import sys
 
