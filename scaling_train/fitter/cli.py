@@ -30,7 +30,9 @@ def _cmd_fit(args: argparse.Namespace) -> int:
     try:
         if not args.follow:
             fitter.follow(interval=args.interval, max_polls=1)
-            law = fitter.last_law = fitter.write_law()
+            if fitter.last_law is None:  # nothing was refitted in that poll: write the law anyway
+                fitter.last_law = fitter.write_law()
+            law = fitter.last_law
             wb(set(fitter.predictions))
             print(f"[fit] {len(fitter.tails)} runs; sweep law -> {sweep / 'sweep_law.json'}")
             for k in ("chinchilla", "isoflop", "critical_batch"):
@@ -55,18 +57,14 @@ class _WandbHook:
         self.fitter, self.mode, self.project = fitter, mode, project
         self.wb = None
         self.off = mode == "disabled"
-        self._checked: set[str] = set()  # runs whose config.yaml had W&B off (mode auto)
 
     def _open(self) -> bool:
         from scaling_train.fitter.wandb_log import FitterWandb, settings_from_runs
         from scaling_train.metrics.config import WandbConfig
 
-        dirs = [t.run_dir for n, t in self.fitter.tails.items() if n not in self._checked]
-        found = settings_from_runs(dirs)
+        tails = sorted(self.fitter.tails.values(), key=lambda t: t.run_dir)
+        found = settings_from_runs([t.config for t in tails if t.config])  # parsed by the tails already
         if found is None and self.mode == "auto":
-            self._checked.update(
-                t.run_dir.name for t in self.fitter.tails.values() if (t.run_dir / "config.yaml").is_file()
-            )
             return False
         cfg, sweep = found if found is not None else (WandbConfig(), None)
         if self.mode != "auto":

@@ -26,8 +26,6 @@ import time
 from pathlib import Path
 from typing import Any
 
-import yaml
-
 from scaling_train._io import atomic_write
 from scaling_train.metrics.config import WandbConfig
 
@@ -39,13 +37,10 @@ LAW_KEYS = {
 }
 
 
-def settings_from_runs(run_dirs: list[Path]) -> tuple[WandbConfig, str | None] | None:
-    """The W&B settings and sweep name of the first run whose ``config.yaml`` turns W&B on, else None."""
-    for d in sorted(run_dirs):
-        try:
-            cfg = yaml.safe_load((d / "config.yaml").read_text()) or {}
-        except (OSError, yaml.YAMLError):
-            continue
+def settings_from_runs(configs: list[dict]) -> tuple[WandbConfig, str | None] | None:
+    """The W&B settings and sweep name of the first run config (a parsed ``config.yaml``, as the fitter's
+    tails hold it) that turns W&B on, else None."""
+    for cfg in configs:
         w = ((cfg.get("metrics") or {}).get("wandb")) or {}
         if w.get("mode") in ("offline", "online"):
             known = {k: w[k] for k in ("mode", "project", "entity", "group", "tags") if k in w}
