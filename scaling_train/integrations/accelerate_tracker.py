@@ -102,21 +102,20 @@ class ScalingLawTracker(GeneralTracker):
         stats = (
             TokenStats(n_bins=nll_bins, pos_buckets=pos_buckets, device=dev) if token_stats and main else None
         )
-        self.watcher = ModelWatcher(
-            inner, dev, stats=stats, probe=probe, tracker=self.gns_tracker, who="ScalingLawTracker"
+        self.watcher = watcher = ModelWatcher(
+            inner,
+            dev,
+            stats=stats,
+            probe=probe,
+            tracker=self.gns_tracker,
+            who="ScalingLawTracker",
+            collects=main,
         )
         if probe is not None:
             # the wrapped optimizer's own step runs once per optimizer step (accelerate skips it on
             # accumulation micro-batches), after the last backward
-            getattr(optimizer, "optimizer", optimizer).register_step_pre_hook(lambda *a: self._end_step(main))
-        return self.watcher
-
-    def _end_step(self, main: bool) -> None:
-        w = self.watcher
-        if w is not None:
-            w.end_step()
-            if not main and w.probe is not None:  # nothing reads other ranks' sums
-                w.probe.sums.zero_()
+            getattr(optimizer, "optimizer", optimizer).register_step_pre_hook(lambda *a: watcher.end_step())
+        return watcher
 
     def state_dict(self) -> dict[str, Any]:
         """For ``accelerator.register_for_checkpointing(tracker)``: the noise-scale averages."""

@@ -167,7 +167,6 @@ class ScalingLawCallback(TrainerCallback, ExportableState):
             n = num_items_in_batch if num_items_in_batch is not None else (y != -100).sum()
             return out.loss / n
 
-        self._fused = True
         return compute_loss
 
     # ------------------------------------------------------------ callback events
@@ -181,7 +180,7 @@ class ScalingLawCallback(TrainerCallback, ExportableState):
         else:  # other ranks write nothing, but under DDP their comm hook must match rank 0's
             self._setup_done = True
             if self.gns and args.world_size > 1:
-                self._watch(args, model, stats=None)
+                self._watch(args, model, stats=None, collects=False)
 
     def _setup(self, args, state, model, lr_scheduler) -> None:
         self._setup_done = True
@@ -240,7 +239,7 @@ class ScalingLawCallback(TrainerCallback, ExportableState):
             return
         self.stream.add_sink(WandbMirror(run, self.run_dir))
 
-    def _watch(self, args, model, *, stats: TokenStats | None) -> None:
+    def _watch(self, args, model, *, stats: TokenStats | None, collects: bool = True) -> None:
         dev = next(model.parameters()).device
         probe = None
         if self.gns:
@@ -250,7 +249,13 @@ class ScalingLawCallback(TrainerCallback, ExportableState):
                 who="ScalingLawCallback",
             )  # fmt: skip
         self.watch = ModelWatcher(
-            model, dev, stats=stats, probe=probe, tracker=self.tracker, who="ScalingLawCallback"
+            model,
+            dev,
+            stats=stats,
+            probe=probe,
+            tracker=self.tracker,
+            who="ScalingLawCallback",
+            collects=collects,
         )
 
     @staticmethod
@@ -269,8 +274,6 @@ class ScalingLawCallback(TrainerCallback, ExportableState):
     def on_pre_optimizer_step(self, args, state, control, **kw):
         if self.watch is not None:
             self.watch.end_step()
-            if self.stream is None and self.watch.probe is not None:  # not rank 0: nothing reads the sums
-                self.watch.probe.sums.zero_()
 
     def on_log(self, args, state, control, logs=None, **kw):
         if self.stream is None or not logs or "loss" not in logs:
@@ -290,10 +293,8 @@ class ScalingLawCallback(TrainerCallback, ExportableState):
             if k in logs:
                 row["lr" if k == "learning_rate" else k] = float(logs[k])
         counted = 0.0
-        if self.watch is not None:
-            before = self.watch.tok_count
-            self.watch.collect(row)  # one host transfer for the statistics and the noise scale
-            counted = (self.watch.tok_count - before) * args.world_size  # rank 0's targets x the ranks
+        if self.watch is not None:  # one host transfer for the statistics and the noise scale
+            counted = self.watch.collect(row) * args.world_size  # rank 0's targets x the ranks
         seen = getattr(state, "num_input_tokens_seen", 0) or 0
         self.tokens = float(seen) if seen else self.tokens + counted
         row["tokens"] = self.tokens

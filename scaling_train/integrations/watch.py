@@ -176,9 +176,11 @@ class ModelWatcher:
 
     def __init__(
         self, model: torch.nn.Module, device: torch.device, *, stats: TokenStats | None,
-        probe: AccumProbe | DDPProbe | None, tracker: NoiseScaleTracker, who: str,
+        probe: AccumProbe | DDPProbe | None, tracker: NoiseScaleTracker, who: str, collects: bool = True,
     ) -> None:  # fmt: skip
-        self.stats, self.probe, self.tracker, self.who = stats, probe, tracker, who
+        """``collects=False``: a rank whose rows nobody writes (under DDP its probe only has to register the
+        comm hook every rank needs); its window sums are dropped at every step."""
+        self.stats, self.probe, self.tracker, self.who, self.collects = stats, probe, tracker, who, collects
         self.fused_out: Any = None  # (LCEOutput, targets) of a fused loss, consumed by take_fused()
         self.tok_count = 0.0  # label tokens counted by the hook, collected rows so far (host)
         self._tok = torch.zeros((), dtype=torch.float64, device=device)
@@ -222,9 +224,12 @@ class ModelWatcher:
         self.take_fused()
         if self.probe is not None:
             self.probe.end_step()
+            if not self.collects:
+                self.probe.sums.zero_()
 
-    def collect(self, row: dict[str, Any]) -> None:
-        """Add the window's ``tok_*`` and ``gns_*`` fields to ``row`` and start a new window (one sync)."""
+    def collect(self, row: dict[str, Any]) -> float:
+        """Add the window's ``tok_*`` and ``gns_*`` fields to ``row`` and start a new window (one sync);
+        returns the label tokens the hook counted in the window."""
         self.take_fused()
         parts = [self._tok.view(1)]
         if self.stats is not None:
@@ -233,8 +238,8 @@ class ModelWatcher:
             parts.append(self.probe.sums)
         vals = torch.cat(parts).tolist()  # sync: one host transfer per row
         self._tok.zero_()
-        self.tok_count += vals[0]
-        vals = vals[1:]
+        counted, vals = vals[0], vals[1:]
+        self.tok_count += counted
         if self.stats is not None:
             row.update(self.stats.summarize(vals[: self.stats.size]))
             self.stats.reset()
@@ -251,6 +256,7 @@ class ModelWatcher:
                     stacklevel=2,
                 )
             self.probe.sums.zero_()
+        return counted
 
     def remove(self) -> None:
         self._handle.remove()
