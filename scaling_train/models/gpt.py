@@ -143,17 +143,15 @@ class Attention(nn.Module):
         B, T, C = x.shape
         q, k, v = self.qkv(x).view(B, T, 3, self.n_heads, self.head_dim).permute(2, 0, 3, 1, 4)
         q, k = apply_rope(q, cos, sin), apply_rope(k, cos, sin)  # (B, n_heads, T, head_dim)
-        if cache is not None and (cache.pos > 0 or layer < len(cache.k)):
+        if cache is not None:
             k, v = cache.extend(layer, k, v)  # (B, n_heads, S, head_dim), S = cached + T
-            S = k.shape[2]
-            # the new queries sit at positions S-T .. S-1: causal over the whole cache
+        S = k.shape[2]
+        if S > T:  # after cached tokens: the new queries sit at positions S-T .. S-1, causal over all keys
             causal = (
                 None if T == 1 else torch.ones(T, S, dtype=torch.bool, device=x.device).tril(diagonal=S - T)
             )
             y = F.scaled_dot_product_attention(q, k, v, attn_mask=causal, scale=self.scale)
             return self.proj(y.transpose(1, 2).reshape(B, T, C))
-        if cache is not None:
-            cache.extend(layer, k, v)
         if mask is None:
             y = F.scaled_dot_product_attention(q, k, v, is_causal=True, scale=self.scale)
         else:
@@ -321,12 +319,9 @@ class GPT(nn.Module):
             mask = (same & causal)[:, None]  # (B, 1, T, T)
         x = self.wte(idx)  # (B, T, d_model)
         cos, sin = self.rope_cos[p0 : p0 + T], self.rope_sin[p0 : p0 + T]
-        if cache is None:
-            for block in self.blocks:
-                x = block(x, cos, sin, mask)
-        else:
-            for i, block in enumerate(self.blocks):
-                x = block(x, cos, sin, mask, cache, i)
+        for i, block in enumerate(self.blocks):
+            x = block(x, cos, sin, mask, cache, i)
+        if cache is not None:
             cache.pos += T
         x = self.norm_f(x)
         if self.cfg.mup:
