@@ -6,33 +6,21 @@ import json
 import math
 
 import pytest
-import torch
 
 transformers = pytest.importorskip("transformers")
 
 from scaling_train.integrations import ScalingLawCallback  # noqa: E402
 from scaling_train.metrics.jsonl import read_jsonl  # noqa: E402
+from tests.integrations import tiny_gpt2  # noqa: E402
 
-V, T = 97, 32
+T = tiny_gpt2.T
 
 
 def _model():
-    torch.manual_seed(0)
-    cfg = transformers.GPT2Config(vocab_size=V, n_positions=T, n_embd=32, n_layer=2, n_head=2)
-    return transformers.GPT2LMHeadModel(cfg)
+    return tiny_gpt2.model(dropout=0.1)  # GPT2Config's default dropout
 
 
-def _data(n=64):
-    g = torch.Generator().manual_seed(1)
-    # a learnable pattern: next token = (token * 3 + 1) % V
-    out = []
-    for _ in range(n):
-        x = [int(torch.randint(0, V, (1,), generator=g))]
-        for _ in range(T - 1):
-            x.append((x[-1] * 3 + 1) % V)
-        ids = torch.tensor(x)
-        out.append({"input_ids": ids, "labels": ids.clone()})
-    return out
+_data = tiny_gpt2.pattern_data
 
 
 def _args(tmp_path, **kw):
@@ -49,7 +37,7 @@ def _args(tmp_path, **kw):
 def test_stock_trainer_with_callback_only(tmp_path):
     run_dir = tmp_path / "run"
     cb = ScalingLawCallback(str(run_dir))
-    tr = transformers.Trainer(model=_model(), args=_args(tmp_path), train_dataset=_data(), callbacks=[cb])
+    tr = transformers.Trainer(model=_model(), args=_args(tmp_path), train_dataset=_data(64), callbacks=[cb])
     tr.train()
     res = read_jsonl(run_dir / "metrics.jsonl")
     rows = [r for r in res.rows if "loss" in r]
@@ -77,14 +65,14 @@ def test_fused_loss_matches_stock_loss(tmp_path):
     run_a, run_b = tmp_path / "a", tmp_path / "b"
     cb_a = ScalingLawCallback(str(run_a), gns=False)
     transformers.Trainer(
-        model=_model(), args=_args(tmp_path, max_steps=4), train_dataset=_data(), callbacks=[cb_a]
+        model=_model(), args=_args(tmp_path, max_steps=4), train_dataset=_data(64), callbacks=[cb_a]
     ).train()
     m = _model()
     cb_b = ScalingLawCallback(str(run_b), gns=False)
     tr = transformers.Trainer(
         model=m,
         args=_args(tmp_path, max_steps=4),
-        train_dataset=_data(),
+        train_dataset=_data(64),
         callbacks=[cb_b],
         compute_loss_func=cb_b.fused_loss(m),
     )
@@ -102,12 +90,12 @@ def test_resume_keeps_rows_and_state(tmp_path):
     run_dir = tmp_path / "run"
     args = _args(tmp_path, save_strategy="steps", save_steps=6, max_steps=12)
     cb = ScalingLawCallback(str(run_dir))
-    tr = transformers.Trainer(model=_model(), args=args, train_dataset=_data(), callbacks=[cb])
+    tr = transformers.Trainer(model=_model(), args=args, train_dataset=_data(64), callbacks=[cb])
     tr.train()
     full = [r["step"] for r in read_jsonl(run_dir / "metrics.jsonl").rows if "loss" in r]
     # resume from the step-6 checkpoint: the rows 8..12 are rolled back and written again, once
     cb2 = ScalingLawCallback(str(run_dir))
-    tr2 = transformers.Trainer(model=_model(), args=args, train_dataset=_data(), callbacks=[cb2])
+    tr2 = transformers.Trainer(model=_model(), args=args, train_dataset=_data(64), callbacks=[cb2])
     tr2.train(resume_from_checkpoint=str(tmp_path / "hf_out" / "checkpoint-6"))
     steps = [r["step"] for r in read_jsonl(run_dir / "metrics.jsonl").rows if "loss" in r]
     assert steps == full == [2, 4, 6, 8, 10, 12]
@@ -119,7 +107,7 @@ def test_early_stop_on_narrow_interval(tmp_path):
     run_dir = tmp_path / "run"
     cb = ScalingLawCallback(str(run_dir), tolerance=10.0, min_progress=0.5)  # any interval is narrower
     tr = transformers.Trainer(
-        model=_model(), args=_args(tmp_path, max_steps=20), train_dataset=_data(), callbacks=[cb]
+        model=_model(), args=_args(tmp_path, max_steps=20), train_dataset=_data(64), callbacks=[cb]
     )
     tr.train()
     assert cb.stopped_early
@@ -167,7 +155,7 @@ def test_ddp_gradient_noise_scale_matches_accumulation(tmp_path):
 def test_no_accumulation_single_process_says_noise_scale_is_off(tmp_path):
     cb = ScalingLawCallback(str(tmp_path / "run"))
     args = _args(tmp_path, gradient_accumulation_steps=1, max_steps=2)
-    tr = transformers.Trainer(model=_model(), args=args, train_dataset=_data(), callbacks=[cb])
+    tr = transformers.Trainer(model=_model(), args=args, train_dataset=_data(64), callbacks=[cb])
     with pytest.warns(UserWarning, match=r"gradient noise scale off: gradient_accumulation_steps=1 < 2"):
         tr.train()
     rows = read_jsonl(tmp_path / "run" / "metrics.jsonl").rows
@@ -199,7 +187,7 @@ def test_rows_mirrored_to_the_trainers_wandb_run(tmp_path, monkeypatch):
     fresh_offline_wandb(monkeypatch, tmp_path)
     run_dir = tmp_path / "run"
     tr = transformers.Trainer(
-        model=_model(), args=_args(tmp_path, report_to=["wandb"], max_steps=6), train_dataset=_data(),
+        model=_model(), args=_args(tmp_path, report_to=["wandb"], max_steps=6), train_dataset=_data(64),
         callbacks=[ScalingLawCallback(str(run_dir))],
     )  # fmt: skip
     tr.train()
@@ -218,7 +206,7 @@ def test_rows_mirrored_to_the_trainers_wandb_run(tmp_path, monkeypatch):
 def test_wandb_true_without_a_wandb_run_says_so(tmp_path):
     cb = ScalingLawCallback(str(tmp_path / "run"), wandb=True)
     tr = transformers.Trainer(
-        model=_model(), args=_args(tmp_path, max_steps=2), train_dataset=_data(), callbacks=[cb]
+        model=_model(), args=_args(tmp_path, max_steps=2), train_dataset=_data(64), callbacks=[cb]
     )
     with pytest.warns(UserWarning, match=r"wandb=True\): no active W&B run"):
         tr.train()
@@ -229,7 +217,7 @@ def test_tokens_axis_counted_when_the_trainer_does_not_count(tmp_path):
     run_dir = tmp_path / "run"
     cb = ScalingLawCallback(str(run_dir), token_stats=False)
     args = _args(tmp_path, max_steps=4, include_num_input_tokens_seen=False)
-    transformers.Trainer(model=_model(), args=args, train_dataset=_data(), callbacks=[cb]).train()
+    transformers.Trainer(model=_model(), args=args, train_dataset=_data(64), callbacks=[cb]).train()
     rows = [r for r in read_jsonl(run_dir / "metrics.jsonl").rows if "loss" in r]
     # 2 steps per row x 8 sequences x (T - 1) targets
     assert [r["tokens"] for r in rows] == [2 * 8 * (T - 1), 4 * 8 * (T - 1)] and "tok_nll" not in rows[0]

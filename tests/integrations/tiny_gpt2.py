@@ -1,4 +1,4 @@
-"""The tiny GPT-2 and data of the multi-process integration scripts (imported from their folder)."""
+"""The tiny GPT-2 and data of the integration tests and their multi-process scripts."""
 
 from __future__ import annotations
 
@@ -8,12 +8,13 @@ import transformers
 V, T = 97, 32
 
 
-def model() -> transformers.GPT2LMHeadModel:
-    """Randomly initialised (seed 0), no dropout: two runs on the same data get the same gradients."""
+def model(dropout: float = 0.0) -> transformers.GPT2LMHeadModel:
+    """Randomly initialised (seed 0); without dropout (the default) two runs on the same data get the same
+    gradients."""
     torch.manual_seed(0)
     cfg = transformers.GPT2Config(
-        vocab_size=V, n_positions=T, n_embd=32, n_layer=2, n_head=2, resid_pdrop=0.0, embd_pdrop=0.0,
-        attn_pdrop=0.0,
+        vocab_size=V, n_positions=T, n_embd=32, n_layer=2, n_head=2, resid_pdrop=dropout, embd_pdrop=dropout,
+        attn_pdrop=dropout,
     )  # fmt: skip
     return transformers.GPT2LMHeadModel(cfg)
 
