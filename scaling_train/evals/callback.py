@@ -162,7 +162,7 @@ class EvalCallback:
                 model, task, self._encode, self._decode, bos_id=self._eos, eos_id=self._eos,
                 batch_size=c.batch_size, autocast=autocast, max_attempts=c.max_attempts,
                 target_passes=c.target_passes, max_new_tokens=c.max_new_tokens, temperature=c.temperature,
-                seed=c.seed + step, **({"sync": sync} if task.kind == "pass_until" else {}),
+                seed=c.seed + step, sync=sync,
             )  # fmt: skip
             self.results[task.name] = res
             for k, v in res.metrics.items():
