@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import argparse
 import importlib
-import os
 import sys
 
 from scaling_train.config import ConfigError
@@ -46,14 +45,9 @@ def _cmd_train(args: argparse.Namespace) -> int:
             f"[train] done: {res.steps} steps, {res.tokens:,} tokens, loss {res.final_loss:.4f}{ev} -> {res.run_dir}"
         )
     if trainer.backend.world_size > 1:
-        # Everything is written and fsynced (metrics, checkpoint, DONE). Leave the process group on
-        # every rank, then skip interpreter teardown: gloo/FSDP background threads destroyed by C++
-        # static destructors sometimes abort a finished run ("terminate called without an active
-        # exception"), which torchrun would report as a failure.
-        trainer.backend.shutdown()
-        sys.stdout.flush()
-        sys.stderr.flush()
-        os._exit(0)
+        from scaling_train.train.backend import leave_and_exit
+
+        leave_and_exit()  # everything is written and fsynced (metrics, checkpoint, DONE)
     return 0
 
 

@@ -4,7 +4,7 @@
 ``make_backend(cfg)`` returns an object with the small interface the trainer uses: device, rank,
 world_size, is_main, ``prepare``, ``autocast``, ``backward``, ``no_sync``, ``clip_grad_norm``,
 ``all_reduce_mean``, ``barrier``, ``unwrap``, ``model_state``/``load_model_state``,
-``optim_state``/``load_optim_state``, ``shutdown``.
+``optim_state``/``load_optim_state``. ``leave_and_exit()`` ends a finished multi-process worker.
 
 Strategies (``dist.strategy``; torchrun sets the process count):
 
@@ -92,9 +92,6 @@ class SingleDevice:
 
     def load_optim_state(self, optimizer: torch.optim.Optimizer, state: dict[str, Any]) -> None:
         optimizer.load_state_dict(state)
-
-    def shutdown(self) -> None:
-        pass
 
 
 # --------------------------------------------------------------------------- distributed (accelerate)
@@ -209,8 +206,9 @@ class Distributed(SingleDevice):
         self.device = self.acc.device if want_cuda else torch.device("cpu")
         self._boundary = True
         self.engine = None
-        # The trainer does not call shutdown(); a live gloo group torn down by interpreter exit can
-        # abort ("terminate called without an active exception"), so leave it cleanly at exit.
+        # The trainer does not leave the group itself (the train CLI calls leave_and_exit); a live gloo
+        # group torn down by interpreter exit can abort ("terminate called without an active
+        # exception"), so leave it cleanly at exit.
         import atexit
 
         atexit.register(self._destroy_group)
@@ -403,12 +401,24 @@ class Distributed(SingleDevice):
             return
         optimizer.load_state_dict(state)
 
-    def shutdown(self) -> None:
-        import torch.distributed as dist
 
-        if dist.is_initialized():
-            dist.barrier()
-        self._destroy_group()
+def leave_and_exit() -> None:
+    """End a finished multi-process worker (nothing happens without a process group): every rank meets at
+    a barrier and leaves the group, then the process exits without interpreter teardown. gloo/FSDP
+    background threads destroyed by C++ static destructors sometimes abort a finished process
+    ("terminate called without an active exception"), which torchrun reports as a failure. Call it while
+    the model is still referenced: freeing a DDP model first can abort the same way."""
+    import sys
+
+    import torch.distributed as dist
+
+    if not (dist.is_available() and dist.is_initialized()):
+        return
+    dist.barrier()
+    dist.destroy_process_group()
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(0)
 
 
 def make_backend(cfg) -> SingleDevice:

@@ -19,6 +19,7 @@ from accelerate import Accelerator, PartialState
 
 from scaling_train.integrations import ScalingLawTracker
 from scaling_train.integrations.hf import count_params
+from scaling_train.train.backend import leave_and_exit
 
 STEPS = 8
 
@@ -61,7 +62,7 @@ def main(run_dir: str) -> None:
     if world == 1:
         with open(os.path.join(run_dir, "manual.json"), "w") as f:
             json.dump(manual, f)
-    tiny_gpt2.exit_cleanly()  # while the model (and its DDP wrapper) is still alive
+    leave_and_exit()  # while the model (and its DDP wrapper) is still alive
 
 
 if __name__ == "__main__":

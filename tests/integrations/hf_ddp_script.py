@@ -15,6 +15,7 @@ import tiny_gpt2  # this folder (the script's own)
 import transformers
 
 from scaling_train.integrations import ScalingLawCallback
+from scaling_train.train.backend import leave_and_exit
 
 
 def main(run_dir: str) -> None:
@@ -30,7 +31,7 @@ def main(run_dir: str) -> None:
     cb = ScalingLawCallback(run_dir)
     trainer = transformers.Trainer(model=model, args=args, train_dataset=data, callbacks=[cb])
     trainer.train()
-    tiny_gpt2.exit_cleanly()  # while the Trainer (and its DDP wrapper) is still alive
+    leave_and_exit()  # while the Trainer (and its DDP wrapper) is still alive
 
 
 if __name__ == "__main__":

@@ -30,20 +30,3 @@ def pattern_data(n: int) -> list[dict[str, torch.Tensor]]:
         ids = torch.tensor(x)
         data.append({"input_ids": ids, "labels": ids.clone()})
     return data
-
-
-def exit_cleanly() -> None:
-    """End a torchrun worker: leave the process group, then skip interpreter teardown (gloo's background
-    threads destroyed by C++ static destructors sometimes abort a finished process, as our CLI notes).
-    Call it while the DDP model is still referenced: freeing it first can abort the same way."""
-    import os
-    import sys
-
-    import torch.distributed as dist
-
-    if dist.is_available() and dist.is_initialized():
-        dist.barrier()
-        dist.destroy_process_group()
-        sys.stdout.flush()
-        sys.stderr.flush()
-        os._exit(0)
