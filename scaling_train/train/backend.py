@@ -403,19 +403,21 @@ class Distributed(SingleDevice):
 
 
 def leave_and_exit() -> None:
-    """End a finished multi-process worker (nothing happens without a process group): every rank meets at
-    a barrier and leaves the group, then the process exits without interpreter teardown. gloo/FSDP
-    background threads destroyed by C++ static destructors sometimes abort a finished process
-    ("terminate called without an active exception"), which torchrun reports as a failure. Call it while
-    the model is still referenced: freeing a DDP model first can abort the same way."""
+    """End a finished torchrun worker (nothing happens in a single process, WORLD_SIZE <= 1): every rank
+    meets at a barrier and leaves the group if it is still up, then the process exits without
+    interpreter teardown. gloo/FSDP background threads destroyed by C++ static destructors sometimes
+    abort a finished process ("terminate called without an active exception"), which torchrun reports as
+    a failure. Call it while the model is still referenced: freeing a DDP model first can abort the same
+    way. A group someone already destroyed (accelerate's ``end_training`` does) still gets the exit."""
     import sys
 
     import torch.distributed as dist
 
-    if not (dist.is_available() and dist.is_initialized()):
+    if int(os.environ.get("WORLD_SIZE", "1")) <= 1:
         return
-    dist.barrier()
-    dist.destroy_process_group()
+    if dist.is_available() and dist.is_initialized():
+        dist.barrier()
+        dist.destroy_process_group()
     sys.stdout.flush()
     sys.stderr.flush()
     os._exit(0)
