@@ -188,7 +188,9 @@ def check_page(
     if exe is None:
         raise FileNotFoundError("no Chromium binary (apt-get install chromium, or set $CHROMIUM)")
     url = Path(html_path).resolve().as_uri()
-    with tempfile.TemporaryDirectory(prefix="st-chromium-") as profile:
+    # Chromium's helper processes can still be writing the profile when the main process has exited:
+    # a leftover scratch folder must not turn a finished check into an error
+    with tempfile.TemporaryDirectory(prefix="st-chromium-", ignore_cleanup_errors=True) as profile:
         proc = subprocess.Popen(
             [exe, *FLAGS, f"--user-data-dir={profile}", "--remote-debugging-port=0", "about:blank"],
             stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
