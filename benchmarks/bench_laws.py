@@ -24,32 +24,8 @@ from realdata import (  # noqa: E402
 from test_chinchilla import synthetic  # noqa: E402
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from calibrate_laws import held_out_report  # noqa: E402
 
 from scaling_train.laws import Curve, fit_chinchilla, predict_final_loss  # noqa: E402
-
-CALIBRATION_TEXT = """\
-Procedure (`benchmarks/calibrate_laws.py`, docstring): the interval is
-`[loss (1 + q_lo u), loss (1 + q_hi u)]`, `u = few sqrt(s0^2 + (s1 extrapolation)^2 + rmse^2/(n loss^2) + (r g_prior)^2)`,
-separately for `no_refs` and `with_refs`. **Calibration split**: Gemstone cooldowns of the 10 runs with an even
-index in the sorted run names (`gem_cal`), and the 3 multipower_25m reference runs observed 25% / 50% (`mp_cal`;
-with references = the other two). **Held out**: Gemstone cooldowns of the 10 odd-index runs (`gem_hold`, other
-models) and the 6 multipower_25m targets (`mp_hold`, the setting of the tables above). Fitted on the calibration
-split only: (no_refs) the prior means of B and log C by empirical Bayes (group-balanced least squares),
-then s0, s1, r by Gaussian maximum likelihood, then q_lo / q_hi as split-conformal 5% / 95% quantiles of
-`e / u` per calibration group, the widest kept. Constants: `scaling_train/laws/_calibration.py` (generated).
-
-Commands:
-
-```
-PYTHONPATH=. python benchmarks/calibrate_laws.py          # fit on the calibration split, write the constants, report
-PYTHONPATH=. python benchmarks/calibrate_laws.py --check  # report only (this table)
-```
-
-Signed error = predicted / true - 1. No synthetic curves are used (the real splits cover both modes; the
-multipower split is small: 6 calibration and 12 held-out cases per mode, so its coverage is a coarse check).
-`few` (x3 for < 10 points) and the references-only fallback (< 3 target points) are not calibrated (no such data).
-"""
 
 
 def timed(fn, repeat):
@@ -152,17 +128,28 @@ def main() -> None:
             f"| {'yes' if use else 'no'} | {len(e)} | {100 * np.abs(e).mean():.3f}% | {100 * e.mean():+.3f}% | {cov / len(e):.1%} | {np.mean(ms):.1f} |"
         )
 
-    print("\n## predict_final_loss latency, 500-point curve (T = 50,000, no references)\n")
+    print("\n## predict_final_loss latency, 500-point curve (T = 50,000)\n")
     lr = np.r_[np.linspace(0, 1, 300)[1:], 0.1 + 0.9 * 0.5 * (1 + np.cos(np.pi * np.linspace(0, 1, 49_701)))]
     steps = np.linspace(300, 25_000, 500).round()
     area = np.cumsum(lr)[steps.astype(int) - 1]
-    y = 3.0 + 0.9 * area**-0.45 + np.random.default_rng(1).normal(0, 0.01, 500)
+    rng = np.random.default_rng(1)
+    y = 3.0 + 0.9 * area**-0.45 + rng.normal(0, 0.01, 500)
     _, dt = timed(lambda: predict_final_loss(Curve(steps, y, lr)), 10)
-    print(f"- best of 10: {dt * 1e3:.1f} ms per call")
-
-    print("\n## Calibration of the 90% interval (held-out coverage)\n")
-    print(CALIBRATION_TEXT)
-    print(held_out_report())
+    print(f"- no references, best of 10: {dt * 1e3:.1f} ms per call")
+    # 5 finished references of other sizes (500 points each) with n_params / tokens_per_step: all candidates
+    full = np.linspace(300, 50_000, 500).round()
+    af = np.cumsum(lr)[full.astype(int) - 1]
+    refs = [
+        Curve(full, 2.8 + 0.2 * k + 0.9 * af**-0.45 + rng.normal(0, 0.01, 500), lr, f"r{k}",
+              n_params=1e8 / 2**k, tokens_per_step=65536)
+        for k in range(5)
+    ]  # fmt: skip
+    tgt = Curve(steps, y, lr, "t", n_params=1e8, tokens_per_step=65536)
+    p, dt = timed(lambda: predict_final_loss(tgt, refs), 10)
+    print(f"- 5 references (modes {p.mode}), best of 10: {dt * 1e3:.1f} ms per call")
+    _, dt = timed(lambda: predict_final_loss(tgt, refs, curve_points=32), 10)
+    print(f"- the same with the remaining curve (32 points), best of 10: {dt * 1e3:.1f} ms per call")
+    print("\nPer-group accuracy, bias and coverage on the shared real data: benchmarks/results/prediction.md")
 
 
 if __name__ == "__main__":

@@ -1,40 +1,25 @@
-"""Calibrate the 90% interval of ``scaling_train.laws.predict_final_loss`` on a calibration split of real
-curves and measure its coverage on a disjoint held-out split.
+"""Calibrate ``scaling_train.laws.predict_final_loss`` on the CALIBRATION groups of real curves and report
+every group, held-out groups apart (the protocol, its settings, groups and split: tests/laws/protocol.py).
 
-Run:  . .venv/bin/activate && PYTHONPATH=. python benchmarks/calibrate_laws.py          # fit, write constants
-      . .venv/bin/activate && PYTHONPATH=. python benchmarks/calibrate_laws.py --check  # held-out report only
+Run:  . .venv/bin/activate && PYTHONPATH=. python benchmarks/calibrate_laws.py          # fit, write, report
+      . .venv/bin/activate && PYTHONPATH=. python benchmarks/calibrate_laws.py --check  # report only
 
-Splits (a "case" = predict one run's last-step loss from a prefix):
+Procedure (every case weighs 1 / (number of cases of its group), so each group counts once):
 
-- calibration
-  - ``gem_cal``: Gemstone cooldowns of the runs with an EVEN index in the sorted list of run names (10 runs).
-    Target = constant-LR curve up to the cooldown start, predict the loss after the cooldown; with references
-    = up to 3 earlier cooldowns of the same run (end observed).
-  - ``mp_cal``: the three multipower_25m *reference* runs (cosine_24000, constant_24000, wsdcon_9), each
-    observed for its first 25% and 50%; with references = the other two reference runs.
-- held out (never used for fitting anything below)
-  - ``gem_hold``: Gemstone cooldowns of the runs with an ODD index (10 other runs / models).
-  - ``mp_hold``: the six multipower_25m target runs at 25% and 50%, references = the three reference runs
-    (exactly the benchmark setting of benchmarks/bench_laws.py).
-
-Procedure, separately for the two modes (``no_refs``, ``with_refs``); each group weighs equally:
-
-1. (no_refs only) empirical Bayes for the no-reference prior means of the annealing amplitude B (``b_rel``,
-   in units of the loss level) and of log C (how fast the loss responds to an LR drop): minimise the
-   group-balanced mean squared relative error of the predictions on the calibration split over
-   (log b_rel, log C) (Nelder-Mead). Without references a constant-LR prefix carries no information on the
-   annealing term, so these prior means are what set the predicted cooldown gain. (The hand-picked prior
-   b_rel = 0.035, C = 2e-3 under-predicted Gemstone cooldown gains: bias +1.5%, 42% coverage.)
-2. Gaussian maximum likelihood of the relative errors e = true / predicted - 1 under
-   e ~ N(0, u^2), u = few * sqrt(s0^2 + (s1 * extrapolation)^2 + v_fit + (r * g_prior)^2) for s0, s1 and
-   (no_refs) r, the relative sd of the prior-driven annealing gain g_prior = B LD(T) / loss.
-3. With the final constants, split-conformal quantiles of z = e / u on the calibration split, per group:
-   q_lo = the floor(0.05 (n + 1))-th smallest z, q_hi = the ceil(0.95 (n + 1))-th smallest (capped at the
-   largest for the 6-case mp_cal group, where the conformal guarantee needs n >= 19); the widest over the
-   groups (min q_lo, max q_hi) is stored. Asymmetric: a remaining bias shifts the interval instead of
-   being hidden.
-4. Held-out coverage of [loss (1 + q_lo u), loss (1 + q_hi u)] on gem_hold and mp_hold (in the report the
-   signed error is predicted / true - 1, as in bench_laws.py: positive = over-predicted loss).
+1. Empirical Bayes for the ``alone`` candidate's annealing prior (means of B / loss and log C): minimise
+   the weighted mean squared relative error of the ``alone`` predictions over the calibration cases whose
+   remaining schedule anneals (cooldown settings and decaying schedules), Nelder-Mead over (log b, log C).
+2. Every candidate (alone, same_size, sweep) on every case once; per candidate, Gaussian maximum likelihood
+   of its relative errors e = truth / prediction - 1 under e ~ N(0, u^2 + backtest^2),
+   u = few * sqrt(s0^2 + (s1 * extrapolation)^2 + v_fit + (r * g)^2) for (s0, s1[, r]).
+   SIGMA_DELTA (the sweep model's per-run offset sd) is the RMS of the before-start relative errors, with
+   the fits made at a fixed 2% (one step of the estimate, so the result does not depend on the stored value).
+3. The blend (``predict.blend``) with those constants; ``d`` (weight of the candidates' disagreement) by ML.
+4. Interval quantiles per key (``alone``, ``sweep`` before a run starts, ``blend``): group-weighted 4% / 96%
+   quantiles of z = e / u on the calibration cases (a little wider than 5% / 95% for the finite number of
+   groups). Asymmetric on purpose: a remaining bias shifts the interval instead of being hidden.
+5. The report (``--check``, a fresh interpreter so the written constants are the ones used) runs
+   ``predict_final_loss`` itself on every case and writes benchmarks/results/prediction.md.
 """
 
 from __future__ import annotations
@@ -43,249 +28,274 @@ import argparse
 import math
 import subprocess
 import sys
-from dataclasses import dataclass
+import time
+from collections import defaultdict
 from pathlib import Path
 
 import numpy as np
-from scipy.optimize import minimize
+from scipy.optimize import minimize, minimize_scalar
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "tests" / "laws"))
-from realdata import (  # noqa: E402
-    MP_REFERENCES,
-    MP_TARGETS,
-    cooldown_curve,
-    gemstone_cooldowns,
-    gemstone_hot,
-    multipower_curve,
-)
+from protocol import Case, all_cases, is_held_out  # noqa: E402
 
-from scaling_train.laws import MultiPowerPrior, predict_final_loss  # noqa: E402
-from scaling_train.laws import curve as curve_mod  # noqa: E402
+from scaling_train.laws import MultiPowerPrior, NotEnoughDataError, predict_final_loss  # noqa: E402
+from scaling_train.laws import predict as pred_mod  # noqa: E402
 
 CONST_FILE = ROOT / "scaling_train" / "laws" / "_calibration.py"
-MODES = ("no_refs", "with_refs")
-FRACTIONS = (0.25, 0.5)
+REPORT = ROOT / "benchmarks" / "results" / "prediction.md"
+ANNEALING_SETTINGS = ("cool", "gem_cool", "alone@25", "mp@25%", "mp@50%")
 
 
-@dataclass(frozen=True)
-class Case:
-    group: str  # gem_cal, mp_cal, gem_hold, mp_hold
-    name: str
-    target: object  # Curve
-    refs: tuple  # reference Curves (used in with_refs mode)
-    truth: float
-
-
-def build_cases() -> list[Case]:
-    cases = []
-    cds, hot = gemstone_cooldowns(), gemstone_hot()
-    runs = sorted({c.run for c in cds})
-    for cd in cds:
-        group = "gem_cal" if runs.index(cd.run) % 2 == 0 else "gem_hold"
-        refs = [
-            cooldown_curve(c, hot, observed_end=True)
-            for c in cds
-            if c.run == cd.run and c.end_step < cd.begin_step
-        ]
-        target = cooldown_curve(cd, hot, observed_end=False)
-        cases.append(Case(group, target.name, target, tuple(refs[-3:]), cd.loss_end))
-    mp_refs = {n: multipower_curve(n) for n in MP_REFERENCES}
-    for name, c in mp_refs.items():
-        others = tuple(v for k, v in mp_refs.items() if k != name)
-        for f in FRACTIONS:
-            cases.append(Case("mp_cal", f"{name}@{f:.0%}", c.truncated(f), others, float(c.losses[-1])))
-    for name in MP_TARGETS:
-        c = multipower_curve(name)
-        for f in FRACTIONS:
-            cases.append(
-                Case(
-                    "mp_hold", f"{name}@{f:.0%}", c.truncated(f), tuple(mp_refs.values()), float(c.losses[-1])
-                )
-            )
-    return cases
-
-
-def usable(case: Case, mode: str) -> bool:
-    return mode == "no_refs" or len(case.refs) > 0
-
-
-def predict(case: Case, mode: str, prior: MultiPowerPrior | None = None):
-    return predict_final_loss(case.target, case.refs if mode == "with_refs" else (), prior=prior)
-
-
-def errors_and_terms(cases, mode, prior=None):
-    preds = [predict(c, mode, prior) for c in cases]
-    e = np.array([c.truth / p.loss - 1 for c, p in zip(cases, preds)])
-    terms = np.array([p.scale_terms for p in preds])  # (n, 4): few, extrap, v_fit, g_prior
-    return preds, e, terms
-
-
-def group_weights(cases) -> np.ndarray:
+def weights(cases: list[Case]) -> np.ndarray:
     groups = [c.group for c in cases]
-    return np.array([1.0 / groups.count(g) for g in groups]) / len(set(groups))
+    counts = defaultdict(int)
+    for g in groups:
+        counts[g] += 1
+    w = np.array([1.0 / counts[g] for g in groups])
+    return w / w.sum()
 
 
-def scale(params: dict, terms: np.ndarray, r: float) -> np.ndarray:
-    few, x, v, g = terms.T
-    return few * np.sqrt(params["s0"] ** 2 + (params["s1"] * x) ** 2 + v + (r * g) ** 2)
-
-
-def conformal(z: np.ndarray, level: float = 0.90) -> tuple[float, float]:
-    """Split-conformal lower/upper quantiles of the scores z (finite-sample corrected)."""
-    n = len(z)
-    zs = np.sort(z)
-    a = (1 - level) / 2
-    k_lo = max(math.floor(a * (n + 1)), 1)  # 1-based rank
-    k_hi = min(math.ceil((1 - a) * (n + 1)), n)  # capped at the max for small n (then below the guarantee)
-    return float(zs[k_lo - 1]), float(zs[k_hi - 1])
-
-
-def calibrate(cases: list[Case], log) -> dict:
-    cal = [c for c in cases if c.group in ("gem_cal", "mp_cal")]
-    out = {"interval": {}}
-    # 1. empirical-Bayes prior means of B (b_rel) and of log C (no references)
+def alone_prior(x) -> MultiPowerPrior:
     base = MultiPowerPrior()
-    ratio = base.b_rel_sd / base.b_rel
-    cal_nr = [c for c in cal if usable(c, "no_refs")]
-    w = group_weights(cal_nr)
-
-    def no_ref_prior(x) -> MultiPowerPrior:
-        b = math.exp(x[0])
-        th = (base.theta[0], float(x[1]), base.theta[2], base.theta[3])
-        return MultiPowerPrior(theta=th, b_rel=b, b_rel_sd=ratio * b)
-
-    def loss_b(x):
-        _, e, _ = errors_and_terms(cal_nr, "no_refs", no_ref_prior(x))
-        return float(np.sum(w * e**2))
-
-    x0 = [math.log(base.b_rel), base.theta[1]]
-    res = minimize(loss_b, x0, method="Nelder-Mead", options={"xatol": 0.02, "fatol": 1e-8, "maxiter": 80})
-    prior = no_ref_prior(res.x)
-    b_rel, log_c = prior.b_rel, float(res.x[1])
-    log(
-        f"no_refs: empirical-Bayes b_rel = {b_rel:.4f}, prior mean C = {math.exp(log_c):.3g} "
-        f"(group-balanced RMS rel err {math.sqrt(res.fun):.4%}, {res.nfev} evaluations)"
+    b = math.exp(x[0])
+    return MultiPowerPrior(
+        theta=(base.theta[0], float(x[1]), base.theta[2], base.theta[3]),
+        b_rel=b,
+        b_rel_sd=b * base.b_rel_sd / base.b_rel,
     )
-    out["b_rel"], out["log_c"] = b_rel, log_c
-    for mode in MODES:
-        cm = [c for c in cal if usable(c, mode)]
-        w = group_weights(cm)
-        _, e, terms = errors_and_terms(cm, mode, prior if mode == "no_refs" else None)
 
-        # 2. Gaussian ML for s0, s1 (and r) -- group-balanced log-likelihood
-        def nll(th, e=e, terms=terms, w=w, mode=mode):
-            s0, s1 = math.exp(th[0]), math.exp(th[1])
-            r = math.exp(th[2]) if mode == "no_refs" else 0.0
-            u = scale({"s0": s0, "s1": s1}, terms, r)
-            return float(np.sum(w * (np.log(u) + 0.5 * (e / u) ** 2)))
 
-        th0 = [math.log(2e-3), math.log(5e-3)] + ([math.log(ratio)] if mode == "no_refs" else [])
-        ml = minimize(nll, th0, method="Nelder-Mead", options={"xatol": 1e-4, "fatol": 1e-9, "maxiter": 2000})
-        s0, s1 = float(math.exp(ml.x[0])), float(math.exp(ml.x[1]))
-        out["interval"][mode] = {"s0": s0, "s1": s1}
-        if mode == "no_refs":
-            r = float(math.exp(ml.x[2]))
-            out["interval"][mode]["r"] = r
-            log(f"no_refs: ML s0 = {s0:.5f}, s1 = {s1:.5f}, r = {r:.3f}")
-        else:
-            log(f"with_refs: ML s0 = {s0:.5f}, s1 = {s1:.5f}")
-    # 3. conformal quantiles of e / u with the final constants, per group; the widest (min q_lo, max q_hi) wins
-    for mode in MODES:
-        curve_mod._CAL[mode] = {"r": 0.0, **out["interval"][mode], "q_lo": -1.0, "q_hi": 1.0}  # u: no q
-    for mode in MODES:
-        cm = [c for c in cal if usable(c, mode)]
-        preds, e, _ = errors_and_terms(cm, mode, prior)
-        z = e / np.array([p.rel_scale for p in preds])
-        groups = np.array([c.group for c in cm])
-        per_group = {g: conformal(z[groups == g]) for g in sorted(set(groups))}
-        q_lo, q_hi = min(q[0] for q in per_group.values()), max(q[1] for q in per_group.values())
-        out["interval"][mode].update(q_lo=q_lo, q_hi=q_hi)
-        detail = ", ".join(
-            f"{g} (n={np.sum(groups == g)}): [{a:.3f}, {b:.3f}]" for g, (a, b) in per_group.items()
-        )
-        log(f"{mode}: conformal quantiles per group {detail} -> q_lo = {q_lo:.3f}, q_hi = {q_hi:.3f}")
+def candidates(cases: list[Case], prior: MultiPowerPrior, only_alone: bool = False) -> list[dict]:
+    """Per case: {name: (final, terms, backtest)} of every candidate."""
+    out = []
+    for c in cases:
+        refs = [] if only_alone else list(c.refs)
+        got = pred_mod._candidates(c.target, refs, prior, 64, 48, True)
+        out.append({k.name: (k.final, k.terms, b) for k, b in got})
     return out
 
 
-def write_constants(c: dict, n_cal: dict) -> None:
-    iv = c["interval"]
+def u_of(terms, s0, s1, r) -> float:
+    few, x, v, g = terms
+    return few * math.sqrt(s0**2 + (s1 * x) ** 2 + v + (r * g) ** 2)
+
+
+def wquantile(z: np.ndarray, w: np.ndarray, q: float) -> float:
+    o = np.argsort(z)
+    cw = np.cumsum(w[o]) / np.sum(w)
+    return float(z[o][min(np.searchsorted(cw, q), len(z) - 1)])
+
+
+def calibrate(cases: list[Case], log) -> dict:
+    cal = [c for c in cases if not is_held_out(c.group)]
+    # 1. empirical Bayes for the alone prior
+    ann = [c for c in cal if c.setting in ANNEALING_SETTINGS]
+    wa = weights(ann)
+
+    def loss_eb(x):
+        res = candidates(ann, alone_prior(x), only_alone=True)
+        e = np.array([c.truth / r["alone"][0] - 1 if "alone" in r else 0.0 for c, r in zip(ann, res)])
+        return float(np.sum(wa * e**2))
+
+    t0 = time.time()
+    eb = minimize(
+        loss_eb,
+        [math.log(0.04), -4.2],
+        method="Nelder-Mead",
+        options={"xatol": 0.03, "fatol": 1e-9, "maxiter": 40},
+    )
+    prior = alone_prior(eb.x)
+    log(
+        f"alone prior: b_rel = {prior.b_rel:.4f}, log C = {eb.x[1]:.3f} (weighted RMS rel err {math.sqrt(eb.fun):.3%}, "
+        f"{eb.nfev} evaluations, {time.time() - t0:.0f} s, {len(ann)} cases)"
+    )
+    out = {"b_rel": prior.b_rel, "log_c": float(eb.x[1]), "interval": {}}
+    # 2. every candidate once; ML per candidate. The sweep candidate's offset prior starts at a fixed 2% (one
+    # step of the estimate below; the file's previous value must not feed the new one)
+    from scaling_train.laws import _calibration
+
+    _calibration.SIGMA_DELTA = 0.02
+    t0 = time.time()
+    res = candidates(cal, prior)
+    log(f"candidates on {len(cal)} calibration cases: {time.time() - t0:.0f} s")
+    w_all = weights(cal)
+    for name in pred_mod.CANDIDATES:
+        idx = [i for i, r in enumerate(res) if name in r]
+        if not idx:
+            continue
+        e = np.array([cal[i].truth / res[i][name][0] - 1 for i in idx])
+        terms = [res[i][name][1] for i in idx]
+        bt = np.array([res[i][name][2] for i in idx])
+        w = w_all[idx] / w_all[idx].sum()
+        use_r = name == "alone"
+
+        def nll(th, e=e, terms=terms, bt=bt, w=w, use_r=use_r):
+            s0, s1 = math.exp(th[0]), math.exp(th[1])
+            r = math.exp(th[2]) if use_r else 0.0
+            v = np.array([u_of(t, s0, s1, r) ** 2 for t in terms]) + bt**2
+            return float(np.sum(w * (0.5 * np.log(v) + 0.5 * e**2 / v)))
+
+        th0 = [math.log(3e-3), math.log(5e-3)] + ([math.log(0.3)] if use_r else [])
+        ml = minimize(
+            nll, th0, method="Nelder-Mead", options={"xatol": 1e-4, "fatol": 1e-10, "maxiter": 3000}
+        )
+        d = {"s0": math.exp(ml.x[0]), "s1": math.exp(ml.x[1]), "r": math.exp(ml.x[2]) if use_r else 0.0}
+        out["interval"][name] = d
+        log(f"{name}: n = {len(idx)}, ML s0 = {d['s0']:.5f}, s1 = {d['s1']:.5f}, r = {d['r']:.4f}")
+    # SIGMA_DELTA: ML scale of the before-start (sweep-only) relative errors
+    bi = [i for i, c in enumerate(cal) if c.setting == "before" and "sweep" in res[i]]
+    if bi:
+        e = np.array([cal[i].truth / res[i]["sweep"][0] - 1 for i in bi])
+        w = w_all[bi] / w_all[bi].sum()
+        out["sigma_delta"] = float(math.sqrt(np.sum(w * e**2)))
+        log(
+            f"sweep: before-start relative error RMS = {out['sigma_delta']:.4f} (n = {len(bi)}) -> SIGMA_DELTA"
+        )
+    else:
+        out["sigma_delta"] = 0.02
+
+    # 3. blend: d by ML, then 4. quantiles per key
+    def blended(i: int, d: float) -> tuple[float, float, str]:
+        r = res[i]
+        names = list(r)
+        us = []
+        for n in names:
+            k = out["interval"][n]
+            us.append(u_of(r[n][1], k["s0"], k["s1"], k["r"]))
+        loss, u, _ = pred_mod.blend([r[n][0] for n in names], us, [r[n][2] for n in names], d)
+        return loss, u, pred_mod.interval_key(names)
+
+    multi = [i for i, r in enumerate(res) if len(r) > 1]
+    wm = w_all[multi] / w_all[multi].sum()
+
+    def nll_d(th):
+        v = [blended(i, math.exp(th[0])) for i in multi]
+        e = np.array([cal[i].truth / lo - 1 for i, (lo, _, _) in zip(multi, v)])
+        u = np.array([x[1] for x in v])
+        return float(np.sum(wm * (np.log(u) + 0.5 * (e / u) ** 2)))
+
+    md = minimize_scalar(lambda x: nll_d([x]), bounds=(math.log(0.05), math.log(10.0)), method="bounded")
+    dd = float(math.exp(md.x))
+    log(f"blend: ML d = {dd:.3f} (n = {len(multi)})")
+    zs: dict[str, list[tuple[float, float]]] = defaultdict(list)
+    for i, c in enumerate(cal):
+        if not res[i]:
+            continue
+        lo, u, key = blended(i, dd)
+        zs[key].append(((c.truth / lo - 1) / u, w_all[i]))
+    out["interval"]["blend"] = {"d": dd}
+    for key, v in zs.items():
+        z = np.array([a for a, _ in v])
+        w = np.array([b for _, b in v])
+        ql, qh = wquantile(z, w, 0.04), wquantile(z, w, 0.96)
+        out["interval"].setdefault(key, {}).update(q_lo=min(ql, -0.5), q_hi=max(qh, 0.5))
+        log(f"{key}: n = {len(z)}, quantiles of e / u: q_lo = {ql:.3f}, q_hi = {qh:.3f}")
+    for key in (*pred_mod.CANDIDATES, "blend"):  # a key without calibration cases takes the blend's
+        out["interval"].setdefault(key, {"s0": 0.01, "s1": 0.01, "r": 0.0})
+        for q in ("q_lo", "q_hi"):
+            out["interval"][key].setdefault(q, out["interval"]["blend"][q])
+    out["groups"] = sorted({c.group for c in cal})
+    out["n"] = len(cal)
+    return out
+
+
+def write_constants(c: dict) -> None:
     lines = [
-        '"""Interval-calibration constants of ``predict_final_loss`` -- GENERATED, do not edit by hand.',
+        '"""Calibration constants of ``predict_final_loss`` -- GENERATED by benchmarks/calibrate_laws.py, do not edit.',
         "",
-        "Written by ``PYTHONPATH=. python benchmarks/calibrate_laws.py`` (procedure in its docstring) from the",
-        "CALIBRATION split only: Gemstone cooldowns of the 10 runs with an even index in the sorted run names",
-        "(tests/data/laws/gemstone) and the three multipower_25m reference runs cosine_24000, constant_24000,",
-        "wsdcon_9 observed for 25% / 50% (tests/data/laws/multipower_25m). Held-out coverage (Gemstone odd-index",
-        "runs, the six multipower_25m target runs) is reported in benchmarks/results/laws.md.",
-        "",
-        f"Calibration cases: {n_cal}.",
+        f"Fitted on {c['n']} cases of the CALIBRATION groups listed in CALIBRATION_GROUPS only (the protocol and the",
+        "split: tests/laws/protocol.py; tests/laws/test_protocol.py checks that no held-out group is among them).",
         '"""',
         "",
-        "# no-reference prior mean of the annealing amplitude B (fraction of the loss level): empirical Bayes",
+        "# alone candidate: prior mean of the annealing amplitude B (fraction of the loss level), empirical Bayes",
         f"NO_REF_B_REL = {c['b_rel']:.6g}",
-        "# (its sd keeps the a-priori ratio b_rel_sd / b_rel = 0.02 / 0.035 of the weak prior: it sets how much",
-        "# the target's own points can move B, not the interval)",
-        "# no-reference prior mean of log C (the annealing-response rate): empirical Bayes",
+        "# alone candidate: prior mean of log C (how fast the loss answers an LR drop), empirical Bayes",
         f"NO_REF_LOG_C = {c['log_c']:.6g}",
-        "# per mode: s0, s1, r (Gaussian ML), q_lo, q_hi (split-conformal 5% / 95% quantiles of e / u)",
+        "# sweep model: prior sd of a run's offset from the sweep law, relative to the loss (before-start RMS)",
+        f"SIGMA_DELTA = {c['sigma_delta']:.6g}",
+        "# per candidate: s0, s1, r of the relative scale u; per interval key: q_lo, q_hi (quantiles of e / u);",
+        "# blend: d, the weight of the candidates' disagreement",
         "INTERVAL = {",
     ]
-    for mode in MODES:
-        d = iv[mode]
-        kv = ", ".join(f'"{k}": {d.get(k, 0.0):.6g}' for k in ("s0", "s1", "r", "q_lo", "q_hi"))
-        lines.append(f'    "{mode}": {{{kv}}},')
+    for key, d in c["interval"].items():
+        kv = ", ".join(f'"{k}": {v:.6g}' for k, v in d.items())
+        lines.append(f'    "{key}": {{{kv}}},')
     lines.append("}")
+    lines.append("CALIBRATION_GROUPS = (")
+    lines += [f'    "{g}",' for g in c["groups"]]
+    lines.append(")")
     CONST_FILE.write_text("\n".join(lines) + "\n")
 
 
-def held_out_report(cases: list[Case] | None = None) -> str:
-    """Markdown: coverage and errors per split / mode / observed fraction with the installed constants."""
-    cases = cases if cases is not None else build_cases()
-    rows = [
-        "| mode | split | observed | n | coverage of 90% interval | mean abs rel err | mean rel err (bias) | mean width (rel) |",
+def report(cases: list[Case]) -> str:
+    t0 = time.time()
+    rows = []
+    for c in cases:
+        try:
+            p = predict_final_loss(c.target, c.refs)
+        except NotEnoughDataError:
+            rows.append((c, None))
+            continue
+        rows.append((c, p))
+    elapsed = time.time() - t0
+    by: dict[tuple, list] = defaultdict(list)
+    for c, p in rows:
+        kind = c.group.split("/")[-1] if c.group.startswith("lrs") else c.group.split("/")[0]
+        by[(c.setting, kind, "held out" if is_held_out(c.group) else "calibration")].append((c, p))
+    out = [
+        "# predict_final_loss: the protocol, calibration and held-out groups",
+        "",
+        "Command: `PYTHONPATH=. python benchmarks/calibrate_laws.py` (calibrate, then report) or `--check` (report).",
+        "Cases, settings, groups and the split: `tests/laws/protocol.py`. Constants: `scaling_train/laws/_calibration.py`",
+        "(fitted on calibration groups only). Signed error = predicted / true - 1 (positive: predicted too high).",
+        f"{len(rows)} cases, {elapsed:.0f} s ({1000 * elapsed / max(len(rows), 1):.0f} ms per call on average).",
+        "",
+        "| setting | loss | split | n | mean abs err | bias | 90% coverage | mean width | worst | no prediction |",
+        "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |",
+    ]
+    misses = []
+    for key in sorted(by):
+        v = by[key]
+        ok = [(c, p) for c, p in v if p is not None]
+        if not ok:
+            continue
+        e = np.array([p.loss / c.truth - 1 for c, p in ok])
+        cov = np.mean([p.low <= c.truth <= p.high for c, p in ok])
+        wid = np.mean([(p.high - p.low) / p.loss for _, p in ok])
+        worst = ok[int(np.argmax(np.abs(e)))]
+        out.append(
+            f"| {key[0]} | {key[1]} | {key[2]} | {len(ok)} | {np.abs(e).mean():.3%} | {e.mean():+.3%} | {cov:.0%} | "
+            f"{wid:.2%} | {worst[0].name} {e.max() if abs(e.max()) > abs(e.min()) else e.min():+.2%} | {len(v) - len(ok)} |"
+        )
+        misses += [(key, c, p) for c, p in ok if not p.low <= c.truth <= p.high and key[2] == "held out"]
+    out += ["", f"## Held-out misses (truth outside the 90% interval): {len(misses)}", ""]
+    out += [
+        "| setting | loss | group | run | predicted [interval] | true | err | mode |",
         "| --- | --- | --- | --- | --- | --- | --- | --- |",
     ]
-    for mode in MODES:
-        for group in ("gem_cal", "mp_cal", "gem_hold", "mp_hold"):
-            for frac in ("~91%",) if group.startswith("gem") else ("25%", "50%"):
-                cs = [
-                    c
-                    for c in cases
-                    if c.group == group
-                    and usable(c, mode)
-                    and (group.startswith("gem") or c.name.endswith("@" + frac))
-                ]
-                preds = [predict(c, mode) for c in cs]
-                e = np.array([p.loss / c.truth - 1 for c, p in zip(cs, preds)])
-                cov = np.mean([p.low <= c.truth <= p.high for c, p in zip(cs, preds)])
-                wid = np.mean([(p.high - p.low) / p.loss for p in preds])
-                split = ("calibration" if group.endswith("cal") else "**held out**") + f" ({group})"
-                rows.append(
-                    f"| {mode} | {split} | {frac} | {len(cs)} | {cov:.1%} | {np.abs(e).mean():.3%} | {e.mean():+.3%} | {wid:.2%} |"
-                )
-    return "\n".join(rows)
+    for key, c, p in misses:
+        out.append(
+            f"| {key[0]} | {key[1]} | {c.group} | {c.name} | {p.loss:.4f} [{p.low:.4f}, {p.high:.4f}] | {c.truth:.4f} | "
+            f"{p.loss / c.truth - 1:+.2%} | {p.mode} |"
+        )
+    return "\n".join(out) + "\n"
 
 
 def main() -> None:
     ap = argparse.ArgumentParser()
-    ap.add_argument(
-        "--check", action="store_true", help="only print the held-out report with the stored constants"
-    )
+    ap.add_argument("--check", action="store_true", help="only the report, with the stored constants")
     args = ap.parse_args()
-    cases = build_cases()
+    cases = all_cases()
     if not args.check:
-        c = calibrate(cases, log=lambda s: print(f"- {s}"))
-        n_cal = {m: sum(1 for x in cases if x.group in ("gem_cal", "mp_cal") and usable(x, m)) for m in MODES}
-        write_constants(c, n_cal)
-        print(
-            f"- wrote {CONST_FILE.relative_to(ROOT)}; held-out report with the stored constants:\n",
-            flush=True,
-        )
-        # a fresh interpreter imports the written constants (dataclass defaults are bound at import)
+        c = calibrate(cases, log=lambda s: print(f"- {s}", flush=True))
+        write_constants(c)
+        print(f"- wrote {CONST_FILE.relative_to(ROOT)}", flush=True)
         subprocess.run([sys.executable, __file__, "--check"], check=True)
         return
-    print(held_out_report(cases))
+    text = report(cases)
+    REPORT.write_text(text)
+    print(text)
 
 
 if __name__ == "__main__":

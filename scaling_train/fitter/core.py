@@ -4,8 +4,9 @@
     fitter.step()      # poll all runs (incrementally), refit what changed, write the JSON files
 
 Per run, ``predictions.json``: the final loss predicted by ``laws.predict_final_loss`` from the run's
-training-loss curve and its full planned LR schedule, with sibling runs of the same model size
-(same non-embedding N) as references. Per sweep, ``sweep_law.json``: Chinchilla
+training-loss curve and its full planned LR schedule, with every other run of the sweep (any size or
+budget, finished or running; N and tokens per step from their configs) as references, and the predicted
+remaining curve with its band. A run that has not logged a row yet is predicted from the others alone. Per sweep, ``sweep_law.json``: Chinchilla
 ``L(N, D) = E + A / N**alpha + B / D**beta`` and the IsoFLOP optimum over (N, D, final loss) -- observed
 for finished runs, predicted for running ones -- and Kaplan's ``B_crit(L) = B_star / L**(1/alpha_B)``
 over (loss, gradient noise scale) pairs of all runs. Diverged runs (a non-finite loss) are marked and
@@ -30,6 +31,7 @@ from scaling_train.metrics.jsonl import _clean
 
 STATE_FILE = ".fitter_state.json"
 MIN_POINTS = 3
+CURVE_POINTS = 24  # steps of the predicted remaining curve in predictions.json
 
 
 def write_json_atomic(path: Path, obj: Any) -> None:
@@ -133,19 +135,17 @@ class SweepFitter:
         if t.name not in self._lr or self._lr[t.name] is None:
             self._lr[t.name] = _lr_schedule(t)
         lr = self._lr[t.name]
-        if lr is None or not t.rows:
+        if lr is None:
             return None
-        steps = np.array(sorted(s for s in t.rows if s <= len(lr)), dtype=np.float64)
-        if len(steps) == 0:
-            return None
+        steps = np.array(sorted(s for s in t.rows if 1 <= s <= len(lr)), dtype=np.float64)
         losses = np.array([t.rows[int(s)].get("loss", math.nan) for s in steps])
-        return Curve(steps, losses, lr, t.name)
+        return Curve(steps, losses, lr, t.name, n_params=t.n_params, tokens_per_step=t.batch_tokens)
 
     def _references(self, t: RunTail) -> list[RunTail]:
         return [
             r
             for r in self.tails.values()
-            if r is not t and r.n_params == t.n_params and r.diverged_at is None and len(r.rows) >= MIN_POINTS
+            if r is not t and r.diverged_at is None and len(r.rows) >= MIN_POINTS and r.config is not None
         ]
 
     def _refit(self) -> set[str]:
@@ -185,10 +185,13 @@ class SweepFitter:
                     if curve is None:
                         raise NotEnoughDataError("no rows or no LR schedule yet")
                     ref_curves = [c for c in (self._curve(r) for r in refs) if c is not None]
-                    p = predict_final_loss(curve, ref_curves)
+                    p = predict_final_loss(curve, ref_curves, curve_points=CURVE_POINTS)
                     pred.update(
                         loss=p.loss, low=p.low, high=p.high, n_used=p.n_used, n_spikes=p.n_spikes,
-                        extrapolation=p.extrapolation, references=[c.name for c in ref_curves],
+                        extrapolation=p.extrapolation, references=[c.name for c in ref_curves], mode=p.mode,
+                        candidates=p.candidates, weights=p.weights,
+                        curve={"step": p.curve_steps.tolist(), "loss": p.curve.tolist(),
+                               "low": p.curve_low.tolist(), "high": p.curve_high.tolist()},
                     )  # fmt: skip
                 except (ValueError, RuntimeError, FloatingPointError) as e:
                     pred.update(loss=None, low=None, high=None, error=f"{type(e).__name__}: {e}")

@@ -10,16 +10,15 @@ from .batch import (
 from .chinchilla import ChinchillaFit, fit_chinchilla, hoffmann_grid
 from .curve import (
     Curve,
-    LossPrediction,
     MultiPowerFit,
     MultiPowerPrior,
     NotEnoughDataError,
     fit_multipower,
-    predict_final_loss,
     schedule_from_samples,
 )
 from .isoflop import IsoFLOPFit, IsoFLOPParabola, fit_isoflop
 from .overtraining import DownstreamFit, OvertrainingFit, fit_downstream, fit_overtraining
+from .predict import LossPrediction, SweepFit, fit_sweep, predict_final_loss
 from .sample import PassUntilFit, SampleScores, fit_pass_until, fit_pass_until_from_loglik, sample_scores
 
 __all__ = [
@@ -38,6 +37,7 @@ __all__ = [
     "PassUntilFit",
     "SampleScores",
     "StepsToTargetFit",
+    "SweepFit",
     "fit_chinchilla",
     "fit_critical_batch",
     "fit_downstream",
@@ -46,6 +46,7 @@ __all__ = [
     "fit_overtraining",
     "fit_pass_until",
     "fit_pass_until_from_loglik",
+    "fit_sweep",
     "fit_steps_to_target",
     "hoffmann_grid",
     "predict_final_loss",

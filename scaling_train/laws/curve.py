@@ -12,7 +12,6 @@ and shared shape parameters transfer between runs of one model with different pe
 from __future__ import annotations
 
 import hashlib
-from collections import OrderedDict
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 
@@ -37,6 +36,13 @@ class Curve:
     losses: np.ndarray
     lr: np.ndarray
     name: str = ""
+    n_params: float | None = None
+    """Parameters of the model (any fixed convention within a sweep; the fitter passes non-embedding N).
+    With ``tokens_per_step`` it lets runs of other sizes and budgets serve as references."""
+    tokens_per_step: float | None = None
+    """Tokens per optimizer step (batch size x sequence length)."""
+    batch_size: float | None = None
+    """Sequences per optimizer step (informational; the batch enters the law through ``tokens_per_step``)."""
 
     def __post_init__(self) -> None:
         steps = np.asarray(self.steps, dtype=np.float64).reshape(-1)
@@ -61,6 +67,10 @@ class Curve:
             raise ValueError(f"lr[{i}]={lr[i]} must be >= 0 (curve {self.name!r})")
         if lr.max() <= 0:
             raise ValueError(f"max(lr)={lr.max()} must be > 0 (curve {self.name!r})")
+        for key in ("n_params", "tokens_per_step", "batch_size"):
+            v = getattr(self, key)
+            if v is not None and not (np.isfinite(v) and v > 0):
+                raise ValueError(f"{key}={v} must be a finite number > 0 or None (curve {self.name!r})")
         object.__setattr__(self, "steps", steps)
         object.__setattr__(self, "losses", losses)
         object.__setattr__(self, "lr", lr)
@@ -72,13 +82,21 @@ class Curve:
     def truncated(self, fraction: float) -> Curve:
         """The same run observed only up to step ``fraction * T`` (for backtests)."""
         check_range("fraction", fraction, 0.0, 1.0)
-        keep = self.steps <= fraction * self.total_steps
-        return Curve(self.steps[keep], self.losses[keep], self.lr, self.name)
+        return self.observed_until(fraction * self.total_steps)
+
+    def observed_until(self, step: float) -> Curve:
+        """The same run with only the points at steps <= ``step`` (the planned schedule unchanged)."""
+        keep = self.steps <= step
+        return Curve(
+            self.steps[keep], self.losses[keep], self.lr, self.name,
+            n_params=self.n_params, tokens_per_step=self.tokens_per_step, batch_size=self.batch_size,
+        )  # fmt: skip
 
     def digest(self) -> str:
         h = hashlib.sha1()
         for a in (self.steps, self.losses, self.lr):
             h.update(np.ascontiguousarray(a).tobytes())
+        h.update(repr((self.n_params, self.tokens_per_step)).encode())
         return h.hexdigest()
 
 
@@ -250,12 +268,20 @@ class MultiPowerFit:
 
 
 def _fit(
-    preps: Sequence[_Prepared], *, prior: MultiPowerPrior, prior_weight: float, theta0: np.ndarray
+    preps: Sequence[_Prepared],
+    *,
+    prior: MultiPowerPrior,
+    prior_weight: float,
+    theta0: np.ndarray,
+    own_amplitude: bool = False,
+    curve_weights: Sequence[float] | None = None,
 ) -> tuple[np.ndarray, np.ndarray, float]:
     """Variable projection: outer least squares over theta, inner non-negative LS over (L0_c.., A, B)."""
     n_c = len(preps)
+    n_a = n_c if own_amplitude else 1
     y = np.concatenate([p.y for p in preps])
-    sw = np.sqrt(np.concatenate([p.w for p in preps]))
+    cw = np.ones(n_c) if curve_weights is None else np.asarray(curve_weights, float)
+    sw = np.sqrt(np.concatenate([p.w * cw[i] for i, p in enumerate(preps)]))
     level = float(np.average(preps[-1].y[-3:]))
     scale = max(float(np.std(np.diff(y))) if len(y) > 2 else 0.01, 1e-3)  # ~ noise level
     pth = np.array(prior.theta)
@@ -266,10 +292,10 @@ def _fit(
         alpha, C, beta, gamma = np.exp(theta[0]), np.exp(theta[1]), np.exp(theta[2]), theta[3]
         cols = []
         for c, p in enumerate(preps):
-            x = np.zeros((len(p.t), n_c + 2))
+            x = np.zeros((len(p.t), n_c + n_a + 1))
             x[:, c] = 1.0
-            x[:, n_c] = p.area[: len(p.t)] ** (-alpha)
-            x[:, n_c + 1] = -_ld_basis(p, p.t, p.area[: len(p.t)], C, beta, gamma)
+            x[:, n_c + (c if own_amplitude else 0)] = p.area[: len(p.t)] ** (-alpha)
+            x[:, n_c + n_a] = -_ld_basis(p, p.t, p.area[: len(p.t)], C, beta, gamma)
             cols.append(x)
         return np.vstack(cols)
 
@@ -277,8 +303,8 @@ def _fit(
         x = design(theta) * sw[:, None] / scale
         rhs = y * sw / scale
         # prior row on B (weight prior_weight), as a pseudo-observation
-        prow = np.zeros(n_c + 2)
-        prow[n_c + 1] = prior_weight / b_sd
+        prow = np.zeros(n_c + n_a + 1)
+        prow[n_c + n_a] = prior_weight / b_sd
         x2 = np.vstack([x, prow])
         rhs2 = np.concatenate([rhs, [prior_weight * b_mu / b_sd]])
         coef, _ = nnls(x2, rhs2, maxiter=200)  # L0_c >= 0, A >= 0, B >= 0 (the LD column is -LD)
@@ -330,138 +356,3 @@ def _as_fit(theta: np.ndarray, coef: np.ndarray, rmse: float, n_c: int, n_points
         n_points=n_points,
         theta=theta,
     )
-
-
-# --------------------------------------------------------------------------------------------------
-# final-loss prediction
-
-
-@dataclass(frozen=True)
-class LossPrediction:
-    """Predicted loss at the last step T of the schedule with a 90% interval [low, high].
-
-    ``n_used`` valid target points, ``n_dropped`` non-finite losses dropped, ``n_spikes`` spikes rejected,
-    ``extrapolation`` = log(area(T) / area(last observed step)), ``fit`` the multi-power fit used."""
-
-    loss: float
-    low: float
-    high: float
-    n_used: int
-    n_dropped: int
-    n_spikes: int
-    extrapolation: float
-    fit: MultiPowerFit | None = field(default=None, repr=False)
-    rel_scale: float = float("nan")  # uncalibrated relative uncertainty u; interval = loss * (1 + q * u)
-    mode: str = ""  # "with_refs" or "no_refs": which calibrated constants were used
-    scale_terms: tuple[float, ...] = field(default=(), repr=False)  # (few, extrapolation, v_fit, g_prior)
-
-
-# Interval model (per mode m = "with_refs" / "no_refs"): an uncalibrated relative scale
-#   u = few * sqrt(s0**2 + (s1 * extrapolation)**2 + (rmse / loss)**2 / n + prior_rel**2 + extra_rel**2)
-# (prior_rel = r * B * LD(T) / loss: sd of the prior-driven annealing gain without references; extra_rel: spread of the
-# references' L0 when the target has < 3 points; few = 3 when n < 10) and the interval
-#   [loss * (1 + q_lo * u), loss * (1 + q_hi * u)].
-# s0, s1, r (Gaussian ML) and q_lo, q_hi (split-conformal 5% / 95% quantiles of (true / loss - 1) / u) are
-# fitted on a calibration split of real curves by benchmarks/calibrate_laws.py and stored in
-# _calibration.py together with the data they came from; held-out coverage is in benchmarks/results/laws.md.
-_CAL = _calibration.INTERVAL
-
-
-def _rel_scale(cal: dict, few: float, extrap: float, v_fit: float, g_prior: float, r_prior: float) -> float:
-    """u = few * sqrt(s0^2 + (s1 * extrap)^2 + v_fit + (r_prior * g_prior)^2) (see the comment above)."""
-    return float(few * np.sqrt(cal["s0"] ** 2 + (cal["s1"] * extrap) ** 2 + v_fit + (r_prior * g_prior) ** 2))
-
-
-_REF_CACHE: OrderedDict[tuple[str, ...], tuple[np.ndarray, MultiPowerFit]] = OrderedDict()
-
-
-def _reference_fit(
-    references: Sequence[Curve], max_points: int, n_bins: int
-) -> tuple[np.ndarray, MultiPowerFit]:
-    key = tuple(c.digest() for c in references) + (str(max_points), str(n_bins))
-    if key in _REF_CACHE:
-        _REF_CACHE.move_to_end(key)
-        return _REF_CACHE[key]
-    fit = fit_multipower(references, prior_weight=0.05, max_points=max_points, n_bins=n_bins)
-    _REF_CACHE[key] = (fit.theta, fit)
-    if len(_REF_CACHE) > 16:
-        _REF_CACHE.popitem(last=False)
-    return _REF_CACHE[key]
-
-
-def predict_final_loss(
-    target: Curve,
-    references: Sequence[Curve] = (),
-    *,
-    max_points: int = 64,
-    n_bins: int = 48,
-    prior: MultiPowerPrior | None = None,
-) -> LossPrediction:
-    """Predict the loss of ``target`` at its last step T = len(target.lr) with the multi-power law.
-
-    Without references the law is fitted to the target's observed points alone, with a weak prior on
-    the annealing shape (``MultiPowerPrior``) so a constant-LR prefix does not leave it undetermined.
-    With references (other runs of the same model, partial or finished) all shape parameters
-    (A, alpha, B, C, beta, gamma) are fitted jointly on references + target, the target getting its own
-    L0; the references-only fit is cached and warm-starts the joint fit.
-
-    Raises ``NotEnoughDataError`` when the target has < 3 valid points and there are no references;
-    with references and < 3 target points the prediction uses the references' mean L0 and a wide interval.
-    The 90% interval is calibrated on held-out curves (see ``_CAL`` and benchmarks/calibrate_laws.py);
-    ``prior`` replaces ``NO_REF_PRIOR`` in the no-reference fit (the calibration script uses it).
-    """
-    prior = prior or NO_REF_PRIOR
-    if not isinstance(target, Curve):
-        raise TypeError(f"target must be a Curve, got {type(target).__name__}")
-    refs = list(references)
-    for i, r in enumerate(refs):
-        if not isinstance(r, Curve):
-            raise TypeError(f"references[{i}] must be a Curve, got {type(r).__name__}")
-    T = float(target.total_steps)
-    p = _prepare(target, max_points=max_points, n_bins=n_bins, extra_t=[T])
-    n_t = len(p.t)
-    if n_t < 3 and not refs:
-        raise NotEnoughDataError(
-            f"target {target.name!r} has {n_t} valid points (dropped {p.n_dropped} non-finite, "
-            f"{p.n_spikes} spikes); at least 3 are needed without references"
-        )
-    area_T = p.area[-1]
-    area_last = p.area[n_t - 1] if n_t else p.area[-1] * 1e-3
-    extrap = float(np.log(area_T / area_last))
-    if refs:
-        theta0, ref_fit = _reference_fit(refs, max_points, n_bins)
-        if n_t >= 3:
-            preps = [_prepare(c, max_points=max_points, n_bins=n_bins) for c in refs] + [p]
-            theta, coef, rmse = _fit(preps, prior=MultiPowerPrior(), prior_weight=0.05, theta0=theta0)
-            fit = _as_fit(theta, coef, rmse, len(preps), ref_fit.n_points + p.n_valid)
-            idx = len(preps) - 1
-            extra_var = 0.0
-        else:  # no usable target points: borrow the references' L0
-            l0 = np.array(ref_fit.L0)
-            fit = MultiPowerFit(
-                L0=(*ref_fit.L0, float(l0.mean())), A=ref_fit.A, alpha=ref_fit.alpha, B=ref_fit.B, C=ref_fit.C,
-                beta=ref_fit.beta, gamma=ref_fit.gamma, rmse=ref_fit.rmse, n_points=ref_fit.n_points,
-                theta=ref_fit.theta,
-            )  # fmt: skip
-            idx = len(l0)
-            extra_var = float(np.var(l0)) + (0.05 * float(l0.mean())) ** 2
-        mode = "with_refs"
-    else:
-        theta, coef, rmse = _fit([p], prior=prior, prior_weight=1.0, theta0=np.array(prior.theta))
-        fit = _as_fit(theta, coef, rmse, 1, p.n_valid)
-        idx = 0
-        extra_var = 0.0
-        mode = "no_refs"
-    ld = _ld_basis(p, np.array([T]), np.array([area_T]), fit.C, fit.beta, fit.gamma)[0]
-    loss = fit.L0[idx] + fit.A * area_T ** (-fit.alpha) - fit.B * ld
-    few = 3.0 if n_t < 10 else 1.0  # short prefixes: inflate (not calibrated: no such data)
-    v_fit = (fit.rmse / loss) ** 2 / max(n_t, 1) + extra_var / loss**2
-    # the annealing amount B * LD(T) rests on the prior when no reference pins it down
-    g_prior = 0.0 if refs else float(fit.B * ld / loss)
-    cal = _CAL[mode]
-    u = _rel_scale(cal, few, extrap, v_fit, g_prior, cal.get("r", 0.0))
-    return LossPrediction(
-        loss=float(loss), low=float(loss * (1 + cal["q_lo"] * u)), high=float(loss * (1 + cal["q_hi"] * u)),
-        n_used=p.n_valid, n_dropped=p.n_dropped, n_spikes=p.n_spikes, extrapolation=extrap, fit=fit,
-        rel_scale=float(u), mode=mode, scale_terms=(few, extrap, v_fit, g_prior),
-    )  # fmt: skip

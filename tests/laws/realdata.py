@@ -82,3 +82,108 @@ def cooldown_curve(
     lr[cd.begin_step :] = 1.0 - np.arange(1, n_cool + 1) / n_cool  # ends at 0 at step T
     lr[-1] = max(lr[-1], 1e-3)  # keep the last step's LR positive
     return Curve(steps, losses, lr, f"{cd.run}@{cd.end_step}")
+
+
+# --------------------------------------------------------------------------------------------------
+# lr_schedules: 214 WSD / cosine / constant runs, 33M-360M (Schaipp, Haegele et al. 2025)
+
+LRS = DATA / "lr_schedules"
+
+
+@dataclass(frozen=True, eq=False)
+class LRRun:
+    """One run of tests/data/laws/lr_schedules. ``start`` > 0 for a cooldown branch (its rows begin at the
+    branch step; ``parent`` names the constant-LR run it branched from, '' if none was found). ``lr`` is the
+    full planned per-step schedule (length ``iterations``): linear warmup to the peak, the peak held up to
+    the first logged LR, then the logged LRs (every 50 steps) interpolated."""
+
+    name: str
+    params: float
+    dataset: str
+    family: str  # const | wsd | cos | twostage
+    decay: str  # linear | sqrt | '' (the code's default: linear)
+    fract: float  # cooldown fraction (wsd)
+    peak: float
+    iterations: int
+    tokens_per_step: int  # 50 sequences x acc x world x 512 tokens
+    start: int
+    lr: np.ndarray
+    train: tuple[np.ndarray, np.ndarray]  # (steps, losses)
+    val: tuple[np.ndarray, np.ndarray]
+    parent: str = ""
+
+    @property
+    def group(self) -> str:
+        return f"{self.params / 1e6:.0f}M/{self.dataset}/{self.family}"
+
+
+def _lr_family(row: dict) -> str:
+    if row["scheduler"] == "wsd_twostage":
+        return "twostage"
+    if row["scheduler"] == "cos":
+        return "cos"
+    return "const" if float(row["wsd_fract_decay"] or 0) == 0 else "wsd"
+
+
+def _dedup(a: np.ndarray) -> np.ndarray:
+    """Rows of (step, value) with a repeated step (a few logs repeat one) keep the last value."""
+    _, last = np.unique(a[::-1, 0], return_index=True)
+    return a[::-1][last]
+
+
+def lr_schedule_runs() -> dict[str, LRRun]:
+    """Every lr_schedules run by name (run000..run213), parents of cooldown branches resolved."""
+    runs: dict[str, LRRun] = {}
+    with (LRS / "index.csv").open() as f:
+        index = list(csv.DictReader(f))
+    for row in index:
+        cols: dict[str, list[tuple[int, float]]] = {"lr": [], "train_loss": [], "val_loss": []}
+        with (LRS / "runs" / f"{row['run']}.csv").open() as f:
+            for r in csv.DictReader(f):
+                for k in cols:
+                    if r[k] != "" and int(r["step"]) >= 1:
+                        cols[k].append((int(r["step"]), float(r[k])))
+        T, peak, warm = int(row["iterations"]), float(row["lr"]), int(row["warmup_steps"])
+        ls = np.array([s for s, _ in cols["lr"]], float)
+        lv = np.array([v for _, v in cols["lr"]])
+        t = np.arange(1, T + 1, dtype=np.float64)
+        lr = np.interp(t, ls, lv)
+        pre = t < ls[0]
+        lr[pre] = peak * np.minimum(t[pre] / warm, 1.0)  # warmup, then the peak up to the first logged LR
+        lr = np.maximum(lr, 1e-6 * peak)  # the last step's LR is 0: keep it positive
+        tr = np.array(cols["train_loss"]).reshape(-1, 2)
+        va = np.array(cols["val_loss"]).reshape(-1, 2)
+        tr, va = _dedup(tr[tr[:, 0] <= T]), _dedup(va[va[:, 0] <= T])
+        runs[row["run"]] = LRRun(
+            row["run"], float(row["params"]), row["dataset"], _lr_family(row), row["decay_type"],
+            float(row["wsd_fract_decay"] or 0), peak, T,
+            int(row["batch_size"]) * int(row["acc_steps"]) * int(row["world_size"]) * int(row["seq_len"]),
+            int(ls[0]) - 50 if ls[0] > 100 else 0, lr, (tr[:, 0], tr[:, 1]), (va[:, 0], va[:, 1]),
+        )  # fmt: skip
+    # parents: a run from step 0 of the same size, peak, data and batch whose LR is still at the peak at the
+    # branch step (a constant run, or a longer-horizon WSD run); the longest-horizon one when several
+    for name, r in list(runs.items()):
+        if r.start == 0:
+            continue
+        cands = [
+            p for p in runs.values()
+            if p.start == 0 and p.params == r.params and p.peak == r.peak and p.dataset == r.dataset
+            and p.tokens_per_step == r.tokens_per_step and p.iterations >= r.start
+            and np.all(p.lr[r.start // 2 : r.start] >= 0.999 * p.peak)
+        ]  # fmt: skip
+        if cands:
+            best = max(cands, key=lambda p: (p.family == "const", p.iterations))
+            runs[name] = LRRun(**{**r.__dict__, "parent": best.name})
+    return runs
+
+
+def lr_full_curve(run: LRRun, runs: dict[str, LRRun], kind: str = "val") -> tuple[np.ndarray, np.ndarray]:
+    """(steps, losses) of ``run`` from step 1: a branch's rows after its parent's rows before the branch."""
+    s, y = getattr(run, kind)
+    if run.start == 0:
+        return s, y
+    if not run.parent:
+        raise ValueError(f"branch {run.name} has no parent run")
+    ps, py = getattr(runs[run.parent], kind)
+    keep = ps < s[0]
+    return np.r_[ps[keep], s], np.r_[py[keep], y]

@@ -1,0 +1,505 @@
+"""Final-loss and remaining-curve prediction for one run, alone or with any other runs of its sweep.
+
+Three candidate models, each a multi-power law (``curve.py``) fitted to different data:
+
+- ``alone``: the target's own observed points, annealing shape from a calibrated prior
+  (``NO_REF_PRIOR``): a constant-LR prefix says nothing about how much a cooldown will gain.
+- ``same_size``: the target jointly with references of the same model size (other horizons, schedules or
+  peak LRs): shared A, alpha, B, C, beta, gamma; L0 per run.
+- ``sweep``: the sweep-level trajectory model over references of any size (``Curve.n_params`` and
+  ``Curve.tokens_per_step`` given)::
+
+      L_i(t) = E + K * N_i**(-a) + delta_i + A * D_i(t)**(-alpha) - B * LD_i(t)
+      D_i(t) = tokens_per_step_i * S1_i(t)       (tokens weighted by the normalised LR: the forward area)
+
+  with the annealing term LD of the multi-power law, every parameter shared except a per-run offset
+  delta_i ~ N(0, (SIGMA_DELTA * loss)^2) (ridge): the Chinchilla form with the data term measured along
+  each run's schedule. It predicts a run before it starts (delta = 0) and its prefix moves delta.
+
+A reference only ever enters through a candidate, and candidates are combined by inverse variance, where
+a candidate's variance is its calibrated scale squared plus its squared error on a held-out tail of the
+target's own prefix (``_backtest``): a reference model that does not describe the target's own points
+loses its weight. Disagreement between the candidates widens the interval (``d`` below). The interval
+constants are fitted on calibration groups of real curves by ``benchmarks/calibrate_laws.py`` and
+stored in ``_calibration.py`` with the list of groups they came from.
+"""
+
+from __future__ import annotations
+
+from collections import OrderedDict
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+
+import numpy as np
+from scipy.optimize import least_squares, nnls
+
+from . import _calibration
+from .curve import (
+    _HI,
+    _LO,
+    NO_REF_PRIOR,
+    Curve,
+    MultiPowerFit,
+    MultiPowerPrior,
+    NotEnoughDataError,
+    _as_fit,
+    _fit,
+    _ld_basis,
+    _prepare,
+    _Prepared,
+)
+
+CANDIDATES = ("alone", "same_size", "sweep")
+
+
+@dataclass(frozen=True)
+class LossPrediction:
+    """Predicted loss at the last step T of the schedule with a 90% interval [low, high].
+
+    ``n_used`` valid target points, ``n_dropped`` non-finite losses dropped, ``n_spikes`` spikes rejected,
+    ``extrapolation`` = log(area(T) / area(last observed step)), ``fit`` the multi-power fit of the
+    heaviest candidate (None for the sweep model). ``mode`` names the candidates used ("alone",
+    "same_size", "sweep", joined by "+"); ``candidates`` their final-loss predictions and ``weights`` their
+    weights. ``curve_steps`` / ``curve`` / ``curve_low`` / ``curve_high``: the predicted remaining curve
+    and its 90% band from the last observed step to T (empty when no curve was asked for)."""
+
+    loss: float
+    low: float
+    high: float
+    n_used: int
+    n_dropped: int
+    n_spikes: int
+    extrapolation: float
+    fit: MultiPowerFit | None = field(default=None, repr=False)
+    rel_scale: float = float("nan")  # uncalibrated relative scale u; interval = loss * (1 + q * u)
+    mode: str = ""
+    scale_terms: tuple[float, ...] = field(default=(), repr=False)
+    candidates: dict[str, float] = field(default_factory=dict)
+    weights: dict[str, float] = field(default_factory=dict)
+    curve_steps: np.ndarray = field(default_factory=lambda: np.zeros(0), repr=False)
+    curve: np.ndarray = field(default_factory=lambda: np.zeros(0), repr=False)
+    curve_low: np.ndarray = field(default_factory=lambda: np.zeros(0), repr=False)
+    curve_high: np.ndarray = field(default_factory=lambda: np.zeros(0), repr=False)
+
+
+# --------------------------------------------------------------------------------------------------
+# the sweep-level model
+
+
+_SW_LO = np.r_[_LO, np.log(0.05)]  # theta = (log alpha, log C, log beta, gamma, log a)
+_SW_HI = np.r_[_HI, np.log(1.5)]
+_SW_PRIOR = np.r_[np.log(0.5), np.log(2e-3), np.log(0.6), 0.5, np.log(0.34)]
+_SW_PRIOR_SD = np.array([0.7, 2.0, 0.7, 0.4, 0.7])
+_N_UNIT, _D_UNIT = 1e8, 1e9  # conditioning: N in units of 1e8 parameters, D in units of 1e9 tokens
+
+
+@dataclass(frozen=True)
+class SweepFit:
+    """The sweep-level trajectory model (module docstring) fitted to several runs."""
+
+    E: float
+    K: float
+    a: float
+    A: float
+    alpha: float
+    B: float
+    C: float
+    beta: float
+    gamma: float
+    delta: tuple[float, ...]  # per run, in the order fitted
+    sigma_delta: float  # prior sd of a run's offset (absolute loss units)
+    rmse: float
+    n_points: int
+    theta: np.ndarray = field(repr=False)
+
+    def predict(self, curve: Curve, steps: np.ndarray, *, index: int | None = None) -> np.ndarray:
+        """Loss of ``curve`` at ``steps`` (its fitted offset when ``index`` is given, else delta = 0)."""
+        steps = np.asarray(steps, dtype=np.float64)
+        p = _prepare(curve, max_points=0, n_bins=256, extra_t=steps)
+        area = p.area[len(p.t) :]
+        d = area * float(curve.tokens_per_step) / _D_UNIT
+        off = self.delta[index] if index is not None else 0.0
+        return (
+            self.E + self.K * (float(curve.n_params) / _N_UNIT) ** (-self.a) + off
+            + self.A * d ** (-self.alpha) - self.B * _ld_basis(p, steps, area, self.C, self.beta, self.gamma)
+        )  # fmt: skip
+
+
+def _fit_sweep(
+    curves: Sequence[Curve], preps: Sequence[_Prepared], *, sigma_rel: float, theta0: np.ndarray
+) -> SweepFit:
+    """Variable projection: outer LS over theta, inner NNLS over (E, K, A, B, delta+_i, delta-_i) with a
+    ridge row per offset (sd ``sigma_rel`` x the loss level) and a weak prior on theta."""
+    n_c = len(preps)
+    y = np.concatenate([p.y for p in preps])
+    sw = np.sqrt(np.concatenate([p.w for p in preps]))
+    level = float(np.median(y))
+    noise = [float(np.std(np.diff(p.y))) for p in preps if len(p.y) > 2]
+    scale = max(float(np.median(noise)) if noise else 0.01, 1e-3)  # ~ per-point noise
+    sig = sigma_rel * level
+    nrel = np.array([float(c.n_params) / _N_UNIT for c in curves])
+    drel = np.array([float(c.tokens_per_step) / _D_UNIT for c in curves])
+    n_lin = 4 + 2 * n_c
+
+    def design(theta: np.ndarray) -> np.ndarray:
+        alpha, C, beta, gamma, a = (
+            np.exp(theta[0]),
+            np.exp(theta[1]),
+            np.exp(theta[2]),
+            theta[3],
+            np.exp(theta[4]),
+        )
+        rows = []
+        for c, p in enumerate(preps):
+            x = np.zeros((len(p.t), n_lin))
+            area = p.area[: len(p.t)]
+            x[:, 0] = 1.0
+            x[:, 1] = nrel[c] ** (-a)
+            x[:, 2] = (area * drel[c]) ** (-alpha)
+            x[:, 3] = -_ld_basis(p, p.t, area, C, beta, gamma)
+            x[:, 4 + 2 * c] = 1.0
+            x[:, 5 + 2 * c] = -1.0
+            rows.append(x)
+        return np.vstack(rows)
+
+    ridge = np.zeros((2 * n_c, n_lin))
+    ridge[np.arange(2 * n_c), 4 + np.arange(2 * n_c)] = scale / sig  # delta+- ~ N(0, sig^2), in scaled units
+
+    def inner(theta: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        x = np.vstack([design(theta) * sw[:, None] / scale, ridge])
+        rhs = np.r_[y * sw / scale, np.zeros(2 * n_c)]
+        coef, _ = nnls(x, rhs, maxiter=400)
+        return coef, x @ coef - rhs
+
+    def resid(theta: np.ndarray) -> np.ndarray:
+        _, r = inner(theta)
+        return np.r_[r, 0.05 * (theta - _SW_PRIOR) / _SW_PRIOR_SD]
+
+    res = least_squares(
+        resid, np.clip(theta0, _SW_LO + 1e-9, _SW_HI - 1e-9), bounds=(_SW_LO, _SW_HI), max_nfev=200
+    )
+    coef, r = inner(res.x)
+    n_data = len(y)
+    rmse = float(np.sqrt(np.sum((r[:n_data] * scale) ** 2) / np.sum(sw**2)))
+    th = res.x
+    return SweepFit(
+        E=float(coef[0]), K=float(coef[1]), a=float(np.exp(th[4])), A=float(coef[2]), alpha=float(np.exp(th[0])),
+        B=float(coef[3]), C=float(np.exp(th[1])), beta=float(np.exp(th[2])), gamma=float(th[3]),
+        delta=tuple(float(coef[4 + 2 * c] - coef[5 + 2 * c]) for c in range(n_c)), sigma_delta=sig,
+        rmse=rmse, n_points=int(sum(p.n_valid for p in preps)), theta=th,
+    )  # fmt: skip
+
+
+def fit_sweep(
+    curves: Sequence[Curve], *, sigma_rel: float | None = None, max_points: int = 64, n_bins: int = 48
+) -> SweepFit:
+    """Fit the sweep-level trajectory model (module docstring) to ``curves``; every curve needs
+    ``n_params`` and ``tokens_per_step``."""
+    if len(curves) == 0:
+        raise ValueError("curves is empty; at least one curve is needed")
+    for i, c in enumerate(curves):
+        if c.n_params is None or c.tokens_per_step is None:
+            raise ValueError(
+                f"curves[{i}] ({c.name!r}) has n_params={c.n_params}, tokens_per_step={c.tokens_per_step}; "
+                "the sweep model needs both"
+            )
+    preps = [_prepare(c, max_points=max_points, n_bins=n_bins) for c in curves]
+    sr = _calibration.SIGMA_DELTA if sigma_rel is None else sigma_rel
+    return _fit_sweep(curves, preps, sigma_rel=sr, theta0=_SW_PRIOR.copy())
+
+
+# --------------------------------------------------------------------------------------------------
+# candidates
+
+
+@dataclass(frozen=True)
+class _Candidate:
+    name: str
+    final: float  # predicted loss at T
+    predict: object  # steps -> losses (callable)
+    u: float  # calibrated relative scale (without the q quantiles)
+    terms: tuple[float, ...]
+    fit: object = None  # MultiPowerFit or SweepFit
+
+
+_REF_CACHE: OrderedDict[tuple, object] = OrderedDict()
+
+
+def _cached(key: tuple, make):
+    if key in _REF_CACHE:
+        _REF_CACHE.move_to_end(key)
+        return _REF_CACHE[key]
+    val = make()
+    _REF_CACHE[key] = val
+    if len(_REF_CACHE) > 32:
+        _REF_CACHE.popitem(last=False)
+    return val
+
+
+def _scale(cal: dict, few: float, extrap: float, v_fit: float, extra: float = 0.0) -> float:
+    """u = few * sqrt(s0^2 + (s1 * extrap)^2 + v_fit + extra^2)."""
+    return float(few * np.sqrt(cal["s0"] ** 2 + (cal["s1"] * extrap) ** 2 + v_fit + extra**2))
+
+
+def _alone(
+    target: Curve,
+    p: _Prepared,
+    prior: MultiPowerPrior,
+    T: float,
+    area_T: float,
+    n_t: int,
+    extrap: float,
+    cal: dict,
+):
+    if n_t < 3:
+        return None, None
+    theta, coef, rmse = _fit([p], prior=prior, prior_weight=1.0, theta0=np.array(prior.theta))
+    fit = _as_fit(theta, coef, rmse, 1, p.n_valid)
+    ld = _ld_basis(p, np.array([T]), np.array([area_T]), fit.C, fit.beta, fit.gamma)[0]
+    loss = fit.L0[0] + fit.A * area_T ** (-fit.alpha) - fit.B * ld
+    few = 3.0 if n_t < 10 else 1.0
+    v_fit = (fit.rmse / loss) ** 2 / max(n_t, 1)
+    g = float(fit.B * ld / loss)  # the annealing gain rests on the prior
+    u = _scale(cal, few, extrap, v_fit, cal.get("r", 0.0) * g)
+    return _Candidate(
+        "alone", float(loss), lambda s, f=fit: f.predict(target, s, index=0), u, (few, extrap, v_fit, g), fit
+    ), fit
+
+
+def _same_size(
+    target: Curve, p: _Prepared, refs: Sequence[Curve], T: float, area_T: float, n_t: int, extrap: float, cal: dict,
+    mp: int, nb: int,
+):  # fmt: skip
+    if not refs:
+        return None, None
+    key = ("mp",) + tuple(c.digest() for c in refs) + (mp, nb)
+    ref_fit = _cached(key, lambda: _multipower_refs(refs, mp, nb))
+    few = 3.0 if n_t < 10 else 1.0
+    if n_t >= 3:
+        preps = [_prepare(c, max_points=mp, n_bins=nb) for c in refs] + [p]
+        theta, coef, rmse = _fit(preps, prior=MultiPowerPrior(), prior_weight=0.05, theta0=ref_fit.theta)
+        fit = _as_fit(theta, coef, rmse, len(preps), ref_fit.n_points + p.n_valid)
+        extra = 0.0
+    else:  # no usable target points: the references' mean L0, their spread and 5% of it as the uncertainty
+        l0 = np.array(ref_fit.L0)
+        fit = MultiPowerFit(
+            L0=(*ref_fit.L0, float(l0.mean())), A=ref_fit.A, alpha=ref_fit.alpha, B=ref_fit.B, C=ref_fit.C,
+            beta=ref_fit.beta, gamma=ref_fit.gamma, rmse=ref_fit.rmse, n_points=ref_fit.n_points, theta=ref_fit.theta,
+        )  # fmt: skip
+        extra = float(np.sqrt(np.var(l0) + (0.05 * l0.mean()) ** 2))
+    idx = len(fit.L0) - 1
+    ld = _ld_basis(p, np.array([T]), np.array([area_T]), fit.C, fit.beta, fit.gamma)[0]
+    loss = fit.L0[idx] + fit.A * area_T ** (-fit.alpha) - fit.B * ld
+    v_fit = (fit.rmse / loss) ** 2 / max(n_t, 1) + (extra / loss) ** 2
+    u = _scale(cal, few, extrap, v_fit)
+    return _Candidate(
+        "same_size",
+        float(loss),
+        lambda s, f=fit, i=idx: f.predict(target, s, index=i),
+        u,
+        (few, extrap, v_fit, 0.0),
+        fit,
+    ), fit
+
+
+def _multipower_refs(refs: Sequence[Curve], mp: int, nb: int) -> MultiPowerFit:
+    from .curve import fit_multipower
+
+    return fit_multipower(refs, prior_weight=0.05, max_points=mp, n_bins=nb)
+
+
+def _sweep(
+    target: Curve,
+    p: _Prepared,
+    refs: Sequence[Curve],
+    T: float,
+    n_t: int,
+    extrap: float,
+    cal: dict,
+    mp: int,
+    nb: int,
+):
+    if len(refs) < 2 or target.n_params is None or target.tokens_per_step is None:
+        return None
+    sizes = {round(float(c.n_params), -3) for c in refs}
+    if len(sizes) < 2:  # one size among the references: N is not identified; same_size covers it
+        return None
+    sr = _calibration.SIGMA_DELTA
+    key = ("sw",) + tuple(c.digest() for c in refs) + (mp, nb, sr)
+    ref_preps = [_prepare(c, max_points=mp, n_bins=nb) for c in refs]
+    base = _cached(key, lambda: _fit_sweep(refs, ref_preps, sigma_rel=sr, theta0=_SW_PRIOR.copy()))
+    if n_t >= 1:
+        fit = _fit_sweep([*refs, target], [*ref_preps, p], sigma_rel=sr, theta0=base.theta)
+        idx = len(refs)
+    else:
+        fit, idx = base, None
+    loss = float(fit.predict(target, np.array([T]), index=idx)[0])
+    # offset uncertainty: the prior sd shrunk by the target's own points (noise ~ rmse per point)
+    s_obs2 = max(fit.rmse, 1e-4) ** 2 / max(n_t, 1)
+    post = np.sqrt(1.0 / (1.0 / fit.sigma_delta**2 + (n_t > 0) / s_obs2))
+    v_fit = (post / loss) ** 2
+    few = 1.0
+    u = _scale(cal, few, extrap, v_fit)
+    return _Candidate(
+        "sweep",
+        loss,
+        lambda s, f=fit, i=idx: f.predict(target, s, index=i),
+        u,
+        (few, extrap, v_fit, 0.0),
+        fit,
+    )
+
+
+def _backtest_error(target: Curve, build) -> float:
+    """Relative mean error of a candidate, refitted on the first 2/3 of the target's observed steps, on the
+    last 1/3 (0 when the prefix is too short to split): how well it describes the target's own points."""
+    s = target.steps[np.isfinite(target.losses)]
+    if len(s) < 12:
+        return 0.0
+    cut = s[0] + (s[-1] - s[0]) * 2.0 / 3.0
+    part = target.observed_until(cut)
+    cand = build(part)
+    if cand is None:
+        return 0.0
+    tail = (target.steps > cut) & np.isfinite(target.losses)
+    obs = target.losses[tail]
+    pred = np.asarray(cand.predict(target.steps[tail]))
+    return float(np.mean(pred - obs) / np.mean(obs))
+
+
+# --------------------------------------------------------------------------------------------------
+# the public entry point
+
+
+def predict_final_loss(
+    target: Curve,
+    references: Sequence[Curve] = (),
+    *,
+    max_points: int = 64,
+    n_bins: int = 48,
+    prior: MultiPowerPrior | None = None,
+    curve_points: int = 0,
+    backtest: bool = True,
+) -> LossPrediction:
+    """Predict the loss of ``target`` at its last step T = len(target.lr), with a calibrated 90% interval.
+
+    ``references`` are other runs of the sweep, finished or running. Those of the target's size (equal
+    ``n_params``, or every reference when the target's size is unknown) feed the ``same_size`` candidate;
+    when sizes and ``tokens_per_step`` are known and the references hold at least two sizes, all of them
+    feed the sweep-level model, which also predicts a run that has not started (no observed points).
+    Candidates are weighed by their calibrated variance plus their error on the held-out tail of the
+    target's own prefix (``backtest``; module docstring). ``curve_points`` > 0 also returns the predicted
+    remaining curve at that many steps from the last observed step to T, with its band.
+
+    Raises ``NotEnoughDataError`` when nothing can predict the target (< 3 valid points and no usable
+    references). ``prior`` replaces ``NO_REF_PRIOR`` in the ``alone`` fit (the calibration script uses it).
+    """
+    prior = prior or NO_REF_PRIOR
+    if not isinstance(target, Curve):
+        raise TypeError(f"target must be a Curve, got {type(target).__name__}")
+    refs = list(references)
+    for i, r in enumerate(refs):
+        if not isinstance(r, Curve):
+            raise TypeError(f"references[{i}] must be a Curve, got {type(r).__name__}")
+    if curve_points < 0:
+        raise ValueError(f"curve_points={curve_points} must be >= 0")
+    cands = _candidates(target, refs, prior, max_points, n_bins, backtest)
+    if not cands:
+        p = _prepare(target, max_points=max_points, n_bins=n_bins)
+        raise NotEnoughDataError(
+            f"target {target.name!r} has {len(p.t)} valid points (dropped {p.n_dropped} non-finite, "
+            f"{p.n_spikes} spikes) and no usable references; at least 3 points are needed without references "
+            "(or references of >= 2 sizes with n_params and tokens_per_step for a run not yet started)"
+        )
+    return _combine(target, cands, max_points, n_bins, curve_points)
+
+
+def _candidates(
+    target: Curve, refs: list[Curve], prior, mp: int, nb: int, backtest: bool
+) -> list[tuple[_Candidate, float]]:
+    """[(candidate, backtest error)] for every candidate the data allow."""
+    T = float(target.total_steps)
+    if target.n_params is None:
+        same = list(refs)
+    else:
+        same = [r for r in refs if r.n_params is None or abs(float(r.n_params) / target.n_params - 1) < 0.01]
+    sized = [r for r in refs if r.n_params is not None and r.tokens_per_step is not None]
+
+    def build(tc: Curve, which: str):
+        p = _prepare(tc, max_points=mp, n_bins=nb, extra_t=[T])
+        n_t = len(p.t)
+        area_T = p.area[-1]
+        area_last = p.area[n_t - 1] if n_t else max(p.area[-1] * 1e-3, 1e-9)
+        extrap = float(np.log(area_T / area_last))
+        if which == "alone":
+            return _alone(tc, p, prior, T, area_T, n_t, extrap, _calibration.INTERVAL["alone"])[0]
+        if which == "same_size":
+            return _same_size(
+                tc, p, same, T, area_T, n_t, extrap, _calibration.INTERVAL["same_size"], mp, nb
+            )[0]
+        return _sweep(tc, p, sized, T, n_t, extrap, _calibration.INTERVAL["sweep"], mp, nb)
+
+    out = []
+    for which in CANDIDATES:
+        c = build(target, which)
+        if c is None:
+            continue
+        b = _backtest_error(target, lambda tc, w=which: build(tc, w)) if backtest and len(refs) else 0.0
+        out.append((c, b))
+    return out
+
+
+def blend(
+    finals: np.ndarray, us: np.ndarray, backtests: np.ndarray, d: float
+) -> tuple[float, float, np.ndarray]:
+    """Inverse-variance combination of candidate final losses: variance_m = u_m^2 + backtest_m^2 (relative).
+    Returns (loss, relative scale u, weights); u adds ``d`` x the weighted relative disagreement."""
+    var = np.asarray(us, float) ** 2 + np.asarray(backtests, float) ** 2
+    var = np.maximum(var, 1e-12)
+    w = (1.0 / var) / np.sum(1.0 / var)
+    finals = np.asarray(finals, float)
+    loss = float(np.sum(w * finals))
+    spread = float(np.sqrt(np.sum(w * (finals / loss - 1) ** 2)))
+    u = float(np.sqrt(1.0 / np.sum(1.0 / var) + (d * spread) ** 2))
+    return loss, u, w
+
+
+def interval_key(names: Sequence[str]) -> str:
+    """Which calibrated quantiles apply: a single candidate's own, or the blend's."""
+    return names[0] if len(names) == 1 else "blend"
+
+
+def _combine(
+    target: Curve, cands: list[tuple[_Candidate, float]], mp: int, nb: int, curve_points: int
+) -> LossPrediction:
+    cal = _calibration.INTERVAL
+    finals = np.array([c.final for c, _ in cands])
+    loss, u, w = blend(finals, [c.u for c, _ in cands], [b for _, b in cands], cal["blend"]["d"])
+    mode = "+".join(c.name for c, _ in cands)
+    key = interval_key([c.name for c, _ in cands])
+    q_lo, q_hi = cal[key]["q_lo"], cal[key]["q_hi"]
+    p = _prepare(target, max_points=mp, n_bins=nb, extra_t=[float(target.total_steps)])
+    n_t = len(p.t)
+    area_last = p.area[n_t - 1] if n_t else max(p.area[-1] * 1e-3, 1e-9)
+    extrap = float(np.log(p.area[-1] / area_last))
+    cs = cv = cl = ch = np.zeros(0)
+    if curve_points > 0:
+        last = float(target.steps[np.isfinite(target.losses)][-1]) if n_t else 1.0
+        cs = np.unique(np.linspace(last, target.total_steps, curve_points).round())
+        preds = np.array([np.asarray(c.predict(cs)) for c, _ in cands])  # (n_cand, n)
+        cv = np.sum(w[:, None] * preds, axis=0)
+        # band: the final-loss scale, shrunk with the remaining extrapolation (0 at the last observed step)
+        pc = _prepare(target, max_points=mp, n_bins=nb, extra_t=cs)
+        ex = np.log(pc.area[len(pc.t) :] / area_last) if n_t else np.full(len(cs), extrap)
+        frac = np.sqrt(np.clip(ex / max(extrap, 1e-12), 0.0, 1.0)) if extrap > 0 else np.ones(len(cs))
+        cv = cv + (loss - cv[-1]) * frac  # ends at the combined final loss, starts where the candidates do
+        cl, ch = cv * (1 + q_lo * u * frac), cv * (1 + q_hi * u * frac)
+    heavy = cands[int(np.argmax(w))][0]
+    return LossPrediction(
+        loss=loss, low=float(loss * (1 + q_lo * u)), high=float(loss * (1 + q_hi * u)), n_used=p.n_valid,
+        n_dropped=p.n_dropped, n_spikes=p.n_spikes, extrapolation=extrap,
+        fit=heavy.fit if isinstance(heavy.fit, MultiPowerFit) else None, rel_scale=u, mode=mode,
+        scale_terms=heavy.terms, candidates={c.name: c.final for c, _ in cands},
+        weights={c.name: float(wi) for (c, _), wi in zip(cands, w)},
+        curve_steps=cs, curve=cv, curve_low=cl, curve_high=ch,
+    )  # fmt: skip

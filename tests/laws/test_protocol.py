@@ -1,0 +1,153 @@
+"""The prediction protocol (tests/laws/protocol.py): the split, references that only help, the sweep-level
+model before a run starts, the remaining curve. Figures for every group: benchmarks/results/prediction.md."""
+
+from collections import defaultdict
+
+import numpy as np
+import pytest
+from protocol import all_cases, gemstone_cases, is_held_out, lr_schedule_cases, multipower_cases
+
+from scaling_train.laws import Curve, NotEnoughDataError, _calibration, fit_sweep, predict_final_loss
+
+
+@pytest.fixture(scope="module")
+def lrs_val():
+    return lr_schedule_cases(("val",))
+
+
+def test_no_constant_was_fitted_on_a_held_out_group():
+    cal = set(_calibration.CALIBRATION_GROUPS)
+    groups = {c.group for c in all_cases()}
+    held = {g for g in groups if is_held_out(g)}
+    assert not cal & held, f"constants fitted on held-out groups: {sorted(cal & held)}"
+    # the constants come from exactly the protocol's calibration groups: regenerate them when it changes
+    assert cal == groups - held
+    # every kind of held-out group is represented: sizes, a data set, a schedule family, other models
+    for needle in ("/53M/", "/360M/", "slimpajama_chunk1", "-sqrt/", "gem/odd/", "mp/target"):
+        assert any(needle in g for g in held), needle
+
+
+def test_split_is_by_group_not_by_case(lrs_val):
+    by_run = defaultdict(set)
+    for c in lrs_val:
+        by_run[c.name].add(is_held_out(c.group))
+    assert all(len(v) == 1 for v in by_run.values())  # a run is never on both sides
+    with pytest.raises(ValueError, match="unknown group"):
+        is_held_out("other/x")
+
+
+def _err(case, refs) -> float:
+    p = predict_final_loss(case.target, refs)
+    return p.loss / case.truth - 1
+
+
+def test_references_do_not_make_held_out_predictions_worse(lrs_val):
+    """On held-out groups, per setting: mean |error| with references <= without them (same targets)."""
+    cases = [c for c in lrs_val if c.setting in ("same@25", "cool_refs") and is_held_out(c.group)]
+    cases += [c for c in gemstone_cases() if c.setting == "gem_cool_refs" and is_held_out(c.group)][::3]
+    cases += [c for c in multipower_cases() if c.setting.startswith("mp_refs") and is_held_out(c.group)]
+    by = defaultdict(lambda: ([], []))
+    for c in cases:
+        with_refs, alone = by[c.setting.split("@")[0]]
+        with_refs.append(abs(_err(c, c.refs)))
+        alone.append(abs(_err(c, ())))
+    assert set(by) == {"same", "cool_refs", "gem_cool_refs", "mp_refs"}
+    for setting, (w, a) in by.items():
+        assert np.mean(w) <= np.mean(a), f"{setting}: with refs {np.mean(w):.3%} > alone {np.mean(a):.3%}"
+
+
+def test_before_start_from_smaller_runs_real_ladder(lrs_val):
+    """124M-360M ladder runs (val loss) predicted before they start from the finished 33M-93M runs."""
+    cases = [c for c in lrs_val if c.setting == "before"]
+    assert len(cases) >= 30
+    preds = [predict_final_loss(c.target, c.refs) for c in cases]
+    assert all(p.mode == "sweep" and p.n_used == 0 for p in preds)
+    e = np.array([p.loss / c.truth - 1 for c, p in zip(cases, preds)])
+    cov = np.mean([p.low <= c.truth <= p.high for c, p in zip(cases, preds)])
+    assert np.abs(e).mean() < 0.02, f"mean abs error {np.abs(e).mean():.3%}"  # the issue's target: <= 2%
+    assert cov >= 0.75, f"coverage {cov:.0%}"  # 81% at the time of writing: the 360M runs miss high
+
+
+def _sweep_law(
+    n, tps, lr, steps, E=1.9, K=1.1, a=0.3, A=0.5, alpha=0.35, B=0.25, C=0.05, beta=0.5, gamma=0.6
+):
+    """Exact sweep-level law (predict.py docstring), delta = 0: the reference for the fit."""
+    eta = lr / lr.max()
+    cs = np.r_[0.0, np.cumsum(eta)]
+    delta = np.r_[0.0, eta[:-1] - eta[1:]]
+    delta[: int(np.argmax(eta)) + 1] = 0
+    out = []
+    for t in steps.astype(int):
+        k = np.arange(t)
+        x = eta[k] ** -gamma * (cs[t] - cs[k])
+        ld = np.sum(delta[k] * (1 - (C * x + 1) ** -beta))
+        out.append(E + K * (n / 1e8) ** -a + A * (cs[t] * tps / 1e9) ** -alpha - B * ld)
+    return np.array(out)
+
+
+def _cosine(T, warm=100):
+    t = np.arange(1, T + 1)
+    lr = 0.1 + 0.9 * 0.5 * (1 + np.cos(np.pi * np.clip((t - warm) / (T - warm), 0, 1)))
+    lr[:warm] = t[:warm] / warm
+    return lr
+
+
+def test_sweep_model_recovers_a_synthetic_sweep():
+    rng = np.random.default_rng(0)
+    tps = 65536.0
+    runs = []
+    for n in (2e7, 5e7, 1.2e8):
+        for T in (2000, 4000):
+            lr = _cosine(T)
+            s = np.arange(100, T + 1, 50).astype(float)
+            runs.append(Curve(s, _sweep_law(n, tps, lr, s) + rng.normal(0, 0.004, len(s)), lr, f"N{n:g}-T{T}",
+                              n_params=n, tokens_per_step=tps))  # fmt: skip
+    fit = fit_sweep(runs)
+    assert fit.a == pytest.approx(0.3, abs=0.1) and fit.alpha == pytest.approx(0.35, abs=0.1)
+    # a larger, longer run before it starts, then from 25% of itself
+    n, T = 3e8, 6000
+    lr = _cosine(T)
+    s = np.arange(100, T + 1, 50).astype(float)
+    y = _sweep_law(n, tps, lr, s)
+    target = Curve(s, y + rng.normal(0, 0.004, len(s)), lr, "big", n_params=n, tokens_per_step=tps)
+    before = predict_final_loss(target.observed_until(0), runs)
+    early = predict_final_loss(target.truncated(0.25), runs)
+    assert before.mode == "sweep" and abs(before.loss / y[-1] - 1) < 0.01
+    assert abs(early.loss / y[-1] - 1) < 0.005
+    assert before.low <= y[-1] <= before.high and early.low <= y[-1] <= early.high
+    with pytest.raises(ValueError, match="n_params=None"):
+        fit_sweep([Curve(s, y, lr)])
+    with pytest.raises(NotEnoughDataError, match="no usable references"):  # one other size: N not identified
+        predict_final_loss(target.observed_until(0), [r for r in runs if r.n_params == 2e7])
+
+
+def test_remaining_curve_and_band_hold_the_real_tail():
+    """cosine_72000 (held out) from 50% with the three reference runs: the predicted remaining curve."""
+    c = next(x for x in multipower_cases() if x.setting == "mp_refs@50%" and x.name == "cosine_72000")
+    p = predict_final_loss(c.target, c.refs, curve_points=40)
+    assert len(p.curve_steps) == 40 and p.curve_steps[-1] == c.target.total_steps
+    assert p.curve[-1] == pytest.approx(p.loss) and p.curve_low[-1] == pytest.approx(p.low)
+    assert np.all(p.curve_low <= p.curve) and np.all(p.curve <= p.curve_high)
+    widths = p.curve_high - p.curve_low
+    assert widths[0] < 0.2 * widths[-1]  # the band opens with the extrapolation
+    # the real remaining curve (raw points: noisy) inside the band for most steps
+    from realdata import multipower_curve
+
+    real = multipower_curve("cosine_72000")
+    tail = real.steps > c.target.steps[-1]
+    lo = np.interp(real.steps[tail], p.curve_steps, p.curve_low)
+    hi = np.interp(real.steps[tail], p.curve_steps, p.curve_high)
+    inside = np.mean((real.losses[tail] >= lo - 0.01) & (real.losses[tail] <= hi + 0.01))  # 0.01: point noise
+    assert inside > 0.85, f"{inside:.0%} of the real tail inside the band"
+
+
+def test_curve_size_fields_are_validated():
+    lr = np.ones(10)
+    with pytest.raises(ValueError, match=r"n_params=-1 must be a finite number > 0 or None \(curve 'x'\)"):
+        Curve([1.0], [1.0], lr, "x", n_params=-1)
+    with pytest.raises(ValueError, match="tokens_per_step=nan"):
+        Curve([1.0], [1.0], lr, tokens_per_step=float("nan"))
+    c = Curve([1.0, 2.0], [2.0, 1.0], lr, n_params=1e6, tokens_per_step=512)
+    assert c.truncated(0.1).n_params == 1e6 and c.observed_until(0).tokens_per_step == 512
+    with pytest.raises(ValueError, match="curve_points=-1"):
+        predict_final_loss(c, curve_points=-1)
