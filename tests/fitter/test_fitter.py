@@ -43,6 +43,11 @@ def test_predictions_law_malformed_diverged_and_new_runs(sweep, tmp_path):
     p = json.loads((part / "predictions.json").read_text())
     assert p["status"] == "running" and p["malformed_lines"] == 1
     assert p["low"] <= p["loss"] <= p["high"] and set(p["references"]) == {"lr1e-3", "lr3e-3"}
+    # the predicted remaining curve and its band, ending at the predicted final loss; candidates named
+    cur = p["curve"]
+    assert cur["step"][-1] == p["total_steps"] and cur["loss"][-1] == pytest.approx(p["loss"])
+    assert all(lo <= v <= hi for lo, v, hi in zip(cur["low"], cur["loss"], cur["high"]))
+    assert p["mode"].startswith("alone") and abs(sum(p["weights"].values()) - 1) < 1e-9
     done = json.loads((sw / "lr1e-3" / "predictions.json").read_text())
     assert (
         done["status"] == "done"
