@@ -9,14 +9,14 @@ NO_REF_B_REL = 0.0448641
 # alone candidate: prior mean of log C (how fast the loss answers an LR drop), empirical Bayes
 NO_REF_LOG_C = -4.44544
 # sweep model: prior sd of a run's offset from the sweep law, relative to the loss (before-start RMS)
-SIGMA_DELTA = 0.0144206
+SIGMA_DELTA = 0.0134944
 # per candidate: s0, s1, r of the relative scale u; per interval key: q_lo, q_hi (quantiles of e / u);
 # blend: d, the weight of the candidates' disagreement
 INTERVAL = {
     "alone": {"s0": 1.09629e-09, "s1": 0.0322228, "r": 0.174946, "q_lo": -1.64675, "q_hi": 2.16416},
-    "same_size": {"s0": 0.0013539, "s1": 0.0238212, "r": 0, "q_lo": -0.630124, "q_hi": 2.67302},
-    "sweep": {"s0": 0.0163267, "s1": 4.28953e-10, "r": 0, "q_lo": -1.17372, "q_hi": 0.64272},
-    "blend": {"d": 0.893805, "q_lo": -0.630124, "q_hi": 2.67302},
+    "same_size": {"s0": 0.0013539, "s1": 0.0238212, "r": 0, "q_lo": -0.63274, "q_hi": 2.67393},
+    "sweep": {"s0": 0.0164214, "s1": 1.95658e-10, "r": 0, "q_lo": -1.0075, "q_hi": 0.613227},
+    "blend": {"d": 0.889311, "q_lo": -0.63274, "q_hi": 2.67393},
 }
 CALIBRATION_GROUPS = (
     "gem/even/PyGemma-1024x28_pretrain",
