@@ -1,9 +1,15 @@
 """Scaling laws: pure numpy/scipy fits over arrays, typed frozen results, the law in each docstring."""
 
 from .batch import (
+    BatchSweep,
+    BatchSweepFit,
+    CBSPrediction,
+    CBSScalingFit,
     CriticalBatchFit,
     GradientNoiseScale,
     StepsToTargetFit,
+    fit_batch_sweep,
+    fit_cbs_scaling,
     fit_critical_batch,
     fit_steps_to_target,
 )
@@ -22,6 +28,10 @@ from .predict import LossPrediction, SweepFit, fit_sweep, predict_final_loss
 from .sample import PassUntilFit, SampleScores, fit_pass_until, fit_pass_until_from_loglik, sample_scores
 
 __all__ = [
+    "BatchSweep",
+    "BatchSweepFit",
+    "CBSPrediction",
+    "CBSScalingFit",
     "ChinchillaFit",
     "CriticalBatchFit",
     "Curve",
@@ -38,6 +48,8 @@ __all__ = [
     "SampleScores",
     "StepsToTargetFit",
     "SweepFit",
+    "fit_batch_sweep",
+    "fit_cbs_scaling",
     "fit_chinchilla",
     "fit_critical_batch",
     "fit_downstream",

@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
+from functools import cached_property
 
 import numpy as np
 from scipy.optimize import least_squares
 
 from ._validate import as_1d, check_range, same_length
+from .chinchilla import ChinchillaFit, fit_chinchilla
 
 
 class GradientNoiseScale:
@@ -142,4 +144,416 @@ def fit_steps_to_target(batch_sizes: np.ndarray, steps: np.ndarray) -> StepsToTa
         S_min=float(np.exp(res.x[0])),
         B_noise=float(np.exp(res.x[1])),
         rmse_log=float(np.sqrt(np.mean(res.fun**2))),
+    )
+
+
+# --------------------------------------------------------------------------------------------------
+# batch-size sweeps: S(B) per (size, target) with an interval, and the critical batch's scaling law
+
+
+@dataclass(frozen=True)
+class BatchSweep:
+    """One (model size, target loss) cell of a batch-size sweep: the steps each batch size needed to
+    reach ``target_loss`` (Zhang et al. 2024 measure them on an EWA-smoothed curve)."""
+
+    n_params: float
+    """Model parameters (the sweep's size coordinate; non-embedding in our runs)."""
+    target_loss: float
+    """The loss every run of this cell reached."""
+    batch_sizes: tuple[float, ...]
+    """Batch size of each run, in sequences."""
+    steps: tuple[float, ...]
+    """Optimizer steps each run needed to reach ``target_loss`` (may be fractional: interpolated)."""
+    seq_len: int
+    """Tokens per sequence: batch in tokens = batch in sequences x seq_len."""
+
+    def __post_init__(self) -> None:
+        where = f"BatchSweep(n_params={self.n_params}, target_loss={self.target_loss})"
+        for name in ("n_params", "target_loss"):
+            v = getattr(self, name)
+            if not (isinstance(v, (int, float, np.floating, np.integer)) and np.isfinite(v) and v > 0):
+                raise ValueError(f"{where}: {name}={v!r} must be a finite number > 0")
+        if (
+            isinstance(self.seq_len, bool)
+            or not isinstance(self.seq_len, (int, np.integer))
+            or self.seq_len < 1
+        ):
+            raise ValueError(f"{where}: seq_len={self.seq_len!r} must be an integer >= 1")
+        try:
+            B = as_1d("batch_sizes", self.batch_sizes, positive=True, min_len=2)
+            S = as_1d("steps", self.steps, positive=True, min_len=2)
+            same_length(batch_sizes=B, steps=S)
+        except ValueError as e:
+            raise ValueError(f"{where}: {e}") from None
+        if len(np.unique(B)) != len(B):
+            raise ValueError(
+                f"{where}: batch_sizes={tuple(B.tolist())} repeat a value; give one steps entry per batch "
+                "size (average repeated seeds first)"
+            )
+        object.__setattr__(self, "n_params", float(self.n_params))
+        object.__setattr__(self, "target_loss", float(self.target_loss))
+        object.__setattr__(self, "seq_len", int(self.seq_len))
+        object.__setattr__(self, "batch_sizes", tuple(B.tolist()))
+        object.__setattr__(self, "steps", tuple(S.tolist()))
+
+
+@dataclass(frozen=True)
+class BatchSweepFit:
+    """``S(B) = S_min (1 + B_noise / B)`` fitted to one ``BatchSweep`` (McCandlish et al. 2018, eq. 2.11).
+
+    * ``B_crit = B_noise``: the batch where steps and examples both pay a 2x overhead over their minima;
+    * ``S_min``: the fewest steps (infinite batch); ``E_min = S_min B_noise``: the fewest sequences
+      (infinitesimal batch), since ``E(B) = B S(B) = E_min (1 + B / B_noise)``;
+    * ``B_20``: the 20%-overhead batch of Zhang et al. 2024, the largest batch whose steps exceed ideal
+      linear scaling by at most 20%. Ideal linear scaling on the fitted curve is its small-batch limit
+      ``S_lin(B) = E_min / B``, and ``S(B) / S_lin(B) = 1 + B / B_noise``, so ``B_20 = 0.2 B_noise``.
+      (Zhang et al. extrapolate linear scaling from their smallest batch B_0; the two agree when
+      B_0 << B_noise, otherwise theirs is ``1.2 B_0 + 0.2 B_noise``.)
+
+    Batches are in sequences (``*_tokens`` properties multiply by ``seq_len``). ``B_crit_low`` /
+    ``B_crit_high`` is the profile-likelihood interval at ``level``; ``0`` / ``inf`` where the data do
+    not bound it (B_noise far below / above the swept batches)."""
+
+    sweep: BatchSweep
+    S_min: float
+    B_noise: float
+    B_crit_low: float
+    B_crit_high: float
+    rmse_log: float
+    level: float
+
+    @property
+    def B_crit(self) -> float:
+        return self.B_noise
+
+    @property
+    def E_min(self) -> float:
+        return self.S_min * self.B_noise
+
+    @property
+    def B_20(self) -> float:
+        return 0.2 * self.B_noise
+
+    @property
+    def B_20_low(self) -> float:
+        return 0.2 * self.B_crit_low
+
+    @property
+    def B_20_high(self) -> float:
+        return 0.2 * self.B_crit_high
+
+    @property
+    def bounded(self) -> bool:
+        """True when the interval is finite on both sides (the sweep brackets the critical batch)."""
+        return self.B_crit_low > 0 and np.isfinite(self.B_crit_high)
+
+    @property
+    def B_crit_tokens(self) -> float:
+        return self.B_noise * self.sweep.seq_len
+
+    @property
+    def D_min(self) -> float:
+        """The fewest tokens that reach the target at this size: ``E_min * seq_len``."""
+        return self.E_min * self.sweep.seq_len
+
+    def predict(self, B: np.ndarray | float) -> np.ndarray:
+        """Steps to the target at batch ``B`` (sequences)."""
+        return self.S_min * (1.0 + self.B_noise / np.asarray(B, dtype=np.float64))
+
+
+_PAD = 8.0  # the profile is searched over log B_noise in [log B_min - 8, log B_max + 8] (e^8 ~ 3000x)
+
+
+def fit_batch_sweep(sweep: BatchSweep, *, level: float = 0.9) -> BatchSweepFit:
+    """Fit ``log S = log S_min + log(1 + B_noise / B) + eps`` (eps iid normal) by least squares and
+    give B_noise a profile-likelihood interval.
+
+    For fixed ``b = log B_noise`` the best ``log S_min`` is the mean of ``log S - log(1 + e^b / B)``, so
+    the residual sum of squares ``RSS(b)`` is a function of ``b`` alone; it is minimized on a grid and
+    refined. The interval is ``{b : RSS(b) <= RSS_min (1 + F_{1,n-2}(level) / (n - 2))}``, the F form
+    of the likelihood-ratio interval (exact for a linear model with unknown noise; the nonlinear case
+    is checked by simulation in the tests). Needs >= 3 batch sizes."""
+    from scipy.optimize import brentq, minimize_scalar
+    from scipy.stats import f as f_dist
+
+    if not isinstance(sweep, BatchSweep):
+        raise TypeError(f"sweep must be a BatchSweep, got {type(sweep).__name__}")
+    level = check_range("level", level, 0.0, 1.0, lo_open=True, hi_open=True)
+    x = np.log(np.asarray(sweep.batch_sizes))
+    y = np.log(np.asarray(sweep.steps))
+    n = len(x)
+    if n < 3:
+        raise ValueError(
+            f"BatchSweep(n_params={sweep.n_params:g}, target_loss={sweep.target_loss:g}) has {n} batch "
+            "sizes; the fit with an interval needs >= 3"
+        )
+
+    def rss(b: float | np.ndarray) -> np.ndarray:
+        r = y - np.logaddexp(0.0, np.subtract.outer(np.atleast_1d(b), x))  # (grid, n)
+        return ((r - r.mean(axis=1, keepdims=True)) ** 2).sum(axis=1)
+
+    lo_b, hi_b = x.min() - _PAD, x.max() + _PAD
+    grid = np.linspace(lo_b, hi_b, 801)  # step ~ (range + 16) / 800 in log B
+    prof = rss(grid)
+    k = int(np.argmin(prof))
+    a, c = grid[max(k - 1, 0)], grid[min(k + 1, len(grid) - 1)]
+    opt = minimize_scalar(
+        lambda b: float(rss(b)[0]), bounds=(a, c), method="bounded", options={"xatol": 1e-10}
+    )
+    b_hat = float(opt.x) if opt.fun <= prof[k] else float(grid[k])
+    rss_min = max(float(rss(b_hat)[0]), 1e-30 * n)
+    thresh = rss_min * (1.0 + f_dist.ppf(level, 1, n - 2) / (n - 2))
+
+    def g(b: float) -> float:
+        return float(rss(b)[0]) - thresh
+
+    left, right = grid[grid < b_hat], grid[grid > b_hat]
+    out_l = np.flatnonzero(rss(left) > thresh) if len(left) else np.array([], int)
+    out_r = np.flatnonzero(rss(right) > thresh) if len(right) else np.array([], int)
+    if len(out_l):
+        i = out_l[-1]  # last grid point left of the optimum that is outside
+        b_low = brentq(g, left[i], left[i + 1] if i + 1 < len(left) else b_hat)
+        low = float(np.exp(b_low))
+    else:
+        low = 0.0
+    if len(out_r):
+        i = out_r[0]
+        b_high = brentq(g, right[i - 1] if i > 0 else b_hat, right[i])
+        high = float(np.exp(b_high))
+    else:
+        high = float("inf")
+    a_hat = float(np.mean(y - np.logaddexp(0.0, b_hat - x)))
+    return BatchSweepFit(
+        sweep=sweep,
+        S_min=float(np.exp(a_hat)),
+        B_noise=float(np.exp(b_hat)),
+        B_crit_low=low,
+        B_crit_high=high,
+        rmse_log=float(np.sqrt(rss_min / n)),
+        level=level,
+    )
+
+
+# candidate laws: log B_crit = c0 + sum_j c_j log(feature_j); features of one sweep: loss, D_min, N
+_CBS_FORMS: dict[str, tuple[str, ...]] = {
+    "loss": ("loss",),
+    "tokens": ("tokens",),
+    "params": ("params",),
+    "loss+params": ("loss", "params"),
+    "tokens+params": ("tokens", "params"),
+}
+
+
+@dataclass(frozen=True)
+class CBSPrediction:
+    """A predicted critical batch: ``value`` in sequences with its ``level`` interval [low, high]."""
+
+    value: float
+    low: float
+    high: float
+    seq_len: int
+    form: str
+    level: float
+
+    @property
+    def tokens(self) -> float:
+        return self.value * self.seq_len
+
+    @property
+    def low_tokens(self) -> float:
+        return self.low * self.seq_len
+
+    @property
+    def high_tokens(self) -> float:
+        return self.high * self.seq_len
+
+
+@dataclass(frozen=True)
+class CBSScalingFit:
+    """The critical batch (``B_noise`` of each ``BatchSweep``) as a power law in the quantity the data
+    support, chosen by leave-one-size-out error among ``form``s (Kaplan et al. 2020 write it in the
+    loss; Zhang et al. 2024 and Bergsma et al. 2025 find it grows with data, not with model size at
+    fixed data):
+
+        loss:           B_crit = exp(c0) L**c1
+        tokens:         B_crit = exp(c0) D**c1
+        params:         B_crit = exp(c0) N**c1
+        loss+params:    B_crit = exp(c0) L**c1 N**c2
+        tokens+params:  B_crit = exp(c0) D**c1 N**c2
+
+    with B_crit in sequences, L the target loss, N parameters and D = D_min = E_min * seq_len the fewest
+    tokens that reach L at size N (a run at batch B reaches L after D (1 + B / B_crit) tokens, so ~2 D at
+    the critical batch). Fitted by least squares in log space on the sweeps whose interval is bounded.
+    Where the chosen form uses D and ``predict`` is not given ``tokens``, D comes from the auxiliary law
+    ``L = E + A / N**alpha + B / D**beta`` (``tokens_law``) fitted on the same sweeps, its held-out error
+    added in quadrature.
+
+    Interval: ``t_{dof}(1 - (1 - level) / 2) * s`` around the log prediction, with ``s`` the larger of
+    the in-sample predictive sd and the chosen form's leave-one-size-out rmse (extrapolating to a new size
+    is what a user does, so held-out error is the honest scale)."""
+
+    form: str
+    coef: tuple[float, ...]
+    features: tuple[str, ...]
+    loso_rmse: dict[str, float]
+    """Leave-one-size-out rmse of log B_crit, per candidate form that could be held out."""
+    sigma_log: float
+    dof: int
+    seq_len: int
+    level: float
+    points: tuple[BatchSweepFit, ...]
+    n_excluded: int
+    """Sweeps left out of the law because their B_crit interval was unbounded."""
+    xtx_inv: tuple[tuple[float, ...], ...]
+
+    @cached_property
+    def tokens_law(self) -> tuple[ChinchillaFit, float]:
+        """``L = E + A / N**alpha + B / D_min**beta`` (``fit_chinchilla``) over the bounded sweeps, and the
+        sd of log D_min it predicts for a new size: the larger of its in-sample and leave-one-size-out
+        rmse. Fitted on first use (one Chinchilla fit per size + 1, ~1 s each on a 2-core CPU)."""
+        used = [f for f in self.points if f.bounded]
+        N = np.array([f.sweep.n_params for f in used])
+        D = np.array([f.D_min for f in used])
+        L = np.array([f.sweep.target_loss for f in used])
+        if len(np.unique(N)) < 3 or len(used) < 6:
+            raise ValueError(
+                f"form={self.form!r} needs tokens: pass tokens=... ({len(used)} bounded sweeps over "
+                f"{len(np.unique(N))} sizes are too few for the law D_min(N, L); it needs >= 6 over >= 3 sizes)"
+            )
+        law = fit_chinchilla(N, D, L)
+        sq = [np.mean((np.log(_tokens_at(law, N, L)) - np.log(D)) ** 2)]
+        for n in np.unique(N):
+            tr, te = N != n, N == n
+            fold = fit_chinchilla(N[tr], D[tr], L[tr])
+            pred = _tokens_at(fold, N[te], L[te])  # nan where the fold's law cannot reach the loss
+            err = np.where(
+                np.isfinite(pred), np.log(np.where(np.isfinite(pred), pred, 1.0)) - np.log(D[te]), 1.0
+            )
+            sq.append(np.mean(err**2))
+        return law, float(np.sqrt(max(sq[0], np.mean(sq[1:]))))
+
+    def predict(self, *, n_params: float, loss: float, tokens: float | None = None) -> CBSPrediction:
+        """Critical batch (sequences) for a model of ``n_params`` at target ``loss``; ``tokens`` = D_min
+        (see the class docstring) where known, otherwise estimated from (n_params, loss)."""
+        from scipy.stats import t as t_dist
+
+        n_params = check_range("n_params", n_params, 0.0, np.inf, lo_open=True, hi_open=True)
+        loss = check_range("loss", loss, 0.0, np.inf, lo_open=True, hi_open=True)
+        extra = 0.0
+        feats = {"loss": np.log(loss), "params": np.log(n_params)}
+        if "tokens" in self.features:
+            if tokens is None:
+                law, sd = self.tokens_law
+                d = float(_tokens_at(law, np.array([n_params]), np.array([loss]))[0])
+                if not np.isfinite(d):
+                    reach = law.E + law.A / n_params**law.alpha
+                    raise ValueError(
+                        f"loss={loss} is below the loss {reach:.4g} that N={n_params:g} parameters reach with "
+                        "unlimited data under the sweeps' law L(N, D_min); pass tokens=... or a higher loss"
+                    )
+                feats["tokens"] = np.log(d)
+                extra = (self.coef[1 + self.features.index("tokens")] * sd) ** 2
+            else:
+                feats["tokens"] = np.log(
+                    check_range("tokens", tokens, 0.0, np.inf, lo_open=True, hi_open=True)
+                )
+        x0 = np.array([1.0] + [feats[f] for f in self.features])
+        mu = float(x0 @ np.asarray(self.coef))
+        h0 = float(x0 @ np.asarray(self.xtx_inv) @ x0)
+        sd = np.sqrt(max(self.sigma_log**2 * (1.0 + h0), self.loso_rmse.get(self.form, 0.0) ** 2) + extra)
+        q = float(t_dist.ppf(0.5 + self.level / 2, self.dof))
+        return CBSPrediction(
+            value=float(np.exp(mu)),
+            low=float(np.exp(mu - q * sd)),
+            high=float(np.exp(mu + q * sd)),
+            seq_len=self.seq_len,
+            form=self.form,
+            level=self.level,
+        )
+
+
+def _tokens_at(law: ChinchillaFit, N: np.ndarray, L: np.ndarray) -> np.ndarray:
+    """D_min solving ``L = E + A / N**alpha + B / D**beta``; nan where L is at or below E + A / N**alpha."""
+    gap = np.asarray(L, dtype=np.float64) - law.E - law.A / np.asarray(N, dtype=np.float64) ** law.alpha
+    with np.errstate(invalid="ignore", divide="ignore"):
+        return np.where(gap > 0, (law.B / np.where(gap > 0, gap, 1.0)) ** (1.0 / law.beta), np.nan)
+
+
+def _design(feats: dict[str, np.ndarray], names: tuple[str, ...], idx: np.ndarray) -> np.ndarray:
+    return np.column_stack([np.ones(len(idx))] + [feats[f][idx] for f in names])
+
+
+def _full_rank(X: np.ndarray) -> bool:
+    return X.shape[0] > X.shape[1] and np.linalg.matrix_rank(X) == X.shape[1]
+
+
+def fit_cbs_scaling(
+    sweeps: list[BatchSweep] | tuple[BatchSweep, ...], *, level: float = 0.9
+) -> CBSScalingFit:
+    """Fit each sweep's ``S(B)`` (``fit_batch_sweep``), then the power law of ``CBSScalingFit`` whose
+    leave-one-size-out rmse of log B_crit is lowest (ties go to the form listed first: fewer features).
+    A form is a candidate when every fold's design is full rank with a residual left over; needs sweeps
+    of >= 2 sizes with one ``seq_len``."""
+    level = check_range("level", level, 0.0, 1.0, lo_open=True, hi_open=True)
+    sweeps = list(sweeps)
+    for i, s in enumerate(sweeps):
+        if not isinstance(s, BatchSweep):
+            raise TypeError(f"sweeps[{i}] must be a BatchSweep, got {type(s).__name__}")
+    seq = sorted({s.seq_len for s in sweeps})
+    if len(seq) != 1:
+        raise ValueError(f"sweeps have seq_len in {seq}; fit sweeps of one sequence length together")
+    fits = [fit_batch_sweep(s, level=level) for s in sweeps]
+    used = [f for f in fits if f.bounded]
+    sizes = np.array([f.sweep.n_params for f in used])
+    if len(np.unique(sizes)) < 2:
+        raise ValueError(
+            f"{len(used)} of {len(fits)} sweeps bound their critical batch, over {len(np.unique(sizes))} "
+            "size(s); the law needs bounded sweeps of >= 2 sizes (widen the batch range where B_crit is "
+            "open-ended)"
+        )
+    y = np.log([f.B_noise for f in used])
+    feats = {
+        "loss": np.log([f.sweep.target_loss for f in used]),
+        "tokens": np.log([f.D_min for f in used]),
+        "params": np.log(sizes),
+    }
+    allidx = np.arange(len(used))
+    loso: dict[str, float] = {}
+    for form, names in _CBS_FORMS.items():
+        if not _full_rank(_design(feats, names, allidx)):
+            continue
+        sq, ok = [], True
+        for n in np.unique(sizes):
+            tr, te = allidx[sizes != n], allidx[sizes == n]
+            X = _design(feats, names, tr)
+            if not _full_rank(X):
+                ok = False
+                break
+            c = np.linalg.lstsq(X, y[tr], rcond=None)[0]
+            sq.append(np.mean((_design(feats, names, te) @ c - y[te]) ** 2))
+        if ok:
+            loso[form] = float(np.sqrt(np.mean(sq)))  # each held-out size weighs the same
+    if not loso:
+        raise ValueError(
+            f"no candidate law can be held out size by size with {len(used)} bounded sweeps over "
+            f"{len(np.unique(sizes))} sizes; add target losses per size or sizes"
+        )
+    form = min(loso, key=lambda k: (loso[k], list(_CBS_FORMS).index(k)))
+    names = _CBS_FORMS[form]
+    X = _design(feats, names, allidx)
+    coef, *_ = np.linalg.lstsq(X, y, rcond=None)
+    dof = len(y) - X.shape[1]
+    sigma = float(np.sqrt(np.sum((y - X @ coef) ** 2) / dof))
+    return CBSScalingFit(
+        form=form,
+        coef=tuple(float(v) for v in coef),
+        features=names,
+        loso_rmse=loso,
+        sigma_log=sigma,
+        dof=dof,
+        seq_len=seq[0],
+        level=level,
+        points=tuple(fits),
+        n_excluded=len(fits) - len(used),
+        xtx_inv=tuple(tuple(float(v) for v in r) for r in np.linalg.inv(X.T @ X)),
     )
