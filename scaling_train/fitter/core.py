@@ -6,7 +6,9 @@
 Per run, ``predictions.json``: the final loss predicted by ``laws.predict_final_loss`` from the run's
 training-loss curve and its full planned LR schedule, with every other run of the sweep (any size or
 budget, finished or running; N and tokens per step from their configs) as references, and the predicted
-remaining curve with its band. A run that has not logged a row yet is predicted from the others alone. Per sweep, ``sweep_law.json``: Chinchilla
+remaining curve with its band. A run that has not logged a row yet is predicted from the others alone.
+Every prediction published for a running run is also appended to ``predictions.jsonl`` (step, fraction,
+loss, low, high, references, mode, time): the live record of how early the prediction was right. Per sweep, ``sweep_law.json``: Chinchilla
 ``L(N, D) = E + A / N**alpha + B / D**beta`` and the IsoFLOP optimum over (N, D, final loss) -- observed
 for finished runs, predicted for running ones -- and Kaplan's ``B_crit(L) = B_star / L**(1/alpha_B)``
 over (loss, gradient noise scale) pairs of all runs. Diverged runs (a non-finite loss) are marked and
@@ -53,6 +55,23 @@ def _lr_schedule(tail: RunTail) -> np.ndarray | None:
     if "optim" not in cfg:
         return None
     return lr_array(from_dict(OptimConfig, cfg["optim"], source=str(tail.run_dir / "config.yaml")), T)
+
+
+def _append_prediction(run_dir: Path, pred: dict[str, Any], total_steps: int | None) -> None:
+    """Append the published prediction to ``RUN/predictions.jsonl`` (the record of what was predicted when;
+    a torn last line after a crash is cut by the writer and skipped by readers)."""
+    from scaling_train.metrics.jsonl import JsonlWriter
+
+    row = {
+        "step": pred["step"], "fraction": pred["step"] / total_steps if total_steps else None,
+        "loss": pred["loss"], "low": pred["low"], "high": pred["high"],
+        "references": pred.get("references", []), "mode": pred.get("mode"), "time": pred["updated"],
+    }  # fmt: skip
+    w = JsonlWriter(run_dir / "predictions.jsonl")
+    try:
+        w.write(row)
+    finally:
+        w.close()
 
 
 class SweepFitter:
@@ -197,6 +216,8 @@ class SweepFitter:
                     pred.update(loss=None, low=None, high=None, error=f"{type(e).__name__}: {e}")
             self.predictions[name] = pred
             write_json_atomic(t.run_dir / "predictions.json", pred)
+            if pred.get("status") == "running" and pred.get("loss") is not None:
+                _append_prediction(t.run_dir, pred, t.total_steps)
             refit.add(name)
         return refit
 

@@ -47,7 +47,12 @@ def test_predictions_law_malformed_diverged_and_new_runs(sweep, tmp_path):
     cur = p["curve"]
     assert cur["step"][-1] == p["total_steps"] and cur["loss"][-1] == pytest.approx(p["loss"])
     assert all(lo <= v <= hi for lo, v, hi in zip(cur["low"], cur["loss"], cur["high"]))
-    assert p["mode"].startswith("alone") and abs(sum(p["weights"].values()) - 1) < 1e-9
+    assert "same_size" in p["mode"] and abs(sum(p["weights"].values()) - 1) < 1e-9
+    # the live record: one line per published prediction, the same numbers as predictions.json
+    log = read_jsonl(part / "predictions.jsonl").rows
+    assert len(log) == 1 and log[0]["loss"] == pytest.approx(p["loss"]) and log[0]["step"] == p["step"]
+    assert log[0]["fraction"] == pytest.approx(p["step"] / p["total_steps"]) and log[0]["references"]
+    assert not (sw / "lr1e-3" / "predictions.jsonl").exists()  # finished runs publish no prediction
     done = json.loads((sw / "lr1e-3" / "predictions.json").read_text())
     assert (
         done["status"] == "done"
@@ -65,6 +70,10 @@ def test_predictions_law_malformed_diverged_and_new_runs(sweep, tmp_path):
     f.step()
     assert f.tails["partial"].offset == off + len(json.dumps(rows[3])) + 1
     assert json.loads((part / "predictions.json").read_text())["step"] == rows[3]["step"]
+    assert [r["step"] for r in read_jsonl(part / "predictions.jsonl").rows] == [
+        rows[2]["step"],
+        rows[3]["step"],
+    ]
     # a diverged run added mid-way is picked up, marked and left out of the law
     div = sw / "diverged"
     shutil.copytree(sw / "lr1e-3", div)
