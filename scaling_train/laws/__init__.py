@@ -22,6 +22,7 @@ from .curve import (
     fit_multipower,
     schedule_from_samples,
 )
+from .data_constrained import DataConstrainedFit, DivergedRun, find_diverged, fit_data_constrained
 from .isoflop import IsoFLOPFit, IsoFLOPParabola, fit_isoflop
 from .overtraining import DownstreamFit, OvertrainingFit, fit_downstream, fit_overtraining
 from .predict import LossPrediction, SweepFit, fit_sweep, predict_final_loss
@@ -35,6 +36,8 @@ __all__ = [
     "ChinchillaFit",
     "CriticalBatchFit",
     "Curve",
+    "DataConstrainedFit",
+    "DivergedRun",
     "DownstreamFit",
     "GradientNoiseScale",
     "IsoFLOPFit",
@@ -48,10 +51,12 @@ __all__ = [
     "SampleScores",
     "StepsToTargetFit",
     "SweepFit",
+    "find_diverged",
     "fit_batch_sweep",
     "fit_cbs_scaling",
     "fit_chinchilla",
     "fit_critical_batch",
+    "fit_data_constrained",
     "fit_downstream",
     "fit_isoflop",
     "fit_multipower",
