@@ -100,6 +100,12 @@ class TokenStream:
                 "use a larger corpus or a shorter seq_len"
             )
 
+    @property
+    def unique_tokens(self) -> int:
+        """U: the distinct training positions one epoch covers, ``n_seqs * seq_len`` (the tail shorter
+        than a sequence is never drawn). A run of D tokens sees ``epochs_seen(D, U)`` epochs."""
+        return self.n_seqs * self.seq_len
+
     def batch(self, seq_indices: np.ndarray) -> Batch:
         T = self.seq_len
         rows = np.stack([np.asarray(self.tokens[i * T : i * T + T + 1], dtype=np.int64) for i in seq_indices])
@@ -121,6 +127,14 @@ class TokenStream:
 @lru_cache(maxsize=8)
 def _epoch_perm(seed: int, epoch: int, n: int) -> np.ndarray:
     return np.random.Generator(np.random.PCG64([seed, epoch])).permutation(n)
+
+
+def epochs_seen(tokens: float, unique_tokens: int) -> float:
+    """Passes over the training split after ``tokens`` training tokens: ``tokens / unique_tokens``
+    (``batch_indices`` walks whole per-epoch permutations, so this is exact in sequences)."""
+    if unique_tokens <= 0:
+        raise ValueError(f"unique_tokens={unique_tokens} must be > 0 (the training split's size in tokens)")
+    return tokens / unique_tokens
 
 
 def batch_indices(seed: int, step: int, batch_size: int, n_seqs: int) -> np.ndarray:

@@ -2,6 +2,7 @@
 
     scaling-train sweep configs/sweeps/quickstart.yaml                    # CPU, ~10 min on 2 cores
     scaling-train sweep configs/sweeps/quickstart.yaml --dry-run          # plan + exact commands, starts nothing
+                                                                          # (warns when a run repeats its data)
     scaling-train sweep configs/sweeps/chinchilla-small.yaml --backend slurm
     NODE_RANK=0 scaling-train sweep configs/sweeps/ladder-3b.yaml --backend torchrun   # on every node
 
@@ -11,13 +12,14 @@ Rerunning the same command skips finished runs (DONE) and resumes partial ones f
 from __future__ import annotations
 
 import argparse
+import sys
 
 from scaling_train.config import ConfigError
 
 
 def _cmd_sweep(args: argparse.Namespace) -> int:
     from scaling_train.sweep import backends
-    from scaling_train.sweep.plan import describe, make_plan
+    from scaling_train.sweep.plan import describe, make_plan, repetition_warnings
     from scaling_train.sweep.spec import load_spec
 
     spec = load_spec(args.config)
@@ -29,10 +31,22 @@ def _cmd_sweep(args: argparse.Namespace) -> int:
     backend = args.backend or spec.launch.backend
     print(describe(plan))
     if args.dry_run:
+        for line in repetition_warnings(plan, _unique_tokens):
+            print(line)
         print(f"\n# backend {backend}: exact commands (run folder base config: {plan.base_path})")
         print(backends.dry_run_text(plan, backend))
         return 0
     return backends.BACKENDS[backend](plan)
+
+
+def _unique_tokens(cfg) -> int | None:
+    """U of a run's training split. Prepares (tokenizes and caches, as the first run would) a local
+    corpus once; None for a remote ``hf:`` corpus, which a dry run does not download."""
+    if cfg.data.corpus.startswith("hf:"):
+        return None
+    from scaling_train.data import prepare
+
+    return prepare(cfg.data, cfg.model.seq_len, log=lambda s: print(s, file=sys.stderr)).train.unique_tokens
 
 
 def _set(spec, item: str) -> None:
@@ -73,7 +87,10 @@ def register(subparsers) -> None:
         help="where runs execute (default: the spec's launch.backend)",
     )
     p.add_argument(
-        "--dry-run", action="store_true", help="print the plan and the exact commands; start nothing"
+        "--dry-run",
+        action="store_true",
+        help="print the plan, a warning for every run that repeats its training data (epochs = D / U; "
+        "tokenizes a local corpus once, cached for the runs) and the exact commands; start no run",
     )
     p.add_argument(
         "--concurrency", type=int, default=None, help="local: runs at the same time (launch.concurrency)"

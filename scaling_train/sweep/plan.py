@@ -15,6 +15,7 @@ import math
 import re
 import shlex
 import sys
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -276,6 +277,53 @@ def make_plan(spec: SweepSpec, *, output: str | Path | None = None) -> Plan:
                         )
                     )
     return Plan(spec=spec, sweep_dir=sweep_dir, base=base, runs=runs)
+
+
+def run_config(plan: Plan, run: RunSpec) -> RunConfig:
+    """The resolved RunConfig of one planned run (base + its overrides), as its process will build it."""
+    return _build(plan.base, run.overrides, plan.spec.source, where=run.name)
+
+
+def repetition_warnings(plan: Plan, unique_tokens: Callable[[RunConfig], int | None]) -> list[str]:
+    """Warnings for the runs whose token budget D exceeds their training split's U unique tokens.
+
+    ``unique_tokens(cfg)`` gives U for a run config (the data layer's ``TokenStream.unique_tokens``),
+    or None when it cannot be known before training (e.g. a remote corpus); it is called once per
+    distinct (data, seq_len). Epochs = D / U; a run with epochs > 1 sees every token ``epochs - 1``
+    more times after the first pass, which a Chinchilla fit on (N, D) ignores. Returns one line per
+    repeating run, then a summary line (nothing when no run repeats data)."""
+    cache: dict[str, int | None] = {}
+    out: list[str] = []
+    worst, unknown = 0.0, 0
+    for run in plan.runs:
+        cfg = run_config(plan, run)
+        key = repr((sorted(asdict(cfg.data).items()), cfg.model.seq_len))
+        if key not in cache:
+            cache[key] = unique_tokens(cfg)
+        U = cache[key]
+        if U is None:
+            unknown += 1
+            continue
+        epochs = run.tokens / U
+        if epochs > 1.0:
+            worst = max(worst, epochs)
+            out.append(
+                f"warning: run {run.index} {run.name} trains on D={run.tokens:,} tokens but data.corpus="
+                f"{cfg.data.corpus!r} (max_bytes={cfg.data.max_bytes}, seq_len={cfg.model.seq_len}) holds "
+                f"U={U:,} unique training tokens: {epochs:.2f} epochs, every token seen {epochs - 1:.2f} "
+                "more times after the first pass"
+            )
+    if out:
+        out.append(
+            f"warning: {len(out)} of {len(plan.runs)} runs repeat data (up to {worst:.2f} epochs); a Chinchilla "
+            "fit on (N, D) ignores repetition: use scaling_train.laws.fit_data_constrained, a larger corpus "
+            "(data.corpus, data.max_bytes) or smaller token budgets"
+        )
+    if unknown:
+        out.append(
+            f"note: U unknown before training for {unknown} runs (remote corpus); repetition not checked"
+        )
+    return out
 
 
 def _build(base: dict, over: dict, src: str, *, where: str) -> RunConfig:

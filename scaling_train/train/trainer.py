@@ -25,7 +25,7 @@ import yaml
 
 from scaling_train._io import atomic_write
 from scaling_train.config import to_dict
-from scaling_train.data import Batch, PreparedData, batch_indices, prepare
+from scaling_train.data import Batch, PreparedData, batch_indices, epochs_seen, prepare
 from scaling_train.metrics.jsonl import JsonlWriter, rollback_jsonl
 from scaling_train.metrics.stream import open_trainer_stream
 from scaling_train.models import GPT
@@ -141,6 +141,9 @@ class Trainer:
             "tokens_per_step": self.cfg.tokens_per_step,
             "total_steps": self.total_steps,
             "total_tokens": self.total_steps * self.cfg.tokens_per_step,
+            # U = the training split in tokens (one epoch); epochs > 1 means repeated data
+            "unique_tokens": self.data.train.unique_tokens,
+            "epochs": epochs_seen(self.total_steps * self.cfg.tokens_per_step, self.data.train.unique_tokens),
             "micro_batch_size": self.micro_bs,
             "grad_accum": self.accum,
             "world_size": self.backend.world_size,
@@ -381,6 +384,7 @@ class Trainer:
                 row = {
                     "step": done_steps,
                     "tokens": done_steps * tps,
+                    "epochs": epochs_seen(done_steps * tps, self.data.train.unique_tokens),
                     "flops": float(self.flops_per_token * done_steps * tps),
                     "loss": loss_sum / n,
                     "lr": lr,

@@ -125,3 +125,23 @@ def test_hf_datasets_source_local_and_unreachable(tmp_path, monkeypatch):
     monkeypatch.setenv("HF_DATASETS_OFFLINE", "1")
     with pytest.raises(RuntimeError, match=r"data.corpus='hf:no-such-org/no-such-set': could not load"):
         list(corpus_mod.iter_documents("hf:no-such-org/no-such-set"))
+
+
+def test_unique_tokens_is_one_epoch_of_the_training_split():
+    """U = n_seqs * seq_len (the tail short of a sequence is never drawn); after n_seqs sequences every
+    training sequence was drawn exactly once, i.e. epochs_seen(tokens, U) = 1."""
+    from scaling_train.data import epochs_seen
+
+    cfg = DataConfig(vocab_size=512, max_bytes=TINY_MAX_BYTES)
+    T = 32
+    train = prepare(cfg, T, log=lambda s: None).train
+    U = train.unique_tokens
+    assert U == train.n_seqs * T and len(train.tokens) - 1 - T < U <= len(train.tokens) - 1
+    bs = 4
+    steps = train.n_seqs // bs  # whole steps inside the first epoch
+    seen = np.concatenate([batch_indices(0, s, bs, train.n_seqs) for s in range(steps)])
+    assert len(np.unique(seen)) == len(seen) == steps * bs  # no sequence repeats within an epoch
+    assert epochs_seen(steps * bs * T, U) == pytest.approx(steps * bs / train.n_seqs, rel=1e-12)
+    assert epochs_seen(3 * U, U) == 3.0
+    with pytest.raises(ValueError, match=r"unique_tokens=0 must be > 0"):
+        epochs_seen(10, 0)

@@ -176,3 +176,46 @@ def test_quickstart_and_shipped_specs_plan(tmp_path):
             big = max(plan.runs, key=lambda r: (r.n_params, r.flops))
             assert big.nodes > 1 and big.overrides.get("dist.strategy") == "deepspeed"
             assert big.overrides.get("dist.zero_stage") == 3
+
+
+def test_repetition_warnings_give_epochs_per_run_and_a_summary(tmp_path):
+    from scaling_train.sweep.plan import repetition_warnings
+
+    plan = plan_of(tmp_path, tiny_spec(grid={"sizes": ["0.1M"], "tokens": [2560, 5120, 10240]}))
+    calls = []
+
+    def fake_u(cfg):
+        calls.append(cfg.data.corpus)
+        return 4000
+
+    lines = repetition_warnings(plan, fake_u)
+    assert len(calls) == 1  # one data config: U computed once
+    assert len(lines) == 3  # runs 1 and 2 repeat (1.28 and 2.56 epochs), then the summary
+    assert (
+        "run 1 " in lines[0] and "D=5,120" in lines[0] and "U=4,000" in lines[0] and "1.28 epochs" in lines[0]
+    )
+    assert "2.56 epochs" in lines[1] and "1.56 more times" in lines[1]
+    assert lines[2].startswith("warning: 2 of 3 runs repeat data (up to 2.56 epochs)")
+    assert repetition_warnings(plan, lambda cfg: 10**6) == []
+    assert repetition_warnings(plan, lambda cfg: None) == [
+        "note: U unknown before training for 3 runs (remote corpus); repetition not checked"
+    ]
+
+
+def test_dry_run_warns_when_runs_repeat_the_corpus(tmp_path, env):
+    """A 20 kB slice of the built-in corpus holds ~8k training tokens: the 2.4e4-token run repeats it."""
+    spec = tiny_spec(grid={"sizes": ["0.1M"], "tokens": [2560, 24576]})
+    spec["run"] = {**spec["run"], "data": {**spec["run"]["data"], "max_bytes": 20_000}}
+    path = write_spec(tmp_path / "s.yaml", spec)
+    out = subprocess.run(
+        sweep_cmd(path, "--output", str(tmp_path / "out"), "--dry-run"),
+        capture_output=True,
+        text=True,
+        cwd=REPO,
+        env=env,
+    )
+    assert out.returncode == 0, out.stderr
+    warnings = [ln for ln in out.stdout.splitlines() if ln.startswith("warning:")]
+    assert len(warnings) == 2 and "run 1 " in warnings[0] and "epochs" in warnings[0], out.stdout
+    assert "1 of 2 runs repeat data" in warnings[1]
+    assert not (tmp_path / "out").exists()

@@ -229,3 +229,24 @@ def test_changed_config_in_same_run_dir_is_refused(tmp_path):
         Trainer(tiny_config(tmp_path / "r", **{"optim.lr": 1e-3}), log=lambda s: None).run()
     # cosmetic keys may change
     Trainer(tiny_config(tmp_path / "r", **{"train.progress": True}), log=lambda s: None).run()
+
+
+def test_config_and_metrics_record_unique_tokens_and_epochs(tmp_path):
+    """A run on a small corpus slice repeats it: config.yaml's resolved section holds U and the planned
+    epochs, every metrics row its epochs so far (tokens / U)."""
+    import yaml
+
+    from scaling_train.data import prepare
+
+    cfg = tiny_config(
+        tmp_path / "r", **{"data.max_bytes": 20_000, "train.eval_every": 0, "train.ckpt_every": 0}
+    )
+    U = prepare(cfg.data, cfg.model.seq_len, log=lambda s: None).train.unique_tokens
+    train(cfg, log=lambda s: None)
+    resolved = yaml.safe_load((tmp_path / "r" / "config.yaml").read_text())["resolved"]
+    assert resolved["unique_tokens"] == U
+    assert resolved["epochs"] == pytest.approx(30 * 8 * 64 / U, rel=1e-12)
+    rows = read_jsonl(tmp_path / "r" / "metrics.jsonl").rows
+    for r in rows:
+        assert r["epochs"] == pytest.approx(r["tokens"] / U, rel=1e-12)
+    assert rows[-1]["epochs"] > 1.0  # 15,360 tokens from a ~20 kB slice: the data repeats
