@@ -8,8 +8,9 @@
 Sources, all optional: ``plan.json`` (the planned runs: a planned run without a folder is "missing"),
 per run ``config.yaml`` (``resolved``: params.non_embedding, tokens_per_step, total_steps,
 flops_per_token), ``metrics.jsonl`` (rows step, tokens, flops, loss, lr, gns_b_simple, tok_nll_hist,
-``task/<name>/<metric>`` eval scalars in ``task_rows``, ...), ``DONE`` (JSON summary), ``predictions.json`` (fitter), ``predictions_history.jsonl`` (one
-prediction per refit, if the fitter keeps one), ``samples.jsonl`` (per-sample log-likelihood records
+``task/<name>/<metric>`` eval scalars in ``task_rows``, ...), ``DONE`` (JSON summary), ``predictions.json`` (fitter: the latest
+prediction, with the predicted remaining curve and band), ``predictions.jsonl`` (every prediction the fitter
+published, as it was made), ``samples.jsonl`` (per-sample log-likelihood records
 of ``metrics.stats.sample_records``: sample, tokens, nll_sum, loglik, step) and ``evals.jsonl``
 (per-item records of scaling_train/evals, see ``eval_samples``).
 """
@@ -239,7 +240,7 @@ def load_run(run_dir: Path, planned: dict[str, Any] | None = None) -> RunData:
     run.prediction = _read_json(run_dir / "predictions.json", run.notes)
     if not isinstance(run.prediction, dict):
         run.prediction = None
-    hist = read_jsonl(run_dir / "predictions_history.jsonl")
+    hist = read_jsonl(run_dir / "predictions.jsonl")
     run.history = [h for h in hist.rows if "step" in h and "loss" in h]
     run.samples = [
         {"task": "samples", **s}

@@ -89,7 +89,15 @@ def loss_curves(sweep: SweepData, an: Analysis) -> Figure:
                 # dotted from the point the prediction was made at (it may lag the curve by a poll)
                 at = r.steps[ok] <= (p.get("step") or r.last_step)
                 i = int(np.flatnonzero(at)[-1]) if at.any() else -1
-                ax.plot([x[ok][i], x_end], [y[ok][i], p["loss"]], ":", color=c, lw=1)
+                cur = p.get("curve") or {}
+                if len(cur.get("step") or ()) >= 2 and r.tokens_per_step:
+                    # the fitter's predicted remaining curve and its 90% band
+                    cs = np.asarray(cur["step"], float) * r.tokens_per_step
+                    cx = cs if xkey == "tokens" else cs * (r.flops_per_token or 6 * r.N)
+                    ax.plot(cx, cur["loss"], ":", color=c, lw=1)
+                    ax.fill_between(cx, cur["low"], cur["high"], color=c, alpha=0.12, lw=0)
+                else:
+                    ax.plot([x[ok][i], x_end], [y[ok][i], p["loss"]], ":", color=c, lw=1)
                 ax.errorbar(
                     [x_end], [p["loss"]], yerr=[[p["loss"] - lo], [hi - p["loss"]]], fmt="D", color=c,
                     mfc="white", ms=6, capsize=4, lw=1.5,
@@ -106,7 +114,8 @@ def loss_curves(sweep: SweepData, an: Analysis) -> Figure:
     cap = (
         "Training loss per run, coloured by model size. ● finished run's final loss; ◇ with bars: the "
         f"fitter's predicted final loss and 90% interval at the run's planned end ({n_pred} unfinished "
-        "run(s)), dotted from the step the prediction was made at; × diverged."
+        "run(s)), with its predicted remaining curve (dotted) and 90% band from the step the prediction was "
+        "made at; × diverged."
     )
     return Figure("loss", "Loss vs tokens and FLOPs per model size", _png(fig), cap)
 

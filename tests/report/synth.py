@@ -122,6 +122,13 @@ def write_run(
             "run": name, "status": "running", "loss": final * 1.01, "low": final * 0.98, "high": final * 1.04,
             "step": rows[-1]["step"], "total_steps": T, "n_used": len(rows), "extrapolation": 0.5,
         }  # fmt: skip
+        # the fitter's predicted remaining curve with its band (opening from the last observed step)
+        cs = [rows[-1]["step"] + (T - rows[-1]["step"]) * k / 7 for k in range(8)]
+        cl = [rows[-1]["loss"] + (pred["loss"] - rows[-1]["loss"]) * k / 7 for k in range(8)]
+        pred["curve"] = {
+            "step": cs, "loss": cl, "low": [v - (pred["loss"] - pred["low"]) * k / 7 for k, v in enumerate(cl)],
+            "high": [v + (pred["high"] - pred["loss"]) * k / 7 for k, v in enumerate(cl)],
+        }  # fmt: skip
     else:
         pred = {"run": name, "status": "diverged", "loss": None, "low": None, "high": None}
     (d / "predictions.json").write_text(json.dumps(pred))

@@ -146,11 +146,11 @@ def test_cli_and_cache(full_sweep, tmp_path):
     assert res.returncode != 0 and "is not a folder" in (res.stdout + res.stderr)
 
 
-def test_predictions_history_file_is_used(tmp_path):
+def test_fitter_prediction_record_is_used(tmp_path):
     sweep = synth.write_sweep(tmp_path / "h", runs=[{"N": 1e5, "D": 3e5}])
     run = next(p for p in sweep.iterdir() if p.is_dir())
     rows = [{"step": s, "loss": 5.0 - s / 100, "low": 4.5, "high": 5.5} for s in (50, 100, 150)]
-    (run / "predictions_history.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    (run / "predictions.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
     an = analyse(load_sweep(sweep), n_bootstrap=0)
     h = an.history[run.name]
     assert [p["source"] for p in h] == ["fitter"] * 3 and [p["step"] for p in h] == [50, 100, 150]
