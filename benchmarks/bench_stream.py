@@ -1,6 +1,7 @@
 """Overhead of the metrics stream on training throughput (CPU, 10M model).
 
     python benchmarks/bench_stream.py [--steps 60] [--repeats 3] [--threads 2] [--mode paired|runs]
+                                      [--micro-batch-size 4|8]
 
 What is compared: ``off`` (metrics.token_stats=false, metrics.gns=false: the plain JSONL rows the trainer
 always wrote), ``stream`` (device token statistics + gradient noise scale, one extra host transfer per
@@ -48,10 +49,10 @@ LOG_EVERY = 3
 WARMUP_WINDOWS = 2  # first windows: data loading, allocator and thread-pool warm-up
 
 
-def make_cfg(arm: str, d: Path, steps: int, threads: int) -> RunConfig:
+def make_cfg(arm: str, d: Path, steps: int, threads: int, micro: int = 4) -> RunConfig:
     over = [
         f"run_dir={d}", "model.size=10M", "model.seq_len=128", "data.max_bytes=4000000", "data.vocab_size=4096",
-        f"threads={threads}", "train.batch_size=8", "train.micro_batch_size=4", f"train.max_steps={steps}",
+        f"threads={threads}", "train.batch_size=8", f"train.micro_batch_size={micro}", f"train.max_steps={steps}",
         f"train.log_every={LOG_EVERY}", "train.eval_every=0", "train.eval_batches=0", "train.ckpt_every=0",
         "train.progress=false", "optim.warmup_steps=3",
     ] + ARMS[arm]  # fmt: skip
@@ -61,9 +62,9 @@ def make_cfg(arm: str, d: Path, steps: int, threads: int) -> RunConfig:
 # ---------------------------------------------------------------------------------------------- runs
 
 
-def run_separate(arm: str, root: Path, steps: int, threads: int, rep: int) -> float:
+def run_separate(arm: str, root: Path, steps: int, threads: int, rep: int, micro: int = 4) -> float:
     d = root / f"{arm}-{rep}"
-    Trainer(make_cfg(arm, d, steps, threads), log=lambda s: None).run()
+    Trainer(make_cfg(arm, d, steps, threads, micro), log=lambda s: None).run()
     rows = read_jsonl(d / "metrics.jsonl").rows[1:]  # drop the first window (warm-up)
     shutil.rmtree(d, ignore_errors=True)
     # a row's "time" is taken before its flush work, so this span includes every flush but the last one's
@@ -74,7 +75,7 @@ def main_runs(a: argparse.Namespace, arms: list[str], root: Path) -> None:
     res: dict[str, list[float]] = {k: [] for k in arms}
     for rep in range(a.repeats):
         for arm in arms if rep % 2 == 0 else arms[::-1]:  # alternate the order: no arm always runs first
-            res[arm].append(run_separate(arm, root, a.steps, a.threads, rep))
+            res[arm].append(run_separate(arm, root, a.steps, a.threads, rep, a.micro_batch_size))
             print(f"rep {rep} {arm:11s} {res[arm][-1]:9.0f} tok/s", flush=True)
     base = statistics.median(res["off"])
     print("\n| arm | median tokens/s | overhead vs off | repeats |\n| --- | --- | --- | --- |")
@@ -100,6 +101,9 @@ class Gate:
 
 
 class GatedMetrics(stream_mod.TrainerMetrics):
+    def split_micro_batch(self, *a):  # one micro-batch per step: the probe's two halves run in "on" only
+        return Gate.on and super().split_micro_batch(*a)
+
     def on_micro_batch(self, *a):
         if Gate.on:
             super().on_micro_batch(*a)
@@ -130,11 +134,11 @@ def _timed_flush(self):
     return offset
 
 
-def run_paired(arm: str, root: Path, steps: int, threads: int, rep: int) -> list[float]:
+def run_paired(arm: str, root: Path, steps: int, threads: int, rep: int, micro: int = 4) -> list[float]:
     """Ratios on/off of adjacent windows of one run with the stream gated per window."""
     d = root / f"{arm}-{rep}"
     Gate.reset()
-    Trainer(make_cfg(arm, d, steps, threads), log=lambda s: None).run()
+    Trainer(make_cfg(arm, d, steps, threads, micro), log=lambda s: None).run()
     shutil.rmtree(d, ignore_errors=True)
     n = steps // LOG_EVERY  # flushes of the loop (later ones are the final checkpoint and close)
     ends, flags = Gate.ends[:n], Gate.flags[:n]
@@ -159,7 +163,7 @@ def main_paired(a: argparse.Namespace, arms: list[str], root: Path) -> None:
     for arm in [x for x in arms if x != "off"]:
         ratios, on_s, off_s, n_off = [], 0.0, 0.0, 0
         for rep in range(a.repeats):
-            r = run_paired(arm, root, a.steps, a.threads, rep)
+            r = run_paired(arm, root, a.steps, a.threads, rep, a.micro_batch_size)
             ratios += r
             on_s, off_s = on_s + Gate.on_sum, off_s + Gate.off_sum
             n_off += sum(1 for f in Gate.flags[WARMUP_WINDOWS : a.steps // LOG_EVERY] if not f)
@@ -181,6 +185,10 @@ def main() -> None:
     p.add_argument("--repeats", type=int, default=3)
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--mode", choices=["paired", "runs"], default="paired")
+    p.add_argument(
+        "--micro-batch-size", type=int, default=4, choices=[1, 2, 4, 8],
+        help="of the batch of 8: 4 = two micro-batches (probe on accumulation), 8 = one (probe on two halves)",
+    )  # fmt: skip
     p.add_argument("--arms", default=",".join(DEFAULT_ARMS), help=f"comma-separated, of {', '.join(ARMS)}")
     a = p.parse_args()
     arms = a.arms.split(",")

@@ -27,7 +27,11 @@ class MetricsConfig:
     nll_bins: int = doc("Bins of the token-NLL histogram over [0, nll_max] (last bin open-ended).", 32)
     nll_max: float = doc("Upper edge of the token-NLL histogram in nats.", 16.0)
     pos_buckets: int = doc("Position buckets of the loss-by-position curve (must be <= seq_len).", 8)
-    gns: bool = doc("Gradient noise scale (needs grad accumulation >= 2 in one process, or DDP).", True)
+    gns: bool = doc(
+        "Gradient noise scale: grad accumulation >= 2 or, with one micro-batch, its two halves on measured "
+        "steps (one process); DDP: local vs all-reduced gradient.",
+        True,
+    )
     gns_every: int = doc("Measure the noise scale every k optimizer steps (1 = every step).", 1)
     gns_decay: float = doc("EMA decay per flush of the noise-scale estimates.", 0.9)
     fit_in_process: bool = doc(

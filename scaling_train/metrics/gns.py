@@ -8,6 +8,12 @@ tokens because the loss is a per-token mean.
   ``p.grad = g_0 / accum`` (the loss is divided by ``accum``), so ``|g_0|^2 = accum^2 |p.grad|^2`` (small
   batch = one micro-batch); after the last one ``p.grad`` is the mean over the step (big batch). Cost:
   two fused norms per step, no gradient copy.
+* Single process with one micro-batch (``AccumGNSProbe(..., split=True)``): on measured steps the trainer
+  runs the micro-batch as two halves of ``h = mb // 2`` and ``mb - h`` sequences, each loss weighted by
+  its share (``h / mb``), so the first backward leaves ``p.grad = (h / mb) g_half`` and the second the
+  full mean gradient, as a two-step accumulation would: ``|g_half|^2 = (mb / h)^2 |p.grad|^2``. The
+  update is the same gradient up to float rounding. Cost: the two norms, and two half-size forward and
+  backward passes in place of one (smaller matmuls; see benchmarks/results/stream.md).
 * DDP (``ddp_gns_hook``): a comm hook sees each bucket's local gradient (small batch = this rank's
   tokens per step) before the all-reduce and the averaged one after it (big batch = global tokens).
 
@@ -40,14 +46,29 @@ def _sq_norm(grads: list[torch.Tensor]) -> torch.Tensor:
 
 
 class AccumGNSProbe:
-    """Per-micro-batch vs accumulated gradient in one process. Needs ``accum >= 2`` micro-batches."""
+    """First part vs whole step's gradient in one process: ``accum >= 2`` micro-batches, or with
+    ``split=True`` and ``accum == 1`` the two halves of one micro-batch of ``micro_seqs >= 2`` sequences
+    (the trainer asks ``begin_step`` whether to split)."""
 
     def __init__(
-        self, params: Iterable[torch.nn.Parameter], *, accum: int, micro_tokens: int, every: int = 1
+        self,
+        params: Iterable[torch.nn.Parameter],
+        *,
+        accum: int,
+        micro_tokens: int,
+        every: int = 1,
+        split: bool = False,
+        micro_seqs: int = 0,
     ) -> None:
         self.params = [p for p in params if p.requires_grad]
         self.accum, self.micro_tokens, self.every = accum, micro_tokens, every
-        self.enabled = accum >= 2
+        self.split = split and accum == 1 and micro_seqs >= 2
+        self.enabled = accum >= 2 or self.split
+        if self.split:  # parts of h and mb - h sequences; the first is the small batch
+            h = micro_seqs // 2
+            self._parts, self._b_small = 2, micro_tokens * h // micro_seqs
+        else:
+            self._parts, self._b_small = accum, micro_tokens
         self.sums = torch.zeros(
             3, dtype=torch.float64, device=self.params[0].device if self.params else "cpu"
         )
@@ -56,11 +77,20 @@ class AccumGNSProbe:
 
     @property
     def b_small(self) -> float:
-        return float(self.micro_tokens)
+        """Tokens behind the first part's gradient."""
+        return float(self._b_small)
 
     @property
     def b_big(self) -> float:
+        """Tokens behind the step's gradient."""
         return float(self.micro_tokens * self.accum)
+
+    def begin_step(self, step: int) -> bool:
+        """Optional, before the step's first micro-batch: measure at ``step % every == 0`` (the trainer's
+        step, so a resumed run keeps the phase). Returns whether the trainer must split its one
+        micro-batch into two halves for this step."""
+        self._step = step
+        return self.split and step % self.every == 0
 
     def _grads(self) -> list[torch.Tensor]:
         return [p.grad for p in self.params if p.grad is not None]
@@ -71,9 +101,10 @@ class AccumGNSProbe:
         i, self._i = self._i, self._i + 1
         if not self.enabled or self._step % self.every:
             return
-        if i == 0:
-            self.sums[0] += self.accum**2 * _sq_norm(self._grads()).to(self.sums.device)
-        if i == self.accum - 1:
+        if i == 0:  # p.grad = (b_small / b_big) g_small: the loss is weighted by the part's share
+            scale = (self.b_big / self.b_small) ** 2  # = accum**2 for equal micro-batches
+            self.sums[0] += scale * _sq_norm(self._grads()).to(self.sums.device)
+        if i == self._parts - 1:
             self.sums[1] += _sq_norm(self._grads()).to(self.sums.device)
             self.sums[2] += 1
 

@@ -149,12 +149,12 @@ class TrainerMetrics:
         elif world == 1:
             self.probe = AccumGNSProbe(
                 trainer.raw_model.parameters(), accum=trainer.accum, micro_tokens=trainer.micro_bs * T,
-                every=self.cfg.gns_every,
+                every=self.cfg.gns_every, split=True, micro_seqs=trainer.micro_bs,
             )  # fmt: skip
             if not self.probe.enabled:
                 trainer.log(
-                    f"[metrics] gradient noise scale off: grad_accum={trainer.accum} < 2 (set "
-                    "train.micro_batch_size to a divisor of train.batch_size below it)"
+                    f"[metrics] gradient noise scale off: one micro-batch of {trainer.micro_bs} sequence per "
+                    "step cannot be split in two (use train.batch_size >= 2)"
                 )
 
     def state_dict(self) -> dict[str, Any]:
@@ -163,6 +163,10 @@ class TrainerMetrics:
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         self.tracker.load_state_dict(state["gns"])
+
+    def split_micro_batch(self, trainer: Any, step: int) -> bool:
+        """Asked by the trainer before each step: run a lone micro-batch as two halves (probe step)."""
+        return self.probe is not None and self.probe.begin_step(step)
 
     def on_micro_batch(self, trainer: Any, out: Any, batch: Any) -> None:
         if self.stats is not None:

@@ -71,7 +71,9 @@ def _diff_keys(a: Any, b: Any, prefix: str = "") -> list[str]:
 
 
 class Trainer:
-    """Single-process trainer. ``callbacks`` get ``on_flush(trainer, row)`` after each metrics flush."""
+    """Single-process trainer. ``callbacks`` get ``on_flush(trainer, row)`` after each metrics flush;
+    ``split_micro_batch(trainer, step) -> bool`` (the noise-scale probe's) runs a step's lone micro-batch
+    as two halves, each loss weighted by its share of the sequences (the same gradient)."""
 
     def __init__(
         self, cfg: RunConfig, *, log: Callable[[str], None] = print, callbacks: list | None = None
@@ -151,11 +153,17 @@ class Trainer:
         atomic_write(path, yaml.safe_dump(resolved, sort_keys=False))
 
     # -------------------------------------------------------------- batches
-    def micro_batches(self, step: int) -> list[Batch]:
-        """This rank's micro-batches of optimizer step ``step`` (pure function of seed and step)."""
+    def micro_batches(self, step: int, *, split: bool = False) -> list[Batch]:
+        """This rank's micro-batches of optimizer step ``step`` (pure function of seed and step).
+
+        ``split``: a lone micro-batch of >= 2 sequences comes back as two halves (``mb // 2`` and the
+        rest), for the noise-scale probe; more than one micro-batch is returned unchanged."""
         idx = batch_indices(self.cfg.seed, step, self.cfg.train.batch_size, self.data.train.n_seqs)
         per_rank = len(idx) // self.backend.world_size
         mine = idx[self.backend.rank * per_rank : (self.backend.rank + 1) * per_rank]
+        if split and len(mine) == self.micro_bs >= 2:
+            h = self.micro_bs // 2
+            return [self.data.train.batch(mine[:h]), self.data.train.batch(mine[h:])]
         return [
             self.data.train.batch(mine[i : i + self.micro_bs]) for i in range(0, len(mine), self.micro_bs)
         ]
@@ -347,16 +355,21 @@ class Trainer:
             lr = lr_at(cfg.optim, step, T)
             for g in self.optimizer.param_groups:
                 g["lr"] = lr * g.get("lr_scale", 1.0)
-            batches = self.micro_batches(step)
+            split = [
+                cb.split_micro_batch(self, step) for cb in self.callbacks if hasattr(cb, "split_micro_batch")
+            ]
+            batches = self.micro_batches(step, split=any(split))
+            n_seqs = sum(b.idx.shape[0] for b in batches)  # this rank's sequences in the step
             step_loss = torch.zeros((), dtype=torch.float64, device=dev)
             for i, b in enumerate(batches):
                 b = b.to(dev)
+                parts = n_seqs / b.idx.shape[0]  # = accum for equal micro-batches; loss weight = 1 / parts
                 ctx = self.backend.no_sync(self.model) if i < len(batches) - 1 else contextlib.nullcontext()
                 with ctx:
                     with self.backend.autocast():
                         out = self.model(b.idx, b.targets)
-                    self.backend.backward(out.loss / self.accum)
-                step_loss += out.loss.detach().double()
+                    self.backend.backward(out.loss / parts)
+                step_loss += out.loss.detach().double() * (b.idx.shape[0] / self.micro_bs)  # 1.0 unless split
                 for cb in self.callbacks:
                     if hasattr(cb, "on_micro_batch"):
                         cb.on_micro_batch(self, out, b)
@@ -368,7 +381,7 @@ class Trainer:
             self.optimizer.zero_grad(set_to_none=True)
             acc += torch.stack(
                 [
-                    step_loss / self.accum,
+                    step_loss / (n_seqs / self.micro_bs),  # = / accum (and / 1 for a split micro-batch)
                     gnorm.detach().double(),
                     torch.ones((), dtype=torch.float64, device=dev),
                 ]
