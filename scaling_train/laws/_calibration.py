@@ -5,18 +5,22 @@ split: tests/laws/protocol.py; tests/laws/test_protocol.py checks that no held-o
 """
 
 # alone candidate: prior mean of the annealing amplitude B (fraction of the loss level), empirical Bayes
-NO_REF_B_REL = 0.0448641
+NO_REF_B_REL = 0.0570693
 # alone candidate: prior mean of log C (how fast the loss answers an LR drop), empirical Bayes
-NO_REF_LOG_C = -4.44544
-# sweep model: prior sd of a run's offset from the sweep law, relative to the loss (before-start RMS)
-SIGMA_DELTA = 0.0134944
+NO_REF_LOG_C = -4.67088
+# sweep model: prior mean of log a, the exponent of N (empirical Bayes on before-start cases)
+SWEEP_LOG_A = -2.28952
+# sweep model: prior sd of a run's offset from the sweep law, relative to the loss (fixed, not fitted)
+SIGMA_DELTA = 0.02
+# sweep model: ridge sd of the references' offsets (fixed, not fitted: they must follow the law)
+SIGMA_REF = 0.003
 # per candidate: s0, s1, r of the relative scale u; per interval key: q_lo, q_hi (quantiles of e / u);
 # blend: d, the weight of the candidates' disagreement
 INTERVAL = {
-    "alone": {"s0": 1.09629e-09, "s1": 0.0322228, "r": 0.174946, "q_lo": -1.64675, "q_hi": 2.16416},
-    "same_size": {"s0": 0.0013539, "s1": 0.0238212, "r": 0, "q_lo": -0.63274, "q_hi": 2.67393},
-    "sweep": {"s0": 0.0164214, "s1": 1.95658e-10, "r": 0, "q_lo": -1.0075, "q_hi": 0.613227},
-    "blend": {"d": 0.889311, "q_lo": -0.63274, "q_hi": 2.67393},
+    "alone": {"s0": 8.61352e-10, "s1": 0.00437809, "r": 0.211684, "q_lo": -3.53534, "q_hi": 3.73877},
+    "same_size": {"s0": 0.0016585, "s1": 0.00279693, "r": 0, "q_lo": -3.04778, "q_hi": 2.73249},
+    "sweep": {"s0": 0.00386111, "s1": 0.00386111, "r": 0, "q_lo": -0.803425, "q_hi": 0.5},
+    "blend": {"d": 0.293689, "q_lo": -3.04778, "q_hi": 2.73249},
 }
 CALIBRATION_GROUPS = (
     "gem/even/PyGemma-1024x28_pretrain",

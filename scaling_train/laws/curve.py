@@ -93,11 +93,16 @@ class Curve:
         )  # fmt: skip
 
     def digest(self) -> str:
+        """sha1 of the data (cached on the instance: the arrays are not meant to be mutated)."""
+        cached = self.__dict__.get("_digest")
+        if cached is not None:
+            return cached
         h = hashlib.sha1()
         for a in (self.steps, self.losses, self.lr):
             h.update(np.ascontiguousarray(a).tobytes())
         h.update(repr((self.n_params, self.tokens_per_step)).encode())
-        return h.hexdigest()
+        object.__setattr__(self, "_digest", h.hexdigest())
+        return self.__dict__["_digest"]
 
 
 def schedule_from_samples(
@@ -160,8 +165,24 @@ def _clean(steps: np.ndarray, losses: np.ndarray) -> tuple[np.ndarray, np.ndarra
     return s, y, n_dropped, n_spikes
 
 
+BURN_IN_WARMUPS = 3.0  # points before this many warmup lengths are left out (the early transient)
+BURN_IN_CAP = 0.5  # ... but never past this fraction of the last observed step
+
+
+def _burn_in(curve: Curve, s: np.ndarray) -> float:
+    """First step fitted: BURN_IN_WARMUPS x the warmup length (steps up to the LR peak), capped at
+    BURN_IN_CAP x the last observed step so a short prefix keeps its later points."""
+    if BURN_IN_WARMUPS <= 0 or len(s) == 0:
+        return 0.0
+    warm = float(np.argmax(curve.lr >= curve.lr.max() * (1 - 1e-9)) + 1)
+    return min(BURN_IN_WARMUPS * warm, BURN_IN_CAP * float(s[-1]))
+
+
 def _prepare(curve: Curve, *, max_points: int, n_bins: int, extra_t: Sequence[float] = ()) -> _Prepared:
     s, y, n_dropped, n_spikes = _clean(curve.steps, curve.losses)
+    keep = s >= _burn_in(curve, s)
+    keep[len(s) - min(len(s), 3) :] = True  # the burn-in never leaves fewer than 3 points
+    s, y = s[keep], y[keep]
     n_valid = len(y)
     if len(y) > max_points:  # equal-count bins along the curve: mean step, mean loss
         edges = np.linspace(0, len(y), max_points + 1).round().astype(int)

@@ -13,8 +13,10 @@ Three candidate models, each a multi-power law (``curve.py``) fitted to differen
       D_i(t) = tokens_per_step_i * S1_i(t)       (tokens weighted by the normalised LR: the forward area)
 
   with the annealing term LD of the multi-power law, every parameter shared except a per-run offset
-  delta_i ~ N(0, (SIGMA_DELTA * loss)^2) (ridge): the Chinchilla form with the data term measured along
-  each run's schedule. It predicts a run before it starts (delta = 0) and its prefix moves delta.
+  delta_i (ridge): ~ N(0, (SIGMA_REF * loss)^2) for the references, which must follow the law (a looser
+  ridge lets per-run offsets mimic any N-dependence with few sizes), ~ N(0, (SIGMA_DELTA * loss)^2) for the
+  target. The Chinchilla form with the data term measured along each run's schedule: it predicts a run
+  before it starts (delta = 0) and its prefix moves delta.
 
 A reference only ever enters through a candidate, and candidates are combined by inverse variance, where
 a candidate's variance is its calibrated scale squared plus its squared error on a held-out tail of the
@@ -88,7 +90,14 @@ class LossPrediction:
 
 _SW_LO = np.r_[_LO, np.log(0.05)]  # theta = (log alpha, log C, log beta, gamma, log a)
 _SW_HI = np.r_[_HI, np.log(1.5)]
-_SW_PRIOR = np.r_[np.log(0.5), np.log(2e-3), np.log(0.6), 0.5, np.log(0.34)]
+
+
+# prior mean of log a (the N exponent): a few-fold range of sizes does not identify it, so its mean is fitted
+# on the calibration groups' before-start errors (empirical Bayes, benchmarks/calibrate_laws.py)
+def _sw_prior() -> np.ndarray:
+    return np.r_[np.log(0.5), np.log(2e-3), np.log(0.6), 0.5, _calibration.SWEEP_LOG_A]
+
+
 _SW_PRIOR_SD = np.array([0.7, 2.0, 0.7, 0.4, 0.7])
 _N_UNIT, _D_UNIT = 1e8, 1e9  # conditioning: N in units of 1e8 parameters, D in units of 1e9 tokens
 
@@ -126,10 +135,17 @@ class SweepFit:
 
 
 def _fit_sweep(
-    curves: Sequence[Curve], preps: Sequence[_Prepared], *, sigma_rel: float, theta0: np.ndarray
+    curves: Sequence[Curve],
+    preps: Sequence[_Prepared],
+    *,
+    sigma_rel: float,
+    theta0: np.ndarray,
+    target_sigma_rel: float | None = None,
 ) -> SweepFit:
     """Variable projection: outer LS over theta, inner NNLS over (E, K, A, B, delta+_i, delta-_i) with a
-    ridge row per offset (sd ``sigma_rel`` x the loss level) and a weak prior on theta."""
+    ridge row per offset (sd ``sigma_rel`` x the loss level; the last curve's ``target_sigma_rel`` when given:
+    the references must follow the law, the target may deviate and its prefix says by how much) and a weak
+    prior on theta."""
     n_c = len(preps)
     y = np.concatenate([p.y for p in preps])
     sw = np.sqrt(np.concatenate([p.w for p in preps]))
@@ -140,6 +156,7 @@ def _fit_sweep(
     nrel = np.array([float(c.n_params) / _N_UNIT for c in curves])
     drel = np.array([float(c.tokens_per_step) / _D_UNIT for c in curves])
     n_lin = 4 + 2 * n_c
+    prior = _sw_prior()
 
     def design(theta: np.ndarray) -> np.ndarray:
         alpha, C, beta, gamma, a = (
@@ -163,7 +180,11 @@ def _fit_sweep(
         return np.vstack(rows)
 
     ridge = np.zeros((2 * n_c, n_lin))
-    ridge[np.arange(2 * n_c), 4 + np.arange(2 * n_c)] = scale / sig  # delta+- ~ N(0, sig^2), in scaled units
+    sigs = np.full(n_c, sig)
+    if target_sigma_rel is not None:
+        sigs[-1] = target_sigma_rel * level
+    # delta+- ~ N(0, sig^2), in scaled units
+    ridge[np.arange(2 * n_c), 4 + np.arange(2 * n_c)] = scale / np.repeat(sigs, 2)
 
     def inner(theta: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         x = np.vstack([design(theta) * sw[:, None] / scale, ridge])
@@ -173,7 +194,7 @@ def _fit_sweep(
 
     def resid(theta: np.ndarray) -> np.ndarray:
         _, r = inner(theta)
-        return np.r_[r, 0.05 * (theta - _SW_PRIOR) / _SW_PRIOR_SD]
+        return np.r_[r, 0.05 * (theta - prior) / _SW_PRIOR_SD]
 
     res = least_squares(
         resid, np.clip(theta0, _SW_LO + 1e-9, _SW_HI - 1e-9), bounds=(_SW_LO, _SW_HI), max_nfev=200
@@ -185,7 +206,7 @@ def _fit_sweep(
     return SweepFit(
         E=float(coef[0]), K=float(coef[1]), a=float(np.exp(th[4])), A=float(coef[2]), alpha=float(np.exp(th[0])),
         B=float(coef[3]), C=float(np.exp(th[1])), beta=float(np.exp(th[2])), gamma=float(th[3]),
-        delta=tuple(float(coef[4 + 2 * c] - coef[5 + 2 * c]) for c in range(n_c)), sigma_delta=sig,
+        delta=tuple(float(coef[4 + 2 * c] - coef[5 + 2 * c]) for c in range(n_c)), sigma_delta=float(sigs[-1]),
         rmse=rmse, n_points=int(sum(p.n_valid for p in preps)), theta=th,
     )  # fmt: skip
 
@@ -204,8 +225,8 @@ def fit_sweep(
                 "the sweep model needs both"
             )
     preps = [_prepare(c, max_points=max_points, n_bins=n_bins) for c in curves]
-    sr = _calibration.SIGMA_DELTA if sigma_rel is None else sigma_rel
-    return _fit_sweep(curves, preps, sigma_rel=sr, theta0=_SW_PRIOR.copy())
+    sr = _calibration.SIGMA_REF if sigma_rel is None else sigma_rel
+    return _fit_sweep(curves, preps, sigma_rel=sr, theta0=_sw_prior())
 
 
 # --------------------------------------------------------------------------------------------------
@@ -234,6 +255,23 @@ def _cached(key: tuple, make):
     if len(_REF_CACHE) > 32:
         _REF_CACHE.popitem(last=False)
     return val
+
+
+_PREP_CACHE: OrderedDict[tuple, _Prepared] = OrderedDict()
+
+
+def _prep(curve: Curve, mp: int, nb: int, extra_t: Sequence[float] = ()) -> _Prepared:
+    """``_prepare`` memoised by the curve's digest: a sweep's references are prepared once, not per call."""
+    key = (curve.digest(), mp, nb, tuple(float(x) for x in extra_t))
+    hit = _PREP_CACHE.get(key)
+    if hit is not None:
+        _PREP_CACHE.move_to_end(key)
+        return hit
+    p = _prepare(curve, max_points=mp, n_bins=nb, extra_t=extra_t)
+    _PREP_CACHE[key] = p
+    if len(_PREP_CACHE) > 512:
+        _PREP_CACHE.popitem(last=False)
+    return p
 
 
 def _scale(cal: dict, few: float, extrap: float, v_fit: float, extra: float = 0.0) -> float:
@@ -276,7 +314,7 @@ def _same_size(
     ref_fit = _cached(key, lambda: _multipower_refs(refs, mp, nb))
     few = 3.0 if n_t < 10 else 1.0
     if n_t >= 3:
-        preps = [_prepare(c, max_points=mp, n_bins=nb) for c in refs] + [p]
+        preps = [_prep(c, mp, nb) for c in refs] + [p]
         theta, coef, rmse = _fit(preps, prior=MultiPowerPrior(), prior_weight=0.05, theta0=ref_fit.theta)
         fit = _as_fit(theta, coef, rmse, len(preps), ref_fit.n_points + p.n_valid)
         extra = 0.0
@@ -325,20 +363,37 @@ def _sweep(
     if len(sizes) < 2:  # one size among the references: N is not identified; same_size covers it
         return None
     sr = _calibration.SIGMA_DELTA
-    key = ("sw",) + tuple(c.digest() for c in refs) + (mp, nb, sr)
-    ref_preps = [_prepare(c, max_points=mp, n_bins=nb) for c in refs]
-    base = _cached(key, lambda: _fit_sweep(refs, ref_preps, sigma_rel=sr, theta0=_SW_PRIOR.copy()))
+    key = (
+        ("sw",) + tuple(c.digest() for c in refs) + (mp, nb, _calibration.SIGMA_REF, _calibration.SWEEP_LOG_A)
+    )
+    ref_preps = [_prep(c, mp, nb) for c in refs]
+    base = _cached(
+        key, lambda: _fit_sweep(refs, ref_preps, sigma_rel=_calibration.SIGMA_REF, theta0=_sw_prior())
+    )
     if n_t >= 1:
-        fit = _fit_sweep([*refs, target], [*ref_preps, p], sigma_rel=sr, theta0=base.theta)
+        fit = _fit_sweep(
+            [*refs, target],
+            [*ref_preps, p],
+            sigma_rel=_calibration.SIGMA_REF,
+            theta0=base.theta,
+            target_sigma_rel=sr,
+        )
         idx = len(refs)
     else:
         fit, idx = base, None
     loss = float(fit.predict(target, np.array([T]), index=idx)[0])
     # offset uncertainty: the prior sd shrunk by the target's own points (noise ~ rmse per point)
     s_obs2 = max(fit.rmse, 1e-4) ** 2 / max(n_t, 1)
-    post = np.sqrt(1.0 / (1.0 / fit.sigma_delta**2 + (n_t > 0) / s_obs2))
+    post = np.sqrt(1.0 / (1.0 / (sr * loss) ** 2 + (n_t > 0) / s_obs2))
     v_fit = (post / loss) ** 2
     few = 1.0
+    # extrapolation beyond the references: in time (the target's own area ratio) plus in size and in
+    # tokens (log of the target's N and total tokens over the largest among the references)
+    n_max = max(float(c.n_params) for c in refs)
+    d_max = max(float(c.tokens_per_step) * c.total_steps for c in refs)
+    beyond = max(0.0, np.log(float(target.n_params) / n_max))
+    beyond += max(0.0, np.log(float(target.tokens_per_step) * target.total_steps / d_max))
+    extrap = (extrap if n_t else 0.0) + beyond  # no own points: no time extrapolation of its own
     u = _scale(cal, few, extrap, v_fit)
     return _Candidate(
         "sweep",
@@ -426,7 +481,7 @@ def _candidates(
     sized = [r for r in refs if r.n_params is not None and r.tokens_per_step is not None]
 
     def build(tc: Curve, which: str):
-        p = _prepare(tc, max_points=mp, n_bins=nb, extra_t=[T])
+        p = _prep(tc, mp, nb, [T])
         n_t = len(p.t)
         area_T = p.area[-1]
         area_last = p.area[n_t - 1] if n_t else max(p.area[-1] * 1e-3, 1e-9)
@@ -478,7 +533,7 @@ def _combine(
     mode = "+".join(c.name for c, _ in cands)
     key = interval_key([c.name for c, _ in cands])
     q_lo, q_hi = cal[key]["q_lo"], cal[key]["q_hi"]
-    p = _prepare(target, max_points=mp, n_bins=nb, extra_t=[float(target.total_steps)])
+    p = _prep(target, mp, nb, [float(target.total_steps)])
     n_t = len(p.t)
     area_last = p.area[n_t - 1] if n_t else max(p.area[-1] * 1e-3, 1e-9)
     extrap = float(np.log(p.area[-1] / area_last))

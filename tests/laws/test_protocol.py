@@ -6,6 +6,7 @@ from collections import defaultdict
 import numpy as np
 import pytest
 from protocol import all_cases, gemstone_cases, is_held_out, lr_schedule_cases, multipower_cases
+from test_curve import mpl_loss
 
 from scaling_train.laws import Curve, NotEnoughDataError, _calibration, fit_sweep, predict_final_loss
 
@@ -43,7 +44,7 @@ def _err(case, refs) -> float:
 
 def test_references_do_not_make_held_out_predictions_worse(lrs_val):
     """On held-out groups, per setting: mean |error| with references <= without them (same targets)."""
-    cases = [c for c in lrs_val if c.setting in ("same@25", "cool_refs") and is_held_out(c.group)]
+    cases = [c for c in lrs_val if c.setting in ("same@25", "cool_refs", "sweep@25") and is_held_out(c.group)]
     cases += [c for c in gemstone_cases() if c.setting == "gem_cool_refs" and is_held_out(c.group)][::3]
     cases += [c for c in multipower_cases() if c.setting.startswith("mp_refs") and is_held_out(c.group)]
     by = defaultdict(lambda: ([], []))
@@ -51,7 +52,7 @@ def test_references_do_not_make_held_out_predictions_worse(lrs_val):
         with_refs, alone = by[c.setting.split("@")[0]]
         with_refs.append(abs(_err(c, c.refs)))
         alone.append(abs(_err(c, ())))
-    assert set(by) == {"same", "cool_refs", "gem_cool_refs", "mp_refs"}
+    assert set(by) == {"same", "cool_refs", "sweep", "gem_cool_refs", "mp_refs"}
     for setting, (w, a) in by.items():
         assert np.mean(w) <= np.mean(a), f"{setting}: with refs {np.mean(w):.3%} > alone {np.mean(a):.3%}"
 
@@ -68,21 +69,11 @@ def test_before_start_from_smaller_runs_real_ladder(lrs_val):
     assert cov >= 0.75, f"coverage {cov:.0%}"  # 81% at the time of writing: the 360M runs miss high
 
 
-def _sweep_law(
-    n, tps, lr, steps, E=1.9, K=1.1, a=0.3, A=0.5, alpha=0.35, B=0.25, C=0.05, beta=0.5, gamma=0.6
-):
-    """Exact sweep-level law (predict.py docstring), delta = 0: the reference for the fit."""
-    eta = lr / lr.max()
-    cs = np.r_[0.0, np.cumsum(eta)]
-    delta = np.r_[0.0, eta[:-1] - eta[1:]]
-    delta[: int(np.argmax(eta)) + 1] = 0
-    out = []
-    for t in steps.astype(int):
-        k = np.arange(t)
-        x = eta[k] ** -gamma * (cs[t] - cs[k])
-        ld = np.sum(delta[k] * (1 - (C * x + 1) ** -beta))
-        out.append(E + K * (n / 1e8) ** -a + A * (cs[t] * tps / 1e9) ** -alpha - B * ld)
-    return np.array(out)
+def _sweep_law(n, tps, lr, steps, E=1.9, K=1.1, a=0.3, A=0.5, alpha=0.35, **shape):
+    """Exact sweep-level law (predict.py docstring), delta = 0: the multi-power law of one run with
+    L0 = E + K (n / 1e8)^-a and the data term in 1e9 tokens, A (tps S1 / 1e9)^-alpha."""
+    L0 = E + K * (n / 1e8) ** -a
+    return mpl_loss(lr, steps, L0=L0, A=A * (tps / 1e9) ** -alpha, alpha=alpha, **shape)
 
 
 def _cosine(T, warm=100):
@@ -96,7 +87,7 @@ def test_sweep_model_recovers_a_synthetic_sweep():
     rng = np.random.default_rng(0)
     tps = 65536.0
     runs = []
-    for n in (2e7, 5e7, 1.2e8):
+    for n in (1e7, 4e7, 1.6e8):  # a 16x range of sizes: enough to pin the N exponent against its prior
         for T in (2000, 4000):
             lr = _cosine(T)
             s = np.arange(100, T + 1, 50).astype(float)
@@ -113,12 +104,14 @@ def test_sweep_model_recovers_a_synthetic_sweep():
     before = predict_final_loss(target.observed_until(0), runs)
     early = predict_final_loss(target.truncated(0.25), runs)
     assert before.mode == "sweep" and abs(before.loss / y[-1] - 1) < 0.01
-    assert abs(early.loss / y[-1] - 1) < 0.005
+    # from 25% the sweep candidate is within 0.1%; the blend also weighs the target-alone fit, whose annealing
+    # prior (fitted on real runs) is off for this synthetic law, and lands within 1%
+    assert abs(early.candidates["sweep"] / y[-1] - 1) < 0.003 and abs(early.loss / y[-1] - 1) < 0.01
     assert before.low <= y[-1] <= before.high and early.low <= y[-1] <= early.high
     with pytest.raises(ValueError, match="n_params=None"):
         fit_sweep([Curve(s, y, lr)])
     with pytest.raises(NotEnoughDataError, match="no usable references"):  # one other size: N not identified
-        predict_final_loss(target.observed_until(0), [r for r in runs if r.n_params == 2e7])
+        predict_final_loss(target.observed_until(0), [r for r in runs if r.n_params == 1e7])
 
 
 def test_remaining_curve_and_band_hold_the_real_tail():
