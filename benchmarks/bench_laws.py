@@ -43,7 +43,8 @@ def main() -> None:
     args = ap.parse_args()
     print("# scaling_train.laws\n")
     print(
-        "Command: `PYTHONPATH=. python benchmarks/bench_laws.py --full-grid`; machine: 2-core CPU (shared), numpy/scipy.\n"
+        f"Command: `PYTHONPATH=. python benchmarks/bench_laws.py{' --full-grid' if args.full_grid else ''}`; "
+        "machine: 2-core CPU, numpy/scipy.\n"
     )
     print("## fit_chinchilla (245 synthetic points, Hoffmann grid of 4500 inits)\n")
     N, D, L = synthetic()
