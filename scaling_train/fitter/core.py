@@ -74,6 +74,45 @@ def _append_prediction(run_dir: Path, pred: dict[str, Any], total_steps: int | N
         w.close()
 
 
+REPEAT_EPOCHS = 1.05  # a run that sees its unique tokens more than this many times repeats data
+
+
+def _repetition_law(pts: list[dict[str, Any]]) -> dict[str, Any]:
+    """When any run repeats its data (D / U > REPEAT_EPOCHS), the data-constrained law (Muennighoff et al.
+    2023, ``laws.fit_data_constrained``) over (N, D, U, loss) is the sweep's law and says so: Chinchilla
+    ignores repetition and over-credits repeated tokens. Otherwise Chinchilla stays the law."""
+    rep = [p["run"] for p in pts if p.get("U") and p["D"] / p["U"] > REPEAT_EPOCHS]
+    if not rep:
+        return {"law": "chinchilla", "law_reason": "no run repeats its training data"}
+    out: dict[str, Any] = {
+        "repeating_runs": rep,
+        "epochs": {p["run"]: p["D"] / p["U"] for p in pts if p.get("U")},
+    }
+    usable = [p for p in pts if p.get("U")]
+    try:
+        from scaling_train.laws import fit_data_constrained
+
+        f = fit_data_constrained(
+            np.array([p["N"] for p in usable]), np.array([p["D"] for p in usable]),
+            np.array([p["U"] for p in usable]), np.array([p["loss"] for p in usable]),
+        )  # fmt: skip
+        out["data_constrained"] = {
+            k: getattr(f, k)
+            for k in ("E", "A", "B", "alpha", "beta", "R_D_star", "R_N_star", "objective", "n_points")
+        }
+        out["data_constrained"]["diverged"] = [usable[d.index]["run"] for d in f.diverged]
+        out["law"] = "data_constrained"
+        out["law_reason"] = f"{len(rep)} run(s) repeat their training data (D / U > {REPEAT_EPOCHS})"
+    except (ValueError, RuntimeError, FloatingPointError) as e:
+        out["data_constrained"] = {"error": str(e), "n_points": len(usable)}
+        out["law"] = "chinchilla"
+        out["law_reason"] = (
+            f"{len(rep)} run(s) repeat their data, but the data-constrained law could not be fitted ({e}); "
+            "the Chinchilla fit ignores repetition"
+        )
+    return out
+
+
 class SweepFitter:
     """Tails the runs of ``sweep_dir``; ``only`` restricts the written predictions to one run (in-process)."""
 
@@ -231,7 +270,7 @@ class SweepFitter:
                 continue
             pts.append(
                 {"run": name, "N": t.n_params, "D": t.total_tokens, "B": t.batch_tokens, "loss": loss,
-                 "source": "observed" if p.get("status") == "done" else "predicted"}
+                 "U": t.unique_tokens, "source": "observed" if p.get("status") == "done" else "predicted"}
             )  # fmt: skip
         return pts
 
@@ -256,6 +295,7 @@ class SweepFitter:
             }
         except (ValueError, RuntimeError, FloatingPointError) as e:
             out["chinchilla"] = {"error": str(e), "n_points": len(pts)}
+        out.update(_repetition_law(pts))
         try:
             f = fit_isoflop(N, D, L)
             out["isoflop"] = {

@@ -145,6 +145,12 @@ class RunTail:
         return float(t) if t else None
 
     @property
+    def unique_tokens(self) -> float | None:
+        """Tokens of one epoch of the training split (written by the trainer; None for older runs)."""
+        u = self.resolved.get("unique_tokens")
+        return float(u) if u else None
+
+    @property
     def last_step(self) -> int:
         return max(self.rows) if self.rows else 0
 

@@ -9,6 +9,7 @@ import os
 import shutil
 import signal
 import time
+from pathlib import Path
 
 import pytest
 
@@ -180,3 +181,29 @@ def test_until_done_waits_for_planned_runs_not_started_yet(tmp_path):
     assert not fitter.all_done  # the planned run 'later' has no folder yet
     (sweep / "plan.json").write_text(json.dumps({"runs": [{"name": n} for n in names]}))
     assert fitter.all_done
+
+
+def test_sweep_law_switches_to_the_data_constrained_law_when_runs_repeat_data():
+    """Real multi-epoch runs (datablations, tests/data/laws): the law is the data-constrained one and says
+    why; the same runs with U >= D (no repetition) keep Chinchilla."""
+    import csv
+
+    from scaling_train.fitter.core import _repetition_law
+
+    path = Path(__file__).resolve().parents[1] / "data" / "laws" / "datablations" / "final_losses.csv"
+    with path.open() as f:
+        rows = list(csv.DictReader(f))
+    pts = [
+        {"run": f"r{i}", "N": float(r["params"]), "D": float(r["tokens"]), "U": float(r["unique_tokens"]),
+         "loss": float(r["val_loss"])}
+        for i, r in enumerate(rows)
+    ]  # fmt: skip
+    out = _repetition_law(pts)
+    assert out["law"] == "data_constrained" and "repeat their training data" in out["law_reason"]
+    assert len(out["repeating_runs"]) == sum(p["D"] / p["U"] > 1.05 for p in pts) > 50
+    dc = out["data_constrained"]
+    assert 0 < dc["alpha"] < 1 and 0 < dc["beta"] < 1 and dc["R_D_star"] > 1
+    assert len(dc["diverged"]) >= 2  # the runs near ln(vocab) are named, not fitted
+    single = [{**p, "U": max(p["U"], p["D"])} for p in pts]
+    assert _repetition_law(single)["law"] == "chinchilla"
+    assert _repetition_law([{**p, "U": None} for p in pts])["law"] == "chinchilla"  # older runs: no U
