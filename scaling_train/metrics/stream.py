@@ -149,7 +149,8 @@ class TrainerMetrics:
         elif world == 1:
             self.probe = AccumGNSProbe(
                 trainer.raw_model.parameters(), accum=trainer.accum, micro_tokens=trainer.micro_bs * T,
-                every=self.cfg.gns_every, split=True, micro_seqs=trainer.micro_bs,
+                every=self.cfg.gns_every if trainer.accum >= 2 else self.cfg.gns_split_every,
+                split=True, micro_seqs=trainer.micro_bs,
             )  # fmt: skip
             if not self.probe.enabled:
                 trainer.log(

@@ -67,7 +67,9 @@ def test_split_probe_measures_only_every_kth_step_and_needs_two_sequences():
 def test_trainer_with_one_micro_batch_writes_noise_scale(tmp_path):
     # batch 8 = one micro-batch of 8: split into 4 + 4 on every step; the update is the same gradient
     # (up to float32 rounding of the two halves' sum), so the loss curve matches the unsplit run closely
-    one = run_config(tmp_path / "a", max_steps=8, **{"train.micro_batch_size": 8})
+    one = run_config(
+        tmp_path / "a", max_steps=8, **{"train.micro_batch_size": 8, "metrics.gns_split_every": 1}
+    )
     off = run_config(tmp_path / "b", max_steps=8, **{"train.micro_batch_size": 8, "metrics.gns": "false"})
     train(one)
     train(off)
@@ -92,3 +94,16 @@ def test_trainer_with_one_sequence_per_step_says_why_no_noise_scale(tmp_path):
     Trainer(cfg, log=lines.append).run()
     assert any("cannot be split in two" in s for s in lines)
     assert all("gns_g2" not in r for r in read_jsonl(tmp_path / "r" / "metrics.jsonl").rows)
+
+
+def test_by_default_a_lone_micro_batch_is_split_every_fourth_step(tmp_path):
+    """metrics.gns_split_every=4 (default): 8 steps -> steps 0 and 4 split, the noise scale still in the rows."""
+    cfg = run_config(tmp_path / "d", max_steps=8, **{"train.micro_batch_size": 8, "train.log_every": 4})
+    from scaling_train.train import Trainer
+
+    t = Trainer(cfg, log=lambda s: None)
+    t.run()
+    probe = next(cb for cb in t.callbacks if getattr(cb, "probe", None) is not None).probe
+    assert probe.every == 4 and probe.split
+    rows = read_jsonl(tmp_path / "d" / "metrics.jsonl").rows
+    assert len(rows) == 2 and all(r["gns_sq_small"] > r["gns_sq_big"] > 0 for r in rows)
