@@ -169,13 +169,17 @@ BURN_IN_WARMUPS = 3.0  # points before this many warmup lengths are left out (th
 BURN_IN_CAP = 0.5  # ... but never past this fraction of the last observed step
 
 
+def warmup_end(curve: Curve) -> float:
+    """The first step at the schedule's peak LR (the end of the warmup)."""
+    return float(np.argmax(curve.lr >= curve.lr.max() * (1 - 1e-9)) + 1)
+
+
 def _burn_in(curve: Curve, s: np.ndarray) -> float:
-    """First step fitted: BURN_IN_WARMUPS x the warmup length (steps up to the LR peak), capped at
-    BURN_IN_CAP x the last observed step so a short prefix keeps its later points."""
+    """First step fitted: BURN_IN_WARMUPS x the warmup length (the early transient is not a power law in the
+    LR area), capped at BURN_IN_CAP x the last observed step so a short prefix keeps its later points."""
     if BURN_IN_WARMUPS <= 0 or len(s) == 0:
         return 0.0
-    warm = float(np.argmax(curve.lr >= curve.lr.max() * (1 - 1e-9)) + 1)
-    return min(BURN_IN_WARMUPS * warm, BURN_IN_CAP * float(s[-1]))
+    return min(BURN_IN_WARMUPS * warmup_end(curve), BURN_IN_CAP * float(s[-1]))
 
 
 def _prepare(curve: Curve, *, max_points: int, n_bins: int, extra_t: Sequence[float] = ()) -> _Prepared:

@@ -49,6 +49,7 @@ from .curve import (
     _ld_basis,
     _prepare,
     _Prepared,
+    warmup_end,
 )
 
 CANDIDATES = ("alone", "same_size", "sweep")
@@ -472,7 +473,12 @@ def predict_final_loss(
 def _candidates(
     target: Curve, refs: list[Curve], prior, mp: int, nb: int, backtest: bool
 ) -> list[tuple[_Candidate, float]]:
-    """[(candidate, backtest error)] for every candidate the data allow."""
+    """[(candidate, backtest error)] for every candidate the data allow. A target with fewer than 2 points
+    past its warmup counts as not started: points in the warmup transient would only mislead the fits, and
+    its prediction comes from the references alone (none without references)."""
+    fin = target.steps[np.isfinite(target.losses)]
+    if len(fin) and np.sum(fin >= warmup_end(target)) < 2:
+        target = target.observed_until(0)
     T = float(target.total_steps)
     if target.n_params is None:
         same = list(refs)

@@ -144,3 +144,27 @@ def test_curve_size_fields_are_validated():
     assert c.truncated(0.1).n_params == 1e6 and c.observed_until(0).tokens_per_step == 512
     with pytest.raises(ValueError, match="curve_points=-1"):
         predict_final_loss(c, curve_points=-1)
+
+
+def test_a_target_still_in_its_warmup_counts_as_not_started():
+    """Points before the LR peak are the early transient: with < 2 points past the warmup the prediction comes
+    from the references alone (the live quickstart's 4%-of-a-run prediction was -29% off with 2 such points)."""
+    tps = 65536.0
+    runs = []
+    for n in (1e7, 4e7, 1.6e8):
+        lr = _cosine(2000)
+        s = np.arange(100, 2001, 50).astype(float)
+        runs.append(Curve(s, _sweep_law(n, tps, lr, s), lr, f"N{n:g}", n_params=n, tokens_per_step=tps))
+    lr = _cosine(4000, warm=400)
+    s = np.arange(100, 4001, 50).astype(float)
+    y = _sweep_law(8e7, tps, lr, s)
+    # steps 100..400: one point at the peak (step 400), the rest in the warmup
+    early = Curve(s[:7], y[:7] + 0.5, lr, "t", n_params=8e7, tokens_per_step=tps)
+    p = predict_final_loss(early, runs)
+    assert p.mode == "sweep" and p.loss == pytest.approx(
+        predict_final_loss(early.observed_until(0), runs).loss
+    )
+    with pytest.raises(NotEnoughDataError):
+        predict_final_loss(early)  # nothing but the transient and no references
+    later = Curve(s[:9], y[:9], lr, "t", n_params=8e7, tokens_per_step=tps)  # 400, 450, 500: past the warmup
+    assert "sweep" in predict_final_loss(later, runs).mode
