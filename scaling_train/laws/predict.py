@@ -49,6 +49,7 @@ from .curve import (
     _ld_basis,
     _prepare,
     _Prepared,
+    fit_multipower,
     warmup_end,
 )
 
@@ -244,35 +245,25 @@ class _Candidate:
     fit: object = None  # MultiPowerFit or SweepFit
 
 
-_REF_CACHE: OrderedDict[tuple, object] = OrderedDict()
+_FIT_CACHE: OrderedDict[tuple, object] = OrderedDict()  # reference-only fits, keyed by the curves' digests
+_PREP_CACHE: OrderedDict[tuple, object] = OrderedDict()  # prepared curves
 
 
-def _cached(key: tuple, make):
-    if key in _REF_CACHE:
-        _REF_CACHE.move_to_end(key)
-        return _REF_CACHE[key]
-    val = make()
-    _REF_CACHE[key] = val
-    if len(_REF_CACHE) > 32:
-        _REF_CACHE.popitem(last=False)
+def _cached(cache: OrderedDict, size: int, key: tuple, make):
+    """LRU memo: ``cache[key]``, computed by ``make()`` on a miss; at most ``size`` entries."""
+    if key in cache:
+        cache.move_to_end(key)
+        return cache[key]
+    val = cache[key] = make()
+    if len(cache) > size:
+        cache.popitem(last=False)
     return val
-
-
-_PREP_CACHE: OrderedDict[tuple, _Prepared] = OrderedDict()
 
 
 def _prep(curve: Curve, mp: int, nb: int, extra_t: Sequence[float] = ()) -> _Prepared:
     """``_prepare`` memoised by the curve's digest: a sweep's references are prepared once, not per call."""
     key = (curve.digest(), mp, nb, tuple(float(x) for x in extra_t))
-    hit = _PREP_CACHE.get(key)
-    if hit is not None:
-        _PREP_CACHE.move_to_end(key)
-        return hit
-    p = _prepare(curve, max_points=mp, n_bins=nb, extra_t=extra_t)
-    _PREP_CACHE[key] = p
-    if len(_PREP_CACHE) > 512:
-        _PREP_CACHE.popitem(last=False)
-    return p
+    return _cached(_PREP_CACHE, 512, key, lambda: _prepare(curve, max_points=mp, n_bins=nb, extra_t=extra_t))
 
 
 def _scale(cal: dict, few: float, extrap: float, v_fit: float, extra: float = 0.0) -> float:
@@ -291,7 +282,7 @@ def _alone(
     cal: dict,
 ):
     if n_t < 3:
-        return None, None
+        return None
     theta, coef, rmse = _fit([p], prior=prior, prior_weight=1.0, theta0=np.array(prior.theta))
     fit = _as_fit(theta, coef, rmse, 1, p.n_valid)
     ld = _ld_basis(p, np.array([T]), np.array([area_T]), fit.C, fit.beta, fit.gamma)[0]
@@ -302,7 +293,7 @@ def _alone(
     u = _scale(cal, few, extrap, v_fit, cal.get("r", 0.0) * g)
     return _Candidate(
         "alone", float(loss), lambda s, f=fit: f.predict(target, s, index=0), u, (few, extrap, v_fit, g), fit
-    ), fit
+    )
 
 
 def _same_size(
@@ -310,9 +301,11 @@ def _same_size(
     mp: int, nb: int,
 ):  # fmt: skip
     if not refs:
-        return None, None
+        return None
     key = ("mp",) + tuple(c.digest() for c in refs) + (mp, nb)
-    ref_fit = _cached(key, lambda: _multipower_refs(refs, mp, nb))
+    ref_fit = _cached(
+        _FIT_CACHE, 32, key, lambda: fit_multipower(refs, prior_weight=0.05, max_points=mp, n_bins=nb)
+    )
     few = 3.0 if n_t < 10 else 1.0
     if n_t >= 3:
         preps = [_prep(c, mp, nb) for c in refs] + [p]
@@ -338,13 +331,7 @@ def _same_size(
         u,
         (few, extrap, v_fit, 0.0),
         fit,
-    ), fit
-
-
-def _multipower_refs(refs: Sequence[Curve], mp: int, nb: int) -> MultiPowerFit:
-    from .curve import fit_multipower
-
-    return fit_multipower(refs, prior_weight=0.05, max_points=mp, n_bins=nb)
+    )
 
 
 def _sweep(
@@ -369,7 +356,10 @@ def _sweep(
     )
     ref_preps = [_prep(c, mp, nb) for c in refs]
     base = _cached(
-        key, lambda: _fit_sweep(refs, ref_preps, sigma_rel=_calibration.SIGMA_REF, theta0=_sw_prior())
+        _FIT_CACHE,
+        32,
+        key,
+        lambda: _fit_sweep(refs, ref_preps, sigma_rel=_calibration.SIGMA_REF, theta0=_sw_prior()),
     )
     if n_t >= 1:
         fit = _fit_sweep(
@@ -493,11 +483,9 @@ def _candidates(
         area_last = p.area[n_t - 1] if n_t else max(p.area[-1] * 1e-3, 1e-9)
         extrap = float(np.log(area_T / area_last))
         if which == "alone":
-            return _alone(tc, p, prior, T, area_T, n_t, extrap, _calibration.INTERVAL["alone"])[0]
+            return _alone(tc, p, prior, T, area_T, n_t, extrap, _calibration.INTERVAL["alone"])
         if which == "same_size":
-            return _same_size(
-                tc, p, same, T, area_T, n_t, extrap, _calibration.INTERVAL["same_size"], mp, nb
-            )[0]
+            return _same_size(tc, p, same, T, area_T, n_t, extrap, _calibration.INTERVAL["same_size"], mp, nb)
         return _sweep(tc, p, sized, T, n_t, extrap, _calibration.INTERVAL["sweep"], mp, nb)
 
     out = []
