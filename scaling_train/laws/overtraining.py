@@ -34,10 +34,13 @@ def _jac(theta: np.ndarray, log_x: np.ndarray) -> np.ndarray:
 
 @dataclass(frozen=True)
 class OvertrainingFit:
-    """Fitted ``L(N, M) = E + (A + B * M**(-eta)) * N**(-eta)`` with M = D/N tokens per parameter.
+    """Fitted ``L(N, D) = E + (A + B * M**(-eta)) * N**(-eta)`` with M = D/N tokens per parameter.
 
     Equivalently (Gadre et al. 2024, eq. 4) ``L(C, M) = E + (a M**eta_c + b M**(-eta_c)) C**(-eta_c)``
     with C = 6 N D = 6 N**2 M, ``eta_c = eta / 2`` and ``a = A 6**eta_c``, ``b = B 6**eta_c``.
+
+    ``predict(N, D)`` takes what ``fit_overtraining(N, D, loss)`` took (like ``ChinchillaFit.predict``);
+    ``predict_multiplier(N, M)`` takes the token multiplier M = D/N, ``predict_compute(C, M)`` FLOPs.
     """
 
     E: float
@@ -59,8 +62,14 @@ class OvertrainingFit:
     def b(self) -> float:
         return self.B * 6.0**self.eta_c
 
-    def predict(self, N: np.ndarray | float, M: np.ndarray | float) -> np.ndarray:
-        """Loss at N parameters trained on M = D/N tokens per parameter."""
+    def predict(self, N: np.ndarray | float, D: np.ndarray | float) -> np.ndarray:
+        """Loss at N parameters trained on D tokens (the fit's own inputs)."""
+        N = np.asarray(N, dtype=np.float64)
+        D = np.asarray(D, dtype=np.float64)
+        return self.predict_multiplier(N, D / N)
+
+    def predict_multiplier(self, N: np.ndarray | float, M: np.ndarray | float) -> np.ndarray:
+        """Loss at N parameters trained on M = D/N tokens per parameter (Gadre et al.'s token multiplier)."""
         N = np.asarray(N, dtype=np.float64)
         M = np.asarray(M, dtype=np.float64)
         return self.E + (self.A + self.B * M ** (-self.eta)) * N ** (-self.eta)
@@ -75,7 +84,7 @@ class OvertrainingFit:
 def fit_overtraining(
     N: np.ndarray, D: np.ndarray, loss: np.ndarray, *, delta: float = 1e-3, n_best: int | None = 8
 ) -> OvertrainingFit:
-    """Fit ``L(N, M) = E + (A + B M**(-eta)) N**(-eta)``, M = D/N, one exponent shared by N and D.
+    """Fit ``L(N, D) = E + (A + B M**(-eta)) N**(-eta)``, M = D/N, one exponent shared by N and D.
 
     Same estimator as ``fit_chinchilla`` (LSE parametrisation, Huber ``delta`` on log-loss residuals,
     BFGS with analytic gradient from a pruned grid over a, b in {0..25}, e in {-1..1}, eta in {0..2}).

@@ -117,9 +117,13 @@ def test_overtraining_recovers_shared_exponent():
     fit = fit_overtraining(N, N * M, L)
     assert fit.eta == pytest.approx(eta, abs=0.02)
     assert fit.E == pytest.approx(E, rel=0.03)
-    # the compute form agrees with the (N, M) form
+    # predict takes what the fit took, (N, D), like ChinchillaFit.predict: within the noise of the data
+    D = N * M
+    np.testing.assert_allclose(fit.predict(N, D), L, rtol=0.015)
+    # the multiplier and compute forms agree with it
+    np.testing.assert_allclose(fit.predict_multiplier(N, M), fit.predict(N, D), rtol=1e-12)
     C = 6 * N[:5] ** 2 * M[:5]
-    np.testing.assert_allclose(fit.predict_compute(C, M[:5]), fit.predict(N[:5], M[:5]), rtol=1e-10)
+    np.testing.assert_allclose(fit.predict_compute(C, M[:5]), fit.predict(N[:5], D[:5]), rtol=1e-10)
     with pytest.raises(ValueError, match=r"D\[0\]=0.0 must be > 0"):
         fit_overtraining([1e8] * 4, [0.0] * 4, [3.0] * 4)
 
