@@ -16,6 +16,12 @@ import numpy as np
 from scipy.optimize import minimize
 from scipy.special import logsumexp, softmax
 
+# The initialisation grid of Hoffmann et al. 2022, one axis per kind of parameter; each law takes the
+# product of the axes it needs (``chinchilla.hoffmann_grid``: 6*6*5*5*5 = 4500 rows).
+SCALE_GRID = np.arange(0.0, 25.01, 5.0)  # a, b = log A, log B in {0, 5, ..., 25}
+E_GRID = np.arange(-1.0, 1.01, 0.5)  # e = log E in {-1, -.5, ..., 1}
+EXPONENT_GRID = np.arange(0.0, 2.01, 0.5)  # alpha, beta, eta in {0, .5, ..., 2}
+
 TermsFn = Callable[[np.ndarray, np.ndarray], np.ndarray]  # (theta (..., P), logX (n, K)) -> (..., n, J)
 JacFn = Callable[[np.ndarray, np.ndarray], np.ndarray]  # (theta (P,), logX (n, K)) -> (n, J, P)
 

@@ -7,17 +7,13 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from ._lse import LSEProblem, bootstrap_lse, fit_lse
+from ._lse import E_GRID, EXPONENT_GRID, SCALE_GRID, LSEProblem, bootstrap_lse, fit_lse
 from ._validate import as_1d, check_range, same_length
-
-_HALF = np.arange(0.0, 2.01, 0.5)  # alpha, beta in {0, .5, ..., 2}
-_E_GRID = np.arange(-1.0, 1.01, 0.5)  # e in {-1, -.5, ..., 1}
-_AB_GRID = np.arange(0.0, 25.01, 5.0)  # a, b in {0, 5, ..., 25}
 
 
 def hoffmann_grid() -> np.ndarray:
     """The initialisation grid of Hoffmann et al.: rows (a, b, e, alpha, beta); 6*6*5*5*5 = 4500 points."""
-    return np.array(list(itertools.product(_AB_GRID, _AB_GRID, _E_GRID, _HALF, _HALF)))
+    return np.array(list(itertools.product(SCALE_GRID, SCALE_GRID, E_GRID, EXPONENT_GRID, EXPONENT_GRID)))
 
 
 def _terms(theta: np.ndarray, log_x: np.ndarray) -> np.ndarray:

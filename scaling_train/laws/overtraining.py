@@ -8,9 +8,8 @@ from dataclasses import dataclass
 import numpy as np
 from scipy.optimize import minimize_scalar
 
-from ._lse import LSEProblem, fit_lse
+from ._lse import E_GRID, EXPONENT_GRID, SCALE_GRID, LSEProblem, fit_lse
 from ._validate import as_1d, check_range, same_length
-from .chinchilla import _AB_GRID, _E_GRID, _HALF
 
 
 def _terms(theta: np.ndarray, log_x: np.ndarray) -> np.ndarray:
@@ -98,7 +97,8 @@ def fit_overtraining(
     check_range("delta", delta, 0.0, np.inf, lo_open=True)
     log_x = np.column_stack([np.log(N), np.log(D / N)])
     problem = LSEProblem(log_x, np.log(loss), np.ones(n), delta, _terms, _jac)
-    grid = np.array(list(itertools.product(_AB_GRID, _AB_GRID, _E_GRID, _HALF)))  # 900 rows (a, b, e, eta)
+    axes = (SCALE_GRID, SCALE_GRID, E_GRID, EXPONENT_GRID)  # 6 * 6 * 5 * 5 = 900 rows (a, b, e, eta)
+    grid = np.array(list(itertools.product(*axes)))
     theta, f, _ = fit_lse(problem, grid, shape_cols=[3], n_best=n_best)
     return OvertrainingFit(
         E=float(np.exp(theta[2])),
