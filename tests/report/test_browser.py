@@ -11,7 +11,7 @@ import pytest
 pytest.importorskip("matplotlib", reason="the report needs matplotlib (pip install 'scaling-train[report]')")
 
 from scaling_train.report import write_report  # noqa: E402
-from scaling_train.report.browser import check_page, find_chromium  # noqa: E402
+from tests.fixtures.browser import check_page, find_chromium  # noqa: E402
 from tests.report import synth  # noqa: E402
 
 pytestmark = pytest.mark.skipif(
