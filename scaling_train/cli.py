@@ -16,7 +16,6 @@ PLUGINS = (
     "scaling_train.sweep.cli",  # scaling-train sweep
     "scaling_train.fitter.cli",  # scaling-train fit
     "scaling_train.report.cli",  # scaling-train report
-    "scaling_train.bench",  # scaling-train bench
 )
 """Modules that add a subcommand with ``register(subparsers)``; each sets ``func`` -> exit code."""
 
@@ -66,13 +65,7 @@ def build_parser() -> argparse.ArgumentParser:
     t.set_defaults(func=_cmd_train)
     # Other subcommands live beside their code: each module has register(subparsers).
     for mod in PLUGINS:
-        try:
-            module = importlib.import_module(mod)
-        except ModuleNotFoundError as e:
-            if e.name != mod:
-                raise
-            continue
-        module.register(sub)
+        importlib.import_module(mod).register(sub)
     return p
 
 

@@ -45,14 +45,13 @@ def _coerce(value: Any, tp: Any, key: str, source: str) -> Any:
         if value is None or (isinstance(value, str) and value.lower() in ("null", "none", "~")):
             if type(None) in args:
                 return None
-        errors = []
         for arg in args:
             if arg is type(None):
                 continue
             try:
                 return _coerce(value, arg, key, source)
-            except ConfigError as e:
-                errors.append(str(e))
+            except ConfigError:
+                pass  # try the next member of the union
         raise ConfigError(f"{source}: {key}={value!r} is not a valid {_type_name(tp)}")
     if origin is typing.Literal:
         allowed = get_args(tp)

@@ -149,24 +149,3 @@ class TokenStats:
         """Bin edges of ``tok_nll_hist`` (the last bin also holds everything above ``nll_max``)."""
         w = self.nll_max / self.n_bins
         return [i * w for i in range(self.n_bins + 1)]
-
-
-@torch.no_grad()
-def sample_nll(token_nll: torch.Tensor, valid: torch.Tensor) -> torch.Tensor:
-    """(B, T) per-token NLL and validity -> (2, B) device tensor: NLL sum and counted tokens per sequence."""
-    return torch.stack([(token_nll.double() * valid).sum(-1), valid.double().sum(-1)])
-
-
-def sample_records(
-    sums: torch.Tensor, sample_ids: list[int] | torch.Tensor, *, step: int | None = None
-) -> list[dict]:
-    """Per-sample log-likelihood records from ``sample_nll`` outputs; one host transfer."""
-    nll, tok = sums.tolist()  # sync: one transfer per eval batch group
-    ids = sample_ids.tolist() if isinstance(sample_ids, torch.Tensor) else list(sample_ids)
-    out = []
-    for i, s, t in zip(ids, nll, tok):
-        r = {"sample": int(i), "tokens": int(t), "nll_sum": s, "loglik": -s}
-        if step is not None:
-            r["step"] = step
-        out.append(r)
-    return out

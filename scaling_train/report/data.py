@@ -11,7 +11,7 @@ flops_per_token), ``metrics.jsonl`` (rows step, tokens, flops, loss, lr, gns_b_s
 ``task/<name>/<metric>`` eval scalars in ``task_rows``, ...), ``DONE`` (JSON summary), ``predictions.json`` (fitter: the latest
 prediction, with the predicted remaining curve and band), ``predictions.jsonl`` (every prediction the fitter
 published, as it was made), ``samples.jsonl`` (per-sample log-likelihood records
-of ``metrics.stats.sample_records``: sample, tokens, nll_sum, loglik, step) and ``evals.jsonl``
+the trainer writes at each eval: sample, tokens, nll_sum, loglik, step) and ``evals.jsonl``
 (per-item records of scaling_train/evals, see ``eval_samples``).
 """
 

@@ -8,7 +8,6 @@ Commands are argv lists (no shell); the sbatch script quotes every value with ``
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import os
 import re
@@ -76,20 +75,13 @@ def prepare_dir(plan: Plan) -> None:
 
 # ------------------------------------------------------------------------------------- fitter
 class Sidecars:
-    """The online fitter beside the runs, the report after them; both only when their module exists."""
+    """The online fitter beside the runs, the report after them (each when the spec's ``launch`` asks)."""
 
     def __init__(self, plan: Plan, say=print) -> None:
         self.plan, self.say, self.proc = plan, say, None
 
-    @staticmethod
-    def _have(mod: str) -> bool:
-        try:
-            return importlib.util.find_spec(mod) is not None
-        except ModuleNotFoundError:
-            return False
-
     def start_fitter(self) -> None:
-        if not self.plan.spec.launch.fitter or not self._have("scaling_train.fitter.cli"):
+        if not self.plan.spec.launch.fitter:
             return
         log = open(self.plan.sweep_dir / "logs" / "fitter.log", "ab")  # noqa: SIM115 - lives with the process
         cmd = [
@@ -114,7 +106,7 @@ class Sidecars:
             # one last pass over the finished folders: every run's final prediction and the final law
             cmd = [self.plan.python(), "-m", "scaling_train.cli", "fit", str(self.plan.sweep_dir)]
             subprocess.run(cmd, check=False, stdout=subprocess.DEVNULL, stderr=subprocess.STDOUT)
-        if self.plan.spec.launch.report and self._have("scaling_train.report.cli"):
+        if self.plan.spec.launch.report:
             cmd = [self.plan.python(), "-m", "scaling_train.cli", "report", str(self.plan.sweep_dir)]
             self.say(f"[sweep] report: {command_line(cmd)}")
             subprocess.run(cmd, check=False)
