@@ -34,7 +34,7 @@ from accelerate.tracking import GeneralTracker, on_main_process
 
 from scaling_train._io import atomic_write
 from scaling_train.fitter.sink import FitterSink
-from scaling_train.integrations.hf import write_run_meta
+from scaling_train.integrations.meta import write_run_meta
 from scaling_train.integrations.watch import ModelWatcher, check_args, make_probe
 from scaling_train.metrics.gns import NoiseScaleTracker
 from scaling_train.metrics.jsonl import read_jsonl

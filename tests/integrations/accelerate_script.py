@@ -18,7 +18,7 @@ import torch
 from accelerate import Accelerator, PartialState
 
 from scaling_train.integrations import ScalingLawTracker
-from scaling_train.integrations.hf import count_params
+from scaling_train.integrations.meta import count_params
 from scaling_train.train.backend import leave_and_exit
 
 STEPS = 8

@@ -40,6 +40,21 @@ def test_tracker_writes_rows_and_predictions(tmp_path):
     assert final["status"] == "done" and math.isclose(final["loss"], rows[-1]["loss"])
 
 
+def test_tracker_imports_without_transformers():
+    """The accelerate tracker needs accelerate only, not the ``hf`` extra (transformers)."""
+    import subprocess
+    import sys
+
+    code = (
+        "import sys; sys.modules['transformers'] = None\n"  # any `import transformers` now raises
+        "from scaling_train.integrations import ScalingLawTracker\n"
+        "from scaling_train.integrations.meta import count_params, write_run_meta\n"
+        "assert sys.modules['transformers'] is None\n"
+    )
+    res = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
+    assert res.returncode == 0, res.stderr[-3000:]
+
+
 def _run(script, run_dir, nproc: int) -> list[dict]:
     import os
     import subprocess
