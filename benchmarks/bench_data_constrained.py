@@ -12,11 +12,11 @@ from pathlib import Path
 
 import numpy as np
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests" / "laws"))
-from test_data_constrained import GPT2_VOCAB, HELD_OUT_N, SIZE_GROUPS, datablations  # noqa: E402
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # the repository root: tests.fixtures
 
 from scaling_train.laws import find_diverged, fit_chinchilla, fit_data_constrained  # noqa: E402
 from scaling_train.laws.data_constrained import PARAM_NAMES  # noqa: E402
+from tests.fixtures.laws import GPT2_VOCAB, HELD_OUT_N, SIZE_GROUPS, datablations  # noqa: E402
 
 N_BOOTSTRAP = 200
 # (label, fit on N below, size groups to predict: label -> [lo, hi) in parameters)

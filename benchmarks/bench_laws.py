@@ -12,8 +12,10 @@ from pathlib import Path
 
 import numpy as np
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests" / "laws"))
-from realdata import (  # noqa: E402
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # repo root: tests.fixtures, tests.laws
+from scaling_train.laws import Curve, fit_chinchilla, predict_final_loss  # noqa: E402
+from tests.fixtures.laws import chinchilla_synthetic  # noqa: E402
+from tests.laws.realdata import (  # noqa: E402
     MP_REFERENCES,
     MP_TARGETS,
     cooldown_curve,
@@ -21,11 +23,6 @@ from realdata import (  # noqa: E402
     gemstone_hot,
     multipower_curve,
 )
-from test_chinchilla import synthetic  # noqa: E402
-
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-
-from scaling_train.laws import Curve, fit_chinchilla, predict_final_loss  # noqa: E402
 
 
 def timed(fn, repeat):
@@ -47,7 +44,7 @@ def main() -> None:
         "machine: 2-core CPU, numpy/scipy.\n"
     )
     print("## fit_chinchilla (245 synthetic points, Hoffmann grid of 4500 inits)\n")
-    N, D, L = synthetic()
+    N, D, L = chinchilla_synthetic()
     fit, dt = timed(lambda: fit_chinchilla(N, D, L), 3)
     print(
         f"- pruned grid ({fit.n_starts} BFGS starts): best of 3 = {dt:.2f} s, objective {fit.objective:.10g}"

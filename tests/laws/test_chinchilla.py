@@ -6,36 +6,28 @@ import pytest
 from scaling_train.laws import fit_chinchilla, fit_isoflop, fit_overtraining, hoffmann_grid
 from scaling_train.laws._lse import LSEProblem, multistart
 from scaling_train.laws.chinchilla import _jac, _terms
-
-TRUE = dict(E=1.69, A=406.4, B=410.7, alpha=0.34, beta=0.28)
-
-
-def synthetic(n=245, noise=0.005, seed=0):
-    rng = np.random.default_rng(seed)
-    N = np.exp(rng.uniform(np.log(1e7), np.log(3e9), n))
-    D = N * np.exp(rng.uniform(np.log(5), np.log(300), n))
-    L = TRUE["E"] + TRUE["A"] * N ** -TRUE["alpha"] + TRUE["B"] * D ** -TRUE["beta"]
-    return N, D, L * np.exp(rng.normal(0, noise, n))
+from tests.fixtures.laws import CHINCHILLA_TRUE, chinchilla_synthetic
 
 
 def test_recovers_known_parameters_and_is_fast():
-    N, D, L = synthetic()
+    N, D, L = chinchilla_synthetic()
     t0 = time.perf_counter()
     fit = fit_chinchilla(N, D, L)
     dt = time.perf_counter() - t0
     assert dt < 5.0, f"fit took {dt:.2f}s for 245 points"
-    assert fit.alpha == pytest.approx(TRUE["alpha"], abs=0.03)
-    assert fit.beta == pytest.approx(TRUE["beta"], abs=0.03)
-    assert fit.E == pytest.approx(TRUE["E"], rel=0.05)
+    assert fit.alpha == pytest.approx(CHINCHILLA_TRUE["alpha"], abs=0.03)
+    assert fit.beta == pytest.approx(CHINCHILLA_TRUE["beta"], abs=0.03)
+    assert fit.E == pytest.approx(CHINCHILLA_TRUE["E"], rel=0.05)
     Nt, Dt = np.array([1e8, 1e10]), np.array([2e9, 2e11])
-    truth = TRUE["E"] + TRUE["A"] * Nt ** -TRUE["alpha"] + TRUE["B"] * Dt ** -TRUE["beta"]
+    t = CHINCHILLA_TRUE
+    truth = t["E"] + t["A"] * Nt ** -t["alpha"] + t["B"] * Dt ** -t["beta"]
     np.testing.assert_allclose(fit.predict(Nt, Dt), truth, rtol=0.01)
 
 
 def test_pruned_grid_matches_many_starts():
     """The pruned multistart must reach the best objective found from 300 random grid starts (a
     superset check of the full 4500-start grid, which bench_laws.py runs on 245 points)."""
-    N, D, L = synthetic(n=80, noise=0.02, seed=3)
+    N, D, L = chinchilla_synthetic(n=80, noise=0.02, seed=3)
     fit = fit_chinchilla(N, D, L)
     problem = LSEProblem(
         np.column_stack([np.log(N), np.log(D)]), np.log(L), np.ones(len(L)), 1e-3, _terms, _jac
@@ -47,7 +39,7 @@ def test_pruned_grid_matches_many_starts():
 
 
 def test_objective_gradient_is_exact():
-    N, D, L = synthetic(n=30)
+    N, D, L = chinchilla_synthetic(n=30)
     problem = LSEProblem(np.column_stack([np.log(N), np.log(D)]), np.log(L), np.ones(30), 1e-3, _terms, _jac)
     theta = np.array([6.0, 6.1, 0.5, 0.35, 0.3])
     _, g = problem.objective_and_grad(theta)
@@ -63,7 +55,7 @@ def test_objective_gradient_is_exact():
 
 
 def test_optimal_allocation_minimises_loss_on_isoflop():
-    fit = fit_chinchilla(*synthetic())
+    fit = fit_chinchilla(*chinchilla_synthetic())
     C = 1e21
     n_opt, d_opt, l_opt = fit.optimal(C)
     assert 6 * n_opt * d_opt == pytest.approx(C)
@@ -74,10 +66,10 @@ def test_optimal_allocation_minimises_loss_on_isoflop():
 
 
 def test_bootstrap_interval_covers_truth():
-    fit = fit_chinchilla(*synthetic(n=120, seed=5), n_bootstrap=20, seed=1)
+    fit = fit_chinchilla(*chinchilla_synthetic(n=120, seed=5), n_bootstrap=20, seed=1)
     lo, hi = fit.ci["alpha"]
     assert lo < fit.alpha < hi
-    assert lo - 0.03 < TRUE["alpha"] < hi + 0.03
+    assert lo - 0.03 < CHINCHILLA_TRUE["alpha"] < hi + 0.03
 
 
 def test_real_gemstone_cooldown_ends():

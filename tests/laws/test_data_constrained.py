@@ -1,9 +1,6 @@
 """fit_data_constrained: exact gradient, recovery on synthetic data, diverged runs and a held-out check
 on the real datablations runs (Muennighoff et al. 2023, tests/data/laws/datablations/), optimal allocation."""
 
-import csv
-from pathlib import Path
-
 import numpy as np
 import pytest
 
@@ -16,28 +13,14 @@ from scaling_train.laws import (
 )
 from scaling_train.laws._lse import LSEProblem
 from scaling_train.laws.data_constrained import _jac, _terms
+from tests.fixtures.laws import GPT2_VOCAB, HELD_OUT_N, SIZE_GROUPS, datablations
 
-DATABLATIONS = Path(__file__).resolve().parents[1] / "data" / "laws" / "datablations" / "final_losses.csv"
-GPT2_VOCAB = 50257  # the datablations runs use the GPT-2 tokenizer: ln(50257) = 10.82 nats
 # Parameters of the same order as the paper's fit (R_D* = 15.4, R_N* = 5.3)
 TRUE = dict(E=1.87, A=521.0, B=1488.0, alpha=0.35, beta=0.35, R_D_star=15.4, R_N_star=5.3)
-HELD_OUT_N = 5e8  # fit on sizes below, predict the multi-epoch runs of 574M-2.2B parameters
-SIZE_GROUPS = {"574M-619M": (5e8, 7e8), "1.1B": (1e9, 1.2e9), "1.5B": (1.4e9, 1.6e9), "2.2B": (2e9, 3e9)}
 
 
 def truth() -> DataConstrainedFit:
     return DataConstrainedFit(**TRUE, objective=0.0, n_points=0, n_starts=0)
-
-
-def datablations() -> dict[str, np.ndarray]:
-    with open(DATABLATIONS) as f:
-        rows = list(csv.DictReader(f))
-    out = {
-        k: np.array([float(r[c]) for r in rows])
-        for k, c in [("N", "params"), ("D", "tokens"), ("U", "unique_tokens"), ("L", "val_loss")]
-    }
-    out["key"] = np.array([r["run_key"] for r in rows])
-    return out
 
 
 def synthetic(noise=0.005, seed=0):
