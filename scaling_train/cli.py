@@ -2,6 +2,7 @@
 
 scaling-train train CONFIG [key=value ...]     one run (single process; torchrun for several)
 scaling-train train --help-config              every config key with its default and meaning
+scaling-train cbs RUN_DIR --at STEP --tokens T  critical batch by branched training (docs/cbs.md)
 """
 
 from __future__ import annotations
@@ -14,6 +15,7 @@ from scaling_train.config import ConfigError
 
 PLUGINS = (
     "scaling_train.sweep.cli",  # scaling-train sweep
+    "scaling_train.sweep.cbs",  # scaling-train cbs
     "scaling_train.fitter.cli",  # scaling-train fit
     "scaling_train.report.cli",  # scaling-train report
 )

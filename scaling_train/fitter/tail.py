@@ -171,5 +171,6 @@ def find_runs(sweep_dir: Path) -> list[Path]:
     found = {p.parent for p in sweep_dir.glob("*/config.yaml")} | {
         p.parent for p in sweep_dir.glob("*/*/config.yaml")
     }
-    skip = {"wandb", "checkpoints"}  # W&B's and the trainer's own folders (relative parts only)
+    # W&B's and the trainer's own folders, and a run's branches of `scaling-train cbs` (relative parts only)
+    skip = {"wandb", "checkpoints", "cbs"}
     return sorted(p for p in found if not skip & set(p.relative_to(sweep_dir).parts))

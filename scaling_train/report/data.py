@@ -151,7 +151,7 @@ def _find_run_dirs(sweep_dir: Path) -> list[Path]:
         for pattern in ("*/config.yaml", "*/metrics.jsonl", "*/*/config.yaml", "*/*/metrics.jsonl")
         for p in sweep_dir.glob(pattern)
     }
-    skip = {"wandb", "checkpoints", "logs"}
+    skip = {"wandb", "checkpoints", "logs", "cbs"}  # cbs: a run's branches (scaling-train cbs), not runs
     return sorted(p for p in found if not skip & set(p.relative_to(sweep_dir).parts))
 
 

@@ -7,6 +7,8 @@
     NODE_RANK=0 scaling-train sweep configs/sweeps/ladder-3b.yaml --backend torchrun   # on every node
 
 Rerunning the same command skips finished runs (DONE) and resumes partial ones from their checkpoints.
+With a ``cbs:`` block, every finished run is then branched at its cbs steps (``scaling-train cbs``, the
+same backend; results in RUN/cbs/cbs.json) and the fitter and the report run once more.
 """
 
 from __future__ import annotations
@@ -36,7 +38,13 @@ def _cmd_sweep(args: argparse.Namespace) -> int:
         print(f"\n# backend {backend}: exact commands (run folder base config: {plan.base_path})")
         print(backends.dry_run_text(plan, backend))
         return 0
-    return backends.BACKENDS[backend](plan)
+    rc = backends.BACKENDS[backend](plan)
+    if spec.cbs.every is not None:  # branched critical-batch measurements, after the runs they branch
+        from scaling_train.sweep import cbs
+
+        rc = max(rc, cbs.sweep_branches(plan, backend=backend))
+        cbs.final_pass(plan)  # the fitter and the report read the new cbs.json files
+    return rc
 
 
 def _unique_tokens(cfg) -> int | None:

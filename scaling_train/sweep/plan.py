@@ -54,6 +54,8 @@ class RunSpec:
     run_dir: str
     overrides: dict[str, Any] = field(default_factory=dict)
     """Dotted RunConfig keys this run sets on the command line (spec overrides + coordinates)."""
+    cbs_steps: list[int] = field(default_factory=list)
+    """Steps the spec's cbs block branches this run from (``scaling_train.sweep.cbs``)."""
 
     @property
     def world_size(self) -> int:
@@ -145,6 +147,8 @@ def format_overrides(over: dict[str, Any]) -> list[str]:
             s = "true" if v else "false"
         elif isinstance(v, (int, float)):
             s = repr(v)
+        elif isinstance(v, (list, tuple)) and all(isinstance(x, (int, float)) for x in v):
+            s = "[" + ",".join(repr(x) for x in v) + "]"  # a YAML flow list of numbers
         else:
             s = str(v)
             # keep strings strings: a value YAML would read as something else is written quoted
@@ -166,6 +170,31 @@ def flat(d: dict[str, Any], prefix: str = "") -> dict[str, Any]:
         else:
             out[f"{prefix}{k}"] = v
     return out
+
+
+# ---------------------------------------------------------------------------------------- cbs
+def branch_window(log_every: int, factors: list[int] | tuple[int, ...]) -> int:
+    """Parent steps a branch length must be a multiple of: every factor k divides it (whole branch steps)
+    and so does the parent's log_every (its metrics rows bound the compared window)."""
+    return math.lcm(int(log_every), *(int(k) for k in factors))
+
+
+def branch_points(
+    total_steps: int, log_every: int, *, every: float, factors: list[int], tokens_fraction: float
+) -> tuple[list[int], int]:
+    """(branch steps, parent steps per branch) of a sweep's cbs block for one run: every ``every`` percent,
+    rounded to the run's log rows, each leaving room for the branch before the run ends; the branch length
+    is ``tokens_fraction`` of the run rounded up to a multiple of ``branch_window``."""
+    unit = branch_window(log_every, factors)
+    n = unit * max(1, math.ceil(tokens_fraction * total_steps / unit))
+    out: list[int] = []
+    p = every
+    while p < 100 - 1e-9:
+        s = int(round(p / 100 * total_steps / log_every)) * log_every
+        if log_every <= s and s + n <= total_steps and s not in out:
+            out.append(s)
+        p += every
+    return out, n
 
 
 # ---------------------------------------------------------------------------------------- plan
@@ -250,6 +279,13 @@ def make_plan(spec: SweepSpec, *, output: str | Path | None = None) -> Plan:
                         )
                     seen[name] = f"size={size} {kind}={budget:g}"
                     over["run_dir"] = str(sweep_dir / name)
+                    cbs_steps: list[int] = []
+                    if spec.cbs.every is not None:  # branch points: checkpoints the run keeps (not hashed)
+                        cbs_steps, _ = branch_points(
+                            steps, cfg.train.log_every, every=spec.cbs.every, factors=spec.cbs.factors,
+                            tokens_fraction=spec.cbs.tokens_fraction,
+                        )  # fmt: skip
+                        over["train.keep_steps"] = cbs_steps
                     flops = fpt * D
                     devices, nodes = _resources(spec, n_total=n + vocab * shape.d_model * 2, flops=flops)
                     fps = res.flops_per_s or (GPU_FLOPS_PER_S if res.gpu else CPU_FLOPS_PER_S)
@@ -274,6 +310,7 @@ def make_plan(spec: SweepSpec, *, output: str | Path | None = None) -> Plan:
                             config_hash=h,
                             run_dir=str(sweep_dir / name),
                             overrides=over,
+                            cbs_steps=cbs_steps,
                         )
                     )
     return Plan(spec=spec, sweep_dir=sweep_dir, base=base, runs=runs)

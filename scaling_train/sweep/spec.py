@@ -19,6 +19,7 @@ starts, naming the file, the key, the value and what is allowed.
     launch: {concurrency: 2, retries: 1, fitter: true, report: true}
     slurm: {partition: null, mode: array}
     torchrun: {nnodes: 1, master_addr: 127.0.0.1, master_port: 29500}
+    cbs: {every: 25, factors: [2, 4, 8], tokens_fraction: 0.1, lr_rule: sqrt}  # optional branches
 """
 
 from __future__ import annotations
@@ -131,6 +132,22 @@ class Torchrun:
 
 
 @dataclass
+class CBS:
+    """Branched critical-batch measurements (``scaling-train cbs``, docs/cbs.md) on every run of the sweep."""
+
+    every: float | None = doc(
+        "Branch at every this many percent of each run (25 = at 25%, 50%, 75%); null = no branches.", None
+    )
+    factors: list[int] = doc(
+        "Batch multiples k of the branches (each an integer >= 2).", default_factory=lambda: [2, 4, 8]
+    )
+    tokens_fraction: float = doc(
+        "Tokens each branch trains, as a fraction of its run's tokens (rounded up so every k divides).", 0.1
+    )
+    lr_rule: Literal["sqrt", "linear"] = doc("Branch LR = parent LR x sqrt(k) (Adam) or x k.", "sqrt")
+
+
+@dataclass
 class SweepSpec:
     name: str = doc("Sweep name: output folder runs/<name>, W&B group.", "sweep")
     base: str | None = doc("Base run config YAML (relative to the spec file).", None)
@@ -145,6 +162,7 @@ class SweepSpec:
     launch: Launch = doc("Launcher behaviour.", default_factory=Launch)
     slurm: Slurm = doc("Slurm settings.", default_factory=Slurm)
     torchrun: Torchrun = doc("Multi-node torchrun settings.", default_factory=Torchrun)
+    cbs: CBS = doc("Branched critical-batch measurements on every run.", default_factory=CBS)
     source: str = field(default="<dict>", metadata={"doc": "(set by the loader)"})
 
 
@@ -207,6 +225,25 @@ def _check(spec: SweepSpec) -> None:
             raise ConfigError(f"{src}: resources.{key}={v} must be >= 1 or null")
     if spec.torchrun.nnodes < 1:
         raise ConfigError(f"{src}: torchrun.nnodes={spec.torchrun.nnodes} must be >= 1")
+    _check_cbs(spec.cbs, src)
     for key in spec.overrides:
         if not isinstance(key, str) or not key:
             raise ConfigError(f"{src}: overrides key {key!r} must be a dotted RunConfig key like optim.lr")
+
+
+def _check_cbs(c: CBS, src: str) -> None:
+    if c.every is None:
+        return
+    if not 0 < c.every < 100:
+        raise ConfigError(
+            f"{src}: cbs.every={c.every} must be a percent in (0, 100), e.g. 25 for branches at 25/50/75%"
+        )
+    if not c.factors:
+        raise ConfigError(f"{src}: cbs.factors is empty; list batch multiples >= 2, e.g. [2, 4, 8]")
+    bad = [k for k in c.factors if k < 2]
+    if bad or len(set(c.factors)) != len(c.factors):
+        raise ConfigError(
+            f"{src}: cbs.factors={c.factors}: every factor must be an integer >= 2, without duplicates"
+        )
+    if not 0 < c.tokens_fraction <= 1:
+        raise ConfigError(f"{src}: cbs.tokens_fraction={c.tokens_fraction} must be in (0, 1]")

@@ -31,6 +31,11 @@ class LoopConfig:
     eval_batches: int = doc("Validation micro-batches per evaluation.", 4)
     ckpt_every: int = doc("Checkpoint every k steps (0 = only at the end).", 100)
     keep_checkpoints: int = doc("Keep the newest k checkpoints.", 2)
+    keep_steps: list[int] = doc(
+        "Also checkpoint at these steps and keep them beyond keep_checkpoints (branch points of "
+        "`scaling-train cbs`; a sweep's cbs block sets them).",
+        default_factory=list,
+    )
     compile: bool = doc("torch.compile the model.", False)
     progress: bool = doc("Show a progress bar.", True)
 
@@ -58,6 +63,39 @@ class LoopConfig:
                 raise ValueError(f"train.{name}={getattr(self, name)} must be >= 0")
         if self.keep_checkpoints < 1:
             raise ValueError(f"train.keep_checkpoints={self.keep_checkpoints} must be >= 1")
+        if any(int(s) < 1 for s in self.keep_steps):
+            raise ValueError(f"train.keep_steps={self.keep_steps}: every step must be >= 1")
+
+
+@dataclass
+class BranchConfig:
+    """A branch of another run (``scaling-train cbs``, scaling_train/sweep/cbs.py): it starts from the
+    parent's checkpoint at ``step`` and reads the parent's data in the parent's order, ``factor`` parent
+    steps per branch step (so ``train.batch_size = factor x parent_batch_size``). Branch step j trains on
+    parent steps ``step + j*factor .. step + (j+1)*factor - 1`` with LR ``lr_scale x`` the mean of the
+    parent's planned LR over those steps (the parent's schedule, in tokens)."""
+
+    parent: str | None = doc("Parent run folder; null = an ordinary run (not a branch).", None)
+    step: int = doc("Parent step whose checkpoint (parent/checkpoints/step-*.pt) the branch starts from.", 0)
+    factor: int = doc("Parent steps (batches) per branch step: the batch multiple k.", 1)
+    lr_scale: float = doc("Branch LR / parent LR at the same token (sqrt(k) or k).", 1.0)
+    parent_batch_size: int = doc("The parent's train.batch_size (sequences).", 1)
+    parent_total_steps: int = doc("The parent's planned steps (its LR schedule's length).", 1)
+
+    def __post_init__(self) -> None:
+        if self.parent is None:
+            return
+        if self.step < 1 or self.factor < 1 or self.parent_batch_size < 1:
+            raise ValueError(
+                f"branch.step={self.step}, branch.factor={self.factor} and branch.parent_batch_size="
+                f"{self.parent_batch_size} must be >= 1"
+            )
+        if not self.lr_scale > 0:
+            raise ValueError(f"branch.lr_scale={self.lr_scale} must be > 0")
+        if not 0 < self.step < self.parent_total_steps:
+            raise ValueError(
+                f"branch.step={self.step} must be inside the parent's 1..{self.parent_total_steps - 1} steps"
+            )
 
 
 @dataclass
@@ -108,8 +146,20 @@ class RunConfig:
     evals: EvalsConfig = doc(
         "Downstream evals every k steps (scaling_train/evals, docs/evals.md).", default_factory=EvalsConfig
     )
+    branch: BranchConfig = doc(
+        "Branched training of `scaling-train cbs` (set by it; null parent = an ordinary run).",
+        default_factory=BranchConfig,
+    )
 
     def __post_init__(self) -> None:
+        if (
+            self.branch.parent is not None
+            and self.train.batch_size != self.branch.factor * self.branch.parent_batch_size
+        ):
+            raise ValueError(
+                f"train.batch_size={self.train.batch_size} must be branch.factor={self.branch.factor} x "
+                f"branch.parent_batch_size={self.branch.parent_batch_size}"
+            )
         if self.model.vocab_size is not None and self.model.vocab_size < self.data.vocab_size:
             raise ValueError(
                 f"model.vocab_size={self.model.vocab_size} is below data.vocab_size={self.data.vocab_size}"
@@ -132,6 +182,7 @@ NON_SEMANTIC = {
     ("run_dir",),
     ("threads",),
     ("train", "log_every"),
+    ("train", "keep_steps"),
     ("sweep",),
     ("metrics",),
     ("evals",),
@@ -140,6 +191,10 @@ NON_SEMANTIC = {
 
 def semantic_dict(cfg: RunConfig) -> dict:
     d = to_dict(cfg)
+    if cfg.branch.parent is None:
+        d.pop("branch")  # ordinary runs hash as before the branch block existed
+    else:
+        d["branch"].pop("parent")  # the folder: a branch lives under its parent, wherever that is moved
     for path in NON_SEMANTIC:
         node = d
         for p in path[:-1]:

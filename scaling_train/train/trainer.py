@@ -158,7 +158,14 @@ class Trainer:
 
         ``split``: a lone micro-batch of >= 2 sequences comes back as two halves (``mb // 2`` and the
         rest), for the noise-scale probe; more than one micro-batch is returned unchanged."""
-        idx = batch_indices(self.cfg.seed, step, self.cfg.train.batch_size, self.data.train.n_seqs)
+        br, n = self.cfg.branch, self.data.train.n_seqs
+        if br.parent is None:
+            idx = batch_indices(self.cfg.seed, step, self.cfg.train.batch_size, n)
+        else:  # a branch reads the parent's batches in the parent's order, factor of them per step
+            first = br.step + step * br.factor
+            idx = np.concatenate(
+                [batch_indices(self.cfg.seed, first + i, br.parent_batch_size, n) for i in range(br.factor)]
+            )  # (factor * parent_batch_size,) = (batch_size,)
         per_rank = len(idx) // self.backend.world_size
         mine = idx[self.backend.rank * per_rank : (self.backend.rank + 1) * per_rank]
         if split and len(mine) == self.micro_bs >= 2:
@@ -167,6 +174,31 @@ class Trainer:
         return [
             self.data.train.batch(mine[i : i + self.micro_bs]) for i in range(0, len(mine), self.micro_bs)
         ]
+
+    def lr_at(self, step: int) -> float:
+        """Planned LR of 0-based step ``step``; a branch's is ``lr_scale`` x the parent's mean LR over the
+        parent steps it covers (the parent's schedule in tokens)."""
+        br = self.cfg.branch
+        if br.parent is None:
+            return lr_at(self.cfg.optim, step, self.total_steps)
+        first = br.step + step * br.factor
+        return br.lr_scale * float(
+            np.mean([lr_at(self.cfg.optim, first + i, br.parent_total_steps) for i in range(br.factor)])
+        )
+
+    def _load_parent(self) -> None:
+        """A branch's first start: model and optimizer states from the parent's checkpoint at branch.step."""
+        br = self.cfg.branch
+        state = checkpoint.load_step(
+            Path(br.parent) / "checkpoints", br.step, map_location=self.backend.device
+        )
+        if state.get("step") != br.step:
+            raise RuntimeError(f"{br.parent} checkpoint of step {br.step} holds step {state.get('step')}")
+        self.backend.load_model_state(self.model, state["model"])
+        self.backend.load_optim_state(self.optimizer, state["optimizer"])
+        self.log(
+            f"[train] branch of {br.parent} from its step {br.step}: x{br.factor} batch, lr x{br.lr_scale:.3g}"
+        )
 
     def _val_docs_before(self, seq: int) -> int:
         """Documents (EOS tokens) of the validation split before sequence ``seq``; cached per sequence."""
@@ -278,6 +310,8 @@ class Trainer:
             self.log(
                 f"[train] resumed {self.run_dir} from {path.name} (step {start_step}/{self.total_steps})"
             )
+        elif cfg.branch.parent is not None:
+            self._load_parent()
         self.start_step = start_step  # callbacks with side files roll them back to this step
         self._samples = None
         if self.backend.is_main and cfg.train.eval_batches:
@@ -328,7 +362,13 @@ class Trainer:
             },
         }
         if self.backend.is_main:
-            checkpoint.save(self.run_dir / "checkpoints", step, state, keep=self.cfg.train.keep_checkpoints)
+            checkpoint.save(
+                self.run_dir / "checkpoints",
+                step,
+                state,
+                keep=self.cfg.train.keep_checkpoints,
+                protect=self.cfg.train.keep_steps,
+            )
         self.backend.barrier()
 
     def _loop(self, start_step: int, metrics: JsonlWriter | None) -> RunResult:
@@ -350,9 +390,10 @@ class Trainer:
         acc = torch.zeros(3, dtype=torch.float64, device=dev)
         window_start, t_window = start_step, time.perf_counter()
         last_loss, last_eval = float("nan"), None
+        keep_steps = set(cfg.train.keep_steps)  # branch points: checkpointed even between ckpt_every
         self.model.train()
         for step in range(start_step, T):
-            lr = lr_at(cfg.optim, step, T)
+            lr = self.lr_at(step)
             for g in self.optimizer.param_groups:
                 g["lr"] = lr * g.get("lr_scale", 1.0)
             split = [
@@ -423,7 +464,8 @@ class Trainer:
                         post["eval"] = f"{last_eval:.3f}"
                     bar.set_postfix(post)
                 window_start, t_window = done_steps, time.perf_counter()
-            if cfg.train.ckpt_every and done_steps % cfg.train.ckpt_every == 0 and not is_last:
+            periodic = cfg.train.ckpt_every and done_steps % cfg.train.ckpt_every == 0
+            if (periodic or done_steps in keep_steps) and not is_last:
                 self._checkpoint(done_steps, metrics)
         if start_step < T:
             self._checkpoint(T, metrics)

@@ -1,0 +1,474 @@
+"""Branched training (Merrill et al. 2025): the critical batch measured mid-run, from a run's checkpoint.
+
+    scaling-train cbs RUN_DIR --at 200 --factors 2,4,8 --tokens 2e5             # local, one at a time
+    scaling-train cbs RUN_DIR --at 200,400 --lr-rule linear --backend slurm     # the sweep's backends
+    scaling-train cbs RUN_DIR --at 200 --dry-run                                 # plan, exact commands
+
+From the parent's checkpoint at step s each branch trains ``T`` tokens at ``k x`` the parent's batch B,
+LR = the parent's planned LR at the same token x sqrt(k) (Adam) or x k, on the parent's own batches in
+the parent's order (branch step j = parent steps s + jk .. s + jk + k - 1; ``BranchConfig`` in
+train/config.py). Its training loss over the last half of the T tokens is compared with the parent's
+training loss over the same tokens -- the same sequences, so the difference is the batch's effect, not
+data noise. Tolerance = ``Z_TOL`` x the standard error of the parent's own loss over that window, from
+the scatter of its metrics rows about a local trend (``_row_noise``), not a constant. The largest k whose
+penalty stays within the tolerance (with every smaller k) is the measured critical batch at the
+parent's loss there, bracketed by the first k that pays a penalty.
+
+Branches are ordinary runs: a ``Plan`` whose runs live in ``RUN/cbs/<name>`` (name
+``s<step>-k<k>-<rule>-T<tokens>-<config hash>``), executed by the sweep backends (DONE skipped, locked,
+retried from their checkpoint). ``RUN/cbs/`` is not a run of the sweep: the fitter and the report do
+not find it (``fitter.tail.find_runs``). Results: ``RUN/cbs/cbs.json`` (rebuilt from the finished branch
+folders every time, so a rerun or a resumed branch is never counted twice):
+
+    {"run", "seq_len", "batch_size", "total_steps", "updated",
+     "measurements": [{"step", "parent_steps", "tokens", "lr_rule", "window": [a, b], "loss", "noise_se",
+                       "tolerance", "gns_b_simple" (tokens, the parent's row nearest the window),
+                       "branches": [{"factor", "batch_size", "lr_scale", "loss", "penalty", "ok",
+                                     "eval_loss", "run", "time_s"}],
+                       "pending": [names not DONE],
+                       "cbs_measured": {"value", "low", "high" (sequences), "tokens", "low_tokens",
+                                        "high_tokens", "largest_ok", "source": "branches"},
+                       "cost": {"tokens_ratio", "time_ratio", "branch_time_s", "parent_time_s"}}]}
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import json
+import math
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import yaml
+
+from scaling_train._io import atomic_write
+from scaling_train.config import ConfigError, deep_merge, from_dict, parse_overrides
+from scaling_train.metrics.jsonl import read_jsonl
+from scaling_train.sweep import state
+from scaling_train.sweep.plan import (
+    CPU_FLOPS_PER_S,
+    GPU_FLOPS_PER_S,
+    Plan,
+    RunSpec,
+    _e,
+    branch_points,
+    branch_window,
+    describe,
+    format_overrides,
+)
+from scaling_train.sweep.spec import SweepSpec, load_spec
+from scaling_train.train.config import RunConfig, config_hash
+
+CBS_DIR, RESULTS = "cbs", "cbs.json"
+LR_RULES = {"sqrt": math.sqrt, "linear": float}
+Z_TOL = 2.0
+"""Penalty tolerance in standard errors of the parent's own window loss (~95%, one-sided ~98%)."""
+
+
+# ------------------------------------------------------------------------------------------- plan
+def _parent(run_dir: Path) -> tuple[dict[str, Any], dict[str, Any]]:
+    """(semantic config dict, resolved block) of a run folder's ``config.yaml``."""
+    path = run_dir / "config.yaml"
+    if not path.is_file():
+        raise ConfigError(f"{run_dir} is not a run folder (no config.yaml)")
+    raw = yaml.safe_load(path.read_text()) or {}
+    resolved = raw.pop("resolved", {}) or {}
+    raw.pop("config_hash", None)
+    if (raw.get("branch") or {}).get("parent"):
+        raise ConfigError(f"{run_dir} is itself a branch; branch its parent {raw['branch']['parent']}")
+    return raw, resolved
+
+
+def _sweep_spec(run_dir: Path) -> SweepSpec:
+    """The parent's sweep spec (SWEEP/spec.yaml, written by the sweep) for the backends' settings, else
+    the defaults; a branch plan never starts the fitter or the report."""
+    path = run_dir.parent / "spec.yaml"
+    spec = SweepSpec(name=run_dir.name)
+    if path.is_file():
+        try:
+            spec = load_spec(path)
+        except ConfigError:
+            pass  # the runs' own configs are what matters; the defaults launch them locally
+    return _branch_spec(spec)
+
+
+def make_branch_plan(
+    run_dir: str | Path,
+    *,
+    at: list[int],
+    factors: list[int],
+    tokens: float,
+    lr_rule: str = "sqrt",
+    spec: SweepSpec | None = None,
+    require_checkpoints: bool = True,
+) -> Plan:
+    """The branches of ``run_dir`` as a sweep plan in ``run_dir/cbs`` (one run per (step, factor)).
+
+    ``tokens`` is rounded up to whole branch steps of every factor and whole metrics rows of the parent
+    (``plan.branch_window``); errors name the value, the allowed range and where it came from."""
+    run_dir = Path(run_dir).resolve()
+    base, resolved = _parent(run_dir)
+    where = f"scaling-train cbs {run_dir}"
+    if lr_rule not in LR_RULES:
+        raise ConfigError(f"{where}: --lr-rule={lr_rule!r} is not allowed; choose one of {list(LR_RULES)}")
+    if not factors or any(int(k) < 2 for k in factors) or len(set(factors)) != len(factors):
+        raise ConfigError(f"{where}: --factors={factors}: give distinct integers >= 2, e.g. 2,4,8")
+    cfg = from_dict(RunConfig, base, source=str(run_dir / "config.yaml"))
+    T = int(resolved.get("total_steps") or cfg.total_steps)
+    B, log_every, tps = cfg.train.batch_size, cfg.train.log_every, cfg.tokens_per_step
+    unit = branch_window(log_every, factors)
+    if not tokens > 0:
+        raise ConfigError(f"{where}: --tokens={tokens} must be > 0")
+    n = unit * max(1, math.ceil(tokens / (unit * tps)))  # parent steps per branch
+    for s in at:
+        if s % log_every or not 0 < s or s + n > T:
+            raise ConfigError(
+                f"{where}: --at {s}: a branch point must be a multiple of the run's train.log_every="
+                f"{log_every} in [{log_every}, {T - n}] (the run has {T} steps and the branch covers {n} "
+                f"of them = {n * tps:,} tokens); lower --tokens or pick another step"
+            )
+        if require_checkpoints and not (run_dir / "checkpoints" / f"step-{s:08d}.pt").is_file():
+            have = sorted(int(p.name[5:13]) for p in (run_dir / "checkpoints").glob("step-*.pt"))
+            raise ConfigError(
+                f"{where}: --at {s}: no checkpoint of step {s} (the run has {have or 'none'}); a run keeps "
+                "the steps of train.keep_steps (a sweep's cbs block sets them) and its newest "
+                "train.keep_checkpoints"
+            )
+    spec = spec or _sweep_spec(run_dir)
+    out = run_dir / CBS_DIR
+    runs: list[RunSpec] = []
+    fpt = float(resolved.get("flops_per_token") or 0.0)
+    fps = spec.resources.flops_per_s or (GPU_FLOPS_PER_S if spec.resources.gpu else CPU_FLOPS_PER_S)
+    world = int(resolved.get("world_size") or 1)
+    for s in at:
+        for k in factors:
+            over = {
+                "branch.parent": str(run_dir), "branch.step": int(s), "branch.factor": int(k),
+                "branch.lr_scale": float(f"{LR_RULES[lr_rule](k):.6g}"), "branch.parent_batch_size": B,
+                "branch.parent_total_steps": T, "train.batch_size": k * B, "train.max_steps": n // k,
+                "train.max_tokens": None, "train.log_every": 1, "train.eval_every": 0,
+                "train.ckpt_every": max(1, n // k // 2), "train.keep_steps": [], "train.progress": False,
+            }  # fmt: skip
+            if cfg.train.micro_batch_size is None:
+                over["train.micro_batch_size"] = B // world  # the parent's memory footprint per pass
+            bcfg = from_dict(
+                RunConfig, deep_merge(base, parse_overrides(format_overrides(over))), source=where
+            )
+            h = config_hash(bcfg)
+            name = f"s{s}-k{k}-{lr_rule}-T{_e(n * tps)}-{h}"
+            over["run_dir"] = str(out / name)
+            est = fpt * n * tps / (fps * world) + spec.resources.overhead_s
+            runs.append(
+                RunSpec(
+                    index=len(runs), name=name, size=str(cfg.model.size), n_params=int(
+                        (resolved.get("params") or {}).get("non_embedding", 0)), tokens=n * tps,
+                    steps=n // k, batch_size=k * B, lr=bcfg.optim.lr, seed=cfg.seed, flops=fpt * n * tps,
+                    devices=world, nodes=1, est_s=est, time_limit_min=int(math.ceil(2 * est / 60 + 10)),
+                    config_hash=h, run_dir=str(out / name), overrides=over,
+                )
+            )  # fmt: skip
+    return Plan(spec=spec, sweep_dir=out, base=base, runs=runs)
+
+
+def run_branches(plan: Plan, *, backend: str = "local", say=print) -> int:
+    """Execute the branch plan on a sweep backend, then (re)write ``cbs.json``; the backend's exit code."""
+    from scaling_train.sweep import backends
+
+    rc = backends.BACKENDS[backend](plan, say=say)
+    parent = plan.sweep_dir.parent
+    write_results(parent)
+    return rc
+
+
+def sweep_branches(plan: Plan, *, backend: str, say=print) -> int:
+    """The cbs block of a sweep: branch every DONE run at its ``cbs_steps``; 0 when every branch is DONE."""
+    c = plan.spec.cbs
+    rc = 0
+    for run in plan.runs:
+        if not run.cbs_steps:
+            continue
+        if not state.is_done(run.run_dir):
+            say(f"[cbs] {run.name}: not DONE, its branches wait for the next invocation")
+            rc = 1
+            continue
+        n = branch_points(
+            run.steps, int(run_log_every(run.run_dir)), every=c.every, factors=c.factors,
+            tokens_fraction=c.tokens_fraction,
+        )[1]  # fmt: skip
+        bp = make_branch_plan(
+            run.run_dir, at=run.cbs_steps, factors=list(c.factors), tokens=n * run.tokens / run.steps,
+            lr_rule=c.lr_rule, spec=_branch_spec(plan.spec),
+        )  # fmt: skip
+        rc = max(rc, run_branches(bp, backend=backend, say=say))
+    return rc
+
+
+def final_pass(plan: Plan) -> None:
+    """After the branches: one more ``fit`` and ``report`` of the sweep (each when the spec enables it)."""
+    import subprocess
+
+    for what, on in (("fit", plan.spec.launch.fitter), ("report", plan.spec.launch.report)):
+        if on:
+            cmd = [plan.python(), "-m", "scaling_train.cli", what, str(plan.sweep_dir)]
+            subprocess.run(cmd, check=False, stdout=subprocess.DEVNULL, stderr=subprocess.STDOUT)
+
+
+def run_log_every(run_dir: str | Path) -> int:
+    base, _ = _parent(Path(run_dir))
+    return int((base.get("train") or {}).get("log_every", 10))
+
+
+def _branch_spec(spec: SweepSpec) -> SweepSpec:
+    s = copy.deepcopy(spec)
+    s.name = f"{spec.name}-cbs"
+    s.launch.fitter = s.launch.report = False
+    return s
+
+
+# ------------------------------------------------------------------------------------- analysis
+def _rows(run_dir: Path) -> dict[int, dict[str, Any]]:
+    """Metrics rows by step (a resumed run's rewritten rows replace the cut ones: never counted twice)."""
+    path = run_dir / "metrics.jsonl"
+    if not path.is_file():
+        return {}
+    out: dict[int, dict[str, Any]] = {}
+    for r in read_jsonl(path, 0).rows:
+        if "step" in r and "loss" in r:
+            for s in [s for s in out if s >= int(r["step"])]:
+                del out[s]
+            out[int(r["step"])] = r
+    return out
+
+
+def window_loss(rows: dict[int, dict[str, Any]], a: int, b: int) -> float | None:
+    """Step-weighted mean training loss over steps (a, b] from rows whose spans (previous row, row] lie
+    inside; None unless the rows tile the window exactly (a and b are row boundaries)."""
+    steps = sorted(rows)
+    total, covered, prev = 0.0, 0, 0
+    for s in steps:
+        if prev >= a and s <= b:
+            total += float(rows[s]["loss"]) * (s - prev)
+            covered += s - prev
+        prev = s
+    return total / covered if covered == b - a and b > a else None
+
+
+def _row_noise(rows: dict[int, dict[str, Any]], a: int, b: int, span: int) -> float | None:
+    """Noise sd of one parent step's loss near (a, b]: rows of equal span about the local trend (second
+    differences of consecutive rows: var(r_i - (r_{i-1} + r_{i+1}) / 2) = 1.5 var(row)), rows within
+    2 windows of the middle; one row of ``span`` steps has sd = step sd / sqrt(span)."""
+    mid, half = (a + b) / 2, max(b - a, 4 * span)
+    steps = sorted(rows)
+    pts = [
+        (s, float(rows[s]["loss"]))
+        for i, s in enumerate(steps)
+        if i > 0 and s - steps[i - 1] == span and abs(s - mid) <= 2 * half and math.isfinite(rows[s]["loss"])
+    ]
+    d2 = [
+        pts[i][1] - (pts[i - 1][1] + pts[i + 1][1]) / 2
+        for i in range(1, len(pts) - 1)
+        if pts[i + 1][0] - pts[i][0] == span == pts[i][0] - pts[i - 1][0]
+    ]
+    if len(d2) < 3:
+        return None
+    return float(np.sqrt(np.mean(np.square(d2)) / 1.5) * np.sqrt(span))
+
+
+def _time_s(run_dir: Path) -> float:
+    return float(sum(max(0.0, a.get("end", 0) - a.get("start", 0)) for a in state.attempts(run_dir)))
+
+
+def _nearest(rows: dict[int, dict[str, Any]], step: float, key: str) -> float | None:
+    have = [(abs(s - step), r[key]) for s, r in rows.items() if isinstance(r.get(key), (int, float))]
+    have = [(d, v) for d, v in have if math.isfinite(v) and v > 0]
+    return float(min(have)[1]) if have else None
+
+
+def measure(run_dir: str | Path) -> dict[str, Any]:
+    """Every branch measurement of ``run_dir`` from its ``cbs/`` folders (see the module docstring)."""
+    run_dir = Path(run_dir).resolve()
+    base, resolved = _parent(run_dir)
+    cfg = from_dict(RunConfig, base, source=str(run_dir / "config.yaml"))
+    B, seq, tps = cfg.train.batch_size, cfg.model.seq_len, cfg.tokens_per_step
+    log_every = cfg.train.log_every
+    T = int(resolved.get("total_steps") or cfg.total_steps)
+    rows = _rows(run_dir)
+    groups: dict[tuple, list[dict[str, Any]]] = {}
+    for d in sorted((run_dir / CBS_DIR).glob("*/config.yaml")):
+        bdir = d.parent
+        braw = yaml.safe_load(d.read_text()) or {}
+        br = braw.get("branch") or {}
+        if not br.get("parent"):
+            continue
+        k, s = int(br["factor"]), int(br["step"])
+        n = int((braw.get("resolved") or {}).get("total_steps") or braw["train"]["max_steps"]) * k
+        rule = next(
+            (r for r, f in LR_RULES.items() if math.isclose(f(k), float(br["lr_scale"]), rel_tol=1e-4)),
+            "custom",
+        )
+        groups.setdefault((s, n, rule), []).append(
+            {"dir": bdir, "factor": k, "lr_scale": float(br["lr_scale"]), "done": state.is_done(bdir)}
+        )
+    out = []
+    parent_time = _time_s(run_dir)
+    for (s, n, rule), items in sorted(groups.items()):
+        w = branch_window(log_every, [it["factor"] for it in items])
+        win = max(w, (n // 2) // w * w)
+        a, b = s + n - win, s + n
+        main = window_loss(rows, a, b)
+        sd = _row_noise(rows, a, b, log_every)
+        se = sd / math.sqrt(win) if sd is not None else None
+        tol = Z_TOL * se if se is not None else None
+        m: dict[str, Any] = {
+            "step": s, "parent_steps": n, "tokens": n * tps, "lr_rule": rule, "window": [a, b],
+            "loss": main, "loss_at_step": (rows.get(s) or {}).get("loss"), "noise_se": se, "tolerance": tol,
+            "gns_b_simple": _nearest(rows, (a + b) / 2, "gns_b_simple"), "branches": [], "pending": [],
+        }  # fmt: skip
+        btime = 0.0
+        for it in sorted(items, key=lambda x: x["factor"]):
+            if not it["done"]:
+                m["pending"].append(it["dir"].name)
+                continue
+            k = it["factor"]
+            brow = _rows(it["dir"])
+            bl = window_loss(brow, (a - s) // k, (b - s) // k)
+            done = json.loads((it["dir"] / state.DONE).read_text() or "{}")
+            t = _time_s(it["dir"])
+            btime += t
+            pen = bl - main if bl is not None and main is not None else None
+            m["branches"].append(
+                {"factor": k, "batch_size": k * B, "lr_scale": it["lr_scale"], "loss": bl, "penalty": pen,
+                 "ok": (pen <= tol) if pen is not None and tol is not None else None,
+                 "eval_loss": done.get("final_eval_loss"), "run": it["dir"].name, "time_s": t}
+            )  # fmt: skip
+        m["cbs_measured"] = critical_from_branches(m["branches"], B, seq, tol)
+        m["cost"] = {
+            "tokens_ratio": n * tps / (T * tps),
+            "time_ratio": (btime / max(len(m["branches"]), 1)) / parent_time if parent_time else None,
+            "branch_time_s": btime,
+            "parent_time_s": parent_time,
+        }
+        out.append(m)
+    return {
+        "run": run_dir.name, "seq_len": seq, "batch_size": B, "total_steps": T, "tokens_per_step": tps,
+        "z_tolerance": Z_TOL, "updated": time.time(), "measurements": out,
+    }  # fmt: skip
+
+
+def critical_from_branches(
+    branches: list[dict[str, Any]], batch_size: int, seq_len: int, tol: float | None
+) -> dict[str, Any] | None:
+    """Largest k x B whose penalty (and every smaller k's) is within ``tol``; bracketed by the first k that
+    pays one (``high`` = inf when none does). ``value`` interpolates in log k where the penalty crosses
+    ``tol`` between the two (the parent itself, k = 1, is the zero-penalty point). Sequences."""
+    pts = [(b["factor"], b["penalty"]) for b in branches if b.get("penalty") is not None]
+    if tol is None or not pts:
+        return None
+    pts.sort()
+    k_ok, d_ok, k_bad, d_bad = 1, 0.0, None, None
+    for k, d in pts:
+        if d <= tol:
+            k_ok, d_ok = k, d
+        else:
+            k_bad, d_bad = k, d
+            break
+    if k_bad is None:
+        value, high = float(k_ok), math.inf
+    else:
+        f = (tol - d_ok) / (d_bad - d_ok) if d_bad > d_ok else 0.0
+        value, high = float(np.exp(np.log(k_ok) + f * (np.log(k_bad) - np.log(k_ok)))), float(k_bad)
+    res = {
+        "value": value * batch_size, "low": float(k_ok) * batch_size, "high": high * batch_size,
+        "largest_ok": k_ok * batch_size, "source": "branches", "unit": "sequences",
+    }  # fmt: skip
+    res.update({f"{key}_tokens": res[key] * seq_len for key in ("value", "low", "high")})
+    res["tokens"] = res.pop("value_tokens")
+    return res
+
+
+def write_results(run_dir: str | Path) -> dict[str, Any]:
+    res = measure(run_dir)
+    atomic_write(Path(run_dir) / CBS_DIR / RESULTS, json.dumps(res, indent=1, default=_json_default))
+    return res
+
+
+def _json_default(o: Any) -> Any:
+    return float(o) if isinstance(o, np.floating) else str(o)
+
+
+def describe_results(res: dict[str, Any]) -> str:
+    lines = [f"[cbs] {res['run']}: batch {res['batch_size']} x {res['seq_len']} tokens"]
+    for m in res["measurements"]:
+        tol = m.get("tolerance")
+        lines.append(
+            f"[cbs] step {m['step']} ({m['lr_rule']}, {m['tokens']:,} tokens, window {m['window']}): parent loss "
+            f"{m['loss']:.4f}" + (f", tolerance {tol:.4f}" if tol is not None else ", tolerance unknown")
+        )
+        for b in m["branches"]:
+            pen = b["penalty"]
+            lines.append(
+                f"[cbs]   k={b['factor']:<3} B={b['batch_size']:<5} loss {b['loss']:.4f} penalty "
+                f"{pen:+.4f} {'ok' if b['ok'] else 'PENALTY'}"
+                if pen is not None
+                else f"[cbs]   k={b['factor']} B={b['batch_size']}: rows do not cover the window"
+            )
+        c = m.get("cbs_measured")
+        if c:
+            lines.append(
+                f"[cbs]   measured critical batch {c['value']:.0f} sequences [{c['low']:.0f}, {c['high']:.0f}]"
+                f" at loss {m['loss']:.4f}"
+            )
+        if m["pending"]:
+            lines.append(f"[cbs]   not DONE: {', '.join(m['pending'])} (rerun the command to finish them)")
+    return "\n".join(lines)
+
+
+# ------------------------------------------------------------------------------------------- CLI
+def _ints(text: str) -> list[int]:
+    try:
+        return [int(float(x)) for x in text.split(",") if x.strip()]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} must be comma-separated integers, e.g. 2,4,8") from None
+
+
+def _cmd_cbs(args: argparse.Namespace) -> int:
+    from scaling_train.sweep import backends
+
+    plan = make_branch_plan(
+        args.run_dir, at=args.at, factors=args.factors, tokens=args.tokens, lr_rule=args.lr_rule,
+        require_checkpoints=not args.dry_run,
+    )  # fmt: skip
+    if args.concurrency is not None:
+        plan.spec.launch.concurrency = args.concurrency
+    backend = args.backend or plan.spec.launch.backend
+    print(describe(plan))
+    if args.dry_run:
+        print(backends.dry_run_text(plan, backend))
+        return 0
+    rc = run_branches(plan, backend=backend)
+    print(describe_results(json.loads((plan.sweep_dir / RESULTS).read_text())))
+    print(f"[cbs] results: {plan.sweep_dir / RESULTS}")
+    return rc
+
+
+def register(subparsers) -> None:
+    p = subparsers.add_parser(
+        "cbs",
+        help="measure the critical batch by branched training from a run's checkpoint",
+        description=__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    p.add_argument("run_dir", help="a run folder with a checkpoint at each --at step")
+    p.add_argument("--at", type=_ints, required=True, help="parent step(s) to branch from, e.g. 200,400")
+    p.add_argument("--factors", type=_ints, default=[2, 4, 8], help="batch multiples k (default 2,4,8)")
+    p.add_argument(
+        "--tokens", type=float, required=True, help="tokens per branch (rounded up to whole steps of every k)"
+    )
+    p.add_argument("--lr-rule", choices=tuple(LR_RULES), default="sqrt", help="LR x sqrt(k) (Adam) or x k")
+    p.add_argument("--backend", choices=("local", "torchrun", "slurm"), default=None)
+    p.add_argument("--concurrency", type=int, default=None, help="local: branches at the same time")
+    p.add_argument("--dry-run", action="store_true", help="print the branch plan and commands; start nothing")
+    p.set_defaults(func=_cmd_cbs)

@@ -1,0 +1,252 @@
+"""Branched critical-batch measurements (``scaling-train cbs``, scaling_train/sweep/cbs.py): a factor-1
+branch continues its parent exactly; the CLI end to end with a kill and a rerun (resumed, never counted
+twice); the spec's cbs block keeps the branch-point checkpoints and validates with clear errors; the
+fitter and the report never take branches for runs of the sweep."""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import signal
+import subprocess
+import time
+from pathlib import Path
+
+import pytest
+import yaml
+from conftest import PY, REPO, TINY_RUN, tiny_spec, write_spec
+
+from scaling_train.config import ConfigError, from_dict
+from scaling_train.fitter.tail import find_runs
+from scaling_train.sweep import cbs, state
+from scaling_train.sweep.plan import branch_points, make_plan
+from scaling_train.sweep.spec import load_spec
+from scaling_train.train import RunConfig, Trainer, config_hash
+from scaling_train.train import checkpoint as ckpt
+
+PARENT_STEPS = 80
+
+
+def _parent_cfg(run_dir: Path, **over) -> RunConfig:
+    d = json.loads(json.dumps(TINY_RUN))  # deep copy
+    d["model"]["size"] = "0.1M"
+    d["train"].update({"max_steps": PARENT_STEPS, "ckpt_every": 0, "keep_steps": [20, 40]})
+    d["run_dir"] = str(run_dir)
+    for k, v in over.items():
+        node = d
+        *head, last = k.split(".")
+        for p in head:
+            node = node.setdefault(p, {})
+        node[last] = v
+    return from_dict(RunConfig, d)
+
+
+@pytest.fixture(scope="module")
+def parent(tmp_path_factory) -> Path:
+    run = tmp_path_factory.mktemp("cbs") / "parent"
+    Trainer(_parent_cfg(run), log=lambda s: None).run()
+    return run
+
+
+def _losses(run_dir: Path) -> dict[int, float]:
+    return {s: r["loss"] for s, r in cbs._rows(run_dir).items()}
+
+
+def test_keep_steps_survive_retention(parent):
+    """ckpt_every=0 and keep_checkpoints=2: the two branch points are written and kept beside the last."""
+    steps = sorted(ckpt.step_of(p) for p in ckpt.list_checkpoints(parent / "checkpoints"))
+    assert steps == [20, 40, PARENT_STEPS]
+    with pytest.raises(FileNotFoundError, match=r"no checkpoint of step 30 .*\[20, 40, 80\]"):
+        ckpt.load_step(parent / "checkpoints", 30)
+
+
+def test_factor_one_branch_continues_the_parent_exactly(parent, tmp_path):
+    """Same data order, LR schedule and optimizer state: a k=1 branch's per-step losses, averaged over the
+    parent's 2-step rows, equal the parent's rows (float32 CPU, same ops: to ~1e-6)."""
+    cfg = _parent_cfg(tmp_path / "b1", **{
+        "branch.parent": str(parent), "branch.step": 20, "branch.factor": 1, "branch.lr_scale": 1.0,
+        "branch.parent_batch_size": 8, "branch.parent_total_steps": PARENT_STEPS,
+        "train.max_steps": 20, "train.log_every": 1, "train.keep_steps": [],
+    })  # fmt: skip
+    Trainer(cfg, log=lambda s: None).run()
+    branch, main = cbs._rows(tmp_path / "b1"), cbs._rows(parent)
+    for a in range(20, 40, 2):
+        got = cbs.window_loss(branch, a - 20, a - 20 + 2)
+        assert got == pytest.approx(cbs.window_loss(main, a, a + 2), rel=1e-5, abs=1e-5)
+
+
+def test_branch_config_is_validated_and_hashed_apart():
+    base = _parent_cfg(Path("x"))
+    with pytest.raises(
+        ConfigError, match=r"train.batch_size=8 must be branch.factor=2 x branch.parent_batch_size=8"
+    ):
+        _parent_cfg(Path("x"), **{"branch.parent": "p", "branch.step": 20, "branch.factor": 2,
+                                   "branch.parent_batch_size": 8, "branch.parent_total_steps": 80})  # fmt: skip
+    with pytest.raises(ConfigError, match=r"branch.step=90 must be inside the parent's 1..79 steps"):
+        _parent_cfg(Path("x"), **{"branch.parent": "p", "branch.step": 90, "branch.factor": 1,
+                                   "branch.parent_batch_size": 8, "branch.parent_total_steps": 80})  # fmt: skip
+    # keep_steps is not semantic (adding a cbs block to a sweep keeps its run folders)
+    assert config_hash(base) == config_hash(_parent_cfg(Path("x"), **{"train.keep_steps": []}))
+
+
+def test_cli_errors_name_the_value_and_the_range(parent):
+    with pytest.raises(
+        ConfigError, match=r"--at 30: no checkpoint of step 30 \(the run has \[20, 40, 80\]\)"
+    ):
+        cbs.make_branch_plan(parent, at=[30], factors=[2], tokens=1024)
+    with pytest.raises(ConfigError, match=r"--at 70: a branch point must be a multiple .* in \[2, 64\]"):
+        cbs.make_branch_plan(parent, at=[70], factors=[2, 4], tokens=4096)
+    with pytest.raises(ConfigError, match=r"--factors=\[1, 2\]: give distinct integers >= 2"):
+        cbs.make_branch_plan(parent, at=[20], factors=[1, 2], tokens=1024)
+    plan = cbs.make_branch_plan(parent, at=[20, 40], factors=[2, 4], tokens=1000)
+    assert [r.name.split("-")[:3] for r in plan.runs] == [
+        ["s20", "k2", "sqrt"], ["s20", "k4", "sqrt"], ["s40", "k2", "sqrt"], ["s40", "k4", "sqrt"]
+    ]  # fmt: skip
+    # 1000 tokens round up to whole steps of k=4 and whole parent rows: lcm(2, 2, 4) = 4 parent steps
+    assert {r.tokens for r in plan.runs} == {4 * 8 * 32} and plan.sweep_dir == parent.resolve() / "cbs"
+    assert plan.runs[1].overrides["branch.lr_scale"] == 2.0 and plan.runs[1].batch_size == 32
+
+
+def test_critical_from_branches_brackets_and_interpolates():
+    br = [{"factor": 2, "penalty": 0.01}, {"factor": 4, "penalty": 0.03}, {"factor": 8, "penalty": 0.2}]
+    c = cbs.critical_from_branches(br, 16, 64, tol=0.05)
+    assert (c["low"], c["high"], c["largest_ok"]) == (64, 128, 64)
+    # crossing at 0.05 between (4, 0.03) and (8, 0.2): log k = log 4 + (0.02 / 0.17) log 2
+    assert c["value"] == pytest.approx(16 * 4 * 2 ** (0.02 / 0.17))
+    assert c["tokens"] == pytest.approx(c["value"] * 64) and c["source"] == "branches"
+    every = cbs.critical_from_branches(br[:2], 16, 64, tol=0.05)
+    assert every["high"] == math.inf and every["value"] == 64
+    none = cbs.critical_from_branches(br, 16, 64, tol=0.001)  # k=2 already pays: below 2B, at least B
+    assert (none["low"], none["high"]) == (16, 32)
+
+
+def test_fitter_and_report_ignore_branch_folders(parent):
+    from scaling_train.report.data import _find_run_dirs
+
+    sweep = parent.parent
+    (parent / "cbs" / "s20-k2-x").mkdir(parents=True, exist_ok=True)
+    (parent / "cbs" / "s20-k2-x" / "config.yaml").write_text("{}")
+    (sweep / "cbs").mkdir(exist_ok=True)  # even a sweep-level folder named cbs
+    (sweep / "cbs" / "config.yaml").write_text("{}")
+    assert parent in find_runs(sweep)
+    assert not [p for p in find_runs(sweep) if "cbs" in p.parts[len(sweep.parts) :]]
+    assert find_runs(parent) == [parent]
+    assert not [p for p in _find_run_dirs(parent) if "cbs" in p.parts]
+
+
+def _spec(tmp_path: Path, **cbs_block) -> Path:
+    spec = tiny_spec("c", grid={"sizes": ["0.1M"], "tokens": [256 * 80]}, cbs=cbs_block)
+    return write_spec(tmp_path / "c.yaml", spec)
+
+
+def test_spec_cbs_block_validation(tmp_path):
+    for block, msg in [
+        ({"every": 120}, r"c.yaml: cbs.every=120.0 must be a percent in \(0, 100\)"),
+        ({"every": 25, "factors": [1, 4]}, r"cbs.factors=\[1, 4\]: every factor must be an integer >= 2"),
+        ({"every": 25, "factors": []}, r"cbs.factors is empty"),
+        ({"every": 25, "tokens_fraction": 0}, r"cbs.tokens_fraction=0.0 must be in \(0, 1\]"),
+        (
+            {"every": 25, "lr_rule": "cube"},
+            r"cbs.lr_rule='cube' is not allowed; choose one of \['sqrt', 'linear'\]",
+        ),
+    ]:
+        with pytest.raises(ConfigError, match=msg):
+            load_spec(_spec(tmp_path, **block))
+
+
+def test_spec_cbs_block_keeps_branch_checkpoints_without_changing_runs(tmp_path):
+    plain = make_plan(
+        load_spec(
+            write_spec(tmp_path / "p.yaml", tiny_spec("c", grid={"sizes": ["0.1M"], "tokens": [256 * 80]}))
+        )
+    )
+    plan = make_plan(load_spec(_spec(tmp_path, every=25, factors=[2, 4], tokens_fraction=0.1)))
+    (run,) = plan.runs
+    # 80 steps, log_every 2: 8 parent steps per branch (0.1 x 80, a multiple of lcm(2, 2, 4) = 4)
+    assert (
+        run.cbs_steps == [20, 40, 60]
+        and branch_points(80, 2, every=25, factors=[2, 4], tokens_fraction=0.1)[1] == 8
+    )
+    assert run.overrides["train.keep_steps"] == [20, 40, 60]
+    assert run.name == plain.runs[0].name  # same config hash: the cbs block adds no new runs
+
+
+@pytest.mark.slow
+def test_cli_end_to_end_kill_and_rerun(parent, env, tmp_path):
+    """`scaling-train cbs` on the local backend, killed (the whole process group) while the first branch
+    runs past its checkpoint: the rerun resumes it, runs the second, and cbs.json counts each once."""
+    import shutil
+
+    run = tmp_path / "parent"
+    shutil.copytree(parent, run, ignore=shutil.ignore_patterns("cbs"))
+    tokens = 60 * 8 * 32  # 60 parent steps: 30 branch steps at k=2 (checkpoint at 15), 15 at k=4
+    cmd = [
+        PY,
+        "-m",
+        "scaling_train.cli",
+        "cbs",
+        str(run),
+        "--at",
+        "20",
+        "--factors",
+        "2,4",
+        "--tokens",
+        str(tokens),
+    ]
+    plan = cbs.make_branch_plan(run, at=[20], factors=[2, 4], tokens=tokens)
+    first, second = sorted(plan.runs, key=lambda r: -r.est_s)  # the local backend's order (equal: stable)
+    assert first.overrides["branch.factor"] == 2
+    log = open(tmp_path / "cbs1.log", "wb")
+    proc = subprocess.Popen(
+        cmd, cwd=REPO, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True
+    )
+    deadline = time.time() + 180
+    while time.time() < deadline:
+        if list((Path(first.run_dir) / "checkpoints").glob("step-*.pt")):
+            break
+        assert proc.poll() is None, (tmp_path / "cbs1.log").read_text()
+        time.sleep(0.01)
+    else:
+        pytest.fail("the first branch did not checkpoint in 180 s")
+    os.killpg(proc.pid, signal.SIGKILL)
+    proc.wait()
+    log.close()
+    assert not state.is_done(first.run_dir), "finished before the kill: nothing was resumed"
+    again = subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True, timeout=300)
+    assert again.returncode == 0, again.stdout + again.stderr
+    assert state.is_done(first.run_dir) and state.is_done(second.run_dir)
+    assert "resumed" in (run / "cbs" / "logs" / f"{first.name}.log").read_text()
+    steps = [
+        json.loads(ln)["step"] for ln in (Path(first.run_dir) / "metrics.jsonl").read_text().splitlines()
+    ]
+    assert steps == list(range(1, first.steps + 1))  # the cut rows were replaced, none written twice
+    res = json.loads((run / "cbs" / "cbs.json").read_text())
+    (m,) = res["measurements"]
+    assert [b["factor"] for b in m["branches"]] == [2, 4] and not m["pending"]
+    assert m["tokens"] == tokens and m["window"] == [80 - 28, 80] and m["tolerance"] > 0
+    assert all(b["penalty"] is not None for b in m["branches"])
+    assert m["cbs_measured"]["source"] == "branches" and m["cbs_measured"]["low"] >= 8
+    assert m["cost"]["tokens_ratio"] == pytest.approx(60 / PARENT_STEPS)
+    assert "measured critical batch" in again.stdout
+    # a third invocation runs nothing and writes the same measurement
+    third = subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True, timeout=120)
+    assert third.returncode == 0 and "2/2 runs DONE, 0 to run" in third.stdout, third.stdout
+    assert json.loads((run / "cbs" / "cbs.json").read_text())["measurements"][0]["branches"] == m["branches"]
+    assert [len(state.attempts(r.run_dir)) for r in (first, second)] == [1, 1]
+
+
+@pytest.mark.slow
+def test_sweep_with_cbs_block_runs_branches(tmp_path, env):
+    spec = tiny_spec("cb", grid={"sizes": ["0.1M"], "tokens": [256 * 40]}, cbs={"every": 50, "factors": [2]})
+    path = write_spec(tmp_path / "cb.yaml", spec)
+    out = tmp_path / "out"
+    res = subprocess.run(
+        [PY, "-m", "scaling_train.cli", "sweep", str(path), "--output", str(out)],
+        cwd=REPO, env=env, capture_output=True, text=True, timeout=300,
+    )  # fmt: skip
+    assert res.returncode == 0, res.stdout + res.stderr
+    (run,) = make_plan(load_spec(path), output=out).runs
+    got = json.loads((Path(run.run_dir) / "cbs" / "cbs.json").read_text())
+    assert [m["step"] for m in got["measurements"]] == [20]
+    assert yaml.safe_load((Path(run.run_dir) / "config.yaml").read_text())["train"]["keep_steps"] == [20]
