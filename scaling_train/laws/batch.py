@@ -557,3 +557,212 @@ def fit_cbs_scaling(
         n_excluded=len(fits) - len(used),
         xtx_inv=tuple(tuple(float(v) for v in r) for r in np.linalg.inv(X.T @ X)),
     )
+
+
+# --------------------------------------------------------------------------------------------------
+# batch sweeps from training curves, and the noise scale calibrated against measured critical batches
+
+
+def _smooth(steps: np.ndarray, y: np.ndarray, width: float) -> np.ndarray:
+    """Local linear regression of the loss on log(step), Gaussian kernel of sd ``width`` in log(step).
+
+    Runs at different batch sizes are, to first order, the same curve stretched in steps
+    (``L_B(s) = f(s / c_B)``): in log(step) they are shifted copies, so a kernel of fixed width in
+    log(step) smooths each the same way and shifts its crossings by the same factor, which leaves
+    ``B_noise`` unbiased (it only rescales S_min a little). A fixed window in rows or an EWA would not:
+    rows span more of a large-batch curve's bend (and a one-sided EWA lags by a 1/B-shaped amount)."""
+    x = np.log(steps)
+    out = y.copy()
+    for i in range(len(x)):
+        near = np.abs(x - x[i]) < 3 * width
+        if near.sum() < 3:
+            continue  # too few rows around it (the first rows, in log(step)): left as measured
+        w = np.exp(-0.5 * ((x[near] - x[i]) / width) ** 2)
+        dx = x[near] - x[i]
+        sw, swx, swxx = w.sum(), (w * dx).sum(), (w * dx * dx).sum()
+        swy, swxy = (w * y[near]).sum(), (w * dx * y[near]).sum()
+        det = sw * swxx - swx * swx
+        out[i] = (swxx * swy - swx * swxy) / det if det > 1e-12 * sw * sw else swy / sw
+    return out
+
+
+def steps_to_target(steps: np.ndarray, losses: np.ndarray, target: float, *, after: float = 0.0) -> float:
+    """First step (linearly interpolated between rows) where the curve falls to ``target``, past step
+    ``after``; nan when it never does."""
+    s, lo = np.asarray(steps, dtype=np.float64), np.asarray(losses, dtype=np.float64)
+    idx = np.flatnonzero((lo <= target) & (s > after))
+    if not len(idx):
+        return float("nan")
+    i = int(idx[0])
+    if i == 0 or s[i - 1] <= after or lo[i - 1] <= target:
+        return float(s[i])
+    f = (lo[i - 1] - target) / (lo[i - 1] - lo[i])
+    return float(s[i - 1] + f * (s[i] - s[i - 1]))
+
+
+def batch_sweeps_from_curves(
+    curves: dict[int, tuple[np.ndarray, np.ndarray]],
+    *,
+    n_params: float,
+    seq_len: int,
+    n_targets: int = 4,
+    width: float = 0.1,
+    skip: float = 0.2,
+) -> list[BatchSweep]:
+    """``BatchSweep`` cells from the loss curves of one size at several batch sizes (Zhang et al. 2024):
+    ``curves[B] = (steps, losses)`` (training-loss rows, steps >= 1). Each curve is smoothed in log(step)
+    (``_smooth``: local linear, kernel sd ``width``, the same for every batch size);
+    the targets are ``n_targets`` losses evenly spaced in log between the median of the curves' losses at
+    ``skip`` of their steps (past the warmup transient) and the lowest loss every curve reaches; the steps
+    to each target are interpolated between rows."""
+    if len(curves) < 3:
+        raise ValueError(f"{len(curves)} batch sizes {sorted(curves)}; a batch sweep needs >= 3")
+    sm = {}
+    for B, (s, lo) in curves.items():
+        s, lo = np.asarray(s, dtype=np.float64), np.asarray(lo, dtype=np.float64)
+        ok = np.isfinite(lo)
+        if ok.sum() < 4:
+            raise ValueError(f"batch {B}: {int(ok.sum())} finite rows; need >= 4")
+        sm[B] = (s[ok], _smooth(s[ok], lo[ok], width))
+    lo_all = max(float(v[1].min()) for v in sm.values())  # reached by every batch size
+    hi_all = float(np.median([np.interp(skip * v[0][-1], v[0], v[1]) for v in sm.values()]))
+    if not hi_all > lo_all:
+        raise ValueError(
+            f"no loss range is reached by every batch size: the median loss at {skip:.0%} of the runs "
+            f"{hi_all:.4g} <= {lo_all:.4g}, the lowest loss every run reaches; train longer"
+        )
+    lo_t = lo_all + 1e-3 * (hi_all - lo_all)
+    targets = np.geomspace(hi_all, lo_t, n_targets) if n_targets > 1 else np.array([lo_t])
+    out = []
+    for L in targets:
+        Bs, S = [], []
+        for B, (s, lo) in sorted(sm.items()):
+            # first crossing after the curve passed its skip point (its early transient)
+            st = steps_to_target(s, lo, float(L), after=0.0)
+            if np.isfinite(st) and st > 0:
+                Bs.append(float(B))
+                S.append(st)
+        if len(Bs) >= 3:
+            out.append(BatchSweep(n_params, float(L), tuple(Bs), tuple(S), seq_len))
+    return out
+
+
+@dataclass(frozen=True)
+class CalibratedCBS:
+    """A critical batch predicted from the noise scale: ``value = ratio(L) x B_simple`` (tokens), with its
+    ``level`` interval; ``source`` names what it rests on."""
+
+    value: float
+    low: float
+    high: float
+    loss: float
+    ratio: float
+    b_simple: float
+    level: float
+    source: str
+
+
+@dataclass(frozen=True)
+class CBSCalibration:
+    """The measured critical batch over the simple noise scale at the same loss, as a power law in loss:
+
+        log(B_crit_measured / B_simple) = c0 + c1 log(L / l_ref)        (form "loss")
+        log(B_crit_measured / B_simple) = c0                             (form "constant")
+
+    fitted by least squares over measurements along and across runs (branches and batch sweeps), the form
+    chosen by leave-one-out error (``constant`` unless ``loss`` predicts held-out points better). The
+    predicted critical batch at loss L is ``ratio(L) x B_simple(L)``: B_simple is the cheap signal logged
+    every few steps, the ratio carries what the measurements say about it. McCandlish et al. 2018 expect
+    ratio ~ 1 only for a well-conditioned Hessian; Merrill et al. 2025 measured far above 1.
+
+    Interval: ``t_{dof}`` quantile of the log prediction with sd = sqrt(sigma^2 (1 + h0) + sd_b^2): sigma is
+    the larger of the residual sd and the measurements' own log-sd (their intervals), h0 the leverage,
+    sd_b the uncertainty of the B_simple it multiplies."""
+
+    form: str
+    coef: tuple[float, ...]
+    l_ref: float
+    sigma_log: float
+    dof: int
+    n_points: int
+    loo_rmse: dict[str, float]
+    level: float
+    xtx_inv: tuple[tuple[float, ...], ...]
+    sources: tuple[str, ...]
+
+    def _x(self, loss: float) -> np.ndarray:
+        return np.array([1.0] + ([np.log(loss / self.l_ref)] if self.form == "loss" else []))
+
+    def log_ratio(self, loss: float) -> tuple[float, float]:
+        """(mean, predictive sd) of log(measured / B_simple) at ``loss``."""
+        x = self._x(check_range("loss", loss, 0.0, np.inf, lo_open=True, hi_open=True))
+        h0 = float(x @ np.asarray(self.xtx_inv) @ x)
+        return float(x @ np.asarray(self.coef)), float(self.sigma_log * np.sqrt(1.0 + h0))
+
+    def predict(self, *, loss: float, b_simple: float, b_simple_sd_log: float = 0.0) -> CalibratedCBS:
+        """Critical batch (same unit as ``b_simple``, tokens in our rows) at ``loss`` given the noise scale
+        there (measured, or from a B_simple(L) law with its log-sd ``b_simple_sd_log``)."""
+        from scipy.stats import t as t_dist
+
+        b = check_range("b_simple", b_simple, 0.0, np.inf, lo_open=True, hi_open=True)
+        mu, sd = self.log_ratio(loss)
+        sd = float(np.hypot(sd, b_simple_sd_log))
+        q = float(t_dist.ppf(0.5 + self.level / 2, self.dof))
+        src = f"calibrated gns_b_simple (ratio form {self.form!r}, {self.n_points} measurements: {', '.join(self.sources)})"
+        return CalibratedCBS(
+            value=float(np.exp(mu) * b), low=float(np.exp(mu - q * sd) * b), high=float(np.exp(mu + q * sd) * b),
+            loss=float(loss), ratio=float(np.exp(mu)), b_simple=float(b), level=self.level, source=src,
+        )  # fmt: skip
+
+
+def fit_cbs_calibration(
+    losses: np.ndarray,
+    measured: np.ndarray,
+    b_simple: np.ndarray,
+    *,
+    measured_sd_log: np.ndarray | None = None,
+    sources: tuple[str, ...] | list[str] = (),
+    level: float = 0.9,
+) -> CBSCalibration:
+    """Fit ``CBSCalibration`` to measured critical batches ``measured`` at ``losses`` with the noise scale
+    ``b_simple`` there (same unit). ``measured_sd_log``: each measurement's own log-sd (e.g. from its
+    interval); it floors the scatter. Needs >= 1 point (>= 4 with distinct losses for the ``loss`` form)."""
+    level = check_range("level", level, 0.0, 1.0, lo_open=True, hi_open=True)
+    L = as_1d("losses", losses, positive=True)
+    M = as_1d("measured", measured, positive=True)
+    G = as_1d("b_simple", b_simple, positive=True)
+    n = same_length(losses=L, measured=M, b_simple=G)
+    sd_m = np.zeros(n) if measured_sd_log is None else np.asarray(measured_sd_log, dtype=np.float64)
+    if sd_m.shape != (n,) or not np.all(np.isfinite(sd_m) & (sd_m >= 0)):
+        raise ValueError(f"measured_sd_log must be {n} finite values >= 0, got {measured_sd_log!r}")
+    y = np.log(M / G)
+    l_ref = float(np.exp(np.mean(np.log(L))))
+    x1 = np.log(L / l_ref)
+    designs = {"constant": np.ones((n, 1)), "loss": np.column_stack([np.ones(n), x1])}
+    loo: dict[str, float] = {}
+    for form, X in designs.items():
+        if n < X.shape[1] + 2 or not _full_rank(X):
+            continue
+        err = []
+        for i in range(n):
+            keep = np.arange(n) != i
+            c = np.linalg.lstsq(X[keep], y[keep], rcond=None)[0]
+            err.append(float(X[i] @ c - y[i]))
+        loo[form] = float(np.sqrt(np.mean(np.square(err))))
+    form = "loss" if "loss" in loo and loo["loss"] < loo.get("constant", np.inf) else "constant"
+    X = designs[form]
+    coef = np.linalg.lstsq(X, y, rcond=None)[0]
+    dof = n - X.shape[1]
+    resid_sd = float(np.sqrt(np.sum((y - X @ coef) ** 2) / dof)) if dof > 0 else 0.0
+    sigma = max(resid_sd, float(np.sqrt(np.mean(sd_m**2))))
+    if not sigma > 0:
+        raise ValueError(
+            f"{n} measurement(s) without their own uncertainty leave no scatter to estimate; pass "
+            "measured_sd_log or more measurements"
+        )
+    return CBSCalibration(
+        form=form, coef=tuple(float(v) for v in coef), l_ref=l_ref, sigma_log=sigma, dof=max(dof, 1),
+        n_points=n, loo_rmse=loo, level=level,
+        xtx_inv=tuple(tuple(float(v) for v in r) for r in np.linalg.inv(X.T @ X)),
+        sources=tuple(sorted(set(sources))),
+    )  # fmt: skip
