@@ -6,9 +6,12 @@ Run:  . .venv/bin/activate && PYTHONPATH=. python benchmarks/calibrate_laws.py  
 
 Procedure (``weights``: each data set counts once, each group once within its data set):
 
-1. Empirical Bayes for the ``alone`` candidate's annealing prior (means of B / loss and log C): minimise
-   the weighted mean squared relative error of the ``alone`` predictions over the calibration cases whose
-   remaining schedule anneals (cooldown settings and decaying schedules), Nelder-Mead over (log b, log C).
+1. Empirical Bayes for the ``alone`` candidate's annealing prior: minimise the weighted mean squared relative
+   error of the ``alone`` predictions over the calibration cases whose remaining schedule anneals (cooldown
+   settings and decaying schedules), Nelder-Mead over (log b, k, log C, log b_unknown): the mean of B / loss
+   is b * (peak LR / 1e-3) ** k for a curve with its real LRs (the gain of a cooldown grows with the LR it
+   anneals from: on the calibration runs the gain needed at peak 3e-3 is ~2.5x that at 1e-4), b_unknown for
+   one whose LR scale is unknown (Gemstone: normalised schedules); C shared.
 2. Every candidate (alone, same_size, sweep) on every case once; per candidate, Gaussian maximum likelihood
    of its relative errors e = truth / prediction - 1 under e ~ N(0, u^2 + backtest^2 + tau^2) (tau: the
    truth's own relative noise, nonzero for the training loss, the mean of its last 40 noisy points),
@@ -52,6 +55,7 @@ from scaling_train.laws import predict as pred_mod  # noqa: E402
 CONST_FILE = ROOT / "scaling_train" / "laws" / "_calibration.py"
 REPORT = ROOT / "benchmarks" / "results" / "prediction.md"
 ANNEALING_SETTINGS = ("cool", "gem_cool", "alone@25", "mp@25%", "mp@50%")
+LR_RANGE = (1e-4, 3e-3)  # set by calibrate(): the peak LRs of the calibration cases with a known LR
 
 
 def kind_of(c: Case) -> str:
@@ -76,12 +80,16 @@ def weights(cases: list[Case]) -> np.ndarray:
 
 
 def alone_prior(x) -> MultiPowerPrior:
+    """x = (log b_rel, b_lr_exponent, log C, log b_rel for curves of unknown LR)."""
     base = MultiPowerPrior()
     b = math.exp(x[0])
     return MultiPowerPrior(
-        theta=(base.theta[0], float(x[1]), base.theta[2], base.theta[3]),
+        theta=(base.theta[0], float(x[2]), base.theta[2], base.theta[3]),
         b_rel=b,
         b_rel_sd=b * base.b_rel_sd / base.b_rel,
+        b_lr_exponent=float(x[1]),
+        b_lr_range=LR_RANGE,
+        b_rel_unknown_lr=math.exp(x[3]),
     )
 
 
@@ -117,19 +125,27 @@ def calibrate(cases: list[Case], log) -> dict:
         e = np.array([c.truth / r["alone"][0] - 1 if "alone" in r else 0.0 for c, r in zip(ann, res)])
         return float(np.sum(wa * e**2))
 
+    global LR_RANGE
+    peaks = [float(c.target.lr.max()) for c in ann if c.target.lr_absolute]
+    LR_RANGE = (min(peaks), max(peaks))
     t0 = time.time()
     eb = minimize(
         loss_eb,
-        [math.log(0.04), -4.2],
+        [math.log(0.06), 0.2, -4.5, math.log(0.05)],
         method="Nelder-Mead",
-        options={"xatol": 0.03, "fatol": 1e-9, "maxiter": 40},
+        options={"xatol": 0.02, "fatol": 1e-9, "maxiter": 120},
     )
     prior = alone_prior(eb.x)
     log(
-        f"alone prior: b_rel = {prior.b_rel:.4f}, log C = {eb.x[1]:.3f} (weighted RMS rel err {math.sqrt(eb.fun):.3%}, "
-        f"{eb.nfev} evaluations, {time.time() - t0:.0f} s, {len(ann)} cases)"
+        f"alone prior: b_rel = {prior.b_rel:.4f} x (peak / 1e-3) ** {prior.b_lr_exponent:.3f} (peak clipped to "
+        f"[{LR_RANGE[0]:g}, {LR_RANGE[1]:g}]), unknown LR: {prior.b_rel_unknown_lr:.4f}, log C = {eb.x[2]:.3f} "
+        f"(weighted RMS rel err {math.sqrt(eb.fun):.3%}, {eb.nfev} evaluations, {time.time() - t0:.0f} s, "
+        f"{len(ann)} cases)"
     )
-    out = {"b_rel": prior.b_rel, "log_c": float(eb.x[1]), "interval": {}}
+    out = {
+        "b_rel": prior.b_rel, "b_lr_exponent": prior.b_lr_exponent, "b_lr_range": LR_RANGE,
+        "b_rel_unknown_lr": prior.b_rel_unknown_lr, "log_c": float(eb.x[2]), "interval": {},
+    }  # fmt: skip
     # 1b. empirical Bayes for the sweep model's prior mean of log a (the N exponent), on the before-start cases
     from scaling_train.laws import _calibration
 
@@ -276,6 +292,12 @@ def write_constants(c: dict) -> None:
         "",
         "# alone candidate: prior mean of the annealing amplitude B (fraction of the loss level), empirical Bayes",
         f"NO_REF_B_REL = {c['b_rel']:.6g}",
+        "# alone candidate: exponent of the peak LR in that prior mean (B_rel * (peak / 1e-3) ** k), empirical Bayes",
+        f"NO_REF_B_LR_EXPONENT = {c['b_lr_exponent']:.6g}",
+        "# alone candidate: the peak LRs the exponent was fitted on (a peak outside is clipped to them)",
+        f"NO_REF_B_LR_RANGE = ({c['b_lr_range'][0]:.6g}, {c['b_lr_range'][1]:.6g})",
+        "# alone candidate: prior mean of B / loss for a curve whose real LR is unknown, empirical Bayes",
+        f"NO_REF_B_REL_UNKNOWN_LR = {c['b_rel_unknown_lr']:.6g}",
         "# alone candidate: prior mean of log C (how fast the loss answers an LR drop), empirical Bayes",
         f"NO_REF_LOG_C = {c['log_c']:.6g}",
         "# sweep model: prior mean of log a, the exponent of N (empirical Bayes on before-start cases)",

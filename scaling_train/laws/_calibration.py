@@ -5,9 +5,15 @@ split: tests/laws/protocol.py; tests/laws/test_protocol.py checks that no held-o
 """
 
 # alone candidate: prior mean of the annealing amplitude B (fraction of the loss level), empirical Bayes
-NO_REF_B_REL = 0.0570693
+NO_REF_B_REL = 0.0655885
+# alone candidate: exponent of the peak LR in that prior mean (B_rel * (peak / 1e-3) ** k), empirical Bayes
+NO_REF_B_LR_EXPONENT = 0.359766
+# alone candidate: the peak LRs the exponent was fitted on (a peak outside is clipped to them)
+NO_REF_B_LR_RANGE = (0.0001, 0.005)
+# alone candidate: prior mean of B / loss for a curve whose real LR is unknown, empirical Bayes
+NO_REF_B_REL_UNKNOWN_LR = 0.0387047
 # alone candidate: prior mean of log C (how fast the loss answers an LR drop), empirical Bayes
-NO_REF_LOG_C = -4.67088
+NO_REF_LOG_C = -3.80012
 # sweep model: prior mean of log a, the exponent of N (empirical Bayes on before-start cases)
 SWEEP_LOG_A = -2.28952
 # sweep model: prior sd of a run's offset from the sweep law, relative to the loss (fixed, not fitted)
@@ -17,10 +23,10 @@ SIGMA_REF = 0.003
 # per candidate: s0, s1, r of the relative scale u; per interval key: q_lo, q_hi (quantiles of e / u);
 # blend: d, the weight of the candidates' disagreement
 INTERVAL = {
-    "alone": {"s0": 8.61352e-10, "s1": 0.00437809, "r": 0.211684, "q_lo": -3.53534, "q_hi": 3.73877},
-    "same_size": {"s0": 0.0016585, "s1": 0.00279693, "r": 0, "q_lo": -3.04778, "q_hi": 2.73249},
+    "alone": {"s0": 5.1227e-10, "s1": 0.00304554, "r": 0.109223, "q_lo": -3.73936, "q_hi": 4.14791},
+    "same_size": {"s0": 0.0016585, "s1": 0.00279693, "r": 0, "q_lo": -3.46836, "q_hi": 2.76386},
     "sweep": {"s0": 0.00386111, "s1": 0.00386111, "r": 0, "q_lo": -0.803425, "q_hi": 0.5},
-    "blend": {"d": 0.293689, "q_lo": -3.04778, "q_hi": 2.73249},
+    "blend": {"d": 0.447232, "q_lo": -3.46836, "q_hi": 2.76386},
 }
 CALIBRATION_GROUPS = (
     "gem/even/PyGemma-1024x28_pretrain",

@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import hashlib
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 import numpy as np
 from scipy.optimize import least_squares, nnls
@@ -43,6 +43,10 @@ class Curve:
     """Tokens per optimizer step (batch size x sequence length)."""
     batch_size: float | None = None
     """Sequences per optimizer step (informational; the batch enters the law through ``tokens_per_step``)."""
+    lr_absolute: bool = True
+    """Whether ``lr`` holds the real learning rates. False for a normalised shape (e.g. peak 1) whose real LR is
+    unknown: the ``alone`` prediction then takes the annealing prior calibrated on runs of unknown LR, since
+    how much a cooldown gains grows with the peak LR (``MultiPowerPrior.b_lr_exponent``)."""
 
     def __post_init__(self) -> None:
         steps = np.asarray(self.steps, dtype=np.float64).reshape(-1)
@@ -90,6 +94,7 @@ class Curve:
         return Curve(
             self.steps[keep], self.losses[keep], self.lr, self.name,
             n_params=self.n_params, tokens_per_step=self.tokens_per_step, batch_size=self.batch_size,
+            lr_absolute=self.lr_absolute,
         )  # fmt: skip
 
     def digest(self) -> str:
@@ -100,7 +105,7 @@ class Curve:
         h = hashlib.sha1()
         for a in (self.steps, self.losses, self.lr):
             h.update(np.ascontiguousarray(a).tobytes())
-        h.update(repr((self.n_params, self.tokens_per_step)).encode())
+        h.update(repr((self.n_params, self.tokens_per_step, self.lr_absolute)).encode())
         object.__setattr__(self, "_digest", h.hexdigest())
         return self.__dict__["_digest"]
 
@@ -249,19 +254,40 @@ class MultiPowerPrior:
     loss level: B ~ N(b_rel * loss_last, (b_rel_sd * loss_last)**2). The defaults are the generic weak
     regulariser of ``fit_multipower`` and of the with-references fit (weight 0.05; chosen by hand).
     Without references a constant-LR prefix cannot identify the annealing term and the prior decides it:
-    that case uses ``NO_REF_PRIOR``, whose B mean and log C mean are fitted on calibration curves
-    (empirical Bayes, ``benchmarks/calibrate_laws.py``, constants in ``_calibration.py``)."""
+    that case uses ``NO_REF_PRIOR``, whose constants are fitted on calibration curves (empirical Bayes,
+    ``benchmarks/calibrate_laws.py``, constants in ``_calibration.py``). There the B mean grows with the
+    run's peak LR: ``b_rel * (peak / b_lr_ref) ** b_lr_exponent``, the peak clipped to ``b_lr_range`` (the
+    LRs the exponent was fitted on); a curve whose LR scale is unknown (``Curve.lr_absolute`` False) takes
+    ``b_rel_unknown_lr`` (``b_rel`` when None). ``for_curve`` resolves both."""
 
     theta: tuple[float, float, float, float] = (np.log(0.5), np.log(2e-3), np.log(0.6), 0.5)
     theta_sd: tuple[float, float, float, float] = (0.7, 2.0, 0.7, 0.4)
     b_rel: float = 0.035
     b_rel_sd: float = 0.02
+    b_lr_exponent: float = 0.0
+    b_lr_ref: float = 1e-3
+    b_lr_range: tuple[float, float] = (1e-4, 3e-3)
+    b_rel_unknown_lr: float | None = None
+
+    def for_curve(self, curve: Curve) -> MultiPowerPrior:
+        """This prior with the B mean (and its sd, in proportion) resolved for ``curve``'s peak LR."""
+        if not curve.lr_absolute:
+            b = self.b_rel if self.b_rel_unknown_lr is None else self.b_rel_unknown_lr
+        elif self.b_lr_exponent == 0.0:
+            return self
+        else:
+            peak = float(np.clip(curve.lr.max(), *self.b_lr_range))
+            b = self.b_rel * (peak / self.b_lr_ref) ** self.b_lr_exponent
+        return replace(self, b_rel=b, b_rel_sd=self.b_rel_sd * b / self.b_rel, b_lr_exponent=0.0)
 
 
 NO_REF_PRIOR = MultiPowerPrior(
     theta=(np.log(0.5), _calibration.NO_REF_LOG_C, np.log(0.6), 0.5),
     b_rel=_calibration.NO_REF_B_REL,
     b_rel_sd=_calibration.NO_REF_B_REL * 0.02 / 0.035,
+    b_lr_exponent=_calibration.NO_REF_B_LR_EXPONENT,
+    b_lr_range=_calibration.NO_REF_B_LR_RANGE,
+    b_rel_unknown_lr=_calibration.NO_REF_B_REL_UNKNOWN_LR,
 )
 
 

@@ -283,6 +283,7 @@ def _alone(
 ):
     if n_t < 3:
         return None
+    prior = prior.for_curve(target)
     theta, coef, rmse = _fit([p], prior=prior, prior_weight=1.0, theta0=np.array(prior.theta))
     fit = _as_fit(theta, coef, rmse, 1, p.n_valid)
     ld = _ld_basis(p, np.array([T]), np.array([area_T]), fit.C, fit.beta, fit.gamma)[0]
