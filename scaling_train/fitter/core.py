@@ -11,7 +11,10 @@ Every prediction published for a running run is also appended to ``predictions.j
 loss, low, high, references, mode, time): the live record of how early the prediction was right. Per sweep, ``sweep_law.json``: Chinchilla
 ``L(N, D) = E + A / N**alpha + B / D**beta`` and the IsoFLOP optimum over (N, D, final loss) -- observed
 for finished runs, predicted for running ones -- and Kaplan's ``B_crit(L) = B_star / L**(1/alpha_B)``
-over (loss, gradient noise scale) pairs of all runs. Diverged runs (a non-finite loss) are marked and
+over (loss, gradient noise scale) pairs of all runs (``critical_batch``, ``of: gns_b_simple``), and the
+critical batch measured (batch sweeps, branches), calibrated against the noise scale and predicted at
+every run's predicted final loss (``cbs_measured``, ``cbs_calibration``, ``cbs_predicted``; the run's
+share in its ``predictions.json``; ``fitter/cbs.py``). Diverged runs (a non-finite loss) are marked and
 left out. The fitter's own offsets and compact rows live in ``SWEEP_DIR/.fitter_state.json`` so a
 restarted fitter continues where it stopped instead of re-reading every file.
 """
@@ -314,6 +317,7 @@ class SweepFitter:
                 if s > 0.2 * t.total_steps and b and lo and b > 0 and lo > 0 and math.isfinite(b):
                     bl.append(lo)
                     bb.append(b)
+        of = "gns_b_simple"  # a law of the noise scale; the critical batch itself is cbs_* below
         try:
             f = fit_critical_batch(np.array(bl), np.array(bb))
             out["critical_batch"] = {
@@ -321,17 +325,29 @@ class SweepFitter:
                 "alpha_B": f.alpha_B,
                 "rmse_log": f.rmse_log,
                 "n_points": len(bl),
+                "of": of,
             }
         except (ValueError, RuntimeError, FloatingPointError) as e:
-            out["critical_batch"] = {"error": str(e), "n_points": len(bl)}
+            out["critical_batch"] = {"error": str(e), "n_points": len(bl), "of": of}
+        from scaling_train.fitter.cbs import critical_batch_block  # measured, calibrated, predicted
+
+        out.update(critical_batch_block(self.tails, self.predictions, out["critical_batch"]))
         from scaling_train.fitter.tasks import fit_task_laws  # task laws from the evals' row scalars
 
         out["tasks"] = fit_task_laws(self.tails, self.predictions)
         return out
 
     def write_law(self) -> dict[str, Any]:
+        from scaling_train.fitter.cbs import run_fields
+
         law = self.law()
         write_json_atomic(self.sweep_dir / "sweep_law.json", law)
+        # each run's critical batch in its predictions.json: noise scale, measured, predicted
+        for name, pred in self.predictions.items():
+            t = self.tails.get(name)
+            if t is not None:
+                pred.update(run_fields(name, t, law))
+                write_json_atomic(t.run_dir / "predictions.json", pred)
         return law
 
     # -------------------------------------------------------------- loop

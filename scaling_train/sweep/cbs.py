@@ -44,7 +44,6 @@ from typing import Any
 import numpy as np
 import yaml
 
-from scaling_train._io import atomic_write
 from scaling_train.config import ConfigError, deep_merge, from_dict, parse_overrides
 from scaling_train.metrics.jsonl import read_jsonl
 from scaling_train.sweep import state
@@ -178,8 +177,7 @@ def run_branches(plan: Plan, *, backend: str = "local", say=print) -> int:
     from scaling_train.sweep import backends
 
     rc = backends.BACKENDS[backend](plan, say=say)
-    parent = plan.sweep_dir.parent
-    write_results(parent)
+    write_results(plan.sweep_dir.parent)
     return rc
 
 
@@ -390,13 +388,12 @@ def critical_from_branches(
 
 
 def write_results(run_dir: str | Path) -> dict[str, Any]:
+    """``measure`` -> ``RUN/cbs/cbs.json``, atomically (an open-ended ``high`` is written "inf")."""
+    from scaling_train.fitter.core import write_json_atomic
+
     res = measure(run_dir)
-    atomic_write(Path(run_dir) / CBS_DIR / RESULTS, json.dumps(res, indent=1, default=_json_default))
+    write_json_atomic(Path(run_dir) / CBS_DIR / RESULTS, res)
     return res
-
-
-def _json_default(o: Any) -> Any:
-    return float(o) if isinstance(o, np.floating) else str(o)
 
 
 def describe_results(res: dict[str, Any]) -> str:
@@ -449,7 +446,7 @@ def _cmd_cbs(args: argparse.Namespace) -> int:
         print(backends.dry_run_text(plan, backend))
         return 0
     rc = run_branches(plan, backend=backend)
-    print(describe_results(json.loads((plan.sweep_dir / RESULTS).read_text())))
+    print(describe_results(write_results(plan.sweep_dir.parent)))
     print(f"[cbs] results: {plan.sweep_dir / RESULTS}")
     return rc
 

@@ -1,0 +1,197 @@
+"""The critical batch in the fitter: measured, calibrated, predicted (issue 14; docs/cbs.md).
+
+Every number says what it is:
+
+* ``gns_b_simple``: the simple noise scale ``tr(Sigma) / |G|^2`` the runs log (tokens); its Kaplan law
+  ``B_simple(L)`` is ``sweep_law.json: critical_batch`` (``of: gns_b_simple``);
+* ``cbs_measured``: critical batches measured directly, ``source: batch_sweep`` (runs of one size at
+  >= 3 batch sizes: ``laws.batch_sweeps_from_curves`` + ``fit_batch_sweep``, B_crit = B_noise at
+  several target losses) or ``source: branches`` (``RUN/cbs/cbs.json`` of ``scaling-train cbs``);
+* ``cbs_predicted``: ``laws.fit_cbs_calibration`` of measured / B_simple over every bounded measurement
+  (along and across runs), times ``B_simple(L)`` at each run's predicted final loss, with a 90% interval.
+
+All batches here are in tokens (sequences x seq_len); ``*_sequences`` fields give sequences.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from collections.abc import Mapping
+from typing import Any
+
+import numpy as np
+
+from scaling_train.fitter.tail import RunTail
+
+Z90 = 1.6448536269514722  # a 90% interval spans +-Z90 sd in log: its own log-sd = log(high / low) / (2 Z90)
+
+
+def _seq_len(t: RunTail) -> int | None:
+    v = ((t.config or {}).get("model") or {}).get("seq_len")
+    return int(v) if v else None
+
+
+def _batch(t: RunTail) -> int | None:
+    v = ((t.config or {}).get("train") or {}).get("batch_size")
+    return int(v) if v else None
+
+
+def _gns_near(t: RunTail, step: float) -> float | None:
+    have = [
+        (abs(s - step), r["gns_b_simple"])
+        for s, r in t.rows.items()
+        if math.isfinite(r.get("gns_b_simple", math.nan)) and r.get("gns_b_simple", 0) > 0
+    ]
+    return float(min(have)[1]) if have else None
+
+
+def batch_sweep_measurements(tails: Mapping[str, RunTail]) -> tuple[list[dict[str, Any]], list[str]]:
+    """``cbs_measured`` of ``source: batch_sweep`` from the finished runs that differ only in batch size
+    (same N, seed, seq_len and peak LR); (measurements, notes on groups that could not be measured)."""
+    from scaling_train.laws import batch_sweeps_from_curves, fit_batch_sweep
+
+    groups: dict[tuple, list[RunTail]] = {}
+    for t in tails.values():
+        if not t.done or t.diverged_at is not None or not t.n_params or not _batch(t) or not _seq_len(t):
+            continue
+        lr = ((t.config or {}).get("optim") or {}).get("lr")
+        groups.setdefault((t.n_params, (t.config or {}).get("seed"), _seq_len(t), lr), []).append(t)
+    out, notes = [], []
+    for (n, _seed, seq, _lr), runs in sorted(groups.items(), key=lambda kv: kv[0][0]):
+        by_b = {_batch(t): t for t in runs}
+        if len(by_b) < 3:
+            continue
+        curves = {
+            b: (
+                np.array(sorted(t.rows), dtype=np.float64),
+                np.array([t.rows[s]["loss"] for s in sorted(t.rows)]),
+            )
+            for b, t in by_b.items()
+        }
+        try:
+            sweeps = batch_sweeps_from_curves(curves, n_params=n, seq_len=seq)
+        except ValueError as e:
+            notes.append(f"N={n:.3g}: {e}")
+            continue
+        for sw in sweeps:
+            try:
+                f = fit_batch_sweep(sw)
+            except ValueError as e:
+                notes.append(f"N={n:.3g} L={sw.target_loss:.4g}: {e}")
+                continue
+            gns = [_gns_near(by_b[int(b)], s) for b, s in zip(sw.batch_sizes, sw.steps)]
+            gns = [g for g in gns if g is not None]
+            out.append(
+                {"source": "batch_sweep", "n_params": n, "loss": sw.target_loss,
+                 "value": f.B_crit * seq, "low": f.B_crit_low * seq, "high": f.B_crit_high * seq,
+                 "value_sequences": f.B_crit, "bounded": bool(f.bounded), "S_min": f.S_min, "E_min": f.E_min,
+                 "B_20_sequences": f.B_20, "batch_sizes": list(sw.batch_sizes), "steps": list(sw.steps),
+                 "gns_b_simple": float(np.median(gns)) if gns else None,
+                 "runs": sorted(by_b[int(b)].name for b in sw.batch_sizes)}
+            )  # fmt: skip
+    return out, notes
+
+
+def branch_measurements(tails: Mapping[str, RunTail]) -> list[dict[str, Any]]:
+    """``cbs_measured`` of ``source: branches`` from each run's ``cbs/cbs.json`` (the run folder contract)."""
+    out = []
+    for name, t in sorted(tails.items()):
+        path = t.run_dir / "cbs" / "cbs.json"
+        try:
+            res = json.loads(path.read_text())
+        except (OSError, ValueError):
+            continue
+        for m in res.get("measurements", []):
+            c = m.get("cbs_measured")
+            if not c or m.get("loss") is None:
+                continue
+            out.append(
+                {"source": "branches", "run": name, "n_params": t.n_params, "step": m["step"],
+                 "loss": m["loss"], "value": float(c["tokens"]), "low": float(c["low_tokens"]),
+                 "high": float(c["high_tokens"]), "value_sequences": float(c["value"]),
+                 "bounded": float(c["low"]) > 0 and math.isfinite(float(c["high"])),
+                 "gns_b_simple": m.get("gns_b_simple"), "lr_rule": m.get("lr_rule"),
+                 "branch_tokens": m.get("tokens"), "cost": m.get("cost")}
+            )  # fmt: skip
+    return out
+
+
+def critical_batch_block(
+    tails: Mapping[str, RunTail], predictions: Mapping[str, dict[str, Any]], gns_law: dict[str, Any] | None
+) -> dict[str, Any]:
+    """``sweep_law.json``'s ``cbs_measured``, ``cbs_calibration`` and ``cbs_predicted`` (see the module)."""
+    from scaling_train.laws import CriticalBatchFit, fit_cbs_calibration
+
+    sweep_m, notes = batch_sweep_measurements(tails)
+    measured = sweep_m + branch_measurements(tails)
+    out: dict[str, Any] = {"cbs_measured": measured, "cbs_notes": notes}
+    use = [
+        m for m in measured
+        if m["bounded"] and m.get("gns_b_simple") and m["gns_b_simple"] > 0 and m["value"] > 0
+    ]  # fmt: skip
+    if not use:
+        out["cbs_calibration"] = {
+            "error": f"{len(measured)} measured critical batches, none bounded with a noise scale at its loss "
+            "(branches: scaling-train cbs or a spec cbs block; batch sweeps: grid.batch_sizes)"
+        }
+        return out
+    sd = [math.log(m["high"] / m["low"]) / (2 * Z90) for m in use]
+    try:
+        cal = fit_cbs_calibration(
+            [m["loss"] for m in use], [m["value"] for m in use], [m["gns_b_simple"] for m in use],
+            measured_sd_log=sd, sources=[m["source"] for m in use],
+        )  # fmt: skip
+    except ValueError as e:
+        out["cbs_calibration"] = {"error": str(e), "n_points": len(use)}
+        return out
+    out["cbs_calibration"] = {
+        "law": "log(cbs_measured / gns_b_simple) = c0 + c1 log(L / l_ref)" if cal.form == "loss"
+        else "log(cbs_measured / gns_b_simple) = c0",
+        "form": cal.form, "coef": list(cal.coef), "l_ref": cal.l_ref, "sigma_log": cal.sigma_log,
+        "loo_rmse": cal.loo_rmse, "n_points": cal.n_points, "sources": list(cal.sources), "level": cal.level,
+    }  # fmt: skip
+    if not gns_law or "B_star" not in gns_law:
+        out["cbs_predicted"] = {"error": "no B_simple(L) law (sweep_law.json critical_batch) to extrapolate"}
+        return out
+    law = CriticalBatchFit(gns_law["B_star"], gns_law["alpha_B"], gns_law["rmse_log"])
+
+    def at(loss: float) -> dict[str, Any]:
+        p = cal.predict(loss=loss, b_simple=float(law.predict(loss)), b_simple_sd_log=law.rmse_log)
+        return {"loss": loss, "value": p.value, "low": p.low, "high": p.high, "ratio": p.ratio,
+                "gns_b_simple": p.b_simple, "level": p.level, "source": p.source, "unit": "tokens"}  # fmt: skip
+
+    runs = {}
+    for name, p in predictions.items():
+        lo = p.get("loss")
+        if lo is not None and math.isfinite(lo) and lo > 0:
+            runs[name] = {
+                **at(float(lo)),
+                "at": "final loss" if p.get("status") == "done" else "predicted final loss",
+            }
+    losses = [m["loss"] for m in measured] + [r["loss"] for r in runs.values()]
+    grid = np.geomspace(min(losses) * 0.97, max(losses) * 1.03, 40) if losses else np.zeros(0)
+    curve = [at(float(x)) for x in grid]
+    out["cbs_predicted"] = {
+        "source": curve[0]["source"] if curve else None, "runs": runs,
+        "curve": {k: [c[k] for c in curve] for k in ("loss", "value", "low", "high")},
+    }  # fmt: skip
+    return out
+
+
+def run_fields(name: str, t: RunTail, block: dict[str, Any]) -> dict[str, Any]:
+    """The critical-batch fields of one run's ``predictions.json``."""
+    last = [t.rows[s]["gns_b_simple"] for s in sorted(t.rows) if "gns_b_simple" in t.rows[s]]
+    out: dict[str, Any] = {
+        "gns_b_simple": last[-1] if last else None,
+        "cbs_measured": [
+            m for m in block.get("cbs_measured", []) if m.get("run") == name or name in m.get("runs", [])
+        ],
+    }
+    pred = (block.get("cbs_predicted") or {}).get("runs", {}).get(name)
+    out["cbs_predicted"] = (
+        pred
+        if pred is not None
+        else (block.get("cbs_predicted") or block.get("cbs_calibration") or {}).get("error")
+    )
+    return out
