@@ -342,24 +342,76 @@ def noise_scale(sweep: SweepData, an: Analysis) -> Figure:
     lo, bs = an.gns_points
     ax = axes[1]
     if len(lo):
-        ax.scatter(lo, bs, s=8, alpha=0.5, c="tab:blue", label=f"(loss, B_simple), {len(lo)} rows")
+        ax.scatter(lo, bs, s=6, alpha=0.35, c="tab:blue", label=f"gns_b_simple (noise scale), {len(lo)} rows")
     f = an.critical_batch
     if f is not None:
         xs = np.geomspace(lo.min() * 0.95, lo.max() * 1.05, 50)
-        ax.plot(xs, f.predict(xs), "r-", label=f"B_crit = {f.B_star:.3g} / L^(1/{f.alpha_B:.3g})")
+        ax.plot(xs, f.predict(xs), "b--", lw=1, label=f"B_simple law {f.B_star:.3g} / L^(1/{f.alpha_B:.3g})")
     else:
-        ax.text(0.5, 0.97, "no B_crit fit (see caption)", transform=ax.transAxes, ha="center", va="top",
+        ax.text(0.5, 0.97, "no B_simple(L) fit (see caption)", transform=ax.transAxes, ha="center", va="top",
                 fontsize=8, color="firebrick")  # fmt: skip
+    cap_cbs = _draw_cbs(ax, sweep.law or {})
     ax.set_xscale("log")
     ax.set_yscale("log")
     ax.set_xlabel("training loss (nats/token)")
-    ax.set_ylabel("critical batch (tokens)")
-    ax.set_title("B_crit(L) fit (rows past 20% of each run)")
+    ax.set_ylabel("batch (tokens)")
+    ax.set_title("noise scale, measured and predicted critical batch vs loss")
     ax.legend(fontsize=7)
-    cap = "B_simple = tr(Σ)/|G|² in tokens, from the gradient-noise-scale probe; the fit is Kaplan et al.'s B_crit(L)."
+    cap = (
+        "gns_b_simple = tr(Σ)/|G|² in tokens from the gradient-noise-scale probe, with Kaplan et al.'s law "
+        "B_simple(L) through it (rows past 20% of each run); it is not the critical batch. " + cap_cbs
+    )
     if an.laws[2].error:
-        cap += f" B_crit not fitted: {an.laws[2].error}."
+        cap += f" B_simple(L) not fitted: {an.laws[2].error}."
     return Figure("gns", "Gradient noise scale and the critical batch size", _png(fig), cap)
+
+
+def _draw_cbs(ax, law: dict) -> str:
+    """cbs_measured (batch sweeps: squares, branches: triangles, 90% intervals as bars; an open end as an
+    arrow) and cbs_predicted (the calibrated law with its band) from sweep_law.json; returns the caption."""
+    measured = law.get("cbs_measured") or []
+    for src, marker, color in (("batch_sweep", "s", "tab:green"), ("branches", "^", "tab:orange")):
+        ms = [m for m in measured if m.get("source") == src]
+        if not ms:
+            continue
+        x = np.array([m["loss"] for m in ms], dtype=float)
+        v = np.array([float(m["value"]) for m in ms])
+        lo = np.array([float(m["low"]) for m in ms])
+        hi = np.array([float(m["high"]) for m in ms])
+        top = np.where(np.isfinite(hi), hi, v * 4)  # open-ended: drawn to 4x with an arrow
+        ax.errorbar(x, v, yerr=[v - np.clip(lo, v * 1e-3, v), top - v], fmt=marker, color=color, ms=5, capsize=2,
+                    lw=1, label=f"cbs_measured ({src}), {len(ms)}")  # fmt: skip
+        for xi, ti, hf in zip(x, top, np.isfinite(hi)):
+            if not hf:
+                ax.annotate(
+                    "", xy=(xi, ti * 1.5), xytext=(xi, ti), arrowprops={"arrowstyle": "->", "color": color}
+                )
+    pred = law.get("cbs_predicted") or {}
+    curve = pred.get("curve") or {}
+    if curve.get("loss"):
+        x = np.asarray(curve["loss"], dtype=float)
+        ax.plot(x, curve["value"], "r-", lw=1.5, label="cbs_predicted (calibrated noise scale)")
+        ax.fill_between(x, curve["low"], curve["high"], color="red", alpha=0.12, lw=0, label="90% interval")
+        runs = pred.get("runs") or {}
+        if runs:
+            ax.scatter([r["loss"] for r in runs.values()], [r["value"] for r in runs.values()], marker="x",
+                       c="darkred", s=25, label="cbs_predicted at each run's (predicted) final loss")  # fmt: skip
+    cal = law.get("cbs_calibration") or {}
+    if not measured:
+        return "No measured critical batch yet (scaling-train cbs, a spec cbs block, or grid.batch_sizes)."
+    if "error" in cal:
+        return f"{len(measured)} measured critical batches; no calibration: {cal['error']}."
+    c = cal.get("coef") or []
+    law_txt = (
+        f"ratio = {np.exp(c[0]):.3g} (L / {cal['l_ref']:.3g})^{c[1]:.2f}" if cal.get("form") == "loss" and len(c) > 1
+        else f"ratio = {np.exp(c[0]):.3g}" if c else "?"
+    )  # fmt: skip
+    return (
+        f"cbs_measured: {len(measured)} critical batches measured directly (batch sweeps: B_noise of "
+        "S(B) = S_min (1 + B_noise/B); branches: scaling-train cbs), 90% intervals. cbs_predicted = "
+        f"ratio(L) x B_simple(L), the ratio measured / gns_b_simple fitted on {cal.get('n_points')} "
+        f"measurements ({', '.join(cal.get('sources', []))}): {law_txt}, log-sd {cal.get('sigma_log', 0):.2f}."
+    )
 
 
 # ----------------------------------------------------------------------------------- samples

@@ -86,6 +86,13 @@ def test_fitter_measures_calibrates_and_predicts_the_critical_batch(tmp_path):
     assert one["gns_b_simple"] > 0 and one["cbs_predicted"]["value"] > 0
     assert {m["source"] for m in one["cbs_measured"]} == {"batch_sweep", "branches"}
 
+    # the report draws the three against loss and says what each is
+    from scaling_train.report import write_report
+
+    html = write_report(sweep, n_bootstrap=0).read_text()
+    assert "cbs_measured: 5 critical batches measured directly" in html
+    assert "cbs_predicted = ratio(L) x B_simple(L)" in html and "it is not the critical batch" in html
+
 
 def test_fitter_says_why_there_is_no_calibration(tmp_path):
     rng = np.random.default_rng(1)
