@@ -2,7 +2,8 @@
 
 Every number says what it is:
 
-* ``gns_b_simple``: the simple noise scale ``tr(Sigma) / |G|^2`` the runs log (tokens); its Kaplan law
+* ``gns_b_simple``: the simple noise scale ``tr(Sigma) / |G|^2`` the runs log (tokens; at a measurement,
+  pooled over the rows around it: ``pooled_b_simple``); its Kaplan law
   ``B_simple(L)`` is ``sweep_law.json: critical_batch`` (``of: gns_b_simple``);
 * ``cbs_measured``: critical batches measured directly, ``source: batch_sweep`` (runs of one size at
   >= 3 batch sizes: ``laws.batch_sweeps_from_curves`` + ``fit_batch_sweep``, B_crit = B_noise at
@@ -37,13 +38,32 @@ def _batch(t: RunTail) -> int | None:
     return int(v) if v else None
 
 
-def _gns_near(t: RunTail, step: float) -> float | None:
-    have = [
-        (abs(s - step), r["gns_b_simple"])
-        for s, r in t.rows.items()
-        if math.isfinite(r.get("gns_b_simple", math.nan)) and r.get("gns_b_simple", 0) > 0
-    ]
-    return float(min(have)[1]) if have else None
+def pooled_b_simple(rows: list[Mapping[str, Any]]) -> float | None:
+    """``B_simple`` of a set of metrics rows: the mean of their ``gns_trace_sigma`` over the mean of their
+    ``gns_g2`` (a ratio of means; each row's own ratio is heavy-tailed, often negative or nan at small
+    batches, where |G|^2 is estimated from a few sequences); the median of the positive ``gns_b_simple``
+    when the components are absent; None when nothing usable (or the pooled |G|^2 is not positive)."""
+
+    def num(v: Any) -> float:
+        try:
+            return float(v)
+        except (TypeError, ValueError):
+            return math.nan
+
+    tr = [num(r.get("gns_trace_sigma")) for r in rows]
+    g2 = [num(r.get("gns_g2")) for r in rows]
+    ok = [(a, b) for a, b in zip(tr, g2) if math.isfinite(a) and math.isfinite(b)]
+    if ok:
+        s_tr, s_g2 = sum(a for a, _ in ok), sum(b for _, b in ok)
+        return s_tr / s_g2 if s_g2 > 0 and s_tr > 0 else None
+    bs = [num(r.get("gns_b_simple")) for r in rows]
+    bs = [b for b in bs if math.isfinite(b) and b > 0]
+    return float(np.median(bs)) if bs else None
+
+
+def _rows_near(t: RunTail, step: float, spread: float = 1.25) -> list[dict[str, float]]:
+    """The run's rows within a factor ``spread`` of ``step``."""
+    return [r for s, r in t.rows.items() if step / spread <= s <= step * spread]
 
 
 def batch_sweep_measurements(tails: Mapping[str, RunTail]) -> tuple[list[dict[str, Any]], list[str]]:
@@ -80,14 +100,16 @@ def batch_sweep_measurements(tails: Mapping[str, RunTail]) -> tuple[list[dict[st
             except ValueError as e:
                 notes.append(f"N={n:.3g} L={sw.target_loss:.4g}: {e}")
                 continue
-            gns = [_gns_near(by_b[int(b)], s) for b, s in zip(sw.batch_sizes, sw.steps)]
-            gns = [g for g in gns if g is not None]
+            # B_simple at the target: pooled over every batch size's rows around its crossing (the noise
+            # scale is a property of the loss landscape there, not of the batch that measures it)
+            near = [r for b, s in zip(sw.batch_sizes, sw.steps) for r in _rows_near(by_b[int(b)], s)]
+            gns = pooled_b_simple(near)
             out.append(
                 {"source": "batch_sweep", "n_params": n, "loss": sw.target_loss,
                  "value": f.B_crit * seq, "low": f.B_crit_low * seq, "high": f.B_crit_high * seq,
                  "value_sequences": f.B_crit, "bounded": bool(f.bounded), "S_min": f.S_min, "E_min": f.E_min,
                  "B_20_sequences": f.B_20, "batch_sizes": list(sw.batch_sizes), "steps": list(sw.steps),
-                 "gns_b_simple": float(np.median(gns)) if gns else None,
+                 "gns_b_simple": gns,
                  "runs": sorted(by_b[int(b)].name for b in sw.batch_sizes)}
             )  # fmt: skip
     return out, notes

@@ -19,7 +19,7 @@ from scaling_train.metrics.jsonl import read_jsonl
 SIG_BYTES = 64
 """Bytes before the offset remembered to detect a rewritten file (the tail of the last line read)."""
 
-KEEP = ("tokens", "loss", "eval_loss", "gns_b_simple", "lr")
+KEEP = ("tokens", "loss", "eval_loss", "gns_b_simple", "gns_g2", "gns_trace_sigma", "lr")
 """Row fields the fitter keeps (compact: rows of a long run stay small in memory and in the state file)."""
 
 

@@ -22,7 +22,7 @@ folders every time, so a rerun or a resumed branch is never counted twice):
 
     {"run", "seq_len", "batch_size", "total_steps", "updated",
      "measurements": [{"step", "parent_steps", "tokens", "lr_rule", "window": [a, b], "loss", "noise_se",
-                       "tolerance", "gns_b_simple" (tokens, the parent's row nearest the window),
+                       "tolerance", "gns_b_simple" (tokens, pooled over the parent's rows of the branch span),
                        "branches": [{"factor", "batch_size", "lr_scale", "loss", "penalty", "ok",
                                      "eval_loss", "run", "time_s"}],
                        "pending": [names not DONE],
@@ -45,6 +45,7 @@ import numpy as np
 import yaml
 
 from scaling_train.config import ConfigError, deep_merge, from_dict, parse_overrides
+from scaling_train.fitter.cbs import pooled_b_simple
 from scaling_train.metrics.jsonl import read_jsonl
 from scaling_train.sweep import state
 from scaling_train.sweep.plan import (
@@ -279,12 +280,6 @@ def _time_s(run_dir: Path) -> float:
     return float(sum(max(0.0, a.get("end", 0) - a.get("start", 0)) for a in state.attempts(run_dir)))
 
 
-def _nearest(rows: dict[int, dict[str, Any]], step: float, key: str) -> float | None:
-    have = [(abs(s - step), r[key]) for s, r in rows.items() if isinstance(r.get(key), (int, float))]
-    have = [(d, v) for d, v in have if math.isfinite(v) and v > 0]
-    return float(min(have)[1]) if have else None
-
-
 def measure(run_dir: str | Path) -> dict[str, Any]:
     """Every branch measurement of ``run_dir`` from its ``cbs/`` folders (see the module docstring)."""
     run_dir = Path(run_dir).resolve()
@@ -323,7 +318,7 @@ def measure(run_dir: str | Path) -> dict[str, Any]:
         m: dict[str, Any] = {
             "step": s, "parent_steps": n, "tokens": n * tps, "lr_rule": rule, "window": [a, b],
             "loss": main, "loss_at_step": (rows.get(s) or {}).get("loss"), "noise_se": se, "tolerance": tol,
-            "gns_b_simple": _nearest(rows, (a + b) / 2, "gns_b_simple"), "branches": [], "pending": [],
+            "gns_b_simple": pooled_b_simple([r for t, r in rows.items() if s < t <= b]), "branches": [], "pending": [],
         }  # fmt: skip
         btime = 0.0
         for it in sorted(items, key=lambda x: x["factor"]):

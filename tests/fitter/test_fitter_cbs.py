@@ -102,3 +102,19 @@ def test_fitter_says_why_there_is_no_calibration(tmp_path):
     assert law["cbs_measured"] == [] and "none bounded" in law["cbs_calibration"]["error"]
     one = json.loads(next((tmp_path / "s").glob("*/predictions.json")).read_text())
     assert "none bounded" in one["cbs_predicted"]
+
+
+def test_pooled_b_simple_is_a_ratio_of_means():
+    """Rows whose own ratios are negative or huge (|G|^2 from a few sequences) still pool to tr / |G|^2."""
+    from scaling_train.fitter.cbs import pooled_b_simple
+
+    rng = np.random.default_rng(0)
+    g2 = 1.0 + rng.normal(0, 1.0, 400)  # true |G|^2 = 1, single-row estimates often <= 0
+    tr = 500.0 + rng.normal(0, 50.0, 400)  # true tr(Sigma) = 500
+    rows = [
+        {"gns_g2": float(a), "gns_trace_sigma": float(b), "gns_b_simple": float(b / a)}
+        for a, b in zip(g2, tr)
+    ]
+    assert pooled_b_simple(rows) == pytest.approx(500.0, rel=0.15)
+    assert pooled_b_simple([{"gns_b_simple": 3.0}, {"gns_b_simple": "nan"}, {"gns_b_simple": 5.0}]) == 4.0
+    assert pooled_b_simple([{"gns_g2": -1.0, "gns_trace_sigma": 5.0}]) is None and pooled_b_simple([]) is None
