@@ -59,7 +59,6 @@ def test_named_configs_exist():
 
 
 if __name__ == "__main__" and "--fix" in sys.argv:
-    sys.path.insert(0, str(REPO))
     text = (REPO / "README.md").read_text()
     head, rest = text.split(START)
     _, tail = rest.split(END)

@@ -5,8 +5,7 @@ import pytest
 
 from scaling_train.data import DataConfig, batch_indices, prepare
 from scaling_train.data import corpus as corpus_mod
-
-from ..conftest import TINY_MAX_BYTES
+from tests.fixtures.runs import TINY_MAX_BYTES
 
 
 def test_builtin_corpus_is_deterministic_and_stdlib():

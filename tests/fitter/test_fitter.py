@@ -15,7 +15,7 @@ import pytest
 
 from scaling_train.fitter.core import SweepFitter
 from scaling_train.metrics.jsonl import read_jsonl
-from tests.metrics.helpers import cli, overrides, run_config, train
+from tests.fixtures.training import cli, overrides, run_config, train
 
 
 @pytest.fixture(scope="module")

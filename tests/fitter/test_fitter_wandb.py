@@ -13,8 +13,7 @@ pytest.importorskip("wandb")
 
 from scaling_train.metrics.jsonl import read_jsonl  # noqa: E402
 from scaling_train.metrics.wandb_sink import read_wandb_records  # noqa: E402
-from tests.metrics.helpers import cli, run_config, train  # noqa: E402
-from tests.metrics.test_wandb import _history  # noqa: E402
+from tests.fixtures.training import cli, history_rows, run_config, train  # noqa: E402
 
 
 @pytest.fixture(scope="module")
@@ -72,7 +71,7 @@ def test_fitter_logs_predictions_and_laws_to_wandb(wb_sweep, tmp_path, monkeypat
         if r.WhichOneof("record_type") == "metric"
     }
     assert metrics.get("*") == "fit/hours"
-    hist = _history(recs)
+    hist = history_rows(recs)
     first = hist[0]
     pred = json.loads((part / "predictions.json").read_text())
     assert first["pred/partial/loss"] == pytest.approx(pred["loss"])
@@ -90,7 +89,7 @@ def test_fitter_logs_predictions_and_laws_to_wandb(wb_sweep, tmp_path, monkeypat
     assert json.loads((sw / "wandb_fitter.json").read_text())["id"] == run_id
     files, recs = _fitter_records(sw, run_id)
     assert len(files) == 2  # a second offline segment of the same run id
-    last = _history(recs)[-1]
+    last = history_rows(recs)[-1]
     assert last["pred/partial/observed"] == 1 and last["pred/partial/loss"] == pytest.approx(rows[-1]["loss"])
 
 

@@ -1,7 +1,7 @@
 """A hand-written accelerate loop with ``ScalingLawTracker.watch``, for the accelerate tests.
 
-    python accelerate_script.py RUN_DIR                                   # one process, 2 micro-batches of 4
-    python -m torch.distributed.run --nproc_per_node 2 accelerate_script.py RUN_DIR   # 2 ranks x 4 (gloo)
+    PYTHONPATH=. python tests/integrations/accelerate_script.py RUN_DIR   # one process, 2 micro-batches of 4
+    PYTHONPATH=. python -m torch.distributed.run --nproc_per_node 2 tests/integrations/accelerate_script.py RUN_DIR   # 2 ranks x 4 (gloo)
 
 Both see the same 8 sequences per step (no shuffling, no dropout). The one-process run also writes the
 squared gradient norms it measures itself (``manual.json``: first micro-batch x accum^2, whole step).
@@ -13,13 +13,13 @@ import json
 import os
 import sys
 
-import tiny_gpt2  # this folder (the script's own)
 import torch
 from accelerate import Accelerator, PartialState
 
 from scaling_train.integrations import ScalingLawTracker
 from scaling_train.integrations.meta import count_params
 from scaling_train.train.backend import leave_and_exit
+from tests.integrations import tiny_gpt2
 
 STEPS = 8
 

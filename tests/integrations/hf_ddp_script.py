@@ -1,7 +1,7 @@
 """A stock transformers Trainer with only ``ScalingLawCallback``, for the DDP test.
 
-    python hf_ddp_script.py RUN_DIR                                   # one process, 2 micro-batches of 4
-    python -m torch.distributed.run --nproc_per_node 2 hf_ddp_script.py RUN_DIR   # 2 ranks x 4, gloo
+    PYTHONPATH=. python tests/integrations/hf_ddp_script.py RUN_DIR   # one process, 2 micro-batches of 4
+    PYTHONPATH=. python -m torch.distributed.run --nproc_per_node 2 tests/integrations/hf_ddp_script.py RUN_DIR   # 2 ranks x 4, gloo
 
 Both see the same 8 sequences per step; the model has no dropout, so the gradients agree.
 """
@@ -11,11 +11,11 @@ from __future__ import annotations
 import os
 import sys
 
-import tiny_gpt2  # this folder (the script's own)
 import transformers
 
 from scaling_train.integrations import ScalingLawCallback
 from scaling_train.train.backend import leave_and_exit
+from tests.integrations import tiny_gpt2
 
 
 def main(run_dir: str) -> None:

@@ -127,7 +127,7 @@ def test_rows_mirrored_to_accelerates_wandb_run(tmp_path, monkeypatch):
     """log_with=["wandb", tracker] (offline): our rows also land in accelerate's W&B run as scaling/* at
     the same steps (read back with wandb's own records)."""
     pytest.importorskip("wandb")
-    from tests.metrics.helpers import fresh_offline_wandb, wandb_history
+    from tests.fixtures.training import fresh_offline_wandb, wandb_history
 
     fresh_offline_wandb(monkeypatch, tmp_path)
     T = 12

@@ -182,7 +182,7 @@ def test_rows_mirrored_to_the_trainers_wandb_run(tmp_path, monkeypatch):
     """report_to="wandb" (offline): our rows also land in HF's W&B run as scaling/* against
     train/global_step (read back with wandb's own records)."""
     wandb = pytest.importorskip("wandb")
-    from tests.metrics.helpers import fresh_offline_wandb, wandb_history
+    from tests.fixtures.training import fresh_offline_wandb, wandb_history
 
     fresh_offline_wandb(monkeypatch, tmp_path)
     run_dir = tmp_path / "run"

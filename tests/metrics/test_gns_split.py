@@ -7,7 +7,7 @@ import torch
 
 from scaling_train.metrics.gns import AccumGNSProbe, NoiseScaleTracker
 from scaling_train.metrics.jsonl import read_jsonl
-from tests.metrics.helpers import run_config, train
+from tests.fixtures.training import run_config, train
 
 
 def _flat_grad(loss: torch.Tensor, params: list[torch.Tensor]) -> torch.Tensor:

@@ -12,7 +12,7 @@ from scaling_train.metrics.jsonl import read_jsonl
 from scaling_train.metrics.stats import TokenStats
 from scaling_train.metrics.stream import MetricsStream
 from scaling_train.ops import linear_cross_entropy
-from tests.tolerances import sum_rtol
+from tests.fixtures.tolerances import sum_rtol
 
 
 def test_token_stats_match_reference():

@@ -5,8 +5,8 @@ from __future__ import annotations
 import pytest
 
 from scaling_train.metrics.jsonl import read_jsonl
-from tests.metrics.helpers import run_config, train
-from tests.tolerances import sum_rtol
+from tests.fixtures.tolerances import sum_rtol
+from tests.fixtures.training import run_config, train
 
 
 def test_trainer_rows_carry_stream_statistics(tmp_path):

@@ -9,17 +9,7 @@ import pytest
 pytest.importorskip("wandb")
 
 from scaling_train.metrics.wandb_sink import read_wandb_records  # noqa: E402
-from tests.metrics.helpers import run_config, train  # noqa: E402
-
-
-def _history(records):
-    rows = []
-    for r in records:
-        if r.WhichOneof("record_type") == "history":
-            rows.append(
-                {it.key or "/".join(it.nested_key): json.loads(it.value_json) for it in r.history.item}
-            )
-    return rows
+from tests.fixtures.training import history_rows, run_config, train  # noqa: E402
 
 
 def test_wandb_offline_run_folder(tmp_path, monkeypatch):
@@ -39,7 +29,7 @@ def test_wandb_offline_run_folder(tmp_path, monkeypatch):
         if r.WhichOneof("record_type") == "metric"
     }
     assert metrics.get("*") == "tokens" and metrics.get("flops/*") == "flops"
-    hist = _history(recs)
+    hist = history_rows(recs)
     assert [h["step"] for h in hist] == [4, 8, 12]
     for key in (
         "loss",

@@ -3,7 +3,7 @@ import torch
 import torch.nn.functional as F
 
 from scaling_train.models import GPT, ModelConfig
-from tests.tolerances import sum_rtol
+from tests.fixtures.tolerances import sum_rtol
 
 
 def _model(**kw):

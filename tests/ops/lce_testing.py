@@ -1,4 +1,4 @@
-"""Helpers shared by the kernel tests (imported as a plain module: pytest puts tests/ops on sys.path)."""
+"""Helpers shared by the kernel tests (`from tests.ops.lce_testing import ...`)."""
 
 from __future__ import annotations
 
@@ -8,13 +8,13 @@ import pytest
 import torch
 
 
-def _cpp_ok() -> bool:
+def cpp_ok() -> bool:
     from scaling_train.ops._cpp_loader import cpp_available
 
     return cpp_available()
 
 
-def _triton_ok() -> bool:
+def triton_ok() -> bool:
     try:
         import triton  # noqa: F401
     except ImportError:
@@ -29,12 +29,12 @@ def impl_params(*impls: str) -> list:
         marks = []
         if impl == "cpp":
             marks.append(
-                pytest.mark.skipif(not _cpp_ok(), reason="C++ extension unavailable (see _cpp_loader)")
+                pytest.mark.skipif(not cpp_ok(), reason="C++ extension unavailable (see _cpp_loader)")
             )
         if impl == "triton":
             marks.append(pytest.mark.triton)
             marks.append(
-                pytest.mark.skipif(not _triton_ok(), reason="triton needs CUDA or TRITON_INTERPRET=1")
+                pytest.mark.skipif(not triton_ok(), reason="triton needs CUDA or TRITON_INTERPRET=1")
             )
         params.append(pytest.param(impl, marks=marks, id=impl))
     return params

@@ -8,10 +8,10 @@ import pytest
 import torch
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
-from lce_testing import compare_with_reference, impl_params, make_inputs, run_lce
 
 from scaling_train.ops import LCEOutput, linear_cross_entropy
 from scaling_train.ops.reference import lce_reference
+from tests.ops.lce_testing import compare_with_reference, impl_params, make_inputs, run_lce
 
 N, H, V = 47, 31, 123  # odd shape: V is not a multiple of any block size
 ALL_IMPLS = impl_params("torch", "cpp", "triton")
@@ -217,9 +217,9 @@ def test_bad_input_raises_clear_value_error(override, message):
 def test_fuzz_against_reference(
     n, h, v, chunk, reduction, label_smoothing, z_loss, softcap, bias, ignore_frac, seed, impl
 ):
-    from lce_testing import _cpp_ok
+    from tests.ops.lce_testing import cpp_ok
 
-    if impl == "cpp" and not _cpp_ok():
+    if impl == "cpp" and not cpp_ok():
         impl = "torch"
     inputs = make_inputs(n, h, v, bias=bias, ignore_frac=ignore_frac, num_segments=3, seed=seed)
     opts = dict(label_smoothing=label_smoothing, z_loss=z_loss, softcap=softcap)

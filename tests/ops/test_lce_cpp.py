@@ -4,12 +4,12 @@ from __future__ import annotations
 
 import pytest
 import torch
-from lce_testing import _cpp_ok, impl_params, make_inputs, run_lce
 from torch import nn
 
 from scaling_train.ops import linear_cross_entropy
+from tests.ops.lce_testing import cpp_ok, impl_params, make_inputs, run_lce
 
-needs_cpp = pytest.mark.skipif(not _cpp_ok(), reason="C++ extension unavailable (see _cpp_loader)")
+needs_cpp = pytest.mark.skipif(not cpp_ok(), reason="C++ extension unavailable (see _cpp_loader)")
 
 
 @needs_cpp

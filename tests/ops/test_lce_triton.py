@@ -6,11 +6,12 @@ import pytest
 import torch
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
-from lce_testing import _triton_ok, compare_with_reference, make_inputs
+
+from tests.ops.lce_testing import compare_with_reference, make_inputs, triton_ok
 
 pytestmark = [
     pytest.mark.triton,
-    pytest.mark.skipif(not _triton_ok(), reason="triton needs CUDA or TRITON_INTERPRET=1"),
+    pytest.mark.skipif(not triton_ok(), reason="triton needs CUDA or TRITON_INTERPRET=1"),
 ]
 needs_cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="no CUDA device on this machine")
 
@@ -55,10 +56,9 @@ def test_cuda_matches_reference(dtype, reduction):
     g = torch.randn(1031, device="cuda") if reduction == "none" else None
     ref_inputs = {k: (t.cpu() if isinstance(t, torch.Tensor) else t) for k, t in inputs.items()}
     # the reference runs on CPU; compare_with_reference moves nothing, so compare per device here
-    from lce_testing import TOL, assert_close, assert_grad_close, run_lce
-
     from scaling_train.ops import linear_cross_entropy
     from scaling_train.ops.reference import lce_reference
+    from tests.ops.lce_testing import TOL, assert_close, assert_grad_close, run_lce
 
     out, grads = run_lce(linear_cross_entropy, inputs, g, impl="triton", reduction=reduction, softcap=30.0)
     ref, ref_grads = run_lce(

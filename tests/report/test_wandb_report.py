@@ -13,7 +13,7 @@ pytest.importorskip("matplotlib", reason="the report needs matplotlib (pip insta
 from scaling_train.report import write_report  # noqa: E402
 from scaling_train.report.data import load_sweep  # noqa: E402
 from scaling_train.report.wandb_report import build_spec, save_report, to_report  # noqa: E402
-from tests.conftest import tiny_config  # noqa: E402
+from tests.fixtures.runs import tiny_config  # noqa: E402
 
 
 @pytest.fixture(scope="module")

@@ -13,9 +13,8 @@ import torch
 from scaling_train.metrics.jsonl import read_jsonl
 from scaling_train.train import Trainer, lr_array, train
 from scaling_train.train import checkpoint as ckpt
-
-from ..conftest import tiny_config, tiny_overrides
-from ..tolerances import sum_rtol
+from tests.fixtures.runs import tiny_config, tiny_overrides
+from tests.fixtures.tolerances import sum_rtol
 
 REPO = Path(__file__).resolve().parents[2]
 VOLATILE = {"time", "tokens_per_s"}
