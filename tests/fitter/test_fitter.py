@@ -149,7 +149,7 @@ def test_kill9_run_and_fitter_then_restart(sweep, tmp_path):
 def test_isoflop_section_on_a_synthetic_isoflop_sweep(tmp_path):
     """Finished runs on an IsoFLOP grid drawn from a known Chinchilla law: the sweep law carries the
     IsoFLOP exponents (regression: the fitter once read attributes IsoFLOPFit does not have)."""
-    from ..report.synth import write_sweep
+    from tests.fixtures.synth import write_sweep
 
     sweep = write_sweep(tmp_path / "iso")
     fitter = SweepFitter(sweep, log=lambda s: None)
@@ -162,7 +162,7 @@ def test_isoflop_section_on_a_synthetic_isoflop_sweep(tmp_path):
 
 
 def test_follow_refreshes_the_report(tmp_path):
-    from ..report.synth import write_sweep
+    from tests.fixtures.synth import write_sweep
 
     sweep = write_sweep(tmp_path / "s", runs=[{"N": 1e5, "D": 3e5, "status": "partial", "fraction": 0.5}])
     assert SweepFitter(sweep, log=lambda s: None).follow(interval=0.01, max_polls=1, report=True) == 0
@@ -171,7 +171,7 @@ def test_follow_refreshes_the_report(tmp_path):
 
 
 def test_until_done_waits_for_planned_runs_not_started_yet(tmp_path):
-    from ..report.synth import write_sweep
+    from tests.fixtures.synth import write_sweep
 
     sweep = write_sweep(tmp_path / "s", runs=[{"N": 1e5, "D": 3e5}])
     fitter = SweepFitter(sweep, log=lambda s: None)

@@ -11,8 +11,8 @@ import pytest
 pytest.importorskip("matplotlib", reason="the report needs matplotlib (pip install 'scaling-train[report]')")
 
 from scaling_train.report import write_report  # noqa: E402
+from tests.fixtures import synth  # noqa: E402
 from tests.fixtures.browser import check_page, find_chromium  # noqa: E402
-from tests.report import synth  # noqa: E402
 
 pytestmark = pytest.mark.skipif(
     find_chromium() is None, reason="no Chromium binary (apt-get install chromium, or set $CHROMIUM)"

@@ -16,7 +16,7 @@ pytest.importorskip("matplotlib", reason="the report needs matplotlib (pip insta
 from scaling_train.report import write_report  # noqa: E402
 from scaling_train.report.analysis import analyse  # noqa: E402
 from scaling_train.report.data import load_sweep  # noqa: E402
-from tests.report import synth  # noqa: E402
+from tests.fixtures import synth  # noqa: E402
 
 
 @pytest.fixture(scope="module")

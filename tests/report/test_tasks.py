@@ -15,7 +15,7 @@ pytest.importorskip("matplotlib", reason="the report needs matplotlib (pip insta
 from scaling_train.report import write_report  # noqa: E402
 from scaling_train.report.data import load_sweep  # noqa: E402
 from scaling_train.report.tasks import NO_EVALS, tasks_section  # noqa: E402
-from tests.report import synth  # noqa: E402
+from tests.fixtures import synth  # noqa: E402
 
 
 @pytest.fixture(scope="module")
