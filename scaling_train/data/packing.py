@@ -36,6 +36,12 @@ class DataConfig:
     vocab_size: int = doc("BPE vocabulary size (incl. the EOS token).", 8192)
     val_fraction: float = doc("Fraction of documents (by name hash) held out for validation.", 0.05)
     max_bytes: int | None = doc("Read at most this many bytes of text (null = all).", None)
+    unique_tokens: int | None = doc(
+        "Train on only the first this many tokens of the training split (whole sequences), repeating them: "
+        "a controlled data limit U for repetition studies; the tokenizer and the validation split stay those "
+        "of the whole corpus (null = the whole split).",
+        None,
+    )
     cache_dir: str = doc(
         "Where tokenizers and token shards are cached ($SCALING_TRAIN_CACHE overrides).",
         "~/.cache/scaling_train",
@@ -46,6 +52,8 @@ class DataConfig:
             raise ValueError(f"data.val_fraction={self.val_fraction} must be in (0, 1)")
         if self.max_bytes is not None and self.max_bytes <= 0:
             raise ValueError(f"data.max_bytes={self.max_bytes} must be > 0 or null")
+        if self.unique_tokens is not None and self.unique_tokens <= 0:
+            raise ValueError(f"data.unique_tokens={self.unique_tokens} must be > 0 or null")
         if not 258 <= self.vocab_size < 2**32:
             raise ValueError(f"data.vocab_size={self.vocab_size} must be in [258, 2**32)")
 
@@ -89,7 +97,9 @@ class Batch:
 class TokenStream:
     """A memmapped split with packed-sequence access."""
 
-    def __init__(self, path: Path, dtype: np.dtype, eos_id: int, seq_len: int) -> None:
+    def __init__(
+        self, path: Path, dtype: np.dtype, eos_id: int, seq_len: int, *, max_tokens: int | None = None
+    ) -> None:
         self.tokens = np.memmap(path, dtype=dtype, mode="r")
         self.eos_id = eos_id
         self.seq_len = seq_len
@@ -99,6 +109,14 @@ class TokenStream:
                 f"{path}: {len(self.tokens)} tokens cannot fill one sequence of model.seq_len={seq_len}; "
                 "use a larger corpus or a shorter seq_len"
             )
+        if max_tokens is not None:  # data.unique_tokens: the first max_tokens tokens, in whole sequences
+            if not seq_len <= max_tokens <= self.n_seqs * seq_len:
+                raise ValueError(
+                    f"data.unique_tokens={max_tokens} must be in [model.seq_len={seq_len}, "
+                    f"{self.n_seqs * seq_len}] (the training split of this corpus holds {self.n_seqs} sequences "
+                    f"of {seq_len} tokens); raise data.max_bytes or lower data.unique_tokens"
+                )
+            self.n_seqs = max_tokens // seq_len
 
     @property
     def unique_tokens(self) -> int:
@@ -198,7 +216,7 @@ def prepare(cfg: DataConfig, seq_len: int, *, log=print) -> PreparedData:
             log(f"[data] {counts['train']:,} train / {counts['val']:,} val tokens cached under {root}")
     meta = json.loads(meta_path.read_text())
     return PreparedData(
-        train=TokenStream(shard["train"], dtype, meta["eos_id"], seq_len),
+        train=TokenStream(shard["train"], dtype, meta["eos_id"], seq_len, max_tokens=cfg.unique_tokens),
         val=TokenStream(shard["val"], dtype, meta["eos_id"], seq_len),
         tokenizer_path=tok_path,
         vocab_size=meta["vocab_size"],

@@ -12,6 +12,7 @@ from typing import Any
 from scaling_train.report import figures as figs
 from scaling_train.report.analysis import Analysis, LawRow
 from scaling_train.report.data import STATUSES, SweepData
+from scaling_train.report.repetition import repetition
 from scaling_train.report.tasks import tasks_section
 
 CSS = """
@@ -163,6 +164,14 @@ def render(sweep: SweepData, an: Analysis) -> str:
         except Exception as e:  # noqa: BLE001 - one broken panel must not lose the report
             tb = traceback.format_exc(limit=3)
             sections.append(_nodata_html(key, title, f"figure failed: {type(e).__name__}: {e}\n{tb}"))
+    try:  # only for a sweep whose law is the data-constrained one; no section otherwise
+        sections.append(_figure_html(repetition(sweep, an)))
+    except figs.NoData:
+        pass
+    except Exception as e:  # noqa: BLE001 - one broken panel must not lose the report
+        sections.append(
+            _nodata_html("repetition", "Repeated data", f"figure failed: {type(e).__name__}: {e}")
+        )
     try:
         tasks_html = tasks_section(sweep)
     except Exception as e:  # noqa: BLE001 - the section must not lose the report

@@ -11,6 +11,7 @@ run folder rather than a silently mixed one.
 
 from __future__ import annotations
 
+import itertools
 import math
 import re
 import shlex
@@ -219,7 +220,7 @@ def make_plan(spec: SweepSpec, *, output: str | Path | None = None) -> Plan:
     for si, size in enumerate(g.sizes):
         n_target = _size_n(size, where=f"{src}: grid.sizes[{si}]")
         for kind, budget in budgets:
-            for bs_axis in g.batch_sizes or [None]:
+            for bs_axis, u_axis in itertools.product(g.batch_sizes or [None], g.unique_tokens or [None]):
                 for seed in g.seeds:
                     over: dict[str, Any] = dict(spec_over)
                     over["model.size"] = str(size)
@@ -235,6 +236,8 @@ def make_plan(spec: SweepSpec, *, output: str | Path | None = None) -> Plan:
                     )
                     lr = (
                         rules.lr.value
+                    if u_axis is not None:
+                        over["data.unique_tokens"] = int(u_axis)
                         if rules.mup
                         else apply_rule(rules.lr, n_target, where=f"{src}: rules.lr")
                     )
@@ -277,7 +280,9 @@ def make_plan(spec: SweepSpec, *, output: str | Path | None = None) -> Plan:
                             f"{src}: two grid points resolve to the same run {name} ({seen[name]} and size={size} "
                             f"{kind}={budget:g}); remove the duplicate size or budget"
                         )
-                    seen[name] = f"size={size} {kind}={budget:g}"
+                    seen[name] = f"size={size} {kind}={budget:g}" + (
+                        f" unique_tokens={u_axis:g}" if u_axis else ""
+                    )
                     over["run_dir"] = str(sweep_dir / name)
                     cbs_steps: list[int] = []
                     if spec.cbs.every is not None:  # branch points: checkpoints the run keeps (not hashed)

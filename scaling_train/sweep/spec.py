@@ -10,6 +10,7 @@ starts, naming the file, the key, the value and what is allowed.
       sizes: [0.2M, 0.5M, 1M, 3M]       # named sizes or numbers (non-embedding parameters)
       tokens_per_param: [5, 10, 20]     # exactly one of tokens_per_param | tokens | flops (IsoFLOP)
       batch_sizes: null                 # null = from rules.batch_size; a list makes a batch-size axis
+      unique_tokens: null               # null = the whole training split; a list makes a data-limit axis
       seeds: [0]
     rules:
       lr: {value: 3e-3, ref_size: 1M, exponent: -0.25}        # lr(N) = value * (N / ref)**exponent
@@ -41,6 +42,11 @@ class Grid:
     flops: list[float] | None = doc("IsoFLOP budgets in training FLOPs; D = C / flops_per_token(N).", None)
     batch_sizes: list[int] | None = doc(
         "Batch-size axis in sequences; null = one batch size from rules.batch_size.", None
+    )
+    unique_tokens: list[float] | None = doc(
+        "Unique-token axis: each run trains on only the first U tokens of the training split and repeats them "
+        "(data.unique_tokens), for repetition studies; null = the whole split.",
+        None,
     )
     seeds: list[int] = doc("Seeds (init and data order).", default_factory=lambda: [0])
 
@@ -197,7 +203,8 @@ def _check(spec: SweepSpec) -> None:
         raise ConfigError(
             f"{src}: give exactly one budget axis of grid.tokens_per_param / grid.tokens / grid.flops (got {given or 'none'})"
         )
-    for key in (*given, "seeds") + (("batch_sizes",) if g.batch_sizes is not None else ()):
+    optional = tuple(k for k in ("batch_sizes", "unique_tokens") if getattr(g, k) is not None)
+    for key in (*given, "seeds", *optional):
         vals = getattr(g, key)
         if not vals:
             raise ConfigError(f"{src}: grid.{key} is empty; list at least one value")

@@ -144,3 +144,33 @@ def test_unique_tokens_is_one_epoch_of_the_training_split():
     assert epochs_seen(3 * U, U) == 3.0
     with pytest.raises(ValueError, match=r"unique_tokens=0 must be > 0"):
         epochs_seen(10, 0)
+
+
+def test_data_unique_tokens_cuts_the_training_split_only():
+    """data.unique_tokens = K: U = the first K // T whole sequences of the training split, repeated; the
+    tokenizer and the validation split are the whole corpus's (so runs with different U compare)."""
+    T = 32
+    full = prepare(DataConfig(vocab_size=512, max_bytes=TINY_MAX_BYTES), T, log=lambda s: None)
+    K = 10 * T + 5
+    cut = prepare(
+        DataConfig(vocab_size=512, max_bytes=TINY_MAX_BYTES, unique_tokens=K), T, log=lambda s: None
+    )
+    assert cut.train.unique_tokens == 10 * T and cut.train.n_seqs == 10
+    assert cut.tokenizer_path == full.tokenizer_path
+    assert cut.val.n_seqs == full.val.n_seqs and cut.val.unique_tokens == full.val.unique_tokens
+    # every drawn sequence lies in the first 10; after 10 sequences the epoch starts over
+    drawn = np.concatenate([batch_indices(0, s, 4, cut.train.n_seqs) for s in range(10)])
+    assert drawn.max() < 10 and np.all(np.bincount(drawn, minlength=10) == 4)
+    a, b = cut.train.batch(np.arange(10)), full.train.batch(np.arange(10))
+    assert np.array_equal(a.idx, b.idx)
+    with pytest.raises(ValueError, match=r"data.unique_tokens=10 must be in \[model.seq_len=32, "):
+        prepare(DataConfig(vocab_size=512, max_bytes=TINY_MAX_BYTES, unique_tokens=10), T, log=lambda s: None)
+    too_many = full.train.unique_tokens + T
+    with pytest.raises(ValueError, match=rf"data.unique_tokens={too_many} must be in .*raise data.max_bytes"):
+        prepare(
+            DataConfig(vocab_size=512, max_bytes=TINY_MAX_BYTES, unique_tokens=too_many),
+            T,
+            log=lambda s: None,
+        )
+    with pytest.raises(ValueError, match=r"data.unique_tokens=0 must be > 0 or null"):
+        DataConfig(unique_tokens=0)

@@ -219,3 +219,18 @@ def test_dry_run_warns_when_runs_repeat_the_corpus(tmp_path, env):
     assert len(warnings) == 2 and "run 1 " in warnings[0] and "epochs" in warnings[0], out.stdout
     assert "1 of 2 runs repeat data" in warnings[1]
     assert not (tmp_path / "out").exists()
+
+
+def test_unique_tokens_axis(tmp_path):
+    """grid.unique_tokens: every (size, budget) once per data limit, as data.unique_tokens; distinct runs."""
+    spec = tiny_spec(grid={"sizes": ["0.1M"], "tokens": [2560, 5120], "unique_tokens": [1024, 4096]})
+    p = plan_of(tmp_path, spec)
+    assert len(p.runs) == 4 and len({r.name for r in p.runs}) == 4
+    assert sorted((r.tokens, r.overrides["data.unique_tokens"]) for r in p.runs) == [
+        (2560, 1024), (2560, 4096), (5120, 1024), (5120, 4096)
+    ]  # fmt: skip
+    assert "data.unique_tokens" not in plan_of(tmp_path, tiny_spec()).runs[0].overrides
+    for bad, msg in (([], "is empty"), ([1024, 1024], "has duplicates"), ([0], "must be > 0")):
+        spec = tiny_spec(grid={"sizes": ["0.1M"], "tokens": [2560], "unique_tokens": bad})
+        with pytest.raises(ConfigError, match=rf"grid.unique_tokens.*{msg}"):
+            plan_of(tmp_path, spec)
