@@ -34,7 +34,8 @@ def main() -> None:
         sys.exit(
             f"{a.sweep_dir}: {len(pts)} finished runs with U in sweep_law.json; run the whole sweep first"
         )
-    N, D, U, L = (np.array([float(p[k]) for p in pts]) for k in ("N", "D", "U", "loss"))
+    pts = [p for p in pts if p.get("eval_loss") is not None]  # held-out loss: repeated tokens are memorised
+    N, D, U, L = (np.array([float(p[k]) for p in pts]) for k in ("N", "D", "U", "eval_loss"))
     ep = D / U
     fit = ep <= a.max_fit_epochs
     test = ~fit

@@ -91,13 +91,16 @@ def _repetition_law(pts: list[dict[str, Any]]) -> dict[str, Any]:
         "repeating_runs": rep,
         "epochs": {p["run"]: p["D"] / p["U"] for p in pts if p.get("U")},
     }
-    usable = [p for p in pts if p.get("U")]
+    # held-out loss only: on a repeated token the training loss measures memorisation (a tiny model trained
+    # 8 epochs on 5e4 tokens ends at training loss 1.0 and validation loss 5.5)
+    usable = [p for p in pts if p.get("U") and p.get("eval_loss") is not None]
+    out["loss_used"] = "eval_loss"
     try:
         from scaling_train.laws import fit_data_constrained
 
         f = fit_data_constrained(
             np.array([p["N"] for p in usable]), np.array([p["D"] for p in usable]),
-            np.array([p["U"] for p in usable]), np.array([p["loss"] for p in usable]),
+            np.array([p["U"] for p in usable]), np.array([p["eval_loss"] for p in usable]),
         )  # fmt: skip
         out["data_constrained"] = {
             k: getattr(f, k)
@@ -273,7 +276,8 @@ class SweepFitter:
                 continue
             pts.append(
                 {"run": name, "N": t.n_params, "D": t.total_tokens, "B": t.batch_tokens, "loss": loss,
-                 "U": t.unique_tokens, "source": "observed" if p.get("status") == "done" else "predicted"}
+                 "eval_loss": p.get("final_eval_loss"), "U": t.unique_tokens,
+                 "source": "observed" if p.get("status") == "done" else "predicted"}
             )  # fmt: skip
         return pts
 

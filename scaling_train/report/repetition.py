@@ -37,9 +37,12 @@ def repetition(sweep: SweepData, an: Analysis) -> Figure:
     if law.get("law") != "data_constrained":
         raise NoData(law.get("law_reason") or "no data-constrained law in sweep_law.json")
     fit = fit_from_law(law.get("data_constrained") or {})
-    pts = [p for p in law.get("points", []) if p.get("U") and p.get("loss") is not None]
+    key = law.get(
+        "loss_used", "loss"
+    )  # the fitter fits held-out loss: a repeated token's training loss is memorised
+    pts = [p for p in law.get("points", []) if p.get("U") and p.get(key) is not None]
     if not pts:
-        raise NoData("sweep_law.json has no points with a unique-token count U")
+        raise NoData(f"sweep_law.json has no points with a unique-token count U and {key}")
     plt = _plt()
     fig, (ax, bx) = plt.subplots(1, 2, figsize=(11, 4.2))
     sizes = sorted({float(p["N"]) for p in pts})
@@ -52,7 +55,7 @@ def repetition(sweep: SweepData, an: Analysis) -> Figure:
             if not mine:
                 continue
             ep = np.array([p["D"] / U for p in mine])
-            ax.scatter(ep, [p["loss"] for p in mine], color=col[N], marker=marks[U], s=22, zorder=3,
+            ax.scatter(ep, [p[key] for p in mine], color=col[N], marker=marks[U], s=22, zorder=3,
                        label=f"N={_fmt_n(N)}, U={U:.3g}")  # fmt: skip
             grid = np.geomspace(ep.min() * 0.8, max(ep.max(), 1.0) * 1.25, 60)
             ax.plot(grid, fit.predict(N, grid * U, U), color=col[N], lw=1.2)
@@ -60,7 +63,7 @@ def repetition(sweep: SweepData, an: Analysis) -> Figure:
                 grid, fit.predict(N, grid * U, grid * U), color=col[N], lw=0.8, ls="--"
             )  # U = D: all fresh
     ax.axvline(1.0, color="0.6", lw=0.8)
-    ax.set(xscale="log", xlabel="epochs D / U", ylabel="final loss",
+    ax.set(xscale="log", xlabel="epochs D / U", ylabel=f"final {'validation' if key == 'eval_loss' else 'training'} loss",
            title="loss vs epochs: law (solid), every token fresh (dashed)")  # fmt: skip
     ax.legend(fontsize=7)
     flops = np.array([6.0 * p["N"] * p["D"] for p in pts])

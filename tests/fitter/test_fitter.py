@@ -195,12 +195,25 @@ def test_sweep_law_switches_to_the_data_constrained_law_when_runs_repeat_data():
         rows = list(csv.DictReader(f))
     pts = [
         {"run": f"r{i}", "N": float(r["params"]), "D": float(r["tokens"]), "U": float(r["unique_tokens"]),
-         "loss": float(r["val_loss"])}
+         "eval_loss": float(r["val_loss"]), "loss": 0.5 * float(r["val_loss"])}
         for i, r in enumerate(rows)
     ]  # fmt: skip
     out = _repetition_law(pts)
     assert out["law"] == "data_constrained" and "repeat their training data" in out["law_reason"]
     assert len(out["repeating_runs"]) == sum(p["D"] / p["U"] > 1.05 for p in pts) > 50
+    assert out["loss_used"] == "eval_loss"  # the training loss ("loss") of repeated tokens is memorisation
+    import numpy as np
+
+    from scaling_train.laws import DataConstrainedFit
+
+    dc = out["data_constrained"]
+    law = DataConstrainedFit(**{k: dc[k] for k in ("E", "A", "B", "alpha", "beta", "R_D_star", "R_N_star")},
+                             objective=0.0, n_points=0, n_starts=0)  # fmt: skip
+    pred = law.predict(*(np.array([p[k] for p in pts]) for k in ("N", "D", "U")))
+    err = np.median(np.abs(pred / np.array([p["eval_loss"] for p in pts]) - 1))
+    assert err < 0.05, err  # fitted on val_loss, not on the halved training loss (~50% off)
+    no_eval = _repetition_law([{**p, "eval_loss": None} for p in pts])
+    assert no_eval["law"] == "chinchilla" and "could not be fitted" in no_eval["law_reason"]
     dc = out["data_constrained"]
     assert 0 < dc["alpha"] < 1 and 0 < dc["beta"] < 1 and dc["R_D_star"] > 1
     assert len(dc["diverged"]) >= 2  # the runs near ln(vocab) are named, not fitted

@@ -20,12 +20,20 @@ TRUE = {"E": 1.8, "A": 60.0, "B": 150.0, "alpha": 0.35, "beta": 0.4, "R_D_star":
 def _law(tmp_path, law: str = "data_constrained"):
     f = DataConstrainedFit(**TRUE, objective=0.0, n_points=16, n_starts=0)
     pts = [
-        {"run": f"r{i}", "N": N, "D": D, "U": U, "loss": float(f.predict(N, D, U)), "source": "observed"}
+        {
+            "run": f"r{i}",
+            "N": N,
+            "D": D,
+            "U": U,
+            "eval_loss": float(f.predict(N, D, U)),
+            "loss": 0.1,
+            "source": "observed",
+        }
         for i, (N, D, U) in enumerate(
             (N, D, U) for N in (3e5, 1e6) for D in (5e4, 1e5, 2e5, 4e5) for U in (5e4, 4e5)
         )
     ]
-    body = {"points": pts, "law": law, "law_reason": "8 run(s) repeat their training data (D / U > 1.05)",
+    body = {"points": pts, "law": law, "loss_used": "eval_loss", "law_reason": "8 run(s) repeat their training data (D / U > 1.05)",
             "repeating_runs": [p["run"] for p in pts if p["D"] / p["U"] > 1.05],
             "data_constrained": {**TRUE, "objective": 0.0, "n_points": 16}}  # fmt: skip
     (tmp_path / "sweep_law.json").write_text(json.dumps(body))
