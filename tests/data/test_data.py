@@ -112,7 +112,16 @@ def test_data_config_errors():
 def test_hf_datasets_source_local_and_unreachable(tmp_path, monkeypatch):
     """``hf:NAME`` goes through datasets.load_dataset (streaming); a local dataset folder stands in for
     the hub, and an unreachable hub name fails with a message naming the corpus."""
-    pytest.importorskip("datasets")
+    datasets = pytest.importorskip("datasets")
+    import huggingface_hub.constants
+
+    # offline from the start: the local folder needs no hub, and otherwise datasets first tries to reach it
+    # (~20 s of timeouts on a machine without network). The libraries read the variables once, at import.
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    monkeypatch.setenv("HF_DATASETS_OFFLINE", "1")
+    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_OFFLINE", True)
+    monkeypatch.setattr(datasets.config, "HF_HUB_OFFLINE", True)
+    monkeypatch.setattr(datasets.config, "HF_DATASETS_OFFLINE", True)
     folder = tmp_path / "ds"
     folder.mkdir()
     (folder / "train.jsonl").write_text(
@@ -120,8 +129,6 @@ def test_hf_datasets_source_local_and_unreachable(tmp_path, monkeypatch):
     )
     docs = list(corpus_mod.iter_documents(f"hf:{folder}", text_field="body"))
     assert len(docs) == 5 and docs[0].text.startswith("text 0")
-    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
-    monkeypatch.setenv("HF_DATASETS_OFFLINE", "1")
     with pytest.raises(RuntimeError, match=r"data.corpus='hf:no-such-org/no-such-set': could not load"):
         list(corpus_mod.iter_documents("hf:no-such-org/no-such-set"))
 

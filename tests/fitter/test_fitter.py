@@ -97,6 +97,7 @@ def _wait_rows(path, n, proc, timeout=120):
     raise TimeoutError(path)
 
 
+@pytest.mark.slow  # ~24 s on a loaded 2-core machine
 def test_kill9_run_and_fitter_then_restart(sweep, tmp_path):
     sw = tmp_path / "sw"
     shutil.copytree(sweep / "lr1e-3", sw / "ref")

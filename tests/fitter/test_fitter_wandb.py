@@ -47,6 +47,7 @@ def _fitter_records(sw, run_id):
     return files, [rec for f in files for rec in read_wandb_records(f)]
 
 
+@pytest.mark.slow  # ~11 s on a loaded 2-core machine
 def test_fitter_logs_predictions_and_laws_to_wandb(wb_sweep, tmp_path, monkeypatch):
     monkeypatch.setenv("WANDB_SILENT", "true")
     sw = tmp_path / "sw"

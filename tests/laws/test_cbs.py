@@ -109,6 +109,7 @@ def _leave_largest_out(sweeps, truth, *, with_tokens: bool):
     return fit, out
 
 
+@pytest.mark.slow  # ~14 s on a loaded 2-core machine (leave-one-size-out Chinchilla fits)
 def test_cbs_law_in_tokens_predicts_the_largest_size():
     # truth B_crit = 0.01 D**0.5 (no size term). tokens=None: D_min comes from the sweeps' L(N, D) law.
     # Measured over 6 seeds: max error 3.5%, median 1.0%, every interval covers. 2 seeds here (~10 s).

@@ -24,6 +24,7 @@ def test_recovers_known_parameters_and_is_fast():
     np.testing.assert_allclose(fit.predict(Nt, Dt), truth, rtol=0.01)
 
 
+@pytest.mark.slow  # ~11 s on a loaded 2-core machine (300 BFGS starts)
 def test_pruned_grid_matches_many_starts():
     """The pruned multistart must reach the best objective found from 300 random grid starts (a
     superset check of the full 4500-start grid, which bench_laws.py runs on 245 points)."""

@@ -124,6 +124,7 @@ def test_empty_and_nonexistent(tmp_path):
         write_report(tmp_path / "nope")
 
 
+@pytest.mark.slow  # ~10 s on a loaded 2-core machine (two report builds in subprocesses)
 def test_cli_and_cache(full_sweep, tmp_path):
     out = tmp_path / "r.html"
     cmd = [

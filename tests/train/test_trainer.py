@@ -40,6 +40,7 @@ class CrashAt:
             raise Crash(f"simulated crash at step {step}")
 
 
+@pytest.mark.slow  # ~18 s on a loaded 2-core machine
 def test_loss_falls_on_builtin_corpus(tmp_path):
     """A ~1M-parameter model learns the stdlib corpus within 200 steps on CPU."""
     cfg = tiny_config(
@@ -124,6 +125,7 @@ def test_grad_accumulation_matches_full_batch(tmp_path):
     assert la == pytest.approx(lb, rel=1e-4)
 
 
+@pytest.mark.slow  # ~14 s on a loaded 2-core machine
 def test_kill9_and_resume_equals_uninterrupted(tmp_path):
     """A real process killed with SIGKILL after its step-20 checkpoint resumes bitwise (CPU)."""
     # micro-batches of 4: the gradient-noise-scale EMAs run and must continue across the resume
