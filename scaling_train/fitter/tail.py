@@ -55,7 +55,7 @@ class RunTail:
 
     def load_state(self, d: dict[str, Any]) -> None:
         self.offset, self.sig, self.malformed = int(d["offset"]), str(d["sig"]), int(d.get("malformed", 0))
-        self.rows = {int(s): r for s, r in d["rows"]}
+        self.rows = {int(s): {k: x for k, v in r.items() if (x := _num(v)) is not None} for s, r in d["rows"]}
         self._update_diverged()
         self.version += 1
 
@@ -156,9 +156,13 @@ class RunTail:
 
 
 def _num(v: Any) -> float | None:
+    """A number of a row, or None. JSON holds NaN / inf as the strings "nan", "inf", "-inf" (metrics.jsonl and
+    the fitter's own state file): those are numbers too (a restarted fitter crashed on a "nan" noise scale)."""
     if isinstance(v, bool):
         return None
     if isinstance(v, (int, float)):
+        return float(v)
+    if v in ("nan", "inf", "-inf"):
         return float(v)
     return None
 

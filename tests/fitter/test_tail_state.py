@@ -1,0 +1,26 @@
+"""The fitter's saved state round-trips non-finite row values (JSON writes them as strings)."""
+
+from __future__ import annotations
+
+import json
+import math
+
+from scaling_train.fitter.core import write_json_atomic
+from scaling_train.fitter.tail import RunTail
+
+
+def test_state_roundtrip_keeps_non_finite_values_as_numbers(tmp_path):
+    """A NaN noise scale is written as "nan"; a restarted fitter read it back as a string and crashed
+    comparing it with 0 in the critical-batch fit (seen on the repeat-cpu sweep)."""
+    t = RunTail(tmp_path)
+    t.rows = {10: {"loss": 5.0, "gns_b_simple": math.nan}, 20: {"loss": 4.0, "gns_b_simple": math.inf}}
+    write_json_atomic(tmp_path / "state.json", t.state())  # how the fitter saves its state
+    saved = json.loads((tmp_path / "state.json").read_text())
+    assert saved["rows"][0][1]["gns_b_simple"] == "nan"
+    u = RunTail(tmp_path)
+    u.load_state(saved)
+    assert math.isnan(u.rows[10]["gns_b_simple"]) and u.rows[20]["gns_b_simple"] == math.inf
+    assert all(isinstance(v, float) for r in u.rows.values() for v in r.values())
+    saved["rows"][0][1]["junk"] = "text"  # anything that is not a number is dropped, not kept as a string
+    u.load_state(saved)
+    assert "junk" not in u.rows[10]
