@@ -16,19 +16,16 @@ from __future__ import annotations
 import argparse
 import sys
 
-from scaling_train.config import ConfigError
-
 
 def _cmd_sweep(args: argparse.Namespace) -> int:
     from scaling_train.sweep import backends
     from scaling_train.sweep.plan import describe, make_plan, repetition_warnings
     from scaling_train.sweep.spec import load_spec
 
-    spec = load_spec(args.config)
-    for item in args.set or ():
-        _set(spec, item)
+    overrides = list(args.set or ())
     if args.concurrency is not None:
-        spec.launch.concurrency = args.concurrency
+        overrides.append(f"launch.concurrency={args.concurrency}")
+    spec = load_spec(args.config, overrides)  # --set goes through the spec's own validation
     plan = make_plan(spec, output=args.output)  # every spec error is raised here, before anything starts
     backend = args.backend or spec.launch.backend
     print(describe(plan))
@@ -55,26 +52,6 @@ def _unique_tokens(cfg) -> int | None:
     from scaling_train.data import prepare
 
     return prepare(cfg.data, cfg.model.seq_len, log=lambda s: print(s, file=sys.stderr)).train.unique_tokens
-
-
-def _set(spec, item: str) -> None:
-    """``launch.concurrency=2``-style overrides of the sweep spec itself."""
-    import dataclasses
-    from typing import get_type_hints
-
-    from scaling_train.config import _coerce, parse_overrides  # noqa: PLC2701 - same package family
-    from scaling_train.sweep.plan import flat
-
-    for key, value in flat(parse_overrides([item])).items():
-        obj, parts = spec, key.split(".")
-        for p in parts[:-1]:
-            if not dataclasses.is_dataclass(obj) or not hasattr(obj, p):
-                raise ConfigError(f"command line: --set {item!r}: unknown sweep key {key!r}")
-            obj = getattr(obj, p)
-        if not dataclasses.is_dataclass(obj) or parts[-1] not in {f.name for f in dataclasses.fields(obj)}:
-            raise ConfigError(f"command line: --set {item!r}: unknown sweep key {key!r}")
-        tp = get_type_hints(type(obj))[parts[-1]]
-        setattr(obj, parts[-1], _coerce(value, tp, key, "command line"))
 
 
 def register(subparsers) -> None:

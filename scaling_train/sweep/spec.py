@@ -25,11 +25,12 @@ starts, naming the file, the key, the value and what is allowed.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal
 
-from scaling_train.config import ConfigError, doc, from_dict, load_yaml
+from scaling_train.config import ConfigError, doc, load
 
 
 @dataclass
@@ -172,11 +173,13 @@ class SweepSpec:
     source: str = field(default="<dict>", metadata={"doc": "(set by the loader)"})
 
 
-def load_spec(path: str | Path) -> SweepSpec:
-    """Read and validate a sweep spec (structure here; the grid itself in ``plan.make_plan``)."""
+def load_spec(path: str | Path, overrides: Sequence[str] = ()) -> SweepSpec:
+    """Read and validate a sweep spec (structure here; the grid itself in ``plan.make_plan``).
+
+    ``overrides`` (``["launch.retries=2"]``, the sweep command's ``--set``) win over the file and go
+    through the same checks: an unknown key or a bad value names the command line."""
     path = Path(path)
-    data = load_yaml(path)
-    spec = from_dict(SweepSpec, data, source=str(path))
+    spec = load(SweepSpec, path, overrides)
     spec.source = str(path)
     if spec.base is not None:
         base = Path(spec.base)
@@ -188,12 +191,12 @@ def load_spec(path: str | Path) -> SweepSpec:
                 f"{path}: base={spec.base!r} does not exist (looked next to the spec and in the cwd)"
             )
         spec.base = str(base)
-    _check(spec)
+    _check(spec, f"{path} + command line" if overrides else str(path))
     return spec
 
 
-def _check(spec: SweepSpec) -> None:
-    src, g = spec.source, spec.grid
+def _check(spec: SweepSpec, src: str) -> None:
+    g = spec.grid
     if not spec.name or "/" in spec.name or spec.name in (".", ".."):
         raise ConfigError(f"{src}: name={spec.name!r} must be a non-empty folder name without '/'")
     if not g.sizes:

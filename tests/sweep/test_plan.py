@@ -138,6 +138,37 @@ def test_bad_specs_fail_before_anything_starts(tmp_path, over, needles):
     assert not (tmp_path / "out").exists()
 
 
+SET_BAD = [
+    (["launch.concurrency=0"], ["command line", "launch.concurrency=0", ">= 1"]),  # _check, as in the file
+    (["grid.seeds=[]"], ["command line", "grid.seeds", "empty"]),
+    (["launch.backend=ssh"], ["command line", "launch.backend='ssh'", "local"]),
+    (["lanch.retries=2"], ["command line", "unknown key 'lanch'", "launch"]),
+    (["launch.retrys=2"], ["command line", "unknown key 'launch.retrys'", "retries"]),
+]
+
+
+@pytest.mark.parametrize("items,needles", SET_BAD, ids=[i[0] for i, _ in SET_BAD])
+def test_set_overrides_go_through_the_spec_validation(tmp_path, items, needles):
+    path = write_spec(tmp_path / "s.yaml", tiny_spec())
+    with pytest.raises(ConfigError) as e:
+        load_spec(path, items)
+    for n in needles:
+        assert n in str(e.value), f"{n!r} not in {str(e.value)!r}"
+
+
+def test_set_overrides_win_over_the_file(tmp_path):
+    path = write_spec(tmp_path / "s.yaml", tiny_spec())
+    spec = load_spec(path, ["launch.retries=3", "grid.seeds=[0, 1]", "run.optim.lr=0.002"])
+    assert spec.launch.retries == 3 and spec.grid.seeds == [0, 1] and spec.run["optim"]["lr"] == 0.002
+    assert spec.run["train"]["max_steps"] == 10  # the rest of the file's run block is kept
+    # the CLI's --set and --concurrency take the same path
+    out = subprocess.run(
+        sweep_cmd(path, "--dry-run", "--output", str(tmp_path / "o"), "--concurrency", "0"),
+        capture_output=True, text=True, cwd=REPO,
+    )  # fmt: skip
+    assert out.returncode == 2 and "launch.concurrency=0" in out.stderr, out.stderr
+
+
 def test_dry_run_prints_plan_and_commands_and_starts_nothing(tmp_path):
     spec = tiny_spec(grid={"sizes": ["0.1M", "0.2M"], "tokens": [2560, 5120]})
     path = write_spec(tmp_path / "s.yaml", spec)
