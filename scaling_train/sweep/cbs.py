@@ -9,8 +9,10 @@ LR = the parent's planned LR at the same token x sqrt(k) (Adam) or x k, on the p
 the parent's order (branch step j = parent steps s + jk .. s + jk + k - 1; ``BranchConfig`` in
 train/config.py). Its training loss over the last half of the T tokens is compared with the parent's
 training loss over the same tokens -- the same sequences, so the difference is the batch's effect, not
-data noise. Tolerance = ``Z_TOL`` x the standard error of the parent's own loss over that window, from
-the scatter of its metrics rows about a local trend (``_row_noise``), not a constant. The largest k whose
+data noise -- less the ``lag``: a branch step's loss is measured by a model that has not yet consumed
+the step's other k - 1 parent batches, so the parent's trend over those batches is subtracted (the
+comparison is at the same consumed tokens). Tolerance = ``Z_TOL`` x the standard error of the parent's own loss over that window, from
+the scatter of its metrics rows about a local quadratic trend (``_row_noise``), not a constant. The largest k whose
 penalty stays within the tolerance (with every smaller k) is the measured critical batch at the
 parent's loss there, bracketed by the first k that pays a penalty.
 
@@ -22,8 +24,8 @@ folders every time, so a rerun or a resumed branch is never counted twice):
 
     {"run", "seq_len", "batch_size", "total_steps", "updated",
      "measurements": [{"step", "parent_steps", "tokens", "lr_rule", "window": [a, b], "loss", "noise_se",
-                       "tolerance", "gns_b_simple" (tokens, pooled over the parent's rows of the branch span),
-                       "branches": [{"factor", "batch_size", "lr_scale", "loss", "penalty", "ok",
+                       "tolerance", "gns_b_simple" (tokens, pooled over the parent's rows of 3 branch spans around it),
+                       "branches": [{"factor", "batch_size", "lr_scale", "loss", "penalty", "lag", "ok",
                                      "eval_loss", "run", "time_s"}],
                        "pending": [names not DONE],
                        "cbs_measured": {"value", "low", "high" (sequences), "tokens", "low_tokens",
@@ -54,6 +56,7 @@ from scaling_train.sweep.plan import (
     Plan,
     RunSpec,
     _e,
+    branch_length,
     branch_points,
     branch_window,
     describe,
@@ -119,10 +122,9 @@ def make_branch_plan(
     cfg = from_dict(RunConfig, base, source=str(run_dir / "config.yaml"))
     T = int(resolved.get("total_steps") or cfg.total_steps)
     B, log_every, tps = cfg.train.batch_size, cfg.train.log_every, cfg.tokens_per_step
-    unit = branch_window(log_every, factors)
     if not tokens > 0:
         raise ConfigError(f"{where}: --tokens={tokens} must be > 0")
-    n = unit * max(1, math.ceil(tokens / (unit * tps)))  # parent steps per branch
+    n = branch_length(tokens / tps, log_every, factors)  # parent steps per branch
     for s in at:
         if s % log_every or not 0 < s or s + n > T:
             raise ConfigError(
@@ -255,25 +257,35 @@ def window_loss(rows: dict[int, dict[str, Any]], a: int, b: int) -> float | None
     return total / covered if covered == b - a and b > a else None
 
 
-def _row_noise(rows: dict[int, dict[str, Any]], a: int, b: int, span: int) -> float | None:
-    """Noise sd of one parent step's loss near (a, b]: rows of equal span about the local trend (second
-    differences of consecutive rows: var(r_i - (r_{i-1} + r_{i+1}) / 2) = 1.5 var(row)), rows within
-    2 windows of the middle; one row of ``span`` steps has sd = step sd / sqrt(span)."""
-    mid, half = (a + b) / 2, max(b - a, 4 * span)
-    steps = sorted(rows)
+def _row_noise(rows: dict[int, dict[str, Any]], s: int, b: int, span: int):
+    """(noise sd of one parent step's training loss, trend(step)) around a branch (parent steps s..b):
+    the parent's rows of ``span`` steps fitted by a quadratic in step over [s - (b - s), b + (b - s)], the
+    scatter about it (a row's sd = a step's sd / sqrt(span)). None below 6 rows."""
+    n = b - s
     pts = [
-        (s, float(rows[s]["loss"]))
-        for i, s in enumerate(steps)
-        if i > 0 and s - steps[i - 1] == span and abs(s - mid) <= 2 * half and math.isfinite(rows[s]["loss"])
+        (t, float(r["loss"]))
+        for t, r in sorted(rows.items())
+        if s - n <= t <= b + n and t - span in rows and math.isfinite(float(r["loss"]))
     ]
-    d2 = [
-        pts[i][1] - (pts[i - 1][1] + pts[i + 1][1]) / 2
-        for i in range(1, len(pts) - 1)
-        if pts[i + 1][0] - pts[i][0] == span == pts[i][0] - pts[i - 1][0]
-    ]
-    if len(d2) < 3:
+    if len(pts) < 6:
         return None
-    return float(np.sqrt(np.mean(np.square(d2)) / 1.5) * np.sqrt(span))
+    t = np.array([p[0] for p in pts], dtype=np.float64) - (span - 1) / 2  # a row's centre step
+    y = np.array([p[1] for p in pts])
+    mu, sc = t.mean(), max(t.std(), 1.0)
+    c = np.polyfit((t - mu) / sc, y, 2)
+    resid = y - np.polyval(c, (t - mu) / sc)
+    sd = float(np.sqrt(np.sum(resid**2) / (len(y) - 3)) * np.sqrt(span))
+    return sd, lambda u: np.polyval(c, (np.asarray(u, dtype=np.float64) - mu) / sc)
+
+
+def _lag(trend, s: int, a: int, b: int, k: int) -> float:
+    """What the parent's trend gains in the window from updates the branch has not taken yet: a branch
+    step's loss is measured before its update, on k parent batches, by a model that has consumed the
+    tokens of the step's first parent batch only; the parent's loss on batch u (step u, 1-based) by one
+    that consumed u - 1. Mean over u in (a, b] of trend(first step of u's branch batch) - trend(u)."""
+    u = np.arange(a + 1, b + 1)
+    first = s + ((u - 1 - s) // k) * k + 1
+    return float(np.mean(trend(first) - trend(u)))
 
 
 def _time_s(run_dir: Path) -> float:
@@ -312,13 +324,14 @@ def measure(run_dir: str | Path) -> dict[str, Any]:
         win = max(w, (n // 2) // w * w)
         a, b = s + n - win, s + n
         main = window_loss(rows, a, b)
-        sd = _row_noise(rows, a, b, log_every)
+        fit = _row_noise(rows, s, b, log_every)
+        sd, trend = fit if fit is not None else (None, None)
         se = sd / math.sqrt(win) if sd is not None else None
         tol = Z_TOL * se if se is not None else None
         m: dict[str, Any] = {
             "step": s, "parent_steps": n, "tokens": n * tps, "lr_rule": rule, "window": [a, b],
             "loss": main, "loss_at_step": (rows.get(s) or {}).get("loss"), "noise_se": se, "tolerance": tol,
-            "gns_b_simple": pooled_b_simple([r for t, r in rows.items() if s < t <= b]), "branches": [], "pending": [],
+            "gns_b_simple": pooled_b_simple([r for t, r in rows.items() if s - n < t <= b + n]), "branches": [], "pending": [],
         }  # fmt: skip
         btime = 0.0
         for it in sorted(items, key=lambda x: x["factor"]):
@@ -331,9 +344,10 @@ def measure(run_dir: str | Path) -> dict[str, Any]:
             done = json.loads((it["dir"] / state.DONE).read_text() or "{}")
             t = _time_s(it["dir"])
             btime += t
-            pen = bl - main if bl is not None and main is not None else None
+            lag = _lag(trend, s, a, b, k) if trend is not None else 0.0
+            pen = bl - main - lag if bl is not None and main is not None else None
             m["branches"].append(
-                {"factor": k, "batch_size": k * B, "lr_scale": it["lr_scale"], "loss": bl, "penalty": pen,
+                {"factor": k, "batch_size": k * B, "lr_scale": it["lr_scale"], "loss": bl, "penalty": pen, "lag": lag,
                  "ok": (pen <= tol) if pen is not None and tol is not None else None,
                  "eval_loss": done.get("final_eval_loss"), "run": it["dir"].name, "time_s": t}
             )  # fmt: skip

@@ -174,10 +174,23 @@ def flat(d: dict[str, Any], prefix: str = "") -> dict[str, Any]:
 
 
 # ---------------------------------------------------------------------------------------- cbs
+MIN_BRANCH_STEPS = 4
+"""The largest factor's branch takes at least this many steps: its compared window (the last half) then
+holds >= 2 steps taken after >= 2 updates (a 1-step branch window is the checkpoint itself)."""
+
+
 def branch_window(log_every: int, factors: list[int] | tuple[int, ...]) -> int:
     """Parent steps a branch length must be a multiple of: every factor k divides it (whole branch steps)
     and so does the parent's log_every (its metrics rows bound the compared window)."""
     return math.lcm(int(log_every), *(int(k) for k in factors))
+
+
+def branch_length(want_steps: float, log_every: int, factors: list[int] | tuple[int, ...]) -> int:
+    """Parent steps of a branch: ``want_steps`` rounded up to a multiple of ``branch_window`` and to at
+    least ``MIN_BRANCH_STEPS`` steps of the largest factor."""
+    unit = branch_window(log_every, factors)
+    floor = MIN_BRANCH_STEPS * max(int(k) for k in factors)
+    return unit * max(1, math.ceil(want_steps / unit), math.ceil(floor / unit))
 
 
 def branch_points(
@@ -185,9 +198,8 @@ def branch_points(
 ) -> tuple[list[int], int]:
     """(branch steps, parent steps per branch) of a sweep's cbs block for one run: every ``every`` percent,
     rounded to the run's log rows, each leaving room for the branch before the run ends; the branch length
-    is ``tokens_fraction`` of the run rounded up to a multiple of ``branch_window``."""
-    unit = branch_window(log_every, factors)
-    n = unit * max(1, math.ceil(tokens_fraction * total_steps / unit))
+    is ``tokens_fraction`` of the run, rounded up by ``branch_length``."""
+    n = branch_length(tokens_fraction * total_steps, log_every, factors)
     out: list[int] = []
     p = every
     while p < 100 - 1e-9:
@@ -224,6 +236,8 @@ def make_plan(spec: SweepSpec, *, output: str | Path | None = None) -> Plan:
                 for seed in g.seeds:
                     over: dict[str, Any] = dict(spec_over)
                     over["model.size"] = str(size)
+                    if u_axis is not None:
+                        over["data.unique_tokens"] = int(u_axis)
                     cfg0 = _build(base, over, src, where=f"grid.sizes[{si}]={size!r}")
                     shape, T = cfg0.model.shape, cfg0.model.seq_len
                     n = sizes.non_embedding_params(shape)
@@ -236,8 +250,6 @@ def make_plan(spec: SweepSpec, *, output: str | Path | None = None) -> Plan:
                     )
                     lr = (
                         rules.lr.value
-                    if u_axis is not None:
-                        over["data.unique_tokens"] = int(u_axis)
                         if rules.mup
                         else apply_rule(rules.lr, n_target, where=f"{src}: rules.lr")
                     )

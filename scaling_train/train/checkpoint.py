@@ -41,8 +41,10 @@ def save(
     torch.save(state, buf)
     data = buf.getvalue()
     path = ckpt_dir / f"step-{step:08d}.pt"
-    atomic_write(path, data)
+    # the checksum first: a kill between the two writes leaves a sidecar without its .pt (invisible), never
+    # a .pt without its sidecar (unusable, which would stop the run from resuming at all)
     atomic_write(path.with_name(path.name + ".sha256"), hashlib.sha256(data).hexdigest())
+    atomic_write(path, data)
     _fsync_dir(ckpt_dir)
     protect = {int(s) for s in protect}
     for old in list_checkpoints(ckpt_dir)[keep:]:

@@ -13,6 +13,7 @@ import subprocess
 import time
 from pathlib import Path
 
+import numpy as np
 import pytest
 import yaml
 from conftest import PY, REPO, TINY_RUN, tiny_spec, write_spec
@@ -99,12 +100,15 @@ def test_cli_errors_name_the_value_and_the_range(parent):
         cbs.make_branch_plan(parent, at=[70], factors=[2, 4], tokens=4096)
     with pytest.raises(ConfigError, match=r"--factors=\[1, 2\]: give distinct integers >= 2"):
         cbs.make_branch_plan(parent, at=[20], factors=[1, 2], tokens=1024)
-    plan = cbs.make_branch_plan(parent, at=[20, 40], factors=[2, 4], tokens=1000)
+    plan = cbs.make_branch_plan(parent, at=[20, 40], factors=[2, 4], tokens=8000)
     assert [r.name.split("-")[:3] for r in plan.runs] == [
         ["s20", "k2", "sqrt"], ["s20", "k4", "sqrt"], ["s40", "k2", "sqrt"], ["s40", "k4", "sqrt"]
     ]  # fmt: skip
-    # 1000 tokens round up to whole steps of k=4 and whole parent rows: lcm(2, 2, 4) = 4 parent steps
-    assert {r.tokens for r in plan.runs} == {4 * 8 * 32} and plan.sweep_dir == parent.resolve() / "cbs"
+    # 8000 tokens = 31.25 parent steps round up to whole steps of k=4 and whole parent rows (lcm(2, 2, 4) = 4)
+    assert {r.tokens for r in plan.runs} == {32 * 8 * 32} and plan.sweep_dir == parent.resolve() / "cbs"
+    # and to at least 4 steps of the largest factor: 1000 tokens -> 16 parent steps, not 4
+    short = cbs.make_branch_plan(parent, at=[20], factors=[2, 4], tokens=1000)
+    assert {r.tokens for r in short.runs} == {16 * 8 * 32} and short.runs[1].steps == 4
     assert plan.runs[1].overrides["branch.lr_scale"] == 2.0 and plan.runs[1].batch_size == 32
 
 
@@ -163,11 +167,9 @@ def test_spec_cbs_block_keeps_branch_checkpoints_without_changing_runs(tmp_path)
     )
     plan = make_plan(load_spec(_spec(tmp_path, every=25, factors=[2, 4], tokens_fraction=0.1)))
     (run,) = plan.runs
-    # 80 steps, log_every 2: 8 parent steps per branch (0.1 x 80, a multiple of lcm(2, 2, 4) = 4)
-    assert (
-        run.cbs_steps == [20, 40, 60]
-        and branch_points(80, 2, every=25, factors=[2, 4], tokens_fraction=0.1)[1] == 8
-    )
+    # 80 steps, log_every 2: 0.1 x 80 = 8 parent steps, raised to 4 steps of k=4 = 16 (lcm(2, 2, 4) = 4 divides)
+    assert run.cbs_steps == [20, 40, 60]
+    assert branch_points(80, 2, every=25, factors=[2, 4], tokens_fraction=0.1)[1] == 16
     assert run.overrides["train.keep_steps"] == [20, 40, 60]
     assert run.name == plain.runs[0].name  # same config hash: the cbs block adds no new runs
 
@@ -225,7 +227,7 @@ def test_cli_end_to_end_kill_and_rerun(parent, env, tmp_path):
     (m,) = res["measurements"]
     assert [b["factor"] for b in m["branches"]] == [2, 4] and not m["pending"]
     assert m["tokens"] == tokens and m["window"] == [80 - 28, 80] and m["tolerance"] > 0
-    assert all(b["penalty"] is not None for b in m["branches"])
+    assert all(b["penalty"] is not None and b["lag"] >= 0 for b in m["branches"])
     assert m["cbs_measured"]["source"] == "branches" and m["cbs_measured"]["low"] >= 8
     assert m["cost"]["tokens_ratio"] == pytest.approx(60 / PARENT_STEPS)
     assert "measured critical batch" in again.stdout
@@ -250,3 +252,11 @@ def test_sweep_with_cbs_block_runs_branches(tmp_path, env):
     got = json.loads((Path(run.run_dir) / "cbs" / "cbs.json").read_text())
     assert [m["step"] for m in got["measurements"]] == [20]
     assert yaml.safe_load((Path(run.run_dir) / "config.yaml").read_text())["train"]["keep_steps"] == [20]
+
+
+def test_lag_is_the_parent_trend_over_the_batches_a_branch_step_has_not_consumed():
+    """Linear trend -0.01 per step, k = 4: the parent's losses on the 4 batches of a branch step are
+    measured after 0, 1, 2, 3 more updates than the branch's: a lag of 0.01 x 1.5."""
+    trend = lambda u: 5.0 - 0.01 * np.asarray(u, dtype=float)  # noqa: E731
+    assert cbs._lag(trend, 20, 28, 36, 4) == pytest.approx(0.015)
+    assert cbs._lag(trend, 20, 28, 36, 1) == pytest.approx(0.0)
