@@ -24,6 +24,7 @@ from scaling_train._io import atomic_write
 from scaling_train.config import doc
 from scaling_train.data import corpus as corpus_mod
 from scaling_train.data import tokenizer as tok_mod
+from scaling_train.data.pools import PoolConfig, noise_rows, normalise_mix, pool_counts
 
 
 @dataclass
@@ -42,6 +43,19 @@ class DataConfig:
         "of the whole corpus (null = the whole split).",
         None,
     )
+    pools: list[PoolConfig] = doc(
+        "Named pools of the training split (docs: scaling_train/data/pools.py): each {name, tokens, noise} is "
+        "the next `tokens` unique tokens of the split (whole sequences, in declaration order) with a fraction "
+        "`noise` of each sequence's tokens replaced by tokens drawn from elsewhere in the pool; the tokenizer "
+        "and the validation split stay the whole corpus's. Empty = no pools (the whole split).",
+        default_factory=list,
+    )
+    mix: dict[str, float] | str | None = doc(
+        "Mixing weights of the pools a run trains on, {name: weight} or 'clean:0.5+noisy:0.5' ('clean' = that "
+        "pool alone); normalised to sum 1; each step takes the largest-remainder rounding of weight x "
+        "batch_size sequences from each pool, which repeats on its own. Required with data.pools.",
+        None,
+    )
     cache_dir: str = doc(
         "Where tokenizers and token shards are cached ($SCALING_TRAIN_CACHE overrides).",
         "~/.cache/scaling_train",
@@ -56,6 +70,21 @@ class DataConfig:
             raise ValueError(f"data.unique_tokens={self.unique_tokens} must be > 0 or null")
         if not 258 <= self.vocab_size < 2**32:
             raise ValueError(f"data.vocab_size={self.vocab_size} must be in [258, 2**32)")
+        self.pools = [p if isinstance(p, PoolConfig) else PoolConfig(**p) for p in self.pools]
+        names = [p.name for p in self.pools]
+        if len(set(names)) != len(names):
+            raise ValueError(f"data.pools names {names} must be unique")
+        if self.pools and self.unique_tokens is not None:
+            raise ValueError(
+                f"data.unique_tokens={self.unique_tokens} and data.pools={names} both cut the training split; "
+                "set one of them (a pool's tokens is its own data limit)"
+            )
+        if self.pools and self.mix is None:
+            raise ValueError(f"data.pools={names} needs data.mix, e.g. {{{names[0]}: 1.0}} or '{names[0]}'")
+        if self.mix is not None:
+            if not self.pools:
+                raise ValueError(f"data.mix={self.mix!r} needs data.pools (none declared)")
+            self.mix = normalise_mix(self.mix, self.pools)
 
 
 def cache_root(cfg: DataConfig) -> Path:
@@ -124,9 +153,16 @@ class TokenStream:
         than a sequence is never drawn). A run of D tokens sees ``epochs_seen(D, U)`` epochs."""
         return self.n_seqs * self.seq_len
 
-    def batch(self, seq_indices: np.ndarray) -> Batch:
+    def step_indices(self, seed: int, step: int, batch_size: int) -> np.ndarray:
+        """Sequence indices of optimizer step ``step`` (``batch_indices`` over the whole split)."""
+        return batch_indices(seed, step, batch_size, self.n_seqs)
+
+    def _rows(self, seq_indices: np.ndarray) -> np.ndarray:
         T = self.seq_len
-        rows = np.stack([np.asarray(self.tokens[i * T : i * T + T + 1], dtype=np.int64) for i in seq_indices])
+        return np.stack([np.asarray(self.tokens[i * T : i * T + T + 1], dtype=np.int64) for i in seq_indices])
+
+    def batch(self, seq_indices: np.ndarray) -> Batch:
+        rows = self._rows(seq_indices)  # (B, T+1)
         x, y = rows[:, :-1], rows[:, 1:]  # (B, T) each
         # document index within the row: EOS closes a document, so count EOS strictly before j
         is_eos = (x == self.eos_id).astype(np.int64)
@@ -140,6 +176,92 @@ class TokenStream:
             torch.from_numpy(seg),
             int(per_row.sum()),
         )
+
+
+@dataclass(frozen=True)
+class PoolSlice:
+    """Pool ``name``: sequences ``first .. first + n_seqs - 1`` of the training split."""
+
+    name: str
+    first: int
+    n_seqs: int
+    noise: float
+    weight: float
+    """Its normalised weight in data.mix (0 = declared, not trained on)."""
+
+
+class PooledStream(TokenStream):
+    """The training split cut into named pools (``data.pools``) and read as their mixture (``data.mix``).
+
+    Sequence indices stay indices into the whole split (so ``batch`` is the parent's plus the pools' noise);
+    ``step_indices`` draws ``pool_counts(weights, B)`` sequences of each mixed pool from its own per-epoch
+    permutations (seed ``seed * 1000 + k + 1`` for pool k), in an order shuffled per step."""
+
+    def __init__(
+        self, path, dtype, eos_id, seq_len, *, pools: list[PoolConfig], mix: dict[str, float]
+    ) -> None:
+        super().__init__(path, dtype, eos_id, seq_len)
+        split_seqs = self.n_seqs
+        slices, first = [], 0
+        for p in pools:
+            n = p.tokens // seq_len
+            if n < 1:
+                raise ValueError(
+                    f"data.pools: pool {p.name!r} tokens={p.tokens} holds no sequence of model.seq_len={seq_len}"
+                )
+            slices.append(PoolSlice(p.name, first, n, p.noise, mix.get(p.name, 0.0)))
+            first += n
+        if first > split_seqs:
+            raise ValueError(
+                f"data.pools need {first} sequences of {seq_len} tokens ({first * seq_len:,} tokens: "
+                f"{', '.join(f'{s.name}={s.n_seqs * seq_len:,}' for s in slices)}) but the training split holds "
+                f"{split_seqs} ({split_seqs * seq_len:,} tokens); raise data.max_bytes or shrink the pools"
+            )
+        self.pools = slices
+        self.mixed = [s for s in slices if s.weight > 0]
+        self.n_seqs = first
+
+    @property
+    def unique_tokens(self) -> int:
+        """Unique tokens of the mixed pools together (each pool's own is ``pool_unique_tokens``)."""
+        return sum(s.n_seqs for s in self.mixed) * self.seq_len
+
+    @property
+    def pool_unique_tokens(self) -> dict[str, int]:
+        return {s.name: s.n_seqs * self.seq_len for s in self.mixed}
+
+    def counts(self, batch_size: int) -> dict[str, int]:
+        """Sequences per step of each mixed pool (``pool_counts``; raises if one would get none)."""
+        names = [s.name for s in self.mixed]
+        return dict(zip(names, pool_counts([s.weight for s in self.mixed], batch_size, names=names)))
+
+    def pool_epochs(self, tokens_seen: float, batch_size: int) -> dict[str, float]:
+        """Epochs of each mixed pool after ``tokens_seen`` training tokens at ``batch_size`` sequences/step."""
+        c = self.counts(batch_size)
+        return {s.name: tokens_seen * c[s.name] / batch_size / (s.n_seqs * self.seq_len) for s in self.mixed}
+
+    def step_indices(self, seed: int, step: int, batch_size: int) -> np.ndarray:
+        counts = self.counts(batch_size)
+        k_of = {s.name: k for k, s in enumerate(self.pools)}
+        parts = [
+            s.first + batch_indices(seed * 1000 + k_of[s.name] + 1, step, counts[s.name], s.n_seqs)
+            for s in self.mixed
+        ]
+        idx = np.concatenate(parts)  # (batch_size,) pool by pool
+        order = np.random.Generator(np.random.PCG64([seed, step, 0x6D6978])).permutation(len(idx))
+        return idx[order]  # pools interleaved: micro-batches and ranks get the mixture, not one pool each
+
+    def _rows(self, seq_indices: np.ndarray) -> np.ndarray:
+        rows = super()._rows(seq_indices)
+        T = self.seq_len
+        seq_indices = np.asarray(seq_indices)
+        for s in self.pools:
+            if s.noise > 0:
+                mine = (seq_indices >= s.first) & (seq_indices < s.first + s.n_seqs)
+                if mine.any():
+                    src = self.tokens[s.first * T : (s.first + s.n_seqs) * T]
+                    rows[mine] = noise_rows(rows[mine], seq_indices[mine], s.noise, src)
+        return rows
 
 
 @lru_cache(maxsize=8)
@@ -215,8 +337,12 @@ def prepare(cfg: DataConfig, seq_len: int, *, log=print) -> PreparedData:
             atomic_write(meta_path, json.dumps(meta, indent=1))
             log(f"[data] {counts['train']:,} train / {counts['val']:,} val tokens cached under {root}")
     meta = json.loads(meta_path.read_text())
+    if cfg.pools:
+        train = PooledStream(shard["train"], dtype, meta["eos_id"], seq_len, pools=cfg.pools, mix=cfg.mix)
+    else:
+        train = TokenStream(shard["train"], dtype, meta["eos_id"], seq_len, max_tokens=cfg.unique_tokens)
     return PreparedData(
-        train=TokenStream(shard["train"], dtype, meta["eos_id"], seq_len, max_tokens=cfg.unique_tokens),
+        train=train,
         val=TokenStream(shard["val"], dtype, meta["eos_id"], seq_len),
         tokenizer_path=tok_path,
         vocab_size=meta["vocab_size"],

@@ -195,6 +195,9 @@ def semantic_dict(cfg: RunConfig) -> dict:
         d.pop("branch")  # ordinary runs hash as before the branch block existed
     else:
         d["branch"].pop("parent")  # the folder: a branch lives under its parent, wherever that is moved
+    if not cfg.data.pools:  # runs without data pools hash as before data.pools / data.mix existed
+        d["data"].pop("pools")
+        d["data"].pop("mix")
     for path in NON_SEMANTIC:
         node = d
         for p in path[:-1]:

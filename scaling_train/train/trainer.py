@@ -25,7 +25,7 @@ import yaml
 
 from scaling_train._io import atomic_write
 from scaling_train.config import to_dict
-from scaling_train.data import Batch, PreparedData, batch_indices, epochs_seen, prepare
+from scaling_train.data import Batch, PooledStream, PreparedData, epochs_seen, prepare
 from scaling_train.metrics.jsonl import JsonlWriter, rollback_jsonl
 from scaling_train.metrics.stream import open_trainer_stream
 from scaling_train.models import GPT
@@ -117,6 +117,10 @@ class Trainer:
         if cfg.train.compile:
             self.model = torch.compile(self.model)
         self.total_steps = cfg.total_steps
+        if isinstance(self.data.train, PooledStream):  # every mixed pool must get >= 1 sequence per step
+            self.data.train.counts(
+                cfg.branch.parent_batch_size if cfg.branch.parent else cfg.train.batch_size
+            )
 
     def _write_config(self) -> None:
         path = self.run_dir / "config.yaml"
@@ -146,11 +150,36 @@ class Trainer:
             # U = the training split in tokens (one epoch); epochs > 1 means repeated data
             "unique_tokens": self.data.train.unique_tokens,
             "epochs": epochs_seen(self.total_steps * self.cfg.tokens_per_step, self.data.train.unique_tokens),
+            **self._pool_info(),
             "micro_batch_size": self.micro_bs,
             "grad_accum": self.accum,
             "world_size": self.backend.world_size,
         }
         atomic_write(path, yaml.safe_dump(resolved, sort_keys=False))
+
+    def _pool_batch_size(self) -> int:
+        return self.cfg.branch.parent_batch_size if self.cfg.branch.parent else self.cfg.train.batch_size
+
+    def _pool_info(self) -> dict:
+        """``resolved.pools`` of a run on data.pools: per mixed pool its unique tokens U_p, noise, realised
+        weight (sequences per step / batch) and epochs over the whole run; {} without pools."""
+        train = self.data.train
+        if not isinstance(train, PooledStream):
+            return {}
+        B, D = self._pool_batch_size(), self.total_steps * self.cfg.tokens_per_step
+        counts, epochs = train.counts(B), train.pool_epochs(D, B)
+        return {
+            "pools": {
+                s.name: {
+                    "unique_tokens": s.n_seqs * train.seq_len,
+                    "noise": s.noise,
+                    "weight": counts[s.name] / B,
+                    "sequences_per_step": counts[s.name],
+                    "epochs": epochs[s.name],
+                }
+                for s in train.mixed
+            }
+        }
 
     # -------------------------------------------------------------- batches
     def micro_batches(self, step: int, *, split: bool = False) -> list[Batch]:
@@ -158,13 +187,13 @@ class Trainer:
 
         ``split``: a lone micro-batch of >= 2 sequences comes back as two halves (``mb // 2`` and the
         rest), for the noise-scale probe; more than one micro-batch is returned unchanged."""
-        br, n = self.cfg.branch, self.data.train.n_seqs
-        if br.parent is None:
-            idx = batch_indices(self.cfg.seed, step, self.cfg.train.batch_size, n)
+        br, train = self.cfg.branch, self.data.train
+        if br.parent is None:  # batch_indices over the split, or each pool's share of the step (data.pools)
+            idx = train.step_indices(self.cfg.seed, step, self.cfg.train.batch_size)
         else:  # a branch reads the parent's batches in the parent's order, factor of them per step
             first = br.step + step * br.factor
             idx = np.concatenate(
-                [batch_indices(self.cfg.seed, first + i, br.parent_batch_size, n) for i in range(br.factor)]
+                [train.step_indices(self.cfg.seed, first + i, br.parent_batch_size) for i in range(br.factor)]
             )  # (factor * parent_batch_size,) = (batch_size,)
         per_rank = len(idx) // self.backend.world_size
         mine = idx[self.backend.rank * per_rank : (self.backend.rank + 1) * per_rank]
@@ -439,6 +468,16 @@ class Trainer:
                     "step": done_steps,
                     "tokens": done_steps * tps,
                     "epochs": epochs_seen(done_steps * tps, self.data.train.unique_tokens),
+                    **(
+                        {
+                            f"epochs/{k}": v
+                            for k, v in self.data.train.pool_epochs(
+                                done_steps * tps, self._pool_batch_size()
+                            ).items()
+                        }
+                        if isinstance(self.data.train, PooledStream)
+                        else {}
+                    ),
                     "flops": float(self.flops_per_token * done_steps * tps),
                     "loss": loss_sum / n,
                     "lr": lr,
