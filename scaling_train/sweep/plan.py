@@ -24,6 +24,7 @@ from typing import Any
 import yaml
 
 from scaling_train.config import ConfigError, deep_merge, from_dict, load_yaml, parse_overrides
+from scaling_train.data.pools import format_mix, pool_counts
 from scaling_train.models import sizes
 from scaling_train.sweep.spec import PowerRule, SweepSpec
 from scaling_train.train.config import RunConfig, config_hash
@@ -232,13 +233,18 @@ def make_plan(spec: SweepSpec, *, output: str | Path | None = None) -> Plan:
     for si, size in enumerate(g.sizes):
         n_target = _size_n(size, where=f"{src}: grid.sizes[{si}]")
         for kind, budget in budgets:
-            for bs_axis, u_axis in itertools.product(g.batch_sizes or [None], g.unique_tokens or [None]):
+            for bs_axis, u_axis, mix_axis in itertools.product(
+                g.batch_sizes or [None], g.unique_tokens or [None], g.pools or [None]
+            ):
                 for seed in g.seeds:
                     over: dict[str, Any] = dict(spec_over)
                     over["model.size"] = str(size)
                     if u_axis is not None:
                         over["data.unique_tokens"] = int(u_axis)
-                    cfg0 = _build(base, over, src, where=f"grid.sizes[{si}]={size!r}")
+                    if mix_axis is not None:
+                        over["data.mix"] = str(mix_axis)
+                    where0 = f"grid.sizes[{si}]={size!r}" + (f" grid.pools={mix_axis!r}" if mix_axis else "")
+                    cfg0 = _build(base, over, src, where=where0)
                     shape, T = cfg0.model.shape, cfg0.model.seq_len
                     n = sizes.non_embedding_params(shape)
                     vocab = cfg0.model.vocab_size or cfg0.data.vocab_size
@@ -253,6 +259,11 @@ def make_plan(spec: SweepSpec, *, output: str | Path | None = None) -> Plan:
                         if rules.mup
                         else apply_rule(rules.lr, n_target, where=f"{src}: rules.lr")
                     )
+                    if cfg0.data.pools:  # every mixed pool gets >= 1 sequence of each step
+                        try:
+                            pool_counts(list(cfg0.data.mix.values()), B, names=list(cfg0.data.mix))
+                        except ValueError as e:
+                            raise ConfigError(f"{src} ({where0}): {e}") from None
                     d_target = {"tokens_per_param": budget * n, "tokens": budget, "flops": budget / fpt}[kind]
                     tps = B * T
                     if d_target < tps:
@@ -292,8 +303,10 @@ def make_plan(spec: SweepSpec, *, output: str | Path | None = None) -> Plan:
                             f"{src}: two grid points resolve to the same run {name} ({seen[name]} and size={size} "
                             f"{kind}={budget:g}); remove the duplicate size or budget"
                         )
-                    seen[name] = f"size={size} {kind}={budget:g}" + (
-                        f" unique_tokens={u_axis:g}" if u_axis else ""
+                    seen[name] = (
+                        f"size={size} {kind}={budget:g}"
+                        + (f" unique_tokens={u_axis:g}" if u_axis else "")
+                        + (f" pools={mix_axis}" if mix_axis else "")
                     )
                     over["run_dir"] = str(sweep_dir / name)
                     cbs_steps: list[int] = []
@@ -349,8 +362,20 @@ def repetition_warnings(plan: Plan, unique_tokens: Callable[[RunConfig], int | N
     cache: dict[str, int | None] = {}
     out: list[str] = []
     worst, unknown = 0.0, 0
+    pooled: list[str] = []
     for run in plan.runs:
         cfg = run_config(plan, run)
+        if cfg.data.pools:  # per-pool epochs from the config alone (a pool's U is its declared size)
+            key = repr((sorted(asdict(cfg.data).items()), cfg.model.seq_len))
+            if key not in cache:  # prepares the data once: pools larger than the split fail here
+                cache[key] = unique_tokens(cfg)
+            line, ep = _pool_epochs_line(run, cfg)
+            pooled.append(line)
+            if max(ep.values()) > 1.0:
+                worst = max(worst, max(ep.values()))
+                out.append(f"warning: run {run.index} {run.name} repeats data pool(s) " + ", ".join(
+                    f"{k} ({e:.2f} epochs)" for k, e in ep.items() if e > 1.0))  # fmt: skip
+            continue
         key = repr((sorted(asdict(cfg.data).items()), cfg.model.seq_len))
         if key not in cache:
             cache[key] = unique_tokens(cfg)
@@ -373,11 +398,25 @@ def repetition_warnings(plan: Plan, unique_tokens: Callable[[RunConfig], int | N
             "fit on (N, D) ignores repetition: use scaling_train.laws.fit_data_constrained, a larger corpus "
             "(data.corpus, data.max_bytes) or smaller token budgets"
         )
+    if pooled:
+        out = ["per-pool epochs (data.pools; epochs = D x n_p / B / U_p):", *pooled, *out]
     if unknown:
         out.append(
             f"note: U unknown before training for {unknown} runs (remote corpus); repetition not checked"
         )
     return out
+
+
+def _pool_epochs_line(run: RunSpec, cfg: RunConfig) -> tuple[str, dict[str, float]]:
+    """'  run i name: mix -> pool: U_p, n_p/B sequences per step, epochs' for a run on data.pools, and the
+    epochs per pool: pool p holds U_p = (tokens_p // T) T tokens and gets n_p of every B sequences
+    (``pool_counts``), so it is seen ``D n_p / (B U_p)`` times."""
+    T, B, mix = cfg.model.seq_len, run.batch_size, cfg.data.mix
+    counts = dict(zip(mix, pool_counts(list(mix.values()), B, names=list(mix))))
+    sizes_ = {p.name: (p.tokens // T) * T for p in cfg.data.pools}
+    ep = {k: run.tokens * counts[k] / B / sizes_[k] for k in mix}
+    parts = [f"{k}: U={sizes_[k]:.3g}, {counts[k]}/{B} seqs/step, {ep[k]:.2f} epochs" for k in mix]
+    return f"  run {run.index} {run.name} [{format_mix(mix)}]: " + "; ".join(parts), ep
 
 
 def _build(base: dict, over: dict, src: str, *, where: str) -> RunConfig:

@@ -11,6 +11,7 @@ starts, naming the file, the key, the value and what is allowed.
       tokens_per_param: [5, 10, 20]     # exactly one of tokens_per_param | tokens | flops (IsoFLOP)
       batch_sizes: null                 # null = from rules.batch_size; a list makes a batch-size axis
       unique_tokens: null               # null = the whole training split; a list makes a data-limit axis
+      pools: null                       # data mixes over run.data.pools, e.g. [clean, noisy, "clean:0.5+noisy:0.5"]
       seeds: [0]
     rules:
       lr: {value: 3e-3, ref_size: 1M, exponent: -0.25}        # lr(N) = value * (N / ref)**exponent
@@ -31,6 +32,7 @@ from pathlib import Path
 from typing import Literal
 
 from scaling_train.config import ConfigError, doc, load
+from scaling_train.data.pools import PoolConfig, normalise_mix, parse_mix
 
 
 @dataclass
@@ -47,6 +49,11 @@ class Grid:
     unique_tokens: list[float] | None = doc(
         "Unique-token axis: each run trains on only the first U tokens of the training split and repeats them "
         "(data.unique_tokens), for repetition studies; null = the whole split.",
+        None,
+    )
+    pools: list[str] | None = doc(
+        "Data-pool axis: each value is a data.mix over the pools declared in the runs' data.pools, 'clean' or "
+        "'clean:0.5+noisy:0.5' (weights normalised); null = no axis.",
         None,
     )
     seeds: list[int] = doc("Seeds (init and data order).", default_factory=lambda: [0])
@@ -215,6 +222,8 @@ def _check(spec: SweepSpec, src: str) -> None:
             raise ConfigError(f"{src}: grid.{key}={vals} has duplicates")
         if key != "seeds" and any(not v > 0 for v in vals):
             raise ConfigError(f"{src}: grid.{key}={vals}: every value must be > 0")
+    if g.pools is not None:
+        _check_pools(g.pools, src)
     if len(set(map(str, g.sizes))) != len(g.sizes):
         raise ConfigError(f"{src}: grid.sizes={g.sizes} has duplicates")
     for name in ("lr", "batch_size"):
@@ -239,6 +248,25 @@ def _check(spec: SweepSpec, src: str) -> None:
     for key in spec.overrides:
         if not isinstance(key, str) or not key:
             raise ConfigError(f"{src}: overrides key {key!r} must be a dotted RunConfig key like optim.lr")
+
+
+def _check_pools(mixes: list[str], src: str) -> None:
+    """Syntax of grid.pools (that each name is a declared pool is checked per run, in make_plan)."""
+    if not mixes:
+        raise ConfigError(
+            f"{src}: grid.pools is empty; list at least one mix, e.g. [clean, 'clean:0.5+noisy:0.5']"
+        )
+    seen: dict[tuple, str] = {}
+    for i, m in enumerate(mixes):
+        try:
+            names = parse_mix(m, key=f"grid.pools[{i}]")
+            mix = normalise_mix(m, [PoolConfig(name=n, tokens=1) for n in names], key=f"grid.pools[{i}]")
+        except ValueError as e:
+            raise ConfigError(f"{src}: {e}") from None
+        key = tuple(sorted((k, round(v, 12)) for k, v in mix.items()))
+        if key in seen:
+            raise ConfigError(f"{src}: grid.pools[{i}]={m!r} is the same mix as {seen[key]!r}")
+        seen[key] = m
 
 
 def _check_cbs(c: CBS, src: str) -> None:
