@@ -30,6 +30,7 @@ from .curve import (
 from .data_constrained import DataConstrainedFit, DivergedRun, find_diverged, fit_data_constrained
 from .isoflop import IsoFLOPFit, IsoFLOPParabola, fit_isoflop
 from .overtraining import DownstreamFit, OvertrainingFit, fit_downstream, fit_overtraining
+from .pools import DataPoolsFit, PoolChoice, PoolParams, fit_data_pools
 from .predict import LossPrediction, SweepFit, fit_sweep, predict_final_loss
 from .sample import PassUntilFit, SampleScores, fit_pass_until, fit_pass_until_from_loglik, sample_scores
 
@@ -44,6 +45,7 @@ __all__ = [
     "CriticalBatchFit",
     "Curve",
     "DataConstrainedFit",
+    "DataPoolsFit",
     "DivergedRun",
     "DownstreamFit",
     "GradientNoiseScale",
@@ -55,6 +57,8 @@ __all__ = [
     "NotEnoughDataError",
     "OvertrainingFit",
     "PassUntilFit",
+    "PoolChoice",
+    "PoolParams",
     "SampleScores",
     "StepsToTargetFit",
     "SweepFit",
@@ -66,6 +70,7 @@ __all__ = [
     "fit_chinchilla",
     "fit_critical_batch",
     "fit_data_constrained",
+    "fit_data_pools",
     "fit_downstream",
     "fit_isoflop",
     "fit_multipower",
