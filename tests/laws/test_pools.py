@@ -124,3 +124,45 @@ def test_predict_names_unfitted_pools():
         ValueError, match=r"pool\(s\) \['web'\] were not fitted; fitted pools: \['clean', 'noisy'\]"
     ):
         truth().predict("clean:0.5+web:0.5", 1e8, 1e9)
+
+
+@pytest.mark.slow
+def test_end_to_end_tiny_runs_on_pools_of_the_builtin_corpus(tmp_path):
+    """12 tiny runs (0.2M params): a clean pool of 1e4 tokens, a noisy one of 1.6e5 tokens with half of every
+    sequence's tokens shuffled in, and their half-half mix, at 1..8 clean epochs. The noise costs at one epoch;
+    the law fitted on the 8 single-pool runs predicts the 4 mixed runs and picks the observed best pool at the
+    smallest and the largest budget."""
+    import yaml
+
+    from scaling_train.train import train
+    from tests.fixtures.runs import tiny_config
+
+    pools = "[{name: clean, tokens: 10240}, {name: noisy, tokens: 163840, noise: 0.5}]"
+    rows = []
+    for steps in (20, 40, 80, 160):  # x 8 x 64 tokens: D = 1e4 .. 8.2e4
+        for mix in ("clean", "noisy", MIX):
+            d = tmp_path / f"{mix}-{steps}"
+            cfg = tiny_config(d, **{"data.pools": pools, "data.mix": mix, "train.max_steps": steps,
+                                    "train.eval_every": 0, "train.eval_batches": 8, "train.ckpt_every": 0,
+                                    "train.log_every": 20})  # fmt: skip
+            res = train(cfg, log=lambda s: None)
+            conf = yaml.safe_load((d / "config.yaml").read_text())
+            rows.append(
+                (mix, float(conf["resolved"]["params"]["non_embedding"]), steps * 512, res.final_eval_loss)
+            )
+    obs = {(m, D): loss for m, _, D, loss in rows}
+    assert obs[("clean", 10240)] < obs[("noisy", 10240)]  # fresh clean text beats half-shuffled text
+    N = np.array([r[1] for r in rows])
+    D = np.array([float(r[2]) for r in rows])
+    L = np.array([r[3] for r in rows])
+    mixes = [r[0] for r in rows]
+    single = np.array([m != MIX for m in mixes])
+    fit = fit_data_pools(N[single], D[single], [m for m, s in zip(mixes, single) if s], L[single],
+                         pools={"clean": 10240, "noisy": 163840})  # fmt: skip
+    pred = np.array([float(fit.predict(m, n, d)) for m, n, d in zip(mixes, N, D)])
+    err = pred / L - 1.0
+    assert np.abs(err[single]).mean() < 0.02, err
+    assert np.abs(err[~single]).mean() < 0.04, err  # mixes never fitted
+    for D_ in (10240, 81920):
+        seen = min(("clean", "noisy"), key=lambda m: obs[(m, D_)])
+        assert fit.best(6 * N[0] * D_, ["clean", "noisy"], N=N[0]).best == seen
