@@ -8,8 +8,9 @@ Every number says what it is:
 * ``cbs_measured``: critical batches measured directly, ``source: batch_sweep`` (runs of one size at
   >= 3 batch sizes: ``laws.batch_sweeps_from_curves`` + ``fit_batch_sweep``, B_crit = B_noise at
   several target losses) or ``source: branches`` (``RUN/cbs/cbs.json`` of ``scaling-train cbs``);
-* ``cbs_predicted``: ``laws.fit_cbs_calibration`` of measured / B_simple over every bounded measurement
-  (along and across runs), times ``B_simple(L)`` at each run's predicted final loss, with a 90% interval.
+* ``cbs_predicted``: ``laws.fit_cbs_calibration`` of measured / B_simple(L) over every bounded measurement
+  (along and across runs), times ``B_simple(L)`` at each run's predicted final loss, with a 90% interval;
+  ``B_simple(L)`` is ``gns_b_simple_law``, Kaplan's law over pooled windows of rows (``pooled_gns_law``).
 
 All batches here are in tokens (sequences x seq_len); ``*_sequences`` fields give sequences.
 """
@@ -139,47 +140,95 @@ def branch_measurements(tails: Mapping[str, RunTail]) -> list[dict[str, Any]]:
     return out
 
 
+CHUNK_ROWS = 8  # rows pooled per point of the noise-scale law (ratio of means: pooled_b_simple)
+
+
+def pooled_gns_law(tails: Mapping[str, RunTail], *, skip: float = 0.2):
+    """Kaplan's ``B_simple(L) = B_star / L**(1/alpha_B)`` over pooled windows: each healthy run's rows past
+    ``skip`` of its steps, in consecutive chunks of ``CHUNK_ROWS``, each chunk one (mean loss,
+    ``pooled_b_simple``) point. Row-by-row fits drop the rows whose estimate is negative or nan and keep
+    the heavy right tail, which biases the law upward at small batches; pooled chunks do neither.
+    (fit or None, JSON summary)."""
+    from scaling_train.laws import fit_critical_batch
+
+    L, b = [], []
+    for t in tails.values():
+        if t.diverged_at is not None or not t.total_steps:
+            continue
+        rows = [t.rows[s] for s in sorted(t.rows) if s > skip * t.total_steps]
+        for i in range(0, len(rows) - CHUNK_ROWS // 2, CHUNK_ROWS):
+            chunk = rows[i : i + CHUNK_ROWS]
+            g = pooled_b_simple(chunk)
+            lo = float(np.mean([r["loss"] for r in chunk]))
+            if g is not None and g > 0 and math.isfinite(lo) and lo > 0:
+                L.append(lo)
+                b.append(g)
+    try:
+        f = fit_critical_batch(np.array(L), np.array(b))
+    except ValueError as e:
+        return None, {"error": str(e), "n_points": len(L), "of": "gns_b_simple, pooled windows"}
+    x = np.log(L)
+    return f, {
+        "B_star": f.B_star, "alpha_B": f.alpha_B, "rmse_log": f.rmse_log, "n_points": len(L),
+        "log_loss_mean": float(x.mean()), "log_loss_sxx": float(np.sum((x - x.mean()) ** 2)),
+        "chunk_rows": CHUNK_ROWS, "of": "gns_b_simple, pooled windows",
+    }  # fmt: skip
+
+
+def law_sd_log(info: Mapping[str, Any], loss: float) -> float:
+    """Standard error of log B_simple(L) on the law's line at ``loss`` (not the scatter of single windows
+    about it, ``rmse_log``: the calibration is against the line, so only the line's own uncertainty adds):
+    ``rmse sqrt(1/n + (log L - mean)^2 / Sxx)``; the rmse itself when the summary lacks the moments."""
+    if not info.get("log_loss_sxx"):
+        return float(info.get("rmse_log", 0.0))
+    d = math.log(loss) - info["log_loss_mean"]
+    return float(info["rmse_log"] * math.sqrt(1.0 / info["n_points"] + d * d / info["log_loss_sxx"]))
+
+
 def critical_batch_block(
     tails: Mapping[str, RunTail], predictions: Mapping[str, dict[str, Any]], gns_law: dict[str, Any] | None
 ) -> dict[str, Any]:
-    """``sweep_law.json``'s ``cbs_measured``, ``cbs_calibration`` and ``cbs_predicted`` (see the module)."""
+    """``sweep_law.json``'s ``gns_b_simple_law``, ``cbs_measured``, ``cbs_calibration`` and
+    ``cbs_predicted`` (see the module). The calibration and the prediction use one noise-scale estimate,
+    the pooled law ``B_simple(L)`` (``pooled_gns_law``; the rows' law ``gns_law`` when it cannot be
+    fitted): calibrated against the law at each measurement's loss, multiplied by the law at the loss
+    asked for, so an estimator's bias cancels instead of entering twice."""
     from scaling_train.laws import CriticalBatchFit, fit_cbs_calibration
 
     sweep_m, notes = batch_sweep_measurements(tails)
     measured = sweep_m + branch_measurements(tails)
-    out: dict[str, Any] = {"cbs_measured": measured, "cbs_notes": notes}
-    use = [
-        m for m in measured
-        if m["bounded"] and m.get("gns_b_simple") and m["gns_b_simple"] > 0 and m["value"] > 0
-    ]  # fmt: skip
-    if not use:
+    law, info = pooled_gns_law(tails)
+    out: dict[str, Any] = {"cbs_measured": measured, "cbs_notes": notes, "gns_b_simple_law": info}
+    if law is None and gns_law and "B_star" in gns_law:
+        law = CriticalBatchFit(gns_law["B_star"], gns_law["alpha_B"], gns_law["rmse_log"])
+        info["fallback"] = "critical_batch (the rows' law)"
+    use = [m for m in measured if m["bounded"] and m["value"] > 0]
+    if not use or law is None:
         out["cbs_calibration"] = {
-            "error": f"{len(measured)} measured critical batches, none bounded with a noise scale at its loss "
-            "(branches: scaling-train cbs or a spec cbs block; batch sweeps: grid.batch_sizes)"
+            "error": f"{len(measured)} measured critical batches, {len(use)} bounded"
+            + ("" if law is not None else f", and no noise-scale law B_simple(L) ({info.get('error')})")
+            + "; measure with scaling-train cbs or a spec cbs block (branches), or grid.batch_sizes (batch sweeps)"
         }
         return out
     sd = [math.log(m["high"] / m["low"]) / (2 * Z90) for m in use]
     try:
         cal = fit_cbs_calibration(
-            [m["loss"] for m in use], [m["value"] for m in use], [m["gns_b_simple"] for m in use],
+            [m["loss"] for m in use], [m["value"] for m in use], [float(law.predict(m["loss"])) for m in use],
             measured_sd_log=sd, sources=[m["source"] for m in use],
         )  # fmt: skip
     except ValueError as e:
         out["cbs_calibration"] = {"error": str(e), "n_points": len(use)}
         return out
     out["cbs_calibration"] = {
-        "law": "log(cbs_measured / gns_b_simple) = c0 + c1 log(L / l_ref)" if cal.form == "loss"
-        else "log(cbs_measured / gns_b_simple) = c0",
+        "law": "log(cbs_measured / B_simple(L)) = c0 + c1 log(L / l_ref)" if cal.form == "loss"
+        else "log(cbs_measured / B_simple(L)) = c0",
+        "against": "gns_b_simple_law" if "fallback" not in info else "critical_batch",
         "form": cal.form, "coef": list(cal.coef), "l_ref": cal.l_ref, "sigma_log": cal.sigma_log,
         "loo_rmse": cal.loo_rmse, "n_points": cal.n_points, "sources": list(cal.sources), "level": cal.level,
     }  # fmt: skip
-    if not gns_law or "B_star" not in gns_law:
-        out["cbs_predicted"] = {"error": "no B_simple(L) law (sweep_law.json critical_batch) to extrapolate"}
-        return out
-    law = CriticalBatchFit(gns_law["B_star"], gns_law["alpha_B"], gns_law["rmse_log"])
 
     def at(loss: float) -> dict[str, Any]:
-        p = cal.predict(loss=loss, b_simple=float(law.predict(loss)), b_simple_sd_log=law.rmse_log)
+        p = cal.predict(loss=loss, b_simple=float(law.predict(loss)), b_simple_sd_log=law_sd_log(info, loss))
         return {"loss": loss, "value": p.value, "low": p.low, "high": p.high, "ratio": p.ratio,
                 "gns_b_simple": p.b_simple, "level": p.level, "source": p.source, "unit": "tokens"}  # fmt: skip
 

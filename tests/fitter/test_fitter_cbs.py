@@ -70,7 +70,15 @@ def test_fitter_measures_calibrates_and_predicts_the_critical_batch(tmp_path):
         )
         assert m["gns_b_simple"] == pytest.approx(_b_simple(m["loss"]), rel=0.05)
     cal = law["cbs_calibration"]
-    assert cal["n_points"] == 5 and cal["sources"] == ["batch_sweep", "branches"]
+    law_g = law["gns_b_simple_law"]  # the noise scale's law over pooled windows of rows: exact here
+    assert law_g["alpha_B"] == pytest.approx(0.25, rel=0.02) and law_g["B_star"] == pytest.approx(
+        640 * 3**4, rel=0.05
+    )
+    assert (
+        cal["n_points"] == 5
+        and cal["sources"] == ["batch_sweep", "branches"]
+        and cal["against"] == "gns_b_simple_law"
+    )
     # measured is flat in L while B_simple ~ L^-4: the ratio ~ L^4, found by the loss form
     assert cal["form"] == "loss" and cal["coef"][1] == pytest.approx(4.0, abs=0.8)
     pred = law["cbs_predicted"]
@@ -99,9 +107,12 @@ def test_fitter_says_why_there_is_no_calibration(tmp_path):
     _write_run(tmp_path / "s", 16, rng)  # one batch size, no branches: nothing measured
     SweepFitter(tmp_path / "s", log=lambda s: None).step()
     law = json.loads((tmp_path / "s" / "sweep_law.json").read_text())
-    assert law["cbs_measured"] == [] and "none bounded" in law["cbs_calibration"]["error"]
+    assert (
+        law["cbs_measured"] == []
+        and "0 measured critical batches, 0 bounded" in law["cbs_calibration"]["error"]
+    )
     one = json.loads(next((tmp_path / "s").glob("*/predictions.json")).read_text())
-    assert "none bounded" in one["cbs_predicted"]
+    assert "0 bounded; measure with scaling-train cbs" in one["cbs_predicted"]
 
 
 def test_pooled_b_simple_is_a_ratio_of_means():

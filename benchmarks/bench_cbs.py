@@ -1,0 +1,261 @@
+"""Critical batch on CPU (issue 14): batch sweep vs branched training vs the calibrated noise scale.
+
+    python benchmarks/bench_cbs.py                     # sweep + branches + fit, ~15 min on 2 cores
+    python benchmarks/bench_cbs.py --output runs/cbs-cpu --no-run   # only re-analyse a finished sweep
+
+Runs ``scaling-train sweep configs/sweeps/cbs-cpu.yaml`` (3 tiny sizes x 4 batch sizes at one token
+budget; its ``cbs:`` block branches every run at 50% with k = 2, 4, 8 for 10% of its tokens), then
+``scaling-train fit``, and compares, at the loss of every branched measurement:
+
+* ``batch sweep``: B_crit = B_noise of S(B) = S_min (1 + B_noise / B) from the runs of that size
+  (``sweep_law.json: cbs_measured``, ``source: batch_sweep``), interpolated in log-log between its target
+  losses (nearest target when the branch's loss lies outside them, flagged);
+* ``branches``: the measured critical batch of ``scaling-train cbs`` (``RUN/cbs/cbs.json``);
+* ``calibrated``: ratio(L) x B_simple(L) from ``laws.fit_cbs_calibration``, both in-sample (every
+  measurement) and held out (refitted without this branch measurement and without the batch-sweep
+  measurements of its size), B_simple(L) from the sweep's Kaplan law of ``gns_b_simple``;
+* ``gns_b_simple``: the raw noise scale at that loss.
+
+Target: the three agree within a factor of 2 at the same loss. Also the branch cost: branch tokens /
+run tokens vs measured wall time of a branch / its run. Writes ``benchmarks/results/cbs.md``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import os
+import platform
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+
+ROOT = Path(__file__).resolve().parents[1]
+SPEC = ROOT / "configs" / "sweeps" / "cbs-cpu.yaml"
+OUT = ROOT / "benchmarks" / "results" / "cbs.md"
+
+
+def _load(sweep: Path) -> dict:
+    return json.loads((sweep / "sweep_law.json").read_text())
+
+
+def _interp_sweep(ms: list[dict], loss: float) -> tuple[float | None, str]:
+    """Batch-sweep B_crit (tokens) at ``loss``: log-log interpolation between the bounded targets of one
+    size; outside them the nearest target's value, flagged."""
+    pts = sorted((m["loss"], m["value"]) for m in ms if m["bounded"])
+    if not pts:
+        return None, "no bounded batch-sweep target"
+    x = np.log([p[0] for p in pts])
+    y = np.log([p[1] for p in pts])
+    if x[0] <= math.log(loss) <= x[-1]:
+        return float(np.exp(np.interp(math.log(loss), x, y))), ""
+    near = pts[0] if loss < pts[0][0] else pts[-1]
+    return float(near[1]), f"outside targets [{pts[0][0]:.3f}, {pts[-1][0]:.3f}]: nearest"
+
+
+def _calibrated(use: list[dict], loss: float, gns_law, info: dict, *, level: float = 0.9):
+    from scaling_train.laws import fit_cbs_calibration
+
+    sd = [math.log(float(m["high"]) / float(m["low"])) / (2 * 1.6448536269514722) for m in use]
+    cal = fit_cbs_calibration(
+        [m["loss"] for m in use], [m["value"] for m in use], [float(gns_law.predict(m["loss"])) for m in use],
+        measured_sd_log=sd, sources=[m["source"] for m in use], level=level,
+    )  # fmt: skip
+    from scaling_train.fitter.cbs import law_sd_log
+
+    sd_b = law_sd_log(info, loss)
+    return cal.predict(loss=loss, b_simple=float(gns_law.predict(loss)), b_simple_sd_log=sd_b), cal
+
+
+def analyse(sweep: Path) -> tuple[list[str], dict]:
+    from scaling_train.laws import CriticalBatchFit
+
+    law = _load(sweep)
+    seq = 64
+    measured = law.get("cbs_measured") or []
+    bs = [m for m in measured if m["source"] == "batch_sweep"]
+    br = [m for m in measured if m["source"] == "branches"]
+    usable = [m for m in measured if m["bounded"]]
+    g = law["gns_b_simple_law"]  # the fitter's: Kaplan's law over pooled windows of the runs' rows
+    gns_law = CriticalBatchFit(g["B_star"], g["alpha_B"], g["rmse_log"])
+    lines = []
+    lines.append("### Batch-sweep critical batch per size (B_noise of S(B), 90% interval)\n")
+    lines.append(
+        "| N | target loss | B_crit (seq) | 90% interval (seq) | steps at B = 8 / 16 / 32 / 64 | gns_b_simple (seq) |"
+    )
+    lines.append("| --- | --- | --- | --- | --- | --- |")
+    for m in sorted(bs, key=lambda m: (m["n_params"], -m["loss"])):
+        hi = float(m["high"]) / seq
+        lines.append(
+            f"| {m['n_params']:.3g} | {m['loss']:.3f} | {m['value_sequences']:.1f} | "
+            f"[{float(m['low']) / seq:.1f}, {hi:.1f}] | {' / '.join(f'{s:.0f}' for s in m['steps'])} | "
+            f"{(m['gns_b_simple'] or float('nan')) / seq:.1f} |"
+        )
+    rows, agree, agree_ho, total, pair = [], 0, 0, 0, 0
+    lines.append("\n### At the loss of every branched measurement (batches in sequences of 64 tokens)\n")
+    lines.append(
+        "| run (N, B) | loss | branches (seq) [interval] | batch sweep (seq) | calibrated in-sample [90%] | "
+        "calibrated held out [90%] | gns_b_simple near it / law B_simple(L) | max/min of the three (held out) | "
+        "within 2x (held out) | branches vs batch sweep |"
+    )
+    lines.append("| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |")
+    for m in sorted(br, key=lambda m: (m["n_params"], m["run"])):
+        B = int(m["run"].split("-B")[1].split("-")[0])
+        sw_v, note = _interp_sweep([x for x in bs if x["n_params"] == m["n_params"]], m["loss"])
+        try:
+            p_in, _ = _calibrated(usable, m["loss"], gns_law, g)
+        except ValueError:
+            p_in = None
+        held = [x for x in usable if x is not m and x["n_params"] != m["n_params"]]
+        try:
+            p_ho, _ = _calibrated(held, m["loss"], gns_law, g) if held else (None, None)
+        except ValueError:
+            p_ho = None
+        hi = float(m["high"])
+        vals = [v for v in (m["value"], sw_v, p_ho.value if p_ho else None) if v]
+        ratio = max(vals) / min(vals) if len(vals) == 3 else float("nan")
+        vals_in = [v for v in (m["value"], sw_v, p_in.value if p_in else None) if v]
+        ratio_in = max(vals_in) / min(vals_in) if len(vals_in) == 3 else float("nan")
+        ok = ratio <= 2.0
+        total += 1
+        agree += ratio_in <= 2.0
+        agree_ho += ok
+        fmt = lambda p: f"{p.value / seq:.1f} [{p.low / seq:.1f}, {p.high / seq:.1f}]" if p else "-"  # noqa: E731
+        lines.append(
+            f"| {m['n_params']:.3g}, B={B} | {m['loss']:.3f} | {m['value'] / seq:.1f} "
+            f"[{float(m['low']) / seq:.0f}, {'inf' if not math.isfinite(hi) else f'{hi / seq:.0f}'}] | "
+            f"{(sw_v or float('nan')) / seq:.1f}{' (' + note + ')' if note else ''} | {fmt(p_in)} | {fmt(p_ho)} | "
+            f"{(m['gns_b_simple'] or float('nan')) / seq:.1f} / {float(gns_law.predict(m['loss'])) / seq:.1f} | "
+            f"{ratio:.2f} (in-sample {ratio_in:.2f}) | {'yes' if ok else '**no**'} | "
+            f"{max(m['value'], sw_v) / min(m['value'], sw_v):.2f} |"
+        )
+        pair += max(m["value"], sw_v) / min(m["value"], sw_v) <= 2.0
+        rows.append(
+            {"run": m["run"], "ratio_held_out": ratio, "ratio_in_sample": ratio_in, "cost": m.get("cost")}
+        )
+    cal = law.get("cbs_calibration") or {}
+    summary = {
+        "n_branch": total,
+        "agree_in_sample": agree,
+        "agree_held_out": agree_ho,
+        "calibration": cal,
+        "pair": pair,
+        "gns_law": g,
+        "n_batch_sweep": len(bs),
+        "n_bounded": len(usable),
+        "rows": rows,
+    }
+    lines.append("\n### Branch cost\n")
+    lines.append(
+        "| run | branch tokens / run tokens | mean wall time of one branch / run | all branches / run | "
+        "one branch's time beyond its token share (s) |"
+    )
+    lines.append("| --- | --- | --- | --- | --- |")
+    for m in sorted(br, key=lambda m: (m["n_params"], m["run"])):
+        c = m.get("cost") or {}
+        n_b = 3
+        tr = c.get("time_ratio")
+        lines.append(
+            f"| {m['run']} | {c.get('tokens_ratio', float('nan')):.3f} | "
+            f"{tr if tr is None else f'{tr:.3f}'} | "
+            f"{'-' if tr is None else f'{tr * n_b:.3f}'} | "
+            f"{c['branch_time_s'] / n_b - c['tokens_ratio'] * c['parent_time_s']:.1f} of {c['branch_time_s'] / n_b:.1f} |"
+        )
+    over = [
+        (m["cost"]["branch_time_s"] / 3 - m["cost"]["tokens_ratio"] * m["cost"]["parent_time_s"])
+        for m in br
+        if (m.get("cost") or {}).get("parent_time_s")
+    ]
+    lines.append(
+        "\n### Reading\n\n"
+        "* Branches are bracketed by factors of 2 (k = 2, 4, 8): each measured interval is [k B, 2 k B]; the "
+        "value interpolates where the penalty crosses the tolerance (2 standard errors of the parent's own "
+        "window loss, 0.05-0.07 nats here).\n"
+        "* The batch sweep's targets stop at the lowest loss its largest batch reaches; branch points of the "
+        "B = 8 and 16 runs lie below that, where the table uses the nearest target (flagged).\n"
+        "* The batch sweep runs every batch at its size's LR; the branches scale the LR by sqrt(k). The two "
+        "protocols are not identical, and still agree within 2x in most cells.\n"
+        f"* The noise scale is noisy at these batch sizes: B_simple pooled over 8 rows scatters by a factor "
+        f"exp({summary['gns_law'].get('rmse_log', float('nan')):.2f}) about its law, and the raw value near a "
+        "measurement ranges over two orders of magnitude. The calibration's loss term absorbs the difference "
+        "between the law's slope and the measured critical batch's, so the calibrated prediction here is close "
+        "to a fit of the measured critical batches in loss scaled by the noise-scale law: it agrees with them "
+        "by construction more than it tests B_simple. Held out (the size's own measurements removed) it "
+        "agrees as often as in-sample.\n"
+        f"* Cost: a branch's FLOPs are its token share of the run, but its wall time exceeds that share by "
+        f"{min(over):.0f}..{max(over):.0f} s (median {np.median(over):.0f} s) on these 60-130 s runs: a new process "
+        "(imports, data, checkpoint load), a metrics flush every step and two checkpoints. The target "
+        "(token share plus one checkpoint load) is met in FLOPs, not in wall time on tiny CPU runs. The "
+        "4-step minimum of the largest k makes a 79-step run's branches 40% of its tokens each.\n"
+    )
+    return lines, summary
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--output", default=str(ROOT / "runs" / "cbs-cpu"), help="sweep folder")
+    ap.add_argument("--no-run", action="store_true", help="analyse a finished sweep folder only")
+    ap.add_argument(
+        "--wall-min", type=float, default=None, help="with --no-run: the measured wall time to quote"
+    )
+    a = ap.parse_args()
+    sweep = Path(a.output)
+    wall = a.wall_min * 60 if a.wall_min else None
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    if not a.no_run:
+        t = time.time()
+        cmd = [sys.executable, "-m", "scaling_train.cli", "sweep", str(SPEC), "--output", str(sweep)]
+        subprocess.run(cmd, check=True, cwd=ROOT, env=env)
+        wall = time.time() - t
+    subprocess.run([sys.executable, "-m", "scaling_train.cli", "fit", str(sweep)], check=True, cwd=ROOT, env=env,
+                   stdout=subprocess.DEVNULL)  # fmt: skip
+    lines, s = analyse(sweep)
+    cal = s["calibration"]
+    head = [
+        "# Critical batch on CPU: batch sweep vs branched training vs calibrated noise scale",
+        "",
+        f"Machine: {platform.processor() or platform.machine()}, {os.cpu_count()} cores shared with other "
+        f"sessions, torch CPU, Python {platform.python_version()}. Command: `python benchmarks/bench_cbs.py` "
+        f"(spec `configs/sweeps/cbs-cpu.yaml`: sizes 0.1M / 0.3M / 1M x batch 8 / 16 / 32 / 64 sequences of 64 "
+        "tokens at 3.2e5 tokens each, constant LR after 10 warmup steps, lr(N) = 1.6e-3 (N / 2e6)^-0.25 the same "
+        "at every batch size; `cbs: {every: 50, factors: [2, 4, 8], tokens_fraction: 0.1, lr_rule: sqrt}`)"
+        + (
+            f"; wall time of the whole sweep with its branches, fit and report: {wall / 60:.1f} min"
+            + (
+                " (over the ~20 min aimed at; the 2 cores were shared with other sessions' tests)."
+                if wall > 1200
+                else "."
+            )
+            if wall
+            else "."
+        ),
+        "",
+        f"**Result: {s['agree_held_out']} of {s['n_branch']} branched measurements agree with the batch sweep and "
+        f"the held-out calibrated prediction within a factor of 2 ({s['agree_in_sample']} of {s['n_branch']} with "
+        f"the in-sample calibration); the branched measurement and the batch sweep alone agree within 2x in "
+        f"{s['pair']} of {s['n_branch']}.** Noise-scale law (pooled windows of {s['gns_law'].get('chunk_rows')} rows): "
+        f"B_simple(L) = {s['gns_law'].get('B_star', float('nan')):.3g} / L^(1/{s['gns_law'].get('alpha_B', float('nan')):.3g}) "
+        f"tokens, rmse {s['gns_law'].get('rmse_log', float('nan')):.2f} in log over {s['gns_law'].get('n_points')} windows. "
+        "Calibration: "
+        + (
+            f"{cal.get('law')}, form {cal.get('form')}, coef {[round(c, 3) for c in cal.get('coef', [])]}, "
+            f"log-sd {cal.get('sigma_log', float('nan')):.2f}, {cal.get('n_points')} bounded measurements "
+            f"({', '.join(cal.get('sources', []))})."
+            if "coef" in cal
+            else f"not fitted: {cal.get('error')}."
+        ),
+        "",
+    ]
+    OUT.parent.mkdir(parents=True, exist_ok=True)
+    OUT.write_text("\n".join(head + lines) + "\n")
+    print("\n".join(head + lines))
+    print(f"wrote {OUT}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
