@@ -388,6 +388,11 @@ def _draw_cbs(ax, law: dict) -> str:
                 )
     pred = law.get("cbs_predicted") or {}
     curve = pred.get("curve") or {}
+    g = law.get("gns_b_simple_law") or {}
+    if "B_star" in g and curve.get("loss"):
+        x = np.asarray(curve["loss"], dtype=float)
+        ax.plot(x, g["B_star"] / x ** (1.0 / g["alpha_B"]), "b:", lw=1.5,
+                label="B_simple(L) over pooled windows (used by cbs_predicted)")  # fmt: skip
     if curve.get("loss"):
         x = np.asarray(curve["loss"], dtype=float)
         ax.plot(x, curve["value"], "r-", lw=1.5, label="cbs_predicted (calibrated noise scale)")
@@ -409,7 +414,8 @@ def _draw_cbs(ax, law: dict) -> str:
     return (
         f"cbs_measured: {len(measured)} critical batches measured directly (batch sweeps: B_noise of "
         "S(B) = S_min (1 + B_noise/B); branches: scaling-train cbs), 90% intervals. cbs_predicted = "
-        f"ratio(L) x B_simple(L), the ratio measured / gns_b_simple fitted on {cal.get('n_points')} "
+        f"ratio(L) x B_simple(L) (the noise scale's law over pooled windows of rows), the ratio measured / "
+        f"B_simple(L) fitted on {cal.get('n_points')} "
         f"measurements ({', '.join(cal.get('sources', []))}): {law_txt}, log-sd {cal.get('sigma_log', 0):.2f}."
     )
 
