@@ -46,7 +46,7 @@ from typing import Any
 import numpy as np
 import yaml
 
-from scaling_train.config import ConfigError, deep_merge, from_dict, parse_overrides
+from scaling_train.config import ConfigError, deep_merge, from_dict, load_yaml, parse_overrides
 from scaling_train.fitter.cbs import pooled_b_simple
 from scaling_train.metrics.jsonl import read_jsonl
 from scaling_train.sweep import state
@@ -62,7 +62,7 @@ from scaling_train.sweep.plan import (
     describe,
     format_overrides,
 )
-from scaling_train.sweep.spec import SweepSpec, load_spec
+from scaling_train.sweep.spec import SweepSpec
 from scaling_train.train.config import RunConfig, config_hash
 
 CBS_DIR, RESULTS = "cbs", "cbs.json"
@@ -91,8 +91,8 @@ def _sweep_spec(run_dir: Path) -> SweepSpec:
     path = run_dir.parent / "spec.yaml"
     spec = SweepSpec(name=run_dir.name)
     if path.is_file():
-        try:
-            spec = load_spec(path)
+        try:  # its base is not needed (the branches start from the run's own config.yaml)
+            spec = from_dict(SweepSpec, load_yaml(path), source=str(path))
         except ConfigError:
             pass  # the runs' own configs are what matters; the defaults launch them locally
     return _branch_spec(spec)
@@ -411,7 +411,12 @@ def describe_results(res: dict[str, Any]) -> str:
         tol = m.get("tolerance")
         lines.append(
             f"[cbs] step {m['step']} ({m['lr_rule']}, {m['tokens']:,} tokens, window {m['window']}): parent loss "
-            f"{m['loss']:.4f}" + (f", tolerance {tol:.4f}" if tol is not None else ", tolerance unknown")
+            + (
+                f"{m['loss']:.4f}"
+                if m["loss"] is not None
+                else "unknown (its rows do not cover the window yet)"
+            )
+            + (f", tolerance {tol:.4f}" if tol is not None else ", tolerance unknown")
         )
         for b in m["branches"]:
             pen = b["penalty"]

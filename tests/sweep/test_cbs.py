@@ -260,3 +260,39 @@ def test_lag_is_the_parent_trend_over_the_batches_a_branch_step_has_not_consumed
     trend = lambda u: 5.0 - 0.01 * np.asarray(u, dtype=float)  # noqa: E731
     assert cbs._lag(trend, 20, 28, 36, 4) == pytest.approx(0.015)
     assert cbs._lag(trend, 20, 28, 36, 1) == pytest.approx(0.0)
+
+
+@pytest.mark.slurm
+@pytest.mark.slow
+def test_cli_on_a_real_slurm_cluster(parent, env, tmp_path, slurm_cluster):
+    """`scaling-train cbs --backend slurm`: the branches go through an sbatch job array (the sweep's Slurm
+    backend), each runs once, cbs.json counts both, and a rerun submits nothing."""
+    import shutil
+
+    run = tmp_path / "parent run"  # a space in the path: quoted everywhere
+    shutil.copytree(parent, run, ignore=shutil.ignore_patterns("cbs"))
+    cmd = [PY, "-m", "scaling_train.cli", "cbs", str(run), "--at", "40", "--factors", "2,4", "--tokens", "4096",
+           "--backend", "slurm"]  # fmt: skip
+    res = subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True, timeout=900)
+    assert res.returncode == 0, res.stdout + res.stderr
+    assert "submitted array-0.sbatch as job array" in res.stdout
+    plan = cbs.make_branch_plan(run, at=[40], factors=[2, 4], tokens=4096)
+    for r in plan.runs:
+        assert state.is_done(r.run_dir) and len(state.attempts(r.run_dir)) == 1
+    (m,) = json.loads((run / "cbs" / "cbs.json").read_text())["measurements"]
+    assert [b["factor"] for b in m["branches"]] == [2, 4] and not m["pending"]
+    again = subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True, timeout=120)
+    assert again.returncode == 0 and "all 2 runs DONE" in again.stdout
+
+
+def test_branches_use_the_sweeps_launch_settings(tmp_path):
+    """A run of a sweep: its branches take the sweep's spec.yaml (backend, Slurm, concurrency), even when the
+    spec's relative base does not resolve from the sweep folder; never the fitter or the report."""
+    spec = tiny_spec(
+        "sw", base="../train/tiny.yaml", launch={"concurrency": 3, "fitter": True, "report": True}
+    )
+    write_spec(tmp_path / "spec.yaml", spec)
+    got = cbs._sweep_spec(tmp_path / "N1e5-run")
+    assert got.name == "sw-cbs" and got.launch.concurrency == 3
+    assert not got.launch.fitter and not got.launch.report
+    assert cbs._sweep_spec(tmp_path / "x" / "lone-run").name == "lone-run-cbs"  # no spec: the defaults
