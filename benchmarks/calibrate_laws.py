@@ -47,7 +47,7 @@ from scipy.optimize import minimize, minimize_scalar
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "tests" / "laws"))
-from protocol import Case, all_cases, is_held_out  # noqa: E402
+from protocol import REPORT_ONLY, Case, all_cases, is_held_out  # noqa: E402
 
 from scaling_train.laws import MultiPowerPrior, NotEnoughDataError, predict_final_loss  # noqa: E402
 from scaling_train.laws import predict as pred_mod  # noqa: E402
@@ -116,7 +116,7 @@ def wquantile(z: np.ndarray, w: np.ndarray, q: float) -> float:
 
 
 def calibrate(cases: list[Case], log) -> dict:
-    cal = [c for c in cases if not is_held_out(c.group)]
+    cal = [c for c in cases if not is_held_out(c.group) and c.setting not in REPORT_ONLY]
     # 1. empirical Bayes for the alone prior
     ann = [c for c in cal if c.setting in ANNEALING_SETTINGS]
     wa = weights(ann)

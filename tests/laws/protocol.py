@@ -6,6 +6,9 @@ A case = predict one run's final loss from what a sweep would know at that momen
 - ``alone@25``: the run's first 25% of steps, no references.
 - ``same@25``: the same, with the finished runs of the same size, peak LR and data of a shorter horizon
   (up to 3, longest first) as references: the short runs of a sweep finish first.
+- ``far@25``: those of the ``same@25`` references whose horizon is at most a third of the target's (a 3x-10x
+  longer run predicted from the sweep's short budgets, where a model sharing the references' asymptote
+  predicts too low); reported, not used to calibrate (``REPORT_ONLY``).
 - ``cool`` / ``cool_refs``: a cooldown branch predicted from its constant-LR parent up to the branch step;
   with references = the parent's earlier cooldown branches that ended by then (up to 3).
 - ``before``: ladder runs of 124M-360M before they start, from the finished ladder runs of 33M-93M.
@@ -42,6 +45,7 @@ from realdata import (
 from scaling_train.laws import Curve
 
 HELD_OUT_SIZES = ("53M", "93M", "152M", "360M")
+REPORT_ONLY = ("far@25",)  # settings reported but never used to fit a constant
 LADDER_SMALL = ("33M", "53M", "60M", "93M")
 
 
@@ -102,14 +106,20 @@ def lr_schedule_cases(kinds: tuple[str, ...] = ("val", "train")) -> list[Case]:
             tgt = _cut(curves[r.name], T)
             g = group(r)
             cases.append(Case(g, "alone@25", r.name, tgt.observed_until(0.25 * r.iterations), (), y, sd))
-            same = sorted(
+            shorter = sorted(
                 (q for q in usable if q.params == r.params and q.peak == r.peak and q.dataset == r.dataset
                  and q.iterations < r.iterations and q.tokens_per_step == r.tokens_per_step),
                 key=lambda q: -q.iterations,
-            )[:3]  # fmt: skip
+            )  # fmt: skip
+            same = shorter[:3]
             if same and r.start == 0:
                 refs = tuple(curves[q.name] for q in same)
                 cases.append(Case(g, "same@25", r.name, tgt.observed_until(0.25 * r.iterations), refs, y, sd))
+            # the sweep's short budgets only
+            far = [q for q in shorter if 3 * q.iterations <= r.iterations][:3]
+            if far and r.start == 0:
+                refs = tuple(curves[q.name] for q in far)
+                cases.append(Case(g, "far@25", r.name, tgt.observed_until(0.25 * r.iterations), refs, y, sd))
             if r.start > 0:
                 cases.append(Case(g, "cool", r.name, tgt.observed_until(r.start), (), y, sd))
                 early = sorted(

@@ -195,3 +195,18 @@ def test_alone_is_unbiased_on_held_out_annealing_runs(lrs_val):
     e = np.array([_err(c, ()) for c in cases])
     assert len(e) >= 25
     assert abs(e.mean()) < 0.008 and np.mean(np.abs(e)) < 0.01, (e.mean(), np.mean(np.abs(e)))
+
+
+def test_long_runs_from_the_sweeps_short_budgets_are_not_predicted_low(lrs_val):
+    """The issue's headline failure: runs 3x-10x longer than their finished same-size references were predicted
+    4-8% too low with 0% coverage. On the real validation curves (far@25: references of <= 1/3 the horizon)
+    the blend's bias is a fraction of that, it beats the target alone, and its interval mostly covers (measured:
+    bias +0.38%, mean |error| 0.91% vs 1.46% alone, coverage 82%: below the 85% target; see prediction.md)."""
+    cases = [c for c in lrs_val if c.setting == "far@25"]
+    assert len(cases) >= 20
+    p = [predict_final_loss(c.target, c.refs) for c in cases]
+    e = np.array([q.loss / c.truth - 1 for q, c in zip(p, cases)])
+    alone = np.array([_err(c, ()) for c in cases])
+    cover = np.mean([q.low <= c.truth <= q.high for q, c in zip(p, cases)])
+    assert abs(e.mean()) < 0.01 and np.mean(np.abs(e)) < 0.012, (e.mean(), np.mean(np.abs(e)))
+    assert np.mean(np.abs(e)) < 0.8 * np.mean(np.abs(alone)) and cover >= 0.75, cover
