@@ -28,7 +28,10 @@ small clean pool has the lowest loss while it is fresh, but its ``D'`` saturates
 larger pool of lower utility (or a mix) wins; ``DataPoolsFit.best`` and ``.crossover`` give that compute.
 
 Fit: Huber loss on ``log L`` (``scipy.optimize.least_squares``, bounded) from the best starts of a grid
-over (alpha, beta, tau, q) whose linear part (E, A, B) is solved by non-negative least squares. A pool whose
+over (alpha, beta, tau, q) whose linear part (E, A, B) is solved by non-negative least squares. Floors are off by default (``floor=False``): with one
+pool's runs spread over less than a decade of D, ``q_p`` and ``delta_p`` trade off (on the pools-cpu sweep,
+4 budgets x 2 sizes per pool, the floor fit went to q = 44, delta = +3.8 nats and mispredicted the mixes by
+20%; without floors, 5%). A pool whose
 runs never go past ``min_repeat_epochs`` epochs has no identified half-life: it takes the geometric mean of
 the identified ones (``half_life_prior`` when none is), and ``identified`` says so. ``n_bootstrap > 0`` adds
 case-resampling draws (each refit from the optimum): ``ci`` per parameter and ``predict_interval``.
@@ -308,7 +311,7 @@ def fit_data_pools(
     *,
     pools: Mapping[str, float],
     reference: str | None = None,
-    floor: bool = True,
+    floor: bool = False,
     min_repeat_epochs: float = 1.5,
     half_life_prior: float = 2.0,
     delta: float = 1e-3,
@@ -321,8 +324,9 @@ def fit_data_pools(
 
     ``pools`` maps each pool's name to its unique tokens ``U_p``; ``mixes[i]`` is run i's mixture (a mapping
     or ``"clean:0.5+noisy:0.5"``; weights normalised). ``reference`` (default: the first pool of ``pools``)
-    has utility 1 and floor 0: the others' utilities are in its tokens. ``floor=False`` fixes every floor at 0
-    (a pool then differs only in utility and half-life). ``delta``: the Huber threshold on log L.
+    has utility 1 and floor 0: the others' utilities are in its tokens. ``floor=True`` fits a floor per
+    non-reference pool (needs each pool over a wide range of D; see the module docstring); the default fixes
+    every floor at 0 (a pool then differs only in utility and half-life). ``delta``: the Huber threshold on log L.
     """
     N = as_1d("N", N, positive=True)
     D = as_1d("D", D, positive=True)

@@ -52,7 +52,7 @@ def test_recovers_utility_half_life_floor_and_predicts_held_out_mixes():
     N, D, M, L = runs(law, sd=0.002)  # at sd 0.5% the half-life scatters 1.4..1.9 over seeds
     single = np.array([m != MIX for m in M])
     fit = fit_data_pools(N[single], D[single], [m for m, s in zip(M, single) if s], L[single],
-                         pools={"clean": U_CLEAN, "noisy": U_NOISY})  # fmt: skip
+                         pools={"clean": U_CLEAN, "noisy": U_NOISY}, floor=True)  # fmt: skip
     assert fit.reference == "clean" and fit.pools["clean"].utility == 1.0 and fit.pools["clean"].floor == 0.0
     assert fit.pools["noisy"].utility == pytest.approx(0.4, rel=0.15)
     assert fit.pools["clean"].half_life == pytest.approx(1.5, rel=0.2)
@@ -68,7 +68,7 @@ def test_recovers_utility_half_life_floor_and_predicts_held_out_mixes():
 def test_best_pool_changes_with_compute_at_the_true_crossover():
     law = truth()
     N, D, M, L = runs(law)
-    fit = fit_data_pools(N, D, M, L, pools={"clean": U_CLEAN, "noisy": U_NOISY})
+    fit = fit_data_pools(N, D, M, L, pools={"clean": U_CLEAN, "noisy": U_NOISY}, floor=True)
     c_true = law.crossover("clean", "noisy", lo=1e15, hi=1e22)
     c_fit = fit.crossover("clean", "noisy", lo=1e15, hi=1e22)
     assert c_true is not None and c_fit is not None and 1 / 1.5 < c_fit / c_true < 1.5
@@ -88,7 +88,7 @@ def test_best_pool_changes_with_compute_at_the_true_crossover():
 def test_no_floor_fit_and_bootstrap_intervals_cover_the_truth():
     law = truth(floor=0.0)
     N, D, M, L = runs(law, seed=1)
-    fit = fit_data_pools(N, D, M, L, pools={"clean": U_CLEAN, "noisy": U_NOISY}, floor=False, n_bootstrap=30)
+    fit = fit_data_pools(N, D, M, L, pools={"clean": U_CLEAN, "noisy": U_NOISY}, n_bootstrap=30)  # no floors
     assert fit.pools["noisy"].floor == 0.0 and "floor[noisy]" not in fit.ci
     lo, hi = fit.ci["utility[noisy]"]
     assert lo <= 0.4 <= hi and hi / lo < 1.5
@@ -108,7 +108,8 @@ def test_no_floor_fit_and_bootstrap_intervals_cover_the_truth():
         ({"reference": "other"}, r"reference='other' must be a pool some run trains on; pools used: \['clean', 'noisy'\]"),
         ({"L": [1.0, -1.0]}, r"L\[1\]=-1.0 must be > 0"),
         ({"N": [1e7]}, r"lengths differ"),
-        ({}, r"2 runs for 7 parameters \(E, A, alpha, B, beta, utility\[noisy\], floor\[noisy\]\); give more runs"),
+        ({}, r"2 runs for 6 parameters \(E, A, alpha, B, beta, utility\[noisy\]\); give more runs"),
+        ({"floor": True}, r"2 runs for 7 parameters \(E, A, alpha, B, beta, utility\[noisy\], floor\[noisy\]\)"),
     ],
 )  # fmt: skip
 def test_input_errors_name_the_argument_and_value(kw, match):
