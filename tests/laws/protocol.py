@@ -8,7 +8,7 @@ A case = predict one run's final loss from what a sweep would know at that momen
   (up to 3, longest first) as references: the short runs of a sweep finish first.
 - ``far@25``: those of the ``same@25`` references whose horizon is at most a third of the target's (a 3x-10x
   longer run predicted from the sweep's short budgets, where a model sharing the references' asymptote
-  predicts too low); reported, not used to calibrate (``REPORT_ONLY``).
+  predicts too low). Calibrated on like every setting: its intervals must hold where a sweep uses them.
 - ``cool`` / ``cool_refs``: a cooldown branch predicted from its constant-LR parent up to the branch step;
   with references = the parent's earlier cooldown branches that ended by then (up to 3).
 - ``before``: ladder runs of 124M-360M before they start, from the finished ladder runs of 33M-93M.
@@ -45,7 +45,7 @@ from realdata import (
 from scaling_train.laws import Curve
 
 HELD_OUT_SIZES = ("53M", "93M", "152M", "360M")
-REPORT_ONLY = ("far@25",)  # settings reported but never used to fit a constant
+REPORT_ONLY: tuple[str, ...] = ()  # settings reported but never used to fit a constant (none at present)
 LADDER_SMALL = ("33M", "53M", "60M", "93M")
 
 
