@@ -16,7 +16,6 @@ from pathlib import Path
 import numpy as np
 import pytest
 import yaml
-from conftest import PY, REPO, TINY_RUN, tiny_spec, write_spec
 
 from scaling_train.config import ConfigError, from_dict
 from scaling_train.fitter.tail import find_runs
@@ -25,6 +24,7 @@ from scaling_train.sweep.plan import branch_points, make_plan
 from scaling_train.sweep.spec import load_spec
 from scaling_train.train import RunConfig, Trainer, config_hash
 from scaling_train.train import checkpoint as ckpt
+from tests.fixtures.sweeps import PY, REPO, TINY_RUN, tiny_spec, write_spec
 
 PARENT_STEPS = 80
 

@@ -12,12 +12,12 @@ from pathlib import Path
 
 import pytest
 import yaml
-from conftest import REPO, sweep_cmd, tiny_spec, write_spec
 
 from scaling_train.sweep import state
 from scaling_train.sweep.backends import sbatch_script
 from scaling_train.sweep.plan import make_plan
 from scaling_train.sweep.spec import load_spec
+from tests.fixtures.sweeps import REPO, sweep_cmd, tiny_spec, write_spec
 
 
 def _steps(run_dir: Path) -> list[int]:

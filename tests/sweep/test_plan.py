@@ -5,12 +5,12 @@ from __future__ import annotations
 import subprocess
 
 import pytest
-from conftest import REPO, sweep_cmd, tiny_spec, write_spec
 
 from scaling_train.config import ConfigError
 from scaling_train.models import sizes
 from scaling_train.sweep.plan import make_plan, parse_run_name, run_name
 from scaling_train.sweep.spec import load_spec
+from tests.fixtures.sweeps import REPO, sweep_cmd, tiny_spec, write_spec
 
 
 def plan_of(tmp_path, spec: dict, name="s.yaml"):

@@ -9,7 +9,7 @@ import pytest
 from scaling_train.config import ConfigError
 from scaling_train.sweep.plan import make_plan, repetition_warnings
 from scaling_train.sweep.spec import load_spec
-from tests.sweep.conftest import REPO, TINY_RUN, sweep_cmd, tiny_spec, write_spec
+from tests.fixtures.sweeps import REPO, TINY_RUN, sweep_cmd, tiny_spec, write_spec
 
 POOLS = [{"name": "clean", "tokens": 1024, "noise": 0.0}, {"name": "noisy", "tokens": 8192, "noise": 0.3}]
 

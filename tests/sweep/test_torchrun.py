@@ -8,11 +8,11 @@ import subprocess
 
 import pytest
 import yaml
-from conftest import REPO, sweep_cmd, tiny_spec, write_spec
 
 from scaling_train.sweep import state
 from scaling_train.sweep.plan import make_plan
 from scaling_train.sweep.spec import load_spec
+from tests.fixtures.sweeps import REPO, sweep_cmd, tiny_spec, write_spec
 
 pytestmark = [pytest.mark.multiproc, pytest.mark.slow]
 
