@@ -51,12 +51,33 @@ class ChinchillaFit:
     n_points: int
     n_starts: int
     ci: dict[str, tuple[float, float]] = field(default_factory=dict)
+    draws: tuple[tuple[float, ...], ...] = field(default=(), repr=False)
+    """Bootstrap parameter draws (E, A, B, alpha, beta) when requested: joint intervals of derived quantities
+    (``optimal_interval``)."""
 
     def predict(self, N: np.ndarray | float, D: np.ndarray | float) -> np.ndarray:
         """Loss at parameters ``N`` and tokens ``D`` (broadcasting)."""
         N = np.asarray(N, dtype=np.float64)
         D = np.asarray(D, dtype=np.float64)
         return self.E + self.A * N ** (-self.alpha) + self.B * D ** (-self.beta)
+
+    def optimal_interval(self, C: float) -> dict[str, tuple[float, float]]:
+        """90% intervals (5% / 95% quantiles over the bootstrap draws) of N_opt, D_opt and L_opt at ``C`` FLOPs;
+        draws without a finite optimum are skipped. Needs ``fit_chinchilla(..., n_bootstrap > 0)``."""
+        if not self.draws:
+            raise ValueError("optimal_interval needs bootstrap draws: fit with n_bootstrap > 0 (got 0)")
+        vals = []
+        for E, A, B, alpha, beta in self.draws:
+            if np.all(np.isfinite([E, A, B, alpha, beta])) and min(A, B, alpha, beta) > 0:
+                d = ChinchillaFit(E, A, B, alpha, beta, objective=0.0, n_points=0, n_starts=0)
+                with np.errstate(all="ignore"):
+                    vals.append([float(v) for v in d.optimal(C)])
+        v = np.array(vals).reshape(-1, 3)
+        v = v[np.all(np.isfinite(v), axis=1)]
+        if not len(v):
+            raise ValueError("no bootstrap draw has a finite compute-optimum (alpha, beta, A, B > 0)")
+        lo, hi = np.quantile(v, [0.05, 0.95], axis=0)
+        return {k: (float(lo[i]), float(hi[i])) for i, k in enumerate(("N", "D", "L"))}
 
     def optimal(self, C: np.ndarray | float) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """Compute-optimal allocation for C = 6 N D FLOPs: returns (N_opt, D_opt, L_opt).
@@ -129,7 +150,10 @@ def fit_chinchilla(
     if n_bootstrap > 0:
         draws = _to_natural(bootstrap_lse(problem, theta, grid[idx], n_bootstrap=n_bootstrap, seed=seed))
         q = (1 - confidence) / 2
-        lo, hi = np.quantile(draws, [q, 1 - q], axis=0)
+        # a refit that failed (nan) is left out; an unbounded one (inf) stays
+        with np.errstate(invalid="ignore"):
+            lo, hi = np.nanquantile(draws, [q, 1 - q], axis=0)
+        hi = np.where(np.isnan(hi) & np.any(np.isposinf(draws), axis=0), np.inf, hi)
         ci = {name: (float(lo[k]), float(hi[k])) for k, name in enumerate(_NAMES)}
     return ChinchillaFit(
         E=float(nat[2]),
@@ -141,4 +165,5 @@ def fit_chinchilla(
         n_points=n,
         n_starts=len(idx),
         ci=ci,
+        draws=tuple(tuple(float(x) for x in d[[2, 0, 1, 3, 4]]) for d in draws) if n_bootstrap > 0 else (),
     )

@@ -12,12 +12,14 @@ are separate; the W&B report spec is in wandb_report.py.
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 from scaling_train._io import atomic_write
 
 REPORT_FILE = "report.html"
 CACHE_FILE = ".report_cache.json"
+SUMMARY_FILE = "first_screen.json"  # the report's first screen as numbers (printed by `scaling-train report`)
 
 
 def write_report(sweep_dir: str | Path, *, output: str | Path | None = None, n_bootstrap: int = 20) -> Path:
@@ -29,16 +31,19 @@ def write_report(sweep_dir: str | Path, *, output: str | Path | None = None, n_b
     from scaling_train.report.analysis import analyse
     from scaling_train.report.data import load_sweep
     from scaling_train.report.html import render
+    from scaling_train.report.summary import safe_first_screen
 
     sweep_dir = Path(sweep_dir)
     if not sweep_dir.is_dir():
         raise FileNotFoundError(f"sweep folder {str(sweep_dir)!r} does not exist")
     sweep = load_sweep(sweep_dir)
     an = analyse(sweep, n_bootstrap=n_bootstrap, cache=sweep_dir / CACHE_FILE)
-    page = render(sweep, an)
+    screen = safe_first_screen(sweep, an)
+    page = render(sweep, an, screen=screen)
     out = Path(output) if output is not None else sweep_dir / REPORT_FILE
     out.parent.mkdir(parents=True, exist_ok=True)
     atomic_write(out, page)
+    atomic_write(out.parent / SUMMARY_FILE, json.dumps(screen, indent=1, default=float))
     return out
 
 

@@ -22,7 +22,7 @@ GNS_SKIP = 0.2
 REPLAY_FRACTIONS = (0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9)
 """Prefixes of each finished run on which its final-loss prediction is replayed."""
 CONFIDENCE = 0.9
-CACHE_VERSION = 2
+CACHE_VERSION = 3
 """Part of every cache key: bump when a cached result's content changes (fits, notes, replay rule)."""
 
 
@@ -333,7 +333,8 @@ def _decode_fit(kind: str, d: dict[str, Any]) -> tuple[Any, LawRow]:
     if f is None:
         return None, row
     if kind == "chin":
-        return ChinchillaFit(**{**f, "ci": {k: tuple(v) for k, v in f["ci"].items()}}), row
+        ci = {k: tuple(v) for k, v in f["ci"].items()}
+        return ChinchillaFit(**{**f, "ci": ci, "draws": tuple(tuple(d) for d in f.get("draws", ()))}), row
     return IsoFLOPFit(**{**f, "parabolas": tuple(IsoFLOPParabola(**p) for p in f["parabolas"])}), row
 
 

@@ -17,7 +17,7 @@ from scaling_train.config import ConfigError
 
 
 def _cmd_report(args: argparse.Namespace) -> int:
-    from scaling_train.report import write_report
+    from scaling_train.report import SUMMARY_FILE, write_report
 
     sweep = Path(args.sweep_dir)
     if not sweep.is_dir():
@@ -27,6 +27,7 @@ def _cmd_report(args: argparse.Namespace) -> int:
     t0 = time.perf_counter()
     path = write_report(sweep, output=args.output, n_bootstrap=args.bootstrap)
     print(f"[report] {path} ({path.stat().st_size / 1e6:.2f} MB, {time.perf_counter() - t0:.1f}s)")
+    _print_first_screen(path.parent / SUMMARY_FILE)
     if args.wandb or args.wandb_spec:
         from scaling_train.report.wandb_report import build_spec, save_report
 
@@ -40,6 +41,19 @@ def _cmd_report(args: argparse.Namespace) -> int:
             url = save_report(spec)
             print(f"[report] W&B report: {url}" if url else "[report] W&B: not logged in; report not saved")
     return 0
+
+
+def _print_first_screen(path) -> None:
+    """The report's first screen on the terminal (the end of ``scaling-train sweep`` runs this command)."""
+    import json
+
+    from scaling_train.report.summary import lines
+
+    try:
+        screen = json.loads(path.read_text())
+    except (OSError, ValueError):
+        return
+    print("\n".join(lines(screen)))
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:

@@ -13,6 +13,7 @@ from scaling_train.report import figures as figs
 from scaling_train.report.analysis import Analysis, LawRow
 from scaling_train.report.data import STATUSES, SweepData
 from scaling_train.report.repetition import repetition
+from scaling_train.report.summary import html_section, safe_first_screen
 from scaling_train.report.tasks import tasks_section
 
 CSS = """
@@ -147,8 +148,10 @@ _TITLES = {
 }
 
 
-def render(sweep: SweepData, an: Analysis) -> str:
-    """The whole page as one string; a figure that fails becomes a note, never an exception."""
+def render(sweep: SweepData, an: Analysis, *, screen: dict[str, Any] | None = None) -> str:
+    """The whole page as one string; a figure that fails becomes a note, never an exception. ``screen``: the
+    first screen's numbers (``summary.first_screen``; computed when not given)."""
+    first = html_section(screen if screen is not None else safe_first_screen(sweep, an))
     sections = []
     for fn in figs.FIGURES:
         key, title = _TITLES[fn.__name__]
@@ -184,6 +187,7 @@ def render(sweep: SweepData, an: Analysis) -> str:
 <h1>Scaling report: {_e(sweep.name)}</h1>
 <p class="meta">{_e(sweep.sweep_dir)} · {len(sweep.runs)} runs ({_e(counts or "none")}) · written {when}</p>
 {_missing_box(sweep)}
+{first}
 {"".join(sections)}
 {tasks_html}
 <section id="laws-section"><h2>Fitted laws</h2>{_law_table(an.laws)}

@@ -139,3 +139,22 @@ def test_isoflop_exponents():
     assert res.a + res.b == pytest.approx(1.0, abs=1e-9)
     with pytest.raises(ValueError, match="at least min_points=3"):
         fit_isoflop(np.array(Ns[:2]), np.array(Ds[:2]), np.array(Ls[:2]))
+
+
+def test_optimal_interval_from_the_bootstrap_draws():
+    from scaling_train.laws import ChinchillaFit
+
+    N, D, L = chinchilla_synthetic(n=80, noise=0.02, seed=3)
+    f = fit_chinchilla(N, D, L, n_bootstrap=40)
+    assert len(f.draws) == 40 and len(f.draws[0]) == 5
+    assert f.draws[0][0] == pytest.approx(f.E, rel=0.5)  # (E, A, B, alpha, beta) order
+    C = 1e21
+    iv = f.optimal_interval(C)
+    n, d, loss = f.optimal(C)
+    true = ChinchillaFit(**CHINCHILLA_TRUE, objective=0.0, n_points=0, n_starts=0)
+    n_true, d_true, l_true = true.optimal(C)
+    for k, v, t in (("N", n, n_true), ("D", d, d_true), ("L", loss, l_true)):
+        lo, hi = iv[k]
+        assert lo <= v <= hi and lo <= t <= hi, (k, lo, v, t, hi)
+    with pytest.raises(ValueError, match="needs bootstrap draws"):
+        fit_chinchilla(N, D, L).optimal_interval(C)

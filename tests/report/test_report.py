@@ -54,7 +54,8 @@ def test_laws_recovered(full_sweep):
     for name, h in an.history.items():
         err = [abs(p["loss"] - finals[name]) / finals[name] for p in h]
         assert h[-1]["fraction"] > 0.8 and h[0]["fraction"] < 0.2
-        assert err[-1] < 0.08 and err[-1] < err[0] / 2, (name, err)
+        # closes in: half the first replay's error, or within 0.5% already (a lucky 10% replay can be exact)
+        assert err[-1] < 0.08 and (err[-1] < err[0] / 2 or err[-1] < 0.005), (name, err)
 
 
 def test_full_report_has_every_panel(full_report):

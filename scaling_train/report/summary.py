@@ -1,0 +1,156 @@
+"""The first screen: the answer to the user's question, at the top of the report and printed when a sweep ends.
+
+* the fitted law with its 90% bootstrap intervals;
+* the compute-optimal N, D and loss at 10x and 100x the largest run's compute, with 90% intervals over the
+  law's bootstrap draws (``ChinchillaFit.optimal_interval``);
+* the predicted critical batch there: the fitter's calibrated ``cbs_predicted`` curve (``sweep_law.json``),
+  which is linear in log loss / log batch, continued to the loss of the compute-optimal run;
+* how accurate this sweep's own mid-run predictions were: for every finished run, the prediction standing at
+  40% of its steps (the fitter's live record ``predictions.jsonl``, or a replay) against its final loss.
+"""
+
+from __future__ import annotations
+
+import html
+import math
+from typing import Any
+
+import numpy as np
+
+from scaling_train.report.analysis import Analysis
+from scaling_train.report.data import SweepData
+
+FACTORS = (10.0, 100.0)
+AT_FRACTION = 0.4
+WITHIN = 0.02
+
+
+def _cbs_at(law: dict[str, Any] | None, loss: float) -> dict[str, Any]:
+    """The calibrated critical batch (tokens) at ``loss``: a log-log line through the fitter's curve (value,
+    low, high), which is exact for its law forms; ``error`` when the sweep has no calibration."""
+    pred = (law or {}).get("cbs_predicted") or {}
+    curve = pred.get("curve") or {}
+    xs = np.asarray(curve.get("loss") or [], dtype=float)
+    if len(xs) < 2:
+        cal = (law or {}).get("cbs_calibration") or {}
+        return {
+            "error": cal.get("error")
+            or "no cbs_predicted curve in sweep_law.json (no measured critical batch)"
+        }
+    out: dict[str, Any] = {"source": pred.get("source"), "extrapolated": not (xs.min() <= loss <= xs.max())}
+    for k in ("value", "low", "high"):
+        ys = np.asarray(curve[k], dtype=float)
+        ok = np.isfinite(ys) & (ys > 0)
+        if ok.sum() < 2:
+            return {"error": f"cbs_predicted curve has no usable {k}"}
+        slope, icpt = np.polyfit(np.log(xs[ok]), np.log(ys[ok]), 1)
+        out[k] = float(np.exp(icpt + slope * math.log(loss)))
+    return out
+
+
+def prediction_accuracy(sweep: SweepData, an: Analysis) -> dict[str, Any]:
+    """Per finished run: the last prediction made at or before ``AT_FRACTION`` of its steps vs its final loss."""
+    rows = []
+    for r in sweep.runs:
+        final = r.final_loss if r.status == "done" else None
+        hist = [h for h in an.history.get(r.name, []) if h.get("fraction", 2.0) <= AT_FRACTION + 1e-9]
+        if final is None or not math.isfinite(final) or not hist:
+            continue
+        h = max(hist, key=lambda h: h["fraction"])
+        lo, hi = h.get("low"), h.get("high")
+        err = h["loss"] / final - 1
+        inside = lo is not None and hi is not None and lo <= final <= hi
+        rows.append({"run": r.name, "fraction": h["fraction"], "error": err, "inside": inside,
+                     "source": h.get("source", "")})  # fmt: skip
+    good = sum(abs(x["error"]) <= WITHIN and x["inside"] for x in rows)
+    return {"runs": rows, "n": len(rows), "good": good, "at": AT_FRACTION, "within": WITHIN}
+
+
+def first_screen(sweep: SweepData, an: Analysis) -> dict[str, Any]:
+    """The numbers of the first screen (module docstring); each part has ``error`` when it cannot be given."""
+    out: dict[str, Any] = {"sweep": sweep.name, "accuracy": prediction_accuracy(sweep, an)}
+    f = an.chinchilla
+    if f is None:
+        row = next((x for x in an.laws if x.law == "Chinchilla"), None)
+        out["law"] = {"error": (row.error if row else None) or "no Chinchilla fit"}
+        return out
+    out["law"] = {k: (getattr(f, k), *f.ci.get(k, (None, None))) for k in ("E", "A", "B", "alpha", "beta")}
+    if not an.points:
+        return out
+    c_max = max(p.C for p in an.points)
+    out["largest_compute"] = c_max
+    outlook = []
+    for k in FACTORS:
+        C = k * c_max
+        row: dict[str, Any] = {"factor": k, "C": C}
+        try:
+            n, d, lo = (float(v) for v in f.optimal(C))
+            row.update(N=n, D=d, L=lo)
+            if f.draws:
+                row["interval"] = f.optimal_interval(C)
+            row["cbs"] = _cbs_at(sweep.law, lo)
+        except ValueError as e:
+            row["error"] = str(e)
+        outlook.append(row)
+    out["outlook"] = outlook
+    return out
+
+
+def safe_first_screen(sweep: SweepData, an: Analysis) -> dict[str, Any]:
+    """``first_screen``, or ``{"sweep", "error"}`` when it fails: the first screen never loses the report."""
+    try:
+        return first_screen(sweep, an)
+    except Exception as e:  # noqa: BLE001 - a summary, never the reason a report is not written
+        return {"sweep": sweep.name, "error": f"{type(e).__name__}: {e}"}
+
+
+def _iv(v: tuple[float, float] | None, fmt: str) -> str:
+    return f" [{v[0]:{fmt}}, {v[1]:{fmt}}]" if v and None not in v else ""
+
+
+def lines(s: dict[str, Any]) -> list[str]:
+    """The first screen as plain text lines (printed at the end of ``scaling-train sweep``)."""
+    out = [f"== {s['sweep']}: what this sweep says"]
+    if "error" in s:
+        return [*out, f"first screen failed: {s['error']}"]
+    law = s.get("law", {})
+    if "error" in law:
+        out.append(f"law: not fitted ({law['error']})")
+    else:
+        terms = ", ".join(f"{k}={v[0]:.3g}" + _iv(v[1:], ".3g") for k, v in law.items())
+        out.append(f"law L(N, D) = E + A/N^alpha + B/D^beta (90% bootstrap intervals): {terms}")
+    for r in s.get("outlook", []):
+        head = f"at {r['factor']:g}x the largest run's compute (C={r['C']:.3g} FLOPs): "
+        if "error" in r:
+            out.append(head + f"no compute-optimum ({r['error']})")
+            continue
+        iv = r.get("interval", {})
+        cb = r.get("cbs", {})
+        cbs = (
+            f"critical batch {cb['value']:.3g} tokens{_iv((cb['low'], cb['high']), '.3g')}"
+            + (" (extrapolated in loss)" if cb.get("extrapolated") else "")
+            if "value" in cb
+            else f"critical batch: n/a ({cb.get('error')})"
+        )
+        out.append(
+            head
+            + f"N_opt={r['N']:.3g}{_iv(iv.get('N'), '.3g')}, D_opt={r['D']:.3g}{_iv(iv.get('D'), '.3g')}, "
+            f"loss {r['L']:.4g}{_iv(iv.get('L'), '.4g')}; {cbs}"
+        )
+    a = s["accuracy"]
+    if a["n"]:
+        sources = sorted({x["source"] for x in a["runs"] if x["source"]})
+        out.append(
+            f"mid-run predictions: at {a['at']:.0%} of each run, {a['good']} of {a['n']} finished runs were within "
+            f"{a['within']:.0%} of their final loss and inside their 90% interval"
+            + (f" (source: {', '.join(sources)})" if sources else "")
+        )
+    else:
+        out.append("mid-run predictions: no finished run with a prediction made by 40% of its steps")
+    return out
+
+
+def html_section(s: dict[str, Any]) -> str:
+    """The first screen as the report's top section."""
+    items = "".join(f"<li>{html.escape(x)}</li>" for x in lines(s)[1:])
+    return f'<section id="first-screen"><h2>What this sweep says</h2><ul>{items}</ul></section>'
