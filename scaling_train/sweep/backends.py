@@ -22,7 +22,7 @@ from typing import Any
 import yaml
 
 from scaling_train._io import atomic_write
-from scaling_train.sweep import state
+from scaling_train.sweep import progress, state
 from scaling_train.sweep.plan import Plan, RunSpec, command_line
 from scaling_train.sweep.worker import EXIT_LOCKED, EXIT_OK, execute
 
@@ -138,10 +138,12 @@ def run_local(plan: Plan, *, say=print) -> int:
     results: dict[str, int] = {}
     lock = threading.Lock()
     t0 = time.time()
+    inflight: dict[str, tuple[str, str, int]] = {}  # name -> (name, run_dir, steps): the progress lines' runs
 
     def one(run: RunSpec) -> None:
         argv = run_argv(plan, run)
         say(f"[sweep] start {run.name} (N={run.n_params:.2e}, D={run.tokens:.2e}, est {run.est_s:.0f}s)")
+        inflight[run.name] = (run.name, run.run_dir, run.steps)
         t = time.time()
         rc = execute(
             run.run_dir,
@@ -154,6 +156,7 @@ def run_local(plan: Plan, *, say=print) -> int:
             preexec=_die_with_parent,
             stop=stop,
         )
+        inflight.pop(run.name, None)
         with lock:
             results[run.name] = rc
             n_done = sum(state.is_done(r.run_dir) for r in plan.runs)
@@ -171,7 +174,8 @@ def run_local(plan: Plan, *, say=print) -> int:
 
     pool = ThreadPoolExecutor(max_workers=la.concurrency)
     try:
-        list(pool.map(guarded, todo))
+        with progress.Reporter(lambda: list(inflight.values()), say=say):
+            list(pool.map(guarded, todo))
     except KeyboardInterrupt:  # the runs got SIGINT too and checkpoint-exit; start nothing new
         stop.set()
         say("[sweep] interrupted: waiting for the running runs to stop; rerun the same command to resume")

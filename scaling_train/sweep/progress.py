@@ -1,0 +1,92 @@
+"""Progress lines while a sweep runs: which run, its step, its loss and the fitter's predicted final loss.
+
+Read from the run folder only (the contract between train, fitter and sweep): the last complete line of
+``RUN/metrics.jsonl`` (the file's tail, never the whole file) and ``RUN/predictions.json``.
+
+    [sweep] N9.5e5-D4.8e5-B16-lr1.9e-3-s0-e72a9b0c step 180/469 (38%) loss 4.412 | predicted final 3.711 [3.62, 3.80]
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import threading
+from collections.abc import Callable, Iterable
+from pathlib import Path
+from typing import Any
+
+EVERY_S = 30.0
+"""Seconds between two rounds of progress lines (one line per run in flight)."""
+TAIL_BYTES = 8192
+
+
+def last_row(path: Path) -> dict[str, Any] | None:
+    """The last complete JSON line of ``path`` (reads at most ``TAIL_BYTES`` from the end), or None."""
+    try:
+        with open(path, "rb") as f:
+            start = max(0, f.seek(0, 2) - TAIL_BYTES)
+            f.seek(start)
+            data = f.read()
+    except OSError:
+        return None
+    lines = data.split(b"\n")
+    for line in reversed(lines[1:] if start > 0 else lines):  # a tail read starts inside a line: drop it
+        try:
+            row = json.loads(line)
+        except ValueError:
+            continue
+        if isinstance(row, dict) and "step" in row:
+            return row
+    return None
+
+
+def _num(v: Any) -> float | None:
+    return float(v) if isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v) else None
+
+
+def progress_line(run_dir: str | Path, name: str, total_steps: int) -> str | None:
+    """One line for a run in flight, or None before its first metrics row."""
+    run_dir = Path(run_dir)
+    row = last_row(run_dir / "metrics.jsonl")
+    if row is None:
+        return None
+    step = int(row["step"])
+    loss = _num(row.get("loss"))
+    line = f"[sweep] {name} step {step}/{total_steps} ({step / max(total_steps, 1):.0%})"
+    line += f" loss {loss:.4g}" if loss is not None else ""
+    try:
+        pred = json.loads((run_dir / "predictions.json").read_text())
+    except (OSError, ValueError):
+        pred = {}
+    p, lo, hi = (_num(pred.get(k)) for k in ("loss", "low", "high"))
+    if p is not None and pred.get("status") == "running":
+        line += f" | predicted final {p:.4g}" + (
+            f" [{lo:.4g}, {hi:.4g}]" if lo is not None and hi is not None else ""
+        )
+    return line
+
+
+class Reporter:
+    """A thread that says ``progress_line`` for every run in ``active()`` each ``every_s`` seconds."""
+
+    def __init__(
+        self, active: Callable[[], Iterable[tuple[str, str, int]]], say=print, every_s: float = EVERY_S
+    ) -> None:
+        self.active, self.say, self.every_s = active, say, every_s
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._loop, name="sweep-progress", daemon=True)
+
+    def __enter__(self) -> Reporter:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self._stop.set()
+        self._thread.join(timeout=5)
+
+    def _loop(self) -> None:
+        while not self._stop.wait(self.every_s):
+            for name, run_dir, total in list(self.active()):
+                line = progress_line(run_dir, name, total)
+                if line:
+                    self.say(line)
