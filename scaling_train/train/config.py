@@ -198,6 +198,8 @@ def semantic_dict(cfg: RunConfig) -> dict:
     if not cfg.data.pools:  # runs without data pools hash as before data.pools / data.mix existed
         d["data"].pop("pools")
         d["data"].pop("mix")
+    if cfg.data.unique_tokens is None:  # runs on the whole split hash as before data.unique_tokens existed
+        d["data"].pop("unique_tokens")
     for path in NON_SEMANTIC:
         node = d
         for p in path[:-1]:

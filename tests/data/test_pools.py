@@ -113,18 +113,19 @@ def test_pools_larger_than_the_split_fail_with_the_sizes():
 
 
 def test_runs_without_pools_hash_as_before():
-    """Hashes measured on the commit before data.pools existed (68e9659): existing runs keep their folders."""
+    """Hashes measured on the commit before data.pools and data.unique_tokens existed (5cd8f2b): existing runs
+    keep their folders."""
     tiny = config_mod.load(RunConfig, "configs/train/tiny.yaml")
-    assert config_hash(tiny) == "9c0ac6e2"
+    assert config_hash(tiny) == "e4499ad0"
     assert (
         config_hash(config_mod.load(RunConfig, "configs/train/tiny.yaml", ["data.unique_tokens=5000"]))
         == "a0a5eeb6"
     )
-    assert config_hash(RunConfig()) == "54c1714e"
+    assert config_hash(RunConfig()) == "38f85bdb"
     pooled = config_mod.load(
         RunConfig, "configs/train/tiny.yaml", ["data.pools=[{name: a, tokens: 1e5}]", "data.mix=a"]
     )
-    assert config_hash(pooled) != "9c0ac6e2"
+    assert config_hash(pooled) != "e4499ad0"
 
 
 def test_trainer_records_per_pool_epochs(tmp_path):
