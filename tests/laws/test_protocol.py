@@ -42,6 +42,7 @@ def _err(case, refs) -> float:
     return p.loss / case.truth - 1
 
 
+@pytest.mark.slow  # 17-46 s on the loaded 2-core machine
 def test_references_do_not_make_held_out_predictions_worse(lrs_val):
     """On held-out groups, per setting: mean |error| with references <= without them (same targets)."""
     cases = [c for c in lrs_val if c.setting in ("same@25", "cool_refs", "sweep@25") and is_held_out(c.group)]
