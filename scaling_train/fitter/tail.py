@@ -146,7 +146,11 @@ class RunTail:
 
     @property
     def unique_tokens(self) -> float | None:
-        """Tokens of one epoch of the training split (written by the trainer; None for older runs)."""
+        """Tokens of one epoch of the training split (written by the trainer; None for older runs). None for a
+        run on data pools too: its pools repeat at their own rates (``resolved.pools``), so one U would mislead
+        the data-constrained law (the pools' law is ``laws.fit_data_pools``)."""
+        if self.resolved.get("pools"):
+            return None
         u = self.resolved.get("unique_tokens")
         return float(u) if u else None
 

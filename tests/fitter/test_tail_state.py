@@ -24,3 +24,13 @@ def test_state_roundtrip_keeps_non_finite_values_as_numbers(tmp_path):
     saved["rows"][0][1]["junk"] = "text"  # anything that is not a number is dropped, not kept as a string
     u.load_state(saved)
     assert "junk" not in u.rows[10]
+
+
+def test_a_pooled_run_gives_no_single_unique_token_count(tmp_path):
+    """A run on data pools has one U per pool (resolved.pools); their sum must not feed the data-constrained law."""
+    t = RunTail(tmp_path)
+    t.config = {"resolved": {"unique_tokens": 4.5e5}}
+    assert t.unique_tokens == 4.5e5
+    pools = {"clean": {"unique_tokens": 5e4}, "noisy": {"unique_tokens": 4e5}}
+    t.config = {"resolved": {"unique_tokens": 4.5e5, "pools": pools}}
+    assert t.unique_tokens is None
