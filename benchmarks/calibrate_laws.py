@@ -46,11 +46,11 @@ import numpy as np
 from scipy.optimize import minimize, minimize_scalar
 
 ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT / "tests" / "laws"))
-from protocol import REPORT_ONLY, Case, all_cases, is_held_out  # noqa: E402
+sys.path.insert(0, str(ROOT))  # the protocol is shared with the tests (tests/laws/protocol.py)
 
 from scaling_train.laws import MultiPowerPrior, NotEnoughDataError, predict_final_loss  # noqa: E402
 from scaling_train.laws import predict as pred_mod  # noqa: E402
+from tests.laws.protocol import REPORT_ONLY, Case, all_cases, is_held_out  # noqa: E402
 
 CONST_FILE = ROOT / "scaling_train" / "laws" / "_calibration.py"
 REPORT = ROOT / "benchmarks" / "results" / "prediction.md"

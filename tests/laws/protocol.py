@@ -31,7 +31,9 @@ from __future__ import annotations
 from dataclasses import dataclass, replace
 
 import numpy as np
-from realdata import (
+
+from scaling_train.laws import Curve
+from tests.laws.realdata import (
     MP_REFERENCES,
     MP_TARGETS,
     cooldown_curve,
@@ -41,8 +43,6 @@ from realdata import (
     lr_schedule_runs,
     multipower_curve,
 )
-
-from scaling_train.laws import Curve
 
 HELD_OUT_SIZES = ("53M", "93M", "152M", "360M")
 REPORT_ONLY: tuple[str, ...] = ()  # settings reported but never used to fit a constant (none at present)

@@ -81,7 +81,8 @@ def cooldown_curve(
     n_cool = cd.end_step - cd.begin_step
     lr[cd.begin_step :] = 1.0 - np.arange(1, n_cool + 1) / n_cool  # ends at 0 at step T
     lr[-1] = max(lr[-1], 1e-3)  # keep the last step's LR positive
-    return Curve(steps, losses, lr, f"{cd.run}@{cd.end_step}", lr_absolute=False)  # Gemstone's LR: not in the data
+    # Gemstone's LR is not in the data: a normalised schedule
+    return Curve(steps, losses, lr, f"{cd.run}@{cd.end_step}", lr_absolute=False)
 
 
 # --------------------------------------------------------------------------------------------------

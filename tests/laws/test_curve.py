@@ -1,13 +1,5 @@
 import numpy as np
 import pytest
-from realdata import (
-    MP_REFERENCES,
-    MP_TARGETS,
-    cooldown_curve,
-    gemstone_cooldowns,
-    gemstone_hot,
-    multipower_curve,
-)
 
 from scaling_train.laws import (
     Curve,
@@ -16,20 +8,15 @@ from scaling_train.laws import (
     predict_final_loss,
     schedule_from_samples,
 )
-
-
-def mpl_loss(lr, steps, L0=3.0, A=0.9, alpha=0.45, B=0.3, C=0.05, beta=0.5, gamma=0.6):
-    """Exact multi-power law evaluated step by step (no binning) — the reference for the fast path."""
-    eta = lr / lr.max()
-    cs = np.r_[0.0, np.cumsum(eta)]
-    delta = np.r_[0.0, eta[:-1] - eta[1:]]
-    delta[: int(np.argmax(eta)) + 1] = 0
-    out = []
-    for t in steps.astype(int):
-        k = np.arange(t)  # 0-based steps 1..t
-        x = eta[k] ** -gamma * (cs[t] - cs[k])
-        out.append(L0 + A * cs[t] ** -alpha - B * np.sum(delta[k] * (1 - (C * x + 1) ** -beta)))
-    return np.array(out)
+from tests.fixtures.laws import mpl_loss
+from tests.laws.realdata import (
+    MP_REFERENCES,
+    MP_TARGETS,
+    cooldown_curve,
+    gemstone_cooldowns,
+    gemstone_hot,
+    multipower_curve,
+)
 
 
 def cosine(T, warm=200, floor=0.1):
