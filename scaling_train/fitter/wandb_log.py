@@ -20,14 +20,13 @@ on), unless ``scaling-train fit --wandb MODE`` says otherwise.
 from __future__ import annotations
 
 import json
-import math
 import secrets
 import time
 from pathlib import Path
-from typing import Any
 
 from scaling_train._io import atomic_write
 from scaling_train.metrics.config import WandbConfig
+from scaling_train.metrics.jsonl import finite_number
 
 ID_FILE = "wandb_fitter.json"
 LAW_KEYS = {
@@ -46,10 +45,6 @@ def settings_from_runs(configs: list[dict]) -> tuple[WandbConfig, str | None] | 
             known = {k: w[k] for k in ("mode", "project", "entity", "group", "tags") if k in w}
             return WandbConfig(**known), cfg.get("sweep")
     return None
-
-
-def _num(x: Any) -> float | None:
-    return float(x) if isinstance(x, (int, float)) and not isinstance(x, bool) and math.isfinite(x) else None
 
 
 class FitterWandb:
@@ -79,10 +74,10 @@ class FitterWandb:
         for name in sorted(refit):
             p = predictions.get(name) or {}
             for k in ("loss", "low", "high"):
-                v = _num(p.get(k))
+                v = finite_number(p.get(k))
                 if v is not None:
                     out[f"pred/{name}/{k}"] = v
-            step, total = _num(p.get("step")), _num(p.get("total_steps"))
+            step, total = finite_number(p.get("step")), finite_number(p.get("total_steps"))
             if step is not None and total:
                 out[f"pred/{name}/progress"] = step / total
             out[f"pred/{name}/observed"] = 1.0 if p.get("status") == "done" else 0.0
@@ -91,7 +86,7 @@ class FitterWandb:
             if "error" in fit:
                 continue
             for k in keys:
-                v = _num(fit.get(k))
+                v = finite_number(fit.get(k))
                 if v is not None:
                     out[f"law/{law_name}/{k}"] = v
         if law is not None:

@@ -109,6 +109,12 @@ class ReadResult:
     malformed_lines: list[int] = field(default_factory=list)
 
 
+def finite_number(v: Any) -> float | None:
+    """``v`` as a float when it is a finite number (not a bool, not NaN / inf), else None: a metric a reader can
+    print or fit."""
+    return float(v) if isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v) else None
+
+
 def read_jsonl(path: str | Path, offset: int = 0) -> ReadResult:
     """Read complete lines from ``offset``. A last line without newline is left for next time."""
     path = Path(path)

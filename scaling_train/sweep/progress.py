@@ -9,11 +9,12 @@ Read from the run folder only (the contract between train, fitter and sweep): th
 from __future__ import annotations
 
 import json
-import math
 import threading
 from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import Any
+
+from scaling_train.metrics.jsonl import finite_number, read_jsonl
 
 EVERY_S = 30.0
 """Seconds between two rounds of progress lines (one line per run in flight)."""
@@ -21,27 +22,14 @@ TAIL_BYTES = 8192
 
 
 def last_row(path: Path) -> dict[str, Any] | None:
-    """The last complete JSON line of ``path`` (reads at most ``TAIL_BYTES`` from the end), or None."""
+    """The last complete row of ``path`` with a step, read from its last ``TAIL_BYTES`` only (``read_jsonl``
+    from there: the line the tail starts inside is malformed and skipped, a torn last line left out)."""
     try:
-        with open(path, "rb") as f:
-            start = max(0, f.seek(0, 2) - TAIL_BYTES)
-            f.seek(start)
-            data = f.read()
+        start = max(0, path.stat().st_size - TAIL_BYTES)
     except OSError:
         return None
-    lines = data.split(b"\n")
-    for line in reversed(lines[1:] if start > 0 else lines):  # a tail read starts inside a line: drop it
-        try:
-            row = json.loads(line)
-        except ValueError:
-            continue
-        if isinstance(row, dict) and "step" in row:
-            return row
-    return None
-
-
-def _num(v: Any) -> float | None:
-    return float(v) if isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v) else None
+    rows = [r for r in read_jsonl(path, start).rows if "step" in r]
+    return rows[-1] if rows else None
 
 
 def progress_line(run_dir: str | Path, name: str, total_steps: int) -> str | None:
@@ -51,14 +39,14 @@ def progress_line(run_dir: str | Path, name: str, total_steps: int) -> str | Non
     if row is None:
         return None
     step = int(row["step"])
-    loss = _num(row.get("loss"))
+    loss = finite_number(row.get("loss"))
     line = f"[sweep] {name} step {step}/{total_steps} ({step / max(total_steps, 1):.0%})"
     line += f" loss {loss:.4g}" if loss is not None else ""
     try:
         pred = json.loads((run_dir / "predictions.json").read_text())
     except (OSError, ValueError):
         pred = {}
-    p, lo, hi = (_num(pred.get(k)) for k in ("loss", "low", "high"))
+    p, lo, hi = (finite_number(pred.get(k)) for k in ("loss", "low", "high"))
     if p is not None and pred.get("status") == "running":
         line += f" | predicted final {p:.4g}" + (
             f" [{lo:.4g}, {hi:.4g}]" if lo is not None and hi is not None else ""
