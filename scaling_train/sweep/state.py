@@ -3,7 +3,12 @@ DONE marker (written by the trainer), and the attempt log that retries and the s
 
     <run_dir>/.lock           JSON {host, pid, token, started, heartbeat}; created with O_EXCL
     <run_dir>/DONE            JSON summary (trainer); present = finished, never run again
-    <run_dir>/attempts.jsonl  one row per attempt: {attempt, start, end, rc, host}
+    <run_dir>/STOP            JSON stop request (the adaptive fitter, or a user): the trainer stops at its next
+                              flush (``scaling_train.train.trainer`` docstring)
+    <run_dir>/STOPPED         JSON record of that stop (trainer): present without DONE = "stopped", finished for
+                              now, never relaunched by a sweep until ``resume_stopped`` (``--resume-stopped``)
+    <run_dir>/STOPPED.<n>.json  the record of an earlier stop, archived when the run was resumed
+    <run_dir>/attempts.jsonl  one row per attempt: {attempt, start, end, rc, host[, stopped: true]}
 
 A lock is stale (and may be taken over) when its heartbeat is older than ``stale_s`` or when it was
 taken on this host by a process that no longer exists (a killed sweep is resumable at once).
@@ -21,20 +26,51 @@ from pathlib import Path
 from typing import Any
 
 LOCK, DONE, ATTEMPTS = ".lock", "DONE", "attempts.jsonl"
+STOP, STOPPED = "STOP", "STOPPED"  # the same names as scaling_train.train.trainer.STOP / STOPPED
+STATUSES = ("done", "running", "stopped", "failed", "partial", "pending")
+FINISHED_FOR_NOW = ("done", "stopped")
+"""Statuses a sweep never relaunches on its own (a stopped run only with ``--resume-stopped``)."""
 
 
 def is_done(run_dir: str | Path) -> bool:
     return (Path(run_dir) / DONE).is_file()
 
 
+def is_stopped(run_dir: str | Path) -> bool:
+    """Stopped on request at a checkpoint (``STOPPED`` present, no ``DONE``): resumable, not finished."""
+    run_dir = Path(run_dir)
+    return (run_dir / STOPPED).is_file() and not is_done(run_dir)
+
+
+def is_finished_for_now(run_dir: str | Path) -> bool:
+    """DONE or stopped: what every launcher skips."""
+    return is_done(run_dir) or is_stopped(run_dir)
+
+
+def resume_stopped(run_dir: str | Path) -> Path | None:
+    """Make a stopped run resumable to its end: remove its ``STOP`` request and archive its ``STOPPED``
+    record as ``STOPPED.<n>.json``; returns the archive's path, None when the run was not stopped. The next
+    launch trains it from the stop's checkpoint to the end."""
+    run_dir = Path(run_dir)
+    if not is_stopped(run_dir):
+        return None
+    from scaling_train.train.trainer import archive_stopped  # local: keeps this module free of torch
+
+    (run_dir / STOP).unlink(missing_ok=True)  # first: a run started in between archives STOPPED itself
+    return archive_stopped(run_dir)
+
+
 def status(run_dir: str | Path) -> str:
-    """done | running | partial (has checkpoints) | failed (last attempt failed) | pending."""
+    """done | running | stopped (STOPPED, no DONE) | failed (last attempt failed) | partial (has
+    checkpoints) | pending."""
     run_dir = Path(run_dir)
     if is_done(run_dir):
         return "done"
     info = read_lock(run_dir)
     if info is not None and not lock_is_stale(info, stale_s=float("inf")):
         return "running"
+    if is_stopped(run_dir):
+        return "stopped"
     att = attempts(run_dir)
     if att and att[-1].get("rc") not in (0, None):
         return "failed"

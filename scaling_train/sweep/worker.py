@@ -2,8 +2,10 @@
 
     python -m scaling_train.sweep.worker RUN_DIR [--retries 1] [--stale-lock-s 120] [--log FILE] -- CMD ...
 
-Exit codes: 0 = finished (or already DONE), 3 = another live process holds the run's lock (it is not
-executed twice), 1 = still failing after the retries (the attempts are in RUN_DIR/attempts.jsonl).
+Exit codes: 0 = finished (or already DONE), or stopped on request (RUN_DIR/STOPPED written by the trainer, or
+already there: a stopped run is not relaunched, ``state.resume_stopped`` first), 3 = another live process holds
+the run's lock (it is not executed twice), 1 = still failing after the retries (the attempts are in
+RUN_DIR/attempts.jsonl; a stopped attempt's row has ``"stopped": true``).
 CMD runs without a shell (argv as given), so no value is ever interpreted by one.
 """
 
@@ -38,8 +40,7 @@ def execute(
 ) -> int:
     run_dir = Path(run_dir)
     name = run_dir.name
-    if state.is_done(run_dir):
-        say(f"[sweep] {name}: DONE already, skipped")
+    if _finished_for_now(run_dir, say):
         return EXIT_OK
     lock = state.RunLock(run_dir, stale_s=stale_lock_s)
     if not lock.acquire():
@@ -49,23 +50,23 @@ def execute(
         )
         return EXIT_LOCKED
     try:
-        if state.is_done(run_dir):  # finished between the check and the lock
-            say(f"[sweep] {name}: DONE already, skipped")
+        if _finished_for_now(run_dir, say):  # finished or stopped between the check and the lock
             return EXIT_OK
         for attempt in range(retries + 1):
             start = time.time()
             rc = _run(cmd, log_path, env, preexec)
-            ok = rc == 0 and state.is_done(run_dir)
-            state.record_attempt(
-                run_dir,
-                {
-                    "attempt": len(state.attempts(run_dir)) + 1,
-                    "start": start,
-                    "end": time.time(),
-                    "rc": rc if not (rc == 0 and not ok) else -1,
-                    "host": socket.gethostname(),
-                },
-            )
+            stopped = rc == 0 and state.is_stopped(run_dir)  # stopped on request: a success, not finished
+            ok = rc == 0 and (state.is_done(run_dir) or stopped)
+            row = {
+                "attempt": len(state.attempts(run_dir)) + 1,
+                "start": start,
+                "end": time.time(),
+                "rc": rc if not (rc == 0 and not ok) else -1,
+                "host": socket.gethostname(),
+            }
+            state.record_attempt(run_dir, {**row, "stopped": True} if stopped else row)
+            if stopped:
+                say(f"[sweep] {name}: stopped on request (RUN/STOPPED); resume it with --resume-stopped")
             if ok:
                 return EXIT_OK
             interrupted = rc in (130, -signal.SIGINT) or (stop is not None and stop.is_set())
@@ -79,6 +80,17 @@ def execute(
         return EXIT_FAILED
     finally:
         lock.release()
+
+
+def _finished_for_now(run_dir: Path, say) -> bool:
+    """DONE or stopped: say so and skip the run."""
+    if state.is_done(run_dir):
+        say(f"[sweep] {run_dir.name}: DONE already, skipped")
+        return True
+    if state.is_stopped(run_dir):
+        say(f"[sweep] {run_dir.name}: STOPPED on request, skipped (resume it with --resume-stopped)")
+        return True
+    return False
 
 
 def _run(cmd: list[str], log_path: str | Path | None, env: dict[str, str] | None, preexec=None) -> int:

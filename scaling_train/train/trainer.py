@@ -7,12 +7,25 @@ Launch (single process, CPU or one GPU):
 
 A killed run restarted with the same command resumes from its newest good checkpoint; the batch
 order is a pure function of (seed, step), so its losses equal an uninterrupted run's (bitwise on CPU).
+
+Stop on request (the adaptive sweep's fitter, or a user): write ``RUN_DIR/STOP`` (a JSON object, written
+atomically). At its next metrics flush the run writes that step's row, checkpoints at that step (even between
+``ckpt_every``), writes ``RUN_DIR/STOPPED`` instead of ``DONE`` and returns a ``RunResult`` with
+``stopped=True``. STOP is the request, STOPPED the record:
+
+    STOPPED  {"steps", "total_steps", "tokens", "loss", "eval_loss", "request": STOP's content or {}, "time"}
+
+Relaunched while both are there, the run does nothing (still stopped). Remove STOP to resume it to the end
+(``scaling_train.sweep.state.resume_stopped``, or ``--resume-stopped`` of the sweep): STOPPED is then archived
+as ``STOPPED.<n>.json`` (``archive_stopped``) and training continues from the stop's checkpoint, with the
+losses of an uninterrupted run.
 """
 
 from __future__ import annotations
 
 import contextlib
 import json
+import os
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -50,6 +63,35 @@ class ConfigMismatchError(RuntimeError):
     pass
 
 
+STOP, STOPPED = "STOP", "STOPPED"
+"""The stop request (written by the fitter or a user) and the trainer's record of a stop (module docstring)."""
+
+
+def read_stop_request(run_dir: str | Path) -> dict[str, Any]:
+    """The content of ``RUN_DIR/STOP``; {} when it is missing, unreadable or not a JSON object."""
+    try:
+        req = json.loads((Path(run_dir) / STOP).read_text() or "{}")
+    except (OSError, ValueError):
+        return {}
+    return req if isinstance(req, dict) else {}
+
+
+def archive_stopped(run_dir: str | Path) -> Path | None:
+    """Rename ``RUN_DIR/STOPPED`` to the first free ``STOPPED.<n>.json`` (n = 1, 2, ...), so a resumed run
+    keeps the record of every stop; returns the new path, None when there was no STOPPED."""
+    src = Path(run_dir) / STOPPED
+    if not src.is_file():
+        return None
+    n = 1
+    while (dst := src.with_name(f"{STOPPED}.{n}.json")).exists():
+        n += 1
+    try:
+        os.replace(src, dst)
+    except FileNotFoundError:  # archived by another process meanwhile
+        return None
+    return dst
+
+
 @dataclass
 class RunResult:
     run_dir: Path
@@ -59,6 +101,21 @@ class RunResult:
     final_eval_loss: float | None
     resumed_from: int | None
     already_done: bool = False
+    stopped: bool = False
+    """Stopped on request (``RUN_DIR/STOP``) at ``steps`` < total steps: STOPPED written, no DONE."""
+
+
+def _recorded(run_dir: Path, info: dict[str, Any], prefix: str, **flags: bool) -> RunResult:
+    """The result of a run that does not train now, from its DONE (``prefix="final_"``) or STOPPED record."""
+    return RunResult(
+        run_dir,
+        info.get("steps", 0),
+        info.get("tokens", 0),
+        info.get(f"{prefix}loss", float("nan")),
+        info.get(f"{prefix}eval_loss"),
+        None,
+        **flags,
+    )
 
 
 def _diff_keys(a: Any, b: Any, prefix: str = "") -> list[str]:
@@ -307,17 +364,24 @@ class Trainer:
         self.run_dir.mkdir(parents=True, exist_ok=True)
         done = self.run_dir / "DONE"
         if done.is_file():
-            info = json.loads(done.read_text() or "{}")
             self.log(f"[train] {self.run_dir} is already DONE; nothing to do")
-            return RunResult(
-                self.run_dir,
-                info.get("steps", 0),
-                info.get("tokens", 0),
-                info.get("final_loss", float("nan")),
-                info.get("final_eval_loss"),
-                None,
-                already_done=True,
-            )
+            return _recorded(self.run_dir, json.loads(done.read_text() or "{}"), "final_", already_done=True)
+        stopped = self.run_dir / STOPPED
+        if stopped.is_file():
+            if (self.run_dir / STOP).is_file():  # the request stands: still stopped, nothing to do
+                try:
+                    info = json.loads(stopped.read_text() or "{}")
+                except ValueError:
+                    info = {}
+                self.log(
+                    f"[train] {self.run_dir} is STOPPED at step {info.get('steps')} on request; remove "
+                    f"{self.run_dir / STOP} (or `scaling-train sweep SPEC --resume-stopped`) to train it to the end"
+                )
+                return _recorded(self.run_dir, info, "", stopped=True)
+            if self.backend.is_main:  # STOP removed: resume to the end, the stop's record archived
+                self.log(
+                    f"[train] {self.run_dir}: STOP removed, resuming; STOPPED -> {archive_stopped(self.run_dir)}"
+                )
         self._setup()
         if self.backend.is_main:
             self._write_config()
@@ -361,16 +425,30 @@ class Trainer:
                 metrics.close()
             if self._samples is not None:
                 self._samples.close()
-            summary = {
+        if self.backend.is_main:  # the record: STOPPED when stopped on request, else DONE
+            p = "" if result.stopped else "final_"
+            record = {
                 "steps": result.steps,
                 "tokens": result.tokens,
-                "final_loss": result.final_loss,
-                "final_eval_loss": result.final_eval_loss,
-                "params": self.param_counts,
-                "flops": float(self.flops_per_token * result.tokens),
-                "config_hash": config_hash(cfg),
+                f"{p}loss": result.final_loss,
+                f"{p}eval_loss": result.final_eval_loss,
             }
-            atomic_write(done, json.dumps(summary, indent=1))
+            if result.stopped:
+                record.update(
+                    total_steps=self.total_steps, request=read_stop_request(self.run_dir), time=time.time()
+                )
+                atomic_write(self.run_dir / STOPPED, json.dumps(record, indent=1))
+                self.log(
+                    f"[train] stopped on request at step {result.steps}/{self.total_steps} "
+                    f"(checkpoint written; remove {self.run_dir / STOP} to resume to the end)"
+                )
+            else:
+                record.update(
+                    params=self.param_counts,
+                    flops=float(self.flops_per_token * result.tokens),
+                    config_hash=config_hash(cfg),
+                )
+                atomic_write(done, json.dumps(record, indent=1))
         self.backend.barrier()
         for cb in self.callbacks:
             if hasattr(cb, "on_train_end"):
@@ -415,8 +493,11 @@ class Trainer:
                 dynamic_ncols=True,
                 leave=False,
             )
-        # device accumulators over a flush window: loss sum, grad-norm sum, steps
-        acc = torch.zeros(3, dtype=torch.float64, device=dev)
+        # device accumulators over a flush window: loss sum, grad-norm sum, steps, stop flag (rank 0 sets it
+        # to 1 when RUN_DIR/STOP exists: the all-reduce the flush does anyway gives every rank the same decision)
+        acc = torch.zeros(4, dtype=torch.float64, device=dev)
+        stop_path = self.run_dir / STOP
+        stopped = False
         window_start, t_window = start_step, time.perf_counter()
         last_loss, last_eval = float("nan"), None
         keep_steps = set(cfg.train.keep_steps)  # branch points: checkpointed even between ckpt_every
@@ -449,7 +530,7 @@ class Trainer:
                     cb.on_before_step(self, step)
             self.optimizer.step()
             self.optimizer.zero_grad(set_to_none=True)
-            acc += torch.stack(
+            acc[:3] += torch.stack(
                 [
                     step_loss / (n_seqs / self.micro_bs),  # = / accum (and / 1 for a split micro-batch)
                     gnorm.detach().double(),
@@ -460,8 +541,12 @@ class Trainer:
             is_last = done_steps == T
             do_eval = is_last or (cfg.train.eval_every and done_steps % cfg.train.eval_every == 0)
             if done_steps % cfg.train.log_every == 0 or is_last or do_eval:
+                if self.backend.is_main and not is_last and stop_path.exists():  # one stat per flush
+                    acc[3] = 1.0
                 acc = self.backend.all_reduce_mean(acc)
-                loss_sum, gn_sum, n = acc.tolist()  # sync: one host transfer per flush, not per step
+                # sync: one host transfer per flush, not per step
+                loss_sum, gn_sum, n, stop_flag = acc.tolist()
+                stopped = stop_flag > 0  # = 1 / world_size on every rank when rank 0 saw STOP
                 acc.zero_()
                 now = time.perf_counter()
                 row = {
@@ -504,12 +589,18 @@ class Trainer:
                     bar.set_postfix(post)
                 window_start, t_window = done_steps, time.perf_counter()
             periodic = cfg.train.ckpt_every and done_steps % cfg.train.ckpt_every == 0
-            if (periodic or done_steps in keep_steps) and not is_last:
+            if (periodic or done_steps in keep_steps or stopped) and not is_last:
                 self._checkpoint(done_steps, metrics)
-        if start_step < T:
-            self._checkpoint(T, metrics)
+            if stopped:  # on request: resumable from the checkpoint just written
+                break
         if bar is not None:
             bar.close()
+        if stopped:
+            return RunResult(
+                self.run_dir, done_steps, done_steps * tps, last_loss, last_eval, None, stopped=True
+            )
+        if start_step < T:
+            self._checkpoint(T, metrics)
         return RunResult(self.run_dir, T, T * tps, last_loss, last_eval, None)
 
 
