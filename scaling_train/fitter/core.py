@@ -15,7 +15,11 @@ over (loss, gradient noise scale) pairs of all runs (``critical_batch``, ``of: g
 critical batch measured (batch sweeps, branches), calibrated against the noise scale and predicted at
 every run's predicted final loss (``cbs_measured``, ``cbs_calibration``, ``cbs_predicted``; the run's
 share in its ``predictions.json``; ``fitter/cbs.py``). Diverged runs (a non-finite loss) are marked and
-left out. The fitter's own offsets and compact rows live in ``SWEEP_DIR/.fitter_state.json`` so a
+left out. In an adaptive sweep (``SWEEP_DIR/adaptive.json``, written by the sweep from its ``adaptive:``
+block) the fitter applies the policy (``fitter/adaptive.py``) to every running run's published predictions
+and requests a stop by writing ``RUN/STOP``; the trainer checkpoints and writes ``RUN/STOPPED``. A stopped
+run keeps being predicted from the others (status ``stopped``) and enters the laws with its predicted
+final loss, weighted by its interval like every predicted point. The fitter's own offsets and compact rows live in ``SWEEP_DIR/.fitter_state.json`` so a
 restarted fitter continues where it stopped instead of re-reading every file.
 """
 
@@ -35,6 +39,8 @@ from scaling_train.fitter.tail import RunTail, find_runs
 from scaling_train.metrics.jsonl import _clean
 
 STATE_FILE = ".fitter_state.json"
+ADAPTIVE_FILE = "adaptive.json"  # the sweep's adaptive policy (absent: no run is ever stopped early)
+STOP_FILE = "STOP"  # a stop request to the trainer
 MIN_POINTS = 3
 CURVE_POINTS = 24  # steps of the predicted remaining curve in predictions.json
 
@@ -134,6 +140,8 @@ class SweepFitter:
         self.state_path = self.sweep_dir / STATE_FILE
         self.polls = 0
         self.last_law: dict[str, Any] | None = None  # the sweep law last written
+        self._policy_key: tuple | None = None
+        self._policy_obj = None
         if only is None:
             self._load_state()
 
@@ -181,9 +189,11 @@ class SweepFitter:
 
     @property
     def all_done(self) -> bool:
-        """Every run is DONE or diverged, including runs the sweep planned (``plan.json``) but has not
+        """Every run is DONE, stopped early or diverged, including runs the sweep planned (``plan.json``) but has not
         started yet, so ``--until-done`` does not exit between the last running run and the next."""
-        if not self.tails or not all(t.done or t.diverged_at is not None for t in self.tails.values()):
+        if not self.tails or not all(
+            t.done or t.stopped or t.diverged_at is not None for t in self.tails.values()
+        ):
             return False
         plan = self.sweep_dir / "plan.json"
         try:
@@ -222,7 +232,7 @@ class SweepFitter:
             if t is None or t.config is None:
                 continue
             refs = self._references(t)
-            key = (t.version, tuple(sorted((r.name, r.version) for r in refs)))
+            key = (t.version, t.stopped, tuple(sorted((r.name, r.version) for r in refs)))
             if self._fitted.get(name) == key:
                 continue
             self._fitted[name] = key
@@ -243,7 +253,7 @@ class SweepFitter:
                 lo = last.get("loss")
                 pred.update(status="done", loss=lo, low=lo, high=lo, final_eval_loss=last.get("eval_loss"))
             else:
-                pred["status"] = "running"
+                pred["status"] = "stopped" if t.stopped else "running"
                 try:
                     curve = self._curve(t)
                     if curve is None:
@@ -263,11 +273,74 @@ class SweepFitter:
             write_json_atomic(t.run_dir / "predictions.json", pred)
             if pred.get("status") == "running" and pred.get("loss") is not None:
                 _append_prediction(t.run_dir, pred, t.total_steps)
+                self._apply_policy(t, pred)
             refit.add(name)
         return refit
 
+    # -------------------------------------------------------------- adaptive policy
+    def policy(self):
+        """The sweep's ``AdaptivePolicy`` from ``adaptive.json``, or None (no file, or a bad one: logged)."""
+        from scaling_train.fitter.adaptive import AdaptivePolicy
+
+        path = self.sweep_dir / ADAPTIVE_FILE
+        try:
+            st = path.stat()
+        except OSError:
+            self._policy_key, self._policy_obj = None, None
+            return None
+        key = (st.st_mtime_ns, st.st_size)
+        if key != self._policy_key:
+            self._policy_key, self._policy_obj = key, None
+            try:
+                self._policy_obj = AdaptivePolicy.from_dict(json.loads(path.read_text()), source=str(path))
+            except (OSError, ValueError) as e:
+                self.log(f"[fit] adaptive policy ignored, no run will be stopped early: {e}")
+        return self._policy_obj
+
+    def _planned(self) -> list[tuple[str, float, float]]:
+        """(name, N, D) of every planned run (plan.json) and every run folder found."""
+        out: dict[str, tuple[str, float, float]] = {}
+        try:
+            for r in json.loads((self.sweep_dir / "plan.json").read_text())["runs"]:
+                out[r["name"]] = (r["name"], float(r["n_params"]), float(r["tokens"]))
+        except (OSError, ValueError, KeyError, TypeError):
+            pass
+        for n, t in self.tails.items():
+            if n not in out and t.n_params and t.total_tokens:
+                out[n] = (n, t.n_params, t.total_tokens)
+        return list(out.values())
+
+    def _apply_policy(self, t: RunTail, pred: dict[str, Any]) -> None:
+        """Under an adaptive policy: decide from the run's published predictions whether to stop it, and
+        request the stop (``RUN/STOP``, written once). The decision and its reason go into ``pred``."""
+        pol = self.policy()
+        if pol is None or self.only is not None:
+            return
+        exempt = pol.exempt(self._planned())
+        if t.name in exempt:
+            pred["adaptive"] = {"stop": False, "reason": exempt[t.name]}
+            write_json_atomic(t.run_dir / "predictions.json", pred)
+            return
+        from scaling_train.metrics.jsonl import read_jsonl
+
+        history = read_jsonl(t.run_dir / "predictions.jsonl").rows
+        stop, why = pol.decide(history)
+        pred["adaptive"] = {"stop": stop, "reason": why}
+        if stop and not (t.run_dir / STOP_FILE).exists():
+            request = {
+                "reason": why, "step": pred["step"], "fraction": history[-1].get("fraction"),
+                "loss": pred["loss"], "low": pred["low"], "high": pred["high"], "time": time.time(),
+            }  # fmt: skip
+            write_json_atomic(t.run_dir / STOP_FILE, request)
+            self.log(f"[fit] {t.name}: stop requested at step {pred['step']}/{t.total_steps}: {why}")
+        write_json_atomic(t.run_dir / "predictions.json", pred)
+
     # -------------------------------------------------------------- sweep laws
     def sweep_points(self) -> list[dict[str, Any]]:
+        """(N, D, final loss) of every healthy run: observed when done, else predicted, with its weight in
+        the law fits (``prediction_weight``: 1 observed, less the wider the predicted interval)."""
+        from scaling_train.fitter.adaptive import prediction_weight
+
         pts = []
         for name, t in sorted(self.tails.items()):
             p = self.predictions.get(name, {})
@@ -277,7 +350,10 @@ class SweepFitter:
             pts.append(
                 {"run": name, "N": t.n_params, "D": t.total_tokens, "B": t.batch_tokens, "loss": loss,
                  "eval_loss": p.get("final_eval_loss"), "U": t.unique_tokens,
-                 "source": "observed" if p.get("status") == "done" else "predicted"}
+                 "source": "observed" if p.get("status") == "done" else
+                 "stopped" if p.get("status") == "stopped" else "predicted",
+                 "weight": 1.0 if p.get("status") == "done" else
+                 prediction_weight(loss, p.get("low") or loss, p.get("high") or loss)}
             )  # fmt: skip
         return pts
 
@@ -296,7 +372,7 @@ class SweepFitter:
         D = np.array([p["D"] for p in pts])
         L = np.array([p["loss"] for p in pts])
         try:
-            f = fit_chinchilla(N, D, L)
+            f = fit_chinchilla(N, D, L, weights=np.array([p["weight"] for p in pts]))
             out["chinchilla"] = {
                 k: getattr(f, k) for k in ("E", "A", "B", "alpha", "beta", "objective", "n_points")
             }

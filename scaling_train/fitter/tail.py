@@ -33,6 +33,8 @@ class RunTail:
     diverged_at: int | None = None
     config: dict[str, Any] | None = None
     done: bool = False
+    stopped: bool = False
+    """Stopped early by the adaptive policy (``STOPPED`` present, no ``DONE``): resumable, not finished."""
     version: int = 0
     """Bumped whenever the rows change (predictions are refitted only then)."""
 
@@ -85,6 +87,10 @@ class RunTail:
                 self.config = None  # being written; next poll
         if not self.done and (self.run_dir / "DONE").is_file():
             self.done, changed = True, True
+        stopped = not self.done and (self.run_dir / "STOPPED").is_file()
+        if stopped != self.stopped:  # stopped, or resumed to the end (STOPPED archived)
+            self.stopped, changed = stopped, True
+            self.version += 1
         if not self.path.is_file():
             return changed
         if not self._signature_ok():  # rolled back: start over

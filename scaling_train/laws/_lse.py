@@ -121,7 +121,7 @@ def bootstrap_lse(
     n = len(problem.log_y)
     draws = np.empty((n_bootstrap, len(theta)))
     for b in range(n_bootstrap):
-        w = rng.multinomial(n, np.full(n, 1.0 / n)).astype(np.float64)
+        w = rng.multinomial(n, np.full(n, 1.0 / n)).astype(np.float64) * problem.weights
         p = LSEProblem(problem.log_x, problem.log_y, w, problem.delta, problem.terms, problem.jac)
         draws[b], _ = multistart(p, np.vstack([theta[None], starts[:4]]))
     return draws

@@ -119,6 +119,7 @@ def fit_chinchilla(
     n_bootstrap: int = 0,
     confidence: float = 0.9,
     seed: int = 0,
+    weights: np.ndarray | None = None,
 ) -> ChinchillaFit:
     """Fit ``L(N, D) = E + A / N**alpha + B / D**beta`` by Hoffmann et al.'s approach 3.
 
@@ -129,11 +130,16 @@ def fit_chinchilla(
     point of every (alpha, beta) pair (33 starts by default). ``n_best=None`` runs all 4500 starts.
 
     ``n_bootstrap > 0`` adds case-resampling bootstrap intervals (``confidence`` two-sided) in ``ci``.
+    ``weights`` (one per point, > 0, default 1) scale each point's Huber term: a predicted final loss with
+    an interval counts less than an observed one (``point_weights``).
     """
     N = as_1d("N", N, positive=True)
     D = as_1d("D", D, positive=True)
     loss = as_1d("loss", loss, positive=True)
     n = same_length(N=N, D=D, loss=loss)
+    w = np.ones(n) if weights is None else as_1d("weights", weights, positive=True)
+    if len(w) != n:
+        raise ValueError(f"len(weights)={len(w)} != len(loss)={n}; one weight per point is needed")
     if n < 5:
         raise ValueError(f"len(N)={n} points cannot determine 5 parameters; at least 5 are needed")
     check_range("delta", delta, 0.0, np.inf, lo_open=True)
@@ -141,7 +147,7 @@ def fit_chinchilla(
     if n_best is not None and n_best < 1:
         raise ValueError(f"n_best={n_best} must be >= 1 or None (all grid points)")
     problem = LSEProblem(
-        np.column_stack([np.log(N), np.log(D)]), np.log(loss), np.ones(n), delta, _terms, _jac
+        np.column_stack([np.log(N), np.log(D)]), np.log(loss), w, delta, _terms, _jac
     )
     grid = hoffmann_grid()
     theta, f, idx = fit_lse(problem, grid, shape_cols=[3, 4], n_best=n_best)

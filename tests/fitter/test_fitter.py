@@ -18,15 +18,6 @@ from scaling_train.metrics.jsonl import read_jsonl
 from tests.fixtures.training import cli, overrides, run_config, train
 
 
-@pytest.fixture(scope="module")
-def sweep(tmp_path_factory):
-    """Two finished runs of one model size (references for each other)."""
-    root = tmp_path_factory.mktemp("sweep")
-    for lr in ("1e-3", "3e-3"):
-        train(run_config(root / f"lr{lr}", max_steps=24, **{"optim.lr": lr}))
-    return root
-
-
 def test_predictions_law_malformed_diverged_and_new_runs(sweep, tmp_path):
     sw = tmp_path / "sw"
     shutil.copytree(sweep, sw)

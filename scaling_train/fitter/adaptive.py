@@ -1,0 +1,156 @@
+"""The adaptive-sweep policy: when a run's predicted final loss is known well enough to stop training it.
+
+A run is stopped (cleanly, with a checkpoint, resumable to the end later) once
+
+- it has trained at least ``min_fraction`` of its planned steps,
+- the 90% interval of its predicted final loss was narrower than ``tolerance`` (relative to the predicted
+  loss, or in loss units with ``relative: false``) at each of the last ``stable_updates`` fitter updates
+  spaced at least ``spacing`` of the run apart, and those predictions agree within ``tolerance / 2``,
+- and it is not exempt: with ``keep_full_per_size`` the shortest-budget run of every size runs to the end
+  (a finished reference per size), with ``keep_largest`` every run of the largest size does.
+
+The same rule drives the live fitter (``SweepFitter`` writes ``RUN/STOP``, the trainer checkpoints and
+exits) and the replay on recorded curves (``scaling_train.sweep.adaptive.simulate``). A stopped run enters
+the sweep's laws with its predicted final loss, weighted by its interval (``prediction_weight``).
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping, Sequence
+from dataclasses import asdict, dataclass, fields
+from typing import Any
+
+Z90 = 1.6448536269514722
+FINAL_LOSS_NOISE = 0.005
+"""Relative noise of an observed final loss (seed to seed, about 0.5% at these scales): the sd a finished
+run's point carries in a law fit, against which a predicted point's interval is weighed."""
+
+
+@dataclass(frozen=True)
+class AdaptivePolicy:
+    """When to stop a run early (module docstring). ``source`` names where the values came from in errors."""
+
+    tolerance: float = 0.02
+    relative: bool = True
+    stable_updates: int = 3
+    spacing: float = 0.05
+    min_fraction: float = 0.25
+    keep_full_per_size: bool = True
+    keep_largest: bool = False
+
+    def __post_init__(self) -> None:
+        self.check()
+
+    def check(self, source: str = "adaptive policy") -> None:
+        def bad(name: str, value: Any, allowed: str) -> ValueError:
+            return ValueError(f"{source}: {name}={value!r} must be {allowed}")
+
+        if not (
+            isinstance(self.tolerance, (int, float)) and math.isfinite(self.tolerance) and self.tolerance > 0
+        ):
+            raise bad("tolerance", self.tolerance, "a finite number > 0")
+        if self.relative and self.tolerance >= 1:
+            raise bad("tolerance", self.tolerance, "< 1 (a fraction of the loss) when relative is true")
+        if (
+            not isinstance(self.stable_updates, int)
+            or isinstance(self.stable_updates, bool)
+            or not (1 <= self.stable_updates <= 100)
+        ):
+            raise bad("stable_updates", self.stable_updates, "an integer in [1, 100]")
+        if not (isinstance(self.spacing, (int, float)) and 0 <= self.spacing < 1):
+            raise bad("spacing", self.spacing, "in [0, 1) (a fraction of the run)")
+        if not (isinstance(self.min_fraction, (int, float)) and 0 <= self.min_fraction <= 1):
+            raise bad("min_fraction", self.min_fraction, "in [0, 1]")
+        for name in ("relative", "keep_full_per_size", "keep_largest"):
+            if not isinstance(getattr(self, name), bool):
+                raise bad(name, getattr(self, name), "true or false")
+
+    @classmethod
+    def from_dict(cls, d: Mapping[str, Any] | None, source: str = "adaptive") -> AdaptivePolicy:
+        """Build from a spec block; unknown keys and bad values raise ``ValueError`` naming ``source``."""
+        d = dict(d or {})
+        known = {f.name for f in fields(cls)}
+        unknown = sorted(set(d) - known)
+        if unknown:
+            raise ValueError(f"{source}: unknown key(s) {unknown}; allowed: {sorted(known)}")
+        try:
+            return cls(**d)
+        except ValueError as e:
+            raise ValueError(str(e).replace("adaptive policy", source, 1)) from None
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    # ------------------------------------------------------------------ the rule
+    def width(self, loss: float, low: float, high: float) -> float:
+        """The interval's width in the policy's unit."""
+        w = high - low
+        return w / loss if self.relative else w
+
+    def decide(self, history: Sequence[Mapping[str, Any]]) -> tuple[bool, str]:
+        """Whether to stop, from the run's published predictions (oldest first; each with ``fraction``,
+        ``loss``, ``low``, ``high``). Returns (stop, reason): the reason says what is still missing."""
+        rows = [
+            h for h in history
+            if h.get("loss") is not None and h.get("low") is not None and h.get("high") is not None
+            and h.get("fraction") is not None and math.isfinite(h["loss"]) and h["loss"] > 0
+        ]  # fmt: skip
+        if not rows:
+            return False, "no prediction yet"
+        last = rows[-1]
+        if last["fraction"] < self.min_fraction:
+            return False, f"at {last['fraction']:.0%} of the run, before min_fraction {self.min_fraction:.0%}"
+        # the last k updates at least `spacing` of the run apart, newest first
+        picked = [last]
+        for h in reversed(rows[:-1]):
+            if len(picked) == self.stable_updates:
+                break
+            if picked[-1]["fraction"] - h["fraction"] >= self.spacing - 1e-9:
+                picked.append(h)
+        if len(picked) < self.stable_updates:
+            return False, f"{len(picked)} of {self.stable_updates} spaced updates so far"
+        widths = [self.width(h["loss"], h["low"], h["high"]) for h in picked]
+        if max(widths) > self.tolerance:
+            return False, f"interval width {max(widths):.4g} > tolerance {self.tolerance:g}"
+        losses = [h["loss"] for h in picked]
+        spread = (max(losses) - min(losses)) / (last["loss"] if self.relative else 1.0)
+        if spread > self.tolerance / 2:
+            return (
+                False,
+                f"predictions moved by {spread:.4g} > tolerance / 2 over the last {len(picked)} updates",
+            )
+        unit = "" if not self.relative else " (relative)"
+        return True, (
+            f"interval width {max(widths):.4g} <= {self.tolerance:g}{unit} over {len(picked)} updates "
+            f"from {picked[-1]['fraction']:.0%} to {last['fraction']:.0%} of the run"
+        )
+
+    def exempt(self, runs: Sequence[tuple[str, float, float]]) -> dict[str, str]:
+        """Runs that always train to the end, with the reason, from (name, n_params, total tokens) of every
+        planned run of the sweep."""
+        out: dict[str, str] = {}
+        if not runs:
+            return out
+        if self.keep_full_per_size:
+            by_size: dict[float, tuple[str, float]] = {}
+            for name, n, d in runs:
+                if n not in by_size or d < by_size[n][1]:
+                    by_size[n] = (name, d)
+            for name, _ in by_size.values():
+                out[name] = "the shortest budget of its size runs to the end (keep_full_per_size)"
+        if self.keep_largest:
+            top = max(n for _, n, _ in runs)
+            for name, n, _ in runs:
+                if n == top:
+                    out.setdefault(name, "a run of the largest size (keep_largest)")
+        return out
+
+
+def prediction_weight(loss: float, low: float, high: float, *, noise: float = FINAL_LOSS_NOISE) -> float:
+    """Weight of a predicted final loss in a law fit: ``noise**2 / (noise**2 + sd**2)`` with ``sd`` the
+    relative sd behind its 90% interval; 1 for an observed (zero-width) loss."""
+    if not (loss > 0 and math.isfinite(low) and math.isfinite(high)):
+        return 1.0
+    sd = max(high - low, 0.0) / (2 * Z90) / loss
+    return noise**2 / (noise**2 + sd**2)

@@ -1,0 +1,357 @@
+"""Replay a sweep as if it had run under an adaptive policy (``fitter.adaptive.AdaptivePolicy``).
+
+    result = simulate(runs, AdaptivePolicy(tolerance=0.02))
+    result.compute_fraction        # compute spent / the full sweep's
+    result.predicted["run7"]       # LossPrediction of run7's final loss when it was stopped (or its truth)
+    result.law_adaptive, result.law_full   # Chinchilla fits of the adaptive and of the full sweep
+
+The replay keeps the sweep's clock: every run trains at one FLOP per unit of time on its own slot
+(``slots=None``: all runs at once, as a Slurm array; ``slots=k``: k at a time in the given order, as the
+local backend, where a stopped run frees its slot for the next planned run). A run's step costs
+``6 * n_params * tokens_per_step``. At every ``policy.spacing`` of a run past ``policy.min_fraction`` the
+fitter predicts its final loss from its own prefix and every other run as far as it has trained by then
+(finished, stopped or running: the live fitter's references), and the policy decides whether to stop it.
+Nothing of a run past the step it was stopped at is ever read.
+"""
+
+from __future__ import annotations
+
+import heapq
+import json
+import math
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from scaling_train.fitter.adaptive import AdaptivePolicy, prediction_weight
+from scaling_train.laws import (
+    ChinchillaFit,
+    Curve,
+    LossPrediction,
+    NotEnoughDataError,
+    fit_chinchilla,
+    predict_final_loss,
+)
+
+
+@dataclass(frozen=True, eq=False)
+class RecordedRun:
+    """One finished run: ``losses`` at ``steps`` (1-based) and ``lr`` the full planned per-step schedule
+    (length = total steps, as in ``Curve``). ``final_loss`` is the truth the replay scores against (default:
+    the last loss; pass a window mean for a noisy training loss)."""
+
+    name: str
+    n_params: float
+    tokens_per_step: float
+    steps: np.ndarray
+    losses: np.ndarray
+    lr: np.ndarray
+    final_loss: float | None = None
+
+    def __post_init__(self) -> None:
+        c = self.curve()  # validates steps, losses, lr
+        if not (self.n_params > 0 and self.tokens_per_step > 0):
+            raise ValueError(
+                f"run {self.name!r}: n_params={self.n_params} and tokens_per_step={self.tokens_per_step} must be > 0"
+            )
+        if len(c.steps) < 3:
+            raise ValueError(f"run {self.name!r} has {len(c.steps)} logged points; at least 3 are needed")
+        if self.final_loss is not None and not (math.isfinite(self.final_loss) and self.final_loss > 0):
+            raise ValueError(f"run {self.name!r}: final_loss={self.final_loss} must be finite and > 0")
+
+    @property
+    def total_steps(self) -> int:
+        return len(self.lr)
+
+    @property
+    def tokens(self) -> float:
+        return self.total_steps * self.tokens_per_step
+
+    @property
+    def compute(self) -> float:
+        return 6.0 * self.n_params * self.tokens
+
+    @property
+    def truth(self) -> float:
+        if self.final_loss is not None:
+            return float(self.final_loss)
+        y = np.asarray(self.losses, dtype=np.float64)
+        return float(y[np.isfinite(y)][-1])
+
+    def curve(self, until: float | None = None) -> Curve:
+        c = Curve(
+            np.asarray(self.steps, dtype=np.float64), np.asarray(self.losses, dtype=np.float64),
+            np.asarray(self.lr, dtype=np.float64), self.name,
+            n_params=float(self.n_params), tokens_per_step=float(self.tokens_per_step),
+        )  # fmt: skip
+        return c if until is None else c.observed_until(until)
+
+
+@dataclass
+class RunReplay:
+    """What happened to one run: ``stopped_at`` (step; None = ran to the end), the reason, and every
+    prediction made for it (fraction, step, loss, low, high)."""
+
+    name: str
+    total_steps: int
+    stopped_at: int | None = None
+    reason: str = ""
+    history: list[dict[str, Any]] = field(default_factory=list)
+
+
+@dataclass
+class SimulationResult:
+    """``compute_fraction``: compute spent / the full sweep's. ``predicted``: run name -> the prediction
+    of its final loss when it was stopped, or its true final loss as a zero-width prediction when it ran
+    to the end. ``true_final``: run name -> true final loss. ``law_adaptive`` / ``law_full``: Chinchilla
+    fits over the adaptive sweep's final losses (stopped runs weighted by their interval) and over the
+    true ones. ``law_deviation``: per run, law_adaptive / law_full - 1 at its (N, D), and ``at_largest``
+    at the sweep's largest (N, D). ``coverage``: share of stopped runs whose truth lies in the interval."""
+
+    compute_fraction: float
+    predicted: dict[str, LossPrediction]
+    true_final: dict[str, float]
+    law_adaptive: ChinchillaFit | None
+    law_full: ChinchillaFit | None
+    law_deviation: dict[str, float]
+    at_largest: float
+    runs: dict[str, RunReplay]
+    policy: AdaptivePolicy
+    law_error: str = ""
+
+    @property
+    def stopped(self) -> dict[str, int]:
+        return {n: r.stopped_at for n, r in self.runs.items() if r.stopped_at is not None}
+
+    @property
+    def coverage(self) -> float:
+        st = self.stopped
+        if not st:
+            return float("nan")
+        inside = sum(self.predicted[n].low <= self.true_final[n] <= self.predicted[n].high for n in st)
+        return inside / len(st)
+
+    @property
+    def misses(self) -> list[str]:
+        return [
+            n for n in self.stopped
+            if not (self.predicted[n].low <= self.true_final[n] <= self.predicted[n].high)
+        ]  # fmt: skip
+
+    @property
+    def max_law_deviation(self) -> float:
+        vals = [abs(v) for v in self.law_deviation.values()] + [abs(self.at_largest)]
+        return max(vals) if vals and all(math.isfinite(v) for v in vals) else float("nan")
+
+    def summary(self) -> dict[str, Any]:
+        """A JSON-able account: what was stopped where, compute saved, both laws side by side."""
+
+        def law(f: ChinchillaFit | None) -> dict[str, float] | None:
+            return None if f is None else {k: getattr(f, k) for k in ("E", "A", "B", "alpha", "beta")}
+
+        return {
+            "policy": self.policy.to_dict(),
+            "compute_fraction": self.compute_fraction,
+            "n_runs": len(self.runs),
+            "n_stopped": len(self.stopped),
+            "coverage": self.coverage,
+            "misses": self.misses,
+            "max_law_deviation": self.max_law_deviation,
+            "at_largest": self.at_largest,
+            "law_adaptive": law(self.law_adaptive),
+            "law_full": law(self.law_full),
+            "law_error": self.law_error,
+            "runs": {
+                n: {
+                    "total_steps": r.total_steps,
+                    "stopped_at": r.stopped_at,
+                    "reason": r.reason,
+                    "true_final": self.true_final[n],
+                    "predicted": self.predicted[n].loss,
+                    "low": self.predicted[n].low,
+                    "high": self.predicted[n].high,
+                    "law_deviation": self.law_deviation.get(n),
+                }
+                for n, r in self.runs.items()
+            },  # fmt: skip
+        }
+
+
+def _exact(loss: float) -> LossPrediction:
+    return LossPrediction(loss, loss, loss, 0, 0, 0, 0.0, mode="observed")
+
+
+def simulate(
+    runs: Sequence[RecordedRun],
+    policy: AdaptivePolicy | None = None,
+    *,
+    slots: int | None = None,
+    max_points: int = 64,
+) -> SimulationResult:
+    """Replay ``runs`` (in planned order) under ``policy`` (default ``AdaptivePolicy()``); module docstring."""
+    policy = policy or AdaptivePolicy()
+    runs = list(runs)
+    if not runs:
+        raise ValueError("simulate needs at least one RecordedRun, got none")
+    for i, r in enumerate(runs):
+        if not isinstance(r, RecordedRun):
+            raise TypeError(f"runs[{i}] must be a RecordedRun, got {type(r).__name__}")
+    names = [r.name for r in runs]
+    if len(set(names)) != len(names):
+        dup = sorted({n for n in names if names.count(n) > 1})
+        raise ValueError(f"run names must be unique; repeated: {dup}")
+    if slots is not None and (not isinstance(slots, int) or slots < 1):
+        raise ValueError(f"slots={slots!r} must be a positive integer or None (all runs at once)")
+    by_name = {r.name: r for r in runs}
+    exempt = policy.exempt([(r.name, r.n_params, r.tokens) for r in runs])
+    replay = {r.name: RunReplay(r.name, r.total_steps) for r in runs}
+    cost = {r.name: 6.0 * r.n_params * r.tokens_per_step for r in runs}  # per step
+    start: dict[str, float] = {}
+    end: dict[str, float] = {}
+    heap: list[tuple[float, int, str, int]] = []  # (time, order, run, step); step == T: the run's end
+    order = 0
+    queue = list(names)
+    free = len(runs) if slots is None else slots
+
+    def launch(now: float) -> None:
+        nonlocal free, order
+        while free > 0 and queue:
+            n = queue.pop(0)
+            free -= 1
+            start[n] = now
+            T = by_name[n].total_steps
+            fracs = np.arange(policy.min_fraction, 1.0 - 1e-9, max(policy.spacing, 0.01))
+            for s in sorted({int(math.ceil(f * T)) for f in fracs if f * T >= 1} - {T}):
+                heapq.heappush(heap, (now + s * cost[n], order, n, s))
+                order += 1
+            heapq.heappush(heap, (now + T * cost[n], order, n, T))
+            order += 1
+
+    def progress(n: str, now: float) -> int:
+        if n not in start:
+            return 0
+        rp = replay[n]
+        done = rp.stopped_at if rp.stopped_at is not None else rp.total_steps
+        return min(done, int((now - start[n]) / cost[n] + 1e-9))
+
+    launch(0.0)
+    while heap:
+        now, _, n, s = heapq.heappop(heap)
+        rp = replay[n]
+        if n in end:
+            continue  # stopped earlier: its later events are void
+        if s >= rp.total_steps:
+            end[n] = now
+            free += 1
+            launch(now)
+            continue
+        refs = []
+        for m in names:
+            if m == n:
+                continue
+            k = progress(m, now)
+            if k > 0:
+                c = by_name[m].curve(until=k)
+                if len(c.steps) >= 3:
+                    refs.append(c)
+        target = by_name[n].curve(until=s)
+        try:
+            p = predict_final_loss(target, refs, max_points=max_points)
+        except (NotEnoughDataError, ValueError, RuntimeError, FloatingPointError) as e:
+            rp.history.append({"step": s, "fraction": s / rp.total_steps, "error": str(e)})
+            continue
+        rp.history.append(
+            {"step": s, "fraction": s / rp.total_steps, "loss": p.loss, "low": p.low, "high": p.high,
+             "mode": p.mode, "references": len(refs), "prediction": p}
+        )  # fmt: skip
+        if n in exempt:
+            rp.reason = exempt[n]
+            continue
+        stop, why = policy.decide(rp.history)
+        rp.reason = why
+        if stop:
+            rp.stopped_at = s
+            end[n] = now
+            free += 1
+            launch(now)
+    spent = sum(cost[n] * (replay[n].stopped_at or replay[n].total_steps) for n in names)
+    full = sum(cost[n] * replay[n].total_steps for n in names)
+    true_final = {n: by_name[n].truth for n in names}
+    predicted: dict[str, LossPrediction] = {}
+    for n in names:
+        rp = replay[n]
+        if rp.stopped_at is None:
+            predicted[n] = _exact(true_final[n])
+        else:
+            predicted[n] = rp.history[-1]["prediction"]
+    law_a, law_f, dev, at_big, err = _laws(runs, predicted, true_final)
+    return SimulationResult(
+        compute_fraction=spent / full, predicted=predicted, true_final=true_final, law_adaptive=law_a,
+        law_full=law_f, law_deviation=dev, at_largest=at_big, runs=replay, policy=policy, law_error=err,
+    )  # fmt: skip
+
+
+def _laws(
+    runs: Sequence[RecordedRun], predicted: dict[str, LossPrediction], true_final: dict[str, float]
+) -> tuple[ChinchillaFit | None, ChinchillaFit | None, dict[str, float], float, str]:
+    N = np.array([r.n_params for r in runs])
+    D = np.array([r.tokens for r in runs])
+    if len(runs) < 5:
+        return None, None, {}, float("nan"), f"{len(runs)} runs: a Chinchilla law needs at least 5"
+    y_full = np.array([true_final[r.name] for r in runs])
+    y_ad = np.array([predicted[r.name].loss for r in runs])
+    w = np.array([prediction_weight(p.loss, p.low, p.high) for p in (predicted[r.name] for r in runs)])
+    try:
+        law_f = fit_chinchilla(N, D, y_full)
+        law_a = fit_chinchilla(N, D, y_ad, weights=w)
+    except (ValueError, RuntimeError, FloatingPointError) as e:
+        return None, None, {}, float("nan"), f"{type(e).__name__}: {e}"
+    dev = {
+        r.name: float(law_a.predict(r.n_params, r.tokens) / law_f.predict(r.n_params, r.tokens) - 1)
+        for r in runs
+    }
+    big = max(runs, key=lambda r: (r.n_params, r.tokens))
+    at_big = float(law_a.predict(big.n_params, big.tokens) / law_f.predict(big.n_params, big.tokens) - 1)
+    return law_a, law_f, dev, at_big, ""
+
+
+# --------------------------------------------------------------------------------------------------
+# a finished sweep folder as recorded runs (``scaling-train replay``)
+
+
+def recorded_runs(sweep_dir: str | Path) -> list[RecordedRun]:
+    """Every finished run of ``sweep_dir`` as a ``RecordedRun``: its training-loss rows, the LR schedule the
+    fitter uses, non-embedding N and tokens per step from its config; in the sweep's planned order."""
+    from scaling_train.fitter.core import _lr_schedule
+    from scaling_train.fitter.tail import RunTail, find_runs
+
+    sweep_dir = Path(sweep_dir)
+    if not sweep_dir.is_dir():
+        raise FileNotFoundError(f"sweep folder {sweep_dir} does not exist")
+    order: dict[str, int] = {}
+    plan = sweep_dir / "plan.json"
+    if plan.is_file():
+        try:
+            order = {r["name"]: i for i, r in enumerate(json.loads(plan.read_text())["runs"])}
+        except (ValueError, KeyError, TypeError):
+            order = {}
+    out: list[RecordedRun] = []
+    for run_dir in find_runs(sweep_dir):
+        t = RunTail(run_dir)
+        t.poll()
+        if not t.done or t.diverged_at is not None or not t.total_steps:
+            continue
+        lr = _lr_schedule(t)
+        if lr is None or not (t.n_params and t.batch_tokens):
+            continue
+        steps = np.array(sorted(s for s in t.rows if 1 <= s <= len(lr)), dtype=np.float64)
+        losses = np.array([t.rows[int(s)].get("loss", math.nan) for s in steps])
+        if len(steps) < 3:
+            continue
+        out.append(RecordedRun(t.name, float(t.n_params), float(t.batch_tokens), steps, losses, lr))
+    if not out:
+        raise ValueError(f"{sweep_dir} holds no finished run with a loss curve and an LR schedule to replay")
+    return sorted(out, key=lambda r: (order.get(r.name, len(order)), r.compute))

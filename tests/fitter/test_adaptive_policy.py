@@ -1,0 +1,194 @@
+"""The adaptive-sweep policy (fitter/adaptive.py): the stop rule, exemptions, validation, the weight of a
+predicted point; the live fitter requesting stops; the weighted Chinchilla fit."""
+
+from __future__ import annotations
+
+import json
+import shutil
+
+import numpy as np
+import pytest
+
+from scaling_train.fitter.adaptive import AdaptivePolicy, prediction_weight
+from scaling_train.fitter.core import SweepFitter
+from scaling_train.laws import fit_chinchilla
+from scaling_train.metrics.jsonl import read_jsonl
+
+
+def _h(fraction, loss, half):
+    return {"fraction": fraction, "loss": loss, "low": loss - half, "high": loss + half}
+
+
+def test_decide_needs_min_fraction_k_spaced_narrow_and_agreeing_updates():
+    pol = AdaptivePolicy(tolerance=0.02, stable_updates=3, spacing=0.05, min_fraction=0.25)
+    narrow = [_h(f, 3.0, 0.02) for f in (0.10, 0.15, 0.20)]  # width 0.04 / 3 = 1.3% < 2%
+    assert pol.decide(narrow) == (False, "at 20% of the run, before min_fraction 25%")
+    ok, why = pol.decide(narrow + [_h(0.25, 3.0, 0.02)])
+    assert ok and "over 3 updates from 15% to 25%" in why
+    # updates closer than `spacing` do not count as separate ones
+    dense = [_h(f, 3.0, 0.02) for f in (0.25, 0.26, 0.27, 0.28)]
+    assert pol.decide(dense) == (False, "1 of 3 spaced updates so far")
+    # one wide interval among the last k
+    wide = [_h(0.15, 3.0, 0.02), _h(0.20, 3.0, 0.05), _h(0.25, 3.0, 0.02)]
+    stop, why = pol.decide(wide)
+    assert not stop and why.startswith("interval width 0.0333")
+    # narrow but moving: 3.00 -> 3.05 is 1.6% > tolerance / 2
+    moving = [_h(0.15, 3.0, 0.01), _h(0.20, 3.03, 0.01), _h(0.25, 3.05, 0.01)]
+    stop, why = pol.decide(moving)
+    assert not stop and why.startswith("predictions moved by")
+    # absolute tolerance in loss units
+    pol_abs = AdaptivePolicy(tolerance=0.05, relative=False, stable_updates=1, min_fraction=0)
+    assert pol_abs.decide([_h(0.5, 3.0, 0.02)])[0] and not pol_abs.decide([_h(0.5, 3.0, 0.03)])[0]
+    # failed predictions (no loss) are skipped; none at all says so
+    assert pol.decide([{"fraction": 0.5, "loss": None, "low": None, "high": None}]) == (
+        False,
+        "no prediction yet",
+    )
+
+
+def test_exempt_runs():
+    runs = [("a", 1e6, 1e8), ("b", 1e6, 4e8), ("c", 4e6, 2e8), ("d", 4e6, 8e8)]
+    assert AdaptivePolicy().exempt(runs).keys() == {"a", "c"}
+    assert AdaptivePolicy(keep_full_per_size=False).exempt(runs) == {}
+    ex = AdaptivePolicy(keep_full_per_size=False, keep_largest=True).exempt(runs)
+    assert ex.keys() == {"c", "d"} and "largest" in ex["d"]
+
+
+@pytest.mark.parametrize(
+    "block, match",
+    [
+        ({"tolerance": 0}, r"spec.yaml: adaptive: tolerance=0 must be a finite number > 0"),
+        ({"tolerance": 1.5}, r"tolerance=1.5 must be < 1 \(a fraction of the loss\) when relative is true"),
+        ({"stable_updates": 0}, r"stable_updates=0 must be an integer in \[1, 100\]"),
+        ({"stable_updates": 2.5}, r"stable_updates=2.5 must be an integer"),
+        ({"min_fraction": 1.2}, r"min_fraction=1.2 must be in \[0, 1\]"),
+        ({"spacing": -0.1}, r"spacing=-0.1 must be in \[0, 1\)"),
+        ({"keep_largest": "yes"}, r"keep_largest='yes' must be true or false"),
+        ({"tolerence": 0.1}, r"unknown key\(s\) \['tolerence'\]; allowed: "),
+    ],
+)
+def test_policy_validation_names_value_range_and_source(block, match):
+    with pytest.raises(ValueError, match=match):
+        AdaptivePolicy.from_dict(block, source="spec.yaml: adaptive")
+
+
+def test_prediction_weight():
+    assert prediction_weight(3.0, 3.0, 3.0) == 1.0
+    w1 = prediction_weight(3.0, 2.97, 3.03)  # +-1%: sd 0.61% vs noise 0.5%
+    w2 = prediction_weight(3.0, 2.90, 3.10)
+    assert 0 < w2 < w1 < 1 and w1 == pytest.approx(0.005**2 / (0.005**2 + (0.06 / 3.29 / 3.0) ** 2), rel=1e-3)
+
+
+def test_weighted_chinchilla_fit_discounts_a_bad_low_weight_point():
+    rng = np.random.default_rng(0)
+    N = np.repeat([1e7, 3e7, 1e8, 3e8], 3)
+    D = np.tile([2e8, 6e8, 2e9], 4)
+    true = 1.8 + 400 / N**0.34 + 410 / D**0.28
+    L = true * (1 + 0.002 * rng.standard_normal(len(N)))
+    bad = L.copy()
+    bad[-3:] *= 1.05  # the largest size's three points predicted 5% too high (Huber cannot drop them all)
+    w = np.ones(len(N))
+    w[-3:] = 1e-3
+    f_plain = fit_chinchilla(N, D, bad)
+    f_w = fit_chinchilla(N, D, bad, weights=w)
+    err = lambda f: np.max(np.abs(f.predict(N, D) / true - 1))  # noqa: E731
+    assert err(f_w) < 0.01 < err(f_plain)
+    f1 = fit_chinchilla(N, D, L, weights=np.ones(len(N)))
+    assert (f1.E, f1.alpha, f1.beta) == (
+        fit_chinchilla(N, D, L).E,
+        fit_chinchilla(N, D, L).alpha,
+        fit_chinchilla(N, D, L).beta,
+    )
+    with pytest.raises(ValueError, match=r"weights\[2\]=0.0 must be > 0"):
+        fit_chinchilla(N, D, L, weights=np.r_[1, 1, 0, np.ones(9)])
+    with pytest.raises(ValueError, match=r"len\(weights\)=3 != len\(loss\)=12"):
+        fit_chinchilla(N, D, L, weights=np.ones(3))
+
+
+def _growing(sw, src, name):
+    """A running copy of run ``src`` without DONE and without metrics rows; returns (dir, rows)."""
+    part = sw / name
+    shutil.copytree(sw / src, part)
+    (part / "DONE").unlink()
+    rows = read_jsonl(part / "metrics.jsonl").rows
+    (part / "metrics.jsonl").write_text("")
+    return part, rows
+
+
+def _append(part, row):
+    with open(part / "metrics.jsonl", "a") as fh:
+        fh.write(json.dumps(row) + "\n")
+
+
+def test_fitter_requests_a_stop_only_in_an_adaptive_sweep(sweep, tmp_path):
+    sw = tmp_path / "sw"
+    shutil.copytree(sweep, sw)
+    part, rows = _growing(sw, "lr3e-3", "partial")
+    f = SweepFitter(sw, log=lambda s: None)
+    for r in rows[:-1]:
+        _append(part, r)
+        f.step()
+    assert len(read_jsonl(part / "predictions.jsonl").rows) >= 3
+    assert not (part / "STOP").exists()  # no adaptive.json: never stopped
+    assert "adaptive" not in json.loads((part / "predictions.json").read_text())
+    # the same growth under a loose policy: a stop is requested once, with the prediction it rests on
+    sw2 = tmp_path / "sw2"
+    shutil.copytree(sweep, sw2)
+    part, rows = _growing(sw2, "lr3e-3", "partial")
+    pol = AdaptivePolicy(
+        tolerance=0.9, stable_updates=2, spacing=0.0, min_fraction=0.0, keep_full_per_size=False
+    )
+    (sw2 / "adaptive.json").write_text(json.dumps(pol.to_dict()))
+    logs = []
+    f = SweepFitter(sw2, log=logs.append)
+    n = 0
+    while not (part / "STOP").exists() and n < len(rows) - 1:
+        _append(part, rows[n])
+        f.step()
+        n += 1
+    req = json.loads((part / "STOP").read_text())
+    hist = read_jsonl(part / "predictions.jsonl").rows
+    assert pol.decide(hist)[0] and not pol.decide(hist[:-1])[0]  # at the first update the rule allows
+    assert req["step"] == hist[-1]["step"] and req["loss"] == pytest.approx(hist[-1]["loss"])
+    assert req["low"] <= req["loss"] <= req["high"] and "over 2 updates" in req["reason"]
+    assert any("stop requested" in s for s in logs)
+    pred = json.loads((part / "predictions.json").read_text())
+    assert pred["adaptive"]["stop"] is True
+    # the trainer stops: STOPPED; the run is then "stopped", predicted on, and weighted in the law
+    (part / "STOPPED").write_text(json.dumps({"steps": req["step"]}))
+    f.step()
+    pred = json.loads((part / "predictions.json").read_text())
+    assert pred["status"] == "stopped" and pred["low"] < pred["loss"] < pred["high"]
+    law = json.loads((sw2 / "sweep_law.json").read_text())
+    pt = {q["run"]: q for q in law["points"]}
+    assert pt["partial"]["source"] == "stopped" and 0 < pt["partial"]["weight"] < 1
+    assert pt["lr1e-3"]["source"] == "observed" and pt["lr1e-3"]["weight"] == 1.0
+    assert f.all_done  # stopped counts as finished for --until-done
+
+
+def test_fitter_exempt_run_and_bad_policy_file(sweep, tmp_path):
+    sw = tmp_path / "sw"
+    shutil.copytree(sweep, sw)
+    part, rows = _growing(sw, "lr3e-3", "partial")
+    # the default policy keeps the shortest budget of each size: all three runs have one size and one budget,
+    # so the exemption picks one of them; make `partial` the shortest by planning it smaller
+    plan = {"runs": [{"name": "partial", "n_params": 1, "tokens": 1}, {"name": "lr1e-3", "n_params": 1, "tokens": 5},
+                     {"name": "lr3e-3", "n_params": 1, "tokens": 5}]}  # fmt: skip
+    (sw / "plan.json").write_text(json.dumps(plan))
+    pol = AdaptivePolicy(tolerance=0.9, stable_updates=1, spacing=0.0, min_fraction=0.0)
+    (sw / "adaptive.json").write_text(json.dumps(pol.to_dict()))
+    f = SweepFitter(sw, log=lambda s: None)
+    for r in rows[:4]:
+        _append(part, r)
+        f.step()
+    assert not (part / "STOP").exists()
+    assert "keep_full_per_size" in json.loads((part / "predictions.json").read_text())["adaptive"]["reason"]
+    # a broken policy file is reported and ignored (no run is stopped), not a crash
+    (sw / "adaptive.json").write_text(json.dumps({"tolerance": -1}))
+    (sw / "plan.json").unlink()
+    logs = []
+    f = SweepFitter(sw, log=logs.append)
+    _append(part, rows[4])
+    f.step()
+    assert not (part / "STOP").exists()
+    assert any("adaptive policy ignored" in s and "tolerance=-1" in s for s in logs)
