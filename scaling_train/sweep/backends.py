@@ -1,8 +1,9 @@
 """Sweep backends: local (k concurrent runs), torchrun (several nodes, c10d rendezvous), Slurm (sbatch
 job arrays from ``launch/slurm/array.sbatch``, or submitit with requeue).
 
-Every backend executes a run through ``scaling_train.sweep.worker`` semantics: skip when DONE, take
-the run's lock (never twice at once), retry a failing run from its checkpoint, record attempts.
+Every backend executes a run through ``scaling_train.sweep.worker`` semantics: skip when DONE or stopped
+on request (STOPPED; ``resume_stopped_runs`` first to train those to the end), take the run's lock (never
+twice at once), retry a failing run from its checkpoint, record attempts.
 Commands are argv lists (no shell); the sbatch script quotes every value with ``shlex.quote``.
 """
 
@@ -26,6 +27,7 @@ from scaling_train.sweep import progress, state
 from scaling_train.sweep.plan import Plan, RunSpec, command_line
 from scaling_train.sweep.worker import EXIT_LOCKED, EXIT_OK, execute
 
+ADAPTIVE = "adaptive.json"
 REPO = Path(__file__).resolve().parents[2]
 TEMPLATE = REPO / "launch" / "slurm" / "array.sbatch"
 
@@ -64,13 +66,33 @@ def run_argv(
 
 
 def prepare_dir(plan: Plan) -> None:
-    """Write sweep_dir/{base.yaml, plan.json, spec.yaml} and logs/ (the runs read base.yaml)."""
+    """Write sweep_dir/{base.yaml, plan.json, spec.yaml} and logs/ (the runs read base.yaml), and
+    sweep_dir/adaptive.json (the policy, ``AdaptivePolicy.to_dict()``) for an adaptive sweep: the fitter stops
+    runs only where it exists, so a stale one is removed when the spec has no adaptive block."""
     d = plan.sweep_dir
     (d / "logs").mkdir(parents=True, exist_ok=True)
     atomic_write(d / "base.yaml", yaml.safe_dump(plan.base, sort_keys=False))
     atomic_write(d / "plan.json", json.dumps(plan.to_json(), indent=1))
     if Path(plan.spec.source).is_file():
         atomic_write(d / "spec.yaml", Path(plan.spec.source).read_text())
+    if plan.adaptive is not None:
+        atomic_write(d / ADAPTIVE, json.dumps(plan.adaptive.to_dict(), indent=1))
+    else:
+        (d / ADAPTIVE).unlink(missing_ok=True)
+
+
+def resume_stopped_runs(plan: Plan, *, say=print) -> list[str]:
+    """``--resume-stopped``: every run stopped on request gets its STOP removed and its STOPPED archived
+    (``state.resume_stopped``), so the launch that follows trains it from its checkpoint to the end."""
+    names = []
+    for r in plan.runs:
+        archived = state.resume_stopped(r.run_dir)
+        if archived is not None:
+            names.append(r.name)
+            say(f"[sweep] {r.name}: resumed to the end (stop record kept as {archived.name})")
+    if not names:
+        say("[sweep] --resume-stopped: no run is stopped")
+    return names
 
 
 # ------------------------------------------------------------------------------------- fitter
@@ -128,10 +150,12 @@ def run_local(plan: Plan, *, say=print) -> int:
     prepare_dir(plan)
     la = plan.spec.launch
     # longest first: the k workers then finish close together (LPT scheduling)
-    todo = sorted((r for r in plan.runs if not state.is_done(r.run_dir)), key=lambda r: -r.est_s)
+    todo = sorted((r for r in plan.runs if not state.is_finished_for_now(r.run_dir)), key=lambda r: -r.est_s)
+    n_stopped = sum(state.is_stopped(r.run_dir) for r in plan.runs)
     say(
-        f"[sweep] {plan.spec.name}: {len(plan.runs) - len(todo)}/{len(plan.runs)} runs DONE, "
-        f"{len(todo)} to run, {la.concurrency} at a time -> {plan.sweep_dir}"
+        f"[sweep] {plan.spec.name}: {len(plan.runs) - len(todo) - n_stopped}/{len(plan.runs)} runs DONE, "
+        + (f"{n_stopped} stopped (--resume-stopped trains them to the end), " if n_stopped else "")
+        + f"{len(todo)} to run, {la.concurrency} at a time -> {plan.sweep_dir}"
     )
     side = Sidecars(plan, say)
     side.start_fitter()
@@ -161,8 +185,9 @@ def run_local(plan: Plan, *, say=print) -> int:
             results[run.name] = rc
             n_done = sum(state.is_done(r.run_dir) for r in plan.runs)
             summ = _summary(run.run_dir)
+            word = "stopped" if state.is_stopped(run.run_dir) else "done " if rc == EXIT_OK else "FAILED"
             say(
-                f"[sweep] {'done ' if rc == EXIT_OK else 'FAILED' if rc != EXIT_LOCKED else 'busy '} {run.name} "
+                f"[sweep] {word if rc != EXIT_LOCKED else 'busy '} {run.name} "
                 f"{summ} in {time.time() - t:.0f}s | {n_done}/{len(plan.runs)} DONE, {time.time() - t0:.0f}s elapsed"
             )
 
@@ -187,22 +212,32 @@ def run_local(plan: Plan, *, say=print) -> int:
 
 
 def _summary(run_dir: str | Path) -> str:
+    """The final (DONE) or last (STOPPED: "at step k/T") loss of a run, "" when it has neither record."""
+    stopped = state.is_stopped(run_dir)
+    p = "" if stopped else "final_"
     try:
-        d = json.loads((Path(run_dir) / state.DONE).read_text())
-        ev = d.get("final_eval_loss")
-        return f"loss {d['final_loss']:.3f}" + (f" eval {ev:.3f}" if ev is not None else "")
+        d = json.loads((Path(run_dir) / (state.STOPPED if stopped else state.DONE)).read_text())
+        ev = d.get(f"{p}eval_loss")
+        at = f"at step {d['steps']}/{d['total_steps']} " if stopped else ""
+        return at + f"loss {d[f'{p}loss']:.3f}" + (f" eval {ev:.3f}" if ev is not None else "")
     except (OSError, ValueError, KeyError, TypeError):
         return ""
 
 
 def report_states(plan: Plan, *, say=print) -> int:
-    """Print each run's state; 0 when every run is DONE."""
+    """Print each run's state; 0 when every run is DONE or stopped on request (finished for now)."""
     states = {r.name: state.status(r.run_dir) for r in plan.runs}
-    bad = [n for n, s in states.items() if s != "done"]
+    stopped = [n for n, s in states.items() if s == "stopped"]
+    bad = [n for n, s in states.items() if s not in state.FINISHED_FOR_NOW]
     say(
-        f"[sweep] {plan.spec.name}: {len(plan.runs) - len(bad)}/{len(plan.runs)} DONE"
+        f"[sweep] {plan.spec.name}: {len(plan.runs) - len(bad) - len(stopped)}/{len(plan.runs)} DONE"
+        + (f", {len(stopped)} stopped early: {', '.join(stopped)}" if stopped else "")
         + (f"; not done: {', '.join(f'{n} ({states[n]})' for n in bad)}" if bad else "")
     )
+    if stopped:
+        say(
+            "[sweep] stopped runs are resumable: rerun the same command with --resume-stopped to train them to the end"
+        )
     if bad:
         say(
             f"[sweep] logs in {plan.sweep_dir / 'logs'}; rerun the same command to resume (finished runs are skipped)"
@@ -227,8 +262,8 @@ def run_torchrun(plan: Plan, *, say=print) -> int:
     if node_rank == 0:
         side.start_fitter()
     for run in plan.runs:
-        if state.is_done(run.run_dir):
-            say(f"[sweep] node {node_rank}: {run.name} DONE already, skipped")
+        if state.is_finished_for_now(run.run_dir):
+            say(f"[sweep] node {node_rank}: {run.name} {state.status(run.run_dir).upper()} already, skipped")
             continue
         argv = run_argv(
             plan,
@@ -352,9 +387,9 @@ def run_slurm(plan: Plan, *, say=print) -> int:
     if plan.spec.slurm.mode == "submitit":
         return run_submitit(plan, say=say)
     prepare_dir(plan)
-    todo = [r for r in plan.runs if not state.is_done(r.run_dir)]
+    todo = [r for r in plan.runs if not state.is_finished_for_now(r.run_dir)]
     if not todo:
-        say(f"[sweep] {plan.spec.name}: all {len(plan.runs)} runs DONE")
+        say(f"[sweep] {plan.spec.name}: all {len(plan.runs)} runs DONE or stopped")
         return report_states(plan, say=say)
     jobs = []
     for path in write_sbatch(plan):
@@ -436,7 +471,7 @@ def run_submitit(plan: Plan, *, say=print) -> int:
 
     prepare_dir(plan)
     sl, res = plan.spec.slurm, plan.spec.resources
-    todo = [r for r in plan.runs if not state.is_done(r.run_dir)]
+    todo = [r for r in plan.runs if not state.is_finished_for_now(r.run_dir)]
     jobs = []
     for runs in _groups(plan):
         runs = [r for r in runs if r in todo]
@@ -481,6 +516,9 @@ def run_submitit(plan: Plan, *, say=print) -> int:
 BACKENDS = {"local": run_local, "torchrun": run_torchrun, "slurm": run_slurm}
 
 
+_SKIP_MARKS = {"done": "  # DONE, skipped", "stopped": "  # STOPPED, skipped (--resume-stopped resumes it)"}
+
+
 def dry_run_text(plan: Plan, backend: str) -> str:
     """What the backend would do: exact commands (local/torchrun) or the sbatch scripts (slurm)."""
     lines = []
@@ -503,7 +541,7 @@ def dry_run_text(plan: Plan, backend: str) -> str:
             )
         else:
             argv = run_argv(plan, r)
-        mark = "  # DONE, skipped" if state.is_done(r.run_dir) else ""
+        mark = _SKIP_MARKS.get(state.status(r.run_dir), "")
         lines.append(command_line(argv) + mark)
     if backend == "slurm":
         lines.insert(0, "# submitit: one job per run (requeued on preemption), each running:")

@@ -9,6 +9,12 @@
 Rerunning the same command skips finished runs (DONE) and resumes partial ones from their checkpoints.
 With a ``cbs:`` block, every finished run is then branched at its cbs steps (``scaling-train cbs``, the
 same backend; results in RUN/cbs/cbs.json) and the fitter and the report run once more.
+
+With an ``adaptive:`` block (docs/sweep.md) the sweep writes its policy to SWEEP/adaptive.json and the online
+fitter stops a run (RUN/STOP -> checkpoint, RUN/STOPPED) once its final loss is predicted well enough. A
+stopped run counts as finished for now: later invocations skip it, until
+
+    scaling-train sweep configs/sweeps/quickstart.yaml --resume-stopped   # every stopped run to its end
 """
 
 from __future__ import annotations
@@ -18,8 +24,8 @@ import sys
 
 
 def _cmd_sweep(args: argparse.Namespace) -> int:
-    from scaling_train.sweep import backends
-    from scaling_train.sweep.plan import describe, make_plan, repetition_warnings
+    from scaling_train.sweep import backends, state
+    from scaling_train.sweep.plan import describe, describe_adaptive, make_plan, repetition_warnings
     from scaling_train.sweep.spec import load_spec
 
     overrides = list(args.set or ())
@@ -29,12 +35,21 @@ def _cmd_sweep(args: argparse.Namespace) -> int:
     plan = make_plan(spec, output=args.output)  # every spec error is raised here, before anything starts
     backend = args.backend or spec.launch.backend
     print(describe(plan))
+    if plan.adaptive is not None:
+        print(describe_adaptive(plan))
     if args.dry_run:
         for line in repetition_warnings(plan, _unique_tokens):
             print(line)
+        if args.resume_stopped:
+            stopped = [r.name for r in plan.runs if state.is_stopped(r.run_dir)]
+            print(
+                f"# --resume-stopped would resume {len(stopped)} stopped run(s): {', '.join(stopped) or '-'}"
+            )
         print(f"\n# backend {backend}: exact commands (run folder base config: {plan.base_path})")
         print(backends.dry_run_text(plan, backend))
         return 0
+    if args.resume_stopped:
+        backends.resume_stopped_runs(plan)
     rc = backends.BACKENDS[backend](plan)
     if spec.cbs.every is not None:  # branched critical-batch measurements, after the runs they branch
         from scaling_train.sweep import cbs
@@ -76,6 +91,13 @@ def register(subparsers) -> None:
         action="store_true",
         help="print the plan, a warning for every run that repeats its training data (epochs = D / U; "
         "tokenizes a local corpus once, cached for the runs) and the exact commands; start no run",
+    )
+    p.add_argument(
+        "--resume-stopped",
+        action="store_true",
+        help="first make every run stopped early on request (RUN/STOPPED, e.g. by the adaptive policy) "
+        "resumable, then launch: they train from their stop's checkpoint to the end (the stop record is kept "
+        "as RUN/STOPPED.<n>.json); without it a stopped run is skipped like a DONE one",
     )
     p.add_argument(
         "--concurrency", type=int, default=None, help="local: runs at the same time (launch.concurrency)"

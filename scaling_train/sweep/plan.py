@@ -25,8 +25,9 @@ import yaml
 
 from scaling_train.config import ConfigError, deep_merge, from_dict, load_yaml, parse_overrides
 from scaling_train.data.pools import format_mix, pool_counts
+from scaling_train.fitter.adaptive import AdaptivePolicy
 from scaling_train.models import sizes
-from scaling_train.sweep.spec import PowerRule, SweepSpec
+from scaling_train.sweep.spec import PowerRule, SweepSpec, adaptive_policy
 from scaling_train.train.config import RunConfig, config_hash
 
 CPU_FLOPS_PER_S = 4e9  # measured: ~0.2M-param model, 1 thread, 2-core VM (benchmarks/results/sweep.md)
@@ -70,6 +71,8 @@ class Plan:
     sweep_dir: Path
     base: dict[str, Any]  # written to sweep_dir/base.yaml: spec.base merged with spec.run
     runs: list[RunSpec]
+    adaptive: AdaptivePolicy | None = None
+    """The spec's adaptive block (written to sweep_dir/adaptive.json for the fitter); None = not adaptive."""
 
     @property
     def base_path(self) -> Path:
@@ -343,7 +346,7 @@ def make_plan(spec: SweepSpec, *, output: str | Path | None = None) -> Plan:
                             cbs_steps=cbs_steps,
                         )
                     )
-    return Plan(spec=spec, sweep_dir=sweep_dir, base=base, runs=runs)
+    return Plan(spec=spec, sweep_dir=sweep_dir, base=base, runs=runs, adaptive=adaptive_policy(spec))
 
 
 def run_config(plan: Plan, run: RunSpec) -> RunConfig:
@@ -468,6 +471,23 @@ def describe(plan: Plan) -> str:
         f"total: {sum(r.flops for r in plan.runs):.2e} FLOPs, {_fmt_s(total)} of run time "
         f"(~{_fmt_s(total / conc)} wall with launch.concurrency={conc})"
     )
+    return "\n".join(lines)
+
+
+def describe_adaptive(plan: Plan) -> str:
+    """The adaptive policy and the runs it never stops; "" for a sweep without one."""
+    pol = plan.adaptive
+    if pol is None:
+        return ""
+    unit = "of the predicted loss" if pol.relative else "in loss units"
+    exempt = pol.exempt([(r.name, r.n_params, r.tokens) for r in plan.runs])
+    lines = [
+        f"adaptive: the fitter stops a run past {pol.min_fraction:.0%} of its steps once its 90% interval is "
+        f"< {pol.tolerance:g} {unit} at {pol.stable_updates} updates {pol.spacing:.0%} of the run apart "
+        f"({', '.join(f'{k}={v}' for k, v in pol.to_dict().items())}) -> {plan.sweep_dir / 'adaptive.json'}",
+        f"adaptive: {len(exempt)} of {len(plan.runs)} runs always train to the end" + (":" if exempt else ""),
+    ]
+    lines += [f"  {name}: {why}" for name, why in exempt.items()]
     return "\n".join(lines)
 
 

@@ -22,17 +22,20 @@ starts, naming the file, the key, the value and what is allowed.
     slurm: {partition: null, mode: array}
     torchrun: {nnodes: 1, master_addr: 127.0.0.1, master_port: 29500}
     cbs: {every: 25, factors: [2, 4, 8], tokens_fraction: 0.1, lr_rule: sqrt}  # optional branches
+    adaptive: {tolerance: 0.02, min_fraction: 0.25}  # optional: the fitter stops runs whose final loss is known
 """
 
 from __future__ import annotations
 
+import typing
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
 
 from scaling_train.config import ConfigError, doc, load
 from scaling_train.data.pools import PoolConfig, normalise_mix, parse_mix
+from scaling_train.fitter.adaptive import AdaptivePolicy
 
 
 @dataclass
@@ -177,6 +180,13 @@ class SweepSpec:
     slurm: Slurm = doc("Slurm settings.", default_factory=Slurm)
     torchrun: Torchrun = doc("Multi-node torchrun settings.", default_factory=Torchrun)
     cbs: CBS = doc("Branched critical-batch measurements on every run.", default_factory=CBS)
+    adaptive: dict[str, Any] | None = doc(
+        "Adaptive sweep: the online fitter stops a run (RUN/STOP, resumable) once its predicted final loss is "
+        "known within the policy's tolerance; keys of scaling_train.fitter.adaptive.AdaptivePolicy (tolerance, "
+        "relative, stable_updates, spacing, min_fraction, keep_full_per_size, keep_largest); {} = the defaults, "
+        "null = off. A sweep-level setting: no run's config or hash depends on it.",
+        None,
+    )
     source: str = field(default="<dict>", metadata={"doc": "(set by the loader)"})
 
 
@@ -245,9 +255,29 @@ def _check(spec: SweepSpec, src: str) -> None:
     if spec.torchrun.nnodes < 1:
         raise ConfigError(f"{src}: torchrun.nnodes={spec.torchrun.nnodes} must be >= 1")
     _check_cbs(spec.cbs, src)
+    adaptive_policy(spec, src)
     for key in spec.overrides:
         if not isinstance(key, str) or not key:
             raise ConfigError(f"{src}: overrides key {key!r} must be a dotted RunConfig key like optim.lr")
+
+
+def adaptive_policy(spec: SweepSpec, src: str | None = None) -> AdaptivePolicy | None:
+    """The spec's ``adaptive:`` block as a validated ``AdaptivePolicy``; None when the block is absent (null).
+    A bad key or value raises ``ConfigError`` naming ``src`` (default: the spec file), the key and the value."""
+    if spec.adaptive is None:
+        return None
+    block = dict(spec.adaptive)
+    hints = typing.get_type_hints(AdaptivePolicy)
+    for k, v in block.items():  # YAML 1.1 reads 3e-2 as a string; the spec's other numbers accept it too
+        if hints.get(k) is float and isinstance(v, str):
+            try:
+                block[k] = float(v)
+            except ValueError:
+                pass  # left as it is: the policy's check names it
+    try:
+        return AdaptivePolicy.from_dict(block, source=f"{src or spec.source}: adaptive")
+    except ValueError as e:
+        raise ConfigError(str(e)) from None
 
 
 def _check_pools(mixes: list[str], src: str) -> None:

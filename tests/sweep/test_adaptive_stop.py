@@ -5,13 +5,23 @@
 from __future__ import annotations
 
 import json
+import subprocess
 from pathlib import Path
 
+import pytest
+
+from scaling_train.config import ConfigError
+from scaling_train.fitter.adaptive import AdaptivePolicy
 from scaling_train.metrics.jsonl import read_jsonl
 from scaling_train.sweep import state
+from scaling_train.sweep.backends import ADAPTIVE, prepare_dir
+from scaling_train.sweep.plan import describe_adaptive, make_plan
+from scaling_train.sweep.spec import load_spec
+from scaling_train.sweep.worker import EXIT_OK, execute
 from scaling_train.train import Trainer, train
 from scaling_train.train.trainer import archive_stopped
 from tests.fixtures.runs import tiny_config
+from tests.fixtures.sweeps import REPO, sweep_cmd, tiny_spec, write_spec
 
 VOLATILE = {"time", "tokens_per_s"}
 REQUEST = {"reason": "interval width 0.01 <= 0.02", "step": 10, "fraction": 0.33, "loss": 5.1,
@@ -120,8 +130,6 @@ def test_status_stopped_and_archives(tmp_path):
 
 
 def test_worker_records_a_stopped_attempt_and_skips_stopped_runs(tmp_path):
-    from scaling_train.sweep.worker import EXIT_OK, execute
-
     run = tmp_path / "r"
     stop = ["python", "-c", f"import pathlib; pathlib.Path({str(run / 'STOPPED')!r}).write_text('{{}}')"]
     said = []
@@ -131,3 +139,79 @@ def test_worker_records_a_stopped_attempt_and_skips_stopped_runs(tmp_path):
     assert any("stopped on request" in s for s in said)
     assert execute(run, ["false"], say=said.append) == EXIT_OK and len(state.attempts(run)) == 1  # not rerun
     assert "STOPPED on request, skipped" in said[-1]
+
+
+# ------------------------------------------------------------------------------------------------ spec
+def test_adaptive_block_is_a_sweep_setting_validated_with_the_spec(tmp_path):
+
+    grid = {"sizes": ["0.1M", "0.2M"], "tokens": [2560, 5120], "seeds": [0]}
+    plain = make_plan(load_spec(write_spec(tmp_path / "p.yaml", tiny_spec(grid=grid))), output=tmp_path / "o")
+    path = write_spec(
+        tmp_path / "a.yaml", tiny_spec(grid=grid, adaptive={"tolerance": "3e-2", "min_fraction": 0.5})
+    )
+    plan = make_plan(load_spec(path), output=tmp_path / "o")
+    assert plan.adaptive == AdaptivePolicy(tolerance=0.03, min_fraction=0.5)  # YAML's "3e-2" string too
+    assert plain.adaptive is None
+    assert [r.name for r in plan.runs] == [r.name for r in plain.runs]  # no run's config hash depends on it
+    over = make_plan(
+        load_spec(path, ["adaptive.tolerance=0.05", "adaptive.keep_largest=true"]), output=tmp_path
+    )
+    assert (
+        over.adaptive.tolerance == 0.05 and over.adaptive.keep_largest and over.adaptive.min_fraction == 0.5
+    )
+    on = make_plan(load_spec(tmp_path / "p.yaml", ["adaptive.tolerance=0.01"]), output=tmp_path)
+    assert on.adaptive == AdaptivePolicy(tolerance=0.01)  # --set alone turns it on, the rest defaults
+    with pytest.raises(
+        ConfigError, match=r"a\.yaml \+ command line: adaptive: min_fraction=1\.5 must be in \[0, 1\]"
+    ):
+        load_spec(path, ["adaptive.min_fraction=1.5"])
+
+    text = describe_adaptive(plan)
+    assert "tolerance=0.03" in text and "2 of 4 runs always train to the end" in text
+    assert describe_adaptive(plain) == ""
+
+    prepare_dir(plan)  # the fitter reads the policy from SWEEP/adaptive.json
+    assert AdaptivePolicy.from_dict(json.loads((tmp_path / "o" / ADAPTIVE).read_text())) == plan.adaptive
+    prepare_dir(plain)  # the same folder without the block: no stale policy stops runs
+    assert not (tmp_path / "o" / ADAPTIVE).exists()
+
+
+# -------------------------------------------------------------------------------------- sweep, end to end
+@pytest.mark.slow  # ~17 s: four sweep invocations, each a subprocess
+def test_sweep_skips_stopped_runs_until_resume_stopped(tmp_path, env):
+    spec = tiny_spec("stop", adaptive={})  # 1 run of 10 steps, log_every 2, ckpt_every 4
+    path = write_spec(tmp_path / "stop.yaml", spec)
+    out = tmp_path / "out"
+    (run,) = make_plan(load_spec(path), output=out).runs
+    run_dir = Path(run.run_dir)
+    run_dir.mkdir(parents=True)
+    (run_dir / "STOP").write_text(json.dumps(REQUEST))  # as the fitter would: stops at the first flush
+
+    def sweep(*args: str) -> subprocess.CompletedProcess:
+        res = subprocess.run(
+            sweep_cmd(path, "--output", str(out), *args), cwd=REPO, env=env, capture_output=True, text=True,
+            timeout=300,
+        )  # fmt: skip
+        assert res.returncode == 0, res.stdout + res.stderr
+        return res
+
+    first = sweep()
+    assert "adaptive: the fitter stops a run" in first.stdout and (out / "adaptive.json").is_file()
+    assert state.status(run_dir) == "stopped" and (run_dir / "checkpoints" / "step-00000002.pt").is_file()
+    assert f"stopped {run.name} at step 2/10 loss" in first.stdout and "1 stopped early" in first.stdout
+    assert [a.get("stopped") for a in state.attempts(run_dir)] == [True]
+
+    again = sweep()  # not relaunched
+    assert "1 stopped (--resume-stopped" in again.stdout and "0 to run" in again.stdout
+    assert len(state.attempts(run_dir)) == 1
+
+    dry = sweep("--dry-run", "--resume-stopped")
+    assert "# STOPPED, skipped" in dry.stdout and f"would resume 1 stopped run(s): {run.name}" in dry.stdout
+    assert state.status(run_dir) == "stopped"
+
+    resumed = sweep("--resume-stopped")
+    assert f"{run.name}: resumed to the end" in resumed.stdout and "1/1 DONE" in resumed.stdout
+    assert state.status(run_dir) == "done" and (run_dir / "STOPPED.1.json").is_file()
+    steps = [r["step"] for r in read_jsonl(run_dir / "metrics.jsonl").rows]
+    assert steps == [2, 4, 6, 8, 10]  # continued from the stop's checkpoint, nothing twice
+    assert "resumed" in (out / "logs" / f"{run.name}.log").read_text()

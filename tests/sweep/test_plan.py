@@ -114,6 +114,10 @@ BAD = [
     ({"launch": {"backend": "ssh"}}, ["launch.backend='ssh'", "local", "slurm"]),
     ({"overrides": {"optim.lrr": 1}}, ["lrr", "known keys"]),
     ({"overrides": {"model.seq_len": "long"}}, ["model.seq_len", "'long'", "integer"]),
+    ({"adaptive": {"tolerance": 1.5}}, ["adaptive: tolerance=1.5", "< 1", "relative"]),
+    ({"adaptive": {"tolerence": 0.02}}, ["adaptive: unknown key(s) ['tolerence']", "'tolerance'"]),
+    ({"adaptive": {"stable_updates": 0}}, ["adaptive: stable_updates=0", "[1, 100]"]),
+    ({"adaptive": "yes"}, ["adaptive='yes'", "not a valid dict"]),
 ]
 
 
@@ -144,6 +148,8 @@ SET_BAD = [
     (["launch.backend=ssh"], ["command line", "launch.backend='ssh'", "local"]),
     (["lanch.retries=2"], ["command line", "unknown key 'lanch'", "launch"]),
     (["launch.retrys=2"], ["command line", "unknown key 'launch.retrys'", "retries"]),
+    (["adaptive.tolerance=-0.1"], ["command line: adaptive: tolerance=-0.1", "> 0"]),
+    (["adaptive.spacing=2"], ["command line: adaptive: spacing=2", "[0, 1)"]),
 ]
 
 
