@@ -152,3 +152,23 @@ def test_evals_with_sharded_parameters(tmp_path, env, single_evals, name):
         (8, "compiles"),
         (8, "next_line"),
     ]
+
+
+def test_stop_request_agrees_across_ranks_and_resumes(tmp_path, env, single):
+    """Only rank 0 looks for RUN/STOP; the flag rides in the flush's all-reduce, so both ranks stop at the same
+    step and checkpoint together (a disagreement would hang one rank in its next collective); then resumed
+    to the end, the curve is one process's."""
+    from scaling_train.sweep import state
+
+    run = tmp_path / "run"
+    run.mkdir()
+    (run / "STOP").write_text('{"reason": "test"}')  # there from the start: the first flush (step 1) stops
+    rows = _train(run, env, "dist.strategy=ddp", nproc=2)
+    rec = json.loads((run / "STOPPED").read_text())
+    assert [r["step"] for r in rows] == [1] and rec["steps"] == 1 and rec["request"] == {"reason": "test"}
+    assert not (run / "DONE").exists() and (run / "checkpoints" / "step-00000001.pt").is_file()
+    assert state.resume_stopped(run) == run / "STOPPED.1.json"
+    rows = _train(run, env, "dist.strategy=ddp", nproc=2)
+    assert [r["step"] for r in rows] == [r["step"] for r in single] and (run / "DONE").is_file()
+    for a, b in zip(rows, single):
+        assert a["loss"] == pytest.approx(b["loss"], rel=1e-4, abs=1e-4), (a, b)
