@@ -3,6 +3,7 @@
 scaling-train train CONFIG [key=value ...]     one run (single process; torchrun for several)
 scaling-train train --help-config              every config key with its default and meaning
 scaling-train cbs RUN_DIR --at STEP --tokens T  critical batch by branched training (docs/cbs.md)
+scaling-train replay SWEEP_DIR --adaptive       a finished sweep replayed under the adaptive policy
 """
 
 from __future__ import annotations
@@ -18,6 +19,7 @@ PLUGINS = (
     "scaling_train.sweep.cbs",  # scaling-train cbs
     "scaling_train.fitter.cli",  # scaling-train fit
     "scaling_train.report.cli",  # scaling-train report
+    "scaling_train.sweep.adaptive",  # scaling-train replay
 )
 """Modules that add a subcommand with ``register(subparsers)``; each sets ``func`` -> exit code."""
 

@@ -19,22 +19,18 @@ from __future__ import annotations
 import heapq
 import json
 import math
+import sys
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
 from scaling_train.fitter.adaptive import AdaptivePolicy, prediction_weight
-from scaling_train.laws import (
-    ChinchillaFit,
-    Curve,
-    LossPrediction,
-    NotEnoughDataError,
-    fit_chinchilla,
-    predict_final_loss,
-)
+
+if TYPE_CHECKING:  # the laws (scipy) load when a replay runs, not with the command line
+    from scaling_train.laws import ChinchillaFit, Curve, LossPrediction
 
 
 @dataclass(frozen=True, eq=False)
@@ -50,6 +46,7 @@ class RecordedRun:
     losses: np.ndarray
     lr: np.ndarray
     final_loss: float | None = None
+    lr_absolute: bool = True  # False: ``lr`` is a normalised shape (as in ``Curve``)
 
     def __post_init__(self) -> None:
         c = self.curve()  # validates steps, losses, lr
@@ -82,10 +79,13 @@ class RecordedRun:
         return float(y[np.isfinite(y)][-1])
 
     def curve(self, until: float | None = None) -> Curve:
+        from scaling_train.laws import Curve
+
         c = Curve(
             np.asarray(self.steps, dtype=np.float64), np.asarray(self.losses, dtype=np.float64),
             np.asarray(self.lr, dtype=np.float64), self.name,
             n_params=float(self.n_params), tokens_per_step=float(self.tokens_per_step),
+            lr_absolute=self.lr_absolute,
         )  # fmt: skip
         return c if until is None else c.observed_until(until)
 
@@ -181,6 +181,8 @@ class SimulationResult:
 
 
 def _exact(loss: float) -> LossPrediction:
+    from scaling_train.laws import LossPrediction
+
     return LossPrediction(loss, loss, loss, 0, 0, 0, 0.0, mode="observed")
 
 
@@ -192,6 +194,8 @@ def simulate(
     max_points: int = 64,
 ) -> SimulationResult:
     """Replay ``runs`` (in planned order) under ``policy`` (default ``AdaptivePolicy()``); module docstring."""
+    from scaling_train.laws import NotEnoughDataError, predict_final_loss
+
     policy = policy or AdaptivePolicy()
     runs = list(runs)
     if not runs:
@@ -297,6 +301,8 @@ def simulate(
 def _laws(
     runs: Sequence[RecordedRun], predicted: dict[str, LossPrediction], true_final: dict[str, float]
 ) -> tuple[ChinchillaFit | None, ChinchillaFit | None, dict[str, float], float, str]:
+    from scaling_train.laws import fit_chinchilla
+
     N = np.array([r.n_params for r in runs])
     D = np.array([r.tokens for r in runs])
     if len(runs) < 5:
@@ -355,3 +361,147 @@ def recorded_runs(sweep_dir: str | Path) -> list[RecordedRun]:
     if not out:
         raise ValueError(f"{sweep_dir} holds no finished run with a loss curve and an LR schedule to replay")
     return sorted(out, key=lambda r: (order.get(r.name, len(order)), r.compute))
+
+
+# --------------------------------------------------------------------------------------------------
+# scaling-train replay SWEEP_DIR --adaptive [policy options]
+
+REPLAY_FILE = "adaptive_replay.json"
+
+
+def format_summary(res: SimulationResult) -> str:
+    """The replay as text: compute saved, each run's stop, both laws side by side."""
+    s = res.summary()
+    lines = [
+        f"[replay] {s['n_runs']} runs, {s['n_stopped']} stopped early; compute {s['compute_fraction']:.1%} of "
+        f"the full sweep (saved {1 - s['compute_fraction']:.1%})",
+    ]
+    for n, r in s["runs"].items():
+        where = f"stopped at {r['stopped_at']}/{r['total_steps']}" if r["stopped_at"] else "ran to the end"
+        lines.append(
+            f"  {n}: {where}; final loss {r['predicted']:.4f} [{r['low']:.4f}, {r['high']:.4f}], "
+            f"true {r['true_final']:.4f}"
+        )
+    cov = s["coverage"]
+    lines.append(
+        f"[replay] stopped runs inside their 90% interval: "
+        f"{'-' if cov != cov else f'{cov:.0%}'} ({len(s['misses'])} outside: {', '.join(s['misses']) or 'none'})"
+    )
+    la, lf = s["law_adaptive"], s["law_full"]
+    if la and lf:
+        lines.append("[replay] law          E        A         B         alpha   beta")
+        for name, f in (("adaptive", la), ("full", lf)):
+            lines.append(
+                f"  {name:10s} {f['E']:8.4f} {f['A']:9.4g} {f['B']:9.4g} {f['alpha']:7.4f} {f['beta']:7.4f}"
+            )
+        lines.append(
+            f"[replay] adaptive law / full law - 1: at most {s['max_law_deviation']:.2%} over the runs' (N, D); "
+            f"{s['at_largest']:+.2%} at the largest (N, D)"
+        )
+    else:
+        lines.append(f"[replay] no law: {s['law_error']}")
+    return "\n".join(lines)
+
+
+def _cmd_replay(args: Any) -> int:
+    from scaling_train._io import atomic_write
+    from scaling_train.fitter.core import ADAPTIVE_FILE
+
+    if not args.adaptive:
+        print("error: replay needs --adaptive (the only replay there is so far)", file=sys.stderr)
+        return 2
+    sweep_dir = Path(args.sweep_dir)
+    block: dict[str, Any] = {}
+    src = "the defaults"
+    if args.policy:
+        src = args.policy
+        try:
+            import yaml
+
+            block = yaml.safe_load(Path(args.policy).read_text()) or {}
+        except (OSError, ValueError) as e:
+            print(f"error: cannot read --policy {args.policy}: {e}", file=sys.stderr)
+            return 2
+        if isinstance(block, dict) and "adaptive" in block:  # a sweep spec
+            block = block["adaptive"] or {}
+    elif (sweep_dir / ADAPTIVE_FILE).is_file():
+        src = str(sweep_dir / ADAPTIVE_FILE)
+        block = json.loads((sweep_dir / ADAPTIVE_FILE).read_text())
+    for key in ("tolerance", "stable_updates", "spacing", "min_fraction"):
+        v = getattr(args, key)
+        if v is not None:
+            block[key] = v
+    for key in ("relative", "keep_full_per_size", "keep_largest"):
+        v = getattr(args, key)
+        if v is not None:
+            block[key] = v
+    try:
+        if not isinstance(block, dict):
+            raise ValueError(f"{src}: the adaptive policy must be a mapping, got {type(block).__name__}")
+        policy = AdaptivePolicy.from_dict(block, source=f"{src} and the command line")
+        runs = recorded_runs(sweep_dir)
+        res = simulate(runs, policy, slots=args.slots)
+    except (ValueError, FileNotFoundError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    print(format_summary(res))
+    out = Path(args.out) if args.out else sweep_dir / REPLAY_FILE
+    atomic_write(out, json.dumps(_json_safe(res.summary()), indent=1))
+    print(f"[replay] wrote {out}")
+    return 0
+
+
+def _json_safe(x: Any) -> Any:
+    if isinstance(x, dict):
+        return {k: _json_safe(v) for k, v in x.items()}
+    if isinstance(x, (list, tuple)):
+        return [_json_safe(v) for v in x]
+    if isinstance(x, float) and not math.isfinite(x):
+        return None
+    return x
+
+
+def register(sub: Any) -> None:
+    p = sub.add_parser(
+        "replay",
+        help="replay a finished sweep as if it had run under an adaptive policy (compute saved, laws)",
+        description=(
+            "Replay the finished runs of SWEEP_DIR as if the sweep had stopped each run once its predicted final "
+            "loss was known well enough (the adaptive policy; docs/adaptive.md). Prints the compute saved, where "
+            "each run would have stopped and both laws side by side; writes SWEEP_DIR/adaptive_replay.json (the "
+            "report shows it). The policy: --policy FILE (an adaptive block, or a sweep spec holding one), else "
+            "SWEEP_DIR/adaptive.json, else the defaults; the options below override single keys."
+        ),
+    )
+    p.add_argument(
+        "sweep_dir", help="folder of a finished sweep (run folders with config.yaml, metrics.jsonl)"
+    )
+    p.add_argument("--adaptive", action="store_true", help="replay under the adaptive policy (required)")
+    p.add_argument(
+        "--policy", help="YAML/JSON file with the adaptive block (or a sweep spec with `adaptive:`)"
+    )
+    p.add_argument(
+        "--tolerance", type=float, help="interval width that allows a stop (relative unless --absolute)"
+    )
+    p.add_argument(
+        "--absolute", dest="relative", action="store_const", const=False, help="tolerance in loss units"
+    )
+    p.add_argument(
+        "--stable-updates", dest="stable_updates", type=int, help="updates the interval must stay narrow"
+    )
+    p.add_argument("--spacing", type=float, help="least fraction of a run between two counted updates")
+    p.add_argument("--min-fraction", dest="min_fraction", type=float, help="never stop before this fraction")
+    p.add_argument(
+        "--keep-largest",
+        dest="keep_largest",
+        action="store_const",
+        const=True,
+        help="never stop the largest size",
+    )
+    p.add_argument(
+        "--no-keep-full-per-size", dest="keep_full_per_size", action="store_const", const=False,
+        help="allow stopping the shortest budget of a size too",
+    )  # fmt: skip
+    p.add_argument("--slots", type=int, help="runs at a time, in planned order (default: all at once)")
+    p.add_argument("--out", help=f"where to write the JSON summary (default SWEEP_DIR/{REPLAY_FILE})")
+    p.set_defaults(func=_cmd_replay, relative=None, keep_largest=None, keep_full_per_size=None)

@@ -1,0 +1,163 @@
+"""The adaptive-sweep replay (sweep/adaptive.py): the sweep's clock, compute accounting, slots, never
+reading a run past its stop, exemptions, input errors; on a real ladder (slow): compute, coverage, law."""
+
+from __future__ import annotations
+
+from dataclasses import replace
+
+import numpy as np
+import pytest
+
+from scaling_train.fitter.adaptive import AdaptivePolicy
+from scaling_train.sweep.adaptive import RecordedRun, simulate
+
+
+def _ladder(noise: float = 0.002, seed: int = 0) -> list[RecordedRun]:
+    """Three sizes x two budgets, cosine to 10%, loss from a Chinchilla-like law along the LR area."""
+    rng = np.random.default_rng(seed)
+    runs = []
+    for N in (2e7, 5e7, 1.2e8):
+        for T in (600, 1500):
+            t = np.arange(1, T + 1)
+            lr = 1e-3 * (0.1 + 0.9 * 0.5 * (1 + np.cos(np.pi * t / T)))
+            area = np.cumsum(lr) / 1e-3
+            loss = 2.0 + 1.2 * (N / 1e7) ** -0.3 + 3.0 * (area * 2.5e5 / 1e8) ** -0.3 - 0.15 * (1 - lr / 1e-3)
+            steps = np.arange(20, T + 1, 20)
+            y = loss[steps - 1] * (1 + noise * rng.standard_normal(len(steps)))
+            runs.append(RecordedRun(f"N{N:.0e}-T{T}", N, 2.5e5, steps, y, lr, final_loss=float(loss[-1])))
+    return runs
+
+
+POL = AdaptivePolicy(tolerance=0.03, stable_updates=2, spacing=0.2, min_fraction=0.3)
+
+
+def _cost(r: RecordedRun) -> float:
+    return 6 * r.n_params * r.tokens_per_step
+
+
+def test_replay_accounting_exemptions_and_zero_width_finished_runs():
+    runs = _ladder()
+    res = simulate(runs, POL)
+    st = res.stopped
+    assert st, "the loose policy should stop something on this clean ladder"
+    for r in runs:
+        rp = res.runs[r.name]
+        if r.total_steps == 600:  # the shortest budget of every size runs to the end
+            assert rp.stopped_at is None and "keep_full_per_size" in rp.reason
+        if rp.stopped_at is None:
+            p = res.predicted[r.name]
+            assert p.loss == p.low == p.high == res.true_final[r.name] == r.final_loss
+        else:
+            assert rp.stopped_at >= POL.min_fraction * r.total_steps
+            assert rp.history[-1]["step"] == rp.stopped_at and "over 2 updates" in rp.reason
+            assert res.predicted[r.name] is rp.history[-1]["prediction"]
+    spent = sum(_cost(r) * (st.get(r.name) or r.total_steps) for r in runs)
+    assert res.compute_fraction == pytest.approx(spent / sum(_cost(r) * r.total_steps for r in runs))
+    assert res.compute_fraction < 1 and res.law_full is not None and res.law_adaptive is not None
+    assert set(res.law_deviation) == {r.name for r in runs} and np.isfinite(res.at_largest)
+    s = res.summary()
+    assert s["n_stopped"] == len(st) and s["runs"][runs[-1].name]["total_steps"] == 1500
+
+
+def test_replay_never_reads_a_run_past_its_stop():
+    runs = _ladder()
+    res = simulate(runs, POL)
+    assert res.stopped
+    # garbage after every stop step: the replay must not see it
+    spoiled = [
+        replace(r, losses=np.where(r.steps > res.stopped[r.name], 99.0, r.losses))
+        if r.name in res.stopped
+        else r
+        for r in runs
+    ]
+    res2 = simulate(spoiled, POL)
+    assert res2.stopped == res.stopped
+    for n in res.stopped:
+        assert res2.predicted[n].loss == pytest.approx(res.predicted[n].loss, rel=1e-12)
+
+
+def test_references_are_what_the_sweep_had_trained_by_then():
+    """All at once on the FLOP clock: the first check of the big long run sees the short small runs
+    finished; with one slot in the given order a run sees every earlier run at its end (or its stop)."""
+    runs = _ladder()
+    never = AdaptivePolicy(tolerance=1e-9, stable_updates=1, spacing=0.2, min_fraction=0.3)
+    res = simulate(runs, never)
+    assert res.stopped == {} and res.compute_fraction == 1.0 and abs(res.max_law_deviation) < 1e-9
+    big = res.runs[runs[-1].name].history
+    assert big[0]["references"] == len(runs) - 1  # every run has started and logged by then
+    one = simulate(runs, never, slots=1)
+    first = one.runs[runs[0].name].history
+    assert all(h["references"] == 0 or "error" in h for h in first)  # nothing else has started
+    assert one.runs[runs[-1].name].history[0]["references"] == len(runs) - 1
+
+
+@pytest.mark.parametrize(
+    "kwargs, exc, match",
+    [
+        (dict(runs=[]), ValueError, "at least one RecordedRun"),
+        (dict(runs=["x"]), TypeError, r"runs\[0\] must be a RecordedRun, got str"),
+        (dict(slots=0), ValueError, r"slots=0 must be a positive integer or None"),
+    ],
+)
+def test_simulate_input_errors(kwargs, exc, match):
+    args = {"runs": _ladder()[:2], **kwargs}
+    with pytest.raises(exc, match=match):
+        simulate(args.pop("runs"), POL, **args)
+
+
+def test_recorded_run_errors():
+    r = _ladder()[0]
+    with pytest.raises(ValueError, match=r"run names must be unique; repeated: \['N2e\+07-T600'\]"):
+        simulate([r, r], POL)
+    with pytest.raises(ValueError, match=r"n_params=0.0 must be a finite number > 0 or None \(curve 'x'\)"):
+        RecordedRun("x", 0, 1, r.steps, r.losses, r.lr)
+    with pytest.raises(ValueError, match=r"run 'x' has 2 logged points; at least 3"):
+        RecordedRun("x", 1e7, 1, r.steps[:2], r.losses[:2], r.lr)
+    with pytest.raises(ValueError, match=r"final_loss=nan must be finite and > 0"):
+        RecordedRun("x", 1e7, 1, r.steps, r.losses, r.lr, final_loss=float("nan"))
+    with pytest.raises(ValueError, match=r"steps must lie in \[1, T=600\]"):
+        RecordedRun("x", 1e7, 1, r.steps + 1000, r.losses, r.lr)
+
+
+@pytest.mark.slow
+def test_real_ladder_saves_compute_and_keeps_the_law():
+    """lr_schedules cosine ladder 33M-93M (validation loss, 12 runs): what the benchmark reports in full."""
+    from benchmarks.bench_adaptive import lrs_ladder
+
+    runs = [r for r in lrs_ladder("cos", "val") if r.n_params < 1e8]
+    res = simulate(runs, AdaptivePolicy())
+    assert len(runs) == 12 and len(res.stopped) >= 6
+    assert res.compute_fraction < 0.75
+    assert res.max_law_deviation < 0.01
+    assert res.coverage >= 0.8
+
+
+def test_replay_cli_on_a_finished_sweep_folder(tmp_path, capsys):
+    """Three finished tiny runs of one size (24, 48, 48 steps): replayed under a loose policy the two long
+    ones may stop, the short one is kept; the summary is printed and written; bad input exits 2."""
+    import json
+
+    from scaling_train.cli import main
+    from tests.fixtures.training import run_config, train
+
+    sw = tmp_path / "sw"
+    for name, steps, lr in (("a", 24, "3e-3"), ("b", 48, "3e-3"), ("c", 48, "1e-3")):
+        train(run_config(sw / name, max_steps=steps, **{"optim.lr": lr}))
+    rc = main(["replay", str(sw), "--adaptive", "--tolerance", "0.9", "--stable-updates", "1",
+               "--spacing", "0", "--min-fraction", "0.3"])  # fmt: skip
+    out = capsys.readouterr().out
+    assert rc == 0 and "[replay] 3 runs" in out and "a: ran to the end" in out
+    s = json.loads((sw / "adaptive_replay.json").read_text())
+    assert s["policy"]["tolerance"] == 0.9 and s["runs"]["a"]["stopped_at"] is None
+    assert s["n_stopped"] >= 1 and s["compute_fraction"] < 1
+    assert "no law" in out and "at least 5" in s["law_error"]  # 3 runs cannot fit 5 parameters
+    # errors name the value and where it came from
+    assert main(["replay", str(sw)]) == 2
+    assert "needs --adaptive" in capsys.readouterr().err
+    assert main(["replay", str(sw), "--adaptive", "--tolerance", "-1"]) == 2
+    assert (
+        "the defaults and the command line: tolerance=-1.0 must be a finite number > 0"
+        in capsys.readouterr().err
+    )
+    assert main(["replay", str(tmp_path / "nope"), "--adaptive"]) == 2
+    assert "does not exist" in capsys.readouterr().err
