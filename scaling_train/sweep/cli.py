@@ -1,4 +1,4 @@
-"""``scaling-train sweep CONFIG [--output DIR] [--backend local|torchrun|slurm] [--dry-run]``.
+"""``scaling-train sweep CONFIG [--output DIR] [--backend local|torchrun|slurm] [--dry-run] [--resume-stopped]``.
 
     scaling-train sweep configs/sweeps/quickstart.yaml                    # CPU, ~10 min on 2 cores
     scaling-train sweep configs/sweeps/quickstart.yaml --dry-run          # plan + exact commands, starts nothing
