@@ -42,7 +42,12 @@ def _cmd_train(args: argparse.Namespace) -> int:
     cfg = config_mod.load(RunConfig, args.config, overrides)
     trainer = Trainer(cfg)
     res = trainer.run()
-    if not res.already_done:
+    if getattr(res, "stopped", False):
+        print(
+            f"[train] stopped on request (RUN/STOP) at step {res.steps}: checkpointed, no DONE; "
+            f"rerun without STOP to train to the end -> {res.run_dir}"
+        )
+    elif not res.already_done:
         ev = f", eval loss {res.final_eval_loss:.4f}" if res.final_eval_loss is not None else ""
         print(
             f"[train] done: {res.steps} steps, {res.tokens:,} tokens, loss {res.final_loss:.4f}{ev} -> {res.run_dir}"

@@ -316,6 +316,10 @@ class SweepFitter:
         pol = self.policy()
         if pol is None or self.only is not None:
             return
+        if any(t.run_dir.glob("STOPPED.*.json")):  # stopped before and resumed on purpose: train to the end
+            pred["adaptive"] = {"stop": False, "reason": "resumed after an early stop (--resume-stopped)"}
+            write_json_atomic(t.run_dir / "predictions.json", pred)
+            return
         exempt = pol.exempt(self._planned())
         if t.name in exempt:
             pred["adaptive"] = {"stop": False, "reason": exempt[t.name]}

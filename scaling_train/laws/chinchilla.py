@@ -146,9 +146,7 @@ def fit_chinchilla(
     check_range("confidence", confidence, 0.0, 1.0, lo_open=True, hi_open=True)
     if n_best is not None and n_best < 1:
         raise ValueError(f"n_best={n_best} must be >= 1 or None (all grid points)")
-    problem = LSEProblem(
-        np.column_stack([np.log(N), np.log(D)]), np.log(loss), w, delta, _terms, _jac
-    )
+    problem = LSEProblem(np.column_stack([np.log(N), np.log(D)]), np.log(loss), w, delta, _terms, _jac)
     grid = hoffmann_grid()
     theta, f, idx = fit_lse(problem, grid, shape_cols=[3, 4], n_best=n_best)
     nat = _to_natural(theta)

@@ -110,7 +110,7 @@ def gns_points(sweep: SweepData) -> tuple[np.ndarray, np.ndarray]:
     """(loss, B_simple in tokens) pairs of healthy runs, past GNS_SKIP of each run's steps."""
     losses, bs = [], []
     for r in sweep.runs:
-        if r.status not in ("done", "partial") or not r.total_steps:
+        if r.status not in ("done", "stopped", "partial") or not r.total_steps:
             continue
         lo, b, s = r.column("loss"), r.column("gns_b_simple"), r.steps
         ok = (s > GNS_SKIP * r.total_steps) & np.isfinite(lo) & np.isfinite(b) & (lo > 0) & (b > 0)
@@ -127,9 +127,13 @@ def _fit_chinchilla(pts: list[Point], n_bootstrap: int) -> tuple[Any, LawRow]:
     if len(pts) < 5:
         row.error = f"{len(pts)} finished or predicted runs; at least 5 are needed for 5 parameters"
         return None, row
+    from scaling_train.fitter.adaptive import prediction_weight
+
     N, D, L = (np.array([getattr(p, k) for p in pts]) for k in ("N", "D", "loss"))
+    # a predicted final loss counts less the wider its interval (an observed one: weight 1)
+    w = np.array([prediction_weight(p.loss, p.low or p.loss, p.high or p.loss) for p in pts])
     try:
-        f = fit_chinchilla(N, D, L, n_bootstrap=n_bootstrap, confidence=CONFIDENCE)
+        f = fit_chinchilla(N, D, L, n_bootstrap=n_bootstrap, confidence=CONFIDENCE, weights=w)
     except (ValueError, RuntimeError, FloatingPointError) as e:
         row.error = f"{type(e).__name__}: {e}"
         return None, row
@@ -259,7 +263,7 @@ def _prediction_rows(sweep: SweepData) -> list[LawRow]:
     rows = []
     for r in sweep.runs:
         p = r.prediction
-        if r.status != "partial" or not p:
+        if r.status not in ("partial", "stopped") or not p:
             continue
         row = LawRow(f"Final loss of {r.name}", "multi-power law L(t) (laws.predict_final_loss)")
         if _ok(p.get("loss")):
@@ -363,7 +367,7 @@ def analyse(sweep: SweepData, *, n_bootstrap: int = 20, cache: Path | None = Non
 
     pts = sweep_points(sweep)
     a = Analysis(points=pts)
-    inputs = [(p.N, p.D, p.loss, p.C) for p in pts] + [n_bootstrap]
+    inputs = [(p.N, p.D, p.loss, p.C, p.low, p.high) for p in pts] + [n_bootstrap]
     a.chinchilla, row = cached(
         "chin-" + _digest(inputs), lambda: _fit_chinchilla(pts, n_bootstrap), _encode_fit,
         lambda d: _decode_fit("chin", d),

@@ -28,8 +28,9 @@ import yaml
 
 from scaling_train.metrics.jsonl import read_jsonl
 
-STATUSES = ("done", "partial", "diverged", "no metrics", "missing", "broken")
-"""done: DONE marker and all steps; partial: rows but not finished (running or stopped);
+STATUSES = ("done", "stopped", "partial", "diverged", "no metrics", "missing", "broken")
+"""done: DONE marker and all steps; stopped: stopped early by the adaptive policy (STOPPED, no DONE;
+resumable); partial: rows but not finished (running, or killed);
 diverged: a non-finite loss; no metrics: a folder without rows; missing: planned, no folder;
 broken: config.yaml unreadable."""
 
@@ -55,6 +56,8 @@ class RunData:
     task_rows: list[dict[str, Any]] = field(default_factory=list)
     """metrics.jsonl rows with ``task/<name>/<metric>`` scalars (scaling_train/evals), sorted by step."""
     done: dict[str, Any] | None = None
+    stopped: dict[str, Any] | None = None
+    """STOPPED's record (the trainer's, after the adaptive policy's stop request) when stopped early."""
     prediction: dict[str, Any] | None = None
     history: list[dict[str, Any]] = field(default_factory=list)
     samples: list[dict[str, Any]] = field(default_factory=list)
@@ -249,6 +252,8 @@ def load_run(run_dir: Path, planned: dict[str, Any] | None = None) -> RunData:
     ]
     run.samples += eval_samples(run_dir / "evals.jsonl")
 
+    if run_dir is not None and (run_dir / "STOPPED").is_file() and run.done is None:
+        run.stopped = _read_json(run_dir / "STOPPED", run.notes) or {}
     if run.status == "broken":
         return run
     if run.diverged_at is not None:
@@ -261,6 +266,13 @@ def load_run(run_dir: Path, planned: dict[str, Any] | None = None) -> RunData:
         run.status = "done"
         if run.total_steps and run.last_step < run.total_steps:
             run.notes.append(f"DONE, but the last logged step is {run.last_step} of {run.total_steps}")
+    elif run.stopped is not None:
+        run.status = "stopped"
+        at = run.stopped.get("steps", run.last_step)
+        run.notes.append(
+            f"stopped early by the adaptive policy at step {at} of {run.total_steps or '?'} "
+            "(final loss predicted; `scaling-train sweep SPEC --resume-stopped` trains it to the end)"
+        )
     else:
         run.status = "partial"
         frac = f" ({run.fraction_done:.0%})" if run.fraction_done is not None else ""

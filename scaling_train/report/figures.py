@@ -83,7 +83,7 @@ def loss_curves(sweep: SweepData, an: Analysis) -> Figure:
             elif r.status == "done":
                 ax.plot(x[ok][-1], y[ok][-1], "o", color=c, ms=4)
             p = r.prediction
-            if r.status == "partial" and p and p.get("loss") and r.D:
+            if r.status in ("partial", "stopped") and p and p.get("loss") and r.D:
                 x_end = r.D if xkey == "tokens" else r.D * (r.flops_per_token or 6 * r.N)
                 lo, hi = p.get("low") or p["loss"], p.get("high") or p["loss"]
                 # dotted from the point the prediction was made at (it may lag the curve by a poll)

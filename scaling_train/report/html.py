@@ -10,6 +10,7 @@ import traceback
 from typing import Any
 
 from scaling_train.report import figures as figs
+from scaling_train.report.adaptive import adaptive_section
 from scaling_train.report.analysis import Analysis, LawRow
 from scaling_train.report.data import STATUSES, SweepData
 from scaling_train.report.repetition import repetition
@@ -69,7 +70,7 @@ def _status_table(sweep: SweepData) -> str:
 def _missing_box(sweep: SweepData) -> str:
     items = list(sweep.problems)
     counts = {s: len(sweep.by_status(s)) for s in STATUSES}
-    for s in ("missing", "no metrics", "partial", "diverged", "broken"):
+    for s in ("missing", "no metrics", "partial", "stopped", "diverged", "broken"):
         if counts[s]:
             names = ", ".join(r.name for r in sweep.by_status(s)[:8])
             more = f" and {counts[s] - 8} more" if counts[s] > 8 else ""
@@ -179,6 +180,10 @@ def render(sweep: SweepData, an: Analysis, *, screen: dict[str, Any] | None = No
         tasks_html = tasks_section(sweep)
     except Exception as e:  # noqa: BLE001 - the section must not lose the report
         tasks_html = _nodata_html("tasks", "Downstream tasks", f"section failed: {type(e).__name__}: {e}")
+    try:  # an adaptive sweep, or a replay of one; no section otherwise
+        adaptive_html = adaptive_section(sweep, _figure_html)
+    except Exception as e:  # noqa: BLE001 - the section must not lose the report
+        adaptive_html = _nodata_html("adaptive", "Adaptive sweep", f"section failed: {type(e).__name__}: {e}")
     counts = ", ".join(f"{len(sweep.by_status(s))} {s}" for s in STATUSES if sweep.by_status(s))
     when = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime())
     return f"""<!DOCTYPE html>
@@ -190,6 +195,7 @@ def render(sweep: SweepData, an: Analysis, *, screen: dict[str, Any] | None = No
 {first}
 {"".join(sections)}
 {tasks_html}
+{adaptive_html}
 <section id="laws-section"><h2>Fitted laws</h2>{_law_table(an.laws)}
 <p class="caption">Intervals are 90%: Chinchilla by case-resampling bootstrap, IsoFLOP exponents by residual
 bootstrap, B_crit from the OLS standard errors, final-loss predictions from the fitter's calibrated interval.

@@ -191,6 +191,11 @@ def sweep_branches(plan: Plan, *, backend: str, say=print) -> int:
     for run in plan.runs:
         if not run.cbs_steps:
             continue
+        if state.is_stopped(run.run_dir):  # the adaptive policy stopped it: no main curve to compare with
+            say(
+                f"[cbs] {run.name}: stopped early (adaptive), no branches; --resume-stopped finishes it first"
+            )
+            continue
         if not state.is_done(run.run_dir):
             say(f"[cbs] {run.name}: not DONE, its branches wait for the next invocation")
             rc = 1

@@ -151,12 +151,29 @@ def test_replay_cli_on_a_finished_sweep_folder(tmp_path, capsys):
     assert s["policy"]["tolerance"] == 0.9 and s["runs"]["a"]["stopped_at"] is None
     assert s["n_stopped"] >= 1 and s["compute_fraction"] < 1
     assert "no law" in out and "at least 5" in s["law_error"]  # 3 runs cannot fit 5 parameters
+    # the report shows the replay: the figure and both laws' table
+    from scaling_train.report import write_report
+
+    page = write_report(sw, n_bootstrap=0).read_text()
+    assert "<h2>Adaptive sweep</h2>" in page and "Adaptive sweep replayed" in page
+    assert (
+        "adaptive sweep (replayed)" in page and "data:image/png;base64," in page.split("adaptive-section")[1]
+    )
+    # a live adaptive sweep with one run stopped early: listed with its stop step and compute not spent
+    (sw / "adaptive.json").write_text(json.dumps({"tolerance": 0.02}))
+    (sw / "c" / "DONE").unlink()
+    (sw / "c" / "STOPPED").write_text(json.dumps({"steps": 24, "request": {"reason": "narrow enough"}}))
+    (sw / "adaptive_replay.json").unlink()
+    page = write_report(sw, n_bootstrap=0).read_text()
+    sec = page.split("id='adaptive-section'")[1]
+    assert "1 run(s) stopped early" in sec and "24 / 48 (50%)" in sec and "narrow enough" in sec
+    assert "Policy (<code>adaptive.json</code>): tolerance=0.02" in sec and "1 run(s) stopped: c" in page
     # errors name the value and where it came from
     assert main(["replay", str(sw)]) == 2
     assert "needs --adaptive" in capsys.readouterr().err
     assert main(["replay", str(sw), "--adaptive", "--tolerance", "-1"]) == 2
     assert (
-        "the defaults and the command line: tolerance=-1.0 must be a finite number > 0"
+        "sw/adaptive.json and the command line: tolerance=-1.0 must be a finite number > 0"
         in capsys.readouterr().err
     )
     assert main(["replay", str(tmp_path / "nope"), "--adaptive"]) == 2

@@ -1,0 +1,199 @@
+"""The adaptive-sweep section: which runs were stopped where, the compute saved, and the law with and without
+the saved compute.
+
+Two sources, both optional (no section when neither exists):
+
+- the live sweep: ``adaptive.json`` (the policy the fitter applies) and every run stopped early (``STOPPED``):
+  its stop step, its predicted final loss and interval (``predictions.json``), and the compute not spent;
+  the law over every run (stopped ones at their predicted loss, weighted by their interval) beside the law
+  over the finished runs alone;
+- a replay (``adaptive_replay.json``, written by ``scaling-train replay SWEEP_DIR --adaptive``) of a finished
+  sweep: the same account, where the truth is known, so each stopped run's prediction is scored and the
+  adaptive sweep's law is drawn against the full sweep's.
+"""
+
+from __future__ import annotations
+
+import html
+import json
+import math
+from typing import Any
+
+import numpy as np
+
+from scaling_train.report.data import SweepData
+from scaling_train.report.figures import Figure, NoData, _fmt_n, _plt, _png
+
+REPLAY_FILE = "adaptive_replay.json"  # sweep/adaptive.py writes it (the report does not import the sweep)
+
+
+def _e(s: Any) -> str:
+    return html.escape(str(s))
+
+
+def _law_cells(f: dict[str, Any] | None) -> str:
+    if not f:
+        return "<td colspan='5'>not fitted</td>"
+    return "".join(f"<td>{f[k]:.4g}</td>" for k in ("E", "A", "B", "alpha", "beta"))
+
+
+def _laws_table(rows: list[tuple[str, dict[str, Any] | None]]) -> str:
+    head = "<tr><th>law</th><th>E</th><th>A</th><th>B</th><th>alpha</th><th>beta</th></tr>"
+    body = "".join(f"<tr><td>{_e(name)}</td>{_law_cells(f)}</tr>" for name, f in rows)
+    return f"<table class='adaptive-laws'>{head}{body}</table>"
+
+
+def _chinchilla(points: list[tuple[float, float, float, float]]) -> dict[str, float] | None:
+    from scaling_train.laws import fit_chinchilla
+
+    if len(points) < 5:
+        return None
+    N, D, L, w = (np.array(c, dtype=np.float64) for c in zip(*points))
+    try:
+        f = fit_chinchilla(N, D, L, weights=w)
+    except (ValueError, RuntimeError, FloatingPointError):
+        return None
+    return {k: getattr(f, k) for k in ("E", "A", "B", "alpha", "beta")}
+
+
+def live_section(sweep: SweepData) -> str:
+    """The live sweep's account ('' when the sweep is not adaptive and nothing was stopped)."""
+    from scaling_train.fitter.adaptive import prediction_weight
+
+    policy_path = sweep.sweep_dir / "adaptive.json"
+    stopped = sweep.by_status("stopped")
+    if not policy_path.is_file() and not stopped:
+        return ""
+    try:
+        policy = json.loads(policy_path.read_text()) if policy_path.is_file() else None
+    except (OSError, ValueError) as e:
+        policy = {"error": f"adaptive.json unreadable: {e}"}
+    planned = spent = 0.0
+    rows = []
+    for r in sweep.runs:
+        if not (r.N and r.total_steps and r.tokens_per_step):
+            continue
+        fpt = r.flops_per_token or 6 * r.N
+        full = fpt * r.tokens_per_step * r.total_steps
+        planned += full
+        if r.status == "stopped":
+            at = int((r.stopped or {}).get("steps") or r.last_step)
+            spent += fpt * r.tokens_per_step * at
+            p = r.prediction or {}
+            pred = (
+                f"{p['loss']:.4f} [{p['low']:.4f}, {p['high']:.4f}]"
+                if all(isinstance(p.get(k), (int, float)) for k in ("loss", "low", "high"))
+                else "-"
+            )
+            why = ((r.stopped or {}).get("request") or {}).get("reason", "")
+            rows.append(
+                f"<tr><td>{_e(r.name)}</td><td>{_fmt_n(r.N)}</td><td>{at} / {r.total_steps} "
+                f"({at / r.total_steps:.0%})</td><td>{_e(pred)}</td><td>{_e(why)}</td></tr>"
+            )
+        else:
+            spent += full
+    pol = (
+        "<p>Policy (<code>adaptive.json</code>): "
+        + _e(", ".join(f"{k}={v}" for k, v in policy.items()) if policy else "<p>No policy file")
+        + "</p>"
+    )
+    saved = f"{1 - spent / planned:.1%}" if planned else "-"
+    table = (
+        "<table class='adaptive-stops'><tr><th>run</th><th>N</th><th>stopped at step</th>"
+        "<th>predicted final loss [90%]</th><th>why</th></tr>" + "".join(rows) + "</table>"
+        if rows
+        else "<p>No run has been stopped yet.</p>"
+    )
+    # the law with the stopped runs at their predicted loss (weighted) and over the finished runs alone
+    with_stopped, finished = [], []
+    for r in sweep.runs:
+        if not (r.N and r.D):
+            continue
+        if r.status == "done" and r.final_loss is not None and math.isfinite(r.final_loss):
+            with_stopped.append((r.N, r.D, r.final_loss, 1.0))
+            finished.append((r.N, r.D, r.final_loss, 1.0))
+        elif r.status == "stopped" and r.prediction and isinstance(r.prediction.get("loss"), (int, float)):
+            p = r.prediction
+            w = prediction_weight(p["loss"], p.get("low") or p["loss"], p.get("high") or p["loss"])
+            with_stopped.append((r.N, r.D, float(p["loss"]), w))
+    laws = _laws_table(
+        [
+            (f"stopped runs at their predicted loss ({len(with_stopped)} runs)", _chinchilla(with_stopped)),
+            (f"finished runs only ({len(finished)} runs)", _chinchilla(finished)),
+        ]
+    )
+    return (
+        f"<h3>This sweep</h3>{pol}<p>{len(stopped)} run(s) stopped early; compute not spent so far: {saved} of "
+        f"the planned {planned:.3g} FLOPs. Resume them to the end with "
+        f"<code>scaling-train sweep SPEC --resume-stopped</code>.</p>{table}{laws}"
+    )
+
+
+def replay_figure(summary: dict[str, Any]) -> Figure:
+    runs = summary.get("runs") or {}
+    if not runs:
+        raise NoData(f"{REPLAY_FILE} lists no runs")
+    plt = _plt()
+    fig, ax = plt.subplots(1, 1, figsize=(7.5, 4.2))
+    names = list(runs)
+    x = np.arange(len(names))
+    true = np.array([runs[n]["true_final"] for n in names], dtype=np.float64)
+    pred = np.array([runs[n]["predicted"] for n in names], dtype=np.float64)
+    lo = np.array([runs[n]["low"] for n in names], dtype=np.float64)
+    hi = np.array([runs[n]["high"] for n in names], dtype=np.float64)
+    st = np.array([runs[n]["stopped_at"] is not None for n in names])
+    ax.plot(x, (true / true - 1) * 100, color="gray", lw=0.8)
+    if st.any():
+        ax.errorbar(
+            x[st], (pred[st] / true[st] - 1) * 100,
+            yerr=[(pred[st] - lo[st]) / true[st] * 100, (hi[st] - pred[st]) / true[st] * 100],
+            fmt="s", mfc="none", color="C0", capsize=2, label="stopped: predicted final loss, 90% interval",
+        )  # fmt: skip
+    dev = np.array([runs[n].get("law_deviation") for n in names], dtype=np.float64)
+    ok = np.isfinite(dev)
+    if ok.any():
+        ax.plot(
+            x[ok], dev[ok] * 100, "x", color="C3", label="adaptive law / full law - 1 at the run's (N, D)"
+        )
+    ax.set_xticks(x, names, rotation=70, fontsize=7)
+    ax.set_ylabel("relative to the true final loss (%)")
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    cov = summary.get("coverage")
+    return Figure(
+        "adaptive",
+        "Adaptive sweep replayed",
+        _png(fig),
+        f"Replay of this finished sweep under the adaptive policy: {summary.get('n_stopped')} of "
+        f"{summary.get('n_runs')} runs would have stopped, spending {summary.get('compute_fraction', math.nan):.0%} "
+        f"of the full sweep's compute. Squares: the predicted final loss at the stop and its 90% interval, "
+        f"relative to the true final loss (0 = exact); "
+        f"{'-' if cov is None else f'{cov:.0%}'} of them hold the truth. Crosses: the adaptive sweep's law "
+        f"against the full sweep's at each run (at most {summary.get('max_law_deviation') or math.nan:.2%} apart).",
+    )
+
+
+def adaptive_section(sweep: SweepData, figure_html) -> str:
+    """The section's HTML ('' when the sweep is neither adaptive nor replayed)."""
+    live = live_section(sweep)
+    path = sweep.sweep_dir / REPLAY_FILE
+    replay = ""
+    if path.is_file():
+        try:
+            summary = json.loads(path.read_text())
+        except (OSError, ValueError) as e:
+            replay = f"<div class='nodata'>{REPLAY_FILE} unreadable: {_e(e)}</div>"
+        else:
+            try:
+                replay = figure_html(replay_figure(summary))
+            except NoData as e:
+                replay = f"<div class='nodata'>Not drawn: {_e(e)}</div>"
+            replay += _laws_table(
+                [
+                    ("adaptive sweep (replayed)", summary.get("law_adaptive")),
+                    ("full sweep", summary.get("law_full")),
+                ]
+            )
+    if not live and not replay:
+        return ""
+    return f"<section id='adaptive-section'><h2>Adaptive sweep</h2>{live}{replay}</section>"
