@@ -164,6 +164,14 @@ def test_fitter_requests_a_stop_only_in_an_adaptive_sweep(sweep, tmp_path):
     assert pt["partial"]["source"] == "stopped" and 0 < pt["partial"]["weight"] < 1
     assert pt["lr1e-3"]["source"] == "observed" and pt["lr1e-3"]["weight"] == 1.0
     assert f.all_done  # stopped counts as finished for --until-done
+    # resumed on purpose (STOP removed, STOPPED archived): the policy never stops it again
+    (part / "STOP").unlink()
+    (part / "STOPPED").rename(part / "STOPPED.1.json")
+    _append(part, rows[n])
+    f.step()
+    pred = json.loads((part / "predictions.json").read_text())
+    assert pred["status"] == "running" and not (part / "STOP").exists()
+    assert pred["adaptive"] == {"stop": False, "reason": "resumed after an early stop (--resume-stopped)"}
 
 
 def test_fitter_exempt_run_and_bad_policy_file(sweep, tmp_path):
