@@ -467,7 +467,7 @@ def register(sub: Any) -> None:
         help="replay a finished sweep as if it had run under an adaptive policy (compute saved, laws)",
         description=(
             "Replay the finished runs of SWEEP_DIR as if the sweep had stopped each run once its predicted final "
-            "loss was known well enough (the adaptive policy; docs/adaptive.md). Prints the compute saved, where "
+            "loss was known well enough (the adaptive policy; docs/sweep.md, Adaptive sweeps). Prints the compute saved, where "
             "each run would have stopped and both laws side by side; writes SWEEP_DIR/adaptive_replay.json (the "
             "report shows it). The policy: --policy FILE (an adaptive block, or a sweep spec holding one), else "
             "SWEEP_DIR/adaptive.json, else the defaults; the options below override single keys."
