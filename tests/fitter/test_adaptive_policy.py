@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import shutil
+import time
 
 import numpy as np
 import pytest
@@ -200,3 +201,59 @@ def test_fitter_exempt_run_and_bad_policy_file(sweep, tmp_path):
     f.step()
     assert not (part / "STOP").exists()
     assert any("adaptive policy ignored" in s and "tolerance=-1" in s for s in logs)
+
+
+@pytest.mark.slow  # ~15-25 s: a real run stopped by the real fitter process
+def test_live_fitter_stops_a_real_run_which_resumes_to_the_end(sweep, tmp_path):
+    """The whole loop: the fitter (`scaling-train fit --follow`) predicts a training run from its prefix and the
+    finished references, the policy says stop, the fitter writes STOP, the trainer checkpoints and writes
+    STOPPED; the fitter then marks it stopped; rerun without STOP, it trains to the end."""
+    import subprocess
+
+    from tests.fixtures.training import cli, overrides
+
+    sw = tmp_path / "sw"
+    shutil.copytree(sweep, sw)
+    pol = AdaptivePolicy(
+        tolerance=0.9, stable_updates=2, spacing=0.02, min_fraction=0.1, keep_full_per_size=False
+    )
+    (sw / "adaptive.json").write_text(json.dumps(pol.to_dict()))
+    run_dir = sw / "run"
+    args = overrides(run_dir, max_steps=400, ckpt_every=100, **{"optim.lr": "3e-3"})
+    tr = cli("train", *args, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    fitter = None
+    try:
+        t0 = time.time()
+        while not (run_dir / "config.yaml").exists() and time.time() - t0 < 120:
+            time.sleep(0.05)  # --until-done would exit at once on the two finished references alone
+        fitter = cli(
+            "fit", str(sw), "--follow", "--interval", "0.2", "--until-done", stdout=subprocess.PIPE, text=True
+        )
+        out, _ = tr.communicate(timeout=300)
+        assert tr.returncode == 0, out
+        fit_out, _ = fitter.communicate(timeout=60)  # --until-done: a stopped run counts as finished
+    finally:
+        for p in (tr, fitter):
+            if p is not None and p.poll() is None:
+                p.kill()
+    assert "stopped on request (RUN/STOP)" in out and "stop requested" in fit_out
+    rec = json.loads((run_dir / "STOPPED").read_text())
+    req = json.loads((run_dir / "STOP").read_text())
+    assert not (run_dir / "DONE").exists() and rec["request"] == req and rec["steps"] < 400
+    assert (
+        rec["steps"] >= req["step"]
+        and (run_dir / "checkpoints" / f"step-{rec['steps']:08d}.pt").exists()
+        or any((run_dir / "checkpoints").glob(f"*{rec['steps']}*"))
+    )
+    rows = read_jsonl(run_dir / "metrics.jsonl").rows
+    assert rows[-1]["step"] == rec["steps"]
+    f = SweepFitter(sw, log=lambda s: None)
+    f.step()
+    assert json.loads((run_dir / "predictions.json").read_text())["status"] == "stopped"
+    # resumed to the end: STOPPED archived, DONE written, steps continue from the stop
+    (run_dir / "STOP").unlink()
+    tr = cli("train", *args, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    out, _ = tr.communicate(timeout=300)
+    assert tr.returncode == 0, out
+    assert (run_dir / "DONE").exists() and (run_dir / "STOPPED.1.json").exists()
+    assert read_jsonl(run_dir / "metrics.jsonl").rows[-1]["step"] == 400
