@@ -51,15 +51,17 @@ def write_json_atomic(path: Path, obj: Any) -> None:
 
 
 def _lr_schedule(tail: RunTail) -> np.ndarray | None:
+    """The run's planned LR per step: ``RUN/lr_schedule.json`` (written by the trainer and the
+    integrations); a run folder from before the trainer wrote it is rebuilt from ``config.yaml``'s ``optim``
+    (``scaling_train.schedule``, pure numpy: no training code is imported)."""
     from scaling_train.config import from_dict
-    from scaling_train.train.schedule import OptimConfig, lr_array
+    from scaling_train.schedule import OptimConfig, lr_array, read_lr_schedule
 
     cfg, T = tail.config or {}, tail.total_steps
     if not T:
         return None
-    sched = tail.run_dir / "lr_schedule.json"  # written by the HF / accelerate integrations
-    if sched.is_file():
-        lr = np.asarray(json.loads(sched.read_text()), dtype=np.float64)
+    lr = read_lr_schedule(tail.run_dir)
+    if lr is not None:
         return lr if len(lr) == T else None
     if "optim" not in cfg:
         return None

@@ -335,23 +335,25 @@ def load_sweep(sweep_dir: str | Path) -> SweepData:
 
 
 def lr_schedule(run: RunData) -> np.ndarray | None:
-    """The run's full per-step LR schedule (length total_steps): ``lr_schedule.json`` (integrations),
-    else the ``optim`` section of config.yaml, else interpolated from the logged ``lr`` column."""
+    """The run's full per-step LR schedule (length total_steps): ``lr_schedule.json`` (trainer,
+    integrations), else (a run folder from before the trainer wrote it) the ``optim`` section of config.yaml
+    through ``scaling_train.schedule`` (pure numpy, no training code), else interpolated from the logged
+    ``lr`` column."""
+    from scaling_train.schedule import read_lr_schedule
+
     T = run.total_steps
     if not T or run.run_dir is None:
         return None
-    sched = run.run_dir / "lr_schedule.json"
-    if sched.is_file():
-        try:
-            lr = np.asarray(json.loads(sched.read_text()), dtype=np.float64)
-            if len(lr) == T:
-                return lr
-        except (OSError, ValueError):
-            pass
+    try:
+        lr = read_lr_schedule(run.run_dir)
+        if lr is not None and len(lr) == T:
+            return lr
+    except ValueError:
+        pass
     if "optim" in run.config:
         try:
             from scaling_train.config import from_dict
-            from scaling_train.train.schedule import OptimConfig, lr_array
+            from scaling_train.schedule import OptimConfig, lr_array
 
             return np.asarray(lr_array(from_dict(OptimConfig, run.config["optim"], source="config.yaml"), T))
         except Exception:  # noqa: BLE001 - an odd optim section: fall back to the logged LRs

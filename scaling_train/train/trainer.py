@@ -45,7 +45,7 @@ from scaling_train.models import GPT
 from scaling_train.train import checkpoint
 from scaling_train.train.backend import make_backend
 from scaling_train.train.config import RunConfig, config_hash, semantic_dict
-from scaling_train.train.schedule import OptimConfig, lr_at
+from scaling_train.train.schedule import LR_SCHEDULE_FILE, OptimConfig, lr_at
 
 
 def make_optimizer(model: GPT, optim: OptimConfig) -> torch.optim.AdamW:
@@ -213,6 +213,12 @@ class Trainer:
             "world_size": self.backend.world_size,
         }
         atomic_write(path, yaml.safe_dump(resolved, sort_keys=False))
+
+    def _write_lr_schedule(self) -> None:
+        """``RUN/lr_schedule.json``: the planned LR of every step (``lr_at``, a branch's included), written
+        atomically before the first metrics row so the fitter and report read it instead of training code."""
+        lr = [self.lr_at(s) for s in range(self.total_steps)]  # (total_steps,), one float per optimizer step
+        atomic_write(self.run_dir / LR_SCHEDULE_FILE, json.dumps(lr))
 
     def _pool_batch_size(self) -> int:
         return self.cfg.branch.parent_batch_size if self.cfg.branch.parent else self.cfg.train.batch_size
@@ -385,6 +391,7 @@ class Trainer:
         self._setup()
         if self.backend.is_main:
             self._write_config()
+            self._write_lr_schedule()
         metrics = open_trainer_stream(self) if self.backend.is_main else None  # metrics.jsonl + sinks
         if cfg.evals.tasks:  # downstream evals every k steps, scalars added to the flushed rows
             from scaling_train.evals.callback import EvalCallback

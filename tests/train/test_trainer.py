@@ -67,9 +67,24 @@ def test_loss_falls_on_builtin_corpus(tmp_path):
     assert (tmp_path / "r" / "DONE").is_file()
 
 
+class ScheduleSeenAtFirstFlush:
+    """Records whether RUN/lr_schedule.json was there when the first metrics row was flushed."""
+
+    seen: bool | None = None
+
+    def on_flush(self, trainer, row):
+        if self.seen is None:
+            self.seen = (trainer.run_dir / "lr_schedule.json").is_file()
+
+
 def test_metrics_rows_and_config_written(tmp_path):
     cfg = tiny_config(tmp_path / "r")
-    train(cfg, log=lambda s: None)
+    first = ScheduleSeenAtFirstFlush()
+    train(cfg, log=lambda s: None, callbacks=[first])
+    # the planned LR of every step, written before the first row: fitter and report read it, not train code
+    assert first.seen is True
+    lr = json.loads((tmp_path / "r" / "lr_schedule.json").read_text())
+    assert lr == pytest.approx(lr_array(cfg.optim, 30).tolist(), rel=0, abs=0)
     rows = read_jsonl(tmp_path / "r" / "metrics.jsonl").rows
     assert [r["step"] for r in rows] == [5, 10, 15, 20, 25, 30]
     r = rows[-1]
