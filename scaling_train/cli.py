@@ -59,6 +59,13 @@ def _cmd_train(args: argparse.Namespace) -> int:
     return 0
 
 
+def _refresh_report(sweep_dir, *, log=print):
+    """``fit --follow``'s report refresh, wired here so the fitter (below the report) never imports it."""
+    from scaling_train.report import refresh_report
+
+    return refresh_report(sweep_dir, log=log)
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog="scaling-train", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
@@ -75,6 +82,8 @@ def build_parser() -> argparse.ArgumentParser:
     # Other subcommands live beside their code: each module has register(subparsers).
     for mod in PLUGINS:
         importlib.import_module(mod).register(sub)
+    # Hooks from higher layers, for subcommands of lower ones (the fitter's --follow refreshes the report).
+    p.set_defaults(refresh_report=_refresh_report)
     return p
 
 

@@ -7,6 +7,9 @@
 Writes RUN/predictions.json for each run and SWEEP_DIR/sweep_law.json (both atomically). When the runs
 log to W&B (their ``metrics.wandb.mode``) or ``--wandb offline|online`` is given, the predictions and laws
 also go to a W&B run of the sweep's group as they change (``scaling_train/fitter/wandb_log.py``).
+With ``--follow`` SWEEP_DIR/report.html is refreshed after each refit (``--no-report``: not): the refresh
+is ``args.refresh_report``, which ``scaling_train/cli.py`` (the cli layer) sets, so the fitter never imports
+the report (issue 16's layers).
 """
 
 from __future__ import annotations
@@ -38,12 +41,15 @@ def _cmd_fit(args: argparse.Namespace) -> int:
             for k in ("chinchilla", "isoflop", "critical_batch"):
                 print(f"[fit]   {k}: {law[k].get('error', 'ok')}")
             return 0
+        refresh = None if args.no_report else getattr(args, "refresh_report", None)
+
+        def on_refit(names: set[str]) -> None:
+            wb(names)
+            if refresh is not None:  # report.html, at most once a minute, never raising
+                refresh(sweep, log=fitter.log)
+
         return fitter.follow(
-            interval=args.interval,
-            until_done=args.until_done,
-            max_polls=args.max_polls,
-            report=not args.no_report,
-            on_refit=wb,
+            interval=args.interval, until_done=args.until_done, max_polls=args.max_polls, on_refit=on_refit
         )
     finally:
         wb.close()

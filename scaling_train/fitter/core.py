@@ -443,19 +443,14 @@ class SweepFitter:
         interval: float = 10.0,
         until_done: bool = False,
         max_polls: int | None = None,
-        report: bool = False,
         on_refit: Callable[[set[str]], None] | None = None,
     ) -> int:
-        """Poll until stopped; with ``report`` the sweep's report.html is refreshed (at most once a
-        minute, never raising) whenever a prediction changed; ``on_refit(names)`` is called then too."""
+        """Poll until stopped; ``on_refit(names)`` is called whenever a prediction changed (the command
+        line refreshes report.html and logs to W&B there: the fitter imports no report code)."""
         while True:
             refit = self.step()
             if refit and on_refit is not None:
                 on_refit(refit)
-            if refit and report and self.only is None:
-                from scaling_train.report import refresh_report
-
-                refresh_report(self.sweep_dir, log=self.log)
             if refit:
                 for n in sorted(refit):
                     p = self.predictions[n]
