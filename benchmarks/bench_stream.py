@@ -35,6 +35,7 @@ from scaling_train.fitter import sink as sink_mod  # noqa: E402
 from scaling_train.metrics import stream as stream_mod  # noqa: E402
 from scaling_train.metrics.jsonl import read_jsonl  # noqa: E402
 from scaling_train.train import RunConfig, Trainer  # noqa: E402
+from scaling_train.train import metrics_stream as trainer_stream_mod  # noqa: E402
 
 ARMS = {
     "off": ["metrics.token_stats=false", "metrics.gns=false"],
@@ -64,7 +65,10 @@ def make_cfg(arm: str, d: Path, steps: int, threads: int, micro: int = 4) -> Run
 
 def run_separate(arm: str, root: Path, steps: int, threads: int, rep: int, micro: int = 4) -> float:
     d = root / f"{arm}-{rep}"
-    Trainer(make_cfg(arm, d, steps, threads, micro), log=lambda s: None).run()
+    # the in-process fitter as `scaling-train train` wires it (looks up sink_mod.FitterSink when called)
+    Trainer(
+        make_cfg(arm, d, steps, threads, micro), log=lambda s: None, sinks=[sink_mod.in_process_fitter]
+    ).run()
     rows = read_jsonl(d / "metrics.jsonl").rows[1:]  # drop the first window (warm-up)
     shutil.rmtree(d, ignore_errors=True)
     # a row's "time" is taken before its flush work, so this span includes every flush but the last one's
@@ -100,7 +104,7 @@ class Gate:
         cls.on, cls.ends, cls.flags = True, [], []
 
 
-class GatedMetrics(stream_mod.TrainerMetrics):
+class GatedMetrics(trainer_stream_mod.TrainerMetrics):
     def split_micro_batch(self, *a):  # one micro-batch per step: the probe's two halves run in "on" only
         return Gate.on and super().split_micro_batch(*a)
 
@@ -138,7 +142,10 @@ def run_paired(arm: str, root: Path, steps: int, threads: int, rep: int, micro: 
     """Ratios on/off of adjacent windows of one run with the stream gated per window."""
     d = root / f"{arm}-{rep}"
     Gate.reset()
-    Trainer(make_cfg(arm, d, steps, threads, micro), log=lambda s: None).run()
+    # the in-process fitter as `scaling-train train` wires it (looks up sink_mod.FitterSink when called)
+    Trainer(
+        make_cfg(arm, d, steps, threads, micro), log=lambda s: None, sinks=[sink_mod.in_process_fitter]
+    ).run()
     shutil.rmtree(d, ignore_errors=True)
     n = steps // LOG_EVERY  # flushes of the loop (later ones are the final checkpoint and close)
     ends, flags = Gate.ends[:n], Gate.flags[:n]
@@ -153,7 +160,7 @@ def run_paired(arm: str, root: Path, steps: int, threads: int, rep: int, micro: 
 
 
 def main_paired(a: argparse.Namespace, arms: list[str], root: Path) -> None:
-    stream_mod.TrainerMetrics = GatedMetrics  # what open_trainer_stream registers
+    trainer_stream_mod.TrainerMetrics = GatedMetrics  # what open_trainer_stream registers
     sink_mod.FitterSink = GatedFitter
     stream_mod.MetricsStream.flush = _timed_flush
     tok_per_window = 8 * 128 * LOG_EVERY

@@ -40,7 +40,9 @@ def _cmd_train(args: argparse.Namespace) -> int:
         overrides.insert(0, args.config)  # only overrides: start from the defaults
         args.config = None
     cfg = config_mod.load(RunConfig, args.config, overrides)
-    trainer = Trainer(cfg)
+    from scaling_train.fitter.sink import in_process_fitter  # the CLI wires sinks: train imports no fitter
+
+    trainer = Trainer(cfg, sinks=[in_process_fitter])
     res = trainer.run()
     if getattr(res, "stopped", False):
         print(

@@ -2,6 +2,9 @@
 
 It tails the sibling run folders (same parent) incrementally for references, like the fitter process,
 and writes only this run's ``predictions.json``; the sweep law stays with ``scaling-train fit``.
+
+Our trainer gets it as a sink factory, ``Trainer(cfg, sinks=[in_process_fitter])`` (``scaling-train train``
+does that): the fitter sits above train, so the dependency points down from here, never up from train.
 """
 
 from __future__ import annotations
@@ -37,3 +40,10 @@ class FitterSink:
 
     def close(self) -> None:
         self.refit()
+
+
+def in_process_fitter(trainer: Any) -> FitterSink | None:
+    """Sink factory for ``Trainer(cfg, sinks=[...])``: the in-process fitter of the trainer's run folder when
+    its ``metrics.fit_in_process`` asks for it (refit every ``metrics.fit_every`` flushes), else None."""
+    cfg = trainer.cfg.metrics
+    return FitterSink(trainer.run_dir, every=cfg.fit_every) if cfg.fit_in_process else None

@@ -27,7 +27,7 @@ import contextlib
 import json
 import os
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -40,11 +40,11 @@ from scaling_train._io import atomic_write
 from scaling_train.config import to_dict
 from scaling_train.data import Batch, PooledStream, PreparedData, epochs_seen, prepare
 from scaling_train.metrics.jsonl import JsonlWriter, rollback_jsonl
-from scaling_train.metrics.stream import open_trainer_stream
 from scaling_train.models import GPT
 from scaling_train.train import checkpoint
 from scaling_train.train.backend import make_backend
 from scaling_train.train.config import RunConfig, config_hash, semantic_dict
+from scaling_train.train.metrics_stream import SinkFactory, open_trainer_stream
 from scaling_train.train.schedule import LR_SCHEDULE_FILE, OptimConfig, lr_at
 
 
@@ -130,14 +130,22 @@ def _diff_keys(a: Any, b: Any, prefix: str = "") -> list[str]:
 class Trainer:
     """Single-process trainer. ``callbacks`` get ``on_flush(trainer, row)`` after each metrics flush;
     ``split_micro_batch(trainer, step) -> bool`` (the noise-scale probe's) runs a step's lone micro-batch
-    as two halves, each loss weighted by its share of the sequences (the same gradient)."""
+    as two halves, each loss weighted by its share of the sequences (the same gradient). ``sinks``: factories
+    ``f(trainer) -> Sink | None`` of extra metrics sinks, e.g. ``fitter.sink.in_process_fitter`` (which
+    ``scaling-train train`` passes for ``metrics.fit_in_process``)."""
 
     def __init__(
-        self, cfg: RunConfig, *, log: Callable[[str], None] = print, callbacks: list | None = None
+        self,
+        cfg: RunConfig,
+        *,
+        log: Callable[[str], None] = print,
+        callbacks: list | None = None,
+        sinks: Sequence[SinkFactory] = (),
     ) -> None:
         self.cfg = cfg
         self.log = log
         self.callbacks = list(callbacks or [])
+        self.sink_factories = tuple(sinks)
         self.run_dir = Path(cfg.run_dir)
         self.backend = make_backend(cfg)
         if cfg.threads:
@@ -392,7 +400,8 @@ class Trainer:
         if self.backend.is_main:
             self._write_config()
             self._write_lr_schedule()
-        metrics = open_trainer_stream(self) if self.backend.is_main else None  # metrics.jsonl + sinks
+        # metrics.jsonl + the W&B sink + the sinks passed in (rank 0 only)
+        metrics = open_trainer_stream(self, self.sink_factories) if self.backend.is_main else None
         if cfg.evals.tasks:  # downstream evals every k steps, scalars added to the flushed rows
             from scaling_train.evals.callback import EvalCallback
 
