@@ -50,24 +50,6 @@ def write_json_atomic(path: Path, obj: Any) -> None:
     atomic_write(path, json.dumps(_clean(obj), indent=1))
 
 
-def _lr_schedule(tail: RunTail) -> np.ndarray | None:
-    """The run's planned LR per step: ``RUN/lr_schedule.json`` (written by the trainer and the
-    integrations); a run folder from before the trainer wrote it is rebuilt from ``config.yaml``'s ``optim``
-    (``scaling_train.schedule``, pure numpy: no training code is imported)."""
-    from scaling_train.config import from_dict
-    from scaling_train.schedule import OptimConfig, lr_array, read_lr_schedule
-
-    cfg, T = tail.config or {}, tail.total_steps
-    if not T:
-        return None
-    lr = read_lr_schedule(tail.run_dir)
-    if lr is not None:
-        return lr if len(lr) == T else None
-    if "optim" not in cfg:
-        return None
-    return lr_array(from_dict(OptimConfig, cfg["optim"], source=str(tail.run_dir / "config.yaml")), T)
-
-
 def _append_prediction(run_dir: Path, pred: dict[str, Any], total_steps: int | None) -> None:
     """Append the published prediction to ``RUN/predictions.jsonl`` (the record of what was predicted when;
     a torn last line after a crash is cut by the writer and skipped by readers)."""
@@ -209,7 +191,7 @@ class SweepFitter:
         from scaling_train.laws import Curve
 
         if t.name not in self._lr or self._lr[t.name] is None:
-            self._lr[t.name] = _lr_schedule(t)
+            self._lr[t.name] = t.planned_lr()
         lr = self._lr[t.name]
         if lr is None:
             return None

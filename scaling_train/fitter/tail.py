@@ -12,6 +12,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import yaml
 
 from scaling_train.metrics.jsonl import read_jsonl
@@ -159,6 +160,24 @@ class RunTail:
             return None
         u = self.resolved.get("unique_tokens")
         return float(u) if u else None
+
+    def planned_lr(self) -> np.ndarray | None:
+        """The run's planned LR per step: ``RUN/lr_schedule.json`` (written by the trainer and the
+        integrations); a run folder from before the trainer wrote it is rebuilt from ``config.yaml``'s ``optim``
+        (``scaling_train.schedule``, pure numpy: no training code is imported). None when neither gives one
+        of ``total_steps`` entries."""
+        from scaling_train.config import from_dict
+        from scaling_train.schedule import OptimConfig, lr_array, read_lr_schedule
+
+        cfg, T = self.config or {}, self.total_steps
+        if not T:
+            return None
+        lr = read_lr_schedule(self.run_dir)
+        if lr is not None:
+            return lr if len(lr) == T else None
+        if "optim" not in cfg:
+            return None
+        return lr_array(from_dict(OptimConfig, cfg["optim"], source=str(self.run_dir / "config.yaml")), T)
 
     @property
     def last_step(self) -> int:

@@ -331,7 +331,6 @@ def _laws(
 def recorded_runs(sweep_dir: str | Path) -> list[RecordedRun]:
     """Every finished run of ``sweep_dir`` as a ``RecordedRun``: its training-loss rows, the LR schedule the
     fitter uses, non-embedding N and tokens per step from its config; in the sweep's planned order."""
-    from scaling_train.fitter.core import _lr_schedule
     from scaling_train.fitter.tail import RunTail, find_runs
 
     sweep_dir = Path(sweep_dir)
@@ -350,7 +349,7 @@ def recorded_runs(sweep_dir: str | Path) -> list[RecordedRun]:
         t.poll()
         if not t.done or t.diverged_at is not None or not t.total_steps:
             continue
-        lr = _lr_schedule(t)
+        lr = t.planned_lr()
         if lr is None or not (t.n_params and t.batch_tokens):
             continue
         steps = np.array(sorted(s for s in t.rows if 1 <= s <= len(lr)), dtype=np.float64)
