@@ -367,6 +367,9 @@ class SweepFitter:
         except (ValueError, RuntimeError, FloatingPointError) as e:
             out["chinchilla"] = {"error": str(e), "n_points": len(pts)}
         out.update(_repetition_law(pts))
+        from scaling_train.fitter.pools import data_pools_law  # runs on data pools: the pool law
+
+        out.update(data_pools_law(self.tails, self.predictions, current=out["law"]))
         try:
             f = fit_isoflop(N, D, L)
             out["isoflop"] = {

@@ -22,6 +22,8 @@ SIG_BYTES = 64
 
 KEEP = ("tokens", "loss", "eval_loss", "gns_b_simple", "gns_g2", "gns_trace_sigma", "lr")
 """Row fields the fitter keeps (compact: rows of a long run stay small in memory and in the state file)."""
+KEEP_PREFIX = ("epochs/",)
+"""Row fields kept by prefix: ``epochs/<pool>`` of a run on data pools (the pool law's epochs per pool)."""
 
 
 @dataclass
@@ -112,7 +114,11 @@ class RunTail:
             # a rolled-back run rewrites steps it had written: later rows replace earlier ones
             for s in [s for s in self.rows if s >= step]:
                 del self.rows[s]
-            self.rows[step] = {k: _num(r[k]) for k in KEEP if k in r and _num(r[k]) is not None}
+            self.rows[step] = {
+                k: _num(v)
+                for k, v in r.items()
+                if (k in KEEP or k.startswith(KEEP_PREFIX)) and _num(v) is not None
+            }
             changed = True
         if changed:
             self._update_diverged()
