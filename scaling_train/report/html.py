@@ -13,6 +13,7 @@ from scaling_train.report import figures as figs
 from scaling_train.report.adaptive import adaptive_section
 from scaling_train.report.analysis import Analysis, LawRow
 from scaling_train.report.data import STATUSES, SweepData
+from scaling_train.report.pools import data_pools
 from scaling_train.report.repetition import repetition
 from scaling_train.report.summary import html_section, safe_first_screen
 from scaling_train.report.tasks import tasks_section
@@ -176,6 +177,13 @@ def render(sweep: SweepData, an: Analysis, *, screen: dict[str, Any] | None = No
         sections.append(
             _nodata_html("repetition", "Repeated data", f"figure failed: {type(e).__name__}: {e}")
         )
+    try:  # only for a sweep whose law is the pool law (runs on data pools); no section otherwise
+        sections.append(_figure_html(data_pools(sweep, an)))
+    except figs.NoData as e:
+        if (sweep.law or {}).get("data_pools"):  # runs on pools, but no law to draw: say why
+            sections.append(_nodata_html("data-pools", "Data pools", str(e)))
+    except Exception as e:  # noqa: BLE001 - one broken panel must not lose the report
+        sections.append(_nodata_html("data-pools", "Data pools", f"figure failed: {type(e).__name__}: {e}"))
     try:
         tasks_html = tasks_section(sweep)
     except Exception as e:  # noqa: BLE001 - the section must not lose the report

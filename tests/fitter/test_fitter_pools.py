@@ -108,10 +108,12 @@ def test_real_pooled_runs_give_their_epochs_and_too_few_runs_an_error(tmp_path):
     assert all(r["eval_loss"] and np.isfinite(r["eval_loss"]) for r in dp["runs"])
 
 
-@pytest.mark.slow  # ~20 s on a loaded 2-core machine: 12 real tiny runs
-def test_real_pooled_sweep_gets_the_pool_law(tmp_path):
+@pytest.mark.slow  # ~25 s on a loaded 2-core machine: 12 real tiny runs, then the report
+def test_real_pooled_sweep_gets_the_pool_law_and_the_report_panel(tmp_path):
     """12 real tiny runs (2 sizes x 2 budgets x clean / noisy / half-half): the law is data_pools with a
-    finite fit and a best mix at both budgets."""
+    finite fit and a best mix at both budgets, and the report draws the Data pools panel from it."""
+    from scaling_train.report import write_report
+
     for size in ("0.2M", "0.5M"):
         for steps in (10, 30):
             for mix in ("clean", "noisy", "clean:0.5+noisy:0.5"):
@@ -127,3 +129,6 @@ def test_real_pooled_sweep_gets_the_pool_law(tmp_path):
         and dp["fit_error"]["mean_abs"] < 0.1
     )
     assert [b["best"] in dp["mixes"] for b in dp["best"]] == [True, True]
+    html = write_report(tmp_path, n_bootstrap=0).read_text()
+    panel = html.split("id='fig-data-pools'")[1][:400]
+    assert "<img" in panel and "Not drawn" not in panel
