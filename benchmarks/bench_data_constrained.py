@@ -6,16 +6,26 @@ Run:  . .venv/bin/activate && PYTHONPATH=. python benchmarks/bench_data_constrai
 
 from __future__ import annotations
 
+import itertools
 import sys
 import time
 from pathlib import Path
 
 import numpy as np
+from scipy.optimize import minimize
+from scipy.special import logsumexp
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # the repository root: tests.fixtures
 
 from scaling_train.laws import find_diverged, fit_chinchilla, fit_data_constrained  # noqa: E402
-from scaling_train.laws.data_constrained import PARAM_NAMES  # noqa: E402
+from scaling_train.laws.data_constrained import (  # noqa: E402
+    _LOG_RSTAR_RANGE,
+    PARAM_NAMES,
+    DataConstrainedFit,
+    _terms,
+    _to_natural,
+    _to_theta,
+)
 from tests.fixtures.laws import GPT2_VOCAB, HELD_OUT_N, SIZE_GROUPS, datablations  # noqa: E402
 
 N_BOOTSTRAP = 200
@@ -117,6 +127,7 @@ def main() -> None:
                 f"(clipped at e^30 = {np.exp(30):.3g} means no excess-parameter penalty at all): the runs that "
                 "show the penalty end worse than smaller ones and are excluded by the diverged rule.\n"
             )
+    print_procedures(d, excluded)
     fit = fit_data_constrained(d["N"], d["D"], d["U"], d["L"], vocab_size=GPT2_VOCAB)
     print("## all 175 runs\n")
     print(
@@ -138,6 +149,112 @@ def main() -> None:
         print(
             f"| {d['key'][r.index]} | {r.N:.3g} | {r.D:.3g} | {r.U:.3g} | {r.D / r.U:.0f} | {r.loss:.3f} | {why} |"
         )
+
+
+# ------------------------------------------------------------------ other fitting procedures (issue 18)
+INNER = (2.5e8, {"280M-421M": (2.5e8, 5e8)})  # choose a procedure here: fit < 250M, validate on 250M-500M
+OUTER = (HELD_OUT_N, SIZE_GROUPS)  # report here only: fit < 500M, test on 574M-2.2B
+
+
+def _huber(r: np.ndarray, delta: float) -> float:
+    a = np.abs(r)
+    return float(np.where(a <= delta, 0.5 * r * r, delta * (a - 0.5 * delta)).sum())
+
+
+def _refit_r_star(base: np.ndarray, idx: np.ndarray, d, delta: float = 1e-3) -> np.ndarray:
+    """(log R_D*, log R_N*) minimising the Huber objective on runs ``idx`` with the base terms of ``base``
+    (a, b, e, alpha, beta) fixed: Nelder-Mead from a 6 x 6 grid."""
+    log_x = np.column_stack([np.log(d["N"][idx]), np.log(d["D"][idx]), np.log(d["U"][idx])])
+    ly = np.log(d["L"][idx])
+
+    def obj(r: np.ndarray) -> float:
+        return _huber(logsumexp(_terms(np.concatenate([base, r]), log_x), axis=-1) - ly, delta)
+
+    grid = itertools.product(np.log([1, 2, 5, 15, 50, 200]), np.log([1, 2, 5, 15, 50, 1e4]))
+    res = [
+        minimize(obj, list(g), method="Nelder-Mead", options={"xatol": 1e-6, "fatol": 1e-12}) for g in grid
+    ]
+    return np.clip(min(res, key=lambda r: r.fun).x, *_LOG_RSTAR_RANGE)
+
+
+def procedure(name: str, d, split_n: float):
+    """(law, Chinchilla) of one fitting procedure on the runs below ``split_n`` (diverged ones excluded)."""
+    train = d["N"] < split_n
+    delta = float(name.split("=")[1]) if name.startswith("joint, delta=") else 1e-3
+    j = fit_data_constrained(
+        d["N"][train], d["D"][train], d["U"][train], d["L"][train], vocab_size=GPT2_VOCAB, delta=delta
+    )
+    keep = np.flatnonzero(train)[np.setdiff1d(np.arange(train.sum()), [r.index for r in j.diverged])]
+    chin = fit_chinchilla(d["N"][keep], d["D"][keep], d["L"][keep])
+    if name.startswith("joint, delta="):
+        return j, chin
+    single = keep[d["D"][keep] <= 1.0001 * d["U"][keep]]
+    rep = keep[d["D"][keep] > 1.0001 * d["U"][keep]]
+    if name == "joint, then R* refitted on the multi-epoch runs":
+        base = _to_theta(j.params)[:5]
+    else:  # Muennighoff et al.: base on single-epoch runs, then R_D*, R_N* on the repeated ones
+        c = fit_chinchilla(d["N"][single], d["D"][single], d["L"][single])
+        base = np.array([np.log(c.A), np.log(c.B), np.log(c.E), c.alpha, c.beta])
+    nat = _to_natural(np.concatenate([base, _refit_r_star(base, rep, d)]))
+    return DataConstrainedFit(*map(float, nat), objective=np.nan, n_points=len(keep), n_starts=36), chin
+
+
+PROCEDURES = (
+    "joint, delta=1e-3",
+    "joint, delta=1e-2",
+    "joint, delta=3e-2",
+    "joint, delta=1e-1",
+    "joint, then R* refitted on the multi-epoch runs",
+    "two-stage (Muennighoff et al.): Chinchilla on single-epoch runs, then R_D*, R_N* on the repeated ones",
+)
+
+
+def procedures_table(d, excluded) -> list[str]:
+    multi = d["D"] > 1.01 * d["U"]
+    out = [
+        "| procedure | inner: MAE (fit < 250M, 250M-500M) | inner ratio | outer: MAE (fit < 500M, 574M-2.2B) "
+        "| outer bias | outer ratio | R_D* | R_N* |",
+        "| --- | --- | --- | --- | --- | --- | --- | --- |",
+    ]
+    for name in PROCEDURES:
+        cells = []
+        for split_n, groups in (INNER, OUTER):
+            fit, chin = procedure(name, d, split_n)
+            m = np.any(
+                [
+                    ~(d["N"] < split_n) & ~excluded & multi & (d["N"] >= lo) & (d["N"] < hi)
+                    for lo, hi in groups.values()
+                ],
+                axis=0,
+            )
+            e = fit.predict(d["N"][m], d["D"][m], d["U"][m]) / d["L"][m] - 1
+            ec = chin.predict(d["N"][m], d["D"][m]) / d["L"][m] - 1
+            cells.append((np.mean(np.abs(e)), np.mean(e), np.mean(np.abs(e)) / np.mean(np.abs(ec)), fit))
+        (mi, _, ri, _), (mo, bo, ro, fo) = cells
+        out.append(
+            f"| {name} | {100 * mi:.2f}% | {ri:.2f} | {100 * mo:.2f}% | {pct(bo)} | {ro:.2f} | "
+            f"{fo.R_D_star:.3g} | {fo.R_N_star:.3g} |"
+        )
+    return out
+
+
+def print_procedures(d, excluded) -> None:
+    print("## Other fitting procedures (issue 18's target: outer ratio <= 0.5)\n")
+    print(
+        "Chosen on the inner split only (fit < 250M, validate on the 250M-500M multi-epoch runs), reported on "
+        "the outer one (the tested split above); nothing is tuned on 574M-2.2B. Ratio = MAE / MAE of "
+        "Chinchilla (repetition ignored, fitted on the same runs).\n"
+    )
+    print("\n".join(procedures_table(d, excluded)) + "\n")
+    print(
+        "Reading: no procedure brings the outer ratio near 0.5. The Huber threshold moves it by < 0.05 (the "
+        "inner split would pick delta = 3e-2: outer 0.63, no better than the default). Refitting R_D*, R_N* "
+        "on the multi-epoch runs alone returns the joint fit. Muennighoff et al.'s two-stage procedure is "
+        "worse than Chinchilla here: the runs below 500M hold only ~13 single-epoch runs, too few to pin the "
+        "base law, and the error of a poor base carries into every repeated run. The remaining error is the "
+        "large models' over-fitting of repeated data (their loss rises with epochs; bias negative), which a "
+        "law non-increasing in N, D and U cannot follow.\n"
+    )
 
 
 if __name__ == "__main__":
