@@ -23,7 +23,8 @@ Procedure (``weights``: each data set counts once, each group once within its da
    growing). SIGMA_DELTA (the prior sd of a run's offset from the sweep law: a ridge, and a term of u) is
    fixed at 2% of the loss, not fitted.
 3. The blend (``predict.blend``) with those constants; ``d`` (weight of the candidates' disagreement) by ML.
-4. Interval quantiles per key (``alone``, ``sweep`` before a run starts, ``blend``): group-weighted 4% / 96%
+4. Interval quantiles per key (``alone``, ``sweep`` before a run starts, ``blend``; the live settings enter only
+   this step, so they leave the candidates' scales and d where the other settings put them): group-weighted 4% / 96%
    quantiles of z = e / sqrt(u^2 + tau^2) per calibration setting and loss kind (a little wider than 5% / 95% for the finite
    number of groups); a key takes the widest over its settings with >= 10 cases, so each setting is covered,
    the easier ones more than needed. Asymmetric on purpose: a remaining bias shifts the interval instead of
@@ -98,7 +99,9 @@ def candidates(cases: list[Case], prior: MultiPowerPrior, only_alone: bool = Fal
     """Per case: {name: (final, terms, backtest)} of every candidate."""
     out = []
     for c in cases:
-        refs = [] if only_alone else list(c.refs)
+        refs = (
+            [] if only_alone else [r for r in c.refs if not pred_mod.is_running(r)]
+        )  # as predict_final_loss
         got = pred_mod._candidates(c.target, refs, prior, 64, 48, True)
         out.append({k.name: (k.final, k.terms, b) for k, b in got})
     return out
@@ -191,12 +194,20 @@ def calibrate(cases: list[Case], log) -> dict:
     res = candidates(cal, prior)
     res = [cross.get(id(c), r) for c, r in zip(cal, res)]  # before-start cases: the cross-fitted predictions
     log(f"candidates on {len(cal)} calibration cases: {time.time() - t0:.0f} s")
-    w_all = weights(cal)
+    # the live settings (references still running) calibrate only their own interval key: the candidates'
+    # scales and the blend's d come from the other settings alone, each weighted as if the live cases were not
+    # there, so adding the live setting left every other setting's constants where they were
+    is_live = np.array([c.setting.startswith("live@") for c in cal])
+    base = np.flatnonzero(~is_live)
+    w_all = np.zeros(len(cal))
+    w_all[base] = weights([cal[i] for i in base])
+    if is_live.any():
+        w_all[is_live] = weights([c for c, lv in zip(cal, is_live) if lv])
     # the truth's own noise (training loss: the mean of 40 noisy points), relative: it enters the likelihood and
     # the quantiles next to u, so a noisy truth does not widen the interval of the true final loss
     truth_noise = np.array([c.truth_sd / c.truth for c in cal])
     for name in pred_mod.CANDIDATES:
-        idx = [i for i, r in enumerate(res) if name in r]
+        idx = [i for i in base if name in res[i]]
         if not idx:
             continue
         e = np.array([cal[i].truth / res[i][name][0] - 1 for i in idx])
@@ -240,7 +251,7 @@ def calibrate(cases: list[Case], log) -> dict:
         loss, u, _ = pred_mod.blend([r[n][0] for n in names], us, [r[n][2] for n in names], d)
         return loss, u, pred_mod.interval_key(names)
 
-    multi = [i for i, r in enumerate(res) if len(r) > 1]
+    multi = [i for i in base if len(res[i]) > 1]
     wm = w_all[multi] / w_all[multi].sum()
 
     def nll_d(th):

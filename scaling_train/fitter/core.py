@@ -5,8 +5,8 @@
 
 Per run, ``predictions.json``: the final loss predicted by ``laws.predict_final_loss`` from the run's
 training-loss curve and its full planned LR schedule, with every other run of the sweep (any size or
-budget, finished or running; N and tokens per step from their configs) as references, and the predicted
-remaining curve with its band. A run that has not logged a row yet is predicted from the others alone.
+budget; N and tokens per step from their configs) as references -- the finished ones are used, the running
+ones listed in ``running_references_ignored`` -- and the predicted remaining curve with its band. A run that has not logged a row yet is predicted from the others alone.
 Every prediction published for a running run is also appended to ``predictions.jsonl`` (step, fraction,
 loss, low, high, references, mode, time): the live record of how early the prediction was right. Per sweep, ``sweep_law.json``: Chinchilla
 ``L(N, D) = E + A / N**alpha + B / D**beta`` and the IsoFLOP optimum over (N, D, final loss) -- observed
@@ -246,7 +246,9 @@ class SweepFitter:
                     p = predict_final_loss(curve, ref_curves, curve_points=CURVE_POINTS)
                     pred.update(
                         loss=p.loss, low=p.low, high=p.high, n_used=p.n_used, n_spikes=p.n_spikes,
-                        extrapolation=p.extrapolation, references=[c.name for c in ref_curves], mode=p.mode,
+                        extrapolation=p.extrapolation, mode=p.mode,
+                        references=[c.name for c in ref_curves if c.name not in p.ignored],
+                        running_references_ignored=list(p.ignored),
                         candidates=p.candidates, weights=p.weights,
                         curve={"step": p.curve_steps.tolist(), "loss": p.curve.tolist(),
                                "low": p.curve_low.tolist(), "high": p.curve_high.tolist()},

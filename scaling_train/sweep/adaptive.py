@@ -10,7 +10,8 @@ The replay keeps the sweep's clock: every run trains at one FLOP per unit of tim
 local backend, where a stopped run frees its slot for the next planned run). A run's step costs
 ``6 * n_params * tokens_per_step``. At every ``policy.spacing`` of a run past ``policy.min_fraction`` the
 fitter predicts its final loss from its own prefix and every other run as far as it has trained by then
-(finished, stopped or running: the live fitter's references), and the policy decides whether to stop it.
+(finished, stopped or running, as the live fitter passes them; the predictor uses the finished ones), and
+the policy decides whether to stop it.
 Nothing of a run past the step it was stopped at is ever read.
 """
 

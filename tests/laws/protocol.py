@@ -14,6 +14,9 @@ A case = predict one run's final loss from what a sweep would know at that momen
 - ``before``: ladder runs of 124M-360M before they start, from the finished ladder runs of 33M-93M.
 - ``sweep@25``: a ladder run from 25% with every finished ladder run of a smaller size, and of its own size
   with a shorter horizon, as references.
+- ``live@30`` / ``live@50``: a ladder run at 30% / 50% with every other run of its family's ladder as far as
+  it has trained by then, the sweep launched at once (what the live fitter sees: many references still
+  running; ``predict_final_loss`` uses only the finished ones, ``is_running``).
 - Gemstone ``gem_cool`` / ``gem_cool_refs`` and multipower ``mp@25`` / ``mp@50`` (alone / refs) as before.
 
 Truth: validation loss = the last logged point (T' = its step); training loss (noisy: one batch per point)
@@ -47,6 +50,7 @@ from tests.laws.realdata import (
 HELD_OUT_SIZES = ("53M", "93M", "152M", "360M")
 REPORT_ONLY: tuple[str, ...] = ()  # settings reported but never used to fit a constant (none at present)
 LADDER_SMALL = ("33M", "53M", "60M", "93M")
+LIVE_FRACTIONS = (0.3, 0.5)
 
 
 @dataclass(frozen=True)
@@ -146,7 +150,35 @@ def lr_schedule_cases(kinds: tuple[str, ...] = ("val", "train")) -> list[Case]:
                 cases.append(
                     Case(g, "sweep@25", r.name, tgt.observed_until(0.25 * r.iterations), refs, y, sd)
                 )
+        cases += _live_cases(ladder, curves, truth, group)
     return cases
+
+
+def _live_cases(ladder, curves, truth, group) -> list[Case]:
+    """``live@30`` / ``live@50``: a ladder run at 30% / 50% of its steps with every other run of its family's
+    ladder (one sweep) as far as it has trained by then: all runs started together, each step costing
+    N x tokens per step (the live fitter's view of a sweep launched at once: short small runs have finished,
+    long large ones are still running)."""
+    out = []
+    for fam in sorted({q.family for q in ladder}):
+        lad = [q for q in ladder if q.family == fam]
+        cost = {q.name: q.params * q.tokens_per_step for q in lad}
+        for r in lad:
+            T, y, sd = truth(r)
+            tgt = _cut(curves[r.name], T)
+            for f in LIVE_FRACTIONS:
+                clock = f * r.iterations * cost[r.name]
+                refs = []
+                for q in lad:
+                    if q is r:
+                        continue
+                    c = curves[q.name].observed_until(min(q.iterations, int(clock / cost[q.name])))
+                    if np.sum(np.isfinite(c.losses)) >= 3:
+                        refs.append(c)
+                if refs:
+                    at = tgt.observed_until(f * r.iterations)
+                    out.append(Case(group(r), f"live@{round(100 * f)}", r.name, at, tuple(refs), y, sd))
+    return out
 
 
 def gemstone_cases() -> list[Case]:

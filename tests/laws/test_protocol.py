@@ -211,3 +211,22 @@ def test_long_runs_from_the_sweeps_short_budgets_are_not_predicted_low(lrs_val):
     cover = np.mean([q.low <= c.truth <= q.high for q, c in zip(p, cases)])
     assert abs(e.mean()) < 0.01 and np.mean(np.abs(e)) < 0.012, (e.mean(), np.mean(np.abs(e)))
     assert np.mean(np.abs(e)) < 0.8 * np.mean(np.abs(alone)) and cover >= 0.75, cover
+
+
+def test_running_references_are_left_out():
+    """predict_final_loss uses only finished references: on the live@ settings (the sweep as the live fitter
+    sees it) the running ones made held-out predictions worse than the target alone."""
+    from scaling_train.laws.predict import is_running
+
+    c = next(x for x in lr_schedule_cases(("val",)) if x.setting == "live@30" and x.refs)
+    running = [is_running(r) for r in c.refs]
+    assert any(running) and not all(running)  # short runs have finished by then, long ones have not
+    assert is_running(c.target.observed_until(0))  # no point yet
+    p = predict_final_loss(c.target, c.refs)
+    fin = [r for r, run in zip(c.refs, running) if not run]
+    q = predict_final_loss(c.target, fin)
+    assert p.ignored == tuple(r.name for r, run in zip(c.refs, running) if run) and q.ignored == ()
+    assert (p.loss, p.low, p.high, p.mode) == (q.loss, q.low, q.high, q.mode)
+    # a finished run logged every 200 steps that ends 200 steps before T is finished, not running
+    r = c.refs[running.index(False)]
+    assert not is_running(r.observed_until(r.total_steps - 1))
