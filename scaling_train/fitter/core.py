@@ -36,7 +36,7 @@ import numpy as np
 
 from scaling_train._io import atomic_write
 from scaling_train.fitter.tail import RunTail, find_runs
-from scaling_train.metrics.jsonl import _clean
+from scaling_train.metrics.jsonl import clean_for_json
 
 STATE_FILE = ".fitter_state.json"
 ADAPTIVE_FILE = "adaptive.json"  # the sweep's adaptive policy (absent: no run is ever stopped early)
@@ -47,7 +47,7 @@ CURVE_POINTS = 24  # steps of the predicted remaining curve in predictions.json
 
 def write_json_atomic(path: Path, obj: Any) -> None:
     """Write a temp file in the same folder, fsync, rename: readers see the old or the new file, whole."""
-    atomic_write(path, json.dumps(_clean(obj), indent=1))
+    atomic_write(path, json.dumps(clean_for_json(obj), indent=1))
 
 
 def _append_prediction(run_dir: Path, pred: dict[str, Any], total_steps: int | None) -> None:

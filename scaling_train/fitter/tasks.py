@@ -69,7 +69,7 @@ class _TaskRows:
 _CACHE: dict[str, _TaskRows] = {}
 
 
-def _task_kinds(rows: list[dict[str, float]]) -> dict[str, str]:
+def task_kinds(rows: list[dict[str, float]]) -> dict[str, str]:
     kinds: dict[str, str] = {}
     for r in rows:
         for k in r:
@@ -128,7 +128,7 @@ def fit_task_laws(
         cache.poll(t.run_dir / "metrics.jsonl")
         if cache.rows:
             per_run[name] = cache.rows
-    kinds = _task_kinds([r for rows in per_run.values() for r in rows.values()])
+    kinds = task_kinds([r for rows in per_run.values() for r in rows.values()])
     out: dict[str, Any] = {}
     for task, kind in sorted(kinds.items()):
         cm, tm = CONTINUOUS[kind], THRESHOLDED[kind]

@@ -17,14 +17,14 @@ from typing import Any
 from scaling_train._io import atomic_write
 
 
-def _clean(v: Any) -> Any:
+def clean_for_json(v: Any) -> Any:
     """JSON has no NaN/inf: write them as strings 'nan', 'inf', '-inf' (read back as floats)."""
     if isinstance(v, float) and not math.isfinite(v):
         return "nan" if math.isnan(v) else ("inf" if v > 0 else "-inf")
     if isinstance(v, dict):
-        return {k: _clean(x) for k, x in v.items()}
+        return {k: clean_for_json(x) for k, x in v.items()}
     if isinstance(v, (list, tuple)):
-        return [_clean(x) for x in v]
+        return [clean_for_json(x) for x in v]
     return v
 
 
@@ -75,7 +75,7 @@ class JsonlWriter:
             f.truncate(0)
 
     def write(self, row: dict[str, Any]) -> None:
-        self._pending.append(json.dumps(_clean(row), separators=(",", ":")).encode() + b"\n")
+        self._pending.append(json.dumps(clean_for_json(row), separators=(",", ":")).encode() + b"\n")
 
     def flush(self) -> int:
         """Write pending rows durably; returns the file size afterwards (a safe resume offset)."""
@@ -156,5 +156,7 @@ def rollback_jsonl(path: str | Path, max_step: int, *, key: str = "step") -> int
     kept = [r for r in rows if not (isinstance(r.get(key), (int, float)) and r[key] > max_step)]
     if len(kept) == len(rows):
         return 0
-    atomic_write(path, b"".join(json.dumps(_clean(r), separators=(",", ":")).encode() + b"\n" for r in kept))
+    atomic_write(
+        path, b"".join(json.dumps(clean_for_json(r), separators=(",", ":")).encode() + b"\n" for r in kept)
+    )
     return len(rows) - len(kept)

@@ -22,7 +22,7 @@ from typing import Any
 import numpy as np
 
 from scaling_train.report.data import SweepData
-from scaling_train.report.figures import Figure, NoData, _fmt_n, _plt, _png
+from scaling_train.report.figures import Figure, NoData, fmt_n, png_bytes, pyplot
 
 REPLAY_FILE = "adaptive_replay.json"  # sweep/adaptive.py writes it (the report does not import the sweep)
 
@@ -87,7 +87,7 @@ def live_section(sweep: SweepData) -> str:
             )
             why = ((r.stopped or {}).get("request") or {}).get("reason", "")
             rows.append(
-                f"<tr><td>{_e(r.name)}</td><td>{_fmt_n(r.N)}</td><td>{at} / {r.total_steps} "
+                f"<tr><td>{_e(r.name)}</td><td>{fmt_n(r.N)}</td><td>{at} / {r.total_steps} "
                 f"({at / r.total_steps:.0%})</td><td>{_e(pred)}</td><td>{_e(why)}</td></tr>"
             )
         else:
@@ -133,7 +133,7 @@ def replay_figure(summary: dict[str, Any]) -> Figure:
     runs = summary.get("runs") or {}
     if not runs:
         raise NoData(f"{REPLAY_FILE} lists no runs")
-    plt = _plt()
+    plt = pyplot()
     fig, ax = plt.subplots(1, 1, figsize=(7.5, 4.2))
     names = list(runs)
     x = np.arange(len(names))
@@ -163,7 +163,7 @@ def replay_figure(summary: dict[str, Any]) -> Figure:
     return Figure(
         "adaptive",
         "Adaptive sweep replayed",
-        _png(fig),
+        png_bytes(fig),
         f"Replay of this finished sweep under the adaptive policy: {summary.get('n_stopped')} of "
         f"{summary.get('n_runs')} runs would have stopped, spending {summary.get('compute_fraction', math.nan):.0%} "
         f"of the full sweep's compute. Squares: the predicted final loss at the stop and its 90% interval, "

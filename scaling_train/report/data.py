@@ -68,7 +68,7 @@ class RunData:
     # ------------------------------------------------------------ views
     def column(self, key: str) -> np.ndarray:
         """(n,) float values of ``key`` over the rows (nan where absent)."""
-        return np.array([_f(r.get(key)) for r in self.rows], dtype=np.float64)
+        return np.array([as_float(r.get(key)) for r in self.rows], dtype=np.float64)
 
     @property
     def steps(self) -> np.ndarray:
@@ -104,7 +104,7 @@ class RunData:
         """Observed training loss at the last step of a finished run."""
         if self.status != "done" or not self.rows:
             return None
-        return _f(self.rows[-1].get("loss"))
+        return as_float(self.rows[-1].get("loss"))
 
     @property
     def label(self) -> str:
@@ -128,7 +128,7 @@ class SweepData:
         return sorted({r.N for r in self.runs if r.N})
 
 
-def _f(v: Any) -> float:
+def as_float(v: Any) -> float:
     if isinstance(v, bool) or v is None:
         return math.nan
     try:
@@ -162,10 +162,10 @@ def load_run(run_dir: Path, planned: dict[str, Any] | None = None) -> RunData:
     """One run folder (or a planned run whose folder is absent) -> RunData; problems go to ``notes``."""
     planned = planned or {}
     run = RunData(name=run_dir.name, run_dir=run_dir if run_dir.is_dir() else None)
-    run.N = _f(planned.get("n_params")) if planned.get("n_params") else None
-    run.D = _f(planned.get("tokens")) if planned.get("tokens") else None
+    run.N = as_float(planned.get("n_params")) if planned.get("n_params") else None
+    run.D = as_float(planned.get("tokens")) if planned.get("tokens") else None
     run.total_steps = int(planned["steps"]) if planned.get("steps") else None
-    run.planned_flops = _f(planned.get("flops")) if planned.get("flops") else None
+    run.planned_flops = as_float(planned.get("flops")) if planned.get("flops") else None
     if run.run_dir is None:
         run.status = "missing"
         run.notes.append("planned but its folder does not exist (not started)")
@@ -185,14 +185,14 @@ def load_run(run_dir: Path, planned: dict[str, Any] | None = None) -> RunData:
     res = run.config.get("resolved") or {}
     params = res.get("params") or {}
     if params.get("non_embedding"):
-        run.N = _f(params["non_embedding"])
+        run.N = as_float(params["non_embedding"])
     for key, attr in (("flops_per_token", "flops_per_token"), ("tokens_per_step", "tokens_per_step")):
         if res.get(key):
-            setattr(run, attr, _f(res[key]))
+            setattr(run, attr, as_float(res[key]))
     if res.get("total_steps"):
         run.total_steps = int(res["total_steps"])
     if res.get("total_tokens"):
-        run.D = _f(res["total_tokens"])
+        run.D = as_float(res["total_tokens"])
     elif run.total_steps and run.tokens_per_step:
         run.D = run.total_steps * run.tokens_per_step
     if run.N is None or run.D is None:
@@ -233,7 +233,7 @@ def load_run(run_dir: Path, planned: dict[str, Any] | None = None) -> RunData:
     run.eval_rows = [evals[s] for s in sorted(evals)]
     run.task_rows = [tasks[s] for s in sorted(tasks)]
     for r in run.rows:
-        if not math.isfinite(_f(r.get("loss"))):
+        if not math.isfinite(as_float(r.get("loss"))):
             run.diverged_at = int(r["step"])
             break
 

@@ -28,7 +28,7 @@ class Figure:
     caption: str
 
 
-def _plt():
+def pyplot():
     import matplotlib
 
     matplotlib.use("Agg", force=True)
@@ -38,14 +38,14 @@ def _plt():
     return plt
 
 
-def _png(fig) -> bytes:
+def png_bytes(fig) -> bytes:
     buf = io.BytesIO()
     fig.savefig(buf, format="png", dpi=100, bbox_inches="tight")
-    _plt().close(fig)
+    pyplot().close(fig)
     return buf.getvalue()
 
 
-def _colors(sizes: list[float]) -> dict[float, tuple]:
+def size_colors(sizes: list[float]) -> dict[float, tuple]:
     import matplotlib
 
     cmap = matplotlib.colormaps["viridis"]
@@ -53,7 +53,7 @@ def _colors(sizes: list[float]) -> dict[float, tuple]:
     return {N: cmap(0.9 * i / n) for i, N in enumerate(sizes)}
 
 
-def _fmt_n(N: float) -> str:
+def fmt_n(N: float) -> str:
     return f"{N / 1e9:.3g}B" if N >= 1e9 else f"{N / 1e6:.3g}M" if N >= 1e6 else f"{N / 1e3:.3g}k"
 
 
@@ -62,8 +62,8 @@ def loss_curves(sweep: SweepData, an: Analysis) -> Figure:
     runs = [r for r in sweep.runs if r.rows]
     if not runs:
         raise NoData("no run has metrics rows yet")
-    plt = _plt()
-    col = _colors(sweep.sizes)
+    plt = pyplot()
+    col = size_colors(sweep.sizes)
     fig, axes = plt.subplots(1, 2, figsize=(12, 4.6))
     n_pred = 0
     for ax, xkey, xlabel in ((axes[0], "tokens", "training tokens"), (axes[1], "flops", "training FLOPs")):
@@ -75,7 +75,7 @@ def loss_curves(sweep: SweepData, an: Analysis) -> Figure:
             if not ok.any():
                 continue
             c = col.get(r.N, "gray")
-            lab = _fmt_n(r.N) if r.N and r.N not in seen else None
+            lab = fmt_n(r.N) if r.N and r.N not in seen else None
             seen.add(r.N)
             ax.plot(x[ok], y[ok], color=c, lw=1.2, alpha=0.9, label=lab)
             if r.status == "diverged":
@@ -117,7 +117,7 @@ def loss_curves(sweep: SweepData, an: Analysis) -> Figure:
         "run(s)), with its predicted remaining curve (dotted) and 90% band from the step the prediction was "
         "made at; × diverged."
     )
-    return Figure("loss", "Loss vs tokens and FLOPs per model size", _png(fig), cap)
+    return Figure("loss", "Loss vs tokens and FLOPs per model size", png_bytes(fig), cap)
 
 
 # ----------------------------------------------------------------------------------- history
@@ -131,8 +131,8 @@ def prediction_history(sweep: SweepData, an: Analysis) -> Figure:
             if done
             else "no finished runs yet"
         )
-    plt = _plt()
-    col = _colors(sweep.sizes)
+    plt = pyplot()
+    col = size_colors(sweep.sizes)
     runs = {r.name: r for r in sweep.runs}
     fig, axes = plt.subplots(1, 2, figsize=(12, 4.4))
     errs_at = {}
@@ -146,7 +146,7 @@ def prediction_history(sweep: SweepData, an: Analysis) -> Figure:
         lo = np.array([p["low"] if p["low"] is not None else p["loss"] for p in h])
         hi = np.array([p["high"] if p["high"] is not None else p["loss"] for p in h])
         c = col.get(r.N, "gray")
-        lab = f"{_fmt_n(r.N)} D={r.D:.2g}" if r.N and r.D else name
+        lab = f"{fmt_n(r.N)} D={r.D:.2g}" if r.N and r.D else name
         axes[0].plot(f, y, "o-", color=c, ms=3, lw=1, label=lab)
         axes[0].fill_between(f, lo, hi, color=c, alpha=0.12)
         axes[0].plot([1.0], [final], "*", color=c, ms=9)
@@ -182,7 +182,7 @@ def prediction_history(sweep: SweepData, an: Analysis) -> Figure:
         else f" No run's prediction settles within 2% with an interval covering the final loss ({len(errs_at)} runs)."
     )
     return Figure(
-        "history", "How early was the prediction right", _png(fig), f"Finished runs, {how}.{summary}"
+        "history", "How early was the prediction right", png_bytes(fig), f"Finished runs, {how}.{summary}"
     )
 
 
@@ -191,7 +191,7 @@ def isoflop(sweep: SweepData, an: Analysis) -> Figure:
     pts = an.points
     if not pts:
         raise NoData("no finished or predicted final losses")
-    plt = _plt()
+    plt = pyplot()
     fig, axes = plt.subplots(1, 3, figsize=(15, 4.6))
     N = np.array([p.N for p in pts])
     D = np.array([p.D for p in pts])
@@ -311,7 +311,7 @@ def isoflop(sweep: SweepData, an: Analysis) -> Figure:
             cap += f" {row.law} not fitted: {row.error}."
 
     return Figure(
-        "isoflop", "IsoFLOP curves, L(N, D) contours and the compute-optimal frontier", _png(fig), cap
+        "isoflop", "IsoFLOP curves, L(N, D) contours and the compute-optimal frontier", png_bytes(fig), cap
     )
 
 
@@ -323,14 +323,14 @@ def noise_scale(sweep: SweepData, an: Analysis) -> Figure:
             "no gns_b_simple in any metrics.jsonl (the noise scale needs grad accumulation >= 2: set "
             "train.micro_batch_size below train.batch_size, or DDP)"
         )
-    plt = _plt()
-    col = _colors(sweep.sizes)
+    plt = pyplot()
+    col = size_colors(sweep.sizes)
     fig, axes = plt.subplots(1, 2, figsize=(12, 4.4))
     seen = set()
     for r in runs:
         b, t = r.column("gns_b_simple"), r.tokens
         ok = np.isfinite(b) & (b > 0) & np.isfinite(t)
-        lab = _fmt_n(r.N) if r.N and r.N not in seen else None
+        lab = fmt_n(r.N) if r.N and r.N not in seen else None
         seen.add(r.N)
         axes[0].plot(t[ok], b[ok], color=col.get(r.N, "gray"), lw=1, label=lab)
     axes[0].set_xscale("log")
@@ -363,7 +363,7 @@ def noise_scale(sweep: SweepData, an: Analysis) -> Figure:
     )
     if an.laws[2].error:
         cap += f" B_simple(L) not fitted: {an.laws[2].error}."
-    return Figure("gns", "Gradient noise scale and the critical batch size", _png(fig), cap)
+    return Figure("gns", "Gradient noise scale and the critical batch size", png_bytes(fig), cap)
 
 
 def _draw_cbs(ax, law: dict) -> str:
@@ -425,7 +425,7 @@ def sample_loglik(sweep: SweepData, an: Analysis) -> Figure:
     runs = [r for r in sweep.runs if r.samples and r.N]
     if not runs:
         raise NoData("no per-sample records (no samples.jsonl or evals.jsonl records in any run folder)")
-    plt = _plt()
+    plt = pyplot()
     # task -> N -> per-token sample log-likelihoods at each run's last recorded step of that task
     data: dict[str, dict[float, list[float]]] = {}
     for r in runs:
@@ -444,7 +444,7 @@ def sample_loglik(sweep: SweepData, an: Analysis) -> Figure:
         raise NoData("per-sample records exist but none has a finite log-likelihood")
     tasks = sorted(data, key=lambda t: -sum(len(v) for v in data[t].values()))[:3]
     sizes = sorted({n for t in tasks for n in data[t]})
-    col = _colors(sizes)
+    col = size_colors(sizes)
     fig, axes = plt.subplots(1, len(tasks) + 1, figsize=(4.2 * (len(tasks) + 1), 4.2), squeeze=False)
     axes = axes[0]
     for ax, task in zip(axes, tasks):
@@ -452,7 +452,7 @@ def sample_loglik(sweep: SweepData, an: Analysis) -> Figure:
         parts = ax.violinplot([data[task][n] for n in ns], positions=range(len(ns)), showmedians=True)
         for body, n in zip(parts["bodies"], ns):
             body.set_facecolor(col[n])
-        ax.set_xticks(range(len(ns)), [_fmt_n(n) for n in ns])
+        ax.set_xticks(range(len(ns)), [fmt_n(n) for n in ns])
         ax.set_xlabel("non-embedding parameters N")
         ax.set_ylabel("sample log-likelihood per token (nats)")
         ax.set_title(f"{task}: per-sample log-likelihood")
@@ -460,26 +460,26 @@ def sample_loglik(sweep: SweepData, an: Analysis) -> Figure:
     for n in sizes:
         v = np.sort(data[tasks[0]].get(n, []))
         if len(v):
-            ax.plot(v, np.arange(1, len(v) + 1) / len(v), color=col[n], label=_fmt_n(n))
+            ax.plot(v, np.arange(1, len(v) + 1) / len(v), color=col[n], label=fmt_n(n))
     ax.set_xlabel("sample log-likelihood per token (nats)")
     ax.set_ylabel("fraction of samples ≤ x")
     ax.set_title(f"{tasks[0]}: empirical CDF")
     ax.legend(title="N", fontsize=8)
     fig.tight_layout()
     counts = "; ".join(
-        f"{t}: " + ", ".join(f"{_fmt_n(n)} {len(v)}" for n, v in sorted(data[t].items())) for t in tasks
+        f"{t}: " + ", ".join(f"{fmt_n(n)} {len(v)}" for n, v in sorted(data[t].items())) for t in tasks
     )
     more = f" ({len(data) - len(tasks)} more task(s) not shown)" if len(data) > len(tasks) else ""
     cap = (
         "Per-sample (per-item) log-likelihood divided by its token count, at each run's last recorded step; "
         f"samples.jsonl and evals.jsonl records. Samples per size: {counts}{more}."
     )
-    return Figure("samples", "Per-sample log-likelihood distributions per model size", _png(fig), cap)
+    return Figure("samples", "Per-sample log-likelihood distributions per model size", png_bytes(fig), cap)
 
 
 def token_nll_hist(sweep: SweepData, an: Analysis) -> Figure:
     """Fallback when there are no per-sample records: the token-NLL histogram of each size's last row."""
-    plt = _plt()
+    plt = pyplot()
     by_n: dict[float, tuple[list[float], float, float]] = {}  # N -> (histogram, tokens seen, nll_max)
     for r in sweep.runs:
         rows = [x for x in r.rows if isinstance(x.get("tok_nll_hist"), list)]
@@ -491,18 +491,20 @@ def token_nll_hist(sweep: SweepData, an: Analysis) -> Figure:
             by_n[r.N] = (rows[-1]["tok_nll_hist"], tokens, nll_max)
     if not by_n:
         raise NoData("no per-sample records and no tok_nll_hist in metrics.jsonl")
-    col = _colors(sorted(by_n))
+    col = size_colors(sorted(by_n))
     fig, ax = plt.subplots(figsize=(7, 3.8))
     for n in sorted(by_n):
         h, _, nll_max = by_n[n]
         w = nll_max / len(h)
-        ax.step(np.arange(len(h)) * w, h, where="post", color=col[n], label=_fmt_n(n))
+        ax.step(np.arange(len(h)) * w, h, where="post", color=col[n], label=fmt_n(n))
     ax.set_xlabel("token NLL (nats)")
     ax.set_ylabel("fraction of tokens")
     ax.set_title("token-NLL distribution at each size's longest run, last logged row")
     ax.legend(title="N", fontsize=8)
     cap = "No per-sample records in the run folders; shown instead: the per-token NLL histogram from the fused loss."
-    return Figure("tokens", "Token NLL distribution per model size (no per-sample records)", _png(fig), cap)
+    return Figure(
+        "tokens", "Token NLL distribution per model size (no per-sample records)", png_bytes(fig), cap
+    )
 
 
 FIGURES = (loss_curves, prediction_history, isoflop, noise_scale, sample_loglik)

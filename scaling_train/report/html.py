@@ -125,7 +125,7 @@ def _law_table(laws: list[LawRow]) -> str:
     return "".join(out)
 
 
-def _figure_html(fig: figs.Figure) -> str:
+def figure_html(fig: figs.Figure) -> str:
     b64 = base64.b64encode(fig.png).decode()
     return (
         f"<section class='fig' id='fig-{fig.key}'><h2>{_e(fig.title)}</h2>"
@@ -134,7 +134,7 @@ def _figure_html(fig: figs.Figure) -> str:
     )
 
 
-def _nodata_html(key: str, title: str, reason: str) -> str:
+def nodata_html(key: str, title: str, reason: str) -> str:
     return (
         f"<section class='fig' id='fig-{key}'><h2>{_e(title)}</h2>"
         f"<div class='nodata'>Not drawn: {_e(reason)}</div></section>"
@@ -158,40 +158,38 @@ def render(sweep: SweepData, an: Analysis, *, screen: dict[str, Any] | None = No
     for fn in figs.FIGURES:
         key, title = _TITLES[fn.__name__]
         try:
-            sections.append(_figure_html(fn(sweep, an)))
+            sections.append(figure_html(fn(sweep, an)))
         except figs.NoData as e:
-            sections.append(_nodata_html(key, title, str(e)))
+            sections.append(nodata_html(key, title, str(e)))
             if fn is figs.sample_loglik:
                 try:
-                    sections.append(_figure_html(figs.token_nll_hist(sweep, an)))
+                    sections.append(figure_html(figs.token_nll_hist(sweep, an)))
                 except figs.NoData:
                     pass
         except Exception as e:  # noqa: BLE001 - one broken panel must not lose the report
             tb = traceback.format_exc(limit=3)
-            sections.append(_nodata_html(key, title, f"figure failed: {type(e).__name__}: {e}\n{tb}"))
+            sections.append(nodata_html(key, title, f"figure failed: {type(e).__name__}: {e}\n{tb}"))
     try:  # only for a sweep whose law is the data-constrained one; no section otherwise
-        sections.append(_figure_html(repetition(sweep, an)))
+        sections.append(figure_html(repetition(sweep, an)))
     except figs.NoData:
         pass
     except Exception as e:  # noqa: BLE001 - one broken panel must not lose the report
-        sections.append(
-            _nodata_html("repetition", "Repeated data", f"figure failed: {type(e).__name__}: {e}")
-        )
+        sections.append(nodata_html("repetition", "Repeated data", f"figure failed: {type(e).__name__}: {e}"))
     try:  # only for a sweep whose law is the pool law (runs on data pools); no section otherwise
-        sections.append(_figure_html(data_pools(sweep, an)))
+        sections.append(figure_html(data_pools(sweep, an)))
     except figs.NoData as e:
         if (sweep.law or {}).get("data_pools"):  # runs on pools, but no law to draw: say why
-            sections.append(_nodata_html("data-pools", "Data pools", str(e)))
+            sections.append(nodata_html("data-pools", "Data pools", str(e)))
     except Exception as e:  # noqa: BLE001 - one broken panel must not lose the report
-        sections.append(_nodata_html("data-pools", "Data pools", f"figure failed: {type(e).__name__}: {e}"))
+        sections.append(nodata_html("data-pools", "Data pools", f"figure failed: {type(e).__name__}: {e}"))
     try:
         tasks_html = tasks_section(sweep)
     except Exception as e:  # noqa: BLE001 - the section must not lose the report
-        tasks_html = _nodata_html("tasks", "Downstream tasks", f"section failed: {type(e).__name__}: {e}")
+        tasks_html = nodata_html("tasks", "Downstream tasks", f"section failed: {type(e).__name__}: {e}")
     try:  # an adaptive sweep, or a replay of one; no section otherwise
-        adaptive_html = adaptive_section(sweep, _figure_html)
+        adaptive_html = adaptive_section(sweep, figure_html)
     except Exception as e:  # noqa: BLE001 - the section must not lose the report
-        adaptive_html = _nodata_html("adaptive", "Adaptive sweep", f"section failed: {type(e).__name__}: {e}")
+        adaptive_html = nodata_html("adaptive", "Adaptive sweep", f"section failed: {type(e).__name__}: {e}")
     counts = ", ".join(f"{len(sweep.by_status(s))} {s}" for s in STATUSES if sweep.by_status(s))
     when = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime())
     return f"""<!DOCTYPE html>

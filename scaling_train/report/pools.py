@@ -16,7 +16,7 @@ import numpy as np
 from scaling_train.laws import DataPoolsFit, PoolParams
 from scaling_train.report.analysis import Analysis
 from scaling_train.report.data import SweepData
-from scaling_train.report.figures import Figure, NoData, _fmt_n, _plt, _png
+from scaling_train.report.figures import Figure, NoData, fmt_n, png_bytes, pyplot
 
 SHARED = ("E", "A", "alpha", "B", "beta")
 POOL_KEYS = ("unique_tokens", "utility", "half_life", "floor", "max_epochs", "identified")
@@ -63,7 +63,7 @@ def data_pools(sweep: SweepData, an: Analysis) -> Figure:
     ]
     if not pts or not mixes:
         raise NoData("sweep_law.json data_pools has no finished run with a held-out loss on a fitted mix")
-    plt = _plt()
+    plt = pyplot()
     fig, (ax, bx) = plt.subplots(1, 2, figsize=(11, 4.2))
     cmap = plt.get_cmap("tab10")
     col = {m: cmap(i % 10) for i, m in enumerate(mixes)}
@@ -77,7 +77,7 @@ def data_pools(sweep: SweepData, an: Analysis) -> Figure:
                 continue
             D = np.array([float(r["D"]) for r in mine])
             ax.scatter(_mix_epochs(fit, m, D), [r["eval_loss"] for r in mine], color=col[m], marker=marks[N],
-                       s=22, zorder=3, label=f"{m}, N={_fmt_n(N)}")  # fmt: skip
+                       s=22, zorder=3, label=f"{m}, N={fmt_n(N)}")  # fmt: skip
             grid = np.geomspace(D.min() * 0.8, D.max() * 1.25, 60)
             ax.plot(_mix_epochs(fit, m, grid), fit.predict(m, N, grid), color=col[m], lw=1.1, ls=styles[N])
     ax.axvline(1.0, color="0.6", lw=0.8)
@@ -134,5 +134,8 @@ def data_pools(sweep: SweepData, an: Analysis) -> Figure:
         "the law's 90% bootstrap interval."
     )
     return Figure(
-        "data-pools", "Data pools: loss vs epochs per pool and the best mix against compute", _png(fig), cap
+        "data-pools",
+        "Data pools: loss vs epochs per pool and the best mix against compute",
+        png_bytes(fig),
+        cap,
     )

@@ -18,7 +18,7 @@ from scaling_train.laws import DataConstrainedFit
 from scaling_train.laws.data_constrained import PARAM_NAMES
 from scaling_train.report.analysis import Analysis
 from scaling_train.report.data import SweepData
-from scaling_train.report.figures import Figure, NoData, _colors, _fmt_n, _plt, _png
+from scaling_train.report.figures import Figure, NoData, fmt_n, png_bytes, pyplot, size_colors
 
 
 def fit_from_law(dc: dict[str, Any]) -> DataConstrainedFit:
@@ -43,11 +43,11 @@ def repetition(sweep: SweepData, an: Analysis) -> Figure:
     pts = [p for p in law.get("points", []) if p.get("U") and p.get(key) is not None]
     if not pts:
         raise NoData(f"sweep_law.json has no points with a unique-token count U and {key}")
-    plt = _plt()
+    plt = pyplot()
     fig, (ax, bx) = plt.subplots(1, 2, figsize=(11, 4.2))
     sizes = sorted({float(p["N"]) for p in pts})
     limits = sorted({float(p["U"]) for p in pts})
-    col = _colors(sizes)
+    col = size_colors(sizes)
     marks = dict(zip(limits, "osD^v<>"))
     for N in sizes:
         for U in limits:
@@ -56,7 +56,7 @@ def repetition(sweep: SweepData, an: Analysis) -> Figure:
                 continue
             ep = np.array([p["D"] / U for p in mine])
             ax.scatter(ep, [p[key] for p in mine], color=col[N], marker=marks[U], s=22, zorder=3,
-                       label=f"N={_fmt_n(N)}, U={U:.3g}")  # fmt: skip
+                       label=f"N={fmt_n(N)}, U={U:.3g}")  # fmt: skip
             grid = np.geomspace(ep.min() * 0.8, max(ep.max(), 1.0) * 1.25, 60)
             ax.plot(grid, fit.predict(N, grid * U, U), color=col[N], lw=1.2)
             ax.plot(
@@ -86,4 +86,6 @@ def repetition(sweep: SweepData, an: Analysis) -> Figure:
         "data. Dashed (left): the same law with every token fresh, what a fit that ignores repetition would "
         "promise. Right: N minimising the law's loss at C = 6ND with unlimited data and with each data limit."
     )
-    return Figure("repetition", "Repeated data: loss vs epochs and the data-limited frontier", _png(fig), cap)
+    return Figure(
+        "repetition", "Repeated data: loss vs epochs and the data-limited frontier", png_bytes(fig), cap
+    )

@@ -19,8 +19,9 @@ from typing import Any
 
 import numpy as np
 
-from scaling_train.fitter.tasks import CONTINUOUS, PREFIX, THRESHOLDED, _task_kinds
-from scaling_train.report.data import RunData, SweepData, _f
+from scaling_train.fitter.tasks import CONTINUOUS, PREFIX, THRESHOLDED
+from scaling_train.fitter.tasks import task_kinds as row_task_kinds
+from scaling_train.report.data import RunData, SweepData, as_float
 
 NO_EVALS = "no downstream evals: enable with evals.tasks=[next_line,identifier,compiles]"
 LAWS = (
@@ -43,7 +44,7 @@ def _num(v: Any, fmt: str = ".4g") -> str:
 # ----------------------------------------------------------------------------------- data
 def task_kinds(sweep: SweepData) -> dict[str, str]:
     """Task name -> kind (multiple_choice | cloze | pass_until | unknown) from the rows and sweep_law.json."""
-    kinds = _task_kinds([row for r in sweep.runs for row in r.task_rows])  # the fitter's rule
+    kinds = row_task_kinds([row for r in sweep.runs for row in r.task_rows])  # the fitter's rule
     for name, res in fitted_tasks(sweep).items():
         if isinstance(res, dict) and res.get("kind") in CONTINUOUS:
             kinds[name] = res["kind"]
@@ -58,11 +59,11 @@ def fitted_tasks(sweep: SweepData) -> dict[str, Any]:
 
 
 def _run_flops(run: RunData, row: dict[str, Any]) -> float:
-    f = _f(row.get("flops"))
+    f = as_float(row.get("flops"))
     if not math.isfinite(f):
-        tok = _f(row.get("tokens"))
+        tok = as_float(row.get("tokens"))
         if not math.isfinite(tok) and run.tokens_per_step:
-            tok = _f(row.get("step")) * run.tokens_per_step
+            tok = as_float(row.get("step")) * run.tokens_per_step
         f = tok * (run.flops_per_token or 6 * (run.N or math.nan))
     return f
 
@@ -73,10 +74,10 @@ def series(run: RunData, task: str, metric: str) -> dict[str, np.ndarray]:
     rows = [r for r in run.task_rows if key in r]
     return {
         "flops": np.array([_run_flops(run, r) for r in rows], dtype=np.float64),
-        "loss": np.array([_f(r.get("eval_loss", r.get("loss"))) for r in rows], dtype=np.float64),
-        "y": np.array([_f(r.get(key)) for r in rows], dtype=np.float64),
-        "low": np.array([_f(r.get(f"{key}_low")) for r in rows], dtype=np.float64),
-        "high": np.array([_f(r.get(f"{key}_high")) for r in rows], dtype=np.float64),
+        "loss": np.array([as_float(r.get("eval_loss", r.get("loss"))) for r in rows], dtype=np.float64),
+        "y": np.array([as_float(r.get(key)) for r in rows], dtype=np.float64),
+        "low": np.array([as_float(r.get(f"{key}_low")) for r in rows], dtype=np.float64),
+        "high": np.array([as_float(r.get(f"{key}_high")) for r in rows], dtype=np.float64),
     }
 
 
@@ -105,8 +106,8 @@ def task_figure(sweep: SweepData, task: str, kind: str):
     data = {r.name: (series(r, task, cm) if cm else None, series(r, task, tm) if tm else None) for r in runs}
     if not any(d[0] is not None and np.isfinite(d[0]["y"]).any() for d in data.values()):
         raise figs.NoData(f"no run has task/{task}/{cm} rows")
-    plt = figs._plt()
-    col = figs._colors(sweep.sizes)
+    plt = figs.pyplot()
+    col = figs.size_colors(sweep.sizes)
     by_name = {r.name: r for r in sweep.runs}
     preds = res.get("predictions") if isinstance(res.get("predictions"), dict) else {}
     n_panels = 3 if kind == "pass_until" else 2
@@ -123,7 +124,7 @@ def task_figure(sweep: SweepData, task: str, kind: str):
         if not ok.any():
             continue
         c = col.get(r.N, "gray")
-        lab = figs._fmt_n(r.N) if r.N and r.N not in seen else None
+        lab = figs.fmt_n(r.N) if r.N and r.N not in seen else None
         seen.add(r.N)
         x, y = s["flops"][ok], s["y"][ok]
         ax.plot(x, y, "o-", color=c, lw=1.2, ms=3, label=lab)
@@ -249,7 +250,7 @@ def task_figure(sweep: SweepData, task: str, kind: str):
            "its predictions." if kind == "pass_until" else "")
         + (" " + "; ".join(notes) if notes else "")
     )  # fmt: skip
-    return figs.Figure(f"task_{_slug(task)}", f"Task {task}", figs._png(fig), cap)
+    return figs.Figure(f"task_{_slug(task)}", f"Task {task}", figs.png_bytes(fig), cap)
 
 
 def _slug(s: str) -> str:
@@ -307,7 +308,7 @@ def _pred_rows(task: str, res: dict[str, Any]) -> list[str]:
 def tasks_section(sweep: SweepData) -> str:
     """The whole "Downstream tasks" section; never raises (a failing figure becomes a note)."""
     from scaling_train.report import figures as figs
-    from scaling_train.report.html import _figure_html, _nodata_html
+    from scaling_train.report.html import figure_html, nodata_html
 
     head = "<section id='tasks-section'><h2>Downstream tasks</h2>"
     kinds = task_kinds(sweep)
@@ -322,12 +323,12 @@ def tasks_section(sweep: SweepData) -> str:
         )
     for task, kind in kinds.items():
         try:
-            parts.append(_figure_html(task_figure(sweep, task, kind)))
+            parts.append(figure_html(task_figure(sweep, task, kind)))
         except figs.NoData as e:
-            parts.append(_nodata_html(f"task_{_slug(task)}", f"Task {task}", str(e)))
+            parts.append(nodata_html(f"task_{_slug(task)}", f"Task {task}", str(e)))
         except Exception as e:  # noqa: BLE001 - one broken panel must not lose the report
             tb = traceback.format_exc(limit=3)
-            parts.append(_nodata_html(f"task_{_slug(task)}", f"Task {task}", f"figure failed: {type(e).__name__}: {e}\n{tb}"))  # fmt: skip
+            parts.append(nodata_html(f"task_{_slug(task)}", f"Task {task}", f"figure failed: {type(e).__name__}: {e}\n{tb}"))  # fmt: skip
     law_rows, pred_rows = [], []
     for task, kind in kinds.items():
         res = fitted.get(task)
