@@ -11,7 +11,7 @@ from __future__ import annotations
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
-ORDER = ["lce", "train", "stream", "laws", "prediction", "sweep", "cbs", "gpu"]
+ORDER = ["lce", "train", "stream", "laws", "prediction", "adaptive", "sweep", "cbs", "gpu"]
 HEADER = """# Benchmarks
 
 Measured side by side in one run per table (ratios, not absolute times, are the claims), on the
