@@ -10,16 +10,22 @@ Every number says what it is:
   several target losses) or ``source: branches`` (``RUN/cbs/cbs.json`` of ``scaling-train cbs``);
 * ``cbs_predicted``: ``laws.fit_cbs_calibration`` of measured / B_simple(L) over every bounded measurement
   (along and across runs), times ``B_simple(L)`` at each run's predicted final loss, with a 90% interval;
-  ``B_simple(L)`` is ``gns_b_simple_law``, Kaplan's law over pooled windows of rows (``pooled_gns_law``).
+  ``B_simple(L)`` is ``gns_b_simple_law``, Kaplan's law over pooled windows of rows (``pooled_gns_law``);
+* ``cbs_scaling``: a second ``cbs_predicted``, across sizes from the batch sweeps alone
+  (``laws.fit_cbs_scaling``: a power law of B_crit in loss, tokens or parameters chosen by
+  leave-one-size-out error), at every run of the sweep and planned by it (``cbs_scaling_block``). Both
+  are kept; each entry's ``source`` says which it is.
 
 All batches here are in tokens (sequences x seq_len); ``*_sequences`` fields give sequences.
 """
 
 from __future__ import annotations
 
+import functools
 import json
 import math
 from collections.abc import Mapping
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -110,7 +116,7 @@ def batch_sweep_measurements(tails: Mapping[str, RunTail]) -> tuple[list[dict[st
                  "value": f.B_crit * seq, "low": f.B_crit_low * seq, "high": f.B_crit_high * seq,
                  "value_sequences": f.B_crit, "bounded": bool(f.bounded), "S_min": f.S_min, "E_min": f.E_min,
                  "B_20_sequences": f.B_20, "batch_sizes": list(sw.batch_sizes), "steps": list(sw.steps),
-                 "gns_b_simple": gns,
+                 "gns_b_simple": gns, "seq_len": seq,
                  "runs": sorted(by_b[int(b)].name for b in sw.batch_sizes)}
             )  # fmt: skip
     return out, notes
@@ -186,10 +192,17 @@ def law_sd_log(info: Mapping[str, Any], loss: float) -> float:
 
 
 def critical_batch_block(
-    tails: Mapping[str, RunTail], predictions: Mapping[str, dict[str, Any]], gns_law: dict[str, Any] | None
+    tails: Mapping[str, RunTail],
+    predictions: Mapping[str, dict[str, Any]],
+    gns_law: dict[str, Any] | None,
+    *,
+    sweep_dir: Path | None = None,
+    chinchilla: Mapping[str, Any] | None = None,
 ) -> dict[str, Any]:
-    """``sweep_law.json``'s ``gns_b_simple_law``, ``cbs_measured``, ``cbs_calibration`` and
-    ``cbs_predicted`` (see the module). The calibration and the prediction use one noise-scale estimate,
+    """``sweep_law.json``'s ``gns_b_simple_law``, ``cbs_measured``, ``cbs_calibration``,
+    ``cbs_predicted`` and ``cbs_scaling`` (see the module; ``sweep_dir`` holds ``plan.json``, whose runs
+    without a folder get their ``cbs_scaling`` at the ``chinchilla`` law's loss). The calibration and
+    the prediction use one noise-scale estimate,
     the pooled law ``B_simple(L)`` (``pooled_gns_law``; the rows' law ``gns_law`` when it cannot be
     fitted): calibrated against the law at each measurement's loss, multiplied by the law at the loss
     asked for, so an estimator's bias cancels instead of entering twice."""
@@ -199,6 +212,15 @@ def critical_batch_block(
     measured = sweep_m + branch_measurements(tails)
     law, info = pooled_gns_law(tails)
     out: dict[str, Any] = {"cbs_measured": measured, "cbs_notes": notes, "gns_b_simple_law": info}
+    targets = scaling_targets(tails, predictions, sweep_dir=sweep_dir, chinchilla=chinchilla)
+    try:
+        out["cbs_scaling"] = cbs_scaling_block(sweep_m, targets)
+    except Exception as e:  # noqa: BLE001  (the fitter never dies on this block: the error goes into it)
+        out["cbs_scaling"] = {
+            "error": f"{type(e).__name__}: {e}",
+            "of": "cbs_predicted",
+            "source": SCALING_SOURCE,
+        }
     if law is None and gns_law and "B_star" in gns_law:
         law = CriticalBatchFit(gns_law["B_star"], gns_law["alpha_B"], gns_law["rmse_log"])
         info["fallback"] = "critical_batch (the rows' law)"
@@ -246,12 +268,154 @@ def critical_batch_block(
     out["cbs_predicted"] = {
         "source": curve[0]["source"] if curve else None, "runs": runs,
         "curve": {k: [c[k] for c in curve] for k in ("loss", "value", "low", "high")},
+        "across_sizes": "cbs_scaling (the batch sweeps' own law; kept beside this one, not merged)",
     }  # fmt: skip
+    _compare(out["cbs_scaling"], runs)
     return out
 
 
+SCALING_SOURCE = "batch-sweep law"  # cbs_scaling's predictions: laws.fit_cbs_scaling, across sizes
+_VARIABLES = {
+    "loss": "L, the target loss",
+    "tokens": "D_min, the fewest tokens reaching L at size N (E_min x seq_len)",
+    "params": "N, non-embedding parameters",
+}
+
+
+def _planned_runs(sweep_dir: Path | None) -> list[dict[str, Any]]:
+    """``plan.json``'s runs (name, n_params, tokens, batch_size); [] without a readable plan."""
+    if sweep_dir is None:
+        return []
+    try:
+        runs = json.loads((Path(sweep_dir) / "plan.json").read_text())["runs"]
+        return [{"name": str(r["name"]), "N": float(r["n_params"]), "D": float(r["tokens"]),
+                 "batch_size": r.get("batch_size")} for r in runs]  # fmt: skip
+    except (OSError, ValueError, KeyError, TypeError):
+        return []
+
+
+def scaling_targets(
+    tails: Mapping[str, RunTail],
+    predictions: Mapping[str, dict[str, Any]],
+    *,
+    sweep_dir: Path | None = None,
+    chinchilla: Mapping[str, Any] | None = None,
+) -> list[dict[str, Any]]:
+    """Every run of the sweep (a folder, or planned in ``plan.json``) with the loss its critical batch is
+    predicted at: its final loss when done, its predicted final loss while running or stopped, and for a
+    planned run without a prediction the sweep's Chinchilla law at its (N, D); ``error`` when none."""
+    runs: dict[str, dict[str, Any]] = {r["name"]: r for r in _planned_runs(sweep_dir)}
+    for name, t in tails.items():
+        if t.n_params and t.total_tokens:
+            runs[name] = {"name": name, "N": t.n_params, "D": t.total_tokens, "batch_size": _batch(t)}
+    ch = chinchilla or {}
+    out = []
+    for name, r in sorted(runs.items()):
+        e: dict[str, Any] = {"run": name, "N": r["N"], "D": r["D"], "batch_size": r["batch_size"]}
+        p = predictions.get(name) or {}
+        lo = p.get("loss")
+        if name in tails and tails[name].diverged_at is not None:
+            e["error"] = f"diverged at step {tails[name].diverged_at}"
+        elif lo is not None and math.isfinite(lo) and lo > 0:
+            e.update(loss=float(lo), at="final loss" if p.get("status") == "done" else "predicted final loss")
+        elif all(k in ch for k in ("E", "A", "B", "alpha", "beta")) and not (
+            ch["alpha"] > 0 and ch["beta"] > 0
+        ):
+            e["error"] = (
+                f"no loss to predict at: the run has no prediction yet and sweep_law.json's chinchilla law "
+                f"has alpha={ch['alpha']:.3g}, beta={ch['beta']:.3g} (the loss must fall with N and D: both > 0)"
+            )
+        elif all(k in ch for k in ("E", "A", "B", "alpha", "beta")):
+            e.update(
+                loss=float(ch["E"] + ch["A"] / r["N"] ** ch["alpha"] + ch["B"] / r["D"] ** ch["beta"]),
+                at="chinchilla law at (N, D): no prediction of the run yet",
+            )
+        else:
+            e["error"] = (
+                "no loss to predict at: the run has no (predicted) final loss yet and sweep_law.json's "
+                f"chinchilla law is not fitted ({ch.get('error', 'absent')})"
+            )
+        out.append(e)
+    return out
+
+
+@functools.lru_cache(maxsize=8)  # a live sweep refits on every poll: the law only when its sweeps change
+def _fit_scaling(key: tuple):
+    """``fit_cbs_scaling`` over the ``BatchSweep`` cells ``key`` = ((N, target, batches, steps, seq_len), ...)."""
+    from scaling_train.laws import BatchSweep, fit_cbs_scaling
+
+    return fit_cbs_scaling([BatchSweep(n, lo, b, s, q) for n, lo, b, s, q in key])
+
+
+def cbs_scaling_block(measured: list[dict[str, Any]], targets: list[dict[str, Any]]) -> dict[str, Any]:
+    """``sweep_law.json: cbs_scaling``: ``laws.fit_cbs_scaling`` over the batch-sweep cells of
+    ``measured`` (``batch_sweep_measurements``), the chosen power law (``form``, exponents, the held-out
+    error behind the choice) and its prediction with a 90% interval at every target of ``scaling_targets``
+    and at the largest (N, then D) of them; ``error`` (the block's or a target's) where it cannot."""
+    base: dict[str, Any] = {"of": "cbs_predicted", "source": SCALING_SOURCE, "unit": "tokens"}
+    sw = [m for m in measured if m.get("source") == "batch_sweep"]
+    sizes = sorted({float(m["n_params"]) for m in sw})
+    if not sw:
+        return {**base, "error": "no batch sweep measured: the law needs runs that differ only in batch size "
+                "(grid.batch_sizes, >= 3 batches per size, finished) at >= 2 sizes"}  # fmt: skip
+    key = tuple(
+        sorted((float(m["n_params"]), float(m["loss"]), tuple(m["batch_sizes"]), tuple(m["steps"]), int(m["seq_len"]))
+               for m in sw)
+    )  # fmt: skip
+    try:
+        fit = _fit_scaling(key)
+    except (ValueError, TypeError, np.linalg.LinAlgError) as e:
+        return {**base, "error": str(e), "n_sweeps": len(sw), "sizes": sizes}
+    used = sorted({p.sweep.n_params for p in fit.points if p.bounded})
+    sym = {"loss": "L", "tokens": "D", "params": "N"}
+    law = "B_crit = exp(c0)" + "".join(f" {sym[f]}**c{i + 1}" for i, f in enumerate(fit.features))
+    block = {
+        **base, "law": law, "form": fit.form, "variables": {f: _VARIABLES[f] for f in fit.features},
+        "c0": fit.coef[0], "exponents": dict(zip(fit.features, fit.coef[1:])),
+        "held_out_rmse_log": fit.loso_rmse[fit.form], "loso_rmse": fit.loso_rmse,
+        "choice": "the form with the lowest leave-one-size-out rmse of log B_crit (ties: fewer variables)",
+        "sigma_log": fit.sigma_log, "dof": fit.dof, "level": fit.level, "seq_len": fit.seq_len,
+        "n_sweeps": len(fit.points), "n_excluded": fit.n_excluded, "sizes": used,
+    }  # fmt: skip
+    runs = {}
+    for t in targets:
+        e = {k: t[k] for k in ("N", "D", "batch_size", "loss", "at", "error") if k in t}
+        if "error" not in e:
+            try:
+                p = fit.predict(n_params=t["N"], loss=t["loss"])
+                e.update(
+                    value=p.tokens, low=p.low_tokens, high=p.high_tokens, value_sequences=p.value,
+                    low_sequences=p.low, high_sequences=p.high, level=p.level,
+                    extrapolated=not (used[0] <= t["N"] <= used[-1]),
+                )  # fmt: skip
+            except (ValueError, FloatingPointError) as err:
+                e["error"] = str(err)
+        runs[t["run"]] = {**e, "of": "cbs_predicted", "source": SCALING_SOURCE, "unit": "tokens"}
+    block["runs"] = runs
+    if targets:
+        big = max(targets, key=lambda t: (t["N"], t["D"]))
+        block["largest"] = {"run": big["run"], **runs[big["run"]]}
+    return block
+
+
+def _compare(block: dict[str, Any], calibrated: Mapping[str, dict[str, Any]]) -> None:
+    """Beside each ``cbs_scaling`` prediction, the noise-scale calibration's ``cbs_predicted`` of the same
+    run (both kept, each with its ``source``) and their ratio."""
+    for name, e in [
+        *(block.get("runs") or {}).items(),
+        *([("", block["largest"])] if "largest" in block else []),
+    ]:
+        c = calibrated.get(e.get("run", name))
+        if c is None or "value" not in e:
+            continue
+        e["cbs_predicted_calibrated"] = {k: c[k] for k in ("loss", "value", "low", "high", "source")}
+        e["ratio_to_calibrated"] = e["value"] / c["value"] if c["value"] > 0 else None
+
+
 def run_fields(name: str, t: RunTail, block: dict[str, Any]) -> dict[str, Any]:
-    """The critical-batch fields of one run's ``predictions.json``."""
+    """The critical-batch fields of one run's ``predictions.json``: ``gns_b_simple``, ``cbs_measured``,
+    ``cbs_predicted`` (the calibrated noise scale's) and ``cbs_scaling`` (the batch-sweep law's, across
+    sizes); an error string where a prediction is missing."""
     last = [t.rows[s]["gns_b_simple"] for s in sorted(t.rows) if "gns_b_simple" in t.rows[s]]
     out: dict[str, Any] = {
         "gns_b_simple": last[-1] if last else None,
@@ -264,5 +428,9 @@ def run_fields(name: str, t: RunTail, block: dict[str, Any]) -> dict[str, Any]:
         pred
         if pred is not None
         else (block.get("cbs_predicted") or block.get("cbs_calibration") or {}).get("error")
+    )
+    scaling = block.get("cbs_scaling") or {}  # the across-size law's, at this run's size and loss
+    out["cbs_scaling"] = (scaling.get("runs") or {}).get(name) or scaling.get(
+        "error", "no cbs_scaling prediction for this run"
     )
     return out

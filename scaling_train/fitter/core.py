@@ -404,7 +404,8 @@ class SweepFitter:
             out["critical_batch"] = {"error": str(e), "n_points": len(bl), "of": of}
         from scaling_train.fitter.cbs import critical_batch_block  # measured, calibrated, predicted
 
-        out.update(critical_batch_block(self.tails, self.predictions, out["critical_batch"]))
+        out.update(critical_batch_block(self.tails, self.predictions, out["critical_batch"],
+                                        sweep_dir=self.sweep_dir, chinchilla=out.get("chinchilla")))  # fmt: skip
         from scaling_train.fitter.tasks import fit_task_laws  # task laws from the evals' row scalars
 
         out["tasks"] = fit_task_laws(self.tails, self.predictions)

@@ -401,11 +401,12 @@ def _draw_cbs(ax, law: dict) -> str:
         if runs:
             ax.scatter([r["loss"] for r in runs.values()], [r["value"] for r in runs.values()], marker="x",
                        c="darkred", s=25, label="cbs_predicted at each run's (predicted) final loss")  # fmt: skip
+    cap_scaling = _draw_cbs_scaling(ax, law.get("cbs_scaling") or {})
     cal = law.get("cbs_calibration") or {}
     if not measured:
         return "No measured critical batch yet (scaling-train cbs, a spec cbs block, or grid.batch_sizes)."
     if "error" in cal:
-        return f"{len(measured)} measured critical batches; no calibration: {cal['error']}."
+        return f"{len(measured)} measured critical batches; no calibration: {cal['error']}. {cap_scaling}"
     c = cal.get("coef") or []
     law_txt = (
         f"ratio = {np.exp(c[0]):.3g} (L / {cal['l_ref']:.3g})^{c[1]:.2f}" if cal.get("form") == "loss" and len(c) > 1
@@ -416,8 +417,45 @@ def _draw_cbs(ax, law: dict) -> str:
         "S(B) = S_min (1 + B_noise/B); branches: scaling-train cbs), 90% intervals. cbs_predicted = "
         f"ratio(L) x B_simple(L) (the noise scale's law over pooled windows of rows), the ratio measured / "
         f"B_simple(L) fitted on {cal.get('n_points')} "
-        f"measurements ({', '.join(cal.get('sources', []))}): {law_txt}, log-sd {cal.get('sigma_log', 0):.2f}."
+        f"measurements ({', '.join(cal.get('sources', []))}): {law_txt}, log-sd {cal.get('sigma_log', 0):.2f}. "
+        + cap_scaling
     )
+
+
+def _draw_cbs_scaling(ax, block: dict) -> str:
+    """sweep_law.json's cbs_scaling (the batch sweeps' law across sizes): a diamond with its 90% interval at
+    each run's (predicted) final loss, the largest planned run ringed; returns its caption sentence."""
+    if not block:
+        return ""
+    if "error" in block:
+        return f"cbs_scaling (batch-sweep law across sizes) not fitted: {block['error']}."
+    runs = [e for e in (block.get("runs") or {}).values() if "value" in e]
+    if runs:
+        x = np.array([e["loss"] for e in runs], dtype=float)
+        v = np.array([e["value"] for e in runs], dtype=float)
+        lo = np.array([e["low"] for e in runs], dtype=float)
+        hi = np.array([e["high"] for e in runs], dtype=float)
+        ax.errorbar(x, v, yerr=[v - lo, hi - v], fmt="D", color="purple", ms=4, capsize=2, lw=1, alpha=0.8,
+                    label=f"cbs_predicted by the batch-sweep law ({block.get('form')}), {len(runs)} runs")  # fmt: skip
+    big = block.get("largest") or {}
+    if "value" in big:
+        ax.scatter([big["loss"]], [big["value"]], s=120, facecolors="none", edgecolors="purple", lw=1.5,
+                   label=f"largest planned run (N={fmt_n(big['N'])})")  # fmt: skip
+    ex = ", ".join(f"{k}^{v:.2f}" for k, v in (block.get("exponents") or {}).items())
+    txt = (
+        f"cbs_scaling (diamonds): the law of the batch sweeps across sizes, {block.get('law')} with {ex}, "
+        f"chosen among {len(block.get('loso_rmse') or {})} forms by held-out error "
+        f"(leave-one-size-out rmse of log B_crit {block.get('held_out_rmse_log', float('nan')):.3f}), "
+        f"on {block.get('n_sweeps')} sweeps over {len(block.get('sizes') or [])} sizes, 90% intervals"
+    )
+    if "value" in big:
+        txt += (
+            f"; the largest planned run {big['run']} ({big.get('at')}, L = {big['loss']:.3g}): "
+            f"{big['value_sequences']:.3g} sequences [{big['low_sequences']:.3g}, {big['high_sequences']:.3g}]"
+        )
+    elif big.get("error"):
+        txt += f"; the largest planned run {big['run']}: {big['error']}"
+    return txt + "."
 
 
 # ----------------------------------------------------------------------------------- samples

@@ -23,19 +23,17 @@ def _b_simple(loss):
     return 640.0 * (np.asarray(loss) / 3.0) ** -4
 
 
-def _write_run(sweep: Path, B: int, rng) -> Path:
-    run = sweep / f"N1e6-D4.1e5-B{B}-lr1e-3-s0-0000000{B % 10}"
+def _write_folder(run: Path, *, n_params: float, B: int, T: int, steps: np.ndarray, loss: np.ndarray) -> Path:
+    """A finished run folder of ``T`` steps at batch ``B`` with training-loss rows ``loss`` at ``steps``
+    and the noise scale ``_b_simple`` on every row."""
     run.mkdir(parents=True)
-    T = 6400 // B  # the same tokens at every batch size (800 .. 100 steps, rows every 4)
     cfg = {
         "seed": 0, "model": {"seq_len": SEQ}, "train": {"batch_size": B, "max_steps": T},
         "optim": {"lr": 1e-3, "schedule": "constant", "warmup_steps": 0},
-        "resolved": {"params": {"non_embedding": N}, "tokens_per_step": B * SEQ, "total_steps": T,
+        "resolved": {"params": {"non_embedding": n_params}, "tokens_per_step": B * SEQ, "total_steps": T,
                      "total_tokens": T * B * SEQ},
     }  # fmt: skip
     (run / "config.yaml").write_text(yaml.safe_dump(cfg))
-    steps = np.arange(4, T + 1, 4)
-    loss = 2 + 3 / (1 + steps / (1 + B_NOISE / B) / 50) ** 0.7 + rng.normal(0, 0.002, len(steps))
     rows = [
         {"step": int(s), "tokens": int(s) * B * SEQ, "loss": float(lo), "gns_b_simple": float(_b_simple(lo))}
         for s, lo in zip(steps, loss)
@@ -43,6 +41,15 @@ def _write_run(sweep: Path, B: int, rng) -> Path:
     (run / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
     (run / "DONE").write_text(json.dumps({"final_loss": float(loss[-1])}))
     return run
+
+
+def _write_run(sweep: Path, B: int, rng) -> Path:
+    T = 6400 // B  # the same tokens at every batch size (800 .. 100 steps, rows every 4)
+    steps = np.arange(4, T + 1, 4)
+    loss = 2 + 3 / (1 + steps / (1 + B_NOISE / B) / 50) ** 0.7 + rng.normal(0, 0.002, len(steps))
+    return _write_folder(
+        sweep / f"N1e6-D4.1e5-B{B}-lr1e-3-s0-0000000{B % 10}", n_params=N, B=B, T=T, steps=steps, loss=loss
+    )
 
 
 def test_fitter_measures_calibrates_and_predicts_the_critical_batch(tmp_path):
@@ -111,6 +118,7 @@ def test_fitter_says_why_there_is_no_calibration(tmp_path):
         law["cbs_measured"] == []
         and "0 measured critical batches, 0 bounded" in law["cbs_calibration"]["error"]
     )
+    assert "no batch sweep measured" in law["cbs_scaling"]["error"]
     one = json.loads(next((tmp_path / "s").glob("*/predictions.json")).read_text())
     assert "0 bounded; measure with scaling-train cbs" in one["cbs_predicted"]
 
@@ -129,3 +137,110 @@ def test_pooled_b_simple_is_a_ratio_of_means():
     assert pooled_b_simple(rows) == pytest.approx(500.0, rel=0.15)
     assert pooled_b_simple([{"gns_b_simple": 3.0}, {"gns_b_simple": "nan"}, {"gns_b_simple": 5.0}]) == 4.0
     assert pooled_b_simple([{"gns_g2": -1.0, "gns_trace_sigma": 5.0}]) is None and pooled_b_simple([]) is None
+
+
+# ---------------------------------------------------------------------------------------------------
+# cbs_scaling: the critical batch across sizes from the batch sweeps alone (laws.fit_cbs_scaling).
+# Truth: B_noise(L) = 32 (L / 3)**-4 sequences at every size (a law in the loss), and at size N
+# S_min(L) solves L = L_inf(N) + 3 / (1 + S_min / 50)**0.7 with L_inf(N) = 1.5 + 1.5 (1e6 / N)**0.35;
+# the run at batch B reaches L after S(B, L) = S_min(L) (1 + B_noise(L) / B) steps.
+
+SIZES, BATCHES = (1e6, 4e6, 1.6e7), (8, 16, 32, 64)
+
+
+def _b_noise(loss):
+    return 32.0 * (np.asarray(loss) / 3.0) ** -4
+
+
+def _write_scaling_run(sweep: Path, n_params: float, B: int, rng) -> Path:
+    T = 12800 // B  # the same sequences at every batch size: 1600 .. 200 steps, ~100 rows
+    l_inf = 1.5 + 1.5 * (1e6 / n_params) ** 0.35
+    grid = np.linspace(l_inf + 1e-4, l_inf + 3.0, 20000)
+    s_min = 50 * ((3.0 / (grid - l_inf)) ** (1 / 0.7) - 1)
+    s_b = s_min * (1 + _b_noise(grid) / B)  # decreasing in L: invert by interpolation
+    steps = np.arange(T // 100, T + 1, T // 100)
+    loss = np.interp(steps, s_b[::-1], grid[::-1]) + rng.normal(0, 0.002, len(steps))
+    name = f"N{n_params:.1e}-D{T * B * SEQ:.1e}-B{B}-lr1e-3-s0-{int(n_params) % 97:04d}{B:04d}"
+    return _write_folder(sweep / name, n_params=n_params, B=B, T=T, steps=steps, loss=loss)
+
+
+def test_fitter_predicts_the_critical_batch_across_sizes(tmp_path):
+    rng = np.random.default_rng(0)
+    sweep = tmp_path / "s"
+    runs = {(n, B): _write_scaling_run(sweep, n, B, rng) for n in SIZES for B in BATCHES}
+    planned = {
+        "name": "N6.4e7-D1e6-B32-lr1e-3-s0-planned0",
+        "n_params": 6.4e7,
+        "tokens": 1e6,
+        "batch_size": 32,
+    }
+    plan = [
+        {"name": r.name, "n_params": n, "tokens": (12800 // B) * B * SEQ, "batch_size": B}
+        for (n, B), r in runs.items()
+    ]
+    (sweep / "plan.json").write_text(json.dumps({"runs": [*plan, planned]}))
+    SweepFitter(sweep, log=lambda s: None).step()
+    law = json.loads((sweep / "sweep_law.json").read_text())
+    b = law["cbs_scaling"]
+    assert "error" not in b, b.get("error")
+    assert b["of"] == "cbs_predicted" and b["source"] == "batch-sweep law" and b["unit"] == "tokens"
+    # the variable: the loss (the tokens and the parameters alone predict a held-out size far worse)
+    assert "loss" in b["exponents"] and b["exponents"]["loss"] == pytest.approx(-4.0, abs=0.3)
+    assert abs(b["exponents"].get("params", 0.0)) < 0.1
+    assert b["loso_rmse"]["tokens"] > 5 * b["held_out_rmse_log"] < b["loso_rmse"]["params"] / 5
+    assert b["held_out_rmse_log"] == b["loso_rmse"][b["form"]] == min(b["loso_rmse"].values())
+    assert b["sizes"] == list(SIZES) and b["n_sweeps"] == 12 and b["n_excluded"] == 0
+    # every run, finished or planned, has its prediction in tokens and sequences
+    assert set(b["runs"]) == {r.name for r in runs.values()} | {planned["name"]}
+    for r in runs.values():
+        e = b["runs"][r.name]
+        assert e["at"] == "final loss" and e["low"] < e["value"] < e["high"]
+        assert e["value"] == pytest.approx(e["value_sequences"] * SEQ) and not e["extrapolated"]
+        # both predictions kept, each named: the calibrated noise scale's beside the batch-sweep law's
+        assert "calibrated gns_b_simple" in e["cbs_predicted_calibrated"]["source"]
+        assert law["cbs_predicted"]["runs"][r.name]["source"] == e["cbs_predicted_calibrated"]["source"]
+    # the largest measured size: within 20% of the truth at each run's final loss, inside the interval
+    for B in BATCHES:
+        e = b["runs"][runs[(SIZES[-1], B)].name]
+        truth = float(_b_noise(e["loss"]))
+        assert e["value_sequences"] == pytest.approx(truth, rel=0.2)
+        assert e["low_sequences"] <= truth <= e["high_sequences"]
+    # the largest planned run (no folder yet) is named; its loss would come from the sweep's Chinchilla
+    # law, which these runs (one D per size) cannot pin: beta <= 0 here, so it says so instead
+    big = b["largest"]
+    assert big["run"] == planned["name"] and "value" not in big
+    assert "chinchilla law has alpha=" in big["error"] and "both > 0" in big["error"]
+    # at a given loss (e.g. a usable law's), the planned size is predicted from the three measured ones
+    from scaling_train.fitter.cbs import cbs_scaling_block
+
+    target = {"run": planned["name"], "N": 6.4e7, "D": 1e6, "batch_size": 32, "loss": 2.7, "at": "given"}
+    e = cbs_scaling_block(law["cbs_measured"], [target])["largest"]
+    truth = float(_b_noise(2.7))  # = 49.9 sequences
+    assert e["extrapolated"] and e["value_sequences"] == pytest.approx(truth, rel=0.2)
+    assert e["low_sequences"] <= truth <= e["high_sequences"] and e["source"] == "batch-sweep law"
+
+    # each run's predictions.json carries the across-size prediction at its own size and loss
+    one = json.loads((runs[(SIZES[1], 16)] / "predictions.json").read_text())
+    assert one["cbs_scaling"]["value"] == b["runs"][runs[(SIZES[1], 16)].name]["value"]
+    assert one["cbs_scaling"]["source"] == "batch-sweep law" and one["cbs_predicted"]["value"] > 0
+
+    from scaling_train.report import write_report
+
+    html = write_report(sweep, n_bootstrap=0).read_text()
+    assert "cbs_scaling (diamonds): the law of the batch sweeps across sizes" in html
+    assert f"the largest planned run {planned['name']}: no loss to predict at" in html
+
+
+def test_cbs_scaling_says_why_with_one_size(tmp_path):
+    rng = np.random.default_rng(2)
+    sweep = tmp_path / "s"
+    for B in BATCHES:
+        _write_scaling_run(sweep, SIZES[0], B, rng)
+    SweepFitter(sweep, log=lambda s: None).step()
+    law = json.loads((sweep / "sweep_law.json").read_text())
+    b = law["cbs_scaling"]
+    assert "over 1 size(s); the law needs bounded sweeps of >= 2 sizes" in b["error"]
+    assert b["sizes"] == [SIZES[0]] and b["n_sweeps"] == 4 and "runs" not in b
+    assert len([m for m in law["cbs_measured"] if m["source"] == "batch_sweep"]) == 4  # still measured
+    one = json.loads(next(sweep.glob("*/predictions.json")).read_text())
+    assert "the law needs bounded sweeps of >= 2 sizes" in one["cbs_scaling"]
