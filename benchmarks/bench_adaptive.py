@@ -13,7 +13,9 @@ the sweep's clock, the fitter's view: each run's own prefix plus every other run
   50B and 100B tokens as three budgets (30 runs); the LR is a normalised shape (``lr_absolute=False``).
 
 Writes ``benchmarks/results/adaptive.md`` (the table is copied into BENCHMARKS.md by make_benchmarks_md.py).
-The policy's default tolerance was chosen on ``lrs-cos`` (validation loss); the other ladders are read only.
+The policy's default tolerance (0.03) was chosen on the two ``lrs-cos`` ladders (validation and training loss):
+the largest of 0.02 / 0.03 / 0.04 / 0.05 whose law deviation stays under 1% with stop-time coverage near 90%
+on both; ``lrs-wsd`` and ``gemstone`` are read only.
 """
 
 from __future__ import annotations
@@ -73,7 +75,9 @@ def gemstone_ladder(n_models: int = 10, budgets: tuple[int, ...] = (1, 4, 9)) ->
             cd = cs[b]
             c = cooldown_curve(cd, hot, observed_end=True)
             tps = cd.tokens_end / cd.end_step
-            out.append(RecordedRun(c.name, cd.N, tps, c.steps, c.losses, c.lr, cd.loss_end, lr_absolute=False))
+            out.append(
+                RecordedRun(c.name, cd.N, tps, c.steps, c.losses, c.lr, cd.loss_end, lr_absolute=False)
+            )
     return out
 
 
@@ -103,7 +107,7 @@ def row(name: str, tol: float, res: SimulationResult, secs: float) -> str:
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--quick", action="store_true", help="the lrs-cos ladder below 130M only, not written")
-    ap.add_argument("--tol", default="0.01,0.02,0.03", help="comma-separated tolerances to replay")
+    ap.add_argument("--tol", default="0.02,0.03,0.04", help="comma-separated tolerances to replay")
     ap.add_argument("--only", default="", help="comma-separated ladder names")
     args = ap.parse_args()
     tols = [float(x) for x in args.tol.split(",")]
@@ -117,6 +121,7 @@ def main() -> None:
     ]
     misses = []
     stops = []
+    verdict = []
     for name, runs in lad.items():
         for tol in tols:
             t0 = time.time()
@@ -130,7 +135,18 @@ def main() -> None:
                     f"{p.loss:.4f} [{p.low:.4f}, {p.high:.4f}] | {res.true_final[n]:.4f} | "
                     f"{p.loss / res.true_final[n] - 1:+.2%} |"
                 )
-            if tol == 0.02:
+            if tol == AdaptivePolicy().tolerance:
+                ok = {
+                    "compute <= 50%": res.compute_fraction <= 0.5,
+                    "law within 1%": res.max_law_deviation <= 0.01,
+                    "coverage >= 90%": res.coverage >= 0.9,
+                }
+                verdict.append(
+                    f"- {name}: "
+                    + "; ".join(f"{k}: {'met' if v else 'MISSED'}" for k, v in ok.items())
+                    + f" (compute {res.compute_fraction:.0%}, law {res.max_law_deviation:.2%}, "
+                    f"coverage {res.coverage:.0%} of {len(res.stopped)} stopped)"
+                )
                 for n, rp in res.runs.items():
                     if rp.stopped_at is not None:
                         stops.append(f"| {name} | {n} | {rp.stopped_at}/{rp.total_steps} | {rp.reason} |")
@@ -150,13 +166,21 @@ def main() -> None:
         "",
         *lines,
         "",
+        f"At the default tolerance ({AdaptivePolicy().tolerance:g}), against the issue's targets:",
+        "",
+        *verdict,
+        "",
+        "The compute saved is bounded by the predictor's intervals: 90% intervals are 3-6% wide at 25-50% of a",
+        "run (BENCHMARKS.md, prediction protocol), so a run is stopped once its interval has narrowed, mostly",
+        "past half of it. A looser tolerance saves more and moves the law further from the full sweep's.",
+        "",
         f"## Stopped runs whose truth fell outside the interval: {len(misses)}",
         "",
         "| ladder | tolerance | run | stopped at step | predicted [90%] | true | error |",
         "| --- | --- | --- | --- | --- | --- | --- |",
         *misses,
         "",
-        "## Where each run was stopped (tolerance 0.02)",
+        f"## Where each run was stopped (the default tolerance, {AdaptivePolicy().tolerance:g})",
         "",
         "| ladder | run | step | why |",
         "| --- | --- | --- | --- |",
