@@ -11,7 +11,8 @@ A run is stopped (cleanly, with a checkpoint, resumable to the end later) once
 
 The same rule drives the live fitter (``SweepFitter`` writes ``RUN/STOP``, the trainer checkpoints and
 exits) and the replay on recorded curves (``scaling_train.sweep.adaptive.simulate``). A stopped run enters
-the sweep's laws with its predicted final loss, weighted by its interval (``prediction_weight``).
+the sweep's laws with its predicted final loss, weighted by its interval (``prediction_weight``); that
+interval is the union of the intervals of the updates the stop rests on (``stop_interval``).
 """
 
 from __future__ import annotations
@@ -88,26 +89,46 @@ class AdaptivePolicy:
         w = high - low
         return w / loss if self.relative else w
 
-    def decide(self, history: Sequence[Mapping[str, Any]]) -> tuple[bool, str]:
-        """Whether to stop, from the run's published predictions (oldest first; each with ``fraction``,
-        ``loss``, ``low``, ``high``). Returns (stop, reason): the reason says what is still missing."""
+    def _picked(self, history: Sequence[Mapping[str, Any]]) -> list[Mapping[str, Any]]:
+        """The last ``stable_updates`` valid predictions at least ``spacing`` of the run apart, newest first."""
         rows = [
             h for h in history
             if h.get("loss") is not None and h.get("low") is not None and h.get("high") is not None
             and h.get("fraction") is not None and math.isfinite(h["loss"]) and h["loss"] > 0
         ]  # fmt: skip
         if not rows:
-            return False, "no prediction yet"
-        last = rows[-1]
-        if last["fraction"] < self.min_fraction:
-            return False, f"at {last['fraction']:.0%} of the run, before min_fraction {self.min_fraction:.0%}"
-        # the last k updates at least `spacing` of the run apart, newest first
-        picked = [last]
+            return []
+        picked = [rows[-1]]
         for h in reversed(rows[:-1]):
             if len(picked) == self.stable_updates:
                 break
             if picked[-1]["fraction"] - h["fraction"] >= self.spacing - 1e-9:
                 picked.append(h)
+        return picked
+
+    def stop_interval(self, history: Sequence[Mapping[str, Any]]) -> tuple[float, float, float]:
+        """(loss, low, high) a stopped run carries: the last prediction, with the union of the 90% intervals of
+        the updates the stop rests on. The stop is decided the first time those intervals are narrow, which
+        picks moments where an interval is narrower than it should be; the union holds the truth more often
+        (replayed on the cosine ladder's training loss: 89% -> 100% of the stopped runs, 20% wider)."""
+        picked = self._picked(history)
+        if not picked:
+            raise ValueError("no valid prediction in the history: nothing to stop on")
+        return (
+            float(picked[0]["loss"]),
+            float(min(h["low"] for h in picked)),
+            float(max(h["high"] for h in picked)),
+        )
+
+    def decide(self, history: Sequence[Mapping[str, Any]]) -> tuple[bool, str]:
+        """Whether to stop, from the run's published predictions (oldest first; each with ``fraction``,
+        ``loss``, ``low``, ``high``). Returns (stop, reason): the reason says what is still missing."""
+        picked = self._picked(history)
+        if not picked:
+            return False, "no prediction yet"
+        last = picked[0]
+        if last["fraction"] < self.min_fraction:
+            return False, f"at {last['fraction']:.0%} of the run, before min_fraction {self.min_fraction:.0%}"
         if len(picked) < self.stable_updates:
             return False, f"{len(picked)} of {self.stable_updates} spaced updates so far"
         widths = [self.width(h["loss"], h["low"], h["high"]) for h in picked]

@@ -67,6 +67,25 @@ def _append_prediction(run_dir: Path, pred: dict[str, Any], total_steps: int | N
         w.close()
 
 
+def _keep_stop_interval(run_dir: Path, pred: dict[str, Any]) -> None:
+    """A run stopped early keeps at least the interval its stop rested on (``STOPPED``'s ``request``, the
+    policy's ``stop_interval``): a later refit from more finished references may narrow the prediction, but
+    the stop was decided on that interval. Without a fresh prediction, the request's numbers are used."""
+    try:
+        req = json.loads((run_dir / "STOPPED").read_text() or "{}").get("request") or {}
+    except (OSError, ValueError, AttributeError):
+        return
+    lo, hi, loss = req.get("low"), req.get("high"), req.get("loss")
+    if not all(isinstance(v, (int, float)) for v in (lo, hi, loss)):
+        return
+    pred["stop_request"] = {k: req.get(k) for k in ("step", "loss", "low", "high", "reason")}
+    if pred.get("loss") is None:
+        pred.update(loss=loss, low=lo, high=hi)
+        pred.pop("error", None)
+    else:
+        pred["low"], pred["high"] = min(pred["low"], lo), max(pred["high"], hi)
+
+
 REPEAT_EPOCHS = 1.05  # a run that sees its unique tokens more than this many times repeats data
 
 
@@ -255,6 +274,8 @@ class SweepFitter:
                     )  # fmt: skip
                 except (ValueError, RuntimeError, FloatingPointError) as e:
                     pred.update(loss=None, low=None, high=None, error=f"{type(e).__name__}: {e}")
+                if t.stopped:
+                    _keep_stop_interval(t.run_dir, pred)
             self.predictions[name] = pred
             write_json_atomic(t.run_dir / "predictions.json", pred)
             if pred.get("status") == "running" and pred.get("loss") is not None:
@@ -317,9 +338,10 @@ class SweepFitter:
         stop, why = pol.decide(history)
         pred["adaptive"] = {"stop": stop, "reason": why}
         if stop and not (t.run_dir / STOP_FILE).exists():
+            loss, low, high = pol.stop_interval(history)  # the union of the intervals the stop rests on
             request = {
                 "reason": why, "step": pred["step"], "fraction": history[-1].get("fraction"),
-                "loss": pred["loss"], "low": pred["low"], "high": pred["high"], "time": time.time(),
+                "loss": loss, "low": low, "high": high, "time": time.time(),
             }  # fmt: skip
             write_json_atomic(t.run_dir / STOP_FILE, request)
             self.log(f"[fit] {t.name}: stop requested at step {pred['step']}/{t.total_steps}: {why}")

@@ -22,7 +22,7 @@ import json
 import math
 import sys
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -290,8 +290,9 @@ def simulate(
         rp = replay[n]
         if rp.stopped_at is None:
             predicted[n] = _exact(true_final[n])
-        else:
-            predicted[n] = rp.history[-1]["prediction"]
+        else:  # the last prediction with the union of the intervals the stop rests on (as the live fitter)
+            _, lo, hi = policy.stop_interval(rp.history)
+            predicted[n] = replace(rp.history[-1]["prediction"], low=lo, high=hi)
     law_a, law_f, dev, at_big, err = _laws(runs, predicted, true_final)
     return SimulationResult(
         compute_fraction=spent / full, predicted=predicted, true_final=true_final, law_adaptive=law_a,

@@ -47,6 +47,22 @@ def test_decide_needs_min_fraction_k_spaced_narrow_and_agreeing_updates():
     )
 
 
+def test_stop_interval_is_the_union_of_the_updates_the_stop_rests_on():
+    pol = AdaptivePolicy(tolerance=0.05, stable_updates=3, spacing=0.05, min_fraction=0.25)
+    hist = [
+        _h(0.10, 3.2, 0.2),
+        _h(0.15, 3.01, 0.03),
+        _h(0.18, 3.0, 0.01),
+        _h(0.20, 2.99, 0.02),
+        _h(0.25, 3.0, 0.02),
+    ]
+    assert pol.decide(hist)[0]
+    # picked: 0.25, 0.20, 0.15 (0.18 is closer than `spacing` to 0.20; 0.10 is older than k updates)
+    assert pol.stop_interval(hist) == (3.0, pytest.approx(2.97), pytest.approx(3.04))
+    with pytest.raises(ValueError, match="no valid prediction"):
+        pol.stop_interval([{"fraction": 0.5, "loss": None, "low": None, "high": None}])
+
+
 def test_exempt_runs():
     runs = [("a", 1e6, 1e8), ("b", 1e6, 4e8), ("c", 4e6, 2e8), ("d", 4e6, 8e8)]
     assert AdaptivePolicy().exempt(runs).keys() == {"a", "c"}
@@ -150,16 +166,24 @@ def test_fitter_requests_a_stop_only_in_an_adaptive_sweep(sweep, tmp_path):
     req = json.loads((part / "STOP").read_text())
     hist = read_jsonl(part / "predictions.jsonl").rows
     assert pol.decide(hist)[0] and not pol.decide(hist[:-1])[0]  # at the first update the rule allows
+    assert (req["loss"], req["low"], req["high"]) == pytest.approx(pol.stop_interval(hist))
+    assert req["low"] <= hist[-1]["low"] and req["high"] >= hist[-1]["high"]
     assert req["step"] == hist[-1]["step"] and req["loss"] == pytest.approx(hist[-1]["loss"])
     assert req["low"] <= req["loss"] <= req["high"] and "over 2 updates" in req["reason"]
     assert any("stop requested" in s for s in logs)
     pred = json.loads((part / "predictions.json").read_text())
     assert pred["adaptive"]["stop"] is True
     # the trainer stops: STOPPED; the run is then "stopped", predicted on, and weighted in the law
-    (part / "STOPPED").write_text(json.dumps({"steps": req["step"]}))
+    (part / "STOPPED").write_text(json.dumps({"steps": req["step"], "request": req}))
     f.step()
     pred = json.loads((part / "predictions.json").read_text())
     assert pred["status"] == "stopped" and pred["low"] < pred["loss"] < pred["high"]
+    # it keeps at least the interval its stop rested on
+    assert (
+        pred["low"] <= req["low"]
+        and pred["high"] >= req["high"]
+        and pred["stop_request"]["step"] == req["step"]
+    )
     law = json.loads((sw2 / "sweep_law.json").read_text())
     pt = {q["run"]: q for q in law["points"]}
     assert pt["partial"]["source"] == "stopped" and 0 < pt["partial"]["weight"] < 1

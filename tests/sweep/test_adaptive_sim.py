@@ -50,7 +50,9 @@ def test_replay_accounting_exemptions_and_zero_width_finished_runs():
         else:
             assert rp.stopped_at >= POL.min_fraction * r.total_steps
             assert rp.history[-1]["step"] == rp.stopped_at and "over 2 updates" in rp.reason
-            assert res.predicted[r.name] is rp.history[-1]["prediction"]
+            p, last = res.predicted[r.name], rp.history[-1]["prediction"]
+            assert p.loss == last.loss and (p.low, p.high) == POL.stop_interval(rp.history)[1:]
+            assert p.low <= last.low and p.high >= last.high  # the union of the updates the stop rests on
     spent = sum(_cost(r) * (st.get(r.name) or r.total_steps) for r in runs)
     assert res.compute_fraction == pytest.approx(spent / sum(_cost(r) * r.total_steps for r in runs))
     assert res.compute_fraction < 1 and res.law_full is not None and res.law_adaptive is not None
