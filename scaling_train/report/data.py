@@ -197,7 +197,7 @@ def load_run(run_dir: Path, planned: dict[str, Any] | None = None) -> RunData:
         run.D = run.total_steps * run.tokens_per_step
     if run.N is None or run.D is None:
         try:
-            from scaling_train.sweep.plan import parse_run_name
+            from scaling_train.run_names import parse_run_name
 
             p = parse_run_name(run.name)
             run.N = run.N or p["N"]

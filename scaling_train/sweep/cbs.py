@@ -49,13 +49,13 @@ import yaml
 from scaling_train.config import ConfigError, deep_merge, from_dict, load_yaml, parse_overrides
 from scaling_train.fitter.cbs import pooled_b_simple
 from scaling_train.metrics.jsonl import read_jsonl
+from scaling_train.run_names import fmt_e
 from scaling_train.sweep import state
 from scaling_train.sweep.plan import (
     CPU_FLOPS_PER_S,
     GPU_FLOPS_PER_S,
     Plan,
     RunSpec,
-    _e,
     branch_length,
     branch_points,
     branch_window,
@@ -160,7 +160,7 @@ def make_branch_plan(
                 RunConfig, deep_merge(base, parse_overrides(format_overrides(over))), source=where
             )
             h = config_hash(bcfg)
-            name = f"s{s}-k{k}-{lr_rule}-T{_e(n * tps)}-{h}"
+            name = f"s{s}-k{k}-{lr_rule}-T{fmt_e(n * tps)}-{h}"
             over["run_dir"] = str(out / name)
             est = fpt * n * tps / (fps * world) + spec.resources.overhead_s
             runs.append(

@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import itertools
 import math
-import re
 import shlex
 import sys
 from collections.abc import Callable
@@ -27,6 +26,7 @@ from scaling_train.config import ConfigError, deep_merge, from_dict, load_yaml, 
 from scaling_train.data.pools import format_mix, pool_counts
 from scaling_train.fitter.adaptive import AdaptivePolicy
 from scaling_train.models import sizes
+from scaling_train.run_names import NAME_RE, parse_run_name, run_name  # noqa: F401 (names live there; re-exported)
 from scaling_train.sweep.spec import PowerRule, SweepSpec, adaptive_policy
 from scaling_train.train.config import RunConfig, config_hash
 
@@ -87,39 +87,6 @@ class Plan:
 
     def to_json(self) -> dict[str, Any]:
         return {"sweep": self.spec.name, "spec": self.spec.source, "runs": [asdict(r) for r in self.runs]}
-
-
-# ---------------------------------------------------------------------------------------- names
-def _e(x: float, digits: int = 1) -> str:
-    """3.2e7 style: ``f"{x:.1e}"`` without '+', zero padding or a trailing '.0'."""
-    m, ex = f"{x:.{digits}e}".split("e")
-    m = m.rstrip("0").rstrip(".")
-    return f"{m}e{int(ex)}"
-
-
-NAME_RE = re.compile(
-    r"^N(?P<N>[0-9.]+e-?\d+)-D(?P<D>[0-9.]+e-?\d+)-B(?P<B>\d+)-lr(?P<lr>[0-9.]+e-?\d+)-s(?P<seed>\d+)-(?P<hash>[0-9a-f]{8})$"
-)
-
-
-def run_name(*, n_params: float, tokens: float, batch_size: int, lr: float, seed: int, cfg_hash: str) -> str:
-    return f"N{_e(n_params)}-D{_e(tokens)}-B{batch_size}-lr{_e(lr)}-s{seed}-{cfg_hash}"
-
-
-def parse_run_name(name: str) -> dict[str, Any]:
-    """``'N2.2e5-D1.1e6-B16-lr3e-3-s0-1a2b3c4d'`` -> {N: 2.2e5, D: 1.1e6, B: 16, lr: 3e-3, seed: 0, hash}."""
-    m = NAME_RE.match(Path(name).name)
-    if not m:
-        raise ValueError(f"{name!r} is not a sweep run name like 'N2.2e5-D1.1e6-B16-lr3e-3-s0-1a2b3c4d'")
-    g = m.groupdict()
-    return {
-        "N": float(g["N"]),
-        "D": float(g["D"]),
-        "B": int(g["B"]),
-        "lr": float(g["lr"]),
-        "seed": int(g["seed"]),
-        "hash": g["hash"],
-    }
 
 
 # ---------------------------------------------------------------------------------------- rules
