@@ -15,7 +15,7 @@ from typing import Any
 import numpy as np
 import yaml
 
-from scaling_train.metrics.jsonl import read_jsonl
+from scaling_train.metrics.jsonl import put_row, read_jsonl
 
 SIG_BYTES = 64
 """Bytes before the offset remembered to detect a rewritten file (the tail of the last line read)."""
@@ -111,14 +111,10 @@ class RunTail:
             if "step" not in r or "loss" not in r:
                 continue
             step = int(r["step"])
-            # a rolled-back run rewrites steps it had written: later rows replace earlier ones
-            for s in [s for s in self.rows if s >= step]:
-                del self.rows[s]
-            self.rows[step] = {
-                k: _num(v)
-                for k, v in r.items()
-                if (k in KEEP or k.startswith(KEEP_PREFIX)) and _num(v) is not None
-            }
+            put_row(  # a rolled-back run rewrites steps it had written: later rows replace earlier ones
+                self.rows, step,
+                {k: _num(v) for k, v in r.items() if (k in KEEP or k.startswith(KEEP_PREFIX)) and _num(v) is not None},
+            )  # fmt: skip
             changed = True
         if changed:
             self._update_diverged()

@@ -26,7 +26,7 @@ from typing import Any
 
 import numpy as np
 
-from scaling_train.metrics.jsonl import read_jsonl
+from scaling_train.metrics.jsonl import put_row, read_jsonl
 
 PREFIX = "task/"
 CONTINUOUS = {"multiple_choice": "p_correct", "cloze": "loglik", "pass_until": "pass_rate"}
@@ -56,14 +56,11 @@ class _TaskRows:
             if "step" not in r or not any(k.startswith(PREFIX) for k in r):
                 continue
             step = int(r["step"])
-            for s in [s for s in self.rows if s >= step]:  # a resumed run rewrites later steps
-                del self.rows[s]
             keep = {k: v for k, v in r.items() if k.startswith(PREFIX) or k in ("loss", "eval_loss", "flops")}
-            self.rows[step] = {
-                k: float(v)
-                for k, v in keep.items()
-                if isinstance(v, (int, float)) and not isinstance(v, bool)
-            }
+            put_row(  # a resumed run rewrites later steps
+                self.rows, step,
+                {k: float(v) for k, v in keep.items() if isinstance(v, (int, float)) and not isinstance(v, bool)},
+            )  # fmt: skip
 
 
 _CACHE: dict[str, _TaskRows] = {}

@@ -115,6 +115,15 @@ def finite_number(v: Any) -> float | None:
     return float(v) if isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v) else None
 
 
+def put_row(rows: dict[int, Any], step: int, row: Any) -> None:
+    """``rows[step] = row`` after dropping every row at or after ``step``: a run resumed from a checkpoint
+    rewrites the steps after it, so a row for step s supersedes what an earlier attempt wrote from s on
+    (the one rule every reader of ``metrics.jsonl`` keyed by step applies)."""
+    for s in [s for s in rows if s >= step]:
+        del rows[s]
+    rows[step] = row
+
+
 def read_jsonl(path: str | Path, offset: int = 0) -> ReadResult:
     """Read complete lines from ``offset``. A last line without newline is left for next time."""
     path = Path(path)

@@ -26,7 +26,7 @@ from typing import Any
 import numpy as np
 import yaml
 
-from scaling_train.metrics.jsonl import read_jsonl
+from scaling_train.metrics.jsonl import put_row, read_jsonl
 
 STATUSES = ("done", "stopped", "partial", "diverged", "no metrics", "missing", "broken")
 """done: DONE marker and all steps; stopped: stopped early by the adaptive policy (STOPPED, no DONE;
@@ -220,15 +220,11 @@ def load_run(run_dir: Path, planned: dict[str, Any] | None = None) -> RunData:
         s = int(r["step"])
         # a resumed run rewrites steps: later rows replace the earlier ones at and after that step
         if "loss" in r:
-            for k in [k for k in by_step if k >= s]:
-                del by_step[k]
-            by_step[s] = r
+            put_row(by_step, s, r)
         if "eval_loss" in r:
-            evals[s] = r
+            put_row(evals, s, r)
         if any(isinstance(k, str) and k.startswith("task/") for k in r):
-            for k in [k for k in tasks if k >= s]:
-                del tasks[k]
-            tasks[s] = r
+            put_row(tasks, s, r)
     run.rows = [by_step[s] for s in sorted(by_step)]
     run.eval_rows = [evals[s] for s in sorted(evals)]
     run.task_rows = [tasks[s] for s in sorted(tasks)]
