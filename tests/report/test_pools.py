@@ -30,6 +30,7 @@ def _load(sweep):
     return s, analyse(s, n_bootstrap=0)
 
 
+@pytest.mark.slow  # 13 s on 2 idle cores
 def test_panel_draws_the_pool_law(pooled):
     sweep, an = _load(pooled)
     fig = data_pools(sweep, an)

@@ -60,6 +60,7 @@ def test_critical_batch_continues_the_fitters_calibrated_curve():
     assert "no measured" in _cbs_at({}, 2.0)["error"]
 
 
+@pytest.mark.slow  # 14 s on 2 idle cores
 def test_report_writes_and_prints_the_first_screen(sweep_dir, tmp_path):
     out = write_report(sweep_dir, output=tmp_path / "r.html", n_bootstrap=10)
     assert 'id="first-screen"' in out.read_text() and "What this sweep says" in out.read_text()

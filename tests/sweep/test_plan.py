@@ -175,6 +175,7 @@ def test_set_overrides_win_over_the_file(tmp_path):
     assert out.returncode == 2 and "launch.concurrency=0" in out.stderr, out.stderr
 
 
+@pytest.mark.slow  # 11 s on 2 idle cores
 def test_dry_run_prints_plan_and_commands_and_starts_nothing(tmp_path):
     spec = tiny_spec(grid={"sizes": ["0.1M", "0.2M"], "tokens": [2560, 5120]})
     path = write_spec(tmp_path / "s.yaml", spec)
