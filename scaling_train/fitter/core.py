@@ -214,8 +214,7 @@ class SweepFitter:
         lr = self._lr[t.name]
         if lr is None:
             return None
-        steps = np.array(sorted(s for s in t.rows if 1 <= s <= len(lr)), dtype=np.float64)
-        losses = np.array([t.rows[int(s)].get("loss", math.nan) for s in steps])
+        steps, losses = t.loss_points(len(lr))
         return Curve(steps, losses, lr, t.name, n_params=t.n_params, tokens_per_step=t.batch_tokens)
 
     def _references(self, t: RunTail) -> list[RunTail]:
@@ -277,10 +276,10 @@ class SweepFitter:
                 if t.stopped:
                     _keep_stop_interval(t.run_dir, pred)
             self.predictions[name] = pred
-            write_json_atomic(t.run_dir / "predictions.json", pred)
             if pred.get("status") == "running" and pred.get("loss") is not None:
                 _append_prediction(t.run_dir, pred, t.total_steps)
-                self._apply_policy(t, pred)
+                self._apply_policy(t, pred)  # reads the record just appended; adds its decision to pred
+            write_json_atomic(t.run_dir / "predictions.json", pred)
             refit.add(name)
         return refit
 
@@ -319,18 +318,17 @@ class SweepFitter:
 
     def _apply_policy(self, t: RunTail, pred: dict[str, Any]) -> None:
         """Under an adaptive policy: decide from the run's published predictions whether to stop it, and
-        request the stop (``RUN/STOP``, written once). The decision and its reason go into ``pred``."""
+        request the stop (``RUN/STOP``, written once). The decision and its reason go into ``pred`` (the caller
+        writes predictions.json once, after this)."""
         pol = self.policy()
         if pol is None or self.only is not None:
             return
         if any(t.run_dir.glob("STOPPED.*.json")):  # stopped before and resumed on purpose: train to the end
             pred["adaptive"] = {"stop": False, "reason": "resumed after an early stop (--resume-stopped)"}
-            write_json_atomic(t.run_dir / "predictions.json", pred)
             return
         exempt = pol.exempt(self._planned())
         if t.name in exempt:
             pred["adaptive"] = {"stop": False, "reason": exempt[t.name]}
-            write_json_atomic(t.run_dir / "predictions.json", pred)
             return
         from scaling_train.metrics.jsonl import read_jsonl
 
@@ -345,7 +343,6 @@ class SweepFitter:
             }  # fmt: skip
             write_json_atomic(t.run_dir / STOP_FILE, request)
             self.log(f"[fit] {t.name}: stop requested at step {pred['step']}/{t.total_steps}: {why}")
-        write_json_atomic(t.run_dir / "predictions.json", pred)
 
     # -------------------------------------------------------------- sweep laws
     def sweep_points(self) -> list[dict[str, Any]]:

@@ -181,6 +181,12 @@ class RunTail:
             return None
         return lr_array(from_dict(OptimConfig, cfg["optim"], source=str(self.run_dir / "config.yaml")), T)
 
+    def loss_points(self, total_steps: int) -> tuple[np.ndarray, np.ndarray]:
+        """(steps, training losses) of the rows within the schedule's ``total_steps`` (NaN where a row has no
+        loss), ascending: a ``laws.Curve``'s points."""
+        steps = np.array(sorted(s for s in self.rows if 1 <= s <= total_steps), dtype=np.float64)
+        return steps, np.array([self.rows[int(s)].get("loss", math.nan) for s in steps])
+
     @property
     def last_step(self) -> int:
         return max(self.rows) if self.rows else 0

@@ -460,8 +460,9 @@ def predict_final_loss(
             raise TypeError(f"references[{i}] must be a Curve, got {type(r).__name__}")
     if curve_points < 0:
         raise ValueError(f"curve_points={curve_points} must be >= 0")
-    ignored = tuple(r.name for r in refs if is_running(r))
-    refs = [r for r in refs if not is_running(r)]
+    running = [is_running(r) for r in refs]
+    ignored = tuple(r.name for r, run in zip(refs, running) if run)
+    refs = [r for r, run in zip(refs, running) if not run]
     cands = _candidates(target, refs, prior, max_points, n_bins, backtest)
     if not cands:
         p = _prepare(target, max_points=max_points, n_bins=n_bins)

@@ -354,8 +354,7 @@ def recorded_runs(sweep_dir: str | Path) -> list[RecordedRun]:
         lr = t.planned_lr()
         if lr is None or not (t.n_params and t.batch_tokens):
             continue
-        steps = np.array(sorted(s for s in t.rows if 1 <= s <= len(lr)), dtype=np.float64)
-        losses = np.array([t.rows[int(s)].get("loss", math.nan) for s in steps])
+        steps, losses = t.loss_points(len(lr))
         if len(steps) < 3:
             continue
         out.append(RecordedRun(t.name, float(t.n_params), float(t.batch_tokens), steps, losses, lr))
