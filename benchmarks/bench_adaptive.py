@@ -36,6 +36,7 @@ from tests.laws.realdata import (  # noqa: E402
     cooldown_curve,
     gemstone_cooldowns,
     gemstone_hot,
+    ladder_runs,
     lr_full_curve,
     lr_schedule_runs,
 )
@@ -45,10 +46,7 @@ OUT = ROOT / "benchmarks" / "results" / "adaptive.md"
 
 def lrs_ladder(family: str, kind: str = "val") -> list[RecordedRun]:
     runs = lr_schedule_runs()
-    lad = [
-        r for r in runs.values()
-        if r.decay == "" and r.dataset == "slimpajama" and r.family == family and (r.start == 0 or r.parent)
-    ]  # fmt: skip
+    lad = [r for r in ladder_runs(runs) if r.family == family]
     out = []
     for r in sorted(lad, key=lambda r: (r.params, r.iterations)):
         s, y = lr_full_curve(r, runs, kind)

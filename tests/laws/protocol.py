@@ -42,6 +42,7 @@ from tests.laws.realdata import (
     cooldown_curve,
     gemstone_cooldowns,
     gemstone_hot,
+    ladder_runs,
     lr_full_curve,
     lr_schedule_runs,
     multipower_curve,
@@ -104,7 +105,7 @@ def lr_schedule_cases(kinds: tuple[str, ...] = ("val", "train")) -> list[Case]:
 
         usable = [r for r in runs.values() if r.start == 0 or r.parent]
         curves = {r.name: full(r) for r in usable}
-        ladder = [r for r in usable if r.decay == "" and r.dataset == "slimpajama"]
+        ladder = ladder_runs(runs)
         for r in usable:
             T, y, sd = truth(r)
             tgt = _cut(curves[r.name], T)

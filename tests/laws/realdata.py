@@ -178,6 +178,15 @@ def lr_schedule_runs() -> dict[str, LRRun]:
     return runs
 
 
+def ladder_runs(runs: dict[str, LRRun]) -> list[LRRun]:
+    """The scaling ladder of lr_schedules: SlimPajama runs of the index's default decay (33M-360M, several
+    horizons per size, cosine / WSD / constant), from step 0 or branched from a known parent."""
+    return [
+        r for r in runs.values()
+        if r.decay == "" and r.dataset == "slimpajama" and (r.start == 0 or r.parent)
+    ]  # fmt: skip
+
+
 def lr_full_curve(run: LRRun, runs: dict[str, LRRun], kind: str = "val") -> tuple[np.ndarray, np.ndarray]:
     """(steps, losses) of ``run`` from step 1: a branch's rows after its parent's rows before the branch."""
     s, y = getattr(run, kind)
