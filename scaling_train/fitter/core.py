@@ -60,6 +60,11 @@ def _append_prediction(run_dir: Path, pred: dict[str, Any], total_steps: int | N
         "loss": pred["loss"], "low": pred["low"], "high": pred["high"],
         "references": pred.get("references", []), "mode": pred.get("mode"), "time": pred["updated"],
     }  # fmt: skip
+    cur = pred.get("curve") or {}
+    if cur.get(
+        "step"
+    ):  # the predicted remaining curve and band, so a report can show it against what happened
+        row["curve"] = {k: [round(float(v), 5) for v in cur[k]] for k in ("step", "loss", "low", "high")}
     w = JsonlWriter(run_dir / "predictions.jsonl")
     try:
         w.write(row)
@@ -248,11 +253,13 @@ class SweepFitter:
                 "updated": time.time(),
             }
             last = t.rows[t.last_step] if t.rows else {}
-            pred["observed_loss"] = last.get("loss")
+            pred["observed_loss"] = t.last_law_loss()
+            if t.law_column != "loss":
+                pred["law_loss"] = t.law_column
             if t.diverged_at is not None:
                 pred.update(status="diverged", diverged_at_step=t.diverged_at, loss=None, low=None, high=None)
             elif t.done and t.total_steps and t.last_step >= t.total_steps:
-                lo = last.get("loss")
+                lo = t.last_law_loss()
                 pred.update(status="done", loss=lo, low=lo, high=lo, final_eval_loss=last.get("eval_loss"))
             else:
                 pred["status"] = "stopped" if t.stopped else "running"
@@ -303,6 +310,15 @@ class SweepFitter:
                 self.log(f"[fit] adaptive policy ignored, no run will be stopped early: {e}")
         return self._policy_obj
 
+    def _planned_flops(self) -> dict[str, float]:
+        """Run name -> the sweep's planned training FLOPs (plan.json ``flops``: FLOPs per token with attention and
+        the LM head, times D; an IsoFLOP grid's budget), for the runs the plan has."""
+        try:
+            runs = json.loads((self.sweep_dir / "plan.json").read_text())["runs"]
+            return {str(r["name"]): float(r["flops"]) for r in runs if r.get("flops")}
+        except (OSError, ValueError, KeyError, TypeError):
+            return {}
+
     def _planned(self) -> list[tuple[str, float, float]]:
         """(name, N, D) of every planned run (plan.json) and every run folder found."""
         out: dict[str, tuple[str, float, float]] = {}
@@ -351,6 +367,7 @@ class SweepFitter:
         from scaling_train.fitter.adaptive import prediction_weight
 
         pts = []
+        flops = self._planned_flops()
         for name, t in sorted(self.tails.items()):
             p = self.predictions.get(name, {})
             loss = p.get("loss")
@@ -364,6 +381,8 @@ class SweepFitter:
                  "weight": 1.0 if p.get("status") == "done" else
                  prediction_weight(loss, p.get("low") or loss, p.get("high") or loss)}
             )  # fmt: skip
+            if name in flops:
+                pts[-1]["C"] = flops[name]
         return pts
 
     def law(self) -> dict[str, Any]:
@@ -392,7 +411,9 @@ class SweepFitter:
 
         out.update(data_pools_law(self.tails, self.predictions, current=out["law"]))
         try:
-            f = fit_isoflop(N, D, L)
+            # grouped by the planned budget where every point has one (6 N D leaves out attention and the head)
+            C = np.array([p["C"] for p in pts]) if pts and all("C" in p for p in pts) else None
+            f = fit_isoflop(N, D, L, compute=C)
             out["isoflop"] = {
                 "a": f.a, "coef_n": f.coef_n, "b": f.b, "coef_d": f.coef_d,
                 "optima": [{"C": q.C, "N_opt": q.N_opt, "D_opt": q.D_opt, "L_opt": q.L_opt} for q in f.parabolas],

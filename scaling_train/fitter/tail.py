@@ -181,11 +181,26 @@ class RunTail:
             return None
         return lr_array(from_dict(OptimConfig, cfg["optim"], source=str(self.run_dir / "config.yaml")), T)
 
+    @property
+    def law_column(self) -> str:
+        """The metrics column this run's curve, final loss and predictions are in: ``eval_loss`` when its
+        config says ``metrics.law_loss: eval``, else ``loss`` (the training loss)."""
+        law = ((self.config or {}).get("metrics") or {}).get("law_loss", "train")
+        return "eval_loss" if law == "eval" else "loss"
+
     def loss_points(self, total_steps: int) -> tuple[np.ndarray, np.ndarray]:
-        """(steps, training losses) of the rows within the schedule's ``total_steps`` (NaN where a row has no
-        loss), ascending: a ``laws.Curve``'s points."""
-        steps = np.array(sorted(s for s in self.rows if 1 <= s <= total_steps), dtype=np.float64)
-        return steps, np.array([self.rows[int(s)].get("loss", math.nan) for s in steps])
+        """(steps, losses in ``law_column``) of the rows within the schedule's ``total_steps`` that have one,
+        ascending: a ``laws.Curve``'s points (NaN where a row's loss is not a finite number)."""
+        col = self.law_column
+        steps = np.array(
+            sorted(s for s in self.rows if 1 <= s <= total_steps and col in self.rows[s]), dtype=np.float64
+        )
+        return steps, np.array([self.rows[int(s)].get(col, math.nan) for s in steps])
+
+    def last_law_loss(self) -> float | None:
+        """The newest value of ``law_column`` (the final loss of a finished run), or None."""
+        col = self.law_column
+        return next((self.rows[s][col] for s in sorted(self.rows, reverse=True) if col in self.rows[s]), None)
 
     @property
     def last_step(self) -> int:

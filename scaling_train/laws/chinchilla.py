@@ -61,9 +61,10 @@ class ChinchillaFit:
         D = np.asarray(D, dtype=np.float64)
         return self.E + self.A * N ** (-self.alpha) + self.B * D ** (-self.beta)
 
-    def optimal_interval(self, C: float) -> dict[str, tuple[float, float]]:
-        """90% intervals (5% / 95% quantiles over the bootstrap draws) of N_opt, D_opt and L_opt at ``C`` FLOPs;
-        draws without a finite optimum are skipped. Needs ``fit_chinchilla(..., n_bootstrap > 0)``."""
+    def optimal_interval(self, C: float, flops_per_token=None) -> dict[str, tuple[float, float]]:
+        """90% intervals (5% / 95% quantiles over the bootstrap draws) of N_opt, D_opt and L_opt at ``C`` FLOPs
+        (``optimal``, or ``optimal_under`` with ``flops_per_token``); draws without a finite optimum are skipped.
+        Needs ``fit_chinchilla(..., n_bootstrap > 0)``."""
         if not self.draws:
             raise ValueError("optimal_interval needs bootstrap draws: fit with n_bootstrap > 0 (got 0)")
         vals = []
@@ -71,7 +72,11 @@ class ChinchillaFit:
             if np.all(np.isfinite([E, A, B, alpha, beta])) and min(A, B, alpha, beta) > 0:
                 d = ChinchillaFit(E, A, B, alpha, beta, objective=0.0, n_points=0, n_starts=0)
                 with np.errstate(all="ignore"):
-                    vals.append([float(v) for v in d.optimal(C)])
+                    try:
+                        opt = d.optimal(C) if flops_per_token is None else d.optimal_under(C, flops_per_token)
+                    except ValueError:  # no optimum in the scanned range: skipped like an infinite one
+                        continue
+                    vals.append([float(v) for v in opt])
         v = np.array(vals).reshape(-1, 3)
         v = v[np.all(np.isfinite(v), axis=1)]
         if not len(v):
@@ -97,6 +102,47 @@ class ChinchillaFit:
         n_opt = g * (C / 6.0) ** (self.beta / s)
         d_opt = (C / 6.0) ** (self.alpha / s) / g
         return n_opt, d_opt, self.predict(n_opt, d_opt)
+
+    def optimal_under(
+        self, C: np.ndarray | float, flops_per_token, *, n_range: tuple[float, float] = (1e3, 1e13)
+    ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """Compute-optimal allocation for a budget of ``C`` real FLOPs = ``flops_per_token(N) * D``: (N_opt, D_opt,
+        L_opt) minimising L(N, C / flops_per_token(N)).
+
+        ``optimal`` assumes C = 6 N D; at small N the LM head and attention make a token cost much more than
+        6 N FLOPs, which moves the optimum to larger N, and an IsoFLOP sweep's budgets are real FLOPs: this is
+        the frontier that goes through its optima. Found on a log-N grid of 4001 points over ``n_range``
+        (0.8% apart) refined by a parabola through the best point and its neighbours; ValueError when the
+        minimum is at an end of the range (no interior optimum) or the law has none (alpha, beta, A, B > 0)."""
+        if self.alpha <= 0 or self.beta <= 0 or self.A <= 0 or self.B <= 0:
+            raise ValueError(
+                f"no finite compute-optimum: alpha={self.alpha}, beta={self.beta}, A={self.A}, B={self.B} must all be > 0"
+            )
+        Cs = np.atleast_1d(np.asarray(C, dtype=np.float64))
+        if np.any(~(Cs > 0)):
+            raise ValueError(f"C={C} must be > 0")
+        ln = np.linspace(np.log(n_range[0]), np.log(n_range[1]), 4001)
+        n_grid = np.exp(ln)
+        f = np.asarray(flops_per_token(n_grid), dtype=np.float64)
+        if f.shape != n_grid.shape or np.any(~(f > 0)):
+            raise ValueError("flops_per_token(N) must give a positive number for every N")
+        out = np.empty((3, len(Cs)))
+        for i, c in enumerate(Cs):
+            loss = self.predict(n_grid, c / f)
+            k = int(np.argmin(loss))
+            if k in (0, len(ln) - 1):
+                raise ValueError(
+                    f"no compute-optimum for C={c:.3g} within N in [{n_range[0]:.0e}, {n_range[1]:.0e}]"
+                )
+            y0, y1, y2 = loss[k - 1 : k + 2]
+            den = y0 - 2 * y1 + y2
+            shift = 0.5 * (y0 - y2) / den if den > 0 else 0.0  # vertex, in grid steps from k
+            n_opt = float(np.exp(ln[k] + np.clip(shift, -1, 1) * (ln[1] - ln[0])))
+            d_opt = c / float(np.asarray(flops_per_token(np.array([n_opt])), dtype=np.float64)[0])
+            out[:, i] = n_opt, d_opt, float(self.predict(n_opt, d_opt))
+        if np.ndim(C) == 0:
+            return out[0, 0], out[1, 0], out[2, 0]
+        return out[0], out[1], out[2]
 
 
 _NAMES = ("A", "B", "E", "alpha", "beta")

@@ -39,6 +39,13 @@ class MetricsConfig:
         4,
     )
     gns_decay: float = doc("EMA decay per flush of the noise-scale estimates.", 0.9)
+    law_loss: Literal["train", "eval"] = doc(
+        "The loss the fitter, the laws and the report use for this run: 'train' (the training loss of each "
+        "flush: a fresh batch every step, so noisy when batches are small) or 'eval' (the validation loss of "
+        "each evaluation: the same held-out tokens every time and for every run of a sweep, so the curve and the "
+        "final value carry no batch noise; give the run evaluations, e.g. rules.evals_per_run in a sweep).",
+        "train",
+    )
     fit_in_process: bool = doc(
         "Refit this run's final-loss prediction in the training process at flushes.", False
     )

@@ -8,7 +8,12 @@ One aspect-ratio rule covers 0.1M to 3B non-embedding parameters:
                             whichever lands closer to N with n_layers below; aspect ratio r = d_model / n_layers = 64 (Kaplan et al. 2020 find the
                             loss flat for r in 20..200)
     n_layers              = round(N / P(d_model)), at least 2
-    head_dim              = 32 below d_model=512, 64 from 512, 128 from 2048;  n_heads = d_model / head_dim
+    head_dim              = 16 below d_model=64, 32 below 512, 64 from 512, 128 from 2048;  n_heads = d_model / head_dim
+
+Below ~0.1M (where aspect ratio 64 would ask for fewer than 2 layers) the widths 32 and 48 that give 2 or
+more layers are candidates too, so 2e4..1e5 targets get their own shapes (0.027M = d_model 32 x 2 layers,
+0.055M = 48 x 2, 0.083M = 48 x 3) instead of all rounding up to 0.107M = 64 x 2. Such narrow models are
+far outside the aspect-ratio band; they exist for CPU-sized IsoFLOP studies (configs/sweeps/quickstart.yaml).
 
 Since P(d) ~ 12*d**2, N ~ 12 * n_layers * d_model**2, the Kaplan approximation. The exact count of
 the resulting shape is what the model reports (``param_counts``), not the target.
@@ -27,7 +32,7 @@ LADDER = ("0.2M", "0.5M", "1M", "2M", "5M", "10M", "20M", "50M", "100M", "200M",
 """Named sizes; ``configs/models/<name>.yaml`` exists for each."""
 
 _SUFFIX = {"": 1.0, "K": 1e3, "M": 1e6, "B": 1e9, "G": 1e9, "T": 1e12}
-MIN_PARAMS, MAX_PARAMS = 5e4, 2e10
+MIN_PARAMS, MAX_PARAMS = 2e4, 2e10
 
 
 @dataclass(frozen=True)
@@ -71,7 +76,7 @@ def layer_params(d_model: int, d_ff: int) -> int:
 
 
 def head_dim_for(d_model: int) -> int:
-    return 32 if d_model < 512 else (64 if d_model < 2048 else 128)
+    return 16 if d_model < 64 else (32 if d_model < 512 else (64 if d_model < 2048 else 128))
 
 
 def shape_for(n_params: float) -> Shape:
@@ -79,7 +84,10 @@ def shape_for(n_params: float) -> Shape:
     d = (n_params * ASPECT_RATIO / 12) ** (1 / 3)
     mult = head_dim_for(round(d))
     best = None
-    for d_model in {max(64, mult * math.floor(d / mult)), max(64, mult * math.ceil(d / mult))}:
+    candidates = {max(64, mult * math.floor(d / mult)), max(64, mult * math.ceil(d / mult))}
+    if n_params < 2 * layer_params(64, swiglu_ff(64)):  # below 2 layers of width 64: narrower 2+-layer shapes
+        candidates |= {32, 48}
+    for d_model in sorted(candidates):
         d_ff = swiglu_ff(d_model)
         n_layers = max(2, round(n_params / layer_params(d_model, d_ff)))
         err = abs(math.log(n_layers * layer_params(d_model, d_ff) / n_params))

@@ -296,8 +296,8 @@ def replay_history(run: RunData, fractions: tuple[float, ...] = REPLAY_FRACTIONS
     if lr is None:
         return []
     T = len(lr)
-    steps, losses = run.steps, run.column("loss")
-    keep = (steps >= 1) & (steps <= T)
+    steps, losses = run.steps, run.column(run.law_column)
+    keep = (steps >= 1) & (steps <= T) & np.isfinite(losses)
     try:
         curve = Curve(steps[keep], losses[keep], lr, run.name)
     except ValueError:

@@ -100,11 +100,18 @@ class RunData:
         return self.last_step / self.total_steps if self.total_steps else None
 
     @property
+    def law_column(self) -> str:
+        """The metrics column of this run's loss for the laws, the fitter and the report: ``eval_loss`` when its
+        config says ``metrics.law_loss: eval``, else ``loss`` (the training loss)."""
+        law = ((self.config or {}).get("metrics") or {}).get("law_loss", "train")
+        return "eval_loss" if law == "eval" else "loss"
+
+    @property
     def final_loss(self) -> float | None:
-        """Observed training loss at the last step of a finished run."""
+        """Observed loss (``law_column``) at the last step of a finished run that has one."""
         if self.status != "done" or not self.rows:
             return None
-        return as_float(self.rows[-1].get("loss"))
+        return next((as_float(r[self.law_column]) for r in reversed(self.rows) if self.law_column in r), None)
 
     @property
     def label(self) -> str:

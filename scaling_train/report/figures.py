@@ -58,6 +58,18 @@ def fmt_n(N: float) -> str:
 
 
 # ----------------------------------------------------------------------------------- loss curves
+EARLY_FRACTION = 0.4
+"""The loss panel shows, for finished runs, the fitter's prediction standing at this fraction of the run."""
+
+
+def _early_prediction(r) -> dict | None:
+    """The last record of ``r.history`` (predictions.jsonl) made at or before ``EARLY_FRACTION`` of the run that
+    carries its predicted curve, or None."""
+    T = r.total_steps
+    hist = [h for h in r.history if h.get("curve") and T and h.get("step", T) <= EARLY_FRACTION * T + 1e-9]
+    return max(hist, key=lambda h: h["step"]) if hist else None
+
+
 def loss_curves(sweep: SweepData, an: Analysis) -> Figure:
     runs = [r for r in sweep.runs if r.rows]
     if not runs:
@@ -65,12 +77,13 @@ def loss_curves(sweep: SweepData, an: Analysis) -> Figure:
     plt = pyplot()
     col = size_colors(sweep.sizes)
     fig, axes = plt.subplots(1, 2, figsize=(12, 4.6))
-    n_pred = 0
+    n_pred = n_early = 0
+    ylabel = "validation loss" if all(r.law_column == "eval_loss" for r in runs) else "training loss"
     for ax, xkey, xlabel in ((axes[0], "tokens", "training tokens"), (axes[1], "flops", "training FLOPs")):
         seen = set()
         for r in runs:
             x = r.tokens if xkey == "tokens" else r.flops
-            y = r.column("loss")
+            y = r.column(r.law_column)
             ok = np.isfinite(x) & np.isfinite(y) & (x > 0) & (y > 0)
             if not ok.any():
                 continue
@@ -83,6 +96,18 @@ def loss_curves(sweep: SweepData, an: Analysis) -> Figure:
             elif r.status == "done":
                 ax.plot(x[ok][-1], y[ok][-1], "o", color=c, ms=4)
             p = r.prediction
+            early = _early_prediction(r) if r.status == "done" else None
+            if early is not None and r.tokens_per_step:  # what the fitter said at ~40% vs what happened
+                cur = early["curve"]
+                cs = np.asarray(cur["step"], float) * r.tokens_per_step
+                cx = cs if xkey == "tokens" else cs * (r.flops_per_token or 6 * r.N)
+                ax.plot(cx, cur["loss"], ":", color=c, lw=1)
+                ax.fill_between(cx, cur["low"], cur["high"], color=c, alpha=0.10, lw=0)
+                ax.errorbar(
+                    [cx[-1]], [early["loss"]], yerr=[[early["loss"] - early["low"]], [early["high"] - early["loss"]]],
+                    fmt="D", color=c, mfc="white", ms=5, capsize=3, lw=1,
+                )  # fmt: skip
+                n_early += xkey == "tokens"
             if r.status in ("partial", "stopped") and p and p.get("loss") and r.D:
                 x_end = r.D if xkey == "tokens" else r.D * (r.flops_per_token or 6 * r.N)
                 lo, hi = p.get("low") or p["loss"], p.get("high") or p["loss"]
@@ -106,17 +131,22 @@ def loss_curves(sweep: SweepData, an: Analysis) -> Figure:
         ax.set_xscale("log")
         ax.set_yscale("log")
         ax.set_xlabel(xlabel)
-        ax.set_ylabel("training loss (nats/token)")
+        ax.set_ylabel(f"{ylabel} (nats/token)")
         ax.yaxis.set_minor_formatter(plt.matplotlib.ticker.FormatStrFormatter("%.1f"))
     axes[0].legend(title="non-embedding N", fontsize=8)
     axes[0].set_title("loss vs tokens")
     axes[1].set_title("loss vs FLOPs")
     cap = (
-        "Training loss per run, coloured by model size. ● finished run's final loss; ◇ with bars: the "
+        f"{ylabel.capitalize()} per run (the loss its laws use, metrics.law_loss), coloured by model size. ● finished run's final loss; ◇ with bars: the "
         f"fitter's predicted final loss and 90% interval at the run's planned end ({n_pred} unfinished "
         "run(s)), with its predicted remaining curve (dotted) and 90% band from the step the prediction was "
         "made at; × diverged."
     )
+    if n_early:
+        cap += (
+            f" For {n_early} finished run(s) the dotted curve, band and ◇ are what the online fitter predicted at "
+            f"about {EARLY_FRACTION:.0%} of the run (its live record, predictions.jsonl), drawn over what happened."
+        )
     return Figure("loss", "Loss vs tokens and FLOPs per model size", png_bytes(fig), cap)
 
 
@@ -243,10 +273,8 @@ def isoflop(sweep: SweepData, an: Analysis) -> Figure:
         ax.plot(nx, 10**c / (6 * nx), "--", color="gray", lw=0.6)
     cs_line = np.geomspace(C.min() / 3, C.max() * 3, 50)
     if chin is not None:
-        try:
-            n_o, d_o, _ = chin.optimal(
-                6 * np.geomspace(N.min() / 3, N.max() * 3, 50) * np.geomspace(D.min() / 3, D.max() * 3, 50)
-            )
+        try:  # the optimum at real FLOPs fpt(N) * D, the budgets the IsoFLOP runs were planned at
+            n_o, d_o, _ = chin.optimal_under(np.geomspace(C.min() / 10, C.max() * 10, 50), fpt)
             ax.plot(n_o, d_o, "r-", lw=1.5, label="compute-optimal (Chinchilla fit)")
         except ValueError:
             pass
@@ -278,14 +306,11 @@ def isoflop(sweep: SweepData, an: Analysis) -> Figure:
         drew = True
     if chin is not None:
         try:
-            # Chinchilla's optimum is over 6 N D; drawn at the real FLOPs fpt(N_opt) * D_opt of that allocation
-            n_o, d_o, _ = chin.optimal(
-                np.geomspace(6 * N.min() * D.min() / 10, 6 * N.max() * D.max() * 10, 80)
-            )
+            # argmin of the fitted law at real FLOPs fpt(N) * D (not 6 N D: at small N the head and attention
+            # cost more than 6 N per token), so it is comparable with the IsoFLOP optima
+            n_o, _, _ = chin.optimal_under(cs_line, fpt)
             s = chin.beta / (chin.alpha + chin.beta)
-            c_real = fpt(n_o) * d_o
-            keep = (c_real >= cs_line[0]) & (c_real <= cs_line[-1])
-            ax.plot(c_real[keep], n_o[keep], "r-", lw=1.5, label=f"Chinchilla: N_opt ∝ (6ND)^{s:.2f}")
+            ax.plot(cs_line, n_o, "r-", lw=1.5, label=f"Chinchilla fit (large-N slope {s:.2f})")
             drew = True
         except ValueError:
             pass
@@ -304,7 +329,9 @@ def isoflop(sweep: SweepData, an: Analysis) -> Figure:
     cap = (
         f"{len(pts)} runs ({n_pred} with a predicted final loss, circled/red-edged). Left: final loss per FLOP "
         "budget with the fitted parabola in log N and its optimum. Middle: contours of the fitted Chinchilla "
-        "law over (N, D) with the compute-optimal allocation. Right: N_opt against compute from both methods."
+        "law over (N, D) with the compute-optimal allocation. Right: N_opt against compute from both methods. "
+        "Compute is real training FLOPs (attention and the LM head included, as the budgets were planned), so "
+        "the fitted law's frontier is its minimum along each real-FLOP line, not the 6 N D formula."
     )
     for row in an.laws[:2]:
         if row.error:

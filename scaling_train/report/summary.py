@@ -1,10 +1,13 @@
 """The first screen: the answer to the user's question, at the top of the report and printed when a sweep ends.
 
 * the fitted law with its 90% bootstrap intervals;
-* the compute-optimal N, D and loss at 10x and 100x the largest run's compute, with 90% intervals over the
-  law's bootstrap draws (``ChinchillaFit.optimal_interval``);
+* the compute-optimal N, D and loss at 10x and 100x the largest run's compute (real FLOPs: the runs' own FLOPs
+  per token, head and attention included, ``ChinchillaFit.optimal_under``), with 90% intervals over the law's
+  bootstrap draws (``ChinchillaFit.optimal_interval``);
 * the predicted critical batch there: the fitter's calibrated ``cbs_predicted`` curve (``sweep_law.json``),
   which is linear in log loss / log batch, continued to the loss of the compute-optimal run;
+* the law's frontier against the sweep's own IsoFLOP optima (N_opt per budget from both);
+* the held-out check: the law refitted without the largest size, asked for that size's final losses;
 * how accurate this sweep's own mid-run predictions were: for every finished run, the prediction standing at
   40% of its steps (the fitter's live record ``predictions.jsonl``, or a replay) against its final loss.
 """
@@ -17,7 +20,7 @@ from typing import Any
 
 import numpy as np
 
-from scaling_train.report.analysis import Analysis
+from scaling_train.report.analysis import Analysis, flops_per_token_fn
 from scaling_train.report.data import SweepData
 
 FACTORS = (10.0, 100.0)
@@ -66,6 +69,34 @@ def prediction_accuracy(sweep: SweepData, an: Analysis) -> dict[str, Any]:
     return {"runs": rows, "n": len(rows), "good": good, "at": AT_FRACTION, "within": WITHIN}
 
 
+def heldout_largest(an: Analysis) -> dict[str, Any]:
+    """The law's own out-of-sample check: Chinchilla fitted on the finished runs of every size but the largest,
+    then asked for the largest size's final losses. ``runs``: [{run, D, observed, predicted, error}] (error =
+    predicted / observed - 1); ``error`` (a string) when it cannot be done."""
+    from scaling_train.laws import fit_chinchilla
+
+    pts = [p for p in an.points if p.source == "observed"]
+    sizes = sorted({p.N for p in pts})
+    if len(sizes) < 3:
+        return {"error": f"{len(sizes)} sizes with finished runs; holding one out needs at least 3"}
+    big = sizes[-1]
+    fit_pts = [p for p in pts if p.N != big]
+    if len(fit_pts) < 5:
+        return {"error": f"{len(fit_pts)} finished runs below the largest size; at least 5 are needed"}
+    try:
+        f = fit_chinchilla(*(np.array([getattr(p, k) for p in fit_pts]) for k in ("N", "D", "loss")))
+    except (ValueError, RuntimeError, FloatingPointError) as e:
+        return {"error": f"{type(e).__name__}: {e}"}
+    runs = []
+    for p in sorted((p for p in pts if p.N == big), key=lambda p: p.D):
+        pred = float(f.predict(p.N, p.D))
+        runs.append(
+            {"run": p.run, "D": p.D, "observed": p.loss, "predicted": pred, "error": pred / p.loss - 1}
+        )
+    return {"N": big, "n_fit": len(fit_pts), "runs": runs, "within": WITHIN,
+            "max_abs_error": max(abs(r["error"]) for r in runs)}  # fmt: skip
+
+
 def first_screen(sweep: SweepData, an: Analysis) -> dict[str, Any]:
     """The numbers of the first screen (module docstring); each part has ``error`` when it cannot be given."""
     out: dict[str, Any] = {"sweep": sweep.name, "accuracy": prediction_accuracy(sweep, an)}
@@ -75,19 +106,31 @@ def first_screen(sweep: SweepData, an: Analysis) -> dict[str, Any]:
         out["law"] = {"error": (row.error if row else None) or "no Chinchilla fit"}
         return out
     out["law"] = {k: (getattr(f, k), *f.ci.get(k, (None, None))) for k in ("E", "A", "B", "alpha", "beta")}
+    out["heldout"] = heldout_largest(an)
     if not an.points:
         return out
     c_max = max(p.C for p in an.points)
     out["largest_compute"] = c_max
+    fpt = flops_per_token_fn(an.points)  # C is real FLOPs (head and attention too), not 6 N D
+    if an.isoflop is not None:  # does the law's frontier go through the sweep's own IsoFLOP optima?
+        front = []
+        for par in an.isoflop.parabolas:
+            try:
+                n_law = float(f.optimal_under(par.C, fpt)[0])
+            except ValueError:
+                n_law = None
+            front.append({"C": par.C, "N_isoflop": par.N_opt, "N_law": n_law,
+                          "ratio": n_law / par.N_opt if n_law else None})  # fmt: skip
+        out["frontier"] = front
     outlook = []
     for k in FACTORS:
         C = k * c_max
         row: dict[str, Any] = {"factor": k, "C": C}
         try:
-            n, d, lo = (float(v) for v in f.optimal(C))
+            n, d, lo = (float(v) for v in f.optimal_under(C, fpt))
             row.update(N=n, D=d, L=lo)
             if f.draws:
-                row["interval"] = f.optimal_interval(C)
+                row["interval"] = f.optimal_interval(C, fpt)
             row["cbs"] = _cbs_at(sweep.law, lo)
         except ValueError as e:
             row["error"] = str(e)
@@ -136,6 +179,26 @@ def lines(s: dict[str, Any]) -> list[str]:
             head
             + f"N_opt={r['N']:.3g}{_iv(iv.get('N'), '.3g')}, D_opt={r['D']:.3g}{_iv(iv.get('D'), '.3g')}, "
             f"loss {r['L']:.4g}{_iv(iv.get('L'), '.4g')}; {cbs}"
+        )
+    front = s.get("frontier") or []
+    if front:
+        out.append(
+            "law frontier vs IsoFLOP optima: "
+            + "; ".join(
+                f"C={x['C']:.2g}: N_opt {x['N_isoflop']:.3g} (IsoFLOP) vs "
+                + (f"{x['N_law']:.3g} (law, x{x['ratio']:.2f})" if x.get("N_law") else "none (law)")
+                for x in front
+            )
+        )
+    h = s.get("heldout")
+    if h and "error" in h:
+        out.append(f"held-out check: not done ({h['error']})")
+    elif h:
+        errs = ", ".join(f"{r['error']:+.1%} at D={r['D']:.3g}" for r in h["runs"])
+        ok = "within" if h["max_abs_error"] <= h["within"] else "NOT within"
+        out.append(
+            f"held-out check: the law fitted on the {h['n_fit']} finished runs below N={h['N']:.3g} predicts that "
+            f"size's final loss {ok} {h['within']:.0%} ({errs})"
         )
     a = s["accuracy"]
     if a["n"]:

@@ -219,7 +219,11 @@ def final_pass(plan: Plan) -> None:
     for what, on in (("fit", plan.spec.launch.fitter), ("report", plan.spec.launch.report)):
         if on:
             cmd = [plan.python(), "-m", "scaling_train.cli", what, str(plan.sweep_dir)]
-            subprocess.run(cmd, check=False, stdout=subprocess.DEVNULL, stderr=subprocess.STDOUT)
+            if what == "report":  # the sweep's report: where it is and its first screen go to the terminal
+                print(f"[sweep] report: {' '.join(cmd)}", flush=True)
+                subprocess.run(cmd, check=False)
+            else:
+                subprocess.run(cmd, check=False, stdout=subprocess.DEVNULL, stderr=subprocess.STDOUT)
 
 
 def run_log_every(run_dir: str | Path) -> int:

@@ -202,7 +202,9 @@ def make_plan(spec: SweepSpec, *, output: str | Path | None = None) -> Plan:
     seen: dict[str, str] = {}
     for si, size in enumerate(g.sizes):
         n_target = _size_n(size, where=f"{src}: grid.sizes[{si}]")
-        for kind, budget in budgets:
+        for bi, (kind, budget) in enumerate(budgets):
+            if g.budget_sizes is not None and str(size) not in {str(x) for x in g.budget_sizes[bi]}:
+                continue  # a staggered design: this budget does not run this size
             for bs_axis, u_axis, mix_axis in itertools.product(
                 g.batch_sizes or [None], g.unique_tokens or [None], g.pools or [None]
             ):
@@ -258,6 +260,8 @@ def make_plan(spec: SweepSpec, *, output: str | Path | None = None) -> Plan:
                             "sweep": spec.name,
                         }
                     )
+                    if rules.evals_per_run is not None:
+                        over["train.eval_every"] = max(1, steps // rules.evals_per_run)
                     if rules.mup:
                         over.update({"model.mup": True, "model.mup_base_width": rules.mup_base_width})
                     if res.gpu:
@@ -280,7 +284,9 @@ def make_plan(spec: SweepSpec, *, output: str | Path | None = None) -> Plan:
                     )
                     over["run_dir"] = str(sweep_dir / name)
                     cbs_steps: list[int] = []
-                    if spec.cbs.every is not None:  # branch points: checkpoints the run keeps (not hashed)
+                    if _branched(
+                        spec.cbs, size, budget
+                    ):  # branch points: checkpoints the run keeps (not hashed)
                         cbs_steps, _ = branch_points(
                             steps, cfg.train.log_every, every=spec.cbs.every, factors=spec.cbs.factors,
                             tokens_fraction=spec.cbs.tokens_fraction,
@@ -314,6 +320,13 @@ def make_plan(spec: SweepSpec, *, output: str | Path | None = None) -> Plan:
                         )
                     )
     return Plan(spec=spec, sweep_dir=sweep_dir, base=base, runs=runs, adaptive=adaptive_policy(spec))
+
+
+def _branched(c, size: Any, budget: float) -> bool:
+    """Whether the spec's cbs block branches the run of grid size ``size`` at budget value ``budget``."""
+    if c.every is None or (c.sizes is not None and str(size) not in {str(x) for x in c.sizes}):
+        return False
+    return c.budgets is None or any(math.isclose(float(budget), float(b), rel_tol=1e-9) for b in c.budgets)
 
 
 def run_config(plan: Plan, run: RunSpec) -> RunConfig:

@@ -47,8 +47,14 @@ def progress_line(run_dir: str | Path, name: str, total_steps: int) -> str | Non
     except (OSError, ValueError):
         pred = {}
     p, lo, hi = (finite_number(pred.get(k)) for k in ("loss", "low", "high"))
+    val = (
+        pred.get("law_loss") == "eval_loss"
+    )  # metrics.law_loss: eval: the prediction is of the validation loss
+    obs = finite_number(pred.get("observed_loss"))
+    if val and obs is not None:
+        line += f", val loss {obs:.4g} at step {int(pred.get('step') or 0)}"
     if p is not None and pred.get("status") == "running":
-        line += f" | predicted final {p:.4g}" + (
+        line += f" | predicted final {'val loss ' if val else ''}{p:.4g}" + (
             f" [{lo:.4g}, {hi:.4g}]" if lo is not None and hi is not None else ""
         )
     return line

@@ -27,6 +27,7 @@ starts, naming the file, the key, the value and what is allowed.
 
 from __future__ import annotations
 
+import math
 import typing
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -46,6 +47,12 @@ class Grid:
     tokens_per_param: list[float] | None = doc("Token budgets as D/N ratios (Chinchilla-optimal ~20).", None)
     tokens: list[float] | None = doc("Token budgets in absolute training tokens.", None)
     flops: list[float] | None = doc("IsoFLOP budgets in training FLOPs; D = C / flops_per_token(N).", None)
+    budget_sizes: list[list[str]] | None = doc(
+        "Per value of the budget axis (in its order), the grid.sizes it runs: a staggered IsoFLOP design puts each "
+        "budget's sizes around its optimum instead of running every size at every budget; null = every size at "
+        "every budget.",
+        None,
+    )
     batch_sizes: list[int] | None = doc(
         "Batch-size axis in sequences; null = one batch size from rules.batch_size.", None
     )
@@ -84,6 +91,20 @@ class Rules:
         "muP transfer: model.mup=true and the same lr for every width (rules.lr.exponent ignored).", False
     )
     mup_base_width: int = doc("muP base width (where rules.lr.value was tuned).", 128)
+    evals_per_run: int | None = doc(
+        "Validation evaluations per run, evenly spaced: train.eval_every = max(1, steps // k) for each run (a "
+        "curve of k points whatever the run's length, which metrics.law_loss: eval needs); null = the run "
+        "config's train.eval_every.",
+        None,
+    )
+
+    def __post_init__(self) -> None:
+        if self.evals_per_run is not None and not (
+            isinstance(self.evals_per_run, int)
+            and not isinstance(self.evals_per_run, bool)
+            and self.evals_per_run >= 1
+        ):
+            raise ValueError(f"rules.evals_per_run={self.evals_per_run!r} must be an integer >= 1 (or null)")
 
 
 @dataclass
@@ -111,6 +132,17 @@ class Launch:
     concurrency: int = doc("local: runs at the same time on this machine.", 1)
     retries: int = doc("A failing run is retried up to this many times (others go on).", 1)
     fitter: bool = doc("Start `scaling-train fit SWEEP_DIR --follow` beside the runs (when installed).", True)
+    order: Literal["longest", "budget"] = doc(
+        "local: the order runs start in. 'longest': the longest first (the shortest wall time); 'budget': the "
+        "smallest compute budget first, so each larger run has finished runs for the fitter's references when its "
+        "own predictions are made (better early predictions, a little more wall time).",
+        "longest",
+    )
+    fitter_interval: float = doc(
+        "Seconds between the online fitter's polls (`fit --interval`): short runs need short polls, or their "
+        "curves are predicted only a few times.",
+        10.0,
+    )
     report: bool = doc("Run `scaling-train report SWEEP_DIR` at the end (when installed).", True)
     stale_lock_s: float = doc(
         "A run lock whose heartbeat is older than this is stale and may be taken.", 120.0
@@ -162,6 +194,15 @@ class CBS:
         "Tokens each branch trains, as a fraction of its run's tokens (rounded up so every k divides).", 0.1
     )
     lr_rule: Literal["sqrt", "linear"] = doc("Branch LR = parent LR x sqrt(k) (Adam) or x k.", "sqrt")
+    sizes: list[str] | None = doc(
+        "Branch only the runs of these grid.sizes values (as written there); null = every size.", None
+    )
+    budgets: list[float] | None = doc(
+        "Branch only the runs of these budget values (of the grid's budget axis: grid.flops, grid.tokens or "
+        "grid.tokens_per_param); null = every budget. One budget's runs give the critical batch at several losses "
+        "for a fraction of the cost.",
+        None,
+    )
 
 
 @dataclass
@@ -223,6 +264,21 @@ def _check(spec: SweepSpec, src: str) -> None:
         raise ConfigError(
             f"{src}: give exactly one budget axis of grid.tokens_per_param / grid.tokens / grid.flops (got {given or 'none'})"
         )
+    if g.budget_sizes is not None:
+        axis = getattr(g, given[0])
+        known = [str(x) for x in g.sizes]
+        if len(g.budget_sizes) != len(axis):
+            raise ConfigError(
+                f"{src}: grid.budget_sizes has {len(g.budget_sizes)} lists for the {len(axis)} values of "
+                f"grid.{given[0]}={axis}; give one list of sizes per budget, in the same order"
+            )
+        for i, sz in enumerate(g.budget_sizes):
+            bad = [x for x in (sz or []) if str(x) not in known]
+            if not sz or bad:
+                raise ConfigError(
+                    f"{src}: grid.budget_sizes[{i}]={sz} (for grid.{given[0]}[{i}]={axis[i]:g}): "
+                    f"{bad or 'empty'}; each list names sizes of grid.sizes={known}"
+                )
     optional = tuple(k for k in ("batch_sizes", "unique_tokens") if getattr(g, k) is not None)
     for key in (*given, "seeds", *optional):
         vals = getattr(g, key)
@@ -247,6 +303,8 @@ def _check(spec: SweepSpec, src: str) -> None:
         raise ConfigError(f"{src}: launch.concurrency={la.concurrency} must be >= 1")
     if la.retries < 0:
         raise ConfigError(f"{src}: launch.retries={la.retries} must be >= 0")
+    if not la.fitter_interval > 0:
+        raise ConfigError(f"{src}: launch.fitter_interval={la.fitter_interval} must be > 0 seconds")
     res = spec.resources
     for key in ("devices", "nodes"):
         v = getattr(res, key)
@@ -254,7 +312,7 @@ def _check(spec: SweepSpec, src: str) -> None:
             raise ConfigError(f"{src}: resources.{key}={v} must be >= 1 or null")
     if spec.torchrun.nnodes < 1:
         raise ConfigError(f"{src}: torchrun.nnodes={spec.torchrun.nnodes} must be >= 1")
-    _check_cbs(spec.cbs, src)
+    _check_cbs(spec.cbs, spec.grid, src)
     adaptive_policy(spec, src)
     for key in spec.overrides:
         if not isinstance(key, str) or not key:
@@ -299,7 +357,7 @@ def _check_pools(mixes: list[str], src: str) -> None:
         seen[key] = m
 
 
-def _check_cbs(c: CBS, src: str) -> None:
+def _check_cbs(c: CBS, g: Grid, src: str) -> None:
     if c.every is None:
         return
     if not 0 < c.every < 100:
@@ -315,3 +373,16 @@ def _check_cbs(c: CBS, src: str) -> None:
         )
     if not 0 < c.tokens_fraction <= 1:
         raise ConfigError(f"{src}: cbs.tokens_fraction={c.tokens_fraction} must be in (0, 1]")
+    if c.sizes is not None:
+        known = [str(x) for x in g.sizes]
+        bad = [x for x in c.sizes if str(x) not in known]
+        if bad or not c.sizes:
+            raise ConfigError(f"{src}: cbs.sizes={c.sizes}: {bad or 'empty'} not in grid.sizes={known}")
+    if c.budgets is not None:
+        axis = next((k for k in ("tokens_per_param", "tokens", "flops") if getattr(g, k) is not None), None)
+        values = list(getattr(g, axis) or []) if axis else []
+        bad = [
+            b for b in c.budgets if not any(math.isclose(float(b), float(v), rel_tol=1e-9) for v in values)
+        ]
+        if bad or not c.budgets:
+            raise ConfigError(f"{src}: cbs.budgets={c.budgets}: {bad or 'empty'} not in grid.{axis}={values}")

@@ -5,7 +5,7 @@ import pytest
 
 from scaling_train.laws import fit_chinchilla, fit_isoflop, fit_overtraining, hoffmann_grid
 from scaling_train.laws._lse import LSEProblem, multistart
-from scaling_train.laws.chinchilla import _jac, _terms
+from scaling_train.laws.chinchilla import ChinchillaFit, _jac, _terms
 from tests.fixtures.laws import CHINCHILLA_TRUE, chinchilla_synthetic
 
 
@@ -158,3 +158,33 @@ def test_optimal_interval_from_the_bootstrap_draws():
         assert lo <= v <= hi and lo <= t <= hi, (k, lo, v, t, hi)
     with pytest.raises(ValueError, match="needs bootstrap draws"):
         fit_chinchilla(N, D, L).optimal_interval(C)
+
+
+def test_optimal_under_real_flops():
+    f = ChinchillaFit(E=1.69, A=406.4, B=410.7, alpha=0.34, beta=0.28, objective=0.0, n_points=0, n_starts=0)
+    # with FLOPs per token = 6 N it is the closed form
+    for C in (1e18, 1e21):
+        n0, d0, l0 = f.optimal(C)
+        n1, d1, l1 = f.optimal_under(C, lambda n: 6 * n)
+        assert (
+            n1 == pytest.approx(n0, rel=2e-3)
+            and d1 == pytest.approx(d0, rel=2e-3)
+            and l1 == pytest.approx(l0)
+        )
+    # a fixed per-token cost (the LM head) makes tokens dearer: the optimum moves to larger N, fewer tokens,
+    # and it is the minimum along the real-FLOP line (brute force over N)
+    fpt = lambda n: 6 * n + 6 * 64 * 512  # noqa: E731
+    C = 1e12
+    n_opt, d_opt, l_opt = f.optimal_under(C, fpt)
+    assert n_opt > f.optimal(C)[0] and d_opt == pytest.approx(C / fpt(n_opt))
+    grid = np.geomspace(1e3, 1e8, 20001)
+    brute = f.predict(grid, C / fpt(grid))
+    assert l_opt == pytest.approx(brute.min(), rel=1e-6)
+    assert n_opt == pytest.approx(grid[np.argmin(brute)], rel=1e-2)
+    n_arr, _, _ = f.optimal_under(np.array([1e11, 1e12, 1e13]), fpt)
+    assert np.all(np.diff(n_arr) > 0)
+    with pytest.raises(ValueError, match="no compute-optimum for C"):
+        f.optimal_under(1e12, fpt, n_range=(1e3, 1e4))  # the minimum lies above the scanned range
+    bad = ChinchillaFit(E=1.0, A=1.0, B=1.0, alpha=-0.1, beta=0.3, objective=0.0, n_points=0, n_starts=0)
+    with pytest.raises(ValueError, match="no finite compute-optimum"):
+        bad.optimal_under(1e12, fpt)

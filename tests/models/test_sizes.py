@@ -72,3 +72,17 @@ def test_model_param_count_equals_family_for_ladder_small():
 def test_aspect_ratio_rule_documented_constant():
     shape = shape_for(1e8)
     assert math.isclose(shape.d_model / shape.n_layers, sizes.ASPECT_RATIO, rel_tol=0.25)
+
+
+def test_tiny_targets_get_their_own_narrow_shapes():
+    # below two layers of width 64 (0.107M) the rule offers widths 32 and 48 (head_dim 16), 2+ layers
+    got = {t: shape_for(t) for t in (2.7e4, 4e4, 5.5e4)}
+    assert got[2.7e4] == sizes.Shape(32, 2, 2, 96) and got[5.5e4] == sizes.Shape(48, 2, 3, 128)
+    for t, s in got.items():
+        n = sizes.non_embedding_params(s)
+        assert abs(n / t - 1) < 0.1 and s.head_dim == 16 and s.n_layers >= 2, (t, s, n)
+        GPT(ModelConfig(size=str(t), vocab_size=300, seq_len=32))  # a valid model
+    # from 0.1M up nothing changed (run names and config hashes of existing sweeps stay)
+    assert shape_for(1e5) == sizes.Shape(64, 2, 2, 192) and shape_for(2e5) == sizes.Shape(96, 2, 3, 256)
+    with pytest.raises(ValueError, match="outside"):
+        parse_size("1e4")

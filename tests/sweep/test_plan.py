@@ -86,6 +86,35 @@ def test_budgets_rules_and_isoflop(tmp_path):
     assert {r.lr for r in runs} == {1e-2} and all(r.overrides["model.mup"] is True for r in runs)
 
 
+def test_staggered_isoflop_evals_per_run_and_branch_selection(tmp_path):
+    spec = tiny_spec(
+        grid={"sizes": ["0.1M", "0.2M", "0.3M"], "flops": [2e11, 4e11], "seeds": [0],
+              "budget_sizes": [["0.1M", "0.2M"], ["0.2M", "0.3M"]]},
+        rules={"evals_per_run": 4},
+        cbs={"every": 50, "factors": [2], "budgets": [4e11], "sizes": ["0.2M", "0.3M"]},
+    )  # fmt: skip
+    runs = plan_of(tmp_path, spec).runs
+    got = {(r.size, round(r.flops, -10)) for r in runs}
+    assert got == {("0.1M", 2e11), ("0.2M", 2e11), ("0.2M", 4e11), ("0.3M", 4e11)}
+    for r in runs:  # k evaluations per run whatever its length
+        assert r.overrides["train.eval_every"] == max(1, r.steps // 4)
+        assert bool(r.cbs_steps) == (r.flops > 3e11)  # only the 4e11 budget's runs are branched
+
+
+def test_budget_order_starts_the_smallest_budget_first(tmp_path, monkeypatch):
+    from scaling_train.sweep.backends import local
+
+    spec = tiny_spec(grid={"sizes": ["0.1M", "0.2M"], "flops": [4e11, 2e11], "seeds": [0]},
+                     launch={"order": "budget", "fitter": False, "report": False})  # fmt: skip
+    plan = plan_of(tmp_path, spec)
+    flops = {r.run_dir: r.flops for r in plan.runs}
+    started = []
+    monkeypatch.setattr(local, "execute", lambda run_dir, *a, **k: started.append(flops[run_dir]) or 0)
+    local.run_local(plan, say=lambda s: None)
+    budgets = [float(f"{c:.2g}") for c in started]
+    assert budgets == [2e11, 2e11, 4e11, 4e11]
+
+
 def test_resources_from_n_and_d(tmp_path):
     spec = tiny_spec(
         grid={"sizes": ["1B"], "tokens_per_param": [20]},
@@ -118,6 +147,19 @@ BAD = [
     ({"adaptive": {"tolerence": 0.02}}, ["adaptive: unknown key(s) ['tolerence']", "'tolerance'"]),
     ({"adaptive": {"stable_updates": 0}}, ["adaptive: stable_updates=0", "[1, 100]"]),
     ({"adaptive": "yes"}, ["adaptive='yes'", "not a valid dict"]),
+    (
+        {"grid": {"sizes": ["0.1M", "0.2M"], "flops": [2e11, 4e11], "budget_sizes": [["0.1M"]]}},
+        ["grid.budget_sizes has 1 lists", "2 values of grid.flops"],
+    ),
+    (
+        {"grid": {"sizes": ["0.1M", "0.2M"], "flops": [2e11], "budget_sizes": [["0.3M"]]}},
+        ["grid.budget_sizes[0]=['0.3M']", "grid.flops[0]=2e+11", "['0.3M']", "grid.sizes=['0.1M', '0.2M']"],
+    ),
+    ({"rules": {"evals_per_run": 0}}, ["rules.evals_per_run=0", "integer >= 1"]),
+    ({"launch": {"fitter_interval": 0}}, ["launch.fitter_interval=0", "> 0 seconds"]),
+    ({"launch": {"order": "random"}}, ["launch.order='random'", "longest", "budget"]),
+    ({"cbs": {"every": 50, "sizes": ["5M"]}}, ["cbs.sizes=['5M']", "not in grid.sizes"]),
+    ({"cbs": {"every": 50, "budgets": [999]}}, ["cbs.budgets=[999.0]", "not in grid.tokens=[2560.0]"]),
 ]
 
 

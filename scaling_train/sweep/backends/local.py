@@ -25,8 +25,12 @@ def run_local(plan: Plan, *, say=print) -> int:
     """k concurrent runs (launch.concurrency); a run with several processes goes through torchrun."""
     prepare_dir(plan)
     la = plan.spec.launch
-    # longest first: the k workers then finish close together (LPT scheduling)
-    todo = sorted((r for r in plan.runs if not state.is_finished_for_now(r.run_dir)), key=lambda r: -r.est_s)
+    # longest first: the k workers then finish close together (LPT scheduling); or smallest budget first
+    todo = [r for r in plan.runs if not state.is_finished_for_now(r.run_dir)]
+    if plan.spec.launch.order == "budget":  # smallest compute first: later runs have finished references
+        todo.sort(key=lambda r: (float(f"{r.flops:.2g}"), -r.est_s))
+    else:
+        todo.sort(key=lambda r: -r.est_s)
     n_stopped = sum(state.is_stopped(r.run_dir) for r in plan.runs)
     say(
         f"[sweep] {plan.spec.name}: {len(plan.runs) - len(todo) - n_stopped}/{len(plan.runs)} runs DONE, "

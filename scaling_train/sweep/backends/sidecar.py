@@ -26,21 +26,28 @@ class Sidecars:
             str(self.plan.sweep_dir),
             "--follow",
             "--until-done",
+            "--interval",
+            f"{self.plan.spec.launch.fitter_interval:g}",
         ]
         self.proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT)
         self.say(f"[sweep] online fitter: {command_line(cmd)}  (log: logs/fitter.log)")
 
     def finish(self) -> None:
+        # with a cbs block the branches run after this and the last fit and the report follow them
+        # (sweep.cbs.final_pass): doing both here as well would only cost time
+        later = self.plan.spec.cbs.every is not None
         if self.proc is not None:
             try:
                 self.proc.wait(timeout=10)  # --follow exits once every run is DONE
             except subprocess.TimeoutExpired:
                 self.proc.terminate()
                 self.proc.wait(timeout=10)
-            # one last pass over the finished folders: every run's final prediction and the final law
-            cmd = [self.plan.python(), "-m", "scaling_train.cli", "fit", str(self.plan.sweep_dir)]
-            subprocess.run(cmd, check=False, stdout=subprocess.DEVNULL, stderr=subprocess.STDOUT)
-        if self.plan.spec.launch.report:
+            if not later:  # one last pass over the finished folders: final predictions and the final law
+                cmd = [self.plan.python(), "-m", "scaling_train.cli", "fit", str(self.plan.sweep_dir)]
+                subprocess.run(cmd, check=False, stdout=subprocess.DEVNULL, stderr=subprocess.STDOUT)
+        if self.plan.spec.launch.report and later:
+            self.say("[sweep] the report follows the critical-batch branches (cbs block)")
+        elif self.plan.spec.launch.report:
             cmd = [self.plan.python(), "-m", "scaling_train.cli", "report", str(self.plan.sweep_dir)]
             self.say(f"[sweep] report: {command_line(cmd)}")
             subprocess.run(cmd, check=False)

@@ -1,0 +1,67 @@
+"""metrics.law_loss: eval -- the fitter, the law points and the report use the validation loss of each evaluation
+(the same held-out tokens every time) instead of the noisy training loss of each flush."""
+
+from __future__ import annotations
+
+import json
+import shutil
+
+import pytest
+
+from scaling_train.fitter.core import SweepFitter
+from scaling_train.metrics.jsonl import read_jsonl
+from scaling_train.report.data import load_sweep
+from tests.fixtures.training import run_config, train
+
+
+@pytest.fixture(scope="module")
+def eval_sweep(tmp_path_factory):
+    root = tmp_path_factory.mktemp("eval_sweep")
+    for lr in ("1e-3", "3e-3"):
+        train(run_config(root / f"lr{lr}", max_steps=24, **{"optim.lr": lr, "train.eval_every": 4, "train.log_every": 2,
+                                                            "metrics.law_loss": "eval"}))  # fmt: skip
+    return root
+
+
+def test_fitter_predicts_and_reports_the_validation_loss(eval_sweep, tmp_path):
+    sw = tmp_path / "sw"
+    shutil.copytree(eval_sweep, sw)
+    part = sw / "partial"
+    shutil.copytree(sw / "lr3e-3", part)
+    (part / "DONE").unlink()
+    rows = read_jsonl(part / "metrics.jsonl").rows
+    kept = [r for r in rows if r["step"] <= 16]
+    assert sum("eval_loss" in r for r in kept) == 4 and len(kept) > 4  # flushes every 4 steps, evals too
+    (part / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in kept))
+    f = SweepFitter(sw, log=lambda s: None)
+    f.step()
+    # the curve of the running run is its evaluations only
+    steps, losses = f.tails["partial"].loss_points(24)
+    assert steps.tolist() == [r["step"] for r in kept if "eval_loss" in r]
+    assert losses.tolist() == [r["eval_loss"] for r in kept if "eval_loss" in r]
+    p = json.loads((part / "predictions.json").read_text())
+    assert p["law_loss"] == "eval_loss" and p["observed_loss"] == kept[-1]["eval_loss"]
+    assert p["status"] == "running" and p["low"] <= p["loss"] <= p["high"]
+    # a finished run's loss is its last validation loss (DONE's final_eval_loss), not the training loss
+    done = json.loads((sw / "lr1e-3" / "predictions.json").read_text())
+    final = json.loads((sw / "lr1e-3" / "DONE").read_text())
+    assert done["status"] == "done" and done["loss"] == pytest.approx(final["final_eval_loss"])
+    assert done["loss"] != pytest.approx(final["final_loss"])
+    law = json.loads((sw / "sweep_law.json").read_text())
+    assert {q["run"]: q["loss"] for q in law["points"]}["lr1e-3"] == pytest.approx(final["final_eval_loss"])
+    # the report reads the same column
+    data = load_sweep(sw)
+    r = next(x for x in data.runs if x.name == "lr1e-3")
+    assert r.law_column == "eval_loss" and r.final_loss == pytest.approx(final["final_eval_loss"])
+
+
+def test_training_loss_stays_the_default(eval_sweep, tmp_path):
+    sw = tmp_path / "sw"
+    train(run_config(sw / "plain", max_steps=8))
+    f = SweepFitter(sw, log=lambda s: None)
+    f.step()
+    t = f.tails["plain"]
+    assert t.law_column == "loss"
+    done = json.loads((sw / "plain" / "predictions.json").read_text())
+    assert done["loss"] == json.loads((sw / "plain" / "DONE").read_text())["final_loss"]
+    assert "law_loss" not in done
