@@ -269,8 +269,8 @@ def isoflop(sweep: SweepData, an: Analysis) -> Figure:
                 fontsize=8, color="firebrick")  # fmt: skip
     sc = ax.scatter(N, D, c=L, cmap="viridis", s=30, edgecolors=np.where(obs, "k", "r"))
     fig.colorbar(sc, ax=ax, label="final loss")
-    for c in np.unique(np.round(np.log10(6 * N * D), 1)):
-        ax.plot(nx, 10**c / (6 * nx), "--", color="gray", lw=0.6)
+    for c in np.unique(np.round(np.log10(C), 1)):  # the budgets' real-FLOP lines D = C / fpt(N)
+        ax.plot(nx, 10**c / fpt(nx), "--", color="gray", lw=0.6)
     cs_line = np.geomspace(C.min() / 3, C.max() * 3, 50)
     if chin is not None:
         try:  # the optimum at real FLOPs fpt(N) * D, the budgets the IsoFLOP runs were planned at

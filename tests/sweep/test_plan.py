@@ -3,11 +3,11 @@
 from __future__ import annotations
 
 import subprocess
+import time
 
 import pytest
 
 from scaling_train.config import ConfigError
-from scaling_train.models import sizes
 from scaling_train.sweep.plan import make_plan, parse_run_name, run_name
 from scaling_train.sweep.spec import load_spec
 from tests.fixtures.sweeps import REPO, sweep_cmd, tiny_spec, write_spec
@@ -107,12 +107,25 @@ def test_budget_order_starts_the_smallest_budget_first(tmp_path, monkeypatch):
     spec = tiny_spec(grid={"sizes": ["0.1M", "0.2M"], "flops": [4e11, 2e11], "seeds": [0]},
                      launch={"order": "budget", "fitter": False, "report": False})  # fmt: skip
     plan = plan_of(tmp_path, spec)
-    flops = {r.run_dir: r.flops for r in plan.runs}
-    started = []
-    monkeypatch.setattr(local, "execute", lambda run_dir, *a, **k: started.append(flops[run_dir]) or 0)
+    by_dir = {r.run_dir: r for r in plan.runs}
+    events = []  # ("start" | "end", size, budget) in the order they happened
+
+    def fake_execute(run_dir, *a, **k):
+        r = by_dir[run_dir]
+        events.append(("start", r.size, float(f"{r.flops:.2g}")))
+        time.sleep(0.05 if r.size == "0.2M" else 0.3)  # the small model's first run ends last
+        events.append(("end", r.size, float(f"{r.flops:.2g}")))
+        return 0
+
+    monkeypatch.setattr(local, "execute", fake_execute)
+    plan.spec.launch.concurrency = 2
     local.run_local(plan, say=lambda s: None)
-    budgets = [float(f"{c:.2g}") for c in started]
-    assert budgets == [2e11, 2e11, 4e11, 4e11]
+    starts = [e for e in events if e[0] == "start"]
+    assert len(starts) == 4 and {e[2] for e in starts[:2]} == {2e11}  # the smallest budget first
+    # a run starts only after its size's smaller-budget run ended (its finished same-size reference), even
+    # when a slot is free earlier: 0.1M at 4e11 waits for 0.1M at 2e11
+    for size in ("0.1M", "0.2M"):
+        assert events.index(("end", size, 2e11)) < events.index(("start", size, 4e11)), events
 
 
 def test_resources_from_n_and_d(tmp_path):
@@ -246,12 +259,13 @@ def test_quickstart_and_shipped_specs_plan(tmp_path):
     for name in ("quickstart", "chinchilla-small", "ladder-3b"):
         plan = make_plan(load_spec(REPO / "configs" / "sweeps" / f"{name}.yaml"), output=tmp_path / name)
         assert plan.runs
-        if name == "quickstart":
-            assert len(plan.runs) == 12 and sum(r.est_s for r in plan.runs) / 2 < 600
-            assert (
-                min(r.n_params for r in plan.runs) < 3e5
-                and max(sizes.parse_size(r.size) for r in plan.runs) >= 1.5e6
-            )
+        if name == "quickstart":  # an IsoFLOP design: >= 3 sizes per budget, the largest size held out
+            assert len(plan.runs) >= 9 and sum(r.est_s for r in plan.runs) / 2 < 300
+            per_budget: dict[float, set[int]] = {}
+            for r in plan.runs:
+                per_budget.setdefault(float(f"{r.flops:.2g}"), set()).add(r.n_params)
+            assert len(per_budget) >= 3 and all(len(v) >= 3 for v in per_budget.values()), per_budget
+            assert max(r.n_params for r in plan.runs) / min(r.n_params for r in plan.runs) >= 8
         if name == "ladder-3b":
             big = max(plan.runs, key=lambda r: (r.n_params, r.flops))
             assert big.nodes > 1 and big.overrides.get("dist.strategy") == "deepspeed"

@@ -73,14 +73,45 @@ def run_local(plan: Plan, *, say=print) -> int:
 
     stop = threading.Event()
 
-    def guarded(run: RunSpec) -> None:
-        if not stop.is_set():
-            one(run)
+    pending = list(todo)
+    ended: set[str] = set()  # runs of this invocation that ended (done, failed or stopped)
+    cond = threading.Condition()
+
+    def ready(run: RunSpec) -> bool:
+        """order=budget: a run waits for the runs of its size at smaller budgets, so that its predictions have a
+        finished same-size reference (the fitter's best one); runs finished before this invocation count."""
+        if la.order != "budget":
+            return True
+        key = float(f"{run.flops:.2g}")
+        return not any(
+            q.n_params == run.n_params and q.seed == run.seed and float(f"{q.flops:.2g}") < key
+            and q.name not in ended for q in todo
+        )  # fmt: skip
+
+    def worker() -> None:
+        while True:
+            with cond:
+                while True:
+                    if stop.is_set() or not pending:
+                        return
+                    run = next((r for r in pending if ready(r)), None)
+                    if run is not None:
+                        pending.remove(run)
+                        inflight[run.name] = (run.name, run.run_dir, run.steps)  # claimed
+                        break
+                    cond.wait(1.0)
+            try:
+                one(run)
+            finally:
+                with cond:
+                    ended.add(run.name)
+                    cond.notify_all()
 
     pool = ThreadPoolExecutor(max_workers=la.concurrency)
     try:
         with progress.Reporter(lambda: list(inflight.values()), say=say):
-            list(pool.map(guarded, todo))
+            for f in [pool.submit(worker) for _ in range(la.concurrency)]:
+                f.result()
     except KeyboardInterrupt:  # the runs got SIGINT too and checkpoint-exit; start nothing new
         stop.set()
         say("[sweep] interrupted: waiting for the running runs to stop; rerun the same command to resume")
