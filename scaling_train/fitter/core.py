@@ -39,6 +39,7 @@ from scaling_train.fitter.tail import RunTail, find_runs
 from scaling_train.metrics.jsonl import clean_for_json
 
 STATE_FILE = ".fitter_state.json"
+LAW_EVERY_S = 15.0  # the sweep law is rewritten at most this often while no run ends (SweepFitter.step)
 ADAPTIVE_FILE = "adaptive.json"  # the sweep's adaptive policy (absent: no run is ever stopped early)
 STOP_FILE = "STOP"  # a stop request to the trainer
 MIN_POINTS = 3
@@ -148,6 +149,8 @@ class SweepFitter:
         self.state_path = self.sweep_dir / STATE_FILE
         self.polls = 0
         self.last_law: dict[str, Any] | None = None  # the sweep law last written
+        self._law_ended: frozenset = frozenset()  # the runs' ended states when it was written
+        self._law_time = 0.0
         self._policy_key: tuple | None = None
         self._policy_obj = None
         if only is None:
@@ -186,11 +189,22 @@ class SweepFitter:
         return changed
 
     def step(self) -> set[str]:
-        """One poll + refit + write cycle."""
+        """One poll + refit + write cycle. The sweep law (a multistart Chinchilla fit and the other laws, ~1 s of
+        CPU) is rewritten when a run finished, stopped or diverged since the last one, and otherwise at most
+        every ``LAW_EVERY_S`` seconds: the per-run predictions of short runs must not wait for it."""
         changed = self.poll()
         refit = self._refit()
         if refit and self.write_sweep_law and self.only is None:
-            self.last_law = self.write_law()
+            ended = frozenset(
+                (n, p.get("status")) for n, p in self.predictions.items() if p.get("status") != "running"
+            )
+            if (
+                self.last_law is None
+                or ended != self._law_ended
+                or time.time() - self._law_time >= LAW_EVERY_S
+            ):
+                self.last_law = self.write_law()
+                self._law_ended, self._law_time = ended, time.time()
         if changed and self.only is None:
             self._save_state()
         return refit

@@ -138,6 +138,12 @@ class Launch:
         "own predictions are made (better early predictions, a little more wall time).",
         "longest",
     )
+    live_report: bool = doc(
+        "Let the online fitter refresh report.html while the runs train (at most once a minute). A refresh takes "
+        "~10 s of CPU, during which no prediction is made: off for short sweeps (the report is written at the end "
+        "either way, when launch.report is on).",
+        True,
+    )
     fitter_interval: float = doc(
         "Seconds between the online fitter's polls (`fit --interval`): short runs need short polls, or their "
         "curves are predicted only a few times.",

@@ -23,16 +23,23 @@ def eval_sweep(tmp_path_factory):
     return root
 
 
-def test_fitter_predicts_and_reports_the_validation_loss(eval_sweep, tmp_path):
+def _with_partial(sweep, tmp_path, upto: int):
+    """A copy of ``sweep`` plus ``partial``: the 3e-3 run cut at step ``upto``, not DONE; (sweep, partial, its
+    full rows)."""
     sw = tmp_path / "sw"
-    shutil.copytree(eval_sweep, sw)
+    shutil.copytree(sweep, sw)
     part = sw / "partial"
     shutil.copytree(sw / "lr3e-3", part)
     (part / "DONE").unlink()
     rows = read_jsonl(part / "metrics.jsonl").rows
+    (part / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows if r["step"] <= upto))
+    return sw, part, rows
+
+
+def test_fitter_predicts_and_reports_the_validation_loss(eval_sweep, tmp_path):
+    sw, part, rows = _with_partial(eval_sweep, tmp_path, 16)
     kept = [r for r in rows if r["step"] <= 16]
     assert sum("eval_loss" in r for r in kept) == 4 and len(kept) > 4  # flushes every 4 steps, evals too
-    (part / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in kept))
     f = SweepFitter(sw, log=lambda s: None)
     f.step()
     # the curve of the running run is its evaluations only
@@ -65,3 +72,34 @@ def test_training_loss_stays_the_default(eval_sweep, tmp_path):
     done = json.loads((sw / "plain" / "predictions.json").read_text())
     assert done["loss"] == json.loads((sw / "plain" / "DONE").read_text())["final_loss"]
     assert "law_loss" not in done
+
+
+def test_sweep_law_waits_for_an_ended_run_or_its_interval(eval_sweep, tmp_path, monkeypatch):
+    from scaling_train.fitter import core
+
+    sw, part, rows = _with_partial(eval_sweep, tmp_path, 12)
+    f = SweepFitter(sw, log=lambda s: None)
+    f.step()
+    first = (sw / "sweep_law.json").stat().st_mtime_ns
+    # the running run moves on: its prediction is refitted at once, the law is not (within LAW_EVERY_S)
+    with open(part / "metrics.jsonl", "a") as fh:
+        fh.write("".join(json.dumps(r) + "\n" for r in rows if 12 < r["step"] <= 16))
+    assert "partial" in f.step()
+    assert json.loads((part / "predictions.json").read_text())["step"] == 16
+    assert (sw / "sweep_law.json").stat().st_mtime_ns == first
+    # ... until the interval has passed
+    monkeypatch.setattr(core, "LAW_EVERY_S", 0.0)
+    with open(part / "metrics.jsonl", "a") as fh:
+        fh.write("".join(json.dumps(r) + "\n" for r in rows if 16 < r["step"] <= 18))
+    f.step()
+    second = (sw / "sweep_law.json").stat().st_mtime_ns
+    assert second > first
+    # or a run ended: the law follows at once
+    monkeypatch.setattr(core, "LAW_EVERY_S", 1e9)
+    with open(part / "metrics.jsonl", "a") as fh:
+        fh.write("".join(json.dumps(r) + "\n" for r in rows if r["step"] > 18))
+    shutil.copy(sw / "lr3e-3" / "DONE", part / "DONE")
+    f.step()
+    law = json.loads((sw / "sweep_law.json").read_text())
+    assert (sw / "sweep_law.json").stat().st_mtime_ns > second
+    assert {q["run"]: q["source"] for q in law["points"]}["partial"] == "observed"

@@ -28,6 +28,7 @@ class Sidecars:
             "--until-done",
             "--interval",
             f"{self.plan.spec.launch.fitter_interval:g}",
+            *([] if self.plan.spec.launch.live_report else ["--no-report"]),
         ]
         self.proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT)
         self.say(f"[sweep] online fitter: {command_line(cmd)}  (log: logs/fitter.log)")
