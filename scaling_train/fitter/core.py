@@ -62,9 +62,8 @@ def _append_prediction(run_dir: Path, pred: dict[str, Any], total_steps: int | N
         "references": pred.get("references", []), "mode": pred.get("mode"), "time": pred["updated"],
     }  # fmt: skip
     cur = pred.get("curve") or {}
-    if cur.get(
-        "step"
-    ):  # the predicted remaining curve and band, so a report can show it against what happened
+    # the predicted remaining curve and band, so a report can show it against what happened
+    if cur.get("step"):
         row["curve"] = {k: [round(float(v), 5) for v in cur[k]] for k in ("step", "loss", "low", "high")}
     w = JsonlWriter(run_dir / "predictions.jsonl")
     try:
@@ -217,10 +216,9 @@ class SweepFitter:
             t.done or t.stopped or t.diverged_at is not None for t in self.tails.values()
         ):
             return False
-        plan = self.sweep_dir / "plan.json"
         try:
-            planned = {r["name"] for r in json.loads(plan.read_text())["runs"]} if plan.is_file() else set()
-        except (ValueError, KeyError, TypeError):
+            planned = {r["name"] for r in self._plan_runs()}
+        except (KeyError, TypeError):
             planned = set()
         return planned <= set(self.tails)
 
@@ -324,22 +322,29 @@ class SweepFitter:
                 self.log(f"[fit] adaptive policy ignored, no run will be stopped early: {e}")
         return self._policy_obj
 
+    def _plan_runs(self) -> list[dict[str, Any]]:
+        """plan.json's runs; [] without a readable plan (a sweep run by hand has none)."""
+        try:
+            runs = json.loads((self.sweep_dir / "plan.json").read_text())["runs"]
+        except (OSError, ValueError, KeyError, TypeError):
+            return []
+        return runs if isinstance(runs, list) else []
+
     def _planned_flops(self) -> dict[str, float]:
         """Run name -> the sweep's planned training FLOPs (plan.json ``flops``: FLOPs per token with attention and
         the LM head, times D; an IsoFLOP grid's budget), for the runs the plan has."""
         try:
-            runs = json.loads((self.sweep_dir / "plan.json").read_text())["runs"]
-            return {str(r["name"]): float(r["flops"]) for r in runs if r.get("flops")}
-        except (OSError, ValueError, KeyError, TypeError):
+            return {str(r["name"]): float(r["flops"]) for r in self._plan_runs() if r.get("flops")}
+        except (KeyError, TypeError, ValueError):
             return {}
 
     def _planned(self) -> list[tuple[str, float, float]]:
         """(name, N, D) of every planned run (plan.json) and every run folder found."""
         out: dict[str, tuple[str, float, float]] = {}
         try:
-            for r in json.loads((self.sweep_dir / "plan.json").read_text())["runs"]:
+            for r in self._plan_runs():
                 out[r["name"]] = (r["name"], float(r["n_params"]), float(r["tokens"]))
-        except (OSError, ValueError, KeyError, TypeError):
+        except (KeyError, TypeError, ValueError):
             pass
         for n, t in self.tails.items():
             if n not in out and t.n_params and t.total_tokens:

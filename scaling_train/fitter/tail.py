@@ -15,6 +15,7 @@ from typing import Any
 import numpy as np
 import yaml
 
+from scaling_train.metrics.config import law_column
 from scaling_train.metrics.jsonl import put_row, read_jsonl
 
 SIG_BYTES = 64
@@ -183,10 +184,8 @@ class RunTail:
 
     @property
     def law_column(self) -> str:
-        """The metrics column this run's curve, final loss and predictions are in: ``eval_loss`` when its
-        config says ``metrics.law_loss: eval``, else ``loss`` (the training loss)."""
-        law = ((self.config or {}).get("metrics") or {}).get("law_loss", "train")
-        return "eval_loss" if law == "eval" else "loss"
+        """The metrics column of this run's loss (``metrics.config.law_column``)."""
+        return law_column(self.config)
 
     def loss_points(self, total_steps: int) -> tuple[np.ndarray, np.ndarray]:
         """(steps, losses in ``law_column``) of the rows within the schedule's ``total_steps`` that have one,

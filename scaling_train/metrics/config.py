@@ -66,3 +66,11 @@ class MetricsConfig:
             )
         if not 0 <= self.gns_decay < 1:
             raise ValueError(f"metrics.gns_decay={self.gns_decay} must be in [0, 1)")
+
+
+def law_column(run_config: dict | None) -> str:
+    """The metrics.jsonl column a run's curve, final loss and predictions are in, from its resolved config
+    (``config.yaml`` as a dict): ``eval_loss`` under ``metrics.law_loss: eval``, else ``loss`` (the training loss).
+    The fitter (``RunTail``) and the report (``RunData``) both read it here."""
+    law = ((run_config or {}).get("metrics") or {}).get("law_loss", "train")
+    return "eval_loss" if law == "eval" else "loss"

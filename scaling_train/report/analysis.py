@@ -20,6 +20,9 @@ from scaling_train.report.data import RunData, SweepData, lr_schedule
 GNS_SKIP = 0.2
 """B_crit(L) points: only rows past this fraction of a run's steps (the fitter's rule: early GNS is noise)."""
 REPLAY_FRACTIONS = (0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9)
+AT_FRACTION = 0.4
+"""How early a prediction is judged: the first screen's accuracy and the loss panel's drawn prediction are the
+ones standing at this fraction of each run (``standing_at``)."""
 """Prefixes of each finished run on which its final-loss prediction is replayed."""
 CONFIDENCE = 0.9
 CACHE_VERSION = 3
@@ -279,6 +282,13 @@ def _prediction_rows(sweep: SweepData) -> list[LawRow]:
 
 
 # ----------------------------------------------------------------------------------- history
+def standing_at(history: list[dict[str, Any]], fraction: float = AT_FRACTION) -> dict[str, Any] | None:
+    """The prediction standing at ``fraction`` of a run: the record of ``history`` (each with a ``fraction``) made
+    last at or before it; None when none was."""
+    hist = [h for h in history if h.get("fraction") is not None and h["fraction"] <= fraction + 1e-9]
+    return max(hist, key=lambda h: h["fraction"]) if hist else None
+
+
 def replay_history(run: RunData, fractions: tuple[float, ...] = REPLAY_FRACTIONS) -> list[dict[str, Any]]:
     """Predicted final loss of a finished run from prefixes of its own curve: for each fraction f the
     rows up to step f*T go through ``laws.predict_final_loss`` without references (what a fitter that

@@ -26,6 +26,7 @@ from typing import Any
 import numpy as np
 import yaml
 
+from scaling_train.metrics.config import law_column
 from scaling_train.metrics.jsonl import put_row, read_jsonl
 
 STATUSES = ("done", "stopped", "partial", "diverged", "no metrics", "missing", "broken")
@@ -101,10 +102,8 @@ class RunData:
 
     @property
     def law_column(self) -> str:
-        """The metrics column of this run's loss for the laws, the fitter and the report: ``eval_loss`` when its
-        config says ``metrics.law_loss: eval``, else ``loss`` (the training loss)."""
-        law = ((self.config or {}).get("metrics") or {}).get("law_loss", "train")
-        return "eval_loss" if law == "eval" else "loss"
+        """The metrics column of this run's loss (``metrics.config.law_column``)."""
+        return law_column(self.config)
 
     @property
     def final_loss(self) -> float | None:

@@ -12,7 +12,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from scaling_train.report.analysis import Analysis, flops_per_token_fn
+from scaling_train.report.analysis import AT_FRACTION, Analysis, flops_per_token_fn, standing_at
 from scaling_train.report.data import SweepData
 
 
@@ -58,18 +58,6 @@ def fmt_n(N: float) -> str:
 
 
 # ----------------------------------------------------------------------------------- loss curves
-EARLY_FRACTION = 0.4
-"""The loss panel shows, for finished runs, the fitter's prediction standing at this fraction of the run."""
-
-
-def _early_prediction(r) -> dict | None:
-    """The last record of ``r.history`` (predictions.jsonl) made at or before ``EARLY_FRACTION`` of the run that
-    carries its predicted curve, or None."""
-    T = r.total_steps
-    hist = [h for h in r.history if h.get("curve") and T and h.get("step", T) <= EARLY_FRACTION * T + 1e-9]
-    return max(hist, key=lambda h: h["step"]) if hist else None
-
-
 def loss_curves(sweep: SweepData, an: Analysis) -> Figure:
     runs = [r for r in sweep.runs if r.rows]
     if not runs:
@@ -96,7 +84,8 @@ def loss_curves(sweep: SweepData, an: Analysis) -> Figure:
             elif r.status == "done":
                 ax.plot(x[ok][-1], y[ok][-1], "o", color=c, ms=4)
             p = r.prediction
-            early = _early_prediction(r) if r.status == "done" else None
+            # the fitter's live record (predictions.jsonl) standing at AT_FRACTION, with its predicted curve
+            early = standing_at([h for h in r.history if h.get("curve")]) if r.status == "done" else None
             if early is not None and r.tokens_per_step:  # what the fitter said at ~40% vs what happened
                 cur = early["curve"]
                 cs = np.asarray(cur["step"], float) * r.tokens_per_step
@@ -145,7 +134,7 @@ def loss_curves(sweep: SweepData, an: Analysis) -> Figure:
     if n_early:
         cap += (
             f" For {n_early} finished run(s) the dotted curve, band and ◇ are what the online fitter predicted at "
-            f"about {EARLY_FRACTION:.0%} of the run (its live record, predictions.jsonl), drawn over what happened."
+            f"about {AT_FRACTION:.0%} of the run (its live record, predictions.jsonl), drawn over what happened."
         )
     return Figure("loss", "Loss vs tokens and FLOPs per model size", png_bytes(fig), cap)
 

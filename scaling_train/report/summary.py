@@ -20,11 +20,10 @@ from typing import Any
 
 import numpy as np
 
-from scaling_train.report.analysis import Analysis, flops_per_token_fn
+from scaling_train.report.analysis import AT_FRACTION, Analysis, flops_per_token_fn, standing_at
 from scaling_train.report.data import SweepData
 
 FACTORS = (10.0, 100.0)
-AT_FRACTION = 0.4
 WITHIN = 0.02
 
 
@@ -56,10 +55,9 @@ def prediction_accuracy(sweep: SweepData, an: Analysis) -> dict[str, Any]:
     rows = []
     for r in sweep.runs:
         final = r.final_loss if r.status == "done" else None
-        hist = [h for h in an.history.get(r.name, []) if h.get("fraction", 2.0) <= AT_FRACTION + 1e-9]
-        if final is None or not math.isfinite(final) or not hist:
+        h = standing_at(an.history.get(r.name, []), AT_FRACTION)
+        if final is None or not math.isfinite(final) or h is None:
             continue
-        h = max(hist, key=lambda h: h["fraction"])
         lo, hi = h.get("low"), h.get("high")
         err = h["loss"] / final - 1
         inside = lo is not None and hi is not None and lo <= final <= hi

@@ -59,6 +59,9 @@ class RunSpec:
     """Dotted RunConfig keys this run sets on the command line (spec overrides + coordinates)."""
     cbs_steps: list[int] = field(default_factory=list)
     """Steps the spec's cbs block branches this run from (``scaling_train.sweep.cbs``)."""
+    budget: float | None = None
+    """The value of the grid's budget axis (``grid.tokens_per_param`` / ``tokens`` / ``flops``) the run was planned
+    at: the runs of one budget share it exactly (None for a run planned otherwise, e.g. a cbs branch)."""
 
     @property
     def world_size(self) -> int:
@@ -284,9 +287,8 @@ def make_plan(spec: SweepSpec, *, output: str | Path | None = None) -> Plan:
                     )
                     over["run_dir"] = str(sweep_dir / name)
                     cbs_steps: list[int] = []
-                    if _branched(
-                        spec.cbs, size, budget
-                    ):  # branch points: checkpoints the run keeps (not hashed)
+                    # branch points: checkpoints the run keeps (not hashed)
+                    if _branched(spec.cbs, size, budget):
                         cbs_steps, _ = branch_points(
                             steps, cfg.train.log_every, every=spec.cbs.every, factors=spec.cbs.factors,
                             tokens_fraction=spec.cbs.tokens_fraction,
@@ -317,6 +319,7 @@ def make_plan(spec: SweepSpec, *, output: str | Path | None = None) -> Plan:
                             run_dir=str(sweep_dir / name),
                             overrides=over,
                             cbs_steps=cbs_steps,
+                            budget=budget,
                         )
                     )
     return Plan(spec=spec, sweep_dir=sweep_dir, base=base, runs=runs, adaptive=adaptive_policy(spec))

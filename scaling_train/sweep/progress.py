@@ -47,9 +47,8 @@ def progress_line(run_dir: str | Path, name: str, total_steps: int) -> str | Non
     except (OSError, ValueError):
         pred = {}
     p, lo, hi = (finite_number(pred.get(k)) for k in ("loss", "low", "high"))
-    val = (
-        pred.get("law_loss") == "eval_loss"
-    )  # metrics.law_loss: eval: the prediction is of the validation loss
+    # metrics.law_loss: eval: the observed and predicted losses are validation losses
+    val = pred.get("law_loss") == "eval_loss"
     obs = finite_number(pred.get("observed_loss"))
     if val and obs is not None:
         line += f", val loss {obs:.4g} at step {int(pred.get('step') or 0)}"

@@ -15,20 +15,14 @@ import pytest
 
 from scaling_train.fitter.core import SweepFitter
 from scaling_train.metrics.jsonl import read_jsonl
-from tests.fixtures.training import cli, overrides, run_config, train
+from tests.fixtures.training import cli, overrides, partial_copy, run_config, train
 
 
 def test_predictions_law_malformed_diverged_and_new_runs(sweep, tmp_path):
-    sw = tmp_path / "sw"
-    shutil.copytree(sweep, sw)
-    # a running run: the first 12 of 24 steps, plus a malformed line
-    part = sw / "partial"
-    shutil.copytree(sw / "lr3e-3", part)
-    (part / "DONE").unlink()
-    rows = read_jsonl(part / "metrics.jsonl").rows
-    with open(part / "metrics.jsonl", "w") as f:
-        for r in rows[:3]:
-            f.write(json.dumps(r) + "\n")
+    # a running run: the first 12 of 24 steps (3 rows), plus a malformed line
+    sw, part, rows = partial_copy(sweep, tmp_path / "sw", upto=12)
+    assert [r["step"] for r in read_jsonl(part / "metrics.jsonl").rows] == [r["step"] for r in rows[:3]]
+    with open(part / "metrics.jsonl", "a") as f:
         f.write("{not json\n")
     f = SweepFitter(sw, log=lambda s: None)
     f.step()

@@ -9,9 +9,8 @@ import shutil
 import pytest
 
 from scaling_train.fitter.core import SweepFitter
-from scaling_train.metrics.jsonl import read_jsonl
 from scaling_train.report.data import load_sweep
-from tests.fixtures.training import run_config, train
+from tests.fixtures.training import partial_copy, run_config, train
 
 
 @pytest.fixture(scope="module")
@@ -23,21 +22,8 @@ def eval_sweep(tmp_path_factory):
     return root
 
 
-def _with_partial(sweep, tmp_path, upto: int):
-    """A copy of ``sweep`` plus ``partial``: the 3e-3 run cut at step ``upto``, not DONE; (sweep, partial, its
-    full rows)."""
-    sw = tmp_path / "sw"
-    shutil.copytree(sweep, sw)
-    part = sw / "partial"
-    shutil.copytree(sw / "lr3e-3", part)
-    (part / "DONE").unlink()
-    rows = read_jsonl(part / "metrics.jsonl").rows
-    (part / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows if r["step"] <= upto))
-    return sw, part, rows
-
-
 def test_fitter_predicts_and_reports_the_validation_loss(eval_sweep, tmp_path):
-    sw, part, rows = _with_partial(eval_sweep, tmp_path, 16)
+    sw, part, rows = partial_copy(eval_sweep, tmp_path / "sw", upto=16)
     kept = [r for r in rows if r["step"] <= 16]
     assert sum("eval_loss" in r for r in kept) == 4 and len(kept) > 4  # flushes every 4 steps, evals too
     f = SweepFitter(sw, log=lambda s: None)
@@ -77,7 +63,7 @@ def test_training_loss_stays_the_default(eval_sweep, tmp_path):
 def test_sweep_law_waits_for_an_ended_run_or_its_interval(eval_sweep, tmp_path, monkeypatch):
     from scaling_train.fitter import core
 
-    sw, part, rows = _with_partial(eval_sweep, tmp_path, 12)
+    sw, part, rows = partial_copy(eval_sweep, tmp_path / "sw", upto=12)
     f = SweepFitter(sw, log=lambda s: None)
     f.step()
     first = (sw / "sweep_law.json").stat().st_mtime_ns

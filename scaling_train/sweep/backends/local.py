@@ -21,14 +21,19 @@ from scaling_train.sweep.plan import Plan, RunSpec
 from scaling_train.sweep.worker import EXIT_LOCKED, EXIT_OK, execute
 
 
+def _budget(run: RunSpec) -> float:
+    """The run's grid budget value (its planned FLOPs for a run planned without one, e.g. a cbs branch)."""
+    return run.budget if run.budget is not None else run.flops
+
+
 def run_local(plan: Plan, *, say=print) -> int:
     """k concurrent runs (launch.concurrency); a run with several processes goes through torchrun."""
     prepare_dir(plan)
     la = plan.spec.launch
     # longest first: the k workers then finish close together (LPT scheduling); or smallest budget first
     todo = [r for r in plan.runs if not state.is_finished_for_now(r.run_dir)]
-    if plan.spec.launch.order == "budget":  # smallest compute first: later runs have finished references
-        todo.sort(key=lambda r: (float(f"{r.flops:.2g}"), -r.est_s))
+    if plan.spec.launch.order == "budget":  # smallest budget first: later runs have finished references
+        todo.sort(key=lambda r: (_budget(r), -r.est_s))
     else:
         todo.sort(key=lambda r: -r.est_s)
     n_stopped = sum(state.is_stopped(r.run_dir) for r in plan.runs)
@@ -82,11 +87,13 @@ def run_local(plan: Plan, *, say=print) -> int:
         finished same-size reference (the fitter's best one); runs finished before this invocation count."""
         if la.order != "budget":
             return True
-        key = float(f"{run.flops:.2g}")
         return not any(
-            q.n_params == run.n_params and q.seed == run.seed and float(f"{q.flops:.2g}") < key
-            and q.name not in ended for q in todo
-        )  # fmt: skip
+            q.n_params == run.n_params
+            and q.seed == run.seed
+            and _budget(q) < _budget(run)
+            and q.name not in ended
+            for q in todo
+        )
 
     def worker() -> None:
         while True:
@@ -96,8 +103,7 @@ def run_local(plan: Plan, *, say=print) -> int:
                         return
                     run = next((r for r in pending if ready(r)), None)
                     if run is not None:
-                        pending.remove(run)
-                        inflight[run.name] = (run.name, run.run_dir, run.steps)  # claimed
+                        pending.remove(run)  # claimed: no other worker takes it
                         break
                     cond.wait(1.0)
             try:
