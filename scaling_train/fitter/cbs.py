@@ -30,7 +30,7 @@ from typing import Any
 
 import numpy as np
 
-from scaling_train.fitter.tail import RunTail
+from scaling_train.fitter.tail import RunTail, plan_runs
 
 Z90 = 1.6448536269514722  # a 90% interval spans +-Z90 sd in log: its own log-sd = log(high / low) / (2 Z90)
 
@@ -284,13 +284,10 @@ _VARIABLES = {
 
 def _planned_runs(sweep_dir: Path | None) -> list[dict[str, Any]]:
     """``plan.json``'s runs (name, n_params, tokens, batch_size); [] without a readable plan."""
-    if sweep_dir is None:
-        return []
     try:
-        runs = json.loads((Path(sweep_dir) / "plan.json").read_text())["runs"]
         return [{"name": str(r["name"]), "N": float(r["n_params"]), "D": float(r["tokens"]),
-                 "batch_size": r.get("batch_size")} for r in runs]  # fmt: skip
-    except (OSError, ValueError, KeyError, TypeError):
+                 "batch_size": r.get("batch_size")} for r in plan_runs(sweep_dir)]  # fmt: skip
+    except (KeyError, TypeError, ValueError):
         return []
 
 

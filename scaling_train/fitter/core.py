@@ -35,7 +35,7 @@ from typing import Any
 import numpy as np
 
 from scaling_train._io import atomic_write
-from scaling_train.fitter.tail import RunTail, find_runs
+from scaling_train.fitter.tail import RunTail, find_runs, plan_runs
 from scaling_train.metrics.jsonl import clean_for_json
 
 STATE_FILE = ".fitter_state.json"
@@ -323,12 +323,8 @@ class SweepFitter:
         return self._policy_obj
 
     def _plan_runs(self) -> list[dict[str, Any]]:
-        """plan.json's runs; [] without a readable plan (a sweep run by hand has none)."""
-        try:
-            runs = json.loads((self.sweep_dir / "plan.json").read_text())["runs"]
-        except (OSError, ValueError, KeyError, TypeError):
-            return []
-        return runs if isinstance(runs, list) else []
+        """plan.json's runs (``fitter.tail.plan_runs``)."""
+        return plan_runs(self.sweep_dir)
 
     def _planned_flops(self) -> dict[str, float]:
         """Run name -> the sweep's planned training FLOPs (plan.json ``flops``: FLOPs per token with attention and

@@ -7,6 +7,7 @@ old offset again), it starts that file over. Rows are keyed by step, so a re-rea
 
 from __future__ import annotations
 
+import json
 import math
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -216,6 +217,18 @@ def _num(v: Any) -> float | None:
     if v in ("nan", "inf", "-inf"):
         return float(v)
     return None
+
+
+def plan_runs(sweep_dir: Path | None) -> list[dict[str, Any]]:
+    """``SWEEP_DIR/plan.json``'s runs as written by the sweep; [] without a readable plan (a sweep run by hand
+    has none). The one reader of the plan for the fitter's modules."""
+    if sweep_dir is None:
+        return []
+    try:
+        runs = json.loads((Path(sweep_dir) / "plan.json").read_text())["runs"]
+    except (OSError, ValueError, KeyError, TypeError):
+        return []
+    return [r for r in runs if isinstance(r, dict)] if isinstance(runs, list) else []
 
 
 def find_runs(sweep_dir: Path) -> list[Path]:
