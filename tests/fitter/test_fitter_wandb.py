@@ -12,8 +12,7 @@ import pytest
 pytest.importorskip("wandb")
 
 from scaling_train.metrics.jsonl import read_jsonl  # noqa: E402
-from scaling_train.metrics.wandb_sink import read_wandb_records  # noqa: E402
-from tests.fixtures.training import cli, history_rows, run_config, train  # noqa: E402
+from tests.fixtures.training import cli, finished_wandb_records, history_rows, run_config, train  # noqa: E402
 
 
 @pytest.fixture(scope="module")
@@ -44,7 +43,7 @@ def _fit(sw, *extra):
 
 def _fitter_records(sw, run_id):
     files = sorted((sw / "wandb").glob(f"offline-run-*/run-{run_id}.wandb"))
-    return files, [rec for f in files for rec in read_wandb_records(f)]
+    return files, [rec for f in files for rec in finished_wandb_records(f)]
 
 
 @pytest.mark.slow  # ~11 s on a loaded 2-core machine

@@ -8,8 +8,7 @@ import pytest
 
 pytest.importorskip("wandb")
 
-from scaling_train.metrics.wandb_sink import read_wandb_records  # noqa: E402
-from tests.fixtures.training import history_rows, run_config, train  # noqa: E402
+from tests.fixtures.training import finished_wandb_records, history_rows, run_config, train  # noqa: E402
 
 
 def test_wandb_offline_run_folder(tmp_path, monkeypatch):
@@ -20,7 +19,7 @@ def test_wandb_offline_run_folder(tmp_path, monkeypatch):
     run_id = json.loads((tmp_path / "sw" / "r" / "wandb_run.json").read_text())["id"]
     files = sorted((tmp_path / "sw" / "r" / "wandb").glob("offline-run-*/run-*.wandb"))
     assert len(files) == 1 and run_id in files[0].name
-    recs = read_wandb_records(files[0])
+    recs = finished_wandb_records(files[0])
     run = [r.run for r in recs if r.WhichOneof("record_type") == "run"][0]
     assert run.run_id == run_id and run.run_group == "sw" and run.display_name == "r"
     metrics = {
