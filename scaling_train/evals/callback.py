@@ -15,6 +15,7 @@ from __future__ import annotations
 import time
 from typing import Any
 
+from scaling_train.callbacks import TrainerCallback
 from scaling_train.evals.config import EvalsConfig
 from scaling_train.evals.harness import TaskResult, evaluate_task
 from scaling_train.evals.tasks import Task
@@ -44,7 +45,7 @@ def _from_rank0(t: Any) -> Any:
     return t
 
 
-class EvalCallback:
+class EvalCallback(TrainerCallback):
     """Evaluates ``tasks`` (or the tasks named by ``cfg.tasks``, built at train begin) every ``every`` steps."""
 
     def __init__(

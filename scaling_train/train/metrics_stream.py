@@ -14,6 +14,7 @@ from typing import Any
 
 import torch
 
+from scaling_train.callbacks import TrainerCallback
 from scaling_train.metrics.config import MetricsConfig
 from scaling_train.metrics.gns import AccumGNSProbe, DDPGNSState, NoiseScaleTracker, ddp_gns_hook
 from scaling_train.metrics.stats import TokenStats
@@ -23,10 +24,12 @@ SinkFactory = Callable[[Any], Sink | None]
 """``factory(trainer) -> Sink | None``: called on rank 0 when the stream opens; None = not for this run."""
 
 
-class TrainerMetrics:
+class TrainerMetrics(TrainerCallback):
     """Trainer callback: device statistics of every micro-batch and the noise scale, added to each row.
 
     Per micro-batch only device kernels run; ``on_flush`` reads everything with one ``.tolist()``."""
+
+    state_key = "TrainerMetrics"  # its checkpoint key since the first checkpoints (then the class name)
 
     def __init__(self, cfg: MetricsConfig) -> None:
         self.cfg = cfg

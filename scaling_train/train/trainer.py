@@ -37,6 +37,7 @@ import torch
 import yaml
 
 from scaling_train._io import atomic_write
+from scaling_train.callbacks import TrainerCallback, as_callback
 from scaling_train.config import to_dict
 from scaling_train.data import Batch, PooledStream, PreparedData, epochs_seen, prepare
 from scaling_train.metrics.jsonl import JsonlWriter, rollback_jsonl
@@ -118,6 +119,23 @@ def _recorded(run_dir: Path, info: dict[str, Any], prefix: str, **flags: bool) -
     )
 
 
+@dataclass
+class _LoopState:
+    """What ``Trainer._loop`` carries from step to step."""
+
+    metrics: JsonlWriter | None
+    bar: Any  # tqdm bar (rank 0, train.progress) or None
+    acc: torch.Tensor
+    """(4,) float64 device accumulators of the flush window: loss sum, grad-norm sum, steps, stop flag (rank 0
+    sets it to 1 when RUN_DIR/STOP exists: the all-reduce the flush does anyway gives every rank the same
+    decision)."""
+    window_start: int
+    t_window: float
+    last_loss: float = float("nan")
+    last_eval: float | None = None
+    stopped: bool = False
+
+
 def _diff_keys(a: Any, b: Any, prefix: str = "") -> list[str]:
     if isinstance(a, dict) and isinstance(b, dict):
         out = []
@@ -128,9 +146,9 @@ def _diff_keys(a: Any, b: Any, prefix: str = "") -> list[str]:
 
 
 class Trainer:
-    """Single-process trainer. ``callbacks`` get ``on_flush(trainer, row)`` after each metrics flush;
-    ``split_micro_batch(trainer, step) -> bool`` (the noise-scale probe's) runs a step's lone micro-batch
-    as two halves, each loss weighted by its share of the sequences (the same gradient). ``sinks``: factories
+    """Single-process trainer. ``callbacks``: ``TrainerCallback`` objects (``scaling_train/callbacks.py``:
+    the hooks and when each is called), or objects defining some of the hooks (adapted by ``as_callback``;
+    a method that looks like a hook but is none is a TypeError here). ``sinks``: factories
     ``f(trainer) -> Sink | None`` of extra metrics sinks, e.g. ``fitter.sink.in_process_fitter`` (which
     ``scaling-train train`` passes for ``metrics.fit_in_process``)."""
 
@@ -139,12 +157,12 @@ class Trainer:
         cfg: RunConfig,
         *,
         log: Callable[[str], None] = print,
-        callbacks: list | None = None,
+        callbacks: Sequence[TrainerCallback | object] | None = None,
         sinks: Sequence[SinkFactory] = (),
     ) -> None:
         self.cfg = cfg
         self.log = log
-        self.callbacks = list(callbacks or [])
+        self.callbacks: list[TrainerCallback] = [as_callback(cb) for cb in callbacks or ()]
         self.sink_factories = tuple(sinks)
         self.run_dir = Path(cfg.run_dir)
         self.backend = make_backend(cfg)
@@ -374,102 +392,118 @@ class Trainer:
 
     # ----------------------------------------------------------------- run
     def run(self) -> RunResult:
-        cfg = self.cfg
         self.run_dir.mkdir(parents=True, exist_ok=True)
-        done = self.run_dir / "DONE"
-        if done.is_file():
-            self.log(f"[train] {self.run_dir} is already DONE; nothing to do")
-            return _recorded(self.run_dir, json.loads(done.read_text() or "{}"), "final_", already_done=True)
-        stopped = self.run_dir / STOPPED
-        if stopped.is_file():
-            if (self.run_dir / STOP).is_file():  # the request stands: still stopped, nothing to do
-                try:
-                    info = json.loads(stopped.read_text() or "{}")
-                except ValueError:
-                    info = {}
-                self.log(
-                    f"[train] {self.run_dir} is STOPPED at step {info.get('steps')} on request; remove "
-                    f"{self.run_dir / STOP} (or `scaling-train sweep SPEC --resume-stopped`) to train it to the end"
-                )
-                return _recorded(self.run_dir, info, "", stopped=True)
-            if self.backend.is_main:  # STOP removed: resume to the end, the stop's record archived
-                self.log(
-                    f"[train] {self.run_dir}: STOP removed, resuming; STOPPED -> {archive_stopped(self.run_dir)}"
-                )
+        recorded = self._recorded_result()
+        if recorded is not None:
+            return recorded
         self._setup()
         if self.backend.is_main:
             self._write_config()
             self._write_lr_schedule()
         # metrics.jsonl + the W&B sink + the sinks passed in (rank 0 only)
         metrics = open_trainer_stream(self, self.sink_factories) if self.backend.is_main else None
-        if cfg.evals.tasks:  # downstream evals every k steps, scalars added to the flushed rows
+        if self.cfg.evals.tasks:  # downstream evals every k steps, scalars added to the flushed rows
             from scaling_train.evals.callback import EvalCallback
 
-            self.callbacks.append(EvalCallback(cfg=cfg.evals))
-        start_step, resumed_from = 0, None
+            self.callbacks.append(EvalCallback(cfg=self.cfg.evals))
+        self.callbacks[:] = [as_callback(cb) for cb in self.callbacks]  # any appended since __init__ too
+        found = self._resume(metrics)
+        if found is not None:  # callbacks' own state (e.g. the noise-scale EMAs) continues too
+            saved = found.get("callbacks", {})
+            for cb in self.callbacks:
+                if cb.state_key in saved:
+                    cb.load_state_dict(saved[cb.state_key])
+        for cb in self.callbacks:
+            cb.on_train_begin(self)
+        result = self._loop(self.start_step, metrics)
+        result.resumed_from = None if found is None else self.start_step
+        if self.backend.is_main:
+            if metrics is not None:
+                metrics.close()
+            if self._samples is not None:
+                self._samples.close()
+            self._write_record(result)
+        self.backend.barrier()
+        for cb in self.callbacks:
+            cb.on_train_end(self)
+        return result
+
+    def _recorded_result(self) -> RunResult | None:
+        """The result of a run that does not train now: DONE, or STOPPED while its STOP still stands. With
+        STOP removed, STOPPED is archived (rank 0) and the run resumes: None."""
+        done = self.run_dir / "DONE"
+        if done.is_file():
+            self.log(f"[train] {self.run_dir} is already DONE; nothing to do")
+            return _recorded(self.run_dir, json.loads(done.read_text() or "{}"), "final_", already_done=True)
+        stopped = self.run_dir / STOPPED
+        if not stopped.is_file():
+            return None
+        if (self.run_dir / STOP).is_file():  # the request stands: still stopped, nothing to do
+            try:
+                info = json.loads(stopped.read_text() or "{}")
+            except ValueError:
+                info = {}
+            self.log(
+                f"[train] {self.run_dir} is STOPPED at step {info.get('steps')} on request; remove "
+                f"{self.run_dir / STOP} (or `scaling-train sweep SPEC --resume-stopped`) to train it to the end"
+            )
+            return _recorded(self.run_dir, info, "", stopped=True)
+        if self.backend.is_main:  # STOP removed: resume to the end, the stop's record archived
+            self.log(
+                f"[train] {self.run_dir}: STOP removed, resuming; STOPPED -> {archive_stopped(self.run_dir)}"
+            )
+        return None
+
+    def _resume(self, metrics: JsonlWriter | None) -> dict[str, Any] | None:
+        """Model, optimizer and RNG from the newest good checkpoint (metrics rows after it dropped), else a
+        branch's parent state; sets ``start_step`` and opens ``samples.jsonl`` (rolled back to it). Returns
+        the checkpoint's state, None when the run starts from step 0."""
+        self.start_step = 0  # callbacks with side files roll them back to this step
         found = checkpoint.load_latest(self.run_dir / "checkpoints", map_location=self.backend.device)
         if found is not None:
             path, state = found
             self.backend.load_model_state(self.model, state["model"])
             self.backend.load_optim_state(self.optimizer, state["optimizer"])
             torch.set_rng_state(state["rng_cpu"])
-            start_step = resumed_from = state["step"]
+            self.start_step = state["step"]
             if metrics is not None:
                 metrics.truncate(state["metrics_offset"])  # drop rows written after the checkpoint
             self.log(
-                f"[train] resumed {self.run_dir} from {path.name} (step {start_step}/{self.total_steps})"
+                f"[train] resumed {self.run_dir} from {path.name} (step {self.start_step}/{self.total_steps})"
             )
-        elif cfg.branch.parent is not None:
+        elif self.cfg.branch.parent is not None:
             self._load_parent()
-        self.start_step = start_step  # callbacks with side files roll them back to this step
         self._samples = None
-        if self.backend.is_main and cfg.train.eval_batches:
-            rollback_jsonl(self.run_dir / "samples.jsonl", start_step)  # recomputed after the checkpoint
+        if self.backend.is_main and self.cfg.train.eval_batches:
+            rollback_jsonl(self.run_dir / "samples.jsonl", self.start_step)  # recomputed after the checkpoint
             self._samples = JsonlWriter(self.run_dir / "samples.jsonl")
-        if found is not None:  # callbacks' own state (e.g. the noise-scale EMAs) continues too
-            for cb in self.callbacks:
-                key = type(cb).__name__
-                if hasattr(cb, "load_state_dict") and key in found[1].get("callbacks", {}):
-                    cb.load_state_dict(found[1]["callbacks"][key])
-        for cb in self.callbacks:
-            if hasattr(cb, "on_train_begin"):
-                cb.on_train_begin(self)
-        result = self._loop(start_step, metrics)
-        result.resumed_from = resumed_from
-        if self.backend.is_main:
-            if metrics is not None:
-                metrics.close()
-            if self._samples is not None:
-                self._samples.close()
-        if self.backend.is_main:  # the record: STOPPED when stopped on request, else DONE
-            p = "" if result.stopped else "final_"
-            record = {
-                "steps": result.steps,
-                "tokens": result.tokens,
-                f"{p}loss": result.final_loss,
-                f"{p}eval_loss": result.final_eval_loss,
-            }
-            if result.stopped:
-                record.update(
-                    total_steps=self.total_steps, request=read_stop_request(self.run_dir), time=time.time()
-                )
-                atomic_write(self.run_dir / STOPPED, json.dumps(record, indent=1))
-                self.log(
-                    f"[train] stopped on request at step {result.steps}/{self.total_steps} "
-                    f"(checkpoint written; remove {self.run_dir / STOP} to resume to the end)"
-                )
-            else:
-                record.update(
-                    params=self.param_counts,
-                    flops=float(self.flops_per_token * result.tokens),
-                    config_hash=config_hash(cfg),
-                )
-                atomic_write(done, json.dumps(record, indent=1))
-        self.backend.barrier()
-        for cb in self.callbacks:
-            if hasattr(cb, "on_train_end"):
-                cb.on_train_end(self)
-        return result
+        return None if found is None else found[1]
+
+    def _write_record(self, result: RunResult) -> None:
+        """Rank 0's record of the run: STOPPED when it stopped on request, else DONE."""
+        p = "" if result.stopped else "final_"
+        record = {
+            "steps": result.steps,
+            "tokens": result.tokens,
+            f"{p}loss": result.final_loss,
+            f"{p}eval_loss": result.final_eval_loss,
+        }
+        if result.stopped:
+            record.update(
+                total_steps=self.total_steps, request=read_stop_request(self.run_dir), time=time.time()
+            )
+            atomic_write(self.run_dir / STOPPED, json.dumps(record, indent=1))
+            self.log(
+                f"[train] stopped on request at step {result.steps}/{self.total_steps} "
+                f"(checkpoint written; remove {self.run_dir / STOP} to resume to the end)"
+            )
+        else:
+            record.update(
+                params=self.param_counts,
+                flops=float(self.flops_per_token * result.tokens),
+                config_hash=config_hash(self.cfg),
+            )
+            atomic_write(self.run_dir / "DONE", json.dumps(record, indent=1))
 
     def _checkpoint(self, step: int, metrics: JsonlWriter | None) -> None:
         offset = metrics.flush() if metrics is not None else 0
@@ -480,8 +514,8 @@ class Trainer:
             "rng_cpu": torch.get_rng_state(),
             "metrics_offset": offset,
             "config_hash": config_hash(self.cfg),
-            "callbacks": {
-                type(cb).__name__: cb.state_dict() for cb in self.callbacks if hasattr(cb, "state_dict")
+            "callbacks": {  # keyed by state_key (default: the class name, as before state_key existed)
+                cb.state_key: cb_state for cb in self.callbacks if (cb_state := cb.state_dict()) is not None
             },
         }
         if self.backend.is_main:
@@ -495,129 +529,141 @@ class Trainer:
         self.backend.barrier()
 
     def _loop(self, start_step: int, metrics: JsonlWriter | None) -> RunResult:
-        cfg, dev = self.cfg, self.backend.device
-        T, tps = self.total_steps, cfg.tokens_per_step
-        bar = None
-        if cfg.train.progress and self.backend.is_main:
-            from tqdm.auto import tqdm
-
-            bar = tqdm(
-                total=T,
-                initial=start_step,
-                desc=self.run_dir.name,
-                unit="step",
-                dynamic_ncols=True,
-                leave=False,
-            )
-        # device accumulators over a flush window: loss sum, grad-norm sum, steps, stop flag (rank 0 sets it
-        # to 1 when RUN_DIR/STOP exists: the all-reduce the flush does anyway gives every rank the same decision)
-        acc = torch.zeros(4, dtype=torch.float64, device=dev)
-        stop_path = self.run_dir / STOP
-        stopped = False
-        window_start, t_window = start_step, time.perf_counter()
-        last_loss, last_eval = float("nan"), None
+        cfg, T, tps = self.cfg, self.total_steps, self.cfg.tokens_per_step
+        st = _LoopState(
+            metrics=metrics,
+            bar=self._progress_bar(start_step),
+            acc=torch.zeros(4, dtype=torch.float64, device=self.backend.device),
+            window_start=start_step,
+            t_window=time.perf_counter(),
+        )
         keep_steps = set(cfg.train.keep_steps)  # branch points: checkpointed even between ckpt_every
         self.model.train()
         for step in range(start_step, T):
             lr = self.lr_at(step)
-            for g in self.optimizer.param_groups:
-                g["lr"] = lr * g.get("lr_scale", 1.0)
-            split = [
-                cb.split_micro_batch(self, step) for cb in self.callbacks if hasattr(cb, "split_micro_batch")
-            ]
-            batches = self.micro_batches(step, split=any(split))
-            n_seqs = sum(b.idx.shape[0] for b in batches)  # this rank's sequences in the step
-            step_loss = torch.zeros((), dtype=torch.float64, device=dev)
-            for i, b in enumerate(batches):
-                b = b.to(dev)
-                parts = n_seqs / b.idx.shape[0]  # = accum for equal micro-batches; loss weight = 1 / parts
-                ctx = self.backend.no_sync(self.model) if i < len(batches) - 1 else contextlib.nullcontext()
-                with ctx:
-                    with self.backend.autocast():
-                        out = self.model(b.idx, b.targets)
-                    self.backend.backward(out.loss / parts)
-                step_loss += out.loss.detach().double() * (b.idx.shape[0] / self.micro_bs)  # 1.0 unless split
-                for cb in self.callbacks:
-                    if hasattr(cb, "on_micro_batch"):
-                        cb.on_micro_batch(self, out, b)
-            gnorm = self.backend.clip_grad_norm(self.model, cfg.optim.grad_clip)
-            for cb in self.callbacks:
-                if hasattr(cb, "on_before_step"):
-                    cb.on_before_step(self, step)
-            self.optimizer.step()
-            self.optimizer.zero_grad(set_to_none=True)
-            acc[:3] += torch.stack(
-                [
-                    step_loss / (n_seqs / self.micro_bs),  # = / accum (and / 1 for a split micro-batch)
-                    gnorm.detach().double(),
-                    torch.ones((), dtype=torch.float64, device=dev),
-                ]
-            )
+            self._train_step(step, lr, st.acc)
             done_steps = step + 1
             is_last = done_steps == T
             do_eval = is_last or (cfg.train.eval_every and done_steps % cfg.train.eval_every == 0)
             if done_steps % cfg.train.log_every == 0 or is_last or do_eval:
-                if self.backend.is_main and not is_last and stop_path.exists():  # one stat per flush
-                    acc[3] = 1.0
-                acc = self.backend.all_reduce_mean(acc)
-                # sync: one host transfer per flush, not per step
-                loss_sum, gn_sum, n, stop_flag = acc.tolist()
-                stopped = stop_flag > 0  # = 1 / world_size on every rank when rank 0 saw STOP
-                acc.zero_()
-                now = time.perf_counter()
-                row = {
-                    "step": done_steps,
-                    "tokens": done_steps * tps,
-                    "epochs": epochs_seen(done_steps * tps, self.data.train.unique_tokens),
-                    **(
-                        {
-                            f"epochs/{k}": v
-                            for k, v in self.data.train.pool_epochs(
-                                done_steps * tps, self._pool_batch_size()
-                            ).items()
-                        }
-                        if isinstance(self.data.train, PooledStream)
-                        else {}
-                    ),
-                    "flops": float(self.flops_per_token * done_steps * tps),
-                    "loss": loss_sum / n,
-                    "lr": lr,
-                    "grad_norm": gn_sum / n,
-                    "tokens_per_s": (done_steps - window_start) * tps / max(now - t_window, 1e-9),
-                    "time": time.time(),
-                }
-                if do_eval:
-                    ev = self.evaluate(step=done_steps)
-                    row.update(ev)
-                    last_eval = ev.get("eval_loss", last_eval)
-                for cb in self.callbacks:
-                    if hasattr(cb, "on_flush"):
-                        cb.on_flush(self, row)
-                last_loss = row["loss"]
-                if metrics is not None:
-                    metrics.write(row)
-                    metrics.flush()
-                if bar is not None:
-                    bar.update(done_steps - bar.n)
-                    post = {"loss": f"{last_loss:.3f}"}
-                    if last_eval is not None:
-                        post["eval"] = f"{last_eval:.3f}"
-                    bar.set_postfix(post)
-                window_start, t_window = done_steps, time.perf_counter()
+                self._flush(st, done_steps, lr, is_last=is_last, do_eval=bool(do_eval))
             periodic = cfg.train.ckpt_every and done_steps % cfg.train.ckpt_every == 0
-            if (periodic or done_steps in keep_steps or stopped) and not is_last:
+            if (periodic or done_steps in keep_steps or st.stopped) and not is_last:
                 self._checkpoint(done_steps, metrics)
-            if stopped:  # on request: resumable from the checkpoint just written
+            if st.stopped:  # on request: resumable from the checkpoint just written
                 break
-        if bar is not None:
-            bar.close()
-        if stopped:
+        if st.bar is not None:
+            st.bar.close()
+        if st.stopped:
             return RunResult(
-                self.run_dir, done_steps, done_steps * tps, last_loss, last_eval, None, stopped=True
+                self.run_dir, done_steps, done_steps * tps, st.last_loss, st.last_eval, None, stopped=True
             )
         if start_step < T:
             self._checkpoint(T, metrics)
-        return RunResult(self.run_dir, T, T * tps, last_loss, last_eval, None)
+        return RunResult(self.run_dir, T, T * tps, st.last_loss, st.last_eval, None)
+
+    def _progress_bar(self, start_step: int) -> Any:
+        """A tqdm bar on rank 0 when ``train.progress``; None otherwise."""
+        if not (self.cfg.train.progress and self.backend.is_main):
+            return None
+        from tqdm.auto import tqdm
+
+        return tqdm(
+            total=self.total_steps,
+            initial=start_step,
+            desc=self.run_dir.name,
+            unit="step",
+            dynamic_ncols=True,
+            leave=False,
+        )
+
+    def _train_step(self, step: int, lr: float, acc: torch.Tensor) -> None:
+        """Optimizer step ``step`` at learning rate ``lr``: forward/backward of its micro-batches, clipping,
+        ``optimizer.step()``; adds (loss, grad norm, 1) to the flush window's device accumulators ``acc``."""
+        dev = self.backend.device
+        for g in self.optimizer.param_groups:
+            g["lr"] = lr * g.get("lr_scale", 1.0)
+        split = [cb.split_micro_batch(self, step) for cb in self.callbacks]  # all asked (the probe counts)
+        batches = self.micro_batches(step, split=any(split))
+        n_seqs = sum(b.idx.shape[0] for b in batches)  # this rank's sequences in the step
+        step_loss = torch.zeros((), dtype=torch.float64, device=dev)
+        for i, b in enumerate(batches):
+            b = b.to(dev)
+            parts = n_seqs / b.idx.shape[0]  # = accum for equal micro-batches; loss weight = 1 / parts
+            ctx = self.backend.no_sync(self.model) if i < len(batches) - 1 else contextlib.nullcontext()
+            with ctx:
+                with self.backend.autocast():
+                    out = self.model(b.idx, b.targets)
+                self.backend.backward(out.loss / parts)
+            step_loss += out.loss.detach().double() * (b.idx.shape[0] / self.micro_bs)  # 1.0 unless split
+            for cb in self.callbacks:
+                cb.on_micro_batch(self, out, b)
+        gnorm = self.backend.clip_grad_norm(self.model, self.cfg.optim.grad_clip)
+        for cb in self.callbacks:
+            cb.on_before_step(self, step)
+        self.optimizer.step()
+        self.optimizer.zero_grad(set_to_none=True)
+        acc[:3] += torch.stack(
+            [
+                step_loss / (n_seqs / self.micro_bs),  # = / accum (and / 1 for a split micro-batch)
+                gnorm.detach().double(),
+                torch.ones((), dtype=torch.float64, device=dev),
+            ]
+        )
+
+    def _flush(self, st: _LoopState, done_steps: int, lr: float, *, is_last: bool, do_eval: bool) -> None:
+        """One metrics flush after ``done_steps`` steps: the window's means (and the stop decision) from the
+        device, the evaluation when due, every callback's ``on_flush``, then the row to ``metrics.jsonl``."""
+        if self.backend.is_main and not is_last and (self.run_dir / STOP).exists():  # one stat per flush
+            st.acc[3] = 1.0
+        st.acc = self.backend.all_reduce_mean(st.acc)
+        # sync: one host transfer per flush, not per step
+        loss_sum, gn_sum, n, stop_flag = st.acc.tolist()
+        st.stopped = stop_flag > 0  # = 1 / world_size on every rank when rank 0 saw STOP
+        st.acc.zero_()
+        row = self._row(done_steps, lr, loss=loss_sum / n, grad_norm=gn_sum / n, st=st)
+        if do_eval:
+            ev = self.evaluate(step=done_steps)
+            row.update(ev)
+            st.last_eval = ev.get("eval_loss", st.last_eval)
+        for cb in self.callbacks:
+            cb.on_flush(self, row)
+        st.last_loss = row["loss"]
+        if st.metrics is not None:
+            st.metrics.write(row)
+            st.metrics.flush()
+        if st.bar is not None:
+            st.bar.update(done_steps - st.bar.n)
+            post = {"loss": f"{st.last_loss:.3f}"}
+            if st.last_eval is not None:
+                post["eval"] = f"{st.last_eval:.3f}"
+            st.bar.set_postfix(post)
+        st.window_start, st.t_window = done_steps, time.perf_counter()
+
+    def _row(self, done_steps: int, lr: float, *, loss: float, grad_norm: float, st: _LoopState) -> dict:
+        """The metrics row of a flush after ``done_steps`` steps (callbacks and the evaluation add to it)."""
+        tps, train = self.cfg.tokens_per_step, self.data.train
+        now = time.perf_counter()
+        pooled = isinstance(train, PooledStream)
+        return {
+            "step": done_steps,
+            "tokens": done_steps * tps,
+            "epochs": epochs_seen(done_steps * tps, train.unique_tokens),
+            **(
+                {
+                    f"epochs/{k}": v
+                    for k, v in train.pool_epochs(done_steps * tps, self._pool_batch_size()).items()
+                }
+                if pooled
+                else {}
+            ),
+            "flops": float(self.flops_per_token * done_steps * tps),
+            "loss": loss,
+            "lr": lr,
+            "grad_norm": grad_norm,
+            "tokens_per_s": (done_steps - st.window_start) * tps / max(now - st.t_window, 1e-9),
+            "time": time.time(),
+        }
 
 
 def train(cfg: RunConfig, **kw: Any) -> RunResult:
