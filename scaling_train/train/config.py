@@ -6,7 +6,7 @@ import hashlib
 import json
 import math
 from dataclasses import dataclass, field
-from typing import Literal
+from typing import Any, Literal
 
 from scaling_train.config import doc, to_dict
 from scaling_train.data import DataConfig
@@ -189,23 +189,54 @@ NON_SEMANTIC = {
 }
 
 
+@dataclass(frozen=True)
+class LaterField:
+    """A config key added after the hash was first defined: left out of the hash while ``when`` (default:
+    the key itself) holds ``absent``, the value that means "as before the key existed", so the runs of
+    before keep their hash (their run folders and run names)."""
+
+    path: tuple[str, ...]
+    absent: Any
+    when: tuple[str, ...] | None = None
+
+
+LATER_FIELDS = (
+    # the whole block, while the run is no branch (branched training, `scaling-train cbs`)
+    LaterField(("branch",), None, when=("branch", "parent")),
+    LaterField(("data", "pools"), []),  # data pools
+    LaterField(("data", "mix"), None),  # ... and their mix (set exactly when pools are)
+    LaterField(("data", "unique_tokens"), None),  # repeated data: null = the whole training split
+)
+"""Every key added after the hash was defined, and the value at which it is left out: the next one is a line."""
+
+PATH_FIELDS = {("branch", "parent")}
+"""Folders, not semantics (another kind than LATER_FIELDS, left out whatever their value): a branch lives under
+its parent's run folder, so it keeps its hash wherever the sweep folder is moved."""
+
+
 def semantic_dict(cfg: RunConfig) -> dict:
+    """The resolved config the hash covers: ``to_dict(cfg)`` without the ``LATER_FIELDS`` at their absent
+    value, the ``PATH_FIELDS`` and the ``NON_SEMANTIC`` keys."""
     d = to_dict(cfg)
-    if cfg.branch.parent is None:
-        d.pop("branch")  # ordinary runs hash as before the branch block existed
-    else:
-        d["branch"].pop("parent")  # the folder: a branch lives under its parent, wherever that is moved
-    if not cfg.data.pools:  # runs without data pools hash as before data.pools / data.mix existed
-        d["data"].pop("pools")
-        d["data"].pop("mix")
-    if cfg.data.unique_tokens is None:  # runs on the whole split hash as before data.unique_tokens existed
-        d["data"].pop("unique_tokens")
-    for path in NON_SEMANTIC:
-        node = d
-        for p in path[:-1]:
-            node = node[p]
-        node.pop(path[-1], None)
+    absent = [f.path for f in LATER_FIELDS if _get(d, f.when or f.path) == f.absent]  # before any is popped
+    for path in (*absent, *PATH_FIELDS, *NON_SEMANTIC):
+        _pop(d, path)
     return d
+
+
+def _get(d: dict, path: tuple[str, ...]) -> Any:
+    for key in path:
+        d = d[key]
+    return d
+
+
+def _pop(d: dict, path: tuple[str, ...]) -> None:
+    """Remove ``path`` from ``d`` if it is there (its block may be gone already, e.g. ``branch``)."""
+    for key in path[:-1]:
+        d = d.get(key)
+        if not isinstance(d, dict):
+            return
+    d.pop(path[-1], None)
 
 
 def config_hash(cfg: RunConfig) -> str:

@@ -84,6 +84,38 @@ def test_hash_ignores_cosmetics_but_not_semantics():
     assert config_hash(a) == config_hash(b) != config_hash(c)
 
 
+_BRANCH = [
+    "branch.step=20",
+    "branch.factor=2",
+    "branch.parent_batch_size=8",
+    "branch.parent_total_steps=80",
+    "train.batch_size=16",
+]
+
+
+@pytest.mark.parametrize(
+    "overrides, pinned",
+    [
+        (None, "38f85bdb"),  # RunConfig()
+        ([], "e4499ad0"),  # configs/train/tiny.yaml
+        (["run_dir=x", "threads=1", "train.log_every=3", "train.progress=false", "sweep=s",
+          "train.keep_steps=[5]", "metrics.gns=false"], "e4499ad0"),  # NON_SEMANTIC only
+        (["branch.parent=runs/p", *_BRANCH], "89773bc7"),
+        (["branch.parent=elsewhere/p", *_BRANCH], "89773bc7"),  # PATH_FIELDS: the parent's folder
+        (["branch.factor=2"], "e4499ad0"),  # no parent: the branch block is left out whole
+        (["data.pools=[{name: a, tokens: 1e5}]", "data.mix=a"], "42d67a5b"),
+        (["data.pools=[{name: clean, tokens: 2560}, {name: noisy, tokens: 12800, noise: 0.3}]",
+          "data.mix=clean:0.5+noisy:0.5"], "b0c01d51"),
+        (["data.unique_tokens=5000"], "a0a5eeb6"),
+    ],
+)  # fmt: skip
+def test_config_hashes_are_pinned(overrides, pinned):
+    """Hashes computed on the code before semantic_dict's special cases became the LATER_FIELDS table (commit
+    647b96a): a run's hash names its folder, so no refactoring may change one."""
+    cfg = RunConfig() if overrides is None else C.load(RunConfig, REPO / "configs/train/tiny.yaml", overrides)
+    assert config_hash(cfg) == pinned
+
+
 @pytest.mark.parametrize("schedule", ["constant", "cosine", "wsd", "linear"])
 def test_schedules(schedule):
     o = OptimConfig(lr=1.0, min_lr_ratio=0.1, schedule=schedule, warmup_steps=10, decay_fraction=0.2)
