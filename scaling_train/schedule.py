@@ -20,6 +20,7 @@ from typing import Literal
 import numpy as np
 
 from scaling_train.config import doc
+from scaling_train.run_folder import LR_SCHEDULE
 
 
 @dataclass
@@ -80,7 +81,7 @@ def lr_array(cfg: OptimConfig, total_steps: int) -> np.ndarray:
     return np.array([lr_at(cfg, s, total_steps) for s in range(total_steps)], dtype=np.float64)
 
 
-LR_SCHEDULE_FILE = "lr_schedule.json"
+LR_SCHEDULE_FILE = LR_SCHEDULE
 """``RUN/lr_schedule.json``: a JSON list of floats, element k the planned LR of optimizer step k+1,
 length = total steps. Written by our trainer and by the HF / accelerate integrations."""
 

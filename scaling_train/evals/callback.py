@@ -19,23 +19,10 @@ from scaling_train.callbacks import TrainerCallback
 from scaling_train.evals.config import EvalsConfig
 from scaling_train.evals.harness import TaskResult, evaluate_task
 from scaling_train.evals.tasks import Task
+from scaling_train.run_folder import EVAL_TIME_KEY, EVALS, TASK_PREFIX, parse_task_key, task_key
 
-ROW_PREFIX = "task/"
-
-
-def row_key(task: str, metric: str) -> str:
-    return f"{ROW_PREFIX}{task}/{metric}"
-
-
-def parse_row_key(key: str) -> tuple[str, str] | None:
-    """``task/<name>/<metric>`` -> (name, metric); None for other keys."""
-    if not key.startswith(ROW_PREFIX):
-        return None
-    rest = key[len(ROW_PREFIX) :]
-    if "/" not in rest:
-        return None
-    name, metric = rest.split("/", 1)
-    return name, metric
+# the row keys are the run folder's (``scaling_train.run_folder``); the old names stay importable from here
+ROW_PREFIX, row_key, parse_row_key = TASK_PREFIX, task_key, parse_task_key
 
 
 def _from_rank0(t: Any) -> Any:
@@ -94,8 +81,8 @@ class EvalCallback(TrainerCallback):
             from scaling_train.metrics.jsonl import JsonlWriter, rollback_jsonl
 
             # resumed from a checkpoint: records of steps after it are recomputed, drop the old ones
-            rollback_jsonl(trainer.run_dir / "evals.jsonl", getattr(trainer, "start_step", 0))
-            self._writer = JsonlWriter(trainer.run_dir / "evals.jsonl")
+            rollback_jsonl(trainer.run_dir / EVALS, getattr(trainer, "start_step", 0))
+            self._writer = JsonlWriter(trainer.run_dir / EVALS)
         if not b.is_main:
             return
         trainer.log(
@@ -167,8 +154,8 @@ class EvalCallback(TrainerCallback):
             )  # fmt: skip
             self.results[task.name] = res
             for k, v in res.metrics.items():
-                out[row_key(task.name, k)] = v
-            out[row_key(task.name, "time_s")] = time.perf_counter() - t1
+                out[task_key(task.name, k)] = v
+            out[task_key(task.name, "time_s")] = time.perf_counter() - t1
             if self._writer is not None:
                 recs = [{k: v for k, v in r.items() if k != "first_pass"} for r in res.records]
                 self._writer.write(
@@ -182,5 +169,5 @@ class EvalCallback(TrainerCallback):
                 )
         if self._writer is not None:
             self._writer.flush()
-        out["task/time_s"] = time.perf_counter() - t0
+        out[EVAL_TIME_KEY] = time.perf_counter() - t0
         return out

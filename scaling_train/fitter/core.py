@@ -35,13 +35,13 @@ from typing import Any
 import numpy as np
 
 from scaling_train._io import atomic_write
-from scaling_train.fitter.tail import RunTail, find_runs, plan_runs
+from scaling_train.fitter.tail import RunTail, plan_runs
 from scaling_train.metrics.jsonl import clean_for_json
+from scaling_train.run_folder import PREDICTIONS, PREDICTIONS_LOG, STOP, STOPPED, STOPPED_ARCHIVES, find_runs
 
 STATE_FILE = ".fitter_state.json"
 LAW_EVERY_S = 15.0  # the sweep law is rewritten at most this often while no run ends (SweepFitter.step)
 ADAPTIVE_FILE = "adaptive.json"  # the sweep's adaptive policy (absent: no run is ever stopped early)
-STOP_FILE = "STOP"  # a stop request to the trainer
 MIN_POINTS = 3
 CURVE_POINTS = 24  # steps of the predicted remaining curve in predictions.json
 
@@ -65,7 +65,7 @@ def _append_prediction(run_dir: Path, pred: dict[str, Any], total_steps: int | N
     # the predicted remaining curve and band, so a report can show it against what happened
     if cur.get("step"):
         row["curve"] = {k: [round(float(v), 5) for v in cur[k]] for k in ("step", "loss", "low", "high")}
-    w = JsonlWriter(run_dir / "predictions.jsonl")
+    w = JsonlWriter(run_dir / PREDICTIONS_LOG)
     try:
         w.write(row)
     finally:
@@ -77,7 +77,7 @@ def _keep_stop_interval(run_dir: Path, pred: dict[str, Any]) -> None:
     policy's ``stop_interval``): a later refit from more finished references may narrow the prediction, but
     the stop was decided on that interval. Without a fresh prediction, the request's numbers are used."""
     try:
-        req = json.loads((run_dir / "STOPPED").read_text() or "{}").get("request") or {}
+        req = json.loads((run_dir / STOPPED).read_text() or "{}").get("request") or {}
     except (OSError, ValueError, AttributeError):
         return
     lo, hi, loss = req.get("low"), req.get("high"), req.get("loss")
@@ -298,7 +298,7 @@ class SweepFitter:
             if pred.get("status") == "running" and pred.get("loss") is not None:
                 _append_prediction(t.run_dir, pred, t.total_steps)
                 self._apply_policy(t, pred)  # reads the record just appended; adds its decision to pred
-            write_json_atomic(t.run_dir / "predictions.json", pred)
+            write_json_atomic(t.run_dir / PREDICTIONS, pred)
             refit.add(name)
         return refit
 
@@ -354,7 +354,7 @@ class SweepFitter:
         pol = self.policy()
         if pol is None or self.only is not None:
             return
-        if any(t.run_dir.glob("STOPPED.*.json")):  # stopped before and resumed on purpose: train to the end
+        if any(t.run_dir.glob(STOPPED_ARCHIVES)):  # stopped before and resumed on purpose: train to the end
             pred["adaptive"] = {"stop": False, "reason": "resumed after an early stop (--resume-stopped)"}
             return
         exempt = pol.exempt(self._planned())
@@ -363,16 +363,16 @@ class SweepFitter:
             return
         from scaling_train.metrics.jsonl import read_jsonl
 
-        history = read_jsonl(t.run_dir / "predictions.jsonl").rows
+        history = read_jsonl(t.run_dir / PREDICTIONS_LOG).rows
         stop, why = pol.decide(history)
         pred["adaptive"] = {"stop": stop, "reason": why}
-        if stop and not (t.run_dir / STOP_FILE).exists():
+        if stop and not (t.run_dir / STOP).exists():
             loss, low, high = pol.stop_interval(history)  # the union of the intervals the stop rests on
             request = {
                 "reason": why, "step": pred["step"], "fraction": history[-1].get("fraction"),
                 "loss": loss, "low": low, "high": high, "time": time.time(),
             }  # fmt: skip
-            write_json_atomic(t.run_dir / STOP_FILE, request)
+            write_json_atomic(t.run_dir / STOP, request)
             self.log(f"[fit] {t.name}: stop requested at step {pred['step']}/{t.total_steps}: {why}")
 
     # -------------------------------------------------------------- sweep laws
@@ -476,7 +476,7 @@ class SweepFitter:
             t = self.tails.get(name)
             if t is not None:
                 pred.update(run_fields(name, t, law))
-                write_json_atomic(t.run_dir / "predictions.json", pred)
+                write_json_atomic(t.run_dir / PREDICTIONS, pred)
         return law
 
     # -------------------------------------------------------------- loop

@@ -17,7 +17,15 @@ import numpy as np
 import yaml
 
 from scaling_train.metrics.config import law_column
-from scaling_train.metrics.jsonl import put_row, read_jsonl
+from scaling_train.metrics.jsonl import read_jsonl
+from scaling_train.run_folder import (
+    CONFIG,
+    DONE,
+    METRICS,
+    STOPPED,
+    find_runs,  # noqa: F401 - re-exported: sweep.adaptive, older callers
+    rows_by_step,
+)
 
 SIG_BYTES = 64
 """Bytes before the offset remembered to detect a rewritten file (the tail of the last line read)."""
@@ -49,7 +57,7 @@ class RunTail:
 
     @property
     def path(self) -> Path:
-        return self.run_dir / "metrics.jsonl"
+        return self.run_dir / METRICS
 
     # ------------------------------------------------------------ persistence
     def state(self) -> dict[str, Any]:
@@ -84,15 +92,15 @@ class RunTail:
     def poll(self) -> bool:
         """Read what was appended; returns True when the rows changed."""
         changed = False
-        if self.config is None and (self.run_dir / "config.yaml").is_file():
+        if self.config is None and (self.run_dir / CONFIG).is_file():
             try:
-                self.config = yaml.safe_load((self.run_dir / "config.yaml").read_text()) or {}
+                self.config = yaml.safe_load((self.run_dir / CONFIG).read_text()) or {}
                 changed = True
             except (OSError, yaml.YAMLError):
                 self.config = None  # being written; next poll
-        if not self.done and (self.run_dir / "DONE").is_file():
+        if not self.done and (self.run_dir / DONE).is_file():
             self.done, changed = True, True
-        stopped = not self.done and (self.run_dir / "STOPPED").is_file()
+        stopped = not self.done and (self.run_dir / STOPPED).is_file()
         if stopped != self.stopped:  # stopped, or resumed to the end (STOPPED archived)
             self.stopped, changed = stopped, True
             self.version += 1
@@ -109,15 +117,10 @@ class RunTail:
                 f.seek(res.offset - n)
                 self.sig = f.read(n).hex()
             self.offset = res.offset
-        for r in res.rows:
-            if "step" not in r or "loss" not in r:
-                continue
-            step = int(r["step"])
-            put_row(  # a rolled-back run rewrites steps it had written: later rows replace earlier ones
-                self.rows, step,
-                {k: _num(v) for k, v in r.items() if (k in KEEP or k.startswith(KEEP_PREFIX)) and _num(v) is not None},
-            )  # fmt: skip
-            changed = True
+        new = [r for r in res.rows if "step" in r and "loss" in r]
+        # a rolled-back run rewrites steps it had written: later rows replace earlier ones (run_folder.put_row)
+        rows_by_step(new, keep=_compact, into=self.rows)
+        changed = changed or bool(new)
         if changed:
             self._update_diverged()
             self.version += 1
@@ -181,7 +184,7 @@ class RunTail:
             return lr if len(lr) == T else None
         if "optim" not in cfg:
             return None
-        return lr_array(from_dict(OptimConfig, cfg["optim"], source=str(self.run_dir / "config.yaml")), T)
+        return lr_array(from_dict(OptimConfig, cfg["optim"], source=str(self.run_dir / CONFIG)), T)
 
     @property
     def law_column(self) -> str:
@@ -207,6 +210,15 @@ class RunTail:
         return max(self.rows) if self.rows else 0
 
 
+def _compact(row: dict[str, Any]) -> dict[str, float]:
+    """The fields of a metrics row the fitter keeps (``KEEP``, ``KEEP_PREFIX``), as numbers."""
+    return {
+        k: x
+        for k, v in row.items()
+        if (k in KEEP or k.startswith(KEEP_PREFIX)) and (x := _num(v)) is not None
+    }
+
+
 def _num(v: Any) -> float | None:
     """A number of a row, or None. JSON holds NaN / inf as the strings "nan", "inf", "-inf" (metrics.jsonl and
     the fitter's own state file): those are numbers too (a restarted fitter crashed on a "nan" noise scale)."""
@@ -229,16 +241,3 @@ def plan_runs(sweep_dir: Path | None) -> list[dict[str, Any]]:
     except (OSError, ValueError, KeyError, TypeError):
         return []
     return [r for r in runs if isinstance(r, dict)] if isinstance(runs, list) else []
-
-
-def find_runs(sweep_dir: Path) -> list[Path]:
-    """Run folders under ``sweep_dir``: children (or grandchildren) holding a ``config.yaml``; the folder
-    itself when it is a run."""
-    if (sweep_dir / "config.yaml").is_file() and not any(sweep_dir.glob("*/config.yaml")):
-        return [sweep_dir]
-    found = {p.parent for p in sweep_dir.glob("*/config.yaml")} | {
-        p.parent for p in sweep_dir.glob("*/*/config.yaml")
-    }
-    # W&B's and the trainer's own folders, and a run's branches of `scaling-train cbs` (relative parts only)
-    skip = {"wandb", "checkpoints", "cbs"}
-    return sorted(p for p in found if not skip & set(p.relative_to(sweep_dir).parts))

@@ -40,6 +40,7 @@ from scaling_train.metrics.gns import NoiseScaleTracker
 from scaling_train.metrics.jsonl import read_jsonl
 from scaling_train.metrics.stats import TokenStats
 from scaling_train.metrics.stream import MetricsStream
+from scaling_train.run_folder import DONE, HPARAMS
 
 
 class ScalingLawTracker(GeneralTracker):
@@ -136,7 +137,7 @@ class ScalingLawTracker(GeneralTracker):
 
     @on_main_process
     def store_init_configuration(self, values: dict) -> None:
-        atomic_write(self.run_dir / "hparams.json", json.dumps(values, default=str))
+        atomic_write(self.run_dir / HPARAMS, json.dumps(values, default=str))
 
     @on_main_process
     def log(self, values: dict, step: int | None = None, **kwargs: Any) -> None:
@@ -179,7 +180,7 @@ class ScalingLawTracker(GeneralTracker):
     @on_main_process
     def finish(self) -> None:
         if self.last_step >= self.total_steps:
-            atomic_write(self.run_dir / "DONE", json.dumps({"steps": self.last_step}))
+            atomic_write(self.run_dir / DONE, json.dumps({"steps": self.last_step}))
         self.stream.close()
         if self.watcher is not None:
             self.watcher.remove()

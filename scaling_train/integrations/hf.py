@@ -42,6 +42,7 @@ from scaling_train.integrations.watch import ModelWatcher, check_args, find_ddp,
 from scaling_train.metrics.gns import NoiseScaleTracker
 from scaling_train.metrics.stats import TokenStats
 from scaling_train.metrics.stream import MetricsStream
+from scaling_train.run_folder import DONE
 
 
 def offset_after_step(path: Path, step: int) -> int:
@@ -291,6 +292,6 @@ class ScalingLawCallback(TrainerCallback, ExportableState):
         self.stream.flush()
         done = {"steps": state.global_step, "tokens": self.tokens, "stopped_early": self.stopped_early}
         if state.global_step >= state.max_steps:
-            atomic_write(Path(self.run_dir) / "DONE", json.dumps(done))
+            atomic_write(Path(self.run_dir) / DONE, json.dumps(done))
         self.stream.close()  # the fitter's last refit sees DONE
         self.stream = None

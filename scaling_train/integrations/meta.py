@@ -15,6 +15,7 @@ import torch
 import yaml
 
 from scaling_train._io import atomic_write
+from scaling_train.run_folder import CONFIG, LR_SCHEDULE
 
 
 def write_run_meta(run_dir: Path, *, total_steps: int, lr: list[float], params: dict, tokens_per_step: float | None,
@@ -29,8 +30,8 @@ def write_run_meta(run_dir: Path, *, total_steps: int, lr: list[float], params: 
         "total_tokens": tokens_per_step * total_steps if tokens_per_step else None,
     }
     for name, text in (
-        ("config.yaml", yaml.safe_dump(meta, sort_keys=False)),
-        ("lr_schedule.json", json.dumps(lr)),
+        (CONFIG, yaml.safe_dump(meta, sort_keys=False)),
+        (LR_SCHEDULE, json.dumps(lr)),
     ):
         atomic_write(run_dir / name, text)
 

@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from scaling_train._io import atomic_write
+from scaling_train.run_folder import put_row  # noqa: F401 - the rows-by-step rule, re-exported
 
 
 def clean_for_json(v: Any) -> Any:
@@ -113,15 +114,6 @@ def finite_number(v: Any) -> float | None:
     """``v`` as a float when it is a finite number (not a bool, not NaN / inf), else None: a metric a reader can
     print or fit."""
     return float(v) if isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v) else None
-
-
-def put_row(rows: dict[int, Any], step: int, row: Any) -> None:
-    """``rows[step] = row`` after dropping every row at or after ``step``: a run resumed from a checkpoint
-    rewrites the steps after it, so a row for step s supersedes what an earlier attempt wrote from s on
-    (the one rule every reader of ``metrics.jsonl`` keyed by step applies)."""
-    for s in [s for s in rows if s >= step]:
-        del rows[s]
-    rows[step] = row
 
 
 def read_jsonl(path: str | Path, offset: int = 0) -> ReadResult:

@@ -21,6 +21,7 @@ from pathlib import Path
 from typing import Any, Protocol
 
 from scaling_train.metrics.jsonl import JsonlWriter, read_jsonl
+from scaling_train.run_folder import METRICS
 
 
 class Sink(Protocol):
@@ -37,7 +38,7 @@ class MetricsStream:
     """Buffered rows -> ``metrics.jsonl`` (append, flush, fsync) -> the other sinks, at each flush."""
 
     def __init__(
-        self, run_dir: str | Path, sinks: list[Any] | tuple = (), *, filename: str = "metrics.jsonl"
+        self, run_dir: str | Path, sinks: list[Any] | tuple = (), *, filename: str = METRICS
     ) -> None:
         self.run_dir = Path(run_dir)
         self.path = self.run_dir / filename

@@ -19,8 +19,9 @@ from typing import Any
 
 from scaling_train._io import atomic_write
 from scaling_train.metrics.config import WandbConfig
+from scaling_train.run_folder import PREDICTIONS, WANDB_RUN
 
-ID_FILE = "wandb_run.json"
+ID_FILE = WANDB_RUN  # RUN/wandb_run.json
 FLOPS_KEYS = ("loss", "eval_loss")
 
 
@@ -99,7 +100,7 @@ def row_payload(row: dict[str, Any]) -> dict[str, Any]:
 
 def new_prediction(run_dir: Path, last_mtime: float) -> tuple[dict[str, float], float]:
     """``pred/{loss,low,high}`` of ``RUN_DIR/predictions.json`` if it changed since ``last_mtime``."""
-    p = run_dir / "predictions.json"
+    p = run_dir / PREDICTIONS
     try:
         m = p.stat().st_mtime
         if m == last_mtime:

@@ -27,7 +27,21 @@ import numpy as np
 import yaml
 
 from scaling_train.metrics.config import law_column
-from scaling_train.metrics.jsonl import put_row, read_jsonl
+from scaling_train.metrics.jsonl import read_jsonl
+from scaling_train.run_folder import (
+    CONFIG,
+    DONE,
+    EVALS,
+    METRICS,
+    PREDICTIONS,
+    PREDICTIONS_LOG,
+    SAMPLES,
+    STOPPED,
+    find_runs,
+    has_task_key,
+    parse_run_name,
+    rows_by_step,
+)
 
 STATUSES = ("done", "stopped", "partial", "diverged", "no metrics", "missing", "broken")
 """done: DONE marker and all steps; stopped: stopped early by the adaptive policy (STOPPED, no DONE;
@@ -153,41 +167,33 @@ def _read_json(path: Path, notes: list[str]) -> Any:
         return None
 
 
-def _find_run_dirs(sweep_dir: Path) -> list[Path]:
-    """Children or grandchildren holding config.yaml or metrics.jsonl (as the fitter's ``find_runs``)."""
-    found = {
-        p.parent
-        for pattern in ("*/config.yaml", "*/metrics.jsonl", "*/*/config.yaml", "*/*/metrics.jsonl")
-        for p in sweep_dir.glob(pattern)
-    }
-    skip = {"wandb", "checkpoints", "logs", "cbs"}  # cbs: a run's branches (scaling-train cbs), not runs
-    return sorted(p for p in found if not skip & set(p.relative_to(sweep_dir).parts))
-
-
-def load_run(run_dir: Path, planned: dict[str, Any] | None = None) -> RunData:
-    """One run folder (or a planned run whose folder is absent) -> RunData; problems go to ``notes``."""
-    planned = planned or {}
-    run = RunData(name=run_dir.name, run_dir=run_dir if run_dir.is_dir() else None)
+def _sizes_from_plan(run: RunData, planned: dict[str, Any]) -> None:
+    """N, D, total steps and the FLOP budget the sweep planned (``plan.json``); the run folder may refine them."""
     run.N = as_float(planned.get("n_params")) if planned.get("n_params") else None
     run.D = as_float(planned.get("tokens")) if planned.get("tokens") else None
     run.total_steps = int(planned["steps"]) if planned.get("steps") else None
     run.planned_flops = as_float(planned.get("flops")) if planned.get("flops") else None
-    if run.run_dir is None:
-        run.status = "missing"
-        run.notes.append("planned but its folder does not exist (not started)")
-        return run
-    cfg_path = run_dir / "config.yaml"
-    if cfg_path.is_file():
-        try:
-            run.config = yaml.safe_load(cfg_path.read_text()) or {}
-            if not isinstance(run.config, dict):
-                raise ValueError(f"top level is {type(run.config).__name__}, not a mapping")
-        except (OSError, ValueError, yaml.YAMLError) as e:
-            run.status = "broken"
-            run.notes.append(f"config.yaml unreadable ({type(e).__name__}: {str(e)[:200]})")
-            run.config = {}
-    else:
-        run.notes.append("no config.yaml (sizes taken from plan.json or the run name)")
+
+
+def _read_config(run: RunData, run_dir: Path) -> None:
+    """``config.yaml`` into ``run.config`` (unreadable: status broken, with a note)."""
+    cfg_path = run_dir / CONFIG
+    if not cfg_path.is_file():
+        run.notes.append(f"no {CONFIG} (sizes taken from plan.json or the run name)")
+        return
+    try:
+        run.config = yaml.safe_load(cfg_path.read_text()) or {}
+        if not isinstance(run.config, dict):
+            raise ValueError(f"top level is {type(run.config).__name__}, not a mapping")
+    except (OSError, ValueError, yaml.YAMLError) as e:
+        run.status = "broken"
+        run.notes.append(f"{CONFIG} unreadable ({type(e).__name__}: {str(e)[:200]})")
+        run.config = {}
+
+
+def _sizes_from_config(run: RunData) -> None:
+    """N, D, FLOPs per token, tokens per step and total steps from the config's ``resolved`` block; what is
+    still missing of N and D from the run name."""
     res = run.config.get("resolved") or {}
     params = res.get("params") or {}
     if params.get("non_embedding"):
@@ -203,67 +209,62 @@ def load_run(run_dir: Path, planned: dict[str, Any] | None = None) -> RunData:
         run.D = run.total_steps * run.tokens_per_step
     if run.N is None or run.D is None:
         try:
-            from scaling_train.run_names import parse_run_name
-
             p = parse_run_name(run.name)
             run.N = run.N or p["N"]
             run.D = run.D or p["D"]
-        except (ValueError, ImportError):
+        except ValueError:
             pass
 
-    res_rows = read_jsonl(run_dir / "metrics.jsonl")
+
+def _read_metrics(run: RunData, run_dir: Path) -> None:
+    """``metrics.jsonl`` into the loss, eval and task rows by step (``run_folder.rows_by_step``: a resumed
+    run's rewritten steps replace the earlier ones), the first diverged step and notes on skipped lines."""
+    res_rows = read_jsonl(run_dir / METRICS)
     run.malformed = res_rows.malformed
     if res_rows.malformed:
-        run.notes.append(f"metrics.jsonl: {res_rows.malformed} malformed line(s) skipped")
+        run.notes.append(f"{METRICS}: {res_rows.malformed} malformed line(s) skipped")
     if res_rows.torn_tail:
-        run.notes.append("metrics.jsonl: torn last line skipped (crash or still writing)")
-    by_step: dict[int, dict[str, Any]] = {}
-    evals: dict[int, dict[str, Any]] = {}
-    tasks: dict[int, dict[str, Any]] = {}
-    for r in res_rows.rows:
-        if "step" not in r:
-            continue
-        s = int(r["step"])
-        # a resumed run rewrites steps: later rows replace the earlier ones at and after that step
-        if "loss" in r:
-            put_row(by_step, s, r)
-        if "eval_loss" in r:
-            put_row(evals, s, r)
-        if any(isinstance(k, str) and k.startswith("task/") for k in r):
-            put_row(tasks, s, r)
-    run.rows = [by_step[s] for s in sorted(by_step)]
-    run.eval_rows = [evals[s] for s in sorted(evals)]
-    run.task_rows = [tasks[s] for s in sorted(tasks)]
+        run.notes.append(f"{METRICS}: torn last line skipped (crash or still writing)")
+    run.rows = list(rows_by_step(res_rows.rows, where=lambda r: "loss" in r).values())
+    run.eval_rows = list(rows_by_step(res_rows.rows, where=lambda r: "eval_loss" in r).values())
+    run.task_rows = list(rows_by_step(res_rows.rows, where=has_task_key).values())
     for r in run.rows:
         if not math.isfinite(as_float(r.get("loss"))):
             run.diverged_at = int(r["step"])
             break
 
-    run.done = _read_json(run_dir / "DONE", run.notes)
-    if (run_dir / "DONE").is_file() and run.done is None:
+
+def _read_records(run: RunData, run_dir: Path) -> None:
+    """DONE, STOPPED (without DONE), the fitter's latest prediction and its record, and the per-sample
+    log-likelihoods of ``samples.jsonl`` and ``evals.jsonl``."""
+    run.done = _read_json(run_dir / DONE, run.notes)
+    if (run_dir / DONE).is_file() and run.done is None:
         run.done = {}
-    run.prediction = _read_json(run_dir / "predictions.json", run.notes)
+    run.prediction = _read_json(run_dir / PREDICTIONS, run.notes)
     if not isinstance(run.prediction, dict):
         run.prediction = None
-    hist = read_jsonl(run_dir / "predictions.jsonl")
+    hist = read_jsonl(run_dir / PREDICTIONS_LOG)
     run.history = [h for h in hist.rows if "step" in h and "loss" in h]
     run.samples = [
         {"task": "samples", **s}
-        for s in read_jsonl(run_dir / "samples.jsonl").rows
+        for s in read_jsonl(run_dir / SAMPLES).rows
         if "loglik" in s or "nll_sum" in s
     ]
-    run.samples += eval_samples(run_dir / "evals.jsonl")
+    run.samples += eval_samples(run_dir / EVALS)
+    if (run_dir / STOPPED).is_file() and run.done is None:
+        run.stopped = _read_json(run_dir / STOPPED, run.notes) or {}
 
-    if run_dir is not None and (run_dir / "STOPPED").is_file() and run.done is None:
-        run.stopped = _read_json(run_dir / "STOPPED", run.notes) or {}
+
+def _set_status(run: RunData) -> None:
+    """diverged | no metrics | done | stopped | partial (a broken run stays broken), with a note saying why."""
     if run.status == "broken":
-        return run
+        return
     if run.diverged_at is not None:
         run.status = "diverged"
         run.notes.append(f"diverged: non-finite loss at step {run.diverged_at}")
     elif not run.rows:
         run.status = "no metrics"
-        run.notes.append("no metrics rows yet (metrics.jsonl absent or empty)")
+        run.notes.append(f"no metrics rows yet ({METRICS} absent or empty)")
     elif run.done is not None:
         run.status = "done"
         if run.total_steps and run.last_step < run.total_steps:
@@ -279,6 +280,21 @@ def load_run(run_dir: Path, planned: dict[str, Any] | None = None) -> RunData:
         run.status = "partial"
         frac = f" ({run.fraction_done:.0%})" if run.fraction_done is not None else ""
         run.notes.append(f"not finished: step {run.last_step} of {run.total_steps or '?'}{frac}")
+
+
+def load_run(run_dir: Path, planned: dict[str, Any] | None = None) -> RunData:
+    """One run folder (or a planned run whose folder is absent) -> RunData; problems go to ``notes``."""
+    run = RunData(name=run_dir.name, run_dir=run_dir if run_dir.is_dir() else None)
+    _sizes_from_plan(run, planned or {})
+    if run.run_dir is None:
+        run.status = "missing"
+        run.notes.append("planned but its folder does not exist (not started)")
+        return run
+    _read_config(run, run_dir)
+    _sizes_from_config(run)
+    _read_metrics(run, run_dir)
+    _read_records(run, run_dir)
+    _set_status(run)
     return run
 
 
@@ -320,9 +336,9 @@ def load_sweep(sweep_dir: str | Path) -> SweepData:
                 planned[str(r["name"])] = r
     else:
         problems.append("no plan.json: missing runs cannot be detected, only the run folders found are shown")
-    found = {p.name: p for p in _find_run_dirs(sweep_dir)}
-    if (sweep_dir / "config.yaml").is_file() and not found:  # a single run folder
-        found = {sweep_dir.name: sweep_dir}
+    # a folder with only metrics.jsonl is shown too (its config may be broken); the sweep folder itself when it
+    # is a single run folder
+    found = {p.name: p for p in find_runs(sweep_dir, markers=(CONFIG, METRICS))}
     runs = []
     for run_name in list(planned) + sorted(n for n in found if n not in planned):
         path = found.get(run_name) or Path(planned[run_name].get("run_dir") or sweep_dir / run_name)
@@ -357,7 +373,7 @@ def lr_schedule(run: RunData) -> np.ndarray | None:
             from scaling_train.config import from_dict
             from scaling_train.schedule import OptimConfig, lr_array
 
-            return np.asarray(lr_array(from_dict(OptimConfig, run.config["optim"], source="config.yaml"), T))
+            return np.asarray(lr_array(from_dict(OptimConfig, run.config["optim"], source=CONFIG), T))
         except Exception:  # noqa: BLE001 - an odd optim section: fall back to the logged LRs
             pass
     lr, steps = run.column("lr"), run.steps

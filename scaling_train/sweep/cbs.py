@@ -49,6 +49,7 @@ import yaml
 from scaling_train.config import ConfigError, deep_merge, from_dict, load_yaml, parse_overrides
 from scaling_train.fitter.cbs import pooled_b_simple
 from scaling_train.metrics.jsonl import read_jsonl
+from scaling_train.run_folder import CBS, CBS_RESULTS, CONFIG, METRICS, checkpoint_steps, rows_by_step
 from scaling_train.run_names import fmt_e
 from scaling_train.sweep import state
 from scaling_train.sweep.plan import (
@@ -65,7 +66,7 @@ from scaling_train.sweep.plan import (
 from scaling_train.sweep.spec import SweepSpec
 from scaling_train.train.config import RunConfig, config_hash
 
-CBS_DIR, RESULTS = "cbs", "cbs.json"
+CBS_DIR, RESULTS = CBS, CBS_RESULTS  # RUN/cbs/cbs.json
 LR_RULES = {"sqrt": math.sqrt, "linear": float}
 Z_TOL = 2.0
 """Penalty tolerance in standard errors of the parent's own window loss (~95%, one-sided ~98%)."""
@@ -74,7 +75,7 @@ Z_TOL = 2.0
 # ------------------------------------------------------------------------------------------- plan
 def _parent(run_dir: Path) -> tuple[dict[str, Any], dict[str, Any]]:
     """(semantic config dict, resolved block) of a run folder's ``config.yaml``."""
-    path = run_dir / "config.yaml"
+    path = run_dir / CONFIG
     if not path.is_file():
         raise ConfigError(f"{run_dir} is not a run folder (no config.yaml)")
     raw = yaml.safe_load(path.read_text()) or {}
@@ -119,7 +120,7 @@ def make_branch_plan(
         raise ConfigError(f"{where}: --lr-rule={lr_rule!r} is not allowed; choose one of {list(LR_RULES)}")
     if not factors or any(int(k) < 2 for k in factors) or len(set(factors)) != len(factors):
         raise ConfigError(f"{where}: --factors={factors}: give distinct integers >= 2, e.g. 2,4,8")
-    cfg = from_dict(RunConfig, base, source=str(run_dir / "config.yaml"))
+    cfg = from_dict(RunConfig, base, source=str(run_dir / CONFIG))
     T = int(resolved.get("total_steps") or cfg.total_steps)
     B, log_every, tps = cfg.train.batch_size, cfg.train.log_every, cfg.tokens_per_step
     if not tokens > 0:
@@ -132,8 +133,7 @@ def make_branch_plan(
                 f"{log_every} in [{log_every}, {T - n}] (the run has {T} steps and the branch covers {n} "
                 f"of them = {n * tps:,} tokens); lower --tokens or pick another step"
             )
-        if require_checkpoints and not (run_dir / "checkpoints" / f"step-{s:08d}.pt").is_file():
-            have = sorted(int(p.name[5:13]) for p in (run_dir / "checkpoints").glob("step-*.pt"))
+        if require_checkpoints and s not in (have := checkpoint_steps(run_dir)):
             raise ConfigError(
                 f"{where}: --at {s}: no checkpoint of step {s} (the run has {have or 'none'}); a run keeps "
                 "the steps of train.keep_steps (a sweep's cbs block sets them) and its newest "
@@ -241,16 +241,7 @@ def _branch_spec(spec: SweepSpec) -> SweepSpec:
 # ------------------------------------------------------------------------------------- analysis
 def _rows(run_dir: Path) -> dict[int, dict[str, Any]]:
     """Metrics rows by step (a resumed run's rewritten rows replace the cut ones: never counted twice)."""
-    path = run_dir / "metrics.jsonl"
-    if not path.is_file():
-        return {}
-    out: dict[int, dict[str, Any]] = {}
-    for r in read_jsonl(path, 0).rows:
-        if "step" in r and "loss" in r:
-            for s in [s for s in out if s >= int(r["step"])]:
-                del out[s]
-            out[int(r["step"])] = r
-    return out
+    return rows_by_step(read_jsonl(run_dir / METRICS).rows, where=lambda r: "loss" in r)
 
 
 def window_loss(rows: dict[int, dict[str, Any]], a: int, b: int) -> float | None:
@@ -305,13 +296,13 @@ def measure(run_dir: str | Path) -> dict[str, Any]:
     """Every branch measurement of ``run_dir`` from its ``cbs/`` folders (see the module docstring)."""
     run_dir = Path(run_dir).resolve()
     base, resolved = _parent(run_dir)
-    cfg = from_dict(RunConfig, base, source=str(run_dir / "config.yaml"))
+    cfg = from_dict(RunConfig, base, source=str(run_dir / CONFIG))
     B, seq, tps = cfg.train.batch_size, cfg.model.seq_len, cfg.tokens_per_step
     log_every = cfg.train.log_every
     T = int(resolved.get("total_steps") or cfg.total_steps)
     rows = _rows(run_dir)
     groups: dict[tuple, list[dict[str, Any]]] = {}
-    for d in sorted((run_dir / CBS_DIR).glob("*/config.yaml")):
+    for d in sorted((run_dir / CBS_DIR).glob(f"*/{CONFIG}")):
         bdir = d.parent
         braw = yaml.safe_load(d.read_text()) or {}
         br = braw.get("branch") or {}

@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from scaling_train.metrics.jsonl import finite_number, read_jsonl
+from scaling_train.run_folder import METRICS, PREDICTIONS
 
 EVERY_S = 30.0
 """Seconds between two rounds of progress lines (one line per run in flight)."""
@@ -35,7 +36,7 @@ def last_row(path: Path) -> dict[str, Any] | None:
 def progress_line(run_dir: str | Path, name: str, total_steps: int) -> str | None:
     """One line for a run in flight, or None before its first metrics row."""
     run_dir = Path(run_dir)
-    row = last_row(run_dir / "metrics.jsonl")
+    row = last_row(run_dir / METRICS)
     if row is None:
         return None
     step = int(row["step"])
@@ -43,7 +44,7 @@ def progress_line(run_dir: str | Path, name: str, total_steps: int) -> str | Non
     line = f"[sweep] {name} step {step}/{total_steps} ({step / max(total_steps, 1):.0%})"
     line += f" loss {loss:.4g}" if loss is not None else ""
     try:
-        pred = json.loads((run_dir / "predictions.json").read_text())
+        pred = json.loads((run_dir / PREDICTIONS).read_text())
     except (OSError, ValueError):
         pred = {}
     p, lo, hi = (finite_number(pred.get(k)) for k in ("loss", "low", "high"))

@@ -25,8 +25,8 @@ import uuid
 from pathlib import Path
 from typing import Any
 
-LOCK, DONE, ATTEMPTS = ".lock", "DONE", "attempts.jsonl"
-STOP, STOPPED = "STOP", "STOPPED"  # the same names as scaling_train.train.trainer.STOP / STOPPED
+from scaling_train.run_folder import ATTEMPTS, DONE, LOCK, STOP, STOPPED, checkpoint_steps
+
 STATUSES = ("done", "running", "stopped", "failed", "partial", "pending")
 FINISHED_FOR_NOW = ("done", "stopped")
 """Statuses a sweep never relaunches on its own (a stopped run only with ``--resume-stopped``)."""
@@ -74,7 +74,7 @@ def status(run_dir: str | Path) -> str:
     att = attempts(run_dir)
     if att and att[-1].get("rc") not in (0, None):
         return "failed"
-    if (run_dir / "checkpoints").is_dir() and any((run_dir / "checkpoints").glob("step-*.pt")):
+    if checkpoint_steps(run_dir):
         return "partial"
     return "pending"
 

@@ -11,7 +11,6 @@ from __future__ import annotations
 import hashlib
 import io
 import os
-import re
 import warnings
 from collections.abc import Collection
 from pathlib import Path
@@ -20,8 +19,7 @@ from typing import Any
 import torch
 
 from scaling_train._io import atomic_write
-
-_NAME = re.compile(r"step-(\d{8})\.pt$")
+from scaling_train.run_folder import CHECKPOINT_RE, checkpoint_file
 
 
 def _fsync_dir(path: Path) -> None:
@@ -40,7 +38,7 @@ def save(
     buf = io.BytesIO()
     torch.save(state, buf)
     data = buf.getvalue()
-    path = ckpt_dir / f"step-{step:08d}.pt"
+    path = ckpt_dir / checkpoint_file(step)
     # the checksum first: a kill between the two writes leaves a sidecar without its .pt (invisible), never
     # a .pt without its sidecar (unusable, which would stop the run from resuming at all)
     atomic_write(path.with_name(path.name + ".sha256"), hashlib.sha256(data).hexdigest())
@@ -60,13 +58,13 @@ def list_checkpoints(ckpt_dir: str | Path) -> list[Path]:
     ckpt_dir = Path(ckpt_dir)
     if not ckpt_dir.is_dir():
         return []
-    found = [(int(m.group(1)), p) for p in ckpt_dir.iterdir() if (m := _NAME.search(p.name))]
+    found = [(int(m.group(1)), p) for p in ckpt_dir.iterdir() if (m := CHECKPOINT_RE.search(p.name))]
     return [p for _, p in sorted(found, reverse=True)]
 
 
 def step_of(path: Path) -> int:
     """The step of ``step-00000100.pt`` (100)."""
-    m = _NAME.search(path.name)
+    m = CHECKPOINT_RE.search(path.name)
     if m is None:
         raise ValueError(f"{path} is not a checkpoint file named like step-00000100.pt")
     return int(m.group(1))
@@ -84,7 +82,7 @@ def _verified(path: Path, map_location: str | torch.device) -> dict:
 
 def load_step(ckpt_dir: str | Path, step: int, map_location: str | torch.device = "cpu") -> dict:
     """The checkpoint of exactly ``step``, checksum verified; FileNotFoundError naming the steps there are."""
-    path = Path(ckpt_dir) / f"step-{step:08d}.pt"
+    path = Path(ckpt_dir) / checkpoint_file(step)
     if not path.is_file():
         have = sorted(step_of(p) for p in list_checkpoints(ckpt_dir))
         raise FileNotFoundError(
