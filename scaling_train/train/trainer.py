@@ -42,6 +42,7 @@ from scaling_train.config import to_dict
 from scaling_train.data import Batch, PooledStream, PreparedData, epochs_seen, prepare
 from scaling_train.metrics.jsonl import JsonlWriter, rollback_jsonl
 from scaling_train.models import GPT
+from scaling_train.run_folder import CHECKPOINTS, CONFIG, DONE, SAMPLES, STOP, STOPPED, stopped_archive
 from scaling_train.train import checkpoint
 from scaling_train.train.backend import make_backend
 from scaling_train.train.config import RunConfig, config_hash, semantic_dict
@@ -64,8 +65,8 @@ class ConfigMismatchError(RuntimeError):
     pass
 
 
-STOP, STOPPED = "STOP", "STOPPED"
-"""The stop request (written by the fitter or a user) and the trainer's record of a stop (module docstring)."""
+# STOP (the stop request, written by the fitter or a user) and STOPPED (the trainer's record of a stop; module
+# docstring) are run-folder names of scaling_train.run_folder, re-exported here for their old importers.
 
 
 def read_stop_request(run_dir: str | Path) -> dict[str, Any]:
@@ -84,7 +85,7 @@ def archive_stopped(run_dir: str | Path) -> Path | None:
     if not src.is_file():
         return None
     n = 1
-    while (dst := src.with_name(f"{STOPPED}.{n}.json")).exists():
+    while (dst := src.with_name(stopped_archive(n))).exists():
         n += 1
     try:
         os.replace(src, dst)
@@ -206,7 +207,7 @@ class Trainer:
             )
 
     def _write_config(self) -> None:
-        path = self.run_dir / "config.yaml"
+        path = self.run_dir / CONFIG
         resolved = to_dict(self.cfg)
         if path.is_file():
             old = yaml.safe_load(path.read_text()) or {}
@@ -307,9 +308,7 @@ class Trainer:
     def _load_parent(self) -> None:
         """A branch's first start: model and optimizer states from the parent's checkpoint at branch.step."""
         br = self.cfg.branch
-        state = checkpoint.load_step(
-            Path(br.parent) / "checkpoints", br.step, map_location=self.backend.device
-        )
+        state = checkpoint.load_step(Path(br.parent) / CHECKPOINTS, br.step, map_location=self.backend.device)
         if state.get("step") != br.step:
             raise RuntimeError(f"{br.parent} checkpoint of step {br.step} holds step {state.get('step')}")
         self.backend.load_model_state(self.model, state["model"])
@@ -431,7 +430,7 @@ class Trainer:
     def _recorded_result(self) -> RunResult | None:
         """The result of a run that does not train now: DONE, or STOPPED while its STOP still stands. With
         STOP removed, STOPPED is archived (rank 0) and the run resumes: None."""
-        done = self.run_dir / "DONE"
+        done = self.run_dir / DONE
         if done.is_file():
             self.log(f"[train] {self.run_dir} is already DONE; nothing to do")
             return _recorded(self.run_dir, json.loads(done.read_text() or "{}"), "final_", already_done=True)
@@ -459,7 +458,7 @@ class Trainer:
         branch's parent state; sets ``start_step`` and opens ``samples.jsonl`` (rolled back to it). Returns
         the checkpoint's state, None when the run starts from step 0."""
         self.start_step = 0  # callbacks with side files roll them back to this step
-        found = checkpoint.load_latest(self.run_dir / "checkpoints", map_location=self.backend.device)
+        found = checkpoint.load_latest(self.run_dir / CHECKPOINTS, map_location=self.backend.device)
         if found is not None:
             path, state = found
             self.backend.load_model_state(self.model, state["model"])
@@ -475,8 +474,8 @@ class Trainer:
             self._load_parent()
         self._samples = None
         if self.backend.is_main and self.cfg.train.eval_batches:
-            rollback_jsonl(self.run_dir / "samples.jsonl", self.start_step)  # recomputed after the checkpoint
-            self._samples = JsonlWriter(self.run_dir / "samples.jsonl")
+            rollback_jsonl(self.run_dir / SAMPLES, self.start_step)  # recomputed after the checkpoint
+            self._samples = JsonlWriter(self.run_dir / SAMPLES)
         return None if found is None else found[1]
 
     def _write_record(self, result: RunResult) -> None:
@@ -503,7 +502,7 @@ class Trainer:
                 flops=float(self.flops_per_token * result.tokens),
                 config_hash=config_hash(self.cfg),
             )
-            atomic_write(self.run_dir / "DONE", json.dumps(record, indent=1))
+            atomic_write(self.run_dir / DONE, json.dumps(record, indent=1))
 
     def _checkpoint(self, step: int, metrics: JsonlWriter | None) -> None:
         offset = metrics.flush() if metrics is not None else 0
@@ -520,7 +519,7 @@ class Trainer:
         }
         if self.backend.is_main:
             checkpoint.save(
-                self.run_dir / "checkpoints",
+                self.run_dir / CHECKPOINTS,
                 step,
                 state,
                 keep=self.cfg.train.keep_checkpoints,
