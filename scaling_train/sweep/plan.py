@@ -15,7 +15,7 @@ import itertools
 import math
 import shlex
 import sys
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -187,22 +187,70 @@ def branch_points(
 # ---------------------------------------------------------------------------------------- plan
 def make_plan(spec: SweepSpec, *, output: str | Path | None = None) -> Plan:
     """Expand the grid. Raises ConfigError (file, key, value, allowed) before anything starts."""
-    src, g, rules, res = spec.source, spec.grid, spec.rules, spec.resources
     sweep_dir = Path(output or spec.output or Path("runs") / spec.name).absolute()
     base = load_yaml(spec.base) if spec.base else {}
     base = deep_merge(base, spec.run or {})
-    # Validate the shared part once, so its errors name the spec rather than a run.
+    spec_over = _spec_overrides(spec)
+    runs: list[RunSpec] = []
+    seen: dict[str, str] = {}  # run name -> the grid point that made it (a second one is an error)
+    for pt in _grid_points(spec):
+        runs.append(
+            _plan_run(
+                spec, pt, base=base, spec_over=spec_over, sweep_dir=sweep_dir, index=len(runs), seen=seen
+            )
+        )
+    return Plan(spec=spec, sweep_dir=sweep_dir, base=base, runs=runs, adaptive=adaptive_policy(spec))
+
+
+@dataclass(frozen=True)
+class _Point:
+    """One grid point: a size at a budget, the optional batch-size / unique-tokens / pools axes and a seed."""
+
+    si: int  # index in grid.sizes
+    size: Any
+    n_target: float  # the size as N (the rules' N, not the actual shape's)
+    kind: str  # "tokens_per_param" | "tokens" | "flops"
+    budget: float
+    bs_axis: Any
+    u_axis: Any
+    mix_axis: Any
+    seed: Any
+
+    def label(self) -> str:
+        """'size=1M tokens=1e+06' as the errors and the duplicate check name the point."""
+        return f"size={self.size} {self.kind}={self.budget:g}"
+
+
+@dataclass
+class _Sized:
+    """A grid point's actual shape and step count, before its run config is final."""
+
+    over: dict[str, Any]  # spec overrides + model.size and the data axes; the run's overrides grow from it
+    n: int  # non-embedding N of the actual shape
+    n_total: int  # n + embedding and head (vocab * d_model * 2), for the memory estimate
+    fpt: float  # FLOPs per token (attention and LM head included)
+    batch_size: int
+    tps: int  # tokens per step = batch_size * seq_len
+    lr: float
+    steps: int
+
+
+def _spec_overrides(spec: SweepSpec) -> dict[str, Any]:
+    """The spec's overrides as dotted keys, validated once so that their errors name the spec, not a run."""
     spec_over = {str(k): v for k, v in flat(spec.overrides or {}).items()}
     try:
         parse_overrides(format_overrides(spec_over))
     except ConfigError as e:
-        raise ConfigError(f"{src}: overrides: {e}") from None
+        raise ConfigError(f"{spec.source}: overrides: {e}") from None
+    return spec_over
 
+
+def _grid_points(spec: SweepSpec) -> Iterator[_Point]:
+    """Yields the grid points in plan order: size, budget, (batch size, unique tokens, pools), seed."""
+    src, g = spec.source, spec.grid
     budgets: list[tuple[str, float]] = [
         (k, float(v)) for k in ("tokens_per_param", "tokens", "flops") if getattr(g, k) for v in getattr(g, k)
     ]
-    runs: list[RunSpec] = []
-    seen: dict[str, str] = {}
     for si, size in enumerate(g.sizes):
         n_target = _size_n(size, where=f"{src}: grid.sizes[{si}]")
         for bi, (kind, budget) in enumerate(budgets):
@@ -212,117 +260,133 @@ def make_plan(spec: SweepSpec, *, output: str | Path | None = None) -> Plan:
                 g.batch_sizes or [None], g.unique_tokens or [None], g.pools or [None]
             ):
                 for seed in g.seeds:
-                    over: dict[str, Any] = dict(spec_over)
-                    over["model.size"] = str(size)
-                    if u_axis is not None:
-                        over["data.unique_tokens"] = int(u_axis)
-                    if mix_axis is not None:
-                        over["data.mix"] = str(mix_axis)
-                    where0 = f"grid.sizes[{si}]={size!r}" + (f" grid.pools={mix_axis!r}" if mix_axis else "")
-                    cfg0 = _build(base, over, src, where=where0)
-                    shape, T = cfg0.model.shape, cfg0.model.seq_len
-                    n = sizes.non_embedding_params(shape)
-                    vocab = cfg0.model.vocab_size or cfg0.data.vocab_size
-                    fpt = sizes.flops_per_token(shape, T, vocab_size=vocab)
-                    B = (
-                        int(bs_axis)
-                        if bs_axis is not None
-                        else int(apply_rule(rules.batch_size, n_target, where=f"{src}: rules.batch_size"))
-                    )
-                    lr = (
-                        rules.lr.value
-                        if rules.mup
-                        else apply_rule(rules.lr, n_target, where=f"{src}: rules.lr")
-                    )
-                    if cfg0.data.pools:  # every mixed pool gets >= 1 sequence of each step
-                        try:
-                            pool_counts(list(cfg0.data.mix.values()), B, names=list(cfg0.data.mix))
-                        except ValueError as e:
-                            raise ConfigError(f"{src} ({where0}): {e}") from None
-                    d_target = {"tokens_per_param": budget * n, "tokens": budget, "flops": budget / fpt}[kind]
-                    tps = B * T
-                    if d_target < tps:
-                        key = {
-                            "tokens_per_param": "grid.tokens_per_param",
-                            "tokens": "grid.tokens",
-                            "flops": "grid.flops",
-                        }[kind]
-                        raise ConfigError(
-                            f"{src}: {key} value {budget:g} gives D={d_target:,.0f} tokens for size {size} (N={n:,}), "
-                            f"below one optimizer step of batch_size*seq_len = {B}*{T} = {tps:,} tokens; "
-                            f"raise the budget, or lower the batch size or seq_len"
-                        )
-                    steps = math.ceil(d_target / tps)
-                    over.update(
-                        {
-                            "train.max_steps": steps,
-                            "train.max_tokens": None,
-                            "train.batch_size": B,
-                            "optim.lr": float(f"{lr:.3g}"),
-                            "seed": int(seed),
-                            "sweep": spec.name,
-                        }
-                    )
-                    if rules.evals_per_run is not None:
-                        over["train.eval_every"] = max(1, steps // rules.evals_per_run)
-                    if rules.mup:
-                        over.update({"model.mup": True, "model.mup_base_width": rules.mup_base_width})
-                    if res.gpu:
-                        over["device"] = "cuda"
-                    cfg = _build(base, over, src, where=f"run size={size} {kind}={budget:g}")
-                    h = config_hash(cfg)
-                    D = steps * tps
-                    name = run_name(
-                        n_params=n, tokens=D, batch_size=B, lr=cfg.optim.lr, seed=int(seed), cfg_hash=h
-                    )
-                    if name in seen:
-                        raise ConfigError(
-                            f"{src}: two grid points resolve to the same run {name} ({seen[name]} and size={size} "
-                            f"{kind}={budget:g}); remove the duplicate size or budget"
-                        )
-                    seen[name] = (
-                        f"size={size} {kind}={budget:g}"
-                        + (f" unique_tokens={u_axis:g}" if u_axis else "")
-                        + (f" pools={mix_axis}" if mix_axis else "")
-                    )
-                    over["run_dir"] = str(sweep_dir / name)
-                    cbs_steps: list[int] = []
-                    # branch points: checkpoints the run keeps (not hashed)
-                    if _branched(spec.cbs, size, budget):
-                        cbs_steps, _ = branch_points(
-                            steps, cfg.train.log_every, every=spec.cbs.every, factors=spec.cbs.factors,
-                            tokens_fraction=spec.cbs.tokens_fraction,
-                        )  # fmt: skip
-                        over["train.keep_steps"] = cbs_steps
-                    flops = fpt * D
-                    devices, nodes = _resources(spec, n_total=n + vocab * shape.d_model * 2, flops=flops)
-                    fps = res.flops_per_s or (GPU_FLOPS_PER_S if res.gpu else CPU_FLOPS_PER_S)
-                    est = flops / (fps * devices * nodes) + res.overhead_s
-                    limit = res.time_limit_min or int(math.ceil(2 * est / 60 + 10))
-                    runs.append(
-                        RunSpec(
-                            index=len(runs),
-                            name=name,
-                            size=str(size),
-                            n_params=n,
-                            tokens=D,
-                            steps=steps,
-                            batch_size=B,
-                            lr=cfg.optim.lr,
-                            seed=int(seed),
-                            flops=flops,
-                            devices=devices,
-                            nodes=nodes,
-                            est_s=est,
-                            time_limit_min=int(limit),
-                            config_hash=h,
-                            run_dir=str(sweep_dir / name),
-                            overrides=over,
-                            cbs_steps=cbs_steps,
-                            budget=budget,
-                        )
-                    )
-    return Plan(spec=spec, sweep_dir=sweep_dir, base=base, runs=runs, adaptive=adaptive_policy(spec))
+                    yield _Point(si, size, n_target, kind, budget, bs_axis, u_axis, mix_axis, seed)
+
+
+def _size_point(spec: SweepSpec, pt: _Point, base: dict[str, Any], spec_over: dict[str, Any]) -> _Sized:
+    """The point's shape (from base + its model and data axes), batch size, lr and steps; ConfigError if off."""
+    src, rules = spec.source, spec.rules
+    over: dict[str, Any] = dict(spec_over)
+    over["model.size"] = str(pt.size)
+    if pt.u_axis is not None:
+        over["data.unique_tokens"] = int(pt.u_axis)
+    if pt.mix_axis is not None:
+        over["data.mix"] = str(pt.mix_axis)
+    where0 = f"grid.sizes[{pt.si}]={pt.size!r}" + (f" grid.pools={pt.mix_axis!r}" if pt.mix_axis else "")
+    cfg0 = _build(base, over, src, where=where0)
+    shape, T = cfg0.model.shape, cfg0.model.seq_len
+    n = sizes.non_embedding_params(shape)
+    vocab = cfg0.model.vocab_size or cfg0.data.vocab_size
+    fpt = sizes.flops_per_token(shape, T, vocab_size=vocab)
+    B = (
+        int(pt.bs_axis)
+        if pt.bs_axis is not None
+        else int(apply_rule(rules.batch_size, pt.n_target, where=f"{src}: rules.batch_size"))
+    )
+    lr = rules.lr.value if rules.mup else apply_rule(rules.lr, pt.n_target, where=f"{src}: rules.lr")
+    if cfg0.data.pools:  # every mixed pool gets >= 1 sequence of each step
+        try:
+            pool_counts(list(cfg0.data.mix.values()), B, names=list(cfg0.data.mix))
+        except ValueError as e:
+            raise ConfigError(f"{src} ({where0}): {e}") from None
+    steps = _steps(src, pt, n=n, fpt=fpt, B=B, T=T)
+    return _Sized(over, n, n + vocab * shape.d_model * 2, fpt, B, B * T, lr, steps)
+
+
+def _steps(src: str, pt: _Point, *, n: int, fpt: float, B: int, T: int) -> int:
+    """Optimizer steps of the point's budget: ceil(D / (B T)); ConfigError when D is under one step."""
+    d_target = {"tokens_per_param": pt.budget * n, "tokens": pt.budget, "flops": pt.budget / fpt}[pt.kind]
+    tps = B * T
+    if d_target < tps:
+        key = {"tokens_per_param": "grid.tokens_per_param", "tokens": "grid.tokens", "flops": "grid.flops"}[
+            pt.kind
+        ]
+        raise ConfigError(
+            f"{src}: {key} value {pt.budget:g} gives D={d_target:,.0f} tokens for size {pt.size} (N={n:,}), "
+            f"below one optimizer step of batch_size*seq_len = {B}*{T} = {tps:,} tokens; "
+            f"raise the budget, or lower the batch size or seq_len"
+        )
+    return math.ceil(d_target / tps)
+
+
+def _run_overrides(spec: SweepSpec, pt: _Point, sz: _Sized) -> dict[str, Any]:
+    """``sz.over`` completed with the run's coordinates and the rules' switches (the dict itself, updated)."""
+    rules = spec.rules
+    over = sz.over
+    over.update(
+        {
+            "train.max_steps": sz.steps,
+            "train.max_tokens": None,
+            "train.batch_size": sz.batch_size,
+            "optim.lr": float(f"{sz.lr:.3g}"),
+            "seed": int(pt.seed),
+            "sweep": spec.name,
+        }
+    )
+    if rules.evals_per_run is not None:
+        over["train.eval_every"] = max(1, sz.steps // rules.evals_per_run)
+    if rules.mup:
+        over.update({"model.mup": True, "model.mup_base_width": rules.mup_base_width})
+    if spec.resources.gpu:
+        over["device"] = "cuda"
+    return over
+
+
+def _claim(seen: dict[str, str], name: str, pt: _Point, src: str) -> None:
+    """Returns nothing: records ``name`` in ``seen``, or raises ConfigError when another point made it."""
+    if name in seen:
+        raise ConfigError(
+            f"{src}: two grid points resolve to the same run {name} ({seen[name]} and {pt.label()}); "
+            "remove the duplicate size or budget"
+        )
+    seen[name] = (
+        pt.label()
+        + (f" unique_tokens={pt.u_axis:g}" if pt.u_axis else "")
+        + (f" pools={pt.mix_axis}" if pt.mix_axis else "")
+    )
+
+
+def _plan_run(
+    spec: SweepSpec,
+    pt: _Point,
+    *,
+    base: dict[str, Any],
+    spec_over: dict[str, Any],
+    sweep_dir: Path,
+    index: int,
+    seen: dict[str, str],
+) -> RunSpec:
+    """The RunSpec of one grid point: resolved config, name (claimed in ``seen``), branch points, resources."""
+    res = spec.resources
+    sz = _size_point(spec, pt, base, spec_over)
+    over = _run_overrides(spec, pt, sz)
+    cfg = _build(base, over, spec.source, where=f"run {pt.label()}")
+    h = config_hash(cfg)
+    D = sz.steps * sz.tps
+    name = run_name(
+        n_params=sz.n, tokens=D, batch_size=sz.batch_size, lr=cfg.optim.lr, seed=int(pt.seed), cfg_hash=h
+    )
+    _claim(seen, name, pt, spec.source)
+    over["run_dir"] = str(sweep_dir / name)
+    cbs_steps: list[int] = []
+    # branch points: checkpoints the run keeps (not hashed)
+    if _branched(spec.cbs, pt.size, pt.budget):
+        cbs_steps, _ = branch_points(
+            sz.steps, cfg.train.log_every, every=spec.cbs.every, factors=spec.cbs.factors,
+            tokens_fraction=spec.cbs.tokens_fraction,
+        )  # fmt: skip
+        over["train.keep_steps"] = cbs_steps
+    flops = sz.fpt * D
+    devices, nodes = _resources(spec, n_total=sz.n_total, flops=flops)
+    fps = res.flops_per_s or (GPU_FLOPS_PER_S if res.gpu else CPU_FLOPS_PER_S)
+    est = flops / (fps * devices * nodes) + res.overhead_s
+    limit = res.time_limit_min or int(math.ceil(2 * est / 60 + 10))
+    return RunSpec(
+        index=index, name=name, size=str(pt.size), n_params=sz.n, tokens=D, steps=sz.steps,
+        batch_size=sz.batch_size, lr=cfg.optim.lr, seed=int(pt.seed), flops=flops, devices=devices, nodes=nodes,
+        est_s=est, time_limit_min=int(limit), config_hash=h, run_dir=str(sweep_dir / name), overrides=over,
+        cbs_steps=cbs_steps, budget=pt.budget,
+    )  # fmt: skip
 
 
 def _branched(c, size: Any, budget: float) -> bool:
