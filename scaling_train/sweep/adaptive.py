@@ -195,9 +195,15 @@ def simulate(
     max_points: int = 64,
 ) -> SimulationResult:
     """Replay ``runs`` (in planned order) under ``policy`` (default ``AdaptivePolicy()``); module docstring."""
-    from scaling_train.laws import NotEnoughDataError, predict_final_loss
-
     policy = policy or AdaptivePolicy()
+    runs = _checked(runs, slots)
+    clock = _SweepClock(runs, policy, slots)
+    clock.play(max_points)
+    return _result(runs, policy, clock.replay, clock.cost)
+
+
+def _checked(runs: Sequence[RecordedRun], slots: int | None) -> list[RecordedRun]:
+    """``runs`` as a list, once they are known to be uniquely named RecordedRuns and ``slots`` to be valid."""
     runs = list(runs)
     if not runs:
         raise ValueError("simulate needs at least one RecordedRun, got none")
@@ -210,78 +216,116 @@ def simulate(
         raise ValueError(f"run names must be unique; repeated: {dup}")
     if slots is not None and (not isinstance(slots, int) or slots < 1):
         raise ValueError(f"slots={slots!r} must be a positive integer or None (all runs at once)")
-    by_name = {r.name: r for r in runs}
-    exempt = policy.exempt([(r.name, r.n_params, r.tokens) for r in runs])
-    replay = {r.name: RunReplay(r.name, r.total_steps) for r in runs}
-    cost = {r.name: 6.0 * r.n_params * r.tokens_per_step for r in runs}  # per step
-    start: dict[str, float] = {}
-    end: dict[str, float] = {}
-    heap: list[tuple[float, int, str, int]] = []  # (time, order, run, step); step == T: the run's end
-    order = 0
-    queue = list(names)
-    free = len(runs) if slots is None else slots
+    return runs
 
-    def launch(now: float) -> None:
-        nonlocal free, order
-        while free > 0 and queue:
-            n = queue.pop(0)
-            free -= 1
-            start[n] = now
-            T = by_name[n].total_steps
+
+class _SweepClock:
+    """The replay's clock: a heap of events (a run's prediction points and its end) on ``slots`` run slots,
+    one FLOP per unit of time per run; ``replay`` holds what happened to each run."""
+
+    def __init__(self, runs: list[RecordedRun], policy: AdaptivePolicy, slots: int | None) -> None:
+        self.policy = policy
+        self.names = [r.name for r in runs]
+        self.by_name = {r.name: r for r in runs}
+        self.exempt = policy.exempt([(r.name, r.n_params, r.tokens) for r in runs])
+        self.replay = {r.name: RunReplay(r.name, r.total_steps) for r in runs}
+        self.cost = {r.name: 6.0 * r.n_params * r.tokens_per_step for r in runs}  # per step
+        self.start: dict[str, float] = {}
+        self.end: dict[str, float] = {}
+        self.heap: list[
+            tuple[float, int, str, int]
+        ] = []  # (time, order, run, step); step == T: the run's end
+        self.order = 0
+        self.queue = list(self.names)
+        self.free = len(runs) if slots is None else slots
+
+    def launch(self, now: float) -> None:
+        """Returns nothing: starts queued runs on the free slots at ``now`` and schedules their events."""
+        policy = self.policy
+        while self.free > 0 and self.queue:
+            n = self.queue.pop(0)
+            self.free -= 1
+            self.start[n] = now
+            T = self.by_name[n].total_steps
             fracs = np.arange(policy.min_fraction, 1.0 - 1e-9, max(policy.spacing, 0.01))
             for s in sorted({int(math.ceil(f * T)) for f in fracs if f * T >= 1} - {T}):
-                heapq.heappush(heap, (now + s * cost[n], order, n, s))
-                order += 1
-            heapq.heappush(heap, (now + T * cost[n], order, n, T))
-            order += 1
+                heapq.heappush(self.heap, (now + s * self.cost[n], self.order, n, s))
+                self.order += 1
+            heapq.heappush(self.heap, (now + T * self.cost[n], self.order, n, T))
+            self.order += 1
 
-    def progress(n: str, now: float) -> int:
-        if n not in start:
+    def progress(self, n: str, now: float) -> int:
+        """Steps run ``n`` has trained by ``now`` (0 before it starts; never past its stop or end)."""
+        if n not in self.start:
             return 0
-        rp = replay[n]
+        rp = self.replay[n]
         done = rp.stopped_at if rp.stopped_at is not None else rp.total_steps
-        return min(done, int((now - start[n]) / cost[n] + 1e-9))
+        return min(done, int((now - self.start[n]) / self.cost[n] + 1e-9))
 
-    launch(0.0)
-    while heap:
-        now, _, n, s = heapq.heappop(heap)
-        rp = replay[n]
-        if n in end:
-            continue  # stopped earlier: its later events are void
-        if s >= rp.total_steps:
-            end[n] = now
-            free += 1
-            launch(now)
-            continue
+    def references(self, n: str, now: float) -> list[Curve]:
+        """Every other run's curve as far as it has trained by ``now`` (those with >= 3 logged points)."""
         refs = []
-        for m in names:
+        for m in self.names:
             if m == n:
                 continue
-            k = progress(m, now)
+            k = self.progress(m, now)
             if k > 0:
-                c = by_name[m].curve(until=k)
+                c = self.by_name[m].curve(until=k)
                 if len(c.steps) >= 3:
                     refs.append(c)
-        target = by_name[n].curve(until=s)
+        return refs
+
+    def end_run(self, n: str, now: float) -> None:
+        """Returns nothing: ends run ``n`` at ``now`` and hands its slot to the next queued run."""
+        self.end[n] = now
+        self.free += 1
+        self.launch(now)
+
+    def play(self, max_points: int) -> None:
+        """Returns nothing: runs the events in time order until every run has ended or been stopped."""
+        self.launch(0.0)
+        while self.heap:
+            now, _, n, s = heapq.heappop(self.heap)
+            rp = self.replay[n]
+            if n in self.end:
+                continue  # stopped earlier: its later events are void
+            if s >= rp.total_steps:
+                self.end_run(n, now)
+                continue
+            if self.decide(n, s, now, max_points):
+                rp.stopped_at = s
+                self.end_run(n, now)
+
+    def decide(self, n: str, s: int, now: float, max_points: int) -> bool:
+        """Whether the policy stops run ``n`` at step ``s``, after predicting its final loss (in its history)."""
+        from scaling_train.laws import NotEnoughDataError, predict_final_loss
+
+        rp = self.replay[n]
+        refs = self.references(n, now)
+        target = self.by_name[n].curve(until=s)
         try:
             p = predict_final_loss(target, refs, max_points=max_points)
         except (NotEnoughDataError, ValueError, RuntimeError, FloatingPointError) as e:
             rp.history.append({"step": s, "fraction": s / rp.total_steps, "error": str(e)})
-            continue
+            return False
         rp.history.append(
             {"step": s, "fraction": s / rp.total_steps, "loss": p.loss, "low": p.low, "high": p.high,
              "mode": p.mode, "references": len(refs), "prediction": p}
         )  # fmt: skip
-        if n in exempt:
-            rp.reason = exempt[n]
-            continue
-        stop, why = policy.decide(rp.history)
+        if n in self.exempt:
+            rp.reason = self.exempt[n]
+            return False
+        stop, why = self.policy.decide(rp.history)
         rp.reason = why
-        if stop:
-            rp.stopped_at = s
-            end[n] = now
-            free += 1
-            launch(now)
+        return stop
+
+
+def _result(
+    runs: list[RecordedRun], policy: AdaptivePolicy, replay: dict[str, RunReplay], cost: dict[str, float]
+) -> SimulationResult:
+    """The SimulationResult of a played replay: compute spent, final predictions and both laws."""
+    names = [r.name for r in runs]
+    by_name = {r.name: r for r in runs}
     spent = sum(cost[n] * (replay[n].stopped_at or replay[n].total_steps) for n in names)
     full = sum(cost[n] * replay[n].total_steps for n in names)
     true_final = {n: by_name[n].truth for n in names}
