@@ -32,7 +32,7 @@ sys.path.insert(0, str(ROOT))
 
 from scaling_train.fitter.adaptive import AdaptivePolicy  # noqa: E402
 from scaling_train.sweep.adaptive import RecordedRun, SimulationResult, simulate  # noqa: E402
-from tests.laws.realdata import (  # noqa: E402
+from tests.fixtures.realdata import (  # noqa: E402
     cooldown_curve,
     gemstone_cooldowns,
     gemstone_hot,

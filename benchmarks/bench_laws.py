@@ -15,7 +15,7 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # repo root: tests.fixtures, tests.laws
 from scaling_train.laws import Curve, fit_chinchilla, predict_final_loss  # noqa: E402
 from tests.fixtures.laws import chinchilla_synthetic  # noqa: E402
-from tests.laws.realdata import (  # noqa: E402
+from tests.fixtures.realdata import (  # noqa: E402
     MP_REFERENCES,
     MP_TARGETS,
     cooldown_curve,

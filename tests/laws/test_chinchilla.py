@@ -74,7 +74,7 @@ def test_bootstrap_interval_covers_truth():
 
 
 def test_real_gemstone_cooldown_ends():
-    from tests.laws.realdata import gemstone_cooldowns
+    from tests.fixtures.realdata import gemstone_cooldowns
 
     cds = gemstone_cooldowns()
     N = np.array([c.N for c in cds])

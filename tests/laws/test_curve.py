@@ -9,7 +9,7 @@ from scaling_train.laws import (
     schedule_from_samples,
 )
 from tests.fixtures.laws import mpl_loss
-from tests.laws.realdata import (
+from tests.fixtures.realdata import (
     MP_REFERENCES,
     MP_TARGETS,
     cooldown_curve,

@@ -1,4 +1,4 @@
-"""The prediction protocol (tests/laws/protocol.py): the split, references that only help, the sweep-level
+"""The prediction protocol (tests/fixtures/protocol.py): the split, references that only help, the sweep-level
 model before a run starts, the remaining curve. Figures for every group: benchmarks/results/prediction.md."""
 
 from collections import defaultdict
@@ -8,7 +8,13 @@ import pytest
 
 from scaling_train.laws import Curve, NotEnoughDataError, _calibration, fit_sweep, predict_final_loss
 from tests.fixtures.laws import mpl_loss
-from tests.laws.protocol import all_cases, gemstone_cases, is_held_out, lr_schedule_cases, multipower_cases
+from tests.fixtures.protocol import (
+    all_cases,
+    gemstone_cases,
+    is_held_out,
+    lr_schedule_cases,
+    multipower_cases,
+)
 
 
 @pytest.fixture(scope="module")
@@ -125,7 +131,7 @@ def test_remaining_curve_and_band_hold_the_real_tail():
     widths = p.curve_high - p.curve_low
     assert widths[0] < 0.2 * widths[-1]  # the band opens with the extrapolation
     # the real remaining curve (raw points: noisy) inside the band for most steps
-    from tests.laws.realdata import multipower_curve
+    from tests.fixtures.realdata import multipower_curve
 
     real = multipower_curve("cosine_72000")
     tail = real.steps > c.target.steps[-1]
