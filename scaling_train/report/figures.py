@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import io
 import math
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import numpy as np
@@ -206,21 +207,53 @@ def prediction_history(sweep: SweepData, an: Analysis) -> Figure:
 
 
 # ----------------------------------------------------------------------------------- isoflop
+@dataclass
+class _Columns:
+    """The analysis points as arrays, one entry per run, and FLOPs per token as a function of N."""
+
+    N: np.ndarray  # non-embedding parameters
+    D: np.ndarray  # training tokens
+    L: np.ndarray  # final loss (observed or predicted)
+    C: np.ndarray  # training FLOPs (real: attention and LM head included)
+    obs: np.ndarray  # bool: the final loss is observed, not predicted
+    fpt: Callable[[np.ndarray], np.ndarray]  # N -> FLOPs per token, to place fitted optima at real FLOPs
+
+
+def _columns(pts: list) -> _Columns:
+    """The points' N, D, loss, C and observed flag as arrays, with their FLOPs-per-token function."""
+    return _Columns(
+        N=np.array([p.N for p in pts]),
+        D=np.array([p.D for p in pts]),
+        L=np.array([p.loss for p in pts]),
+        C=np.array([p.C for p in pts]),
+        obs=np.array([p.source == "observed" for p in pts]),
+        fpt=flops_per_token_fn(pts),
+    )
+
+
 def isoflop(sweep: SweepData, an: Analysis) -> Figure:
     pts = an.points
     if not pts:
         raise NoData("no finished or predicted final losses")
     plt = pyplot()
     fig, axes = plt.subplots(1, 3, figsize=(15, 4.6))
-    N = np.array([p.N for p in pts])
-    D = np.array([p.D for p in pts])
-    L = np.array([p.loss for p in pts])
-    C = np.array([p.C for p in pts])
-    obs = np.array([p.source == "observed" for p in pts])
-    fpt = flops_per_token_fn(pts)  # N -> FLOPs per token, to place fitted optima at real FLOPs
-    # (1) IsoFLOP profiles: loss vs N per budget
-    ax = axes[0]
-    iso, chin = an.isoflop, an.chinchilla
+    col = _columns(pts)
+    _isoflop_profiles(fig, axes[0], an, col)
+    _isoflop_contours(fig, axes[1], an, col)
+    _isoflop_frontier(axes[2], an, col)
+    fig.tight_layout()
+    return Figure(
+        "isoflop",
+        "IsoFLOP curves, L(N, D) contours and the compute-optimal frontier",
+        png_bytes(fig),
+        _isoflop_caption(an, col),
+    )
+
+
+def _isoflop_profiles(fig, ax, an: Analysis, col: _Columns) -> None:
+    """Returns nothing: draws panel (1), the IsoFLOP profiles (loss vs N per budget, parabola, optimum)."""
+    N, L, C, obs = col.N, col.L, col.C, col.obs
+    iso = an.isoflop
     if iso is not None:
         import matplotlib
 
@@ -244,8 +277,13 @@ def isoflop(sweep: SweepData, an: Analysis) -> Figure:
     ax.set_xlabel("non-embedding parameters N")
     ax.set_ylabel("final loss (nats/token)")
     ax.set_title("IsoFLOP profiles (★ = optimum)")
-    # (2) L(N, D) contours with the runs, iso-FLOP lines and the compute-optimal frontier
-    ax = axes[1]
+
+
+def _isoflop_contours(fig, ax, an: Analysis, col: _Columns) -> None:
+    """Returns nothing: draws panel (2), L(N, D) contours with the runs, the budgets' real-FLOP lines and
+    the compute-optimal allocation of both fits."""
+    N, D, L, C, obs, fpt = col.N, col.D, col.L, col.C, col.obs, col.fpt
+    iso, chin = an.isoflop, an.chinchilla
     nx = np.geomspace(N.min() / 3, N.max() * 3, 120)
     dx = np.geomspace(D.min() / 3, D.max() * 3, 120)
     if chin is not None:
@@ -260,7 +298,6 @@ def isoflop(sweep: SweepData, an: Analysis) -> Figure:
     fig.colorbar(sc, ax=ax, label="final loss")
     for c in np.unique(np.round(np.log10(C), 1)):  # the budgets' real-FLOP lines D = C / fpt(N)
         ax.plot(nx, 10**c / fpt(nx), "--", color="gray", lw=0.6)
-    cs_line = np.geomspace(C.min() / 3, C.max() * 3, 50)
     if chin is not None:
         try:  # the optimum at real FLOPs fpt(N) * D, the budgets the IsoFLOP runs were planned at
             n_o, d_o, _ = chin.optimal_under(np.geomspace(C.min() / 10, C.max() * 10, 50), fpt)
@@ -280,8 +317,13 @@ def isoflop(sweep: SweepData, an: Analysis) -> Figure:
     ax.set_title("fitted L(N, D) contours (dashed: iso-FLOP lines)")
     if ax.get_legend_handles_labels()[0]:
         ax.legend(fontsize=7, loc="upper right")
-    # (3) frontier: N_opt(C)
-    ax = axes[2]
+
+
+def _isoflop_frontier(ax, an: Analysis, col: _Columns) -> None:
+    """Returns nothing: draws panel (3), the compute-optimal frontier N_opt(C) of both fits and the runs."""
+    N, C, fpt = col.N, col.C, col.fpt
+    iso, chin = an.isoflop, an.chinchilla
+    cs_line = np.geomspace(C.min() / 3, C.max() * 3, 50)
     drew = False
     if iso is not None:
         ax.plot(
@@ -313,11 +355,14 @@ def isoflop(sweep: SweepData, an: Analysis) -> Figure:
     ax.set_ylabel("compute-optimal parameters N_opt")
     ax.set_title("compute-optimal frontier" + ("" if drew else " (no fit)"))
     ax.legend(fontsize=7)
-    fig.tight_layout()
-    n_pred = int((~obs).sum())
+
+
+def _isoflop_caption(an: Analysis, col: _Columns) -> str:
+    """The IsoFLOP figure's caption: run counts, what each panel shows, and the laws that were not fitted."""
+    n_pred = int((~col.obs).sum())
     cap = (
-        f"{len(pts)} runs ({n_pred} with a predicted final loss, circled/red-edged). Left: final loss per FLOP "
-        "budget with the fitted parabola in log N and its optimum. Middle: contours of the fitted Chinchilla "
+        f"{len(an.points)} runs ({n_pred} with a predicted final loss, circled/red-edged). Left: final loss per "
+        "FLOP budget with the fitted parabola in log N and its optimum. Middle: contours of the fitted Chinchilla "
         "law over (N, D) with the compute-optimal allocation. Right: N_opt against compute from both methods. "
         "Compute is real training FLOPs (attention and the LM head included, as the budgets were planned), so "
         "the fitted law's frontier is its minimum along each real-FLOP line, not the 6 N D formula."
@@ -325,10 +370,7 @@ def isoflop(sweep: SweepData, an: Analysis) -> Figure:
     for row in an.laws[:2]:
         if row.error:
             cap += f" {row.law} not fitted: {row.error}."
-
-    return Figure(
-        "isoflop", "IsoFLOP curves, L(N, D) contours and the compute-optimal frontier", png_bytes(fig), cap
-    )
+    return cap
 
 
 # ----------------------------------------------------------------------------------- GNS

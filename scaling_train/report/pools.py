@@ -55,6 +55,24 @@ def data_pools(sweep: SweepData, an: Analysis) -> Figure:
         raise NoData(law.get("law_reason") or "no data-pools law in sweep_law.json")
     dp = law.get("data_pools") or {}
     fit = fit_from_block(dp)
+    mixes, pts = _fitted_runs(dp)
+    plt = pyplot()
+    fig, (ax, bx) = plt.subplots(1, 2, figsize=(11, 4.2))
+    cmap = plt.get_cmap("tab10")
+    col = {m: cmap(i % 10) for i, m in enumerate(mixes)}
+    _draw_epochs(ax, fit, mixes, pts, col)
+    picks = _draw_best(bx, fit, dp, mixes, pts, col)
+    fig.tight_layout()
+    return Figure(
+        "data-pools",
+        "Data pools: loss vs epochs per pool and the best mix against compute",
+        png_bytes(fig),
+        _caption(law, dp, fit, pts, picks),
+    )
+
+
+def _fitted_runs(dp: dict[str, Any]) -> tuple[list[str], list[dict[str, Any]]]:
+    """(the block's mixes, its runs with a held-out loss on one of them); NoData when either is empty."""
     mixes = [m for m in dp.get("mixes", []) if isinstance(m, str)]
     pts = [
         r
@@ -63,10 +81,11 @@ def data_pools(sweep: SweepData, an: Analysis) -> Figure:
     ]
     if not pts or not mixes:
         raise NoData("sweep_law.json data_pools has no finished run with a held-out loss on a fitted mix")
-    plt = pyplot()
-    fig, (ax, bx) = plt.subplots(1, 2, figsize=(11, 4.2))
-    cmap = plt.get_cmap("tab10")
-    col = {m: cmap(i % 10) for i, m in enumerate(mixes)}
+    return mixes, pts
+
+
+def _draw_epochs(ax, fit: DataPoolsFit, mixes: list[str], pts: list[dict[str, Any]], col: dict) -> None:
+    """Returns nothing: draws the left panel, loss against epochs per mix and size, runs and the law's lines."""
     sizes = sorted({float(r["N"]) for r in pts})
     marks = dict(zip(sizes, "osD^v<>p*"))
     styles = dict(zip(sizes, ["-", "--", ":", "-."] * 3))
@@ -84,6 +103,13 @@ def data_pools(sweep: SweepData, an: Analysis) -> Figure:
     ax.set(xscale="log", xlabel="epochs of the most repeated pool", ylabel="final validation loss",
            title="loss vs epochs per pool / mix: runs and the pool law")  # fmt: skip
     ax.legend(fontsize=6, ncol=2)
+
+
+def _draw_best(
+    bx, fit: DataPoolsFit, dp: dict[str, Any], mixes: list[str], pts: list[dict[str, Any]], col: dict
+) -> list[str]:
+    """Draws the right panel (each mix at its compute-optimal N against compute, the fitter's picks) and
+    returns one caption phrase per pick."""
     best = [
         b for b in dp.get("best", []) if isinstance(b, dict) and isinstance(b.get("compute"), (int, float))
     ]
@@ -111,7 +137,13 @@ def data_pools(sweep: SweepData, an: Analysis) -> Figure:
     bx.set(xscale="log", xlabel="training FLOPs C = 6ND", ylabel="loss at the compute-optimal N",
            title="predicted best pool / mix against compute (lowest line)")  # fmt: skip
     bx.legend(fontsize=7)
-    fig.tight_layout()
+    return picks
+
+
+def _caption(
+    law: dict[str, Any], dp: dict[str, Any], fit: DataPoolsFit, pts: list[dict[str, Any]], picks: list[str]
+) -> str:
+    """The panel's caption: the law's numbers per pool, its error on the runs, the picks, how to read it."""
     pools = "; ".join(
         f"{p}: U={v.unique_tokens:.3g}, utility q={v.utility:.3g}, half-life {v.half_life:.3g} epochs"
         + ("" if v.identified else " (borrowed: never repeated past 1.5 epochs)")
@@ -124,7 +156,7 @@ def data_pools(sweep: SweepData, an: Analysis) -> Figure:
         if isinstance(err.get("mean_abs"), (int, float)) and isinstance(err.get("max_abs"), (int, float))
         else ""
     )
-    cap = (
+    return (
         f"The sweep's law is the pool law ({law.get('law_reason', '')}): E={fit.E:.3g}, alpha={fit.alpha:.3g}, "
         f"beta={fit.beta:.3g}; per pool (utility in tokens of {fit.reference}; a pool's k-th pass is worth "
         f"2^(-(k-1)/half-life) of its first): {pools}.{err_txt} Predicted best: "
@@ -132,10 +164,4 @@ def data_pools(sweep: SweepData, an: Analysis) -> Figure:
         + ". Left: lines are the law per size (line style) and mix (colour); a mix's x is the epochs of its "
         "most repeated pool. Right: each mix at its compute-optimal N; stars are the fitter's picks with "
         "the law's 90% bootstrap interval."
-    )
-    return Figure(
-        "data-pools",
-        "Data pools: loss vs epochs per pool and the best mix against compute",
-        png_bytes(fig),
-        cap,
     )
