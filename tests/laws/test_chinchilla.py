@@ -137,6 +137,9 @@ def test_isoflop_exponents():
     assert res.a == pytest.approx(0.28 / 0.62, abs=0.03)
     assert res.b == pytest.approx(0.34 / 0.62, abs=0.03)
     assert res.a + res.b == pytest.approx(1.0, abs=1e-9)
+    # D = C / 6N at every point, so the two optimum laws split each budget exactly: N_opt D_opt = C / 6
+    C = np.array([3e18, 3e20])
+    np.testing.assert_allclose(6 * res.predict_N_opt(C) * res.predict_D_opt(C), C, rtol=1e-9)
     with pytest.raises(ValueError, match="at least min_points=3"):
         fit_isoflop(np.array(Ns[:2]), np.array(Ds[:2]), np.array(Ls[:2]))
 
