@@ -29,30 +29,114 @@ def _budget(run: RunSpec) -> float:
 def run_local(plan: Plan, *, say=print) -> int:
     """k concurrent runs (launch.concurrency); a run with several processes goes through torchrun."""
     prepare_dir(plan)
-    la = plan.spec.launch
-    # longest first: the k workers then finish close together (LPT scheduling); or smallest budget first
+    todo = _todo(plan)
+    say(_header(plan, todo))
+    side = Sidecars(plan, say)
+    side.start_fitter()
+    _Workers(plan, todo, say).run()
+    side.finish()
+    return report_states(plan, say=say)
+
+
+def _todo(plan: Plan) -> list[RunSpec]:
+    """The runs still to train, in launch order: longest first (the k workers then finish close together,
+    LPT scheduling), or with launch.order=budget smallest budget first (later runs have finished references)."""
     todo = [r for r in plan.runs if not state.is_finished_for_now(r.run_dir)]
-    if plan.spec.launch.order == "budget":  # smallest budget first: later runs have finished references
+    if plan.spec.launch.order == "budget":
         todo.sort(key=lambda r: (_budget(r), -r.est_s))
     else:
         todo.sort(key=lambda r: -r.est_s)
+    return todo
+
+
+def _header(plan: Plan, todo: list[RunSpec]) -> str:
+    """The sweep's first line: runs done, stopped and to run, the concurrency and the sweep folder."""
+    la = plan.spec.launch
     n_stopped = sum(state.is_stopped(r.run_dir) for r in plan.runs)
-    say(
+    return (
         f"[sweep] {plan.spec.name}: {len(plan.runs) - len(todo) - n_stopped}/{len(plan.runs)} runs DONE, "
         + (f"{n_stopped} stopped (--resume-stopped trains them to the end), " if n_stopped else "")
         + f"{len(todo)} to run, {la.concurrency} at a time -> {plan.sweep_dir}"
     )
-    side = Sidecars(plan, say)
-    side.start_fitter()
-    results: dict[str, int] = {}
-    lock = threading.Lock()
-    t0 = time.time()
-    inflight: dict[str, tuple[str, str, int]] = {}  # name -> (name, run_dir, steps): the progress lines' runs
 
-    def one(run: RunSpec) -> None:
+
+class _Workers:
+    """``launch.concurrency`` worker threads that claim the runs of ``todo`` in order and train each through
+    ``execute``; the progress lines follow the runs in flight."""
+
+    def __init__(self, plan: Plan, todo: list[RunSpec], say) -> None:
+        self.plan, self.todo, self.say = plan, todo, say
+        self.la = plan.spec.launch
+        self.results: dict[str, int] = {}
+        self.lock = threading.Lock()
+        self.t0 = time.time()
+        # name -> (name, run_dir, steps): the runs the progress lines follow
+        self.inflight: dict[str, tuple[str, str, int]] = {}
+        self.stop = threading.Event()
+        self.pending = list(todo)
+        self.ended: set[str] = set()  # runs of this invocation that ended (done, failed or stopped)
+        self.cond = threading.Condition()
+
+    def run(self) -> None:
+        """Returns nothing once every worker is done; on Ctrl-C starts nothing new and waits for the runs."""
+        la, say = self.la, self.say
+        pool = ThreadPoolExecutor(max_workers=la.concurrency)
+        try:
+            with progress.Reporter(lambda: list(self.inflight.values()), say=say):
+                for f in [pool.submit(self.worker) for _ in range(la.concurrency)]:
+                    f.result()
+        except KeyboardInterrupt:  # the runs got SIGINT too and checkpoint-exit; start nothing new
+            self.stop.set()
+            say("[sweep] interrupted: waiting for the running runs to stop; rerun the same command to resume")
+            pool.shutdown(wait=True, cancel_futures=True)
+            raise
+        pool.shutdown(wait=True)
+
+    def worker(self) -> None:
+        """Returns nothing: one worker thread's loop, claim a run, train it, mark it ended, until none is left."""
+        while True:
+            run = self.claim()
+            if run is None:
+                return
+            try:
+                self.one(run)
+            finally:
+                with self.cond:
+                    self.ended.add(run.name)
+                    self.cond.notify_all()
+
+    def claim(self) -> RunSpec | None:
+        """The next ready pending run, taken off ``pending`` (no other worker takes it); None when the sweep
+        is stopped or nothing is pending. Waits while every pending run waits for another."""
+        with self.cond:
+            while True:
+                if self.stop.is_set() or not self.pending:
+                    return None
+                run = next((r for r in self.pending if self.ready(r)), None)
+                if run is not None:
+                    self.pending.remove(run)
+                    return run
+                self.cond.wait(1.0)
+
+    def ready(self, run: RunSpec) -> bool:
+        """order=budget: a run waits for the runs of its size at smaller budgets, so that its predictions have a
+        finished same-size reference (the fitter's best one); runs finished before this invocation count."""
+        if self.la.order != "budget":
+            return True
+        return not any(
+            q.n_params == run.n_params
+            and q.seed == run.seed
+            and _budget(q) < _budget(run)
+            and q.name not in self.ended
+            for q in self.todo
+        )
+
+    def one(self, run: RunSpec) -> None:
+        """Returns nothing: trains one run (retries, lock, log file) and says how it ended."""
+        plan, la, say = self.plan, self.la, self.say
         argv = run_argv(plan, run)
         say(f"[sweep] start {run.name} (N={run.n_params:.2e}, D={run.tokens:.2e}, est {run.est_s:.0f}s)")
-        inflight[run.name] = (run.name, run.run_dir, run.steps)
+        self.inflight[run.name] = (run.name, run.run_dir, run.steps)
         t = time.time()
         rc = execute(
             run.run_dir,
@@ -63,66 +147,15 @@ def run_local(plan: Plan, *, say=print) -> int:
             say=say,
             env={"OMP_NUM_THREADS": os.environ.get("OMP_NUM_THREADS", "1")},
             preexec=_die_with_parent,
-            stop=stop,
+            stop=self.stop,
         )
-        inflight.pop(run.name, None)
-        with lock:
-            results[run.name] = rc
+        self.inflight.pop(run.name, None)
+        with self.lock:
+            self.results[run.name] = rc
             n_done = sum(state.is_done(r.run_dir) for r in plan.runs)
             summ = _summary(run.run_dir)
             word = "stopped" if state.is_stopped(run.run_dir) else "done " if rc == EXIT_OK else "FAILED"
             say(
                 f"[sweep] {word if rc != EXIT_LOCKED else 'busy '} {run.name} "
-                f"{summ} in {time.time() - t:.0f}s | {n_done}/{len(plan.runs)} DONE, {time.time() - t0:.0f}s elapsed"
+                f"{summ} in {time.time() - t:.0f}s | {n_done}/{len(plan.runs)} DONE, {time.time() - self.t0:.0f}s elapsed"
             )
-
-    stop = threading.Event()
-
-    pending = list(todo)
-    ended: set[str] = set()  # runs of this invocation that ended (done, failed or stopped)
-    cond = threading.Condition()
-
-    def ready(run: RunSpec) -> bool:
-        """order=budget: a run waits for the runs of its size at smaller budgets, so that its predictions have a
-        finished same-size reference (the fitter's best one); runs finished before this invocation count."""
-        if la.order != "budget":
-            return True
-        return not any(
-            q.n_params == run.n_params
-            and q.seed == run.seed
-            and _budget(q) < _budget(run)
-            and q.name not in ended
-            for q in todo
-        )
-
-    def worker() -> None:
-        while True:
-            with cond:
-                while True:
-                    if stop.is_set() or not pending:
-                        return
-                    run = next((r for r in pending if ready(r)), None)
-                    if run is not None:
-                        pending.remove(run)  # claimed: no other worker takes it
-                        break
-                    cond.wait(1.0)
-            try:
-                one(run)
-            finally:
-                with cond:
-                    ended.add(run.name)
-                    cond.notify_all()
-
-    pool = ThreadPoolExecutor(max_workers=la.concurrency)
-    try:
-        with progress.Reporter(lambda: list(inflight.values()), say=say):
-            for f in [pool.submit(worker) for _ in range(la.concurrency)]:
-                f.result()
-    except KeyboardInterrupt:  # the runs got SIGINT too and checkpoint-exit; start nothing new
-        stop.set()
-        say("[sweep] interrupted: waiting for the running runs to stop; rerun the same command to resume")
-        pool.shutdown(wait=True, cancel_futures=True)
-        raise
-    pool.shutdown(wait=True)
-    side.finish()
-    return report_states(plan, say=say)
