@@ -206,32 +206,46 @@ def critical_batch_block(
     the pooled law ``B_simple(L)`` (``pooled_gns_law``; the rows' law ``gns_law`` when it cannot be
     fitted): calibrated against the law at each measurement's loss, multiplied by the law at the loss
     asked for, so an estimator's bias cancels instead of entering twice."""
-    from scaling_train.laws import CriticalBatchFit, fit_cbs_calibration
+    from scaling_train.laws import CriticalBatchFit
 
     sweep_m, notes = batch_sweep_measurements(tails)
     measured = sweep_m + branch_measurements(tails)
     law, info = pooled_gns_law(tails)
     out: dict[str, Any] = {"cbs_measured": measured, "cbs_notes": notes, "gns_b_simple_law": info}
     targets = scaling_targets(tails, predictions, sweep_dir=sweep_dir, chinchilla=chinchilla)
-    try:
-        out["cbs_scaling"] = cbs_scaling_block(sweep_m, targets)
-    except Exception as e:  # noqa: BLE001  (the fitter never dies on this block: the error goes into it)
-        out["cbs_scaling"] = {
-            "error": f"{type(e).__name__}: {e}",
-            "of": "cbs_predicted",
-            "source": SCALING_SOURCE,
-        }
+    out["cbs_scaling"] = _scaling_block(sweep_m, targets)
     if law is None and gns_law and "B_star" in gns_law:
         law = CriticalBatchFit(gns_law["B_star"], gns_law["alpha_B"], gns_law["rmse_log"])
         info["fallback"] = "critical_batch (the rows' law)"
+    out["cbs_calibration"], cal = _calibration(measured, law, info)
+    if cal is None:
+        return out
+    out["cbs_predicted"] = _predicted(cal, law, info, measured, predictions)
+    _compare(out["cbs_scaling"], out["cbs_predicted"]["runs"])
+    return out
+
+
+def _scaling_block(sweep_m: list[dict[str, Any]], targets: list[dict[str, Any]]) -> dict[str, Any]:
+    """``cbs_scaling_block`` of the batch sweeps' measurements, or its error as the block (the fitter never
+    dies on this block)."""
+    try:
+        return cbs_scaling_block(sweep_m, targets)
+    except Exception as e:  # noqa: BLE001  (the fitter never dies on this block: the error goes into it)
+        return {"error": f"{type(e).__name__}: {e}", "of": "cbs_predicted", "source": SCALING_SOURCE}
+
+
+def _calibration(measured: list[dict[str, Any]], law, info: Mapping[str, Any]) -> tuple[dict[str, Any], Any]:
+    """(the ``cbs_calibration`` block, the fitted ``fit_cbs_calibration`` or None): None, with the reason in
+    the block, when no measurement is bounded, there is no noise-scale law, or the fit fails."""
+    from scaling_train.laws import fit_cbs_calibration
+
     use = [m for m in measured if m["bounded"] and m["value"] > 0]
     if not use or law is None:
-        out["cbs_calibration"] = {
+        return {
             "error": f"{len(measured)} measured critical batches, {len(use)} bounded"
             + ("" if law is not None else f", and no noise-scale law B_simple(L) ({info.get('error')})")
             + "; measure with scaling-train cbs or a spec cbs block (branches), or grid.batch_sizes (batch sweeps)"
-        }
-        return out
+        }, None
     sd = [math.log(m["high"] / m["low"]) / (2 * Z90) for m in use]
     try:
         cal = fit_cbs_calibration(
@@ -239,15 +253,26 @@ def critical_batch_block(
             measured_sd_log=sd, sources=[m["source"] for m in use],
         )  # fmt: skip
     except ValueError as e:
-        out["cbs_calibration"] = {"error": str(e), "n_points": len(use)}
-        return out
-    out["cbs_calibration"] = {
+        return {"error": str(e), "n_points": len(use)}, None
+    block = {
         "law": "log(cbs_measured / B_simple(L)) = c0 + c1 log(L / l_ref)" if cal.form == "loss"
         else "log(cbs_measured / B_simple(L)) = c0",
         "against": "gns_b_simple_law" if "fallback" not in info else "critical_batch",
         "form": cal.form, "coef": list(cal.coef), "l_ref": cal.l_ref, "sigma_log": cal.sigma_log,
         "loo_rmse": cal.loo_rmse, "n_points": cal.n_points, "sources": list(cal.sources), "level": cal.level,
     }  # fmt: skip
+    return block, cal
+
+
+def _predicted(
+    cal,
+    law,
+    info: Mapping[str, Any],
+    measured: list[dict[str, Any]],
+    predictions: Mapping[str, dict[str, Any]],
+) -> dict[str, Any]:
+    """The ``cbs_predicted`` block: the calibrated critical batch at each run's (predicted) final loss and
+    along a grid of losses spanning the measurements and the runs."""
 
     def at(loss: float) -> dict[str, Any]:
         p = cal.predict(loss=loss, b_simple=float(law.predict(loss)), b_simple_sd_log=law_sd_log(info, loss))
@@ -265,13 +290,11 @@ def critical_batch_block(
     losses = [m["loss"] for m in measured] + [r["loss"] for r in runs.values()]
     grid = np.geomspace(min(losses) * 0.97, max(losses) * 1.03, 40) if losses else np.zeros(0)
     curve = [at(float(x)) for x in grid]
-    out["cbs_predicted"] = {
+    return {
         "source": curve[0]["source"] if curve else None, "runs": runs,
         "curve": {k: [c[k] for c in curve] for k in ("loss", "value", "low", "high")},
         "across_sizes": "cbs_scaling (the batch sweeps' own law; kept beside this one, not merged)",
     }  # fmt: skip
-    _compare(out["cbs_scaling"], runs)
-    return out
 
 
 SCALING_SOURCE = "batch-sweep law"  # cbs_scaling's predictions: laws.fit_cbs_scaling, across sizes
