@@ -332,6 +332,35 @@ def fit_data_pools(
     D = as_1d("D", D, positive=True)
     L = as_1d("L", L, positive=True)
     n = same_length(N=N, D=D, L=L, mixes=np.empty(len(mixes)))
+    sizes, ws, used, reference = _pool_inputs(pools, mixes, reference)
+    check_range("delta", delta, 0.0, math.inf, lo_open=True)
+    check_range("confidence", confidence, 0.0, 1.0, lo_open=True, hi_open=True)
+    check_range("half_life_prior", half_life_prior, 0.0, math.inf, lo_open=True, hi_open=True)
+    U = np.array([sizes[p] for p in used])
+    W = np.array([[w.get(p, 0.0) for p in used] for w in ws])  # (n, P)
+    epochs = W * D[:, None] / U
+    max_ep = dict(zip(used, epochs.max(axis=0).tolist()))
+    identified = [p for p in used if max_ep[p] > min_repeat_epochs]
+    lay = _Layout(used, reference, identified, floor)
+    if n < len(lay.kinds):
+        raise ValueError(
+            f"{n} runs for {len(lay.kinds)} parameters ({', '.join(lay.labels)}); give more runs"
+        )
+    pb = _Problem(lay, N, D, W, U, np.log(L), max_ep, half_life_prior, delta, n, confidence)
+    best = pb.best(_starts(lay, N, D, W, U, L, half_life_prior, n_starts))
+    theta = best.x
+    fit = pb.make(theta, float(best.cost))
+    if n_bootstrap <= 0:
+        return _replace(fit, log_residuals=pb.resid(theta))
+    ci, draws = pb.bootstrap(theta, n_bootstrap, seed)
+    return _replace(fit, ci=ci, draws=draws, log_residuals=pb.resid(theta))
+
+
+def _pool_inputs(
+    pools: Mapping[str, float], mixes: Sequence[str | Mapping[str, float]], reference: str | None
+) -> tuple[dict[str, float], list[dict[str, float]], list[str], str]:
+    """(unique tokens per pool, each run's mix as weights, the pools some run uses, the reference pool),
+    after checking that every size is positive, every mix names known pools and the reference is used."""
     if not pools:
         raise ValueError("pools is empty; give {name: unique tokens} for every pool the mixes name")
     sizes = {str(k): float(v) for k, v in pools.items()}
@@ -347,52 +376,74 @@ def fit_data_pools(
     reference = reference if reference is not None else next(iter(sizes))
     if reference not in used:
         raise ValueError(f"reference={reference!r} must be a pool some run trains on; pools used: {used}")
-    check_range("delta", delta, 0.0, math.inf, lo_open=True)
-    check_range("confidence", confidence, 0.0, 1.0, lo_open=True, hi_open=True)
-    check_range("half_life_prior", half_life_prior, 0.0, math.inf, lo_open=True, hi_open=True)
-    U = np.array([sizes[p] for p in used])
-    W = np.array([[w.get(p, 0.0) for p in used] for w in ws])  # (n, P)
-    epochs = W * D[:, None] / U
-    max_ep = dict(zip(used, epochs.max(axis=0).tolist()))
-    identified = [p for p in used if max_ep[p] > min_repeat_epochs]
-    lay = _Layout(used, reference, identified, floor)
-    if n < len(lay.kinds):
-        raise ValueError(
-            f"{n} runs for {len(lay.kinds)} parameters ({', '.join(lay.labels)}); give more runs"
-        )
-    lo, hi = lay.bounds()
-    log_L = np.log(L)
+    return sizes, ws, used, reference
 
-    def resid(th: np.ndarray, idx: np.ndarray | None = None) -> np.ndarray:
-        shared, per = lay.unpack(th, half_life_prior)
-        pred = _loss(shared, per, N, D, W, U)
-        r = np.log(np.maximum(pred, 1e-300)) - log_L
+
+@dataclass
+class _Problem:
+    """One pool-law fit: the parameter layout, the runs (N, D, W (n, P), U (P,), log L) and the settings
+    every solve shares (half-life prior, Huber threshold, confidence)."""
+
+    lay: _Layout
+    N: np.ndarray
+    D: np.ndarray
+    W: np.ndarray
+    U: np.ndarray
+    log_loss: np.ndarray  # log L per run
+    max_ep: dict[str, float]
+    prior: float
+    delta: float
+    n: int
+    confidence: float
+
+    def resid(self, th: np.ndarray, idx: np.ndarray | None = None) -> np.ndarray:
+        """log L_law - log L per run (of the runs ``idx`` only, when given)."""
+        shared, per = self.lay.unpack(th, self.prior)
+        pred = _loss(shared, per, self.N, self.D, self.W, self.U)
+        r = np.log(np.maximum(pred, 1e-300)) - self.log_loss
         return r if idx is None else r[idx]
 
-    starts = _starts(lay, N, D, W, U, L, half_life_prior, n_starts)
-    best = None
-    for th0 in starts:
-        res = least_squares(
-            resid, np.clip(th0, lo + 1e-9, hi - 1e-9), bounds=(lo, hi), loss="huber", f_scale=delta
-        )
-        if best is None or res.cost < best.cost:
-            best = res
-    theta = best.x
-    fit = _make(lay, theta, U, max_ep, half_life_prior, float(best.cost), n, confidence)
-    if n_bootstrap <= 0:
-        return _replace(fit, log_residuals=resid(theta))
-    rng = np.random.default_rng(seed)
-    draws, thetas = [], []
-    for _ in range(n_bootstrap):
-        idx = rng.integers(0, n, size=n)
-        r = least_squares(resid, theta, bounds=(lo, hi), loss="huber", f_scale=delta, args=(idx,))
-        thetas.append(r.x)
-        draws.append(_make(lay, r.x, U, max_ep, half_life_prior, float(r.cost), n, confidence))
-    nat = np.array([_natural(lay, t, half_life_prior) for t in thetas])  # (B, k)
-    q = (1.0 - confidence) / 2.0
-    qs = np.quantile(nat, [q, 1.0 - q], axis=0)
-    ci = {lab: (float(qs[0, k]), float(qs[1, k])) for k, lab in enumerate(lay.labels)}
-    return _replace(fit, ci=ci, draws=tuple(draws), log_residuals=resid(theta))
+    def make(self, th: np.ndarray, cost: float) -> DataPoolsFit:
+        """The DataPoolsFit of parameter vector ``th`` (its objective ``cost``)."""
+        return _make(self.lay, th, self.U, self.max_ep, self.prior, cost, self.n, self.confidence)
+
+    def best(self, starts: list[np.ndarray]):
+        """The least_squares result of the lowest cost over ``starts`` (each clipped into the bounds)."""
+        lo, hi = self.lay.bounds()
+        best = None
+        for th0 in starts:
+            res = least_squares(
+                self.resid,
+                np.clip(th0, lo + 1e-9, hi - 1e-9),
+                bounds=(lo, hi),
+                loss="huber",
+                f_scale=self.delta,
+            )
+            if best is None or res.cost < best.cost:
+                best = res
+        return best
+
+    def bootstrap(
+        self, theta: np.ndarray, n_bootstrap: int, seed: int
+    ) -> tuple[dict[str, tuple[float, float]], tuple[DataPoolsFit, ...]]:
+        """(the ``confidence`` interval of every parameter, the draws): refits from ``theta`` on runs
+        resampled with replacement."""
+        lo, hi = self.lay.bounds()
+        n = self.n
+        rng = np.random.default_rng(seed)
+        draws, thetas = [], []
+        for _ in range(n_bootstrap):
+            idx = rng.integers(0, n, size=n)
+            r = least_squares(
+                self.resid, theta, bounds=(lo, hi), loss="huber", f_scale=self.delta, args=(idx,)
+            )
+            thetas.append(r.x)
+            draws.append(self.make(r.x, float(r.cost)))
+        nat = np.array([_natural(self.lay, t, self.prior) for t in thetas])  # (B, k)
+        q = (1.0 - self.confidence) / 2.0
+        qs = np.quantile(nat, [q, 1.0 - q], axis=0)
+        ci = {lab: (float(qs[0, k]), float(qs[1, k])) for k, lab in enumerate(self.lay.labels)}
+        return ci, tuple(draws)
 
 
 def _natural(lay: _Layout, th: np.ndarray, prior: float) -> np.ndarray:
