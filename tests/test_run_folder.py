@@ -7,8 +7,6 @@ import ast
 import json
 from pathlib import Path
 
-import pytest
-
 from scaling_train import run_folder as rf
 
 PKG = Path(rf.__file__).resolve().parent
@@ -124,8 +122,6 @@ data cache's lock files (``data/packing.py``: ``f"{key}.lock"``) share them."""
 
 ALLOWED = {
     "run_folder.py": "the module that owns the names",
-    # files other helpers own in the same change (issue 16): each still spells names the module now owns
-    "fitter/cbs.py": "reads RUN/cbs/cbs.json (another helper's file)",
 }
 
 
@@ -156,12 +152,3 @@ def test_no_package_spells_a_run_folder_file_name():
         tree = ast.parse(path.read_text(), filename=str(path))
         found += [f"{rel}:{line}: {s!r}" for line, s in _string_literals(tree) if _spells_a_name(s)]
     assert not found, "use the names of scaling_train.run_folder instead:\n" + "\n".join(found)
-
-
-@pytest.mark.parametrize("rel", sorted(set(ALLOWED) - {"run_folder.py"}))
-def test_allow_list_is_current(rel):
-    """Each allowed file still spells a name; once it uses scaling_train.run_folder, drop it from ALLOWED."""
-    tree = ast.parse((PKG / rel).read_text())
-    assert any(_spells_a_name(s) for _, s in _string_literals(tree)), (
-        f"{rel} no longer needs its ALLOWED entry"
-    )

@@ -31,6 +31,7 @@ from typing import Any
 import numpy as np
 
 from scaling_train.fitter.tail import RunTail, plan_runs
+from scaling_train.run_folder import CBS, CBS_RESULTS
 
 Z90 = 1.6448536269514722  # a 90% interval spans +-Z90 sd in log: its own log-sd = log(high / low) / (2 Z90)
 
@@ -126,7 +127,7 @@ def branch_measurements(tails: Mapping[str, RunTail]) -> list[dict[str, Any]]:
     """``cbs_measured`` of ``source: branches`` from each run's ``cbs/cbs.json`` (the run folder contract)."""
     out = []
     for name, t in sorted(tails.items()):
-        path = t.run_dir / "cbs" / "cbs.json"
+        path = t.run_dir / CBS / CBS_RESULTS
         try:
             res = json.loads(path.read_text())
         except (OSError, ValueError):

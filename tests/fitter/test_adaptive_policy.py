@@ -96,6 +96,7 @@ def test_prediction_weight():
     assert 0 < w2 < w1 < 1 and w1 == pytest.approx(0.005**2 / (0.005**2 + (0.06 / 3.29 / 3.0) ** 2), rel=1e-3)
 
 
+@pytest.mark.slow  # ~6 s on a loaded 2-core machine (fast-tier budget, issue 16)
 def test_weighted_chinchilla_fit_discounts_a_bad_low_weight_point():
     rng = np.random.default_rng(0)
     N = np.repeat([1e7, 3e7, 1e8, 3e8], 3)

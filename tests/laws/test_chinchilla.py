@@ -144,6 +144,7 @@ def test_isoflop_exponents():
         fit_isoflop(np.array(Ns[:2]), np.array(Ds[:2]), np.array(Ls[:2]))
 
 
+@pytest.mark.slow  # ~9 s on a loaded 2-core machine (fast-tier budget, issue 16)
 def test_optimal_interval_from_the_bootstrap_draws():
     from scaling_train.laws import ChinchillaFit
 

@@ -131,6 +131,7 @@ def _held_out_errors(d, fit, chin, mask):
     return err, err_chin
 
 
+@pytest.mark.slow  # ~8 s on a loaded 2-core machine (fast-tier budget, issue 16)
 def test_held_out_larger_multi_epoch_runs_beat_chinchilla():
     """Fit on the runs below 500M parameters; predict the non-diverged multi-epoch runs of 574M-2.2B.
 

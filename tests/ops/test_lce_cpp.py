@@ -85,7 +85,7 @@ class TinyLM(nn.Module):
 
 
 @pytest.mark.parametrize("impl", impl_params("torch", "cpp"))
-@pytest.mark.parametrize("backend", ["aot_eager", "inductor"])
+@pytest.mark.parametrize("backend", ["aot_eager", pytest.param("inductor", marks=pytest.mark.slow)])  # ~5 s
 def test_torch_compile_of_a_model_matches_eager(impl, backend):
     torch.manual_seed(0)
     model = TinyLM(37, 16, impl)

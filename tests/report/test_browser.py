@@ -25,7 +25,7 @@ def _png_size(path) -> tuple[int, int]:
     return struct.unpack(">II", data[16:24])
 
 
-@pytest.mark.parametrize("kind", ["full", "messy"])
+@pytest.mark.parametrize("kind", [pytest.param("full", marks=pytest.mark.slow), "messy"])  # full: ~8 s
 def test_report_renders(tmp_path, kind):
     if kind == "full":
         sweep = synth.write_sweep(tmp_path / "s", tasks=True)  # + the Downstream tasks section (2 tasks)

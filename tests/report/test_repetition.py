@@ -41,6 +41,7 @@ def _law(tmp_path, law: str = "data_constrained"):
     return sweep, analyse(sweep, n_bootstrap=0), f
 
 
+@pytest.mark.slow  # ~7 s on a loaded 2-core machine (fast-tier budget, issue 16)
 def test_panel_draws_the_data_constrained_law(tmp_path):
     sweep, an, f = _law(tmp_path)
     fig = repetition(sweep, an)

@@ -23,6 +23,7 @@ def sweep_dir(tmp_path_factory):
     return synth.write_sweep(tmp_path_factory.mktemp("screen") / "iso")
 
 
+@pytest.mark.slow  # ~6 s on a loaded 2-core machine (fast-tier budget, issue 16)
 def test_first_screen_on_a_known_law(sweep_dir):
     sweep = load_sweep(sweep_dir)
     s = first_screen(sweep, analyse(sweep, n_bootstrap=30))

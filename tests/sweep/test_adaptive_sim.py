@@ -78,6 +78,7 @@ def test_replay_never_reads_a_run_past_its_stop():
         assert res2.predicted[n].loss == pytest.approx(res.predicted[n].loss, rel=1e-12)
 
 
+@pytest.mark.slow  # ~5 s on a loaded 2-core machine (fast-tier budget, issue 16)
 def test_references_are_what_the_sweep_had_trained_by_then():
     """All at once on the FLOP clock: the first check of the big long run sees the short small runs
     finished; with one slot in the given order a run sees every earlier run at its end (or its stop)."""
@@ -134,6 +135,7 @@ def test_real_ladder_saves_compute_and_keeps_the_law():
     assert res.coverage >= 0.8
 
 
+@pytest.mark.slow  # ~10 s on a loaded 2-core machine (fast-tier budget, issue 16)
 def test_replay_cli_on_a_finished_sweep_folder(tmp_path, capsys):
     """Three finished tiny runs of one size (24, 48, 48 steps): replayed under a loose policy the two long
     ones may stop, the short one is kept; the summary is printed and written; bad input exits 2."""

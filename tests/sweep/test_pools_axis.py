@@ -66,6 +66,7 @@ def test_pools_axis_needs_declared_pools(tmp_path):
         plan_of(tmp_path, spec)
 
 
+@pytest.mark.slow  # ~5 s on a loaded 2-core machine (fast-tier budget, issue 16)
 def test_dry_run_shows_per_pool_epochs(tmp_path, env):
     path = write_spec(tmp_path / "s.yaml", pool_spec(["clean", "clean:0.5+noisy:0.5"]))
     out = subprocess.run(
