@@ -14,7 +14,6 @@ Two sources, both optional (no section when neither exists):
 
 from __future__ import annotations
 
-import html
 import json
 import math
 from typing import Any
@@ -23,12 +22,10 @@ import numpy as np
 
 from scaling_train.report.data import SweepData
 from scaling_train.report.figures import Figure, NoData, fmt_n, png_bytes, pyplot
+from scaling_train.report.fragments import esc as _e
+from scaling_train.report.fragments import figure_html
 
 REPLAY_FILE = "adaptive_replay.json"  # sweep/adaptive.py writes it (the report does not import the sweep)
-
-
-def _e(s: Any) -> str:
-    return html.escape(str(s))
 
 
 def _law_cells(f: dict[str, Any] | None) -> str:
@@ -173,7 +170,7 @@ def replay_figure(summary: dict[str, Any]) -> Figure:
     )
 
 
-def adaptive_section(sweep: SweepData, figure_html) -> str:
+def adaptive_section(sweep: SweepData) -> str:
     """The section's HTML ('' when the sweep is neither adaptive nor replayed)."""
     live = live_section(sweep)
     path = sweep.sweep_dir / REPLAY_FILE

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import base64
-import html
 import math
 import time
 import traceback
@@ -13,6 +11,8 @@ from scaling_train.report import figures as figs
 from scaling_train.report.adaptive import adaptive_section
 from scaling_train.report.analysis import Analysis, LawRow
 from scaling_train.report.data import STATUSES, SweepData
+from scaling_train.report.fragments import esc as _e
+from scaling_train.report.fragments import figure_html, nodata_html
 from scaling_train.report.pools import data_pools
 from scaling_train.report.repetition import repetition
 from scaling_train.report.summary import html_section, safe_first_screen
@@ -34,10 +34,6 @@ th{background:#f4f4f4}td.num{text-align:right;font-variant-numeric:tabular-nums}
 .st-missing,.st-no-metrics{color:#777}
 .err{color:#c0392b}
 """
-
-
-def _e(s: Any) -> str:
-    return html.escape(str(s))
 
 
 def _num(v: Any, fmt: str = ".4g") -> str:
@@ -125,22 +121,6 @@ def _law_table(laws: list[LawRow]) -> str:
     return "".join(out)
 
 
-def figure_html(fig: figs.Figure) -> str:
-    b64 = base64.b64encode(fig.png).decode()
-    return (
-        f"<section class='fig' id='fig-{fig.key}'><h2>{_e(fig.title)}</h2>"
-        f"<img alt='{_e(fig.title)}' src='data:image/png;base64,{b64}'>"
-        f"<p class='caption'>{_e(fig.caption)}</p></section>"
-    )
-
-
-def nodata_html(key: str, title: str, reason: str) -> str:
-    return (
-        f"<section class='fig' id='fig-{key}'><h2>{_e(title)}</h2>"
-        f"<div class='nodata'>Not drawn: {_e(reason)}</div></section>"
-    )
-
-
 _TITLES = {
     "loss_curves": ("loss", "Loss vs tokens and FLOPs per model size"),
     "prediction_history": ("history", "How early was the prediction right"),
@@ -187,7 +167,7 @@ def render(sweep: SweepData, an: Analysis, *, screen: dict[str, Any] | None = No
     except Exception as e:  # noqa: BLE001 - the section must not lose the report
         tasks_html = nodata_html("tasks", "Downstream tasks", f"section failed: {type(e).__name__}: {e}")
     try:  # an adaptive sweep, or a replay of one; no section otherwise
-        adaptive_html = adaptive_section(sweep, figure_html)
+        adaptive_html = adaptive_section(sweep)
     except Exception as e:  # noqa: BLE001 - the section must not lose the report
         adaptive_html = nodata_html("adaptive", "Adaptive sweep", f"section failed: {type(e).__name__}: {e}")
     counts = ", ".join(f"{len(sweep.by_status(s))} {s}" for s in STATUSES if sweep.by_status(s))

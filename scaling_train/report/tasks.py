@@ -12,7 +12,6 @@ and predictions. Without task metrics the section is one line saying how to enab
 
 from __future__ import annotations
 
-import html
 import math
 import traceback
 from dataclasses import dataclass, field
@@ -22,7 +21,10 @@ import numpy as np
 
 from scaling_train.fitter.tasks import CONTINUOUS, THRESHOLDED
 from scaling_train.fitter.tasks import task_kinds as row_task_kinds
+from scaling_train.report import figures as figs
 from scaling_train.report.data import RunData, SweepData, as_float
+from scaling_train.report.fragments import esc as _e
+from scaling_train.report.fragments import figure_html, nodata_html
 from scaling_train.run_folder import task_key
 
 NO_EVALS = "no downstream evals: enable with evals.tasks=[next_line,identifier,compiles]"
@@ -31,10 +33,6 @@ LAWS = (
     ("err_of_loss", "Err(L) from loss"),
     ("pass_until", "PassUntil"),
 )
-
-
-def _e(s: Any) -> str:
-    return html.escape(str(s))
 
 
 def _num(v: Any, fmt: str = ".4g") -> str:
@@ -256,8 +254,6 @@ def _task_caption(tp: _TaskPlot, n_pred: int) -> str:
 
 def task_figure(sweep: SweepData, task: str, kind: str):
     """The figure of one task (``figures.Figure``); ``figures.NoData`` when no run has its metrics."""
-    from scaling_train.report import figures as figs
-
     res = fitted_tasks(sweep).get(task)
     res = res if isinstance(res, dict) else {}
     cm = res.get("continuous_metric") or CONTINUOUS.get(kind)
@@ -335,9 +331,6 @@ def _pred_rows(task: str, res: dict[str, Any]) -> list[str]:
 
 def tasks_section(sweep: SweepData) -> str:
     """The whole "Downstream tasks" section; never raises (a failing figure becomes a note)."""
-    from scaling_train.report import figures as figs
-    from scaling_train.report.html import figure_html, nodata_html
-
     head = "<section id='tasks-section'><h2>Downstream tasks</h2>"
     kinds = task_kinds(sweep)
     if not kinds:
