@@ -9,6 +9,7 @@ import pytest
 from scaling_train.laws import Curve, NotEnoughDataError, _calibration, fit_sweep, predict_final_loss
 from tests.fixtures.laws import mpl_loss
 from tests.fixtures.protocol import (
+    REPORT_ONLY,
     all_cases,
     gemstone_cases,
     is_held_out,
@@ -24,13 +25,16 @@ def lrs_val():
 
 def test_no_constant_was_fitted_on_a_held_out_group():
     cal = set(_calibration.CALIBRATION_GROUPS)
-    groups = {c.group for c in all_cases()}
+    cases = all_cases()
+    groups = {c.group for c in cases}
     held = {g for g in groups if is_held_out(g)}
     assert not cal & held, f"constants fitted on held-out groups: {sorted(cal & held)}"
-    # the constants come from exactly the protocol's calibration groups: regenerate them when it changes
-    assert cal == groups - held
+    # the constants come from exactly the protocol's calibration groups (report-only settings never fit
+    # anything): regenerate them when it changes
+    assert cal == {c.group for c in cases if c.setting not in REPORT_ONLY} - held
+    assert not cal & {c.group for c in cases if c.setting in REPORT_ONLY}
     # every kind of held-out group is represented: sizes, a data set, a schedule family, other models
-    for needle in ("/53M/", "/360M/", "slimpajama_chunk1", "-sqrt/", "gem/odd/", "mp/target"):
+    for needle in ("/53M/", "/360M/", "slimpajama_chunk1", "-sqrt/", "gem/odd/", "mp/target", "qs/0.222M"):
         assert any(needle in g for g in held), needle
 
 
@@ -236,3 +240,26 @@ def test_running_references_are_left_out():
     # a finished run logged every 200 steps that ends 200 steps before T is finished, not running
     r = c.refs[running.index(False)]
     assert not is_running(r.observed_until(r.total_steps - 1))
+
+
+def test_quickstart_cases_are_the_live_sweep_at_40_percent():
+    """qs@40: each quickstart run cut at 40% of its steps, its references the runs finished by then (never
+    itself, never a longer run of its own size), truth = its final evaluation; reported only."""
+    from tests.fixtures.protocol import quickstart_cases
+    from tests.fixtures.realdata import quickstart_runs
+
+    runs = quickstart_runs()
+    cases = quickstart_cases()
+    assert len(cases) == len(runs) == 12 and "qs@40" in REPORT_ONLY
+    for c in cases:
+        full = runs[c.name].curve
+        assert (
+            c.target.total_steps == full.total_steps and np.nanmax(c.target.steps) <= 0.4 * full.total_steps
+        )
+        assert c.truth == pytest.approx(full.losses[-1]) and full.steps[-1] == full.total_steps
+        for r in c.refs:
+            assert r.name != c.name
+            if r.n_params == full.n_params:
+                assert r.total_steps < full.total_steps  # order=budget: only shorter same-size runs finished
+    # the smallest budget ran first: its runs had no finished reference at 40%
+    assert sum(not c.refs for c in cases) >= 2
