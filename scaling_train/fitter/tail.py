@@ -231,13 +231,25 @@ def _num(v: Any) -> float | None:
     return None
 
 
+_PLAN_CACHE: dict[Path, tuple[tuple[int, int], list[dict[str, Any]]]] = {}  # path -> ((mtime_ns, size), runs)
+
+
 def plan_runs(sweep_dir: Path | None) -> list[dict[str, Any]]:
     """``SWEEP_DIR/plan.json``'s runs as written by the sweep; [] without a readable plan (a sweep run by hand
-    has none). The one reader of the plan for the fitter's modules."""
+    has none). The one reader of the plan for the fitter's modules; the file is parsed again only when its
+    mtime or size changed (the fitter asks several times per poll). The run dicts are shared: read only."""
     if sweep_dir is None:
         return []
+    path = Path(sweep_dir) / "plan.json"
     try:
-        runs = json.loads((Path(sweep_dir) / "plan.json").read_text())["runs"]
+        st = path.stat()
+        stamp = (st.st_mtime_ns, st.st_size)
+        hit = _PLAN_CACHE.get(path)
+        if hit is not None and hit[0] == stamp:
+            return list(hit[1])
+        runs = json.loads(path.read_text())["runs"]
     except (OSError, ValueError, KeyError, TypeError):
         return []
-    return [r for r in runs if isinstance(r, dict)] if isinstance(runs, list) else []
+    runs = [r for r in runs if isinstance(r, dict)] if isinstance(runs, list) else []
+    _PLAN_CACHE[path] = (stamp, runs)
+    return list(runs)

@@ -1,4 +1,5 @@
-"""The fitter's saved state round-trips non-finite row values (JSON writes them as strings)."""
+"""The fitter's run tails: saved state round-trips non-finite row values (JSON writes them as strings); the
+plan is parsed again only when it changes."""
 
 from __future__ import annotations
 
@@ -34,3 +35,29 @@ def test_a_pooled_run_gives_no_single_unique_token_count(tmp_path):
     pools = {"clean": {"unique_tokens": 5e4}, "noisy": {"unique_tokens": 4e5}}
     t.config = {"resolved": {"unique_tokens": 4.5e5, "pools": pools}}
     assert t.unique_tokens is None
+
+
+def test_plan_runs_reads_the_plan_again_only_when_it_changes(tmp_path, monkeypatch):
+    import os
+    from pathlib import Path
+
+    from scaling_train.fitter.tail import plan_runs
+
+    plan = tmp_path / "plan.json"
+    plan.write_text(json.dumps({"runs": [{"name": "a", "flops": 1.0}, "junk"]}))
+    reads = []
+    real = Path.read_text
+
+    def counting(self, *a, **k):
+        reads.append(self.name)
+        return real(self, *a, **k)
+
+    monkeypatch.setattr(Path, "read_text", counting)
+    assert plan_runs(tmp_path) == [{"name": "a", "flops": 1.0}] == plan_runs(tmp_path)
+    assert reads == ["plan.json"]  # the second call came from the cache
+    plan.write_text(json.dumps({"runs": [{"name": "a"}, {"name": "bb"}]}))
+    st = plan.stat()
+    os.utime(plan, ns=(st.st_atime_ns, st.st_mtime_ns + 1_000_000))  # a rewrite always moves the mtime
+    assert [r["name"] for r in plan_runs(tmp_path)] == ["a", "bb"] and reads == ["plan.json"] * 2
+    plan.write_text("{not json")
+    assert plan_runs(tmp_path) == [] and plan_runs(None) == [] and plan_runs(tmp_path / "missing") == []
