@@ -78,6 +78,12 @@ class Plan:
     """The spec's adaptive block (written to sweep_dir/adaptive.json for the fitter); None = not adaptive."""
 
     @property
+    def stages_after_runs(self) -> bool:
+        """Whether work of the sweep follows its runs and ends with its own last fit and report (the cbs
+        block's branches, ``sweep.cbs.final_pass``), so the sidecars leave both to it."""
+        return self.spec.cbs.every is not None
+
+    @property
     def base_path(self) -> Path:
         return self.sweep_dir / "base.yaml"
 

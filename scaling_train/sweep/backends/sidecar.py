@@ -34,9 +34,7 @@ class Sidecars:
         self.say(f"[sweep] online fitter: {command_line(cmd)}  (log: logs/fitter.log)")
 
     def finish(self) -> None:
-        # with a cbs block the branches run after this and the last fit and the report follow them
-        # (sweep.cbs.final_pass): doing both here as well would only cost time
-        later = self.plan.spec.cbs.every is not None
+        later = self.plan.stages_after_runs  # their own last fit and report follow: doing both here is waste
         if self.proc is not None:
             try:
                 self.proc.wait(timeout=10)  # --follow exits once every run is DONE
