@@ -263,3 +263,20 @@ def test_quickstart_cases_are_the_live_sweep_at_40_percent():
                 assert r.total_steps < full.total_steps  # order=budget: only shorter same-size runs finished
     # the smallest budget ran first: its runs had no finished reference at 40%
     assert sum(not c.refs for c in cases) >= 2
+
+
+def test_training_truth_is_the_curve_at_the_window_mean_step():
+    """Where the curve bends over the truth window (a cooldown's end), its plain mean lies above its value at
+    the mean step; the quadratic read does not, and its standard error covers the noise."""
+    from tests.fixtures.protocol import train_truth
+
+    s = np.arange(1.0, 201.0) * 50
+    curve = 3.0 + 2e-7 * (s - 8200.0) ** 2  # bends inside the last 40 points (steps 8050-10000)
+    T, y, sd = train_truth(s, curve)
+    assert T == round(s[-40:].mean()) and y == pytest.approx(3.0 + 2e-7 * (T - 8200.0) ** 2, rel=1e-9)
+    assert curve[-40:].mean() > y * 1.002 and sd < 1e-9  # the old read: biased by the bend
+    noisy = curve + np.random.default_rng(1).normal(0.0, 0.02, len(s))
+    errs = [
+        train_truth(s, curve + np.random.default_rng(k).normal(0.0, 0.02, len(s)))[1] - y for k in range(200)
+    ]
+    assert abs(np.mean(errs)) < 0.002 and 0.5 < np.std(errs) / train_truth(s, noisy)[2] < 1.5
