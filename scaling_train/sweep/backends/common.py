@@ -4,7 +4,7 @@ Every backend executes a run through ``scaling_train.sweep.worker`` semantics: s
 on request (STOPPED; ``resume_stopped_runs`` first to train those to the end), take the run's lock (never
 twice at once), retry a failing run from its checkpoint, record attempts.
 Commands are argv lists (no shell): ``run_argv`` builds one run's (plain python or torchrun). The Slurm
-backends (array and submitit) group runs into jobs with ``_groups`` and name them with ``_JOBNAME_OK``.
+backends (array and submitit) group runs into jobs with ``array_groups`` and name them with ``JOBNAME_BAD_CHARS``.
 """
 
 from __future__ import annotations
@@ -84,7 +84,7 @@ def resume_stopped_runs(plan: Plan, *, say=print) -> list[str]:
     return names
 
 
-def _die_with_parent() -> None:  # runs in the child between fork and exec
+def die_with_parent() -> None:  # runs in the child between fork and exec
     try:
         import ctypes
         import signal
@@ -94,7 +94,7 @@ def _die_with_parent() -> None:  # runs in the child between fork and exec
         pass
 
 
-def _summary(run_dir: str | Path) -> str:
+def run_summary(run_dir: str | Path) -> str:
     """The final (DONE) or last (STOPPED: "at step k/T") loss of a run, "" when it has neither record."""
     stopped = state.is_stopped(run_dir)
     p = "" if stopped else "final_"
@@ -128,10 +128,10 @@ def report_states(plan: Plan, *, say=print) -> int:
     return 0 if not bad else 1
 
 
-_JOBNAME_OK = re.compile(r"[^A-Za-z0-9_.-]")
+JOBNAME_BAD_CHARS = re.compile(r"[^A-Za-z0-9_.-]")
 
 
-def _groups(plan: Plan) -> list[list[RunSpec]]:
+def array_groups(plan: Plan) -> list[list[RunSpec]]:
     """Runs with the same (nodes, devices, time limit) share one job array."""
     out: dict[tuple, list[RunSpec]] = {}
     for r in plan.runs:

@@ -4,7 +4,7 @@ scripts (Slurm array), each finished run marked."""
 from __future__ import annotations
 
 from scaling_train.sweep import state
-from scaling_train.sweep.backends.common import _groups, run_argv
+from scaling_train.sweep.backends.common import array_groups, run_argv
 from scaling_train.sweep.backends.slurm import sbatch_script
 from scaling_train.sweep.plan import Plan, command_line
 
@@ -15,7 +15,7 @@ def dry_run_text(plan: Plan, backend: str) -> str:
     """What the backend would do: exact commands (local/torchrun) or the sbatch scripts (slurm)."""
     lines = []
     if backend == "slurm" and plan.spec.slurm.mode == "array":
-        for gi, runs in enumerate(_groups(plan)):
+        for gi, runs in enumerate(array_groups(plan)):
             lines.append(
                 f"# ---- {plan.sweep_dir / 'slurm' / f'array-{gi}.sbatch'} (sbatch --parsable <this file>)"
             )

@@ -10,11 +10,11 @@ from concurrent.futures import ThreadPoolExecutor
 
 from scaling_train.sweep import progress, state
 from scaling_train.sweep.backends.common import (
-    _die_with_parent,
-    _summary,
+    die_with_parent,
     prepare_dir,
     report_states,
     run_argv,
+    run_summary,
 )
 from scaling_train.sweep.backends.sidecar import Sidecars
 from scaling_train.sweep.plan import Plan, RunSpec
@@ -146,14 +146,14 @@ class _Workers:
             log_path=plan.sweep_dir / "logs" / f"{run.name}.log",
             say=say,
             env={"OMP_NUM_THREADS": os.environ.get("OMP_NUM_THREADS", "1")},
-            preexec=_die_with_parent,
+            preexec=die_with_parent,
             stop=self.stop,
         )
         self.inflight.pop(run.name, None)
         with self.lock:
             self.results[run.name] = rc
             n_done = sum(state.is_done(r.run_dir) for r in plan.runs)
-            summ = _summary(run.run_dir)
+            summ = run_summary(run.run_dir)
             word = "stopped" if state.is_stopped(run.run_dir) else "done " if rc == EXIT_OK else "FAILED"
             say(
                 f"[sweep] {word if rc != EXIT_LOCKED else 'busy '} {run.name} "

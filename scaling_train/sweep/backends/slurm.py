@@ -16,7 +16,7 @@ from pathlib import Path
 
 from scaling_train._io import atomic_write
 from scaling_train.sweep import state
-from scaling_train.sweep.backends.common import _JOBNAME_OK, _groups, prepare_dir, report_states
+from scaling_train.sweep.backends.common import JOBNAME_BAD_CHARS, array_groups, prepare_dir, report_states
 from scaling_train.sweep.backends.sidecar import Sidecars
 from scaling_train.sweep.backends.submitit import run_submitit
 from scaling_train.sweep.plan import Plan, RunSpec
@@ -43,7 +43,7 @@ def sbatch_script(plan: Plan, runs: list[RunSpec], *, template: Path | None = No
     r0 = runs[0]
     q = shlex.quote
     opts = [
-        f"--job-name={_JOBNAME_OK.sub('_', spec.name)[:64] or 'sweep'}",
+        f"--job-name={JOBNAME_BAD_CHARS.sub('_', spec.name)[:64] or 'sweep'}",
         f"--array=0-{len(runs) - 1}" + (f"%{sl.max_parallel}" if sl.max_parallel else ""),
         f"--nodes={r0.nodes}",
         "--ntasks-per-node=1",
@@ -94,7 +94,7 @@ def sbatch_script(plan: Plan, runs: list[RunSpec], *, template: Path | None = No
 
 def write_sbatch(plan: Plan) -> list[Path]:
     paths = []
-    for gi, runs in enumerate(_groups(plan)):
+    for gi, runs in enumerate(array_groups(plan)):
         p = plan.sweep_dir / "slurm" / f"array-{gi}.sbatch"
         p.parent.mkdir(parents=True, exist_ok=True)
         atomic_write(p, sbatch_script(plan, runs))

@@ -9,9 +9,9 @@ from typing import Any
 
 from scaling_train.sweep import state
 from scaling_train.sweep.backends.common import (
-    _JOBNAME_OK,
-    _die_with_parent,
-    _groups,
+    JOBNAME_BAD_CHARS,
+    array_groups,
+    die_with_parent,
     prepare_dir,
     report_states,
     run_argv,
@@ -41,7 +41,7 @@ class _SubmititRun:
             rdzv_id=f"{env.job_id}",
         )
         if env.global_rank != 0:
-            return subprocess.call(argv, preexec_fn=_die_with_parent)
+            return subprocess.call(argv, preexec_fn=die_with_parent)
         deadline = time.time() + 1.5 * la.stale_lock_s  # a requeued job waits for its old lock to expire
         while True:
             # preexec: a requeued job's old training process dies with its worker, never runs on
@@ -51,7 +51,7 @@ class _SubmititRun:
                 retries=la.retries,
                 stale_lock_s=la.stale_lock_s,
                 log_path=self.plan.sweep_dir / "logs" / f"{r.name}.log",
-                preexec=_die_with_parent,
+                preexec=die_with_parent,
             )
             if rc != EXIT_LOCKED or time.time() > deadline:
                 return rc
@@ -70,7 +70,7 @@ def run_submitit(plan: Plan, *, say=print) -> int:
     sl, res = plan.spec.slurm, plan.spec.resources
     todo = [r for r in plan.runs if not state.is_finished_for_now(r.run_dir)]
     jobs = []
-    for runs in _groups(plan):
+    for runs in array_groups(plan):
         runs = [r for r in runs if r in todo]
         if not runs:
             continue
@@ -80,7 +80,7 @@ def run_submitit(plan: Plan, *, say=print) -> int:
             "timeout_min": r0.time_limit_min,
             "nodes": r0.nodes,
             "tasks_per_node": 1,
-            "name": _JOBNAME_OK.sub("_", plan.spec.name),
+            "name": JOBNAME_BAD_CHARS.sub("_", plan.spec.name),
         }
         if res.gpu:
             params["gpus_per_node"] = r0.devices

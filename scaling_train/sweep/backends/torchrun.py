@@ -9,7 +9,7 @@ import time
 from pathlib import Path
 
 from scaling_train.sweep import state
-from scaling_train.sweep.backends.common import _summary, prepare_dir, report_states, run_argv
+from scaling_train.sweep.backends.common import prepare_dir, report_states, run_argv, run_summary
 from scaling_train.sweep.backends.sidecar import Sidecars
 from scaling_train.sweep.plan import Plan
 from scaling_train.sweep.worker import execute
@@ -48,7 +48,7 @@ def run_torchrun(plan: Plan, *, say=print) -> int:
         else:
             with open(log, "ab") as f:
                 rc = subprocess.call(argv, stdout=f, stderr=subprocess.STDOUT)
-        say(f"[sweep] node {node_rank}: {run.name} exit {rc} {_summary(run.run_dir)}")
+        say(f"[sweep] node {node_rank}: {run.name} exit {rc} {run_summary(run.run_dir)}")
     if node_rank == 0:
         side.finish()
         return report_states(plan, say=say)
