@@ -98,9 +98,11 @@ def find_runs(sweep_dir: str | Path, *, markers: tuple[str, ...] = (CONFIG,)) ->
 def put_row(rows: dict[int, Any], step: int, row: Any) -> None:
     """``rows[step] = row`` after dropping every row at or after ``step``: a run resumed from a checkpoint
     rewrites the steps after it, so a row for step s supersedes what an earlier attempt wrote from s on
-    (the one rule every reader of ``metrics.jsonl`` keyed by step applies). Keys stay ascending in order."""
-    for s in [s for s in rows if s >= step]:
-        del rows[s]
+    (the one rule every reader of ``metrics.jsonl`` keyed by step applies). Keys stay ascending in order, so a
+    row past the last key (every row of a run that was never resumed) is appended without scanning the rest."""
+    if rows and next(reversed(rows)) >= step:
+        for s in [s for s in rows if s >= step]:
+            del rows[s]
     rows[step] = row
 
 
