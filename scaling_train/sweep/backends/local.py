@@ -67,8 +67,7 @@ class _Workers:
     def __init__(self, plan: Plan, todo: list[RunSpec], say) -> None:
         self.plan, self.todo, self.say = plan, todo, say
         self.la = plan.spec.launch
-        self.results: dict[str, int] = {}
-        self.lock = threading.Lock()
+        self.lock = threading.Lock()  # one end-of-run line at a time
         self.t0 = time.time()
         # name -> (name, run_dir, steps): the runs the progress lines follow
         self.inflight: dict[str, tuple[str, str, int]] = {}
@@ -151,7 +150,6 @@ class _Workers:
         )
         self.inflight.pop(run.name, None)
         with self.lock:
-            self.results[run.name] = rc
             n_done = sum(state.is_done(r.run_dir) for r in plan.runs)
             summ = run_summary(run.run_dir)
             word = "stopped" if state.is_stopped(run.run_dir) else "done " if rc == EXIT_OK else "FAILED"
