@@ -102,11 +102,81 @@ def row(name: str, tol: float, res: SimulationResult, secs: float) -> str:
     )
 
 
+def known_at(runs: list[RecordedRun], res: SimulationResult, t: float) -> list[tuple]:
+    """(N, D, loss, low, high) known at time ``t`` of the replay's clock (as ``_SweepClock.known``): ended runs
+    at their truth or stop prediction, running ones at their latest prediction made by then."""
+    out = []
+    for r in runs:
+        rp = res.runs[r.name]
+        if rp.start is None or rp.start > t:
+            continue
+        if rp.end is not None and rp.end <= t:
+            if rp.stopped_at is None:
+                out.append((r.n_params, r.tokens, r.truth, None, None))
+            else:
+                out.append((r.n_params, r.tokens, *res.policy.stop_interval(rp.history)))
+            continue
+        step = (t - rp.start) / (6.0 * r.n_params * r.tokens_per_step)
+        h = [h for h in rp.history if "loss" in h and h["step"] <= step]
+        if h:
+            out.append((r.n_params, r.tokens, h[-1]["loss"], h[-1]["low"], h[-1]["high"]))
+    return out
+
+
+def anytime(runs: list[RecordedRun], res: SimulationResult, fractions=(0.25, 0.5, 0.75)) -> list[tuple]:
+    """At each fraction of the sweep's wall time (the replay's last run end): the law fitted to what was known
+    then (``launch_ranking``'s fit), its L_opt at target_compute x the largest run against the full sweep's
+    law's there, and its own sd there (``LaunchRanking.sd_now``): (fraction, points, error, sd)."""
+    from scaling_train.fitter.adaptive import launch_ranking
+
+    wall = max(rp.end for rp in res.runs.values())
+    planned = max(r.compute for r in runs)
+    full = float(res.law_full.optimal(res.policy.target_compute * planned)[2])
+    probe = [("probe", runs[0].n_params, runs[0].tokens)]
+    out = []
+    for f in fractions:
+        pts = known_at(runs, res, f * wall)
+        rk, _ = launch_ranking(res.policy, pts, probe, planned)
+        if rk is None:
+            out.append((f, len(pts), float("nan"), float("nan")))
+        else:
+            out.append((f, len(pts), rk.L_opt / full - 1, rk.sd_now / full))
+    return out
+
+
+def order_rows(name: str, runs: list[RecordedRun], slots: int) -> list[str]:
+    """The same ladder on ``slots`` slots in three launch orders: as listed (sizes ascending), longest first
+    (the local backend's default), and ``launch_order: uncertainty``. Per order: compute, wall time against
+    the listed order's, and the error of the law known at 25/50/75% of that wall time in L_opt at 10x the
+    largest run, against the full sweep's law."""
+    orders = {
+        "listed (size, then budget)": (runs, "plan"),
+        "longest first": (sorted(runs, key=lambda r: -r.compute), "plan"),
+        "uncertainty": (runs, "uncertainty"),
+    }
+    out, wall0, t_ref = [], None, None
+    for label, (rs, lo) in orders.items():
+        t0 = time.time()
+        res = simulate(rs, AdaptivePolicy(launch_order=lo), slots=slots)
+        wall = max(rp.end for rp in res.runs.values())
+        wall0 = wall0 or wall
+        t_ref = t_ref or [f * wall0 for f in (0.25, 0.5, 0.75)]
+        errs = anytime(rs, res, [t / wall for t in t_ref])
+        cells = " | ".join(f"{e[2]:+.2%} ({e[1]})" if np.isfinite(e[2]) else f"- ({e[1]})" for e in errs)
+        out.append(
+            f"| {name} | {label} | {res.compute_fraction:.0%} | {wall / wall0:.2f} | {cells} | "
+            f"{res.max_law_deviation:.2%} | {time.time() - t0:.0f} s |"
+        )
+        print(out[-1], flush=True)
+    return out
+
+
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--quick", action="store_true", help="the lrs-cos ladder below 130M only, not written")
     ap.add_argument("--tol", default="0.02,0.03,0.04", help="comma-separated tolerances to replay")
     ap.add_argument("--only", default="", help="comma-separated ladder names")
+    ap.add_argument("--slots", type=int, default=4, help="slots of the launch-order comparison (0: skip it)")
     args = ap.parse_args()
     tols = [float(x) for x in args.tol.split(",")]
     lad = ladders(args.quick)
@@ -148,6 +218,10 @@ def main() -> None:
                 for n, rp in res.runs.items():
                     if rp.stopped_at is not None:
                         stops.append(f"| {name} | {n} | {rp.stopped_at}/{rp.total_steps} | {rp.reason} |")
+    orders = []
+    if args.slots:
+        for name, runs in lad.items():
+            orders += order_rows(name, runs, args.slots)
     if args.quick:
         return
     doc = [
@@ -171,6 +245,21 @@ def main() -> None:
         "The compute saved is bounded by the predictor's intervals: 90% intervals are 3-6% wide at 25-50% of a",
         "run (BENCHMARKS.md, prediction protocol), so a run is stopped once its interval has narrowed, mostly",
         "past half of it. A looser tolerance saves more and moves the law further from the full sweep's.",
+        "",
+        f"## Launch order on {args.slots} slots (default tolerance)",
+        "",
+        "The same replay with the runs started k at a time: as listed (sizes ascending, then budgets), longest",
+        "first (the local backend's default order), and `launch_order: uncertainty` (the run that most reduces",
+        "the variance of the law's loss at 10x the largest run per FLOP starts next; `laws/design.py`). Wall: the",
+        "sweep's end on the replay clock against the listed order's. Law at t: the Chinchilla law fitted to",
+        "what was known at 25/50/75% of the listed order's wall time (finished runs, stopped and running ones at",
+        "their predictions), its loss at the compute-optimum of 10x the largest run against the full sweep's",
+        "law's there (in brackets: the points known). A law fitted to 20-30 points extrapolated 10x in compute",
+        "moves by percents: compare orders within a ladder.",
+        "",
+        "| ladder | order | compute | wall | law at 25% | law at 50% | law at 75% | max law deviation | time |",
+        "| --- | --- | --- | --- | --- | --- | --- | --- | --- |",
+        *orders,
         "",
         f"## Stopped runs whose truth fell outside the interval: {len(misses)}",
         "",

@@ -9,6 +9,12 @@ A run is stopped (cleanly, with a checkpoint, resumable to the end later) once
 - and it is not exempt: with ``keep_full_per_size`` the shortest-budget run of every size runs to the end
   (a finished reference per size), with ``keep_largest`` every run of the largest size does.
 
+With ``launch_order: uncertainty`` the next planned run to start (on a backend with a limited number of
+slots: ``launch.concurrency`` of the local backend, the replay's ``slots``) is the one that most reduces the
+uncertainty of the law's loss at ``target_compute`` x the sweep's largest planned run (compute-optimal
+allocation, 6 N D), per FLOP (``launch_ranking``; the design in ``laws/design.py``); with fewer than
+``MIN_LAW_POINTS`` known points, or no law with a finite optimum, the planned order.
+
 The same rule drives the live fitter (``SweepFitter`` writes ``RUN/STOP``, the trainer checkpoints and
 exits) and the replay on recorded curves (``scaling_train.sweep.adaptive.simulate``). A stopped run enters
 the sweep's laws with its predicted final loss, weighted by its interval (``prediction_weight``); that
@@ -23,6 +29,13 @@ from dataclasses import asdict, dataclass, fields
 from typing import Any
 
 Z90 = 1.6448536269514722
+LAUNCH_ORDERS = ("plan", "uncertainty")
+LAUNCH_ORDER_FILE = "launch_order.json"
+"""SWEEP_DIR/launch_order.json, written by the fitter under ``launch_order: uncertainty`` (``launch_ranking``:
+``{"updated", "why", "order": [{"name", "N", "D", "reduction", "per_flop"}], "target_compute", "N_opt", "D_opt",
+"L_opt", "sd_now"}``), read by the local backend when a slot frees: the first ready pending run in that order
+starts; absent or empty: the planned order."""
+MIN_LAW_POINTS = 5  # known (N, D, loss) points before the launch order follows the law (5 parameters)
 FINAL_LOSS_NOISE = 0.005
 """Relative noise of an observed final loss (seed to seed, about 0.5% at these scales): the sd a finished
 run's point carries in a law fit, against which a predicted point's interval is weighed."""
@@ -39,6 +52,8 @@ class AdaptivePolicy:
     min_fraction: float = 0.25
     keep_full_per_size: bool = True
     keep_largest: bool = False
+    launch_order: str = "plan"
+    target_compute: float = 10.0
 
     def __post_init__(self) -> None:
         self.check()
@@ -66,6 +81,19 @@ class AdaptivePolicy:
         for name in ("relative", "keep_full_per_size", "keep_largest"):
             if not isinstance(getattr(self, name), bool):
                 raise bad(name, getattr(self, name), "true or false")
+        if self.launch_order not in LAUNCH_ORDERS:
+            raise bad("launch_order", self.launch_order, f"one of {list(LAUNCH_ORDERS)}")
+        if not (
+            isinstance(self.target_compute, (int, float))
+            and not isinstance(self.target_compute, bool)
+            and math.isfinite(self.target_compute)
+            and 1.0 <= self.target_compute <= 1e6
+        ):
+            raise bad(
+                "target_compute",
+                self.target_compute,
+                "in [1, 1e6] (a multiple of the largest planned run's compute)",
+            )
 
     @classmethod
     def from_dict(cls, d: Mapping[str, Any] | None, source: str = "adaptive") -> AdaptivePolicy:
@@ -175,3 +203,51 @@ def prediction_weight(loss: float, low: float, high: float, *, noise: float = FI
         return 1.0
     sd = max(high - low, 0.0) / (2 * Z90) / loss
     return noise**2 / (noise**2 + sd**2)
+
+
+def point_sd(loss: float, low: float | None, high: float | None) -> float:
+    """The sd (nats) a final-loss point carries: ``FINAL_LOSS_NOISE`` x loss for an observed one (no interval),
+    else the sd behind its 90% interval, never below that noise."""
+    floor = FINAL_LOSS_NOISE * loss
+    if low is None or high is None or not (math.isfinite(low) and math.isfinite(high)):
+        return floor
+    return max(floor, (high - low) / (2 * Z90))
+
+
+def launch_ranking(
+    policy: AdaptivePolicy,
+    points: Sequence[tuple[float, float, float, float | None, float | None]],
+    pending: Sequence[tuple[str, float, float]],
+    planned_compute: float,
+):
+    """The pending runs (name, N, D) ranked by ``laws.rank_by_information`` at ``policy.target_compute`` x
+    ``planned_compute`` (the largest planned run's 6 N D), from the known ``points`` (N, D, loss, low, high;
+    low/high None for an observed loss): a Chinchilla law fitted to them (weighted as the sweep law,
+    ``prediction_weight``). Returns (``LaunchRanking`` or None, why): None with fewer than ``MIN_LAW_POINTS``
+    points or two sizes, or when the law cannot be fitted or has no finite optimum."""
+    if len(points) < MIN_LAW_POINTS or len({p[0] for p in points}) < 2:
+        return (
+            None,
+            f"{len(points)} known points of {len({p[0] for p in points})} sizes: the planned order until {MIN_LAW_POINTS} points of 2 sizes",
+        )
+    if not pending:
+        return None, "no planned run left to launch"
+    import numpy as np
+
+    from scaling_train.laws import fit_chinchilla, rank_by_information
+
+    N = np.array([p[0] for p in points], dtype=np.float64)
+    D = np.array([p[1] for p in points], dtype=np.float64)
+    L = np.array([p[2] for p in points], dtype=np.float64)
+    w = np.array(
+        [1.0 if p[3] is None or p[4] is None else prediction_weight(p[2], p[3], p[4]) for p in points]
+    )
+    try:
+        fit = fit_chinchilla(N, D, L, weights=w)
+        known = [(p[0], p[1], point_sd(p[2], p[3], p[4])) for p in points]
+        ranking = rank_by_information(
+            fit, known, list(pending), target_compute=policy.target_compute * planned_compute
+        )
+    except (ValueError, RuntimeError, FloatingPointError, np.linalg.LinAlgError) as e:
+        return None, f"no law to rank by ({type(e).__name__}: {e}): the planned order"
+    return ranking, f"ranked by the law over {len(points)} points"

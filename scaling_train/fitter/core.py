@@ -421,6 +421,7 @@ class SweepFitter:
             }
         except (ValueError, RuntimeError, FloatingPointError) as e:
             out["chinchilla"] = {"error": str(e), "n_points": len(pts)}
+        out["launch_order"] = self._write_launch_order(pts)
         out.update(_repetition_law(pts))
         from scaling_train.fitter.pools import data_pools_law  # runs on data pools: the pool law
 
@@ -465,6 +466,32 @@ class SweepFitter:
 
         out["tasks"] = fit_task_laws(self.tails, self.predictions)
         return out
+
+    def _write_launch_order(self, pts: list[dict[str, Any]]) -> dict[str, Any] | None:
+        """Under ``launch_order: uncertainty``: the planned runs not started yet, ranked by how much each would
+        reduce the uncertainty of the law at the policy's target compute per FLOP (``launch_ranking``), written
+        to SWEEP_DIR/launch_order.json for the local backend; returns the record (None without that policy)."""
+        from scaling_train.fitter.adaptive import LAUNCH_ORDER_FILE, launch_ranking
+
+        pol = self.policy()
+        if pol is None or pol.launch_order != "uncertainty" or self.only is not None:
+            return None
+        planned = self._planned()
+        pending = [(n, N, D) for n, N, D in planned if n not in self.tails]
+        known = []
+        for p in pts:
+            pred = self.predictions.get(p["run"], {})
+            interval = (None, None) if p["source"] == "observed" else (pred.get("low"), pred.get("high"))
+            known.append((p["N"], p["D"], p["loss"], *interval))
+        compute = max((6.0 * N * D for _, N, D in planned), default=0.0)
+        ranking, why = (
+            launch_ranking(pol, known, pending, compute) if compute > 0 else (None, "no planned runs")
+        )
+        rec: dict[str, Any] = {"updated": time.time(), "why": why, "order": []}
+        if ranking is not None:
+            rec.update(ranking.to_dict())
+        write_json_atomic(self.sweep_dir / LAUNCH_ORDER_FILE, rec)
+        return rec
 
     def write_law(self) -> dict[str, Any]:
         from scaling_train.fitter.cbs import run_fields

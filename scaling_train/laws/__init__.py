@@ -28,6 +28,7 @@ from .curve import (
     schedule_from_samples,
 )
 from .data_constrained import DataConstrainedFit, DivergedRun, find_diverged, fit_data_constrained
+from .design import LaunchRanking, LaunchScore, rank_by_information
 from .isoflop import IsoFLOPFit, IsoFLOPParabola, fit_isoflop
 from .overtraining import DownstreamFit, OvertrainingFit, fit_downstream, fit_overtraining
 from .pools import DataPoolsFit, PoolChoice, PoolParams, fit_data_pools
@@ -51,6 +52,8 @@ __all__ = [
     "GradientNoiseScale",
     "IsoFLOPFit",
     "IsoFLOPParabola",
+    "LaunchRanking",
+    "LaunchScore",
     "LossPrediction",
     "MultiPowerFit",
     "MultiPowerPrior",
@@ -82,6 +85,7 @@ __all__ = [
     "steps_to_target",
     "hoffmann_grid",
     "predict_final_loss",
+    "rank_by_information",
     "sample_scores",
     "schedule_from_samples",
 ]

@@ -93,14 +93,17 @@ class RecordedRun:
 
 @dataclass
 class RunReplay:
-    """What happened to one run: ``stopped_at`` (step; None = ran to the end), the reason, and every
-    prediction made for it (fraction, step, loss, low, high)."""
+    """What happened to one run: ``stopped_at`` (step; None = ran to the end), the reason, every prediction
+    made for it (fraction, step, loss, low, high), and when it started and ended on the sweep's clock."""
 
     name: str
     total_steps: int
     stopped_at: int | None = None
     reason: str = ""
     history: list[dict[str, Any]] = field(default_factory=list)
+    start: float | None = None
+    """When it started and ended on the replay's clock (FLOPs of one slot: a step costs 6 N tokens_per_step)."""
+    end: float | None = None
 
 
 @dataclass
@@ -122,6 +125,11 @@ class SimulationResult:
     runs: dict[str, RunReplay]
     policy: AdaptivePolicy
     law_error: str = ""
+    launched: list[str] = field(default_factory=list)
+    """Run names in the order they started (``launch_order`` decides it when slots are limited)."""
+    rankings: list[dict[str, Any]] = field(default_factory=list)
+    """Under ``launch_order: uncertainty``, each pick: time, picked run, why, the queued runs, the law's ranking of
+    them (None: the planned order) and the sd of the target loss then."""
 
     @property
     def stopped(self) -> dict[str, int]:
@@ -165,6 +173,7 @@ class SimulationResult:
             "law_adaptive": law(self.law_adaptive),
             "law_full": law(self.law_full),
             "law_error": self.law_error,
+            "launched": self.launched,
             "runs": {
                 n: {
                     "total_steps": r.total_steps,
@@ -199,7 +208,9 @@ def simulate(
     runs = _checked(runs, slots)
     clock = _SweepClock(runs, policy, slots)
     clock.play(max_points)
-    return _result(runs, policy, clock.replay, clock.cost)
+    res = _result(runs, policy, clock.replay, clock.cost)
+    res.launched, res.rankings = clock.launched, clock.rankings
+    return res
 
 
 def _checked(runs: Sequence[RecordedRun], slots: int | None) -> list[RecordedRun]:
@@ -238,14 +249,51 @@ class _SweepClock:
         self.order = 0
         self.queue = list(self.names)
         self.free = len(runs) if slots is None else slots
+        self.launched: list[str] = []
+        self.rankings: list[dict[str, Any]] = []  # launch_order uncertainty: each pick and why
+        self.planned_compute = max(r.compute for r in runs)
+
+    def pick(self, now: float) -> str:
+        """The queued run to start next: the first in planned order, or under ``launch_order: uncertainty``
+        the one the law ranks first (``fitter.adaptive.launch_ranking``) from what is known at ``now``."""
+        if self.policy.launch_order != "uncertainty" or len(self.queue) == 1:
+            return self.queue.pop(0)
+        from scaling_train.fitter.adaptive import launch_ranking
+
+        pending = [(n, self.by_name[n].n_params, self.by_name[n].tokens) for n in self.queue]
+        ranking, why = launch_ranking(self.policy, self.known(now), pending, self.planned_compute)
+        n = self.queue[0] if ranking is None else ranking.order[0]
+        self.rankings.append(
+            {"time": now, "picked": n, "why": why, "queued": list(self.queue),
+             "order": None if ranking is None else ranking.order,
+             "sd_now": None if ranking is None else ranking.sd_now}
+        )  # fmt: skip
+        self.queue.remove(n)
+        return n
+
+    def known(self, now: float) -> list[tuple[float, float, float, float | None, float | None]]:
+        """(N, D, loss, low, high) of every run at ``now``: a finished one at its truth (low/high None), a
+        stopped one at the prediction and interval it stopped on, a running one at its latest prediction."""
+        out = []
+        for n in self.names:
+            r, rp = self.by_name[n], self.replay[n]
+            if n in self.end and rp.stopped_at is None:
+                out.append((r.n_params, r.tokens, r.truth, None, None))
+            elif n in self.end:
+                out.append((r.n_params, r.tokens, *self.policy.stop_interval(rp.history)))
+            elif n in self.start and any("loss" in h for h in rp.history):
+                h = [h for h in rp.history if "loss" in h][-1]
+                out.append((r.n_params, r.tokens, h["loss"], h["low"], h["high"]))
+        return out
 
     def launch(self, now: float) -> None:
         """Returns nothing: starts queued runs on the free slots at ``now`` and schedules their events."""
         policy = self.policy
         while self.free > 0 and self.queue:
-            n = self.queue.pop(0)
+            n = self.pick(now)
+            self.launched.append(n)
             self.free -= 1
-            self.start[n] = now
+            self.start[n] = self.replay[n].start = now
             T = self.by_name[n].total_steps
             fracs = np.arange(policy.min_fraction, 1.0 - 1e-9, max(policy.spacing, 0.01))
             for s in sorted({int(math.ceil(f * T)) for f in fracs if f * T >= 1} - {T}):
@@ -277,7 +325,7 @@ class _SweepClock:
 
     def end_run(self, n: str, now: float) -> None:
         """Returns nothing: ends run ``n`` at ``now`` and hands its slot to the next queued run."""
-        self.end[n] = now
+        self.end[n] = self.replay[n].end = now
         self.free += 1
         self.launch(now)
 
@@ -451,6 +499,12 @@ def _cmd_replay(args: Any) -> int:
     from scaling_train._io import atomic_write
     from scaling_train.fitter.core import ADAPTIVE_FILE
 
+    if args.launch_order == "uncertainty" and args.slots is None:
+        print(
+            "error: --launch-order uncertainty needs --slots k (with every run at once there is no order)",
+            file=sys.stderr,
+        )
+        return 2
     if not args.adaptive:
         print("error: replay needs --adaptive (the only replay there is so far)", file=sys.stderr)
         return 2
@@ -471,7 +525,7 @@ def _cmd_replay(args: Any) -> int:
     elif (sweep_dir / ADAPTIVE_FILE).is_file():
         src = str(sweep_dir / ADAPTIVE_FILE)
         block = json.loads((sweep_dir / ADAPTIVE_FILE).read_text())
-    for key in ("tolerance", "stable_updates", "spacing", "min_fraction"):
+    for key in ("tolerance", "stable_updates", "spacing", "min_fraction", "launch_order", "target_compute"):
         v = getattr(args, key)
         if v is not None:
             block[key] = v
@@ -546,6 +600,17 @@ def register(sub: Any) -> None:
         "--no-keep-full-per-size", dest="keep_full_per_size", action="store_const", const=False,
         help="allow stopping the shortest budget of a size too",
     )  # fmt: skip
-    p.add_argument("--slots", type=int, help="runs at a time, in planned order (default: all at once)")
+    p.add_argument(
+        "--slots", type=int, help="runs at a time, in --launch-order (default: all at once, no order)"
+    )
+    p.add_argument(
+        "--launch-order", dest="launch_order", choices=["plan", "uncertainty"],
+        help="with --slots: which run starts next, the planned one or the one that most reduces the law's "
+        "uncertainty at --target-compute per FLOP",
+    )  # fmt: skip
+    p.add_argument(
+        "--target-compute", dest="target_compute", type=float,
+        help="launch_order uncertainty: the target compute, a multiple of the largest run's 6ND (default 10)",
+    )  # fmt: skip
     p.add_argument("--out", help=f"where to write the JSON summary (default SWEEP_DIR/{REPLAY_FILE})")
     p.set_defaults(func=_cmd_replay, relative=None, keep_largest=None, keep_full_per_size=None)

@@ -82,6 +82,8 @@ def test_exempt_runs():
         ({"spacing": -0.1}, r"spacing=-0.1 must be in \[0, 1\)"),
         ({"keep_largest": "yes"}, r"keep_largest='yes' must be true or false"),
         ({"tolerence": 0.1}, r"unknown key\(s\) \['tolerence'\]; allowed: "),
+        ({"launch_order": "fastest"}, r"launch_order='fastest' must be one of \['plan', 'uncertainty'\]"),
+        ({"target_compute": 0.5}, r"target_compute=0.5 must be in \[1, 1e6\] \(a multiple of the largest"),
     ],
 )
 def test_policy_validation_names_value_range_and_source(block, match):
@@ -278,3 +280,48 @@ def test_live_fitter_stops_a_real_run_which_resumes_to_the_end(sweep, tmp_path):
     assert tr.returncode == 0, out
     assert (run_dir / "DONE").exists() and (run_dir / "STOPPED.1.json").exists()
     assert read_jsonl(run_dir / "metrics.jsonl").rows[-1]["step"] == 400
+
+
+def test_fitter_ranks_the_runs_not_started_under_launch_order_uncertainty(tmp_path):
+    """9 finished runs of an IsoFLOP grid and 6 planned but not started: the fitter ranks the 6 by the law's
+    information per FLOP at 10x the largest run (SWEEP/launch_order.json, what the local backend reads);
+    with 4 points it keeps the planned order; without the policy it writes nothing."""
+    from scaling_train.fitter.adaptive import LAUNCH_ORDER_FILE, launch_ranking
+    from tests.fixtures import synth
+
+    grid = synth.isoflop_grid()
+    sw = synth.write_sweep(tmp_path / "s", runs=[{"N": N, "D": D} for N, D, _ in grid[:9]])
+    plan = json.loads((sw / "plan.json").read_text())
+    todo = [(f"todo{i}", N, D) for i, (N, D, _) in enumerate(grid[9:])]
+    plan["runs"] += [
+        {"name": n, "n_params": N, "tokens": D, "steps": 10, "flops": 6 * N * D} for n, N, D in todo
+    ]
+    (sw / "plan.json").write_text(json.dumps(plan))
+    SweepFitter(sw, log=lambda s: None).step()
+    assert not (sw / LAUNCH_ORDER_FILE).exists()  # no adaptive policy
+    pol = AdaptivePolicy(launch_order="uncertainty")
+    (sw / "adaptive.json").write_text(json.dumps(pol.to_dict()))
+    SweepFitter(sw, log=lambda s: None).step()
+    rec = json.loads((sw / LAUNCH_ORDER_FILE).read_text())
+    assert rec["why"] == "ranked by the law over 9 points"
+    order = [o["name"] for o in rec["order"]]
+    assert sorted(order) == sorted(n for n, _, _ in todo)
+    per_flop = [o["per_flop"] for o in rec["order"]]
+    assert per_flop == sorted(per_flop, reverse=True) and all(p > 0 for p in per_flop)
+    big = max(6 * N * D for _, N, D in todo)  # the planned runs' largest 6ND (written runs round D to steps)
+    assert rec["target_compute"] == pytest.approx(10 * big, rel=1e-3) and rec["sd_now"] > 0
+    # the same ranking from the finished runs' points, outside the fitter
+    law = json.loads((sw / "sweep_law.json").read_text())
+    pts = [(p["N"], p["D"], p["loss"], None, None) for p in law["points"]]
+    ranking, _ = launch_ranking(pol, pts, todo, big)
+    assert ranking.order == order
+    assert law["launch_order"]["order"][0]["name"] == order[0]
+    # too few points: the planned order, said so
+    sw2 = synth.write_sweep(tmp_path / "s2", runs=[{"N": N, "D": D} for N, D, _ in grid[:4]])
+    (sw2 / "adaptive.json").write_text(json.dumps(pol.to_dict()))
+    plan2 = json.loads((sw2 / "plan.json").read_text())
+    plan2["runs"] += plan["runs"][9:]
+    (sw2 / "plan.json").write_text(json.dumps(plan2))
+    SweepFitter(sw2, log=lambda s: None).step()
+    rec2 = json.loads((sw2 / LAUNCH_ORDER_FILE).read_text())
+    assert rec2["order"] == [] and "the planned order until 5 points" in rec2["why"]

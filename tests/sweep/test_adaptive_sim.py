@@ -182,3 +182,41 @@ def test_replay_cli_on_a_finished_sweep_folder(tmp_path, capsys):
     )
     assert main(["replay", str(tmp_path / "nope"), "--adaptive"]) == 2
     assert "does not exist" in capsys.readouterr().err
+
+
+@pytest.mark.slow  # ~11 s: 9 runs replayed with a law fit at every launch
+def test_launch_order_uncertainty_picks_the_laws_first_choice_on_limited_slots():
+    """Three sizes x three budgets on 2 slots: the planned order until 5 points of 2 sizes are known (finished
+    runs, or running ones with a prediction), then the queued run the law ranks first; every run once."""
+    base = _ladder()
+    extra = [replace(r, name=r.name.replace("T600", "T300"), steps=r.steps[r.steps <= 300],
+                     losses=r.losses[r.steps <= 300], lr=r.lr[:300], final_loss=float(r.losses[r.steps <= 300][-1]))
+             for r in base if r.total_steps == 600]  # fmt: skip
+    runs = base + extra
+    never = AdaptivePolicy(tolerance=1e-9, stable_updates=1, spacing=0.2, min_fraction=0.3,
+                           launch_order="uncertainty")  # fmt: skip
+    res = simulate(runs, never, slots=2)
+    assert sorted(res.launched) == sorted(r.name for r in runs) and res.stopped == {}
+    assert res.compute_fraction == 1.0 and abs(res.max_law_deviation) < 1e-9
+    assert res.launched[:2] == [runs[0].name, runs[1].name]  # nothing known: the planned order
+    ranked = [x for x in res.rankings if x["order"] is not None]
+    planned = [x for x in res.rankings if x["order"] is None]
+    assert planned and "the planned order until 5 points of 2 sizes" in planned[0]["why"]
+    assert ranked, res.rankings
+    for x in ranked:
+        assert x["picked"] == x["order"][0] and sorted(x["order"]) == sorted(x["queued"])
+        assert x["why"].startswith("ranked by the law over") and x["sd_now"] > 0
+    # the plan order replays the same runs without a ranking
+    plan = simulate(runs, replace(never, launch_order="plan"), slots=2)
+    assert plan.rankings == [] and plan.launched == [r.name for r in runs]
+    with pytest.raises(ValueError, match=r"launch_order='best' must be one of \['plan', 'uncertainty'\]"):
+        replace(never, launch_order="best")
+
+
+def test_replay_cli_launch_order_needs_slots(tmp_path, capsys):
+    from scaling_train.cli import main
+
+    assert main(["replay", str(tmp_path), "--adaptive", "--launch-order", "uncertainty"]) == 2
+    assert "--launch-order uncertainty needs --slots k" in capsys.readouterr().err
+    assert main(["replay", str(tmp_path), "--adaptive", "--slots", "2", "--target-compute", "0.5"]) == 2
+    assert "target_compute=0.5 must be in [1, 1e6]" in capsys.readouterr().err

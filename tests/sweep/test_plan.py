@@ -128,6 +128,43 @@ def test_budget_order_starts_the_smallest_budget_first(tmp_path, monkeypatch):
         assert events.index(("end", size, 2e11)) < events.index(("start", size, 4e11)), events
 
 
+def test_uncertainty_launch_order_follows_the_fitters_ranking(tmp_path, monkeypatch):
+    """adaptive.launch_order=uncertainty: when a slot frees, the first ready run in SWEEP/launch_order.json
+    starts (the fitter writes it; here the first run does); unranked runs keep the planned order after the
+    ranked ones; an unreadable file means the planned order."""
+    import json
+
+    from scaling_train.fitter.adaptive import LAUNCH_ORDER_FILE
+    from scaling_train.sweep.backends import local
+
+    spec = tiny_spec(grid={"sizes": ["0.1M", "0.2M"], "flops": [4e11, 2e11], "seeds": [0]},
+                     adaptive={"launch_order": "uncertainty"}, launch={"fitter": False, "report": False})  # fmt: skip
+    for content in ("ranked", "garbage"):
+        (tmp_path / content).mkdir()
+        plan = plan_of(tmp_path / content, spec)
+        plan.sweep_dir.mkdir(parents=True, exist_ok=True)
+        (plan.sweep_dir / LAUNCH_ORDER_FILE).write_text("{}")  # a stale file: prepare_dir removes it
+        planned = [r.name for r in local._todo(plan)]
+        by_dir = {r.run_dir: r for r in plan.runs}
+        started = []
+
+        def fake_execute(run_dir, *a, _content=content, **k):
+            started.append(by_dir[run_dir].name)
+            if len(started) == 1:
+                assert not (plan.sweep_dir / LAUNCH_ORDER_FILE).exists()
+                rest = [n for n in planned if n != started[0]]
+                rec = {"order": [{"name": n} for n in [rest[2], rest[0]]]} if _content == "ranked" else None
+                (plan.sweep_dir / LAUNCH_ORDER_FILE).write_text(json.dumps(rec) if rec else "{not json")
+            return 0
+
+        monkeypatch.setattr(local, "execute", fake_execute)
+        plan.spec.launch.concurrency = 1
+        local.run_local(plan, say=lambda s: None)
+        rest = planned[1:]
+        want = [planned[0], rest[2], rest[0], rest[1]] if content == "ranked" else planned
+        assert started == want, (content, started, planned)
+
+
 def test_resources_from_n_and_d(tmp_path):
     spec = tiny_spec(
         grid={"sizes": ["1B"], "tokens_per_param": [20]},

@@ -16,6 +16,7 @@ from pathlib import Path
 import yaml
 
 from scaling_train._io import atomic_write
+from scaling_train.fitter.adaptive import LAUNCH_ORDER_FILE
 from scaling_train.sweep import state
 from scaling_train.sweep.plan import Plan, RunSpec
 
@@ -68,6 +69,9 @@ def prepare_dir(plan: Plan) -> None:
         atomic_write(d / ADAPTIVE, json.dumps(plan.adaptive.to_dict(), indent=1))
     else:
         (d / ADAPTIVE).unlink(missing_ok=True)
+    (d / LAUNCH_ORDER_FILE).unlink(
+        missing_ok=True
+    )  # a ranking of an earlier launch: the fitter writes a new one
 
 
 def resume_stopped_runs(plan: Plan, *, say=print) -> list[str]:

@@ -3,11 +3,13 @@ several processes goes through torchrun (``--standalone``)."""
 
 from __future__ import annotations
 
+import json
 import os
 import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
 
+from scaling_train.fitter.adaptive import LAUNCH_ORDER_FILE
 from scaling_train.sweep import progress, state
 from scaling_train.sweep.backends.common import (
     die_with_parent,
@@ -111,11 +113,26 @@ class _Workers:
             while True:
                 if self.stop.is_set() or not self.pending:
                     return None
-                run = next((r for r in self.pending if self.ready(r)), None)
+                ready = [r for r in self.pending if self.ready(r)]
+                run = self.ranked(ready)[0] if ready else None
                 if run is not None:
                     self.pending.remove(run)
                     return run
                 self.cond.wait(1.0)
+
+    def ranked(self, ready: list[RunSpec]) -> list[RunSpec]:
+        """``ready`` in the order they should start: the planned one, or under the adaptive policy's
+        ``launch_order: uncertainty`` the fitter's latest ranking (SWEEP_DIR/launch_order.json; runs it does not
+        rank keep their planned order after the ranked ones). A missing or unreadable file: the planned order."""
+        pol = self.plan.adaptive
+        if pol is None or pol.launch_order != "uncertainty" or len(ready) < 2:
+            return ready
+        try:
+            rec = json.loads((self.plan.sweep_dir / LAUNCH_ORDER_FILE).read_text())
+            rank = {str(o["name"]): i for i, o in enumerate(rec.get("order") or [])}
+        except (OSError, ValueError, TypeError, KeyError):
+            return ready
+        return sorted(ready, key=lambda r: rank.get(r.name, len(rank)))  # stable: unranked keep their order
 
     def ready(self, run: RunSpec) -> bool:
         """order=budget: a run waits for the runs of its size at smaller budgets, so that its predictions have a
