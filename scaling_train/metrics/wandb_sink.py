@@ -99,7 +99,8 @@ def row_payload(row: dict[str, Any]) -> dict[str, Any]:
 
 
 def new_prediction(run_dir: Path, last_mtime: float) -> tuple[dict[str, float], float]:
-    """``pred/{loss,low,high}`` of ``RUN_DIR/predictions.json`` if it changed since ``last_mtime``."""
+    """``pred/{loss,low,high}`` of ``RUN_DIR/predictions.json`` if it changed since ``last_mtime``, with
+    ``pred/width`` ((high - low) / loss) and, in an adaptive sweep, ``pred/stop`` (1 once the policy stops it)."""
     p = run_dir / PREDICTIONS
     try:
         m = p.stat().st_mtime
@@ -110,7 +111,13 @@ def new_prediction(run_dir: Path, last_mtime: float) -> tuple[dict[str, float], 
         return {}, last_mtime
     if not isinstance(pred.get("step"), int):
         return {}, m
-    return {f"pred/{k}": pred[k] for k in ("loss", "low", "high") if isinstance(pred.get(k), (int, float))}, m
+    out = {f"pred/{k}": pred[k] for k in ("loss", "low", "high") if isinstance(pred.get(k), (int, float))}
+    if len(out) == 3 and out["pred/loss"] > 0:  # what an adaptive policy stops on (its tolerance is relative)
+        out["pred/width"] = (out["pred/high"] - out["pred/low"]) / out["pred/loss"]
+    decision = pred.get("adaptive")
+    if isinstance(decision, dict) and isinstance(decision.get("stop"), bool):
+        out["pred/stop"] = 1.0 if decision["stop"] else 0.0
+    return out, m
 
 
 class WandbMirror:

@@ -53,55 +53,41 @@ def _chinchilla(points: list[tuple[float, float, float, float]]) -> dict[str, fl
     return {k: getattr(f, k) for k in ("E", "A", "B", "alpha", "beta")}
 
 
-def live_section(sweep: SweepData) -> str:
-    """The live sweep's account ('' when the sweep is not adaptive and nothing was stopped)."""
+def live_account(sweep: SweepData) -> dict[str, Any] | None:
+    """The live sweep's adaptive account (None when the sweep is not adaptive and nothing was stopped):
+    ``policy`` (adaptive.json, or None), ``stops`` (per stopped run: name, N, step, total_steps, loss, low,
+    high, why), ``planned`` / ``spent`` FLOPs, and ``laws``: (label, Chinchilla law or None) with the stopped
+    runs at their predicted loss (weighted by their interval) and over the finished runs alone."""
     from scaling_train.fitter.adaptive import prediction_weight
 
     policy_path = sweep.sweep_dir / "adaptive.json"
     stopped = sweep.by_status("stopped")
     if not policy_path.is_file() and not stopped:
-        return ""
+        return None
     try:
         policy = json.loads(policy_path.read_text()) if policy_path.is_file() else None
     except (OSError, ValueError) as e:
         policy = {"error": f"adaptive.json unreadable: {e}"}
     planned = spent = 0.0
-    rows = []
+    stops = []
     for r in sweep.runs:
         if not (r.N and r.total_steps and r.tokens_per_step):
             continue
         fpt = r.flops_per_token or 6 * r.N
         full = fpt * r.tokens_per_step * r.total_steps
         planned += full
-        if r.status == "stopped":
-            at = int((r.stopped or {}).get("steps") or r.last_step)
-            spent += fpt * r.tokens_per_step * at
-            p = r.prediction or {}
-            pred = (
-                f"{p['loss']:.4f} [{p['low']:.4f}, {p['high']:.4f}]"
-                if all(isinstance(p.get(k), (int, float)) for k in ("loss", "low", "high"))
-                else "-"
-            )
-            why = ((r.stopped or {}).get("request") or {}).get("reason", "")
-            rows.append(
-                f"<tr><td>{_e(r.name)}</td><td>{fmt_n(r.N)}</td><td>{at} / {r.total_steps} "
-                f"({at / r.total_steps:.0%})</td><td>{_e(pred)}</td><td>{_e(why)}</td></tr>"
-            )
-        else:
+        if r.status != "stopped":
             spent += full
-    pol = (
-        "<p>Policy (<code>adaptive.json</code>): "
-        + _e(", ".join(f"{k}={v}" for k, v in policy.items()) if policy else "<p>No policy file")
-        + "</p>"
-    )
-    saved = f"{1 - spent / planned:.1%}" if planned else "-"
-    table = (
-        "<table class='adaptive-stops'><tr><th>run</th><th>N</th><th>stopped at step</th>"
-        "<th>predicted final loss [90%]</th><th>why</th></tr>" + "".join(rows) + "</table>"
-        if rows
-        else "<p>No run has been stopped yet.</p>"
-    )
-    # the law with the stopped runs at their predicted loss (weighted) and over the finished runs alone
+            continue
+        at = int((r.stopped or {}).get("steps") or r.last_step)
+        spent += fpt * r.tokens_per_step * at
+        p = r.prediction or {}
+        ok = all(isinstance(p.get(k), (int, float)) for k in ("loss", "low", "high"))
+        stops.append(
+            {"name": r.name, "N": r.N, "step": at, "total_steps": r.total_steps,
+             "loss": p["loss"] if ok else None, "low": p["low"] if ok else None, "high": p["high"] if ok else None,
+             "why": ((r.stopped or {}).get("request") or {}).get("reason", "")}
+        )  # fmt: skip
     with_stopped, finished = [], []
     for r in sweep.runs:
         if not (r.N and r.D):
@@ -113,17 +99,96 @@ def live_section(sweep: SweepData) -> str:
             p = r.prediction
             w = prediction_weight(p["loss"], p.get("low") or p["loss"], p.get("high") or p["loss"])
             with_stopped.append((r.N, r.D, float(p["loss"]), w))
-    laws = _laws_table(
-        [
-            (f"stopped runs at their predicted loss ({len(with_stopped)} runs)", _chinchilla(with_stopped)),
-            (f"finished runs only ({len(finished)} runs)", _chinchilla(finished)),
-        ]
+    laws = [
+        (f"stopped runs at their predicted loss ({len(with_stopped)} runs)", _chinchilla(with_stopped)),
+        (f"finished runs only ({len(finished)} runs)", _chinchilla(finished)),
+    ]
+    return {"policy": policy, "stops": stops, "planned": planned, "spent": spent, "laws": laws}
+
+
+def _pred_text(s: dict[str, Any]) -> str:
+    return "-" if s["loss"] is None else f"{s['loss']:.4f} [{s['low']:.4f}, {s['high']:.4f}]"
+
+
+def live_section(sweep: SweepData) -> str:
+    """The live sweep's account as HTML ('' when the sweep is not adaptive and nothing was stopped)."""
+    acc = live_account(sweep)
+    if acc is None:
+        return ""
+    policy, stops, planned = acc["policy"], acc["stops"], acc["planned"]
+    rows = [
+        f"<tr><td>{_e(s['name'])}</td><td>{fmt_n(s['N'])}</td><td>{s['step']} / {s['total_steps']} "
+        f"({s['step'] / s['total_steps']:.0%})</td><td>{_e(_pred_text(s))}</td><td>{_e(s['why'])}</td></tr>"
+        for s in stops
+    ]
+    pol = (
+        "<p>Policy (<code>adaptive.json</code>): "
+        + _e(", ".join(f"{k}={v}" for k, v in policy.items()) if policy else "<p>No policy file")
+        + "</p>"
+    )
+    saved = f"{1 - acc['spent'] / planned:.1%}" if planned else "-"
+    table = (
+        "<table class='adaptive-stops'><tr><th>run</th><th>N</th><th>stopped at step</th>"
+        "<th>predicted final loss [90%]</th><th>why</th></tr>" + "".join(rows) + "</table>"
+        if rows
+        else "<p>No run has been stopped yet.</p>"
     )
     return (
-        f"<h3>This sweep</h3>{pol}<p>{len(stopped)} run(s) stopped early; compute not spent so far: {saved} of "
+        f"<h3>This sweep</h3>{pol}<p>{len(stops)} run(s) stopped early; compute not spent so far: {saved} of "
         f"the planned {planned:.3g} FLOPs. Resume them to the end with "
-        f"<code>scaling-train sweep SPEC --resume-stopped</code>.</p>{table}{laws}"
+        f"<code>scaling-train sweep SPEC --resume-stopped</code>.</p>{table}{_laws_table(acc['laws'])}"
     )
+
+
+def _md_law(f: dict[str, Any] | None) -> str:
+    return " | ".join(f"{f[k]:.4g}" for k in ("E", "A", "B", "alpha", "beta")) if f else "not fitted | | | |"
+
+
+def adaptive_markdown(sweep: SweepData) -> str:
+    """The adaptive account as Markdown for the W&B report ('' when the sweep is neither adaptive nor
+    replayed): the policy, every run stopped early (step, predicted final loss and interval, why), the
+    compute not spent, both laws; and a replay's summary (``adaptive_replay.json``) when there is one."""
+    acc = live_account(sweep)
+    out = []
+    if acc is not None:
+        pol = acc["policy"]
+        out.append(
+            "Policy (`adaptive.json`): " + (", ".join(f"{k}={v}" for k, v in pol.items()) if pol else "none")
+        )
+        saved = f"{1 - acc['spent'] / acc['planned']:.1%}" if acc["planned"] else "-"
+        out.append(f"\n{len(acc['stops'])} run(s) stopped early; compute not spent so far: {saved} of the planned "
+                   f"{acc['planned']:.3g} FLOPs (`scaling-train sweep SPEC --resume-stopped` trains them to the end).")  # fmt: skip
+        if acc["stops"]:
+            out += [
+                "",
+                "| run | N | stopped at step | predicted final loss [90%] | why |",
+                "| --- | --- | --- | --- | --- |",
+            ]
+            out += [
+                f"| {s['name']} | {s['N']:.3g} | {s['step']} / {s['total_steps']} ({s['step'] / s['total_steps']:.0%}) "
+                f"| {_pred_text(s)} | {s['why'].replace('|', '/')} |"
+                for s in acc["stops"]
+            ]
+        out += ["", "| law | E | A | B | alpha | beta |", "| --- | --- | --- | --- | --- | --- |"]
+        out += [f"| {label} | {_md_law(f)} |" for label, f in acc["laws"]]
+    path = sweep.sweep_dir / REPLAY_FILE
+    if path.is_file():
+        try:
+            s = json.loads(path.read_text())
+        except (OSError, ValueError) as e:
+            out.append(f"\n{REPLAY_FILE} unreadable: {e}")
+        else:
+            cov = s.get("coverage")
+            out.append(
+                f"\n**Replayed** (`{REPLAY_FILE}`): {s.get('n_stopped')} of {s.get('n_runs')} runs would have stopped, "
+                f"spending {s.get('compute_fraction', math.nan):.0%} of the full sweep's compute; "
+                f"{'-' if cov is None else f'{cov:.0%}'} of the stopped runs' intervals hold the truth; the adaptive "
+                f"sweep's law is within {s.get('max_law_deviation') or math.nan:.2%} of the full sweep's at every run."
+            )
+            out += ["", "| law | E | A | B | alpha | beta |", "| --- | --- | --- | --- | --- | --- |"]
+            out += [f"| adaptive sweep (replayed) | {_md_law(s.get('law_adaptive'))} |",
+                    f"| full sweep | {_md_law(s.get('law_full'))} |"]  # fmt: skip
+    return "\n".join(out).strip()
 
 
 def replay_figure(summary: dict[str, Any]) -> Figure:

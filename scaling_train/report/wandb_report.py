@@ -16,6 +16,7 @@ run set, x axes in ``tokens`` or ``flops`` (the sink's step metrics):
 | noise scale, B_crit(L)     | LinePlot gns_b_simple vs tokens; ScatterPlot gns_b_simple vs loss        |
 | per-token / per-sample     | LinePlot tok_nll, tok_acc vs tokens (per-sample records are not logged)  |
 | laws table                 | Markdown table with intervals and goodness of fit                        |
+| adaptive sweep             | Markdown: policy, stopped runs, compute not spent, both laws (and a replay's summary); LinePlot pred/width and pred/stop vs tokens |
 
 W&B panels cannot draw a fitted function, so fitted curves (parabolas, contours, B_crit(L)) appear as
 the numbers of the fit next to the scatter of the points they were fitted to.
@@ -27,6 +28,7 @@ import math
 from pathlib import Path
 from typing import Any
 
+from scaling_train.report.adaptive import adaptive_markdown
 from scaling_train.report.analysis import Analysis, analyse
 from scaling_train.report.data import SweepData, load_sweep
 
@@ -112,6 +114,15 @@ def build_spec(
             _panel("line", "token NLL and accuracy vs tokens", y=["tok_nll", "tok_acc"], **tok),
         ]},
     ]  # fmt: skip
+    adaptive_md = adaptive_markdown(sweep)
+    if adaptive_md:  # an adaptive (or replayed) sweep: the interval the policy stops on, per run
+        sections.append(
+            {"title": "Adaptive sweep", "markdown": adaptive_md, "panels": [
+                _panel("line", "relative width of the predicted final loss's 90% interval vs tokens (a run stops "
+                       "once it stays below the policy's tolerance)", y=["pred/width"], log_y=True, **tok),
+                _panel("line", "stop decided by the policy (1) vs tokens", y=["pred/stop"], **tok),
+            ]}
+        )  # fmt: skip
     return {
         "entity": entity,
         "project": project,
@@ -160,6 +171,8 @@ def to_report(spec: dict[str, Any], *, entity: str | None = None):
     blocks: list[Any] = [wr.P(spec["description"]), wr.P(spec["status"])]
     for sec in spec["sections"]:
         blocks.append(wr.H2(sec["title"]))
+        if sec.get("markdown"):
+            blocks.append(wr.MarkdownBlock(sec["markdown"]))
         blocks.append(wr.PanelGrid(runsets=[runset()], panels=[panel(p) for p in sec["panels"]]))
     blocks += [wr.H2("Fitted laws"), wr.MarkdownBlock(spec["laws_markdown"])]
     return wr.Report(

@@ -102,3 +102,43 @@ def test_real_run_report(real_sweep):
         assert "no per-sample records" in html
     assert "no downstream evals: enable with evals.tasks=" in html  # a run without evals: one line
     assert "no plan.json" in html  # a bare folder of runs: said, not fatal
+
+
+def test_adaptive_section_only_for_an_adaptive_sweep(real_sweep, tmp_path):
+    """An adaptive sweep with one run stopped early gets an 'Adaptive sweep' section: the account as Markdown
+    (policy, the stopped run with its step, prediction and reason, compute not spent, both laws) and panels of
+    keys the sink logs from the fitter's predictions (``new_prediction``: pred/width, pred/stop)."""
+    import shutil
+
+    import wandb_workspaces.reports.v2 as wr
+
+    from scaling_train.metrics.wandb_sink import new_prediction
+
+    assert all(
+        s["title"] != "Adaptive sweep" for s in build_spec(real_sweep, entity="e", project="p")["sections"]
+    )
+    sw = tmp_path / "rs"
+    shutil.copytree(real_sweep, sw)
+    (sw / "adaptive.json").write_text(json.dumps({"tolerance": 0.02, "launch_order": "plan"}))
+    run = sw / "run0"
+    (run / "DONE").unlink()
+    (run / "STOPPED").write_text(
+        json.dumps({"steps": 20, "request": {"reason": "interval width 0.01 <= 0.02"}})
+    )
+    pred = {"run": "run0", "status": "stopped", "step": 20, "loss": 5.0, "low": 4.9, "high": 5.15,
+            "adaptive": {"stop": True, "reason": "interval width 0.01 <= 0.02"}}  # fmt: skip
+    (run / "predictions.json").write_text(json.dumps(pred))
+    logged, _ = new_prediction(run, 0.0)
+    assert logged["pred/width"] == pytest.approx(0.25 / 5.0) and logged["pred/stop"] == 1.0
+    spec = build_spec(sw, entity="e", project="p")
+    (sec,) = [s for s in spec["sections"] if s["title"] == "Adaptive sweep"]
+    md = sec["markdown"]
+    assert "Policy (`adaptive.json`): tolerance=0.02, launch_order=plan" in md
+    assert "1 run(s) stopped early" in md and "| run0 |" in md and "20 / 30 (67%)" in md
+    assert "5.0000 [4.9000, 5.1500]" in md and "interval width 0.01 <= 0.02" in md
+    assert "| finished runs only (0 runs) | not fitted" in md
+    for p in sec["panels"]:
+        assert p["x"] == "tokens" and set(p["y"]) <= set(logged), p
+    report = to_report(spec)
+    mds = [b for b in report.blocks if isinstance(b, wr.MarkdownBlock)]
+    assert any("1 run(s) stopped early" in b.text for b in mds)
