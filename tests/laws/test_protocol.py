@@ -32,7 +32,11 @@ def test_no_constant_was_fitted_on_a_held_out_group():
     # the constants come from exactly the protocol's calibration groups (report-only settings never fit
     # anything): regenerate them when it changes
     assert cal == {c.group for c in cases if c.setting not in REPORT_ONLY} - held
-    assert not cal & {c.group for c in cases if c.setting in REPORT_ONLY}
+    # a group only report-only settings have (the quickstart's) is in no calibration group; sparse@25 shares
+    # the groups of alone@25 (the same runs, thinned) and, being report-only, fits nothing
+    fitted = {c.group for c in cases if c.setting not in REPORT_ONLY}
+    assert not cal & ({c.group for c in cases if c.setting in REPORT_ONLY} - fitted)
+    assert any(g.startswith("qs/") for g in {c.group for c in cases if c.setting in REPORT_ONLY} - fitted)
     # every kind of held-out group is represented: sizes, a data set, a schedule family, other models
     for needle in ("/53M/", "/360M/", "slimpajama_chunk1", "-sqrt/", "gem/odd/", "mp/target", "qs/0.222M"):
         assert any(needle in g for g in held), needle

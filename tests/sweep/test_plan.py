@@ -139,30 +139,35 @@ def test_uncertainty_launch_order_follows_the_fitters_ranking(tmp_path, monkeypa
 
     spec = tiny_spec(grid={"sizes": ["0.1M", "0.2M"], "flops": [4e11, 2e11], "seeds": [0]},
                      adaptive={"launch_order": "uncertainty"}, launch={"fitter": False, "report": False})  # fmt: skip
-    for content in ("ranked", "garbage"):
+
+    def launch(content: str) -> tuple[list[str], list[str]]:
+        """(planned order, start order) of a sweep whose first run writes the ranking (or garbage)."""
         (tmp_path / content).mkdir()
         plan = plan_of(tmp_path / content, spec)
         plan.sweep_dir.mkdir(parents=True, exist_ok=True)
         (plan.sweep_dir / LAUNCH_ORDER_FILE).write_text("{}")  # a stale file: prepare_dir removes it
         planned = [r.name for r in local._todo(plan)]
         by_dir = {r.run_dir: r for r in plan.runs}
-        started = []
+        started: list[str] = []
 
-        def fake_execute(run_dir, *a, _content=content, **k):
+        def fake_execute(run_dir, *a, **k):
             started.append(by_dir[run_dir].name)
             if len(started) == 1:
                 assert not (plan.sweep_dir / LAUNCH_ORDER_FILE).exists()
                 rest = [n for n in planned if n != started[0]]
-                rec = {"order": [{"name": n} for n in [rest[2], rest[0]]]} if _content == "ranked" else None
+                rec = {"order": [{"name": n} for n in [rest[2], rest[0]]]} if content == "ranked" else None
                 (plan.sweep_dir / LAUNCH_ORDER_FILE).write_text(json.dumps(rec) if rec else "{not json")
             return 0
 
         monkeypatch.setattr(local, "execute", fake_execute)
         plan.spec.launch.concurrency = 1
         local.run_local(plan, say=lambda s: None)
-        rest = planned[1:]
-        want = [planned[0], rest[2], rest[0], rest[1]] if content == "ranked" else planned
-        assert started == want, (content, started, planned)
+        return planned, started
+
+    planned, started = launch("ranked")
+    assert started == [planned[0], planned[3], planned[1], planned[2]], (started, planned)
+    planned, started = launch("garbage")
+    assert started == planned
 
 
 def test_resources_from_n_and_d(tmp_path):
