@@ -169,6 +169,17 @@ def test_adaptive_block_is_a_sweep_setting_validated_with_the_spec(tmp_path):
     text = describe_adaptive(plan)
     assert "tolerance=0.03" in text and "2 of 4 runs always train to the end" in text
     assert describe_adaptive(plain) == ""
+    # the launch order under the policy: tiny_spec's local backend runs fewer at once than it has runs
+    assert plan.spec.launch.backend == "local" and plan.spec.launch.concurrency < len(plan.runs)
+    assert plan.spec.launch.order == "longest" and "launch.order=longest starts each size's longest" in text
+    budget = make_plan(load_spec(path, ["launch.order=budget"]), output=tmp_path / "o")
+    assert "launch.order" not in describe_adaptive(budget)
+    unc = make_plan(load_spec(path, ["adaptive.launch_order=uncertainty"]), output=tmp_path / "o")
+    assert "the run the fitter ranks first starts" in describe_adaptive(unc)
+    wide = make_plan(
+        load_spec(path, ["adaptive.launch_order=uncertainty", "launch.concurrency=8"]), output=tmp_path / "o"
+    )
+    assert "launch_order=uncertainty has no effect here" in describe_adaptive(wide)
 
     prepare_dir(plan)  # the fitter reads the policy from SWEEP/adaptive.json
     assert AdaptivePolicy.from_dict(json.loads((tmp_path / "o" / ADAPTIVE).read_text())) == plan.adaptive
