@@ -1,6 +1,6 @@
 """``scaling-train sweep CONFIG [--output DIR] [--backend local|torchrun|slurm] [--dry-run] [--resume-stopped]``.
 
-    scaling-train sweep configs/sweeps/quickstart.yaml                    # CPU, ~10 min on 2 cores
+    scaling-train sweep configs/sweeps/quickstart.yaml                    # CPU, ~4 min on 2 cores
     scaling-train sweep configs/sweeps/quickstart.yaml --dry-run          # plan + exact commands, starts nothing
                                                                           # (warns when a run repeats its data)
     scaling-train sweep configs/sweeps/chinchilla-small.yaml --backend slurm
