@@ -237,11 +237,16 @@ def _ld_basis(
     """sum_bins drop * G(eta**-gamma * S_k(t)) for each t (LD / B)."""
     if p.bin_drop.size == 0:
         return np.zeros(len(t))
-    x = p.bin_eta[None, :] ** (-gamma) * np.maximum(area[:, None] - p.bin_cs[None, :], 0.0)  # (n, M)
+    # a schedule that ends at exactly 0 (WSD or cosine to zero) has a last bin of eta 0 and no area after it:
+    # 0**-gamma * 0 would be nan; floored, that bin's term is 0 there (the drop has had no steps to act)
+    eta = np.maximum(p.bin_eta, ETA_FLOOR)
+    x = eta[None, :] ** (-gamma) * np.maximum(area[:, None] - p.bin_cs[None, :], 0.0)  # (n, M)
     g = -np.expm1(-beta * np.log1p(C * x))
     g = np.where(p.bin_end[None, :] <= t[:, None], g, 0.0)
     return g @ p.bin_drop
 
+
+ETA_FLOOR = 1e-6  # the smallest normalised LR of a drop bin in the annealing term (_ld_basis)
 
 # nonlinear parameters theta = (log alpha, log C, log beta, gamma)
 _LO = np.array([np.log(0.02), np.log(1e-7), np.log(0.02), 0.0])

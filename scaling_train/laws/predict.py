@@ -35,6 +35,7 @@ stored in ``_calibration.py`` with the list of groups they came from.
 
 from __future__ import annotations
 
+import math
 from collections import OrderedDict
 from collections.abc import Sequence
 from dataclasses import dataclass, field, replace
@@ -502,13 +503,18 @@ def _candidates(
             return _same_size(tc, p, same, T, area_T, n_t, extrap, _calibration.INTERVAL["same_size"], mp, nb)
         return _sweep(tc, p, sized, T, n_t, extrap, _calibration.INTERVAL["sweep"], mp, nb)
 
-    out = []
+    out, bad = [], []
     for which in CANDIDATES:
         c = build(target, which)
+        if c is not None and not (math.isfinite(c.final) and math.isfinite(c.u)):
+            bad.append(f"{which} gave {c.final} (scale {c.u})")  # never a nan prediction
+            continue
         if c is None:
             continue
         b = _backtest_error(target, lambda tc, w=which: build(tc, w)) if backtest and len(refs) else 0.0
         out.append((c, b))
+    if bad and not out:
+        raise FloatingPointError(f"no finite prediction for {target.name!r}: " + "; ".join(bad))
     return out
 
 

@@ -102,6 +102,41 @@ def test_nan_inf_and_spikes_are_dropped_and_counted():
     assert dirty.loss == pytest.approx(clean.loss, rel=2e-3)
 
 
+@pytest.mark.parametrize("schedule", ["wsd", "cosine"])
+def test_a_schedule_ending_at_zero_gives_finite_predictions(schedule):
+    """WSD or cosine decaying to exactly 0 (min_lr_ratio 0) over fewer steps than the annealing term has bins
+    (48; the quickstart's runs under WSD): the last drop bin is the last step alone, of eta 0 and no area after
+    it, which made 0**-gamma * 0 = nan and every prediction nan. Now finite, and the same as a schedule whose
+    last LR is 1e-6 of the peak, at every point of the run."""
+    T = 200 if schedule == "wsd" else 60
+    lr = wsd(T, 160, warm=10) if schedule == "wsd" else cosine(T, warm=5, floor=0.0)
+    lr[-1] = 0.0
+    assert lr[-1] == 0.0 and lr.min() == 0.0
+    steps = np.arange(T // 20, T + 1, T // 20).astype(float)
+    y = mpl_loss(np.maximum(lr, 1e-6), steps)
+    tiny = lr.copy()
+    tiny[-1] = 1e-6
+    for frac in (0.3, 0.6, 0.95):
+        p = predict_final_loss(Curve(steps, y, lr).observed_until(frac * T))
+        q = predict_final_loss(Curve(steps, y, tiny).observed_until(frac * T))
+        assert np.isfinite([p.loss, p.low, p.high]).all() and p.low < p.loss < p.high
+        assert p.loss == pytest.approx(q.loss, rel=1e-6)
+    assert p.loss == pytest.approx(y[-1], rel=0.01)
+
+
+def test_a_non_finite_candidate_is_dropped_never_returned(monkeypatch):
+    from scaling_train.laws import curve as curve_mod
+    from scaling_train.laws import predict as pred_mod
+
+    lr = cosine(2000)
+    steps = np.arange(100, 2001, 100).astype(float)
+    c = Curve(steps, mpl_loss(lr, steps), lr, "x").observed_until(800)
+    monkeypatch.setattr(pred_mod, "_ld_basis", lambda *a, **k: np.full(len(a[1]), np.nan))
+    with pytest.raises(FloatingPointError, match=r"no finite prediction for 'x': alone gave nan"):
+        predict_final_loss(c)
+    assert curve_mod._ld_basis is not pred_mod._ld_basis
+
+
 def test_too_few_points():
     lr = cosine(1000)
     with pytest.raises(NotEnoughDataError, match="2 valid points"):
