@@ -281,6 +281,8 @@ class SweepFitter:
                         raise NotEnoughDataError("no rows or no LR schedule yet")
                     ref_curves = [c for c in (self._curve(r) for r in refs) if c is not None]
                     p = predict_final_loss(curve, ref_curves, curve_points=CURVE_POINTS)
+                    if not all(math.isfinite(v) for v in (p.loss, p.low, p.high)):  # never publish a nan
+                        raise FloatingPointError(f"non-finite prediction {p.loss} [{p.low}, {p.high}]")
                     pred.update(
                         loss=p.loss, low=p.low, high=p.high, n_used=p.n_used, n_spikes=p.n_spikes,
                         extrapolation=p.extrapolation, mode=p.mode,

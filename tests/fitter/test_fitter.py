@@ -208,3 +208,20 @@ def test_sweep_law_switches_to_the_data_constrained_law_when_runs_repeat_data():
     single = [{**p, "U": max(p["U"], p["D"])} for p in pts]
     assert _repetition_law(single)["law"] == "chinchilla"
     assert _repetition_law([{**p, "U": None} for p in pts])["law"] == "chinchilla"  # older runs: no U
+
+
+def test_a_non_finite_prediction_is_never_published(sweep, tmp_path, monkeypatch):
+    """Whatever the predictor returns, a nan is recorded as an error in predictions.json, never as a number
+    and never in the live record predictions.jsonl (the adaptive policy and the report read it)."""
+    from dataclasses import replace
+
+    import scaling_train.laws as laws
+
+    sw, part, _ = partial_copy(sweep, tmp_path / "sw", upto=12)
+    real = laws.predict_final_loss
+    monkeypatch.setattr(laws, "predict_final_loss", lambda *a, **k: replace(real(*a, **k), loss=float("nan")))
+    SweepFitter(sw, log=lambda s: None).step()
+    p = json.loads((part / "predictions.json").read_text())
+    assert p["status"] == "running" and p["loss"] is None and p["low"] is None
+    assert p["error"].startswith("FloatingPointError: non-finite prediction nan")
+    assert not (part / "predictions.jsonl").exists()
