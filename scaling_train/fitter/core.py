@@ -152,6 +152,7 @@ class SweepFitter:
         self._law_time = 0.0
         self._policy_key: tuple | None = None
         self._policy_obj = None
+        self._launch_head: str | None = None  # the run launch_order.json put first, last written
         if only is None:
             self._load_state()
 
@@ -493,6 +494,10 @@ class SweepFitter:
         if ranking is not None:
             rec.update(ranking.to_dict())
         write_json_atomic(self.sweep_dir / LAUNCH_ORDER_FILE, rec)
+        head = rec["order"][0]["name"] if rec["order"] else None
+        if head != self._launch_head and pending:
+            self.log(f"[fit] launch order: {head or 'the planned order'} next ({why})")
+        self._launch_head = head
         return rec
 
     def write_law(self) -> dict[str, Any]:

@@ -301,9 +301,11 @@ def test_fitter_ranks_the_runs_not_started_under_launch_order_uncertainty(tmp_pa
     assert not (sw / LAUNCH_ORDER_FILE).exists()  # no adaptive policy
     pol = AdaptivePolicy(launch_order="uncertainty")
     (sw / "adaptive.json").write_text(json.dumps(pol.to_dict()))
-    SweepFitter(sw, log=lambda s: None).step()
+    logs = []
+    SweepFitter(sw, log=logs.append).step()
     rec = json.loads((sw / LAUNCH_ORDER_FILE).read_text())
     assert rec["why"] == "ranked by the law over 9 points"
+    assert f"[fit] launch order: {rec['order'][0]['name']} next (ranked by the law over 9 points)" in logs
     order = [o["name"] for o in rec["order"]]
     assert sorted(order) == sorted(n for n, _, _ in todo)
     per_flop = [o["per_flop"] for o in rec["order"]]
