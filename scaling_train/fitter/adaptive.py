@@ -246,8 +246,9 @@ def launch_ranking(
         fit = fit_chinchilla(N, D, L, weights=w)
         known = [(p[0], p[1], point_sd(p[2], p[3], p[4])) for p in points]
         ranking = rank_by_information(
-            fit, known, list(pending), target_compute=policy.target_compute * planned_compute
-        )
+            fit, known, list(pending), target_compute=policy.target_compute * planned_compute,
+            noise=FINAL_LOSS_NOISE,
+        )  # fmt: skip
     except (ValueError, RuntimeError, FloatingPointError, np.linalg.LinAlgError) as e:
         return None, f"no law to rank by ({type(e).__name__}: {e}): the planned order"
     return ranking, f"ranked by the law over {len(points)} points"
