@@ -196,12 +196,17 @@ class AdaptivePolicy:
         return out
 
 
+def interval_sd(low: float, high: float) -> float:
+    """The sd (in the loss's units) behind a 90% interval [low, high]."""
+    return max(high - low, 0.0) / (2 * Z90)
+
+
 def prediction_weight(loss: float, low: float, high: float, *, noise: float = FINAL_LOSS_NOISE) -> float:
     """Weight of a predicted final loss in a law fit: ``noise**2 / (noise**2 + sd**2)`` with ``sd`` the
     relative sd behind its 90% interval; 1 for an observed (zero-width) loss."""
     if not (loss > 0 and math.isfinite(low) and math.isfinite(high)):
         return 1.0
-    sd = max(high - low, 0.0) / (2 * Z90) / loss
+    sd = interval_sd(low, high) / loss
     return noise**2 / (noise**2 + sd**2)
 
 
@@ -211,7 +216,7 @@ def point_sd(loss: float, low: float | None, high: float | None) -> float:
     floor = FINAL_LOSS_NOISE * loss
     if low is None or high is None or not (math.isfinite(low) and math.isfinite(high)):
         return floor
-    return max(floor, (high - low) / (2 * Z90))
+    return max(floor, interval_sd(low, high))
 
 
 def launch_ranking(
@@ -219,16 +224,20 @@ def launch_ranking(
     points: Sequence[tuple[float, float, float, float | None, float | None]],
     pending: Sequence[tuple[str, float, float]],
     planned_compute: float,
+    *,
+    fit=None,
 ):
     """The pending runs (name, N, D) ranked by ``laws.rank_by_information`` at ``policy.target_compute`` x
     ``planned_compute`` (the largest planned run's 6 N D), from the known ``points`` (N, D, loss, low, high;
-    low/high None for an observed loss): a Chinchilla law fitted to them (weighted as the sweep law,
-    ``prediction_weight``). Returns (``LaunchRanking`` or None, why): None with fewer than ``MIN_LAW_POINTS``
-    points or two sizes, or when the law cannot be fitted or has no finite optimum."""
-    if len(points) < MIN_LAW_POINTS or len({p[0] for p in points}) < 2:
-        return (
-            None,
-            f"{len(points)} known points of {len({p[0] for p in points})} sizes: the planned order until {MIN_LAW_POINTS} points of 2 sizes",
+    low/high None for an observed loss) and the Chinchilla law ``fit`` to them (the live fitter passes its
+    sweep law, fitted to the same points with the same weights); without one it is fitted here, weighted as
+    the sweep law (``prediction_weight``). Returns (``LaunchRanking`` or None, why): None with fewer than
+    ``MIN_LAW_POINTS`` points or two sizes, or when the law cannot be fitted or has no finite optimum."""
+    n_sizes = len({p[0] for p in points})
+    if len(points) < MIN_LAW_POINTS or n_sizes < 2:
+        return None, (
+            f"{len(points)} known points of {n_sizes} sizes: the planned order until {MIN_LAW_POINTS} points of "
+            "2 sizes"
         )
     if not pending:
         return None, "no planned run left to launch"
@@ -236,14 +245,11 @@ def launch_ranking(
 
     from scaling_train.laws import fit_chinchilla, rank_by_information
 
-    N = np.array([p[0] for p in points], dtype=np.float64)
-    D = np.array([p[1] for p in points], dtype=np.float64)
-    L = np.array([p[2] for p in points], dtype=np.float64)
-    w = np.array(
-        [1.0 if p[3] is None or p[4] is None else prediction_weight(p[2], p[3], p[4]) for p in points]
-    )
     try:
-        fit = fit_chinchilla(N, D, L, weights=w)
+        if fit is None:
+            N, D, L = (np.array([p[i] for p in points], dtype=np.float64) for i in range(3))
+            w = [1.0 if p[3] is None or p[4] is None else prediction_weight(p[2], p[3], p[4]) for p in points]
+            fit = fit_chinchilla(N, D, L, weights=np.array(w))
         known = [(p[0], p[1], point_sd(p[2], p[3], p[4])) for p in points]
         ranking = rank_by_information(
             fit, known, list(pending), target_compute=policy.target_compute * planned_compute,

@@ -417,14 +417,15 @@ class SweepFitter:
         N = np.array([p["N"] for p in pts])
         D = np.array([p["D"] for p in pts])
         L = np.array([p["loss"] for p in pts])
+        chinchilla = None
         try:
-            f = fit_chinchilla(N, D, L, weights=np.array([p["weight"] for p in pts]))
+            chinchilla = fit_chinchilla(N, D, L, weights=np.array([p["weight"] for p in pts]))
             out["chinchilla"] = {
-                k: getattr(f, k) for k in ("E", "A", "B", "alpha", "beta", "objective", "n_points")
+                k: getattr(chinchilla, k) for k in ("E", "A", "B", "alpha", "beta", "objective", "n_points")
             }
         except (ValueError, RuntimeError, FloatingPointError) as e:
             out["chinchilla"] = {"error": str(e), "n_points": len(pts)}
-        out["launch_order"] = self._write_launch_order(pts)
+        out["launch_order"] = self._write_launch_order(pts, chinchilla)
         out.update(_repetition_law(pts))
         from scaling_train.fitter.pools import data_pools_law  # runs on data pools: the pool law
 
@@ -470,10 +471,11 @@ class SweepFitter:
         out["tasks"] = fit_task_laws(self.tails, self.predictions)
         return out
 
-    def _write_launch_order(self, pts: list[dict[str, Any]]) -> dict[str, Any] | None:
+    def _write_launch_order(self, pts: list[dict[str, Any]], chinchilla) -> dict[str, Any] | None:
         """Under ``launch_order: uncertainty``: the planned runs not started yet, ranked by how much each would
-        reduce the uncertainty of the law at the policy's target compute per FLOP (``launch_ranking``), written
-        to SWEEP_DIR/launch_order.json for the local backend; returns the record (None without that policy)."""
+        reduce the uncertainty of the law at the policy's target compute per FLOP (``launch_ranking``, on the
+        sweep law ``chinchilla`` just fitted to ``pts``), written to SWEEP_DIR/launch_order.json for the local
+        backend; returns the record (None without that policy)."""
         from scaling_train.fitter.adaptive import LAUNCH_ORDER_FILE, launch_ranking
 
         pol = self.policy()
@@ -488,7 +490,9 @@ class SweepFitter:
             known.append((p["N"], p["D"], p["loss"], *interval))
         compute = max((6.0 * N * D for _, N, D in planned), default=0.0)
         ranking, why = (
-            launch_ranking(pol, known, pending, compute) if compute > 0 else (None, "no planned runs")
+            launch_ranking(pol, known, pending, compute, fit=chinchilla)
+            if compute > 0
+            else (None, "no planned runs")
         )
         rec: dict[str, Any] = {"updated": time.time(), "why": why, "order": []}
         if ranking is not None:

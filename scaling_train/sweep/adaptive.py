@@ -28,7 +28,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from scaling_train.fitter.adaptive import AdaptivePolicy, prediction_weight
+from scaling_train.fitter.adaptive import LAUNCH_ORDERS, AdaptivePolicy, prediction_weight
 
 if TYPE_CHECKING:  # the laws (scipy) load when a replay runs, not with the command line
     from scaling_train.laws import ChinchillaFit, Curve, LossPrediction
@@ -604,7 +604,7 @@ def register(sub: Any) -> None:
         "--slots", type=int, help="runs at a time, in --launch-order (default: all at once, no order)"
     )
     p.add_argument(
-        "--launch-order", dest="launch_order", choices=["plan", "uncertainty"],
+        "--launch-order", dest="launch_order", choices=list(LAUNCH_ORDERS),
         help="with --slots: which run starts next, the planned one or the one that most reduces the law's "
         "uncertainty at --target-compute per FLOP",
     )  # fmt: skip

@@ -24,7 +24,7 @@ import yaml
 
 from scaling_train.config import ConfigError, deep_merge, from_dict, load_yaml, parse_overrides
 from scaling_train.data.pools import format_mix, pool_counts
-from scaling_train.fitter.adaptive import AdaptivePolicy
+from scaling_train.fitter.adaptive import MIN_LAW_POINTS, AdaptivePolicy
 from scaling_train.models import sizes
 from scaling_train.run_names import NAME_RE, parse_run_name, run_name  # noqa: F401 (names live there; re-exported)
 from scaling_train.sweep.spec import PowerRule, SweepSpec, adaptive_policy
@@ -561,7 +561,7 @@ def _launch_order_notes(plan: Plan) -> list[str]:
         return [
             "adaptive: when a slot frees, the run the fitter ranks first starts (SWEEP/launch_order.json: the "
             f"largest drop of the law's uncertainty at {pol.target_compute:g}x the largest run per FLOP; the "
-            "planned order until 5 runs of 2 sizes are known)"
+            f"planned order until {MIN_LAW_POINTS} runs of 2 sizes are known)"
         ]
     if la.order == "longest":
         return [

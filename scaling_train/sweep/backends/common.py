@@ -69,9 +69,8 @@ def prepare_dir(plan: Plan) -> None:
         atomic_write(d / ADAPTIVE, json.dumps(plan.adaptive.to_dict(), indent=1))
     else:
         (d / ADAPTIVE).unlink(missing_ok=True)
-    (d / LAUNCH_ORDER_FILE).unlink(
-        missing_ok=True
-    )  # a ranking of an earlier launch: the fitter writes a new one
+    # a ranking of an earlier launch: the fitter writes a new one
+    (d / LAUNCH_ORDER_FILE).unlink(missing_ok=True)
 
 
 def resume_stopped_runs(plan: Plan, *, say=print) -> list[str]:
