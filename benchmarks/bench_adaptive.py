@@ -31,7 +31,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from scaling_train.fitter.adaptive import AdaptivePolicy  # noqa: E402
-from scaling_train.sweep.adaptive import RecordedRun, SimulationResult, simulate  # noqa: E402
+from scaling_train.sweep.adaptive import RecordedRun, SimulationResult, known_at, simulate  # noqa: E402
 from tests.fixtures.realdata import (  # noqa: E402
     cooldown_curve,
     gemstone_cooldowns,
@@ -102,27 +102,6 @@ def row(name: str, tol: float, res: SimulationResult, secs: float) -> str:
     )
 
 
-def known_at(runs: list[RecordedRun], res: SimulationResult, t: float) -> list[tuple]:
-    """(N, D, loss, low, high) known at time ``t`` of the replay's clock (as ``_SweepClock.known``): ended runs
-    at their truth or stop prediction, running ones at their latest prediction made by then."""
-    out = []
-    for r in runs:
-        rp = res.runs[r.name]
-        if rp.start is None or rp.start > t:
-            continue
-        if rp.end is not None and rp.end <= t:
-            if rp.stopped_at is None:
-                out.append((r.n_params, r.tokens, r.truth, None, None))
-            else:
-                out.append((r.n_params, r.tokens, *res.policy.stop_interval(rp.history)))
-            continue
-        step = (t - rp.start) / (6.0 * r.n_params * r.tokens_per_step)
-        h = [h for h in rp.history if "loss" in h and h["step"] <= step]
-        if h:
-            out.append((r.n_params, r.tokens, h[-1]["loss"], h[-1]["low"], h[-1]["high"]))
-    return out
-
-
 def anytime(runs: list[RecordedRun], res: SimulationResult, fractions=(0.25, 0.5, 0.75)) -> list[tuple]:
     """At each fraction of the sweep's wall time (the replay's last run end): the law fitted to what was known
     then (``launch_ranking``'s fit), its L_opt at target_compute x the largest run against the full sweep's
@@ -135,7 +114,7 @@ def anytime(runs: list[RecordedRun], res: SimulationResult, fractions=(0.25, 0.5
     probe = [("probe", runs[0].n_params, runs[0].tokens)]
     out = []
     for f in fractions:
-        pts = known_at(runs, res, f * wall)
+        pts = known_at(runs, res.runs, res.policy, f * wall)
         rk, _ = launch_ranking(res.policy, pts, probe, planned)
         if rk is None:
             out.append((f, len(pts), float("nan"), float("nan")))

@@ -241,8 +241,6 @@ class _SweepClock:
         self.exempt = policy.exempt([(r.name, r.n_params, r.tokens) for r in runs])
         self.replay = {r.name: RunReplay(r.name, r.total_steps) for r in runs}
         self.cost = {r.name: 6.0 * r.n_params * r.tokens_per_step for r in runs}  # per step
-        self.start: dict[str, float] = {}
-        self.end: dict[str, float] = {}
         self.heap: list[
             tuple[float, int, str, int]
         ] = []  # (time, order, run, step); step == T: the run's end
@@ -272,19 +270,8 @@ class _SweepClock:
         return n
 
     def known(self, now: float) -> list[tuple[float, float, float, float | None, float | None]]:
-        """(N, D, loss, low, high) of every run at ``now``: a finished one at its truth (low/high None), a
-        stopped one at the prediction and interval it stopped on, a running one at its latest prediction."""
-        out = []
-        for n in self.names:
-            r, rp = self.by_name[n], self.replay[n]
-            if n in self.end and rp.stopped_at is None:
-                out.append((r.n_params, r.tokens, r.truth, None, None))
-            elif n in self.end:
-                out.append((r.n_params, r.tokens, *self.policy.stop_interval(rp.history)))
-            elif n in self.start and any("loss" in h for h in rp.history):
-                h = [h for h in rp.history if "loss" in h][-1]
-                out.append((r.n_params, r.tokens, h["loss"], h["low"], h["high"]))
-        return out
+        """``known_at`` the clock's ``now``."""
+        return known_at([self.by_name[n] for n in self.names], self.replay, self.policy, now)
 
     def launch(self, now: float) -> None:
         """Returns nothing: starts queued runs on the free slots at ``now`` and schedules their events."""
@@ -293,7 +280,7 @@ class _SweepClock:
             n = self.pick(now)
             self.launched.append(n)
             self.free -= 1
-            self.start[n] = self.replay[n].start = now
+            self.replay[n].start = now
             T = self.by_name[n].total_steps
             fracs = np.arange(policy.min_fraction, 1.0 - 1e-9, max(policy.spacing, 0.01))
             for s in sorted({int(math.ceil(f * T)) for f in fracs if f * T >= 1} - {T}):
@@ -304,11 +291,11 @@ class _SweepClock:
 
     def progress(self, n: str, now: float) -> int:
         """Steps run ``n`` has trained by ``now`` (0 before it starts; never past its stop or end)."""
-        if n not in self.start:
-            return 0
         rp = self.replay[n]
+        if rp.start is None:
+            return 0
         done = rp.stopped_at if rp.stopped_at is not None else rp.total_steps
-        return min(done, int((now - self.start[n]) / self.cost[n] + 1e-9))
+        return min(done, int((now - rp.start) / self.cost[n] + 1e-9))
 
     def references(self, n: str, now: float) -> list[Curve]:
         """Every other run's curve as far as it has trained by ``now`` (those with >= 3 logged points)."""
@@ -325,7 +312,7 @@ class _SweepClock:
 
     def end_run(self, n: str, now: float) -> None:
         """Returns nothing: ends run ``n`` at ``now`` and hands its slot to the next queued run."""
-        self.end[n] = self.replay[n].end = now
+        self.replay[n].end = now
         self.free += 1
         self.launch(now)
 
@@ -335,7 +322,7 @@ class _SweepClock:
         while self.heap:
             now, _, n, s = heapq.heappop(self.heap)
             rp = self.replay[n]
-            if n in self.end:
+            if rp.end is not None:
                 continue  # stopped earlier: its later events are void
             if s >= rp.total_steps:
                 self.end_run(n, now)
@@ -366,6 +353,29 @@ class _SweepClock:
         stop, why = self.policy.decide(rp.history)
         rp.reason = why
         return stop
+
+
+def known_at(
+    runs: Sequence[RecordedRun], replay: dict[str, RunReplay], policy: AdaptivePolicy, t: float
+) -> list[tuple[float, float, float, float | None, float | None]]:
+    """(N, D, loss, low, high) of every run known at time ``t`` of a replay's clock: an ended run at its truth
+    (low/high None) or, stopped, at the prediction and interval it stopped on (``policy.stop_interval``); a
+    running one at its latest prediction made by then; nothing for a run not started or not yet predicted.
+    The replay's own launch ranking reads it, and so can anyone reading a ``SimulationResult`` afterwards."""
+    out = []
+    for r in runs:
+        rp = replay[r.name]
+        if rp.start is None or rp.start > t:
+            continue
+        if rp.end is not None and rp.end <= t:
+            last = (r.truth, None, None) if rp.stopped_at is None else policy.stop_interval(rp.history)
+            out.append((r.n_params, r.tokens, *last))
+            continue
+        step = (t - rp.start) / (6.0 * r.n_params * r.tokens_per_step) + 1e-6  # a step's own event time
+        h = [h for h in rp.history if "loss" in h and h["step"] <= step]
+        if h:
+            out.append((r.n_params, r.tokens, h[-1]["loss"], h[-1]["low"], h[-1]["high"]))
+    return out
 
 
 def _result(
