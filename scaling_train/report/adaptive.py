@@ -144,6 +144,12 @@ def _md_law(f: dict[str, Any] | None) -> str:
     return " | ".join(f"{f[k]:.4g}" for k in ("E", "A", "B", "alpha", "beta")) if f else "not fitted | | | |"
 
 
+def _md_laws_table(rows: list[tuple[str, dict[str, Any] | None]]) -> list[str]:
+    """``_laws_table`` as Markdown lines (a blank line first)."""
+    head = ["", "| law | E | A | B | alpha | beta |", "| --- | --- | --- | --- | --- | --- |"]
+    return head + [f"| {label} | {_md_law(f)} |" for label, f in rows]
+
+
 def adaptive_markdown(sweep: SweepData) -> str:
     """The adaptive account as Markdown for the W&B report ('' when the sweep is neither adaptive nor
     replayed): the policy, every run stopped early (step, predicted final loss and interval, why), the
@@ -169,8 +175,7 @@ def adaptive_markdown(sweep: SweepData) -> str:
                 f"| {_pred_text(s)} | {s['why'].replace('|', '/')} |"
                 for s in acc["stops"]
             ]
-        out += ["", "| law | E | A | B | alpha | beta |", "| --- | --- | --- | --- | --- | --- |"]
-        out += [f"| {label} | {_md_law(f)} |" for label, f in acc["laws"]]
+        out += _md_laws_table(acc["laws"])
     path = sweep.sweep_dir / REPLAY_FILE
     if path.is_file():
         try:
@@ -185,9 +190,9 @@ def adaptive_markdown(sweep: SweepData) -> str:
                 f"{'-' if cov is None else f'{cov:.0%}'} of the stopped runs' intervals hold the truth; the adaptive "
                 f"sweep's law is within {s.get('max_law_deviation') or math.nan:.2%} of the full sweep's at every run."
             )
-            out += ["", "| law | E | A | B | alpha | beta |", "| --- | --- | --- | --- | --- | --- |"]
-            out += [f"| adaptive sweep (replayed) | {_md_law(s.get('law_adaptive'))} |",
-                    f"| full sweep | {_md_law(s.get('law_full'))} |"]  # fmt: skip
+            out += _md_laws_table(
+                [("adaptive sweep (replayed)", s.get("law_adaptive")), ("full sweep", s.get("law_full"))]
+            )
     return "\n".join(out).strip()
 
 

@@ -142,3 +142,18 @@ def test_adaptive_section_only_for_an_adaptive_sweep(real_sweep, tmp_path):
     report = to_report(spec)
     mds = [b for b in report.blocks if isinstance(b, wr.MarkdownBlock)]
     assert any("1 run(s) stopped early" in b.text for b in mds)
+    # a replay's summary joins the account, with both of its laws
+    law = {"E": 1.5, "A": 20.0, "B": 30.0, "alpha": 0.3, "beta": 0.28}
+    (sw / "adaptive_replay.json").write_text(json.dumps(
+        {"n_stopped": 1, "n_runs": 3, "compute_fraction": 0.6, "coverage": 1.0, "max_law_deviation": 0.004,
+         "law_adaptive": law, "law_full": None}
+    ))  # fmt: skip
+    (sec,) = [
+        s for s in build_spec(sw, entity="e", project="p")["sections"] if s["title"] == "Adaptive sweep"
+    ]
+    assert (
+        "**Replayed** (`adaptive_replay.json`): 1 of 3 runs would have stopped, spending 60%"
+        in sec["markdown"]
+    )
+    assert "| adaptive sweep (replayed) | 1.5 | 20 | 30 | 0.3 | 0.28 |" in sec["markdown"]
+    assert "| full sweep | not fitted |" in sec["markdown"] and "1 run(s) stopped early" in sec["markdown"]
