@@ -30,7 +30,9 @@ folders every time, so a rerun or a resumed branch is never counted twice):
                        "pending": [names not DONE],
                        "cbs_measured": {"value", "low", "high" (sequences), "tokens", "low_tokens",
                                         "high_tokens", "largest_ok", "source": "branches"},
-                       "cost": {"tokens_ratio", "time_ratio", "branch_time_s", "parent_time_s"}}]}
+                       "cost": {"tokens_ratio", "time_ratio", "branch_time_s", "parent_time_s",
+                                "branch_start_s", "branch_train_s", "branch_end_s", "parent_start_s",
+                                "parent_end_s", "parent_span_s", "train_vs_span"}}]}
 """
 
 from __future__ import annotations
@@ -184,9 +186,77 @@ def run_branches(plan: Plan, *, backend: str = "local", say=print) -> int:
     return rc
 
 
-def sweep_branches(plan: Plan, *, backend: str, say=print) -> int:
-    """The cbs block of a sweep: branch every DONE run at its ``cbs_steps``; 0 when every branch is DONE."""
+def sweep_branch_plan(plan: Plan, run: RunSpec, *, require_checkpoints: bool = True) -> Plan:
+    """The branch plan the sweep's cbs block makes for one of its runs: every step of ``run.cbs_steps``, each
+    branch ``tokens_fraction`` of the run long (rounded as ``plan.branch_points`` rounds it)."""
     c = plan.spec.cbs
+    n = branch_points(
+        run.steps, int(run_log_every(run.run_dir)), every=c.every, factors=c.factors,
+        tokens_fraction=c.tokens_fraction,
+    )[1]  # fmt: skip
+    return make_branch_plan(
+        run.run_dir, at=run.cbs_steps, factors=list(c.factors), tokens=n * run.tokens / run.steps,
+        lr_rule=c.lr_rule, spec=_branch_spec(plan.spec), require_checkpoints=require_checkpoints,
+    )  # fmt: skip
+
+
+class MidRun:
+    """The cbs block's branches of a local sweep, started while their parents still train (Merrill et al.
+    measure mid-run): a parent's branches of step s become ready as soon as the parent has written its
+    checkpoint of step s (``train.keep_steps`` keeps it), each at most once per launch. The local backend
+    starts ready branches before the next run of the sweep, so a measurement lands in ``RUN/cbs/cbs.json``
+    (rewritten when a branch or its parent ends) while the sweep is still going. A parent stopped early
+    (adaptive) gets no more branches: there is no main curve to compare them with."""
+
+    def __init__(self, plan: Plan, say=print) -> None:
+        self.plan, self.say = plan, say
+        on = plan.spec.cbs.every is not None
+        self.waiting: dict[str, tuple[RunSpec, list[int]]] = {
+            r.run_dir: (r, list(r.cbs_steps)) for r in plan.runs if on and r.cbs_steps
+        }
+        self.plans: dict[str, Plan] = {}  # parent run_dir -> its branch plan, once it has a branch point
+
+    def poll(self) -> list[tuple[Plan, RunSpec]]:
+        """The (branch plan, branch) pairs that became ready since the last call, not finished yet."""
+        from scaling_train.sweep.backends.common import prepare_dir
+
+        out: list[tuple[Plan, RunSpec]] = []
+        for key, (run, steps) in list(self.waiting.items()):
+            if state.is_stopped(run.run_dir):
+                del self.waiting[key]
+                continue
+            have = set(checkpoint_steps(run.run_dir)) & set(steps)
+            if not have:
+                continue
+            if key not in self.plans:
+                try:
+                    self.plans[key] = bp = sweep_branch_plan(self.plan, run, require_checkpoints=False)
+                except ConfigError as e:  # say it and keep the sweep going; `scaling-train cbs` retries it
+                    self.say(f"[cbs] {run.name}: no branches: {e}")
+                    del self.waiting[key]
+                    continue
+                prepare_dir(bp)
+            bp = self.plans[key]
+            out += [
+                (bp, r)
+                for r in bp.runs
+                if r.overrides["branch.step"] in have and not state.is_finished_for_now(r.run_dir)
+            ]
+            rest = [s for s in steps if s not in have]
+            if rest:
+                self.waiting[key] = (run, rest)
+            else:
+                del self.waiting[key]
+        return out
+
+    def expecting(self, running: set[str]) -> bool:
+        """Whether a run in flight (run folders ``running``) may still write a branch point's checkpoint."""
+        return any(key in running for key in self.waiting)
+
+
+def sweep_branches(plan: Plan, *, backend: str, say=print) -> int:
+    """The cbs block of a sweep: branch every DONE run at its ``cbs_steps``; 0 when every branch is DONE
+    (the local backend has already run most of them mid-run, ``MidRun``: those are DONE and skipped)."""
     rc = 0
     for run in plan.runs:
         if not run.cbs_steps:
@@ -200,15 +270,7 @@ def sweep_branches(plan: Plan, *, backend: str, say=print) -> int:
             say(f"[cbs] {run.name}: not DONE, its branches wait for the next invocation")
             rc = 1
             continue
-        n = branch_points(
-            run.steps, int(run_log_every(run.run_dir)), every=c.every, factors=c.factors,
-            tokens_fraction=c.tokens_fraction,
-        )[1]  # fmt: skip
-        bp = make_branch_plan(
-            run.run_dir, at=run.cbs_steps, factors=list(c.factors), tokens=n * run.tokens / run.steps,
-            lr_rule=c.lr_rule, spec=_branch_spec(plan.spec),
-        )  # fmt: skip
-        rc = max(rc, run_branches(bp, backend=backend, say=say))
+        rc = max(rc, run_branches(sweep_branch_plan(plan, run), backend=backend, say=say))
     return rc
 
 
@@ -292,6 +354,37 @@ def _time_s(run_dir: Path) -> float:
     return float(sum(max(0.0, a.get("end", 0) - a.get("start", 0)) for a in state.attempts(run_dir)))
 
 
+def _phases_s(run_dir: Path, rows: dict[int, dict[str, Any]]) -> tuple[float | None, ...]:
+    """(start-up, training, end) wall seconds of a run trained in one attempt, from its metrics rows'
+    ``time``: training = the rows' span plus the steps before the first row at the rows' pace; start-up =
+    the rest of the time from the attempt's start to the first row (process start, imports, data,
+    checkpoint load); end = from the last row to the attempt's end (final eval, checkpoint, exit).
+    Nones for a resumed run or one without two timed rows."""
+    tries = state.attempts(run_dir)
+    timed = sorted((s, float(r["time"])) for s, r in rows.items() if isinstance(r.get("time"), (int, float)))
+    if (
+        len(tries) != 1
+        or not {"start", "end"} <= set(tries[0])
+        or len(timed) < 2
+        or timed[-1][0] <= timed[0][0]
+    ):
+        return None, None, None
+    (f, t_f), (last, t_l) = timed[0], timed[-1]
+    pace = (t_l - t_f) / (last - f)
+    return t_f - f * pace - float(tries[0]["start"]), t_l - t_f + f * pace, float(tries[0]["end"]) - t_l
+
+
+def _span_s(rows: dict[int, dict[str, Any]], s: int, b: int, total_s: float) -> float | None:
+    """The parent's wall seconds from its row of step s to its row of step b (its pace over a branch's
+    tokens); None without both rows or when a resume lies between them (the span then exceeds the run's
+    own trained time or is negative)."""
+    try:
+        span = float(rows[b]["time"]) - float(rows[s]["time"])
+    except (KeyError, TypeError, ValueError):
+        return None
+    return span if 0 < span <= total_s else None
+
+
 def measure(run_dir: str | Path) -> dict[str, Any]:
     """Every branch measurement of ``run_dir`` from its ``cbs/`` folders (see the module docstring)."""
     run_dir = Path(run_dir).resolve()
@@ -310,15 +403,21 @@ def measure(run_dir: str | Path) -> dict[str, Any]:
             continue
         k, s = int(br["factor"]), int(br["step"])
         n = int((braw.get("resolved") or {}).get("total_steps") or braw["train"]["max_steps"]) * k
-        rule = next(
-            (r for r, f in LR_RULES.items() if math.isclose(f(k), float(br["lr_scale"]), rel_tol=1e-4)),
-            "custom",
-        )
+        rule = _lr_rule_of(k, float(br["lr_scale"]))
         groups.setdefault((s, n, rule), []).append(
             {"dir": bdir, "factor": k, "lr_scale": float(br["lr_scale"]), "done": state.is_done(bdir)}
         )
+    for r in _planned_not_started(run_dir / CBS_DIR):  # pending too: a measurement waits for all its k
+        o = r["overrides"]
+        k, lr_scale = int(o["branch.factor"]), float(o["branch.lr_scale"])
+        rule = _lr_rule_of(k, lr_scale)
+        key = (int(o["branch.step"]), int(o["train.max_steps"]) * k, rule)
+        groups.setdefault(key, []).append(
+            {"dir": Path(r["run_dir"]), "factor": k, "lr_scale": lr_scale, "done": False}
+        )
     out = []
     parent_time = _time_s(run_dir)
+    parent_start, _, parent_end = _phases_s(run_dir, rows)
     for (s, n, rule), items in sorted(groups.items()):
         w = branch_window(log_every, [it["factor"] for it in items])
         win = max(w, (n // 2) // w * w)
@@ -333,7 +432,7 @@ def measure(run_dir: str | Path) -> dict[str, Any]:
             "loss": main, "loss_at_step": (rows.get(s) or {}).get("loss"), "noise_se": se, "tolerance": tol,
             "gns_b_simple": pooled_b_simple([r for t, r in rows.items() if s - n < t <= b + n]), "branches": [], "pending": [],
         }  # fmt: skip
-        btime = 0.0
+        btime, starts, trains, ends = 0.0, [], [], []
         for it in sorted(items, key=lambda x: x["factor"]):
             if not it["done"]:
                 m["pending"].append(it["dir"].name)
@@ -344,25 +443,65 @@ def measure(run_dir: str | Path) -> dict[str, Any]:
             done = json.loads((it["dir"] / state.DONE).read_text() or "{}")
             t = _time_s(it["dir"])
             btime += t
+            start_s, train_s, end_s = _phases_s(it["dir"], brow)
+            if train_s is not None:
+                starts.append(start_s)
+                trains.append(train_s)
+                ends.append(end_s)
             lag = _lag(trend, s, a, b, k) if trend is not None else 0.0
             pen = bl - main - lag if bl is not None and main is not None else None
             m["branches"].append(
                 {"factor": k, "batch_size": k * B, "lr_scale": it["lr_scale"], "loss": bl, "penalty": pen, "lag": lag,
                  "ok": (pen <= tol) if pen is not None and tol is not None else None,
-                 "eval_loss": done.get("final_eval_loss"), "run": it["dir"].name, "time_s": t}
+                 "eval_loss": done.get("final_eval_loss"), "run": it["dir"].name, "time_s": t,
+                 "start_s": start_s, "train_s": train_s, "end_s": end_s}
             )  # fmt: skip
-        m["cbs_measured"] = critical_from_branches(m["branches"], B, seq, tol)
+        # none until every branch of the step is DONE: a partial set would bracket the wrong k
+        m["cbs_measured"] = None if m["pending"] else critical_from_branches(m["branches"], B, seq, tol)
         m["cost"] = {
             "tokens_ratio": n * tps / (T * tps),
             "time_ratio": (btime / max(len(m["branches"]), 1)) / parent_time if parent_time else None,
             "branch_time_s": btime,
             "parent_time_s": parent_time,
+            # the same split into start-up, training and end: a branch's training against the parent's own
+            # wall time over the branch's tokens (its token share), its start-up and end against the parent's
+            "branch_start_s": float(np.mean(starts)) if starts else None,
+            "branch_train_s": float(np.mean(trains)) if trains else None,
+            "branch_end_s": float(np.mean(ends)) if ends else None,
+            "parent_start_s": parent_start,
+            "parent_end_s": parent_end,
+            "parent_span_s": span if (span := _span_s(rows, s, b, parent_time)) is not None else None,
         }
+        c = m["cost"]
+        c["train_vs_span"] = (
+            c["branch_train_s"] / c["parent_span_s"] if c["branch_train_s"] and c["parent_span_s"] else None
+        )
         out.append(m)
     return {
         "run": run_dir.name, "seq_len": seq, "batch_size": B, "total_steps": T, "tokens_per_step": tps,
         "z_tolerance": Z_TOL, "updated": time.time(), "measurements": out,
     }  # fmt: skip
+
+
+def _lr_rule_of(k: int, lr_scale: float) -> str:
+    """The LR_RULES name that scales the LR by ``lr_scale`` at factor ``k``, else "custom"."""
+    return next((n for n, f in LR_RULES.items() if math.isclose(f(k), lr_scale, rel_tol=1e-4)), "custom")
+
+
+def _planned_not_started(cbs_dir: Path) -> list[dict[str, Any]]:
+    """The runs of the latest branch plan (``cbs_dir/plan.json``, written when a branch plan is launched) whose
+    folder holds no ``config.yaml`` yet: not started, but part of their step's measurement."""
+    try:
+        runs = json.loads((cbs_dir / "plan.json").read_text()).get("runs") or []
+    except (OSError, ValueError, AttributeError):
+        return []
+    return [
+        r
+        for r in runs
+        if isinstance(r, dict)
+        and "branch.step" in (r.get("overrides") or {})
+        and not (Path(r["run_dir"]) / CONFIG).is_file()
+    ]
 
 
 def critical_from_branches(

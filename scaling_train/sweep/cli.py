@@ -7,8 +7,9 @@
     NODE_RANK=0 scaling-train sweep configs/sweeps/ladder-3b.yaml --backend torchrun   # on every node
 
 Rerunning the same command skips finished runs (DONE) and resumes partial ones from their checkpoints.
-With a ``cbs:`` block, every finished run is then branched at its cbs steps (``scaling-train cbs``, the
-same backend; results in RUN/cbs/cbs.json) and the fitter and the report run once more.
+With a ``cbs:`` block every run is branched at its cbs steps (``scaling-train cbs``; results in
+RUN/cbs/cbs.json): mid-run on the local backend (a free slot, once the run has checkpointed the branch point),
+after the runs on torchrun and slurm; then the fitter and the report run once more.
 
 With an ``adaptive:`` block (docs/sweep.md) the sweep writes its policy to SWEEP/adaptive.json and the online
 fitter stops a run (RUN/STOP -> checkpoint, RUN/STOPPED) once its final loss is predicted well enough. A
@@ -51,7 +52,7 @@ def _cmd_sweep(args: argparse.Namespace) -> int:
     if args.resume_stopped:
         backends.resume_stopped_runs(plan)
     rc = backends.BACKENDS[backend](plan)
-    if spec.cbs.every is not None:  # branched critical-batch measurements, after the runs they branch
+    if spec.cbs.every is not None:  # the branches not run yet (all of them on torchrun and slurm)
         from scaling_train.sweep import cbs
 
         rc = max(rc, cbs.sweep_branches(plan, backend=backend))

@@ -19,6 +19,7 @@ import yaml
 
 from scaling_train.config import ConfigError, from_dict
 from scaling_train.fitter.tail import find_runs
+from scaling_train.run_folder import DONE, STOPPED, checkpoint_file
 from scaling_train.sweep import cbs, state
 from scaling_train.sweep.plan import branch_points, make_plan
 from scaling_train.sweep.spec import load_spec
@@ -239,8 +240,13 @@ def test_cli_end_to_end_kill_and_rerun(parent, env, tmp_path):
 
 
 @pytest.mark.slow
-def test_sweep_with_cbs_block_runs_branches(tmp_path, env):
-    spec = tiny_spec("cb", grid={"sizes": ["0.1M"], "tokens": [256 * 40]}, cbs={"every": 50, "factors": [2]})
+def test_sweep_with_cbs_block_branches_mid_run(tmp_path, env):
+    """The local backend starts a run's branches while the run still trains (a free slot, its branch point's
+    checkpoint written), each once; the sweep's after-the-runs pass then has nothing left to run."""
+    spec = tiny_spec(
+        "cb", grid={"sizes": ["0.1M"], "tokens": [256 * 400]}, cbs={"every": 25, "factors": [2]},
+        launch={"concurrency": 2},
+    )  # fmt: skip
     path = write_spec(tmp_path / "cb.yaml", spec)
     out = tmp_path / "out"
     res = subprocess.run(
@@ -249,9 +255,50 @@ def test_sweep_with_cbs_block_runs_branches(tmp_path, env):
     )  # fmt: skip
     assert res.returncode == 0, res.stdout + res.stderr
     (run,) = make_plan(load_spec(path), output=out).runs
+    assert run.cbs_steps == [100, 200, 300]
     got = json.loads((Path(run.run_dir) / "cbs" / "cbs.json").read_text())
-    assert [m["step"] for m in got["measurements"]] == [20]
-    assert yaml.safe_load((Path(run.run_dir) / "config.yaml").read_text())["train"]["keep_steps"] == [20]
+    assert [m["step"] for m in got["measurements"]] == [100, 200, 300]
+    assert all(m["cbs_measured"] and not m["pending"] and m["loss"] is not None for m in got["measurements"])
+    assert yaml.safe_load((Path(run.run_dir) / "config.yaml").read_text())["train"]["keep_steps"] == [
+        100, 200, 300
+    ]  # fmt: skip
+    (parent_try,) = state.attempts(run.run_dir)
+    first = Path(run.run_dir) / "cbs" / got["measurements"][0]["branches"][0]["run"]
+    (branch_try,) = state.attempts(first)  # one attempt each: never run twice
+    assert branch_try["start"] < parent_try["end"], "the step-100 branch waited for its parent to end"
+    c = got["measurements"][0]["cost"]  # timing is not asserted, only that the split is there
+    assert c["branch_train_s"] > 0 and c["parent_span_s"] > 0 and c["branch_start_s"] is not None
+    assert "cb-cbs: 3/3 runs DONE, 0 to run" in res.stdout
+    assert "measured critical batch" in res.stdout
+
+
+def test_mid_run_branches_follow_the_parents_checkpoints(parent, tmp_path):
+    """``MidRun.poll`` hands out a step's branches once its parent has the step's checkpoint, each once;
+    until then they count as pending in cbs.json (no measurement from a partial set of factors); a parent
+    stopped early gets none."""
+    import shutil
+
+    plan = make_plan(load_spec(_spec(tmp_path, every=25, factors=[2])), output=tmp_path / "out")
+    (run,) = plan.runs
+    assert run.cbs_steps == [20, 40, 60] and run.steps == PARENT_STEPS
+    shutil.copytree(parent, run.run_dir, ignore=shutil.ignore_patterns("cbs"))
+    (Path(run.run_dir) / "checkpoints" / checkpoint_file(PARENT_STEPS)).unlink()
+    mid = cbs.MidRun(plan, say=lambda s: None)
+    got = mid.poll()  # the parent has the checkpoints of steps 20 and 40, not 60
+    assert sorted(r.overrides["branch.step"] for _, r in got) == [20, 40]
+    assert all(bp.sweep_dir == Path(run.run_dir) / "cbs" for bp, _ in got)
+    assert mid.poll() == [] and mid.expecting({run.run_dir}) and not mid.expecting(set())
+    res = cbs.write_results(run.run_dir)  # planned, none started: every measurement waits for its branch
+    assert [(m["step"], len(m["pending"]), m["cbs_measured"]) for m in res["measurements"]] == [
+        (20, 1, None), (40, 1, None), (60, 1, None)
+    ]  # fmt: skip
+    (Path(run.run_dir) / "checkpoints" / checkpoint_file(60)).write_bytes(b"")
+    (late,) = mid.poll()
+    assert late[1].overrides["branch.step"] == 60 and mid.poll() == [] and not mid.expecting({run.run_dir})
+    stopped = cbs.MidRun(plan, say=lambda s: None)
+    (Path(run.run_dir) / DONE).unlink()
+    (Path(run.run_dir) / STOPPED).write_text("{}")
+    assert stopped.poll() == [] and not stopped.expecting({run.run_dir})
 
 
 def test_lag_is_the_parent_trend_over_the_batches_a_branch_step_has_not_consumed():
@@ -296,3 +343,14 @@ def test_branches_use_the_sweeps_launch_settings(tmp_path):
     assert got.name == "sw-cbs" and got.launch.concurrency == 3
     assert not got.launch.fitter and not got.launch.report
     assert cbs._sweep_spec(tmp_path / "x" / "lone-run").name == "lone-run-cbs"  # no spec: the defaults
+
+
+def test_branch_cost_splits_start_up_training_and_end(tmp_path):
+    """One attempt from t=100 to t=120, rows of steps 1..10 at t=103..112 (1 s a step): 2 s of start-up
+    before step 1's second, 10 s of training, 8 s of end; a resumed run (two attempts) is not split."""
+    rows = {s: {"loss": 1.0, "time": 102.0 + s} for s in range(1, 11)}
+    state.record_attempt(tmp_path, {"attempt": 1, "start": 100.0, "end": 120.0, "rc": 0})
+    assert cbs._phases_s(tmp_path, rows) == pytest.approx((2.0, 10.0, 8.0))
+    state.record_attempt(tmp_path, {"attempt": 2, "start": 130.0, "end": 131.0, "rc": 0})
+    assert cbs._phases_s(tmp_path, rows) == (None, None, None)
+    assert cbs._span_s(rows, 2, 8, 20.0) == pytest.approx(6.0) and cbs._span_s(rows, 2, 8, 5.0) is None

@@ -1,5 +1,7 @@
 """The local backend: k concurrent runs on this machine (``launch.concurrency``), longest first; a run with
-several processes goes through torchrun (``--standalone``)."""
+several processes goes through torchrun (``--standalone``). With a ``cbs:`` block a run's critical-batch
+branches start while it still trains, as soon as it has written their branch point's checkpoint
+(``sweep.cbs.MidRun``), before the sweep's next run."""
 
 from __future__ import annotations
 
@@ -8,9 +10,11 @@ import os
 import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
 
+from scaling_train.config import ConfigError
 from scaling_train.fitter.adaptive import LAUNCH_ORDER_FILE
-from scaling_train.sweep import progress, state
+from scaling_train.sweep import cbs, progress, state
 from scaling_train.sweep.backends.common import (
     die_with_parent,
     prepare_dir,
@@ -77,6 +81,11 @@ class _Workers:
         self.pending = list(todo)
         self.ended: set[str] = set()  # runs of this invocation that ended (done, failed or stopped)
         self.cond = threading.Condition()
+        # the cbs block's branches: found as their parents checkpoint, started before the next run
+        self.branches = cbs.MidRun(plan, say=say)
+        self.branch_pending: list[tuple[Plan, RunSpec]] = []
+        self.running: set[str] = set()  # run folders in flight
+        self.measured: set[tuple[str, int]] = set()  # (parent, step) of the measurements already said
 
     def run(self) -> None:
         """Returns nothing once every worker is done; on Ctrl-C starts nothing new and waits for the runs."""
@@ -96,28 +105,40 @@ class _Workers:
     def worker(self) -> None:
         """Returns nothing: one worker thread's loop, claim a run, train it, mark it ended, until none is left."""
         while True:
-            run = self.claim()
-            if run is None:
+            got = self.claim()
+            if got is None:
                 return
+            plan, run = got
             try:
-                self.one(run)
+                self.one(run, plan)
             finally:
                 with self.cond:
                     self.ended.add(run.name)
+                    self.running.discard(run.run_dir)
                     self.cond.notify_all()
 
-    def claim(self) -> RunSpec | None:
-        """The next ready pending run, taken off ``pending`` (no other worker takes it); None when the sweep
-        is stopped or nothing is pending. Waits while every pending run waits for another."""
+    def claim(self) -> tuple[Plan, RunSpec] | None:
+        """(plan, run) of the next ready branch (``cbs.MidRun``) or else the next ready pending run of the
+        sweep, taken off its list (no other worker takes it); None when the sweep is stopped or nothing is
+        pending or still to come. Waits while every pending run waits for another, or while nothing is
+        pending but a run in flight may still reach a branch point."""
         with self.cond:
             while True:
-                if self.stop.is_set() or not self.pending:
+                if self.stop.is_set():
+                    return None
+                self.branch_pending += self.branches.poll()
+                if self.branch_pending:
+                    bp, run = self.branch_pending.pop(0)
+                    self.running.add(run.run_dir)
+                    return bp, run
+                if not self.pending and not self.branches.expecting(self.running):
                     return None
                 ready = [r for r in self.pending if self.ready(r)]
                 run = self.ranked(ready)[0] if ready else None
                 if run is not None:
                     self.pending.remove(run)
-                    return run
+                    self.running.add(run.run_dir)
+                    return self.plan, run
                 self.cond.wait(1.0)
 
     def ranked(self, ready: list[RunSpec]) -> list[RunSpec]:
@@ -147,11 +168,14 @@ class _Workers:
             for q in self.todo
         )
 
-    def one(self, run: RunSpec) -> None:
-        """Returns nothing: trains one run (retries, lock, log file) and says how it ended."""
-        plan, la, say = self.plan, self.la, self.say
+    def one(self, run: RunSpec, plan: Plan) -> None:
+        """Returns nothing: trains one run of ``plan`` (the sweep's, or a parent's branch plan: retries, lock,
+        log file) and says how it ended; a branch's or a branched parent's end rewrites the parent's cbs.json."""
+        la, say = self.la, self.say
+        branch = plan is not self.plan
         argv = run_argv(plan, run)
-        say(f"[sweep] start {run.name} (N={run.n_params:.2e}, D={run.tokens:.2e}, est {run.est_s:.0f}s)")
+        what = f"branch {Path(plan.sweep_dir).parent.name}/{run.name}" if branch else run.name
+        say(f"[sweep] start {what} (N={run.n_params:.2e}, D={run.tokens:.2e}, est {run.est_s:.0f}s)")
         self.inflight[run.name] = (run.name, run.run_dir, run.steps)
         t = time.time()
         rc = execute(
@@ -166,11 +190,30 @@ class _Workers:
             stop=self.stop,
         )
         self.inflight.pop(run.name, None)
+        parent = Path(plan.sweep_dir).parent if branch else Path(run.run_dir)
         with self.lock:
-            n_done = sum(state.is_done(r.run_dir) for r in plan.runs)
+            n_done = sum(state.is_done(r.run_dir) for r in self.plan.runs)
             summ = run_summary(run.run_dir)
             word = "stopped" if state.is_stopped(run.run_dir) else "done " if rc == EXIT_OK else "FAILED"
             say(
-                f"[sweep] {word if rc != EXIT_LOCKED else 'busy '} {run.name} "
-                f"{summ} in {time.time() - t:.0f}s | {n_done}/{len(plan.runs)} DONE, {time.time() - self.t0:.0f}s elapsed"
+                f"[sweep] {word if rc != EXIT_LOCKED else 'busy '} {what} "
+                f"{summ} in {time.time() - t:.0f}s | {n_done}/{len(self.plan.runs)} DONE, {time.time() - self.t0:.0f}s elapsed"
             )
+            if branch or (parent / cbs.CBS_DIR).is_dir():
+                self.write_cbs(parent)
+
+    def write_cbs(self, parent: Path) -> None:
+        """Rewrite ``parent``'s cbs.json (its measurements so far) and say each new measured critical batch."""
+        try:
+            res = cbs.write_results(parent)
+        except (OSError, ValueError, ConfigError) as e:  # a measurement must never stop the sweep
+            self.say(f"[cbs] {parent.name}: cbs.json not written: {e}")
+            return
+        for m in res["measurements"]:
+            c = m.get("cbs_measured")
+            if c and m["loss"] is not None and (parent.name, m["step"]) not in self.measured:
+                self.measured.add((parent.name, m["step"]))
+                self.say(
+                    f"[cbs] {parent.name} step {m['step']}: measured critical batch {c['value']:.0f} sequences "
+                    f"[{c['low']:.0f}, {c['high']:.0f}] at loss {m['loss']:.3f}"
+                )
