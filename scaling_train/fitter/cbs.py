@@ -394,7 +394,9 @@ def cbs_scaling_block(measured: list[dict[str, Any]], targets: list[dict[str, An
         **base, "law": law, "form": fit.form, "variables": {f: _VARIABLES[f] for f in fit.features},
         "c0": fit.coef[0], "exponents": dict(zip(fit.features, fit.coef[1:])),
         "held_out_rmse_log": fit.loso_rmse[fit.form], "loso_rmse": fit.loso_rmse,
-        "choice": "the form with the lowest leave-one-size-out rmse of log B_crit (ties: fewer variables)",
+        "choice": "the form with the lowest leave-one-size-out rmse of log B_crit (ties: fewer variables); "
+        "a held-out size's D_min from the fold's own L(N, D_min) law, as it is predicted",
+        "tokens_known": fit.tokens_known,
         "sigma_log": fit.sigma_log, "dof": fit.dof, "level": fit.level, "seq_len": fit.seq_len,
         "n_sweeps": len(fit.points), "n_excluded": fit.n_excluded, "sizes": used,
     }  # fmt: skip

@@ -405,6 +405,8 @@ class CBSScalingFit:
     n_excluded: int
     """Sweeps left out of the law because their B_crit interval was unbounded."""
     xtx_inv: tuple[tuple[float, ...], ...]
+    tokens_known: bool = False
+    """Whether the form was chosen for predictions given ``tokens`` (``fit_cbs_scaling(tokens_known=)``)."""
 
     @cached_property
     def tokens_law(self) -> tuple[ChinchillaFit, float]:
@@ -488,12 +490,19 @@ def _full_rank(X: np.ndarray) -> bool:
 
 
 def fit_cbs_scaling(
-    sweeps: list[BatchSweep] | tuple[BatchSweep, ...], *, level: float = 0.9
+    sweeps: list[BatchSweep] | tuple[BatchSweep, ...], *, level: float = 0.9, tokens_known: bool = False
 ) -> CBSScalingFit:
     """Fit each sweep's ``S(B)`` (``fit_batch_sweep``), then the power law of ``CBSScalingFit`` whose
     leave-one-size-out rmse of log B_crit is lowest (ties go to the form listed first: fewer features).
     A form is a candidate when every fold's design is full rank with a residual left over; needs sweeps
-    of >= 2 sizes with one ``seq_len``."""
+    of >= 2 sizes with one ``seq_len``.
+
+    The held-out size is predicted the way ``predict`` will be called: with ``tokens_known`` (the caller
+    passes ``tokens=D_min``) a D form sees the held-out cells' own D_min; without (the default, and the
+    fitter's case) it sees the D_min that the fold's own ``L(N, D_min)`` law predicts for them (see
+    ``tokens_law``), so a D form is a candidate only where every fold has >= 3 sizes and >= 6 cells to fit
+    that law, and its held-out error includes the error of not knowing D (a nan D counts as a log error
+    of 1)."""
     level = check_range("level", level, 0.0, 1.0, lo_open=True, hi_open=True)
     sweeps = list(sweeps)
     for i, s in enumerate(sweeps):
@@ -530,7 +539,19 @@ def fit_cbs_scaling(
                 ok = False
                 break
             c = np.linalg.lstsq(X, y[tr], rcond=None)[0]
-            sq.append(np.mean((_design(feats, names, te) @ c - y[te]) ** 2))
+            held = dict(feats)
+            if "tokens" in names and not tokens_known:
+                d_hat = _fold_tokens(used, tr, te)
+                if d_hat is None:
+                    ok = False
+                    break
+                held["tokens"] = feats["tokens"].copy()
+                held["tokens"][te] = np.log(np.where(np.isfinite(d_hat), d_hat, 1.0))
+                miss = ~np.isfinite(d_hat)
+            else:
+                miss = np.zeros(len(te), dtype=bool)
+            err = _design(held, names, te) @ c - y[te]
+            sq.append(np.mean(np.where(miss, 1.0, err**2)))
         if ok:
             loso[form] = float(np.sqrt(np.mean(sq)))  # each held-out size weighs the same
     if not loso:
@@ -556,6 +577,23 @@ def fit_cbs_scaling(
         points=tuple(fits),
         n_excluded=len(fits) - len(used),
         xtx_inv=tuple(tuple(float(v) for v in r) for r in np.linalg.inv(X.T @ X)),
+        tokens_known=bool(tokens_known),
+    )
+
+
+def _fold_tokens(used: list[BatchSweepFit], tr: np.ndarray, te: np.ndarray) -> np.ndarray | None:
+    """D_min of the cells ``te`` from ``L = E + A / N**alpha + B / D_min**beta`` fitted on the cells ``tr``
+    (nan where that law cannot reach the cell's loss); None when ``tr`` has < 3 sizes or < 6 cells."""
+    N = np.array([used[i].sweep.n_params for i in tr])
+    if len(np.unique(N)) < 3 or len(tr) < 6:
+        return None
+    D = np.array([used[i].D_min for i in tr])
+    L = np.array([used[i].sweep.target_loss for i in tr])
+    law = fit_chinchilla(N, D, L)
+    return _tokens_at(
+        law,
+        np.array([used[i].sweep.n_params for i in te]),
+        np.array([used[i].sweep.target_loss for i in te]),
     )
 
 

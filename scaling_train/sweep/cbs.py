@@ -110,8 +110,11 @@ def make_branch_plan(
     lr_rule: str = "sqrt",
     spec: SweepSpec | None = None,
     require_checkpoints: bool = True,
+    layout: tuple[int, int] | None = None,
 ) -> Plan:
-    """The branches of ``run_dir`` as a sweep plan in ``run_dir/cbs`` (one run per (step, factor)).
+    """The branches of ``run_dir`` as a sweep plan in ``run_dir/cbs`` (one run per (step, factor)), each on
+    the parent's processes: ``layout`` = (nodes, devices per node), else the parent's entry in its sweep's
+    ``plan.json``, else one node with the parent's world size.
 
     ``tokens`` is rounded up to whole branch steps of every factor and whole metrics rows of the parent
     (``plan.branch_window``); errors name the value, the allowed range and where it came from."""
@@ -147,6 +150,7 @@ def make_branch_plan(
     fpt = float(resolved.get("flops_per_token") or 0.0)
     fps = spec.resources.flops_per_s or (GPU_FLOPS_PER_S if spec.resources.gpu else CPU_FLOPS_PER_S)
     world = int(resolved.get("world_size") or 1)
+    nodes, devices = layout or _parent_layout(run_dir, world)
     for s in at:
         for k in factors:
             over = {
@@ -170,11 +174,23 @@ def make_branch_plan(
                     index=len(runs), name=name, size=str(cfg.model.size), n_params=int(
                         (resolved.get("params") or {}).get("non_embedding", 0)), tokens=n * tps,
                     steps=n // k, batch_size=k * B, lr=bcfg.optim.lr, seed=cfg.seed, flops=fpt * n * tps,
-                    devices=world, nodes=1, est_s=est, time_limit_min=int(math.ceil(2 * est / 60 + 10)),
+                    devices=devices, nodes=nodes, est_s=est, time_limit_min=int(math.ceil(2 * est / 60 + 10)),
                     config_hash=h, run_dir=str(out / name), overrides=over,
                 )
             )  # fmt: skip
     return Plan(spec=spec, sweep_dir=out, base=base, runs=runs)
+
+
+def _parent_layout(run_dir: Path, world: int) -> tuple[int, int]:
+    """(nodes, devices per node) of the parent: its run in the sweep's ``plan.json`` (beside the run folder)
+    when that matches its world size, else (1, world)."""
+    try:
+        runs = json.loads((run_dir.parent / "plan.json").read_text()).get("runs") or []
+        (r,) = [r for r in runs if Path(r["run_dir"]).resolve() == run_dir]
+        nodes, devices = int(r["nodes"]), int(r["devices"])
+    except (OSError, ValueError, TypeError, KeyError, AttributeError):
+        return 1, world
+    return (nodes, devices) if nodes * devices == world else (1, world)
 
 
 def run_branches(plan: Plan, *, backend: str = "local", say=print) -> int:
@@ -197,6 +213,7 @@ def sweep_branch_plan(plan: Plan, run: RunSpec, *, require_checkpoints: bool = T
     return make_branch_plan(
         run.run_dir, at=run.cbs_steps, factors=list(c.factors), tokens=n * run.tokens / run.steps,
         lr_rule=c.lr_rule, spec=_branch_spec(plan.spec), require_checkpoints=require_checkpoints,
+        layout=(run.nodes, run.devices),
     )  # fmt: skip
 
 

@@ -26,6 +26,7 @@ import sys
 
 def _cmd_sweep(args: argparse.Namespace) -> int:
     from scaling_train.sweep import backends, state
+    from scaling_train.sweep.backends.torchrun import this_node_rank
     from scaling_train.sweep.plan import describe, describe_adaptive, make_plan, repetition_warnings
     from scaling_train.sweep.spec import load_spec
 
@@ -56,7 +57,8 @@ def _cmd_sweep(args: argparse.Namespace) -> int:
         from scaling_train.sweep import cbs
 
         rc = max(rc, cbs.sweep_branches(plan, backend=backend))
-        cbs.final_pass(plan)  # the fitter and the report read the new cbs.json files
+        if backend != "torchrun" or this_node_rank(spec) == 0:  # one node fits and reports
+            cbs.final_pass(plan)  # the fitter and the report read the new cbs.json files
     return rc
 
 

@@ -187,7 +187,9 @@ def test_fitter_predicts_the_critical_batch_across_sizes(tmp_path):
     # the variable: the loss (the tokens and the parameters alone predict a held-out size far worse)
     assert "loss" in b["exponents"] and b["exponents"]["loss"] == pytest.approx(-4.0, abs=0.3)
     assert abs(b["exponents"].get("params", 0.0)) < 0.1
-    assert b["loso_rmse"]["tokens"] > 5 * b["held_out_rmse_log"] < b["loso_rmse"]["params"] / 5
+    assert b["held_out_rmse_log"] < b["loso_rmse"]["params"] / 5
+    # D_min of a held-out size is unknown: with 3 sizes no fold has the 3 sizes its L(N, D_min) law needs
+    assert not any("tokens" in f for f in b["loso_rmse"]) and b["tokens_known"] is False
     assert b["held_out_rmse_log"] == b["loso_rmse"][b["form"]] == min(b["loso_rmse"].values())
     assert b["sizes"] == list(SIZES) and b["n_sweeps"] == 12 and b["n_excluded"] == 0
     # every run, finished or planned, has its prediction in tokens and sequences

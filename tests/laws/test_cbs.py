@@ -99,7 +99,7 @@ def test_fit_batch_sweep_open_ended_when_batches_do_not_bracket():
 
 def _leave_largest_out(sweeps, truth, *, with_tokens: bool):
     big = max(s.n_params for s in sweeps)
-    fit = fit_cbs_scaling([s for s in sweeps if s.n_params < big])
+    fit = fit_cbs_scaling([s for s in sweeps if s.n_params < big], tokens_known=with_tokens)
     out = []
     for s in sweeps:
         if s.n_params == big:
@@ -120,6 +120,9 @@ def test_cbs_law_in_tokens_predicts_the_largest_size():
         assert set(fit.loso_rmse) >= {"loss", "tokens", "params"}
         assert fit.loso_rmse[fit.form] == min(fit.loso_rmse.values())
         assert fit.loso_rmse["tokens"] < 0.5 * fit.loso_rmse["loss"]  # the loss alone cannot carry size
+        # held out as predicted (D_min from each fold's own L(N, D) law): no better than with D_min given
+        given = fit_cbs_scaling([s for s in sweeps if s.n_params < max(truth)[0]], tokens_known=True)
+        assert fit.loso_rmse["tokens"] >= given.loso_rmse["tokens"] and not fit.tokens_known
         for p, bn in preds:
             assert p.value == pytest.approx(bn, rel=0.2)
             assert p.low <= bn <= p.high
@@ -193,9 +196,11 @@ def test_cbs_scaling_rejects_bad_input():
     fit = fit_cbs_scaling(sweeps)
     with pytest.raises(ValueError, match=r"loss=-1.0 must be in \(0.0, inf\)"):
         fit.predict(n_params=1e9, loss=-1.0)
-    # two sizes: a tokens form has no auxiliary D_min(N, L) law to lean on
+    # two sizes: a tokens form has no auxiliary D_min(N, L) law to lean on, so it cannot be held out the
+    # way it would predict (D unknown) and is no candidate; given tokens at prediction it is
     two, _ = _ladder(0, law="tokens", sizes=(1e7, 1e8))
-    fit2 = fit_cbs_scaling(two)
+    assert not any("tokens" in f for f in fit_cbs_scaling(two).loso_rmse)
+    fit2 = fit_cbs_scaling(two, tokens_known=True)
     assert fit2.form == "tokens"  # with 2 sizes only single-feature forms can be held out
     with pytest.raises(ValueError, match=r"needs tokens: pass tokens=\.\.\."):
         fit2.predict(n_params=1e9, loss=2.5)

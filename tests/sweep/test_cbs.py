@@ -354,3 +354,19 @@ def test_branch_cost_splits_start_up_training_and_end(tmp_path):
     state.record_attempt(tmp_path, {"attempt": 2, "start": 130.0, "end": 131.0, "rc": 0})
     assert cbs._phases_s(tmp_path, rows) == (None, None, None)
     assert cbs._span_s(rows, 2, 8, 20.0) == pytest.approx(6.0) and cbs._span_s(rows, 2, 8, 5.0) is None
+
+
+def test_branches_run_on_the_parents_nodes(parent, tmp_path):
+    """A branch trains on the parent's processes: (nodes, devices) from the sweep's plan.json entry of the
+    parent when it matches the parent's world size, else one node with that world size."""
+    (tmp_path / "plan.json").write_text(
+        json.dumps({"runs": [{"run_dir": str(tmp_path / "p"), "nodes": 2, "devices": 4}]})
+    )
+    (tmp_path / "p").mkdir()
+    assert cbs._parent_layout((tmp_path / "p").resolve(), 8) == (2, 4)
+    assert cbs._parent_layout((tmp_path / "p").resolve(), 4) == (1, 4)  # plan.json disagrees: the run rules
+    assert cbs._parent_layout((tmp_path / "q").resolve(), 2) == (1, 2)  # not in the plan
+    plan = cbs.make_branch_plan(parent, at=[20], factors=[2], tokens=16 * 8 * 32, layout=(2, 1))
+    assert [(r.nodes, r.devices) for r in plan.runs] == [(2, 1)]
+    plain = cbs.make_branch_plan(parent, at=[20], factors=[2], tokens=16 * 8 * 32)
+    assert [(r.nodes, r.devices) for r in plain.runs] == [(1, 1)]

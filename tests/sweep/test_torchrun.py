@@ -3,8 +3,10 @@ started twice (NODE_RANK=0 and 1) runs each run over both through a c10d rendezv
 
 from __future__ import annotations
 
+import json
 import socket
 import subprocess
+from pathlib import Path
 
 import pytest
 import yaml
@@ -29,6 +31,8 @@ def test_two_agents_nnodes_2(tmp_path, env):
         "two-nodes",
         grid={"sizes": ["0.1M"], "tokens": [2560, 5120]},
         torchrun={"nnodes": 2, "master_addr": "127.0.0.1", "master_port": port},
+        cbs={"every": 50, "factors": [2]},  # the 20-step run only: a branch at step 10 over both nodes
+        launch={"report": True},
     )
     path = write_spec(tmp_path / "s.yaml", spec)
     out = tmp_path / "out"
@@ -54,3 +58,14 @@ def test_two_agents_nnodes_2(tmp_path, env):
         assert cfg["resolved"]["world_size"] == 2  # one process on each "node"
         assert len(state.attempts(r.run_dir)) == 1
     assert "2/2 DONE" in outs[0]
+    # the critical-batch branch ran after the runs on the same two nodes: world size 2, one attempt
+    (short, long_) = sorted(plan.runs, key=lambda r: r.steps)
+    assert short.cbs_steps == [] and long_.cbs_steps == [10]
+    res = json.loads((Path(long_.run_dir) / "cbs" / "cbs.json").read_text())
+    (m,) = res["measurements"]
+    (b,) = m["branches"]
+    assert not m["pending"] and b["factor"] == 2 and b["penalty"] is not None
+    bdir = Path(long_.run_dir) / "cbs" / b["run"]
+    assert yaml.safe_load((bdir / "config.yaml").read_text())["resolved"]["world_size"] == 2
+    assert len(state.attempts(bdir)) == 1
+    assert "[sweep] report" in outs[0] and "[sweep] report" not in outs[1]  # the last report: node 0 only

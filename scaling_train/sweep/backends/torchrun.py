@@ -22,7 +22,7 @@ def run_torchrun(plan: Plan, *, say=print) -> int:
     torchrun.master_addr:(master_port + run index). Node 0 holds the run's lock and records attempts;
     torchrun restarts a failing run (--max_restarts = launch.retries) from its last checkpoint."""
     tr, la = plan.spec.torchrun, plan.spec.launch
-    node_rank = tr.node_rank if tr.node_rank is not None else int(os.environ.get("NODE_RANK", "0"))
+    node_rank = this_node_rank(plan.spec)
     if node_rank == 0:
         prepare_dir(plan)
     else:
@@ -53,6 +53,12 @@ def run_torchrun(plan: Plan, *, say=print) -> int:
         side.finish()
         return report_states(plan, say=say)
     return 0
+
+
+def this_node_rank(spec) -> int:
+    """This node's rank in a torchrun sweep: ``torchrun.node_rank``, else $NODE_RANK, else 0."""
+    tr = spec.torchrun
+    return tr.node_rank if tr.node_rank is not None else int(os.environ.get("NODE_RANK", "0"))
 
 
 def _wait_for(path: Path, *, timeout: float) -> None:
