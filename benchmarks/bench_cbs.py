@@ -131,9 +131,9 @@ def analyse(sweep: Path) -> tuple[list[str], dict]:
             f"{(sw_v or float('nan')) / seq:.1f}{' (' + note + ')' if note else ''} | {fmt(p_in)} | {fmt(p_ho)} | "
             f"{(m['gns_b_simple'] or float('nan')) / seq:.1f} / {float(gns_law.predict(m['loss'])) / seq:.1f} | "
             f"{ratio:.2f} (in-sample {ratio_in:.2f}) | {'yes' if ok else '**no**'} | "
-            f"{max(m['value'], sw_v) / min(m['value'], sw_v):.2f} |"
+            f"{max(m['value'], sw_v) / min(m['value'], sw_v) if sw_v else float('nan'):.2f} |"
         )
-        pair += max(m["value"], sw_v) / min(m["value"], sw_v) <= 2.0
+        pair += bool(sw_v) and max(m["value"], sw_v) / min(m["value"], sw_v) <= 2.0
         rows.append(
             {"run": m["run"], "ratio_held_out": ratio, "ratio_in_sample": ratio_in, "cost": m.get("cost")}
         )
@@ -187,7 +187,11 @@ def analyse(sweep: Path) -> tuple[list[str], dict]:
         "* The batch sweep's targets stop at the lowest loss its largest batch reaches; branch points of the "
         "B = 8 and 16 runs lie below that, where the table uses the nearest target (flagged).\n"
         "* The batch sweep runs every batch at its size's LR; the branches scale the LR by sqrt(k). The two "
-        "protocols are not identical, and still agree within 2x in most cells.\n"
+        "protocols are not identical. Probe (2026-12-02, not kept): the same sweep with the batch axis's LR "
+        "scaled the way the branches scale theirs (`rules.lr_batch: sqrt`, x sqrt(B / 16)) agrees worse: 8 of "
+        "12 cells within 2x (9 of 12 branches vs batch sweep), the batch sweep's critical batch of the two "
+        "larger sizes falling to 37-43 sequences at the branches' losses against 65-128 from the branches, "
+        "and the largest size from the two smaller 0 of 4 within 20% (4 of 4 inside the wider intervals).\n"
         f"* The noise scale is noisy at these batch sizes: B_simple pooled over 8 rows scatters by a factor "
         f"exp({summary['gns_law'].get('rmse_log', float('nan')):.2f}) about its law, and the raw value near a "
         "measurement ranges over two orders of magnitude. The calibration's loss term absorbs the difference "

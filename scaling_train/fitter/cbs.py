@@ -74,19 +74,52 @@ def _rows_near(t: RunTail, step: float, spread: float = 1.25) -> list[dict[str, 
     return [r for s, r in t.rows.items() if step / spread <= s <= step * spread]
 
 
+LR_BATCH_RULES = {"none": 0.0, "sqrt": 0.5, "linear": 1.0}
+"""How a batch sweep's peak LR may follow its batch B: lr / B**p the same for every run (``rules.lr_batch``)."""
+
+
+def _lr_batch_groups(runs: list[RunTail]) -> list[tuple[str, list[RunTail]]]:
+    """The runs of one (N, seed, seq_len) split into batch sweeps: runs whose peak LR follows their batch by
+    one rule of ``LR_BATCH_RULES`` (lr / B**p equal within 2%, the LRs being rounded to 3 digits), each with
+    >= 3 batch sizes; a rule is tried in that order and a run joins one sweep at most."""
+    left, out = list(runs), []
+    for rule, p in LR_BATCH_RULES.items():
+        lrs = [(((t.config or {}).get("optim") or {}).get("lr"), t) for t in left]
+        keyed = sorted(
+            ((math.log(float(lr)) - p * math.log(_batch(t)), t) for lr, t in lrs
+             if isinstance(lr, (int, float)) and lr > 0),
+            key=lambda kt: kt[0],
+        )  # fmt: skip
+        cluster: list[tuple[float, RunTail]] = []
+        for item in [*keyed, (math.inf, None)]:
+            if cluster and item[0] - cluster[0][0] > 0.02:
+                if len({_batch(t) for _, t in cluster}) >= 3:
+                    out.append((rule, [t for _, t in cluster]))
+                    left = [t for t in left if all(t is not u for _, u in cluster)]
+                cluster = []
+            if item[1] is not None:
+                cluster.append(item)
+    return out
+
+
 def batch_sweep_measurements(tails: Mapping[str, RunTail]) -> tuple[list[dict[str, Any]], list[str]]:
-    """``cbs_measured`` of ``source: batch_sweep`` from the finished runs that differ only in batch size
-    (same N, seed, seq_len and peak LR); (measurements, notes on groups that could not be measured)."""
+    """``cbs_measured`` of ``source: batch_sweep`` from the finished runs that differ only in batch size (same
+    N, seed and seq_len; the peak LR the same, or following the batch by the square root or linearly:
+    ``lr_batch``); (measurements, notes on groups that could not be measured)."""
     from scaling_train.laws import batch_sweeps_from_curves, fit_batch_sweep
 
     groups: dict[tuple, list[RunTail]] = {}
     for t in tails.values():
         if not t.done or t.diverged_at is not None or not t.n_params or not _batch(t) or not _seq_len(t):
             continue
-        lr = ((t.config or {}).get("optim") or {}).get("lr")
-        groups.setdefault((t.n_params, (t.config or {}).get("seed"), _seq_len(t), lr), []).append(t)
+        groups.setdefault((t.n_params, (t.config or {}).get("seed"), _seq_len(t)), []).append(t)
     out, notes = [], []
-    for (n, _seed, seq, _lr), runs in sorted(groups.items(), key=lambda kv: kv[0][0]):
+    sweeps_of = [
+        (key, rule, runs)
+        for key, same in sorted(groups.items(), key=lambda kv: kv[0][0])
+        for rule, runs in _lr_batch_groups(same)
+    ]
+    for (n, _seed, seq), rule, runs in sweeps_of:
         by_b = {_batch(t): t for t in runs}
         if len(by_b) < 3:
             continue
@@ -117,7 +150,7 @@ def batch_sweep_measurements(tails: Mapping[str, RunTail]) -> tuple[list[dict[st
                  "value": f.B_crit * seq, "low": f.B_crit_low * seq, "high": f.B_crit_high * seq,
                  "value_sequences": f.B_crit, "bounded": bool(f.bounded), "S_min": f.S_min, "E_min": f.E_min,
                  "B_20_sequences": f.B_20, "batch_sizes": list(sw.batch_sizes), "steps": list(sw.steps),
-                 "gns_b_simple": gns, "seq_len": seq,
+                 "gns_b_simple": gns, "seq_len": seq, "lr_batch": rule,
                  "runs": sorted(by_b[int(b)].name for b in sw.batch_sizes)}
             )  # fmt: skip
     return out, notes

@@ -284,12 +284,10 @@ def _size_point(spec: SweepSpec, pt: _Point, base: dict[str, Any], spec_over: di
     n = sizes.non_embedding_params(shape)
     vocab = cfg0.model.vocab_size or cfg0.data.vocab_size
     fpt = sizes.flops_per_token(shape, T, vocab_size=vocab)
-    B = (
-        int(pt.bs_axis)
-        if pt.bs_axis is not None
-        else int(apply_rule(rules.batch_size, pt.n_target, where=f"{src}: rules.batch_size"))
-    )
+    B_rule = int(apply_rule(rules.batch_size, pt.n_target, where=f"{src}: rules.batch_size"))
+    B = int(pt.bs_axis) if pt.bs_axis is not None else B_rule
     lr = rules.lr.value if rules.mup else apply_rule(rules.lr, pt.n_target, where=f"{src}: rules.lr")
+    lr *= {"none": 1.0, "sqrt": math.sqrt(B / B_rule), "linear": B / B_rule}[rules.lr_batch]
     if cfg0.data.pools:  # every mixed pool gets >= 1 sequence of each step
         try:
             pool_counts(list(cfg0.data.mix.values()), B, names=list(cfg0.data.mix))

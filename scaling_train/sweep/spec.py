@@ -87,6 +87,12 @@ class Rules:
     batch_size: PowerRule = doc(
         "Global batch (sequences) as a power law in N.", default_factory=lambda: PowerRule(16, "1M", 0.0, 8)
     )
+    lr_batch: Literal["none", "sqrt", "linear"] = doc(
+        "How the LR follows a batch-size axis (grid.batch_sizes): none = the size's rules.lr at every batch; "
+        "sqrt = x sqrt(B / B_rule) (Adam; the rule cbs branches use by default); linear = x B / B_rule; "
+        "B_rule = rules.batch_size at the run's size (where rules.lr holds).",
+        "none",
+    )
     mup: bool = doc(
         "muP transfer: model.mup=true and the same lr for every width (rules.lr.exponent ignored).", False
     )

@@ -246,3 +246,34 @@ def test_cbs_scaling_says_why_with_one_size(tmp_path):
     assert len([m for m in law["cbs_measured"] if m["source"] == "batch_sweep"]) == 4  # still measured
     one = json.loads(next(sweep.glob("*/predictions.json")).read_text())
     assert "the law needs bounded sweeps of >= 2 sizes" in one["cbs_scaling"]
+
+
+def test_batch_sweeps_follow_the_lr_rule_of_the_batch_axis():
+    """Runs of one size form a batch sweep when their peak LR is one (lr_batch none), or follows the batch
+    by its square root or linearly (rules.lr_batch sqrt / linear; LRs rounded to 3 digits as a plan writes
+    them); a run off every rule, or two LR levels, never mix into one sweep."""
+    from types import SimpleNamespace
+
+    from scaling_train.fitter.cbs import _lr_batch_groups
+
+    def runs(lr_of, batches=(8, 16, 32, 64)):
+        return [
+            SimpleNamespace(name=f"B{b}-{lr_of(b):.3g}", config={"train": {"batch_size": b}, "optim": {"lr": float(f"{lr_of(b):.3g}")}})
+            for b in batches
+        ]  # fmt: skip
+
+    def got(rs):
+        return sorted((rule, sorted(t.name for t in g)) for rule, g in _lr_batch_groups(rs))
+
+    for rule, f in (
+        ("none", lambda b: 1.0),
+        ("sqrt", lambda b: (b / 16) ** 0.5),
+        ("linear", lambda b: b / 16),
+    ):
+        rs = runs(lambda b, f=f: 3e-3 * f(b))
+        assert got(rs) == [(rule, sorted(t.name for t in rs))]
+    two = runs(lambda b: 1e-3, (8, 16, 32)) + runs(lambda b: 2e-3, (8, 16, 32))
+    assert [(r, len(g)) for r, g in got(two)] == [("none", 3), ("none", 3)]
+    off = runs(lambda b: 3e-3 * (b / 16) ** 0.5) + runs(lambda b: 9e-3, (16,))
+    assert got(off) == [("sqrt", sorted(t.name for t in off[:4]))]  # the 9e-3 run joins no sweep
+    assert got(runs(lambda b: 1e-3, (8, 16))) == []  # two batches are no sweep

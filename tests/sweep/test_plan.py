@@ -370,3 +370,15 @@ def test_unique_tokens_axis(tmp_path):
         spec = tiny_spec(grid={"sizes": ["0.1M"], "tokens": [2560], "unique_tokens": bad})
         with pytest.raises(ConfigError, match=rf"grid.unique_tokens.*{msg}"):
             plan_of(tmp_path, spec)
+
+
+def test_lr_follows_a_batch_axis_by_the_chosen_rule(tmp_path):
+    """rules.lr_batch: the LR at batch B is rules.lr x f(B / B_rule), B_rule = rules.batch_size (8 in the
+    tiny spec); none keeps one LR per size; an unknown rule names the allowed ones."""
+    grid = {"sizes": ["0.1M"], "tokens": [2560 * 4], "batch_sizes": [4, 8, 32]}
+    for rule, f in (("none", lambda r: 1.0), ("sqrt", lambda r: r**0.5), ("linear", lambda r: r)):
+        spec = tiny_spec(grid=grid, rules={"lr_batch": rule})
+        lrs = {r.batch_size: r.lr for r in plan_of(tmp_path, spec).runs}
+        assert lrs == {b: pytest.approx(float(f"{3e-3 * f(b / 8):.3g}")) for b in (4, 8, 32)}
+    with pytest.raises(ConfigError, match=r"lr_batch.*'cube'.*sqrt"):
+        plan_of(tmp_path, tiny_spec(grid=grid, rules={"lr_batch": "cube"}))
