@@ -232,12 +232,13 @@ class MidRun:
             r.run_dir: (r, list(r.cbs_steps)) for r in plan.runs if on and r.cbs_steps
         }
         self.plans: dict[str, Plan] = {}  # parent run_dir -> its branch plan, once it has a branch point
+        self._again: list[tuple[Plan, RunSpec]] = []  # put back by ``put_back``
 
     def poll(self) -> list[tuple[Plan, RunSpec]]:
         """The (branch plan, branch) pairs that became ready since the last call, not finished yet."""
         from scaling_train.sweep.backends.common import prepare_dir
 
-        out: list[tuple[Plan, RunSpec]] = []
+        out, self._again = list(self._again), []
         for key, (run, steps) in list(self.waiting.items()):
             if state.is_stopped(run.run_dir):
                 del self.waiting[key]
@@ -265,6 +266,10 @@ class MidRun:
             else:
                 del self.waiting[key]
         return out
+
+    def put_back(self, found: list[tuple[Plan, RunSpec]]) -> None:
+        """Hand ``found`` (from ``poll``) out again at the next ``poll``."""
+        self._again += found
 
     def expecting(self, running: set[str]) -> bool:
         """Whether a run in flight (run folders ``running``) may still write a branch point's checkpoint."""

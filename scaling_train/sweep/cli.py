@@ -8,8 +8,9 @@
 
 Rerunning the same command skips finished runs (DONE) and resumes partial ones from their checkpoints.
 With a ``cbs:`` block every run is branched at its cbs steps (``scaling-train cbs``; results in
-RUN/cbs/cbs.json): mid-run on the local backend (a free slot, once the run has checkpointed the branch point),
-after the runs on torchrun and slurm; then the fitter and the report run once more.
+RUN/cbs/cbs.json): mid-run on the local and Slurm array backends (once the run has checkpointed the branch
+point: a free slot, or a job array of its own), after the runs on torchrun and submitit; then the fitter and
+the report run once more.
 
 With an ``adaptive:`` block (docs/sweep.md) the sweep writes its policy to SWEEP/adaptive.json and the online
 fitter stops a run (RUN/STOP -> checkpoint, RUN/STOPPED) once its final loss is predicted well enough. A
@@ -53,7 +54,7 @@ def _cmd_sweep(args: argparse.Namespace) -> int:
     if args.resume_stopped:
         backends.resume_stopped_runs(plan)
     rc = backends.BACKENDS[backend](plan)
-    if spec.cbs.every is not None:  # the branches not run yet (all of them on torchrun and slurm)
+    if spec.cbs.every is not None:  # the branches not run yet (all of them on torchrun and submitit)
         from scaling_train.sweep import cbs
 
         rc = max(rc, cbs.sweep_branches(plan, backend=backend))

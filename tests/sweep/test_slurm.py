@@ -100,3 +100,30 @@ def test_submitit_requeue_on_preemption_resumes(tmp_path, env, slurm_cluster):
         json.loads(ln) for ln in (Path(run.run_dir) / "metrics.jsonl").read_text().splitlines() if ln.strip()
     ]
     assert [r["step"] for r in rows] == sorted({r["step"] for r in rows}) and rows[-1]["step"] == steps
+
+
+def test_slurm_array_submits_branches_mid_run(tmp_path, env, slurm_cluster):
+    """With a cbs block the Slurm backend submits a run's branches as their own job array once the run has
+    checkpointed the branch point, while it still trains; each branch runs once and cbs.json counts it."""
+    spec = tiny_spec(
+        "slurm-cbs",
+        grid={"sizes": ["0.1M"], "tokens": [256 * 400]},
+        cbs={"every": 25, "factors": [2]},
+        slurm={"mode": "array"},
+    )
+    path = write_spec(tmp_path / "s.yaml", spec)
+    out = tmp_path / "out"
+    res = _slurm_sweep(path, out, env, timeout=900)
+    logs = "\n".join(p.read_text(errors="replace")[-2000:] for p in (out / "logs").glob("*"))
+    assert res.returncode == 0, res.stdout + res.stderr + logs
+    (run,) = make_plan(load_spec(path), output=out).runs
+    assert run.cbs_steps == [100, 200, 300]
+    assert "submitted branches-s100-0.sbatch as job array" in res.stdout
+    got = json.loads((Path(run.run_dir) / "cbs" / "cbs.json").read_text())
+    assert [m["step"] for m in got["measurements"]] == [100, 200, 300]
+    assert all(m["cbs_measured"] and not m["pending"] for m in got["measurements"])
+    (parent_try,) = state.attempts(run.run_dir)
+    first = Path(run.run_dir) / "cbs" / got["measurements"][0]["branches"][0]["run"]
+    (branch_try,) = state.attempts(first)
+    assert branch_try["start"] < parent_try["end"], "the step-100 branch waited for its parent to end"
+    assert "slurm-cbs-cbs: 3/3 runs DONE, 0 to run" in res.stdout or "all 3 runs DONE" in res.stdout

@@ -134,9 +134,9 @@ def report_states(plan: Plan, *, say=print) -> int:
 JOBNAME_BAD_CHARS = re.compile(r"[^A-Za-z0-9_.-]")
 
 
-def array_groups(plan: Plan) -> list[list[RunSpec]]:
-    """Runs with the same (nodes, devices, time limit) share one job array."""
+def array_groups(plan: Plan, runs: list[RunSpec] | None = None) -> list[list[RunSpec]]:
+    """Runs (``plan.runs`` by default) with the same (nodes, devices, time limit) share one job array."""
     out: dict[tuple, list[RunSpec]] = {}
-    for r in plan.runs:
+    for r in plan.runs if runs is None else runs:
         out.setdefault((r.nodes, r.devices, r.time_limit_min), []).append(r)
     return list(out.values())

@@ -1,5 +1,6 @@
 """The Slurm backend: sbatch job arrays rendered from ``launch/slurm/array.sbatch`` (``slurm.mode: array``),
-or submitit with requeue (``slurm.mode: submitit``, in ``submitit.py``).
+or submitit with requeue (``slurm.mode: submitit``, in ``submitit.py``). While it waits, a ``cbs:`` block's
+branches are submitted as their own job arrays once their parent has checkpointed the branch point.
 
 The sbatch script quotes every value with ``shlex.quote``; ``#SBATCH`` lines, parsed by sbatch and not by a
 shell, put values with blanks in double quotes.
@@ -15,7 +16,7 @@ import time
 from pathlib import Path
 
 from scaling_train._io import atomic_write
-from scaling_train.sweep import state
+from scaling_train.sweep import cbs, state
 from scaling_train.sweep.backends.common import JOBNAME_BAD_CHARS, array_groups, prepare_dir, report_states
 from scaling_train.sweep.backends.sidecar import Sidecars
 from scaling_train.sweep.backends.submitit import run_submitit
@@ -92,14 +93,42 @@ def sbatch_script(plan: Plan, runs: list[RunSpec], *, template: Path | None = No
     return text
 
 
-def write_sbatch(plan: Plan) -> list[Path]:
+def write_sbatch(plan: Plan, runs: list[RunSpec] | None = None, *, tag: str = "array") -> list[Path]:
+    """The sbatch scripts of ``runs`` (``plan.runs`` by default): ``SWEEP/slurm/<tag>-<group>.sbatch``."""
     paths = []
-    for gi, runs in enumerate(array_groups(plan)):
-        p = plan.sweep_dir / "slurm" / f"array-{gi}.sbatch"
+    for gi, group in enumerate(array_groups(plan, runs)):
+        p = plan.sweep_dir / "slurm" / f"{tag}-{gi}.sbatch"
         p.parent.mkdir(parents=True, exist_ok=True)
-        atomic_write(p, sbatch_script(plan, runs))
+        atomic_write(p, sbatch_script(plan, group))
         paths.append(p)
     return paths
+
+
+def _submit(paths: list[Path], say) -> list[str] | None:
+    """``sbatch --parsable`` each script; the job ids, or None (said) when one submission fails."""
+    jobs = []
+    for path in paths:
+        out = subprocess.run(["sbatch", "--parsable", str(path)], capture_output=True, text=True)
+        if out.returncode != 0:
+            say(f"[sweep] sbatch {path} failed: {out.stderr.strip()}")
+            return None
+        jobs.append(out.stdout.strip().split(";")[0])
+        say(f"[sweep] submitted {path.name} as job array {jobs[-1]}")
+    return jobs
+
+
+def _submit_branches(found: list[tuple[Plan, RunSpec]], say) -> list[str] | None:
+    """The cbs block's branches that became ready (``cbs.MidRun.poll``), one job array per parent and step."""
+    jobs: list[str] = []
+    by: dict[tuple[str, int], tuple[Plan, list[RunSpec]]] = {}
+    for bp, r in found:
+        by.setdefault((str(bp.sweep_dir), int(r.overrides["branch.step"])), (bp, []))[1].append(r)
+    for (_, step), (bp, runs) in by.items():
+        got = _submit(write_sbatch(bp, runs, tag=f"branches-s{step}"), say)
+        if got is None:
+            return None
+        jobs += got
+    return jobs
 
 
 def run_slurm(plan: Plan, *, say=print) -> int:
@@ -110,23 +139,31 @@ def run_slurm(plan: Plan, *, say=print) -> int:
     if not todo:
         say(f"[sweep] {plan.spec.name}: all {len(plan.runs)} runs DONE or stopped")
         return report_states(plan, say=say)
-    jobs = []
-    for path in write_sbatch(plan):
-        out = subprocess.run(["sbatch", "--parsable", str(path)], capture_output=True, text=True)
-        if out.returncode != 0:
-            say(f"[sweep] sbatch {path} failed: {out.stderr.strip()}")
-            return 1
-        job = out.stdout.strip().split(";")[0]
-        jobs.append(job)
-        say(f"[sweep] submitted {path.name} as job array {job}")
+    jobs = _submit(write_sbatch(plan), say)
+    if jobs is None:
+        return 1
     atomic_write(plan.sweep_dir / "slurm" / "jobs.json", json.dumps(jobs))
     if not plan.spec.slurm.wait:
         say(f"[sweep] not waiting (slurm.wait=false); watch with: squeue -j {','.join(jobs)}")
         return 0
     side = Sidecars(plan, say)
     side.start_fitter()
+    # the cbs block's branches: submitted as soon as their parent has checkpointed the branch point
+    mid = cbs.MidRun(plan, say=say)
+    branches: dict[str, Path] = {}  # branch run folder -> its parent, until its results are written
     last = None
     while True:
+        found = mid.poll()
+        if found:
+            got = _submit_branches(found, say)
+            if got is None:
+                return 1
+            jobs += got
+            branches.update({r.run_dir: Path(bp.sweep_dir).parent for bp, r in found})
+            atomic_write(plan.sweep_dir / "slurm" / "jobs.json", json.dumps(jobs))
+        for parent in {p for d, p in branches.items() if state.is_finished_for_now(d)}:
+            cbs.write_results(parent)  # its measurements so far (complete once all its branches are DONE)
+        branches = {d: p for d, p in branches.items() if not state.is_finished_for_now(d)}
         q = subprocess.run(
             ["squeue", "-h", "-j", ",".join(jobs), "-o", "%i %T"], capture_output=True, text=True
         )
@@ -137,7 +174,11 @@ def run_slurm(plan: Plan, *, say=print) -> int:
             say(msg)
             last = msg
         if not lines and q.returncode == 0:
-            break
+            if not (late := mid.poll()):  # a branch point written just before its run ended
+                break
+            mid.put_back(late)  # the next turn of the loop submits them
         time.sleep(2)
+    for parent in set(branches.values()):
+        cbs.write_results(parent)
     side.finish()
     return report_states(plan, say=say)
