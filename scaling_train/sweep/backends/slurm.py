@@ -131,6 +131,15 @@ def _submit_branches(found: list[tuple[Plan, RunSpec]], say) -> list[str] | None
     return jobs
 
 
+def _write_cbs(branched: dict[Path, list[str]], seen: dict[Path, tuple[int, bool]]) -> None:
+    """Rewrite the cbs.json of every branched parent whose branches or own run ended since its last write."""
+    for parent, dirs in branched.items():
+        now = (sum(state.is_finished_for_now(d) for d in dirs), state.is_finished_for_now(parent))
+        if now[0] and seen.get(parent) != now:
+            cbs.write_results(parent)
+            seen[parent] = now
+
+
 def run_slurm(plan: Plan, *, say=print) -> int:
     if plan.spec.slurm.mode == "submitit":
         return run_submitit(plan, say=say)
@@ -150,20 +159,22 @@ def run_slurm(plan: Plan, *, say=print) -> int:
     side.start_fitter()
     # the cbs block's branches: submitted as soon as their parent has checkpointed the branch point
     mid = cbs.MidRun(plan, say=say)
-    branches: dict[str, Path] = {}  # branch run folder -> its parent, until its results are written
+    branched: dict[Path, list[str]] = {}  # parent -> its branch run folders submitted here
+    # parent -> (branches finished, parent finished) at its last cbs.json write
+    seen: dict[Path, tuple[int, bool]] = {}
     last = None
     while True:
         found = mid.poll()
         if found:
             got = _submit_branches(found, say)
-            if got is None:
-                return 1
-            jobs += got
-            branches.update({r.run_dir: Path(bp.sweep_dir).parent for bp, r in found})
-            atomic_write(plan.sweep_dir / "slurm" / "jobs.json", json.dumps(jobs))
-        for parent in {p for d, p in branches.items() if state.is_finished_for_now(d)}:
-            cbs.write_results(parent)  # its measurements so far (complete once all its branches are DONE)
-        branches = {d: p for d, p in branches.items() if not state.is_finished_for_now(d)}
+            if got is None:  # the pass after the runs (sweep.cbs.sweep_branches) submits them again
+                say("[sweep] the branches above were not submitted; they run after the sweep's runs")
+            else:
+                jobs += got
+                for bp, r in found:
+                    branched.setdefault(Path(bp.sweep_dir).parent, []).append(r.run_dir)
+                atomic_write(plan.sweep_dir / "slurm" / "jobs.json", json.dumps(jobs))
+        _write_cbs(branched, seen)
         q = subprocess.run(
             ["squeue", "-h", "-j", ",".join(jobs), "-o", "%i %T"], capture_output=True, text=True
         )
@@ -178,7 +189,6 @@ def run_slurm(plan: Plan, *, say=print) -> int:
                 break
             mid.put_back(late)  # the next turn of the loop submits them
         time.sleep(2)
-    for parent in set(branches.values()):
-        cbs.write_results(parent)
+    _write_cbs(branched, seen)
     side.finish()
     return report_states(plan, say=say)
