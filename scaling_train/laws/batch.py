@@ -528,6 +528,7 @@ def fit_cbs_scaling(
     }
     allidx = np.arange(len(used))
     loso: dict[str, float] = {}
+    fold_d: dict[float, np.ndarray | None] = {}
     for form, names in _CBS_FORMS.items():
         if not _full_rank(_design(feats, names, allidx)):
             continue
@@ -541,7 +542,9 @@ def fit_cbs_scaling(
             c = np.linalg.lstsq(X, y[tr], rcond=None)[0]
             held = dict(feats)
             if "tokens" in names and not tokens_known:
-                d_hat = _fold_tokens(used, tr, te)
+                if n not in fold_d:  # one L(N, D_min) law per fold, shared by the D forms
+                    fold_d[n] = _fold_tokens(used, tr, te)
+                d_hat = fold_d[n]
                 if d_hat is None:
                     ok = False
                     break

@@ -218,12 +218,13 @@ def sweep_branch_plan(plan: Plan, run: RunSpec, *, require_checkpoints: bool = T
 
 
 class MidRun:
-    """The cbs block's branches of a local sweep, started while their parents still train (Merrill et al.
-    measure mid-run): a parent's branches of step s become ready as soon as the parent has written its
-    checkpoint of step s (``train.keep_steps`` keeps it), each at most once per launch. The local backend
-    starts ready branches before the next run of the sweep, so a measurement lands in ``RUN/cbs/cbs.json``
-    (rewritten when a branch or its parent ends) while the sweep is still going. A parent stopped early
-    (adaptive) gets no more branches: there is no main curve to compare them with."""
+    """The cbs block's branches of a sweep, started while their parents still train (Merrill et al. measure
+    mid-run): a parent's branches of step s become ready as soon as the parent has written its checkpoint
+    of step s (``train.keep_steps`` keeps it), each handed out once per launch (``put_back`` returns some).
+    The local backend starts ready branches before the next run of the sweep, the Slurm array backend
+    submits them as a job array of their own, so a measurement lands in ``RUN/cbs/cbs.json`` (rewritten
+    when a branch or its parent ends) while the sweep is still going. A parent stopped early (adaptive)
+    gets no more branches: there is no main curve to compare them with."""
 
     def __init__(self, plan: Plan, say=print) -> None:
         self.plan, self.say = plan, say
@@ -492,7 +493,7 @@ def measure(run_dir: str | Path) -> dict[str, Any]:
             "branch_end_s": float(np.mean(ends)) if ends else None,
             "parent_start_s": parent_start,
             "parent_end_s": parent_end,
-            "parent_span_s": span if (span := _span_s(rows, s, b, parent_time)) is not None else None,
+            "parent_span_s": _span_s(rows, s, b, parent_time),
         }
         c = m["cost"]
         c["train_vs_span"] = (
