@@ -60,7 +60,6 @@ from scaling_train.sweep.plan import (
     Plan,
     RunSpec,
     branch_length,
-    branch_points,
     branch_window,
     describe,
     format_overrides,
@@ -204,14 +203,11 @@ def run_branches(plan: Plan, *, backend: str = "local", say=print) -> int:
 
 def sweep_branch_plan(plan: Plan, run: RunSpec, *, require_checkpoints: bool = True) -> Plan:
     """The branch plan the sweep's cbs block makes for one of its runs: every step of ``run.cbs_steps``, each
-    branch ``tokens_fraction`` of the run long (rounded as ``plan.branch_points`` rounds it)."""
+    branch ``run.cbs_parent_steps`` long (``tokens_fraction`` of the run, rounded by ``plan.branch_points``)."""
     c = plan.spec.cbs
-    n = branch_points(
-        run.steps, int(run_log_every(run.run_dir)), every=c.every, factors=c.factors,
-        tokens_fraction=c.tokens_fraction,
-    )[1]  # fmt: skip
     return make_branch_plan(
-        run.run_dir, at=run.cbs_steps, factors=list(c.factors), tokens=n * run.tokens / run.steps,
+        run.run_dir, at=run.cbs_steps, factors=list(c.factors),
+        tokens=run.cbs_parent_steps * run.tokens / run.steps,
         lr_rule=c.lr_rule, spec=_branch_spec(plan.spec), require_checkpoints=require_checkpoints,
         layout=(run.nodes, run.devices),
     )  # fmt: skip
@@ -309,11 +305,6 @@ def final_pass(plan: Plan) -> None:
                 subprocess.run(cmd, check=False)
             else:
                 subprocess.run(cmd, check=False, stdout=subprocess.DEVNULL, stderr=subprocess.STDOUT)
-
-
-def run_log_every(run_dir: str | Path) -> int:
-    base, _ = _parent(Path(run_dir))
-    return int((base.get("train") or {}).get("log_every", 10))
 
 
 def _branch_spec(spec: SweepSpec) -> SweepSpec:

@@ -28,7 +28,13 @@ import sys
 def _cmd_sweep(args: argparse.Namespace) -> int:
     from scaling_train.sweep import backends, state
     from scaling_train.sweep.backends.torchrun import this_node_rank
-    from scaling_train.sweep.plan import describe, describe_adaptive, make_plan, repetition_warnings
+    from scaling_train.sweep.plan import (
+        describe,
+        describe_adaptive,
+        describe_cbs,
+        make_plan,
+        repetition_warnings,
+    )
     from scaling_train.sweep.spec import load_spec
 
     overrides = list(args.set or ())
@@ -40,6 +46,8 @@ def _cmd_sweep(args: argparse.Namespace) -> int:
     print(describe(plan))
     if plan.adaptive is not None:
         print(describe_adaptive(plan))
+    if spec.cbs.every is not None:
+        print(describe_cbs(plan, backend))
     if args.dry_run:
         for line in repetition_warnings(plan, _unique_tokens):
             print(line)

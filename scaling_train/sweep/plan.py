@@ -59,6 +59,8 @@ class RunSpec:
     """Dotted RunConfig keys this run sets on the command line (spec overrides + coordinates)."""
     cbs_steps: list[int] = field(default_factory=list)
     """Steps the spec's cbs block branches this run from (``scaling_train.sweep.cbs``)."""
+    cbs_parent_steps: int = 0
+    """Parent steps each of those branches covers (``branch_points``; 0 without branches)."""
     budget: float | None = None
     """The value of the grid's budget axis (``grid.tokens_per_param`` / ``tokens`` / ``flops``) the run was planned
     at: the runs of one budget share it exactly (None for a run planned otherwise, e.g. a cbs branch)."""
@@ -373,9 +375,10 @@ def _plan_run(
     _claim(seen, name, pt, spec.source)
     over["run_dir"] = str(sweep_dir / name)
     cbs_steps: list[int] = []
+    cbs_n = 0
     # branch points: checkpoints the run keeps (not hashed)
     if _branched(spec.cbs, pt.size, pt.budget):
-        cbs_steps, _ = branch_points(
+        cbs_steps, cbs_n = branch_points(
             sz.steps, cfg.train.log_every, every=spec.cbs.every, factors=spec.cbs.factors,
             tokens_fraction=spec.cbs.tokens_fraction,
         )  # fmt: skip
@@ -389,7 +392,7 @@ def _plan_run(
         index=index, name=name, size=str(pt.size), n_params=sz.n, tokens=D, steps=sz.steps,
         batch_size=sz.batch_size, lr=cfg.optim.lr, seed=int(pt.seed), flops=flops, devices=devices, nodes=nodes,
         est_s=est, time_limit_min=int(limit), config_hash=h, run_dir=str(sweep_dir / name), overrides=over,
-        cbs_steps=cbs_steps, budget=pt.budget,
+        cbs_steps=cbs_steps, cbs_parent_steps=cbs_n if cbs_steps else 0, budget=pt.budget,
     )  # fmt: skip
 
 
@@ -523,6 +526,48 @@ def describe(plan: Plan) -> str:
         f"(~{_fmt_s(total / conc)} wall with launch.concurrency={conc})"
     )
     return "\n".join(lines)
+
+
+MID_RUN_BACKENDS = ("local", "slurm")
+"""Backends that start a cbs block's branches while their parents train (``sweep.cbs.MidRun``)."""
+
+
+def describe_cbs(plan: Plan, backend: str) -> str:
+    """The cbs block's branches: which runs, how many, their tokens and FLOPs against the sweep's, and when
+    ``backend`` starts them; "" for a sweep without a cbs block."""
+    c = plan.spec.cbs
+    if c.every is None:
+        return ""
+    runs = [r for r in plan.runs if r.cbs_steps]
+    k = len(c.factors)
+    n_br = sum(len(r.cbs_steps) for r in runs) * k
+    flops = sum(len(r.cbs_steps) * k * r.flops * r.cbs_parent_steps / r.steps for r in runs)
+    total = sum(r.flops for r in plan.runs)
+    share = [r.cbs_parent_steps / r.steps for r in runs]
+    pct = (
+        f"{min(share):.0%}"
+        if f"{min(share):.0%}" == f"{max(share):.0%}"
+        else f"{min(share):.0%}-{max(share):.0%}"
+    )
+    when = (
+        "in the next free slot once its run has checkpointed the branch point (mid-run)"
+        if backend == "local"
+        else "as a job array once its run has checkpointed the branch point (mid-run, slurm.wait)"
+        if backend == "slurm" and plan.spec.slurm.mode == "array" and plan.spec.slurm.wait
+        else "after the sweep's runs, on the same backend"
+    )
+    rule = "sqrt(k)" if c.lr_rule == "sqrt" else "k"
+    head = (
+        f"cbs: {len(runs)} of {len(plan.runs)} runs branched every {c.every:g}% of their steps, k = "
+        f"{', '.join(map(str, c.factors))} (lr x {rule})"
+    )
+    if not runs:
+        return head + ": no run leaves room for a branch (raise the budget or lower cbs.tokens_fraction)"
+    return (
+        f"{head}: {n_br} branches of {pct} of their run's tokens each (whole branch steps, >= {MIN_BRANCH_STEPS} "
+        f"at the largest k), {flops:.2e} FLOPs = {flops / total:.0%} of the sweep's; each starts {when} "
+        "-> RUN/cbs/cbs.json"
+    )
 
 
 def describe_adaptive(plan: Plan) -> str:

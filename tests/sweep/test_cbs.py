@@ -21,7 +21,7 @@ from scaling_train.config import ConfigError, from_dict
 from scaling_train.fitter.tail import find_runs
 from scaling_train.run_folder import DONE, STOPPED, checkpoint_file
 from scaling_train.sweep import cbs, state
-from scaling_train.sweep.plan import branch_points, make_plan
+from scaling_train.sweep.plan import branch_points, describe_cbs, make_plan
 from scaling_train.sweep.spec import load_spec
 from scaling_train.train import RunConfig, Trainer, config_hash
 from scaling_train.train import checkpoint as ckpt
@@ -171,8 +171,14 @@ def test_spec_cbs_block_keeps_branch_checkpoints_without_changing_runs(tmp_path)
     # 80 steps, log_every 2: 0.1 x 80 = 8 parent steps, raised to 4 steps of k=4 = 16 (lcm(2, 2, 4) = 4 divides)
     assert run.cbs_steps == [20, 40, 60]
     assert branch_points(80, 2, every=25, factors=[2, 4], tokens_fraction=0.1)[1] == 16
+    assert run.cbs_parent_steps == 16 and plain.runs[0].cbs_parent_steps == 0
     assert run.overrides["train.keep_steps"] == [20, 40, 60]
     assert run.name == plain.runs[0].name  # same config hash: the cbs block adds no new runs
+    # the dry run says what the branches cost and when they start: 3 points x 2 factors of 16/80 steps
+    text = describe_cbs(plan, "local")
+    assert "1 of 1 runs branched every 25%" in text and "6 branches of 20% of their run's tokens" in text
+    assert f"{6 * 0.2 * run.flops:.2e} FLOPs = 120% of the sweep's" in text and "(mid-run)" in text
+    assert "after the sweep's runs" in describe_cbs(plan, "torchrun") and describe_cbs(plain, "local") == ""
 
 
 @pytest.mark.slow
