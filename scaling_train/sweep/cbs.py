@@ -585,6 +585,17 @@ def describe_results(res: dict[str, Any]) -> str:
                 f"[cbs]   measured critical batch {c['value']:.0f} sequences [{c['low']:.0f}, {c['high']:.0f}]"
                 f" at loss {m['loss']:.4f}"
             )
+        cost = m.get("cost") or {}
+        if cost.get("branch_train_s") is not None:  # branches trained in one attempt
+            vs, p0 = cost.get("train_vs_span"), cost.get("parent_start_s")
+            lines.append(
+                f"[cbs]   cost per branch: {cost['tokens_ratio']:.0%} of the run's tokens; training "
+                f"{cost['branch_train_s']:.1f} s"
+                + (f" ({vs:.2f}x the run's own time over those tokens)" if vs is not None else "")
+                + f", start-up {cost['branch_start_s']:.1f} s"
+                + (f" ({cost['branch_start_s'] - p0:+.1f} s against the run's)" if p0 is not None else "")
+                + f", end {cost['branch_end_s']:.1f} s"
+            )
         if m["pending"]:
             lines.append(f"[cbs]   not DONE: {', '.join(m['pending'])} (rerun the command to finish them)")
     return "\n".join(lines)

@@ -238,6 +238,7 @@ def test_cli_end_to_end_kill_and_rerun(parent, env, tmp_path):
     assert m["cbs_measured"]["source"] == "branches" and m["cbs_measured"]["low"] >= 8
     assert m["cost"]["tokens_ratio"] == pytest.approx(60 / PARENT_STEPS)
     assert "measured critical batch" in again.stdout
+    assert "[cbs]   cost per branch: " in again.stdout  # the unresumed branch's start-up / training / end
     # a third invocation runs nothing and writes the same measurement
     third = subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True, timeout=120)
     assert third.returncode == 0 and "2/2 runs DONE, 0 to run" in third.stdout, third.stdout
