@@ -377,3 +377,26 @@ def test_branches_run_on_the_parents_nodes(parent, tmp_path):
     assert [(r.nodes, r.devices) for r in plan.runs] == [(2, 1)]
     plain = cbs.make_branch_plan(parent, at=[20], factors=[2], tokens=16 * 8 * 32)
     assert [(r.nodes, r.devices) for r in plain.runs] == [(1, 1)]
+
+
+@pytest.mark.slow
+def test_one_slot_runs_a_runs_branches_before_the_next_run(tmp_path, env):
+    """launch.concurrency=1: the longest run goes first, then its branches (ready since its step-20
+    checkpoint), then the next run of the sweep; each once."""
+    spec = tiny_spec(
+        "c1", grid={"sizes": ["0.1M"], "tokens": [256 * 40, 256 * 80]}, cbs={"every": 50, "factors": [2]}
+    )
+    path = write_spec(tmp_path / "c1.yaml", spec)
+    out = tmp_path / "out"
+    res = subprocess.run(
+        [PY, "-m", "scaling_train.cli", "sweep", str(path), "--output", str(out)],
+        cwd=REPO, env=env, capture_output=True, text=True, timeout=300,
+    )  # fmt: skip
+    assert res.returncode == 0, res.stdout + res.stderr
+    short, long_ = sorted(make_plan(load_spec(path), output=out).runs, key=lambda r: r.steps)
+    (m,) = json.loads((Path(long_.run_dir) / "cbs" / "cbs.json").read_text())["measurements"]
+    (b,) = m["branches"]
+    (long_try,) = state.attempts(long_.run_dir)
+    (branch_try,) = state.attempts(Path(long_.run_dir) / "cbs" / b["run"])
+    (short_try,) = state.attempts(short.run_dir)
+    assert long_try["end"] <= branch_try["start"] and branch_try["end"] <= short_try["start"]
