@@ -276,7 +276,7 @@ class MidRun:
 def sweep_branches(plan: Plan, *, backend: str, say=print) -> int:
     """The cbs block of a sweep: branch every DONE run at its ``cbs_steps``; 0 when every branch is DONE
     (the local backend has already run most of them mid-run, ``MidRun``: those are DONE and skipped)."""
-    rc = 0
+    rc, ran_already = 0, 0
     for run in plan.runs:
         if not run.cbs_steps:
             continue
@@ -289,7 +289,18 @@ def sweep_branches(plan: Plan, *, backend: str, say=print) -> int:
             say(f"[cbs] {run.name}: not DONE, its branches wait for the next invocation")
             rc = 1
             continue
-        rc = max(rc, run_branches(sweep_branch_plan(plan, run), backend=backend, say=say))
+        bp = sweep_branch_plan(plan, run)
+        if all(
+            state.is_finished_for_now(r.run_dir) for r in bp.runs
+        ):  # run mid-run (or before): results only
+            write_results(run.run_dir)
+            ran_already += 1
+            continue
+        rc = max(rc, run_branches(bp, backend=backend, say=say))
+    if ran_already:
+        say(
+            f"[cbs] {ran_already} branched run(s) had every branch DONE already (mid-run); their cbs.json rewritten"
+        )
     return rc
 
 

@@ -275,7 +275,7 @@ def test_sweep_with_cbs_block_branches_mid_run(tmp_path, env):
     assert branch_try["start"] < parent_try["end"], "the step-100 branch waited for its parent to end"
     c = got["measurements"][0]["cost"]  # timing is not asserted, only that the split is there
     assert c["branch_train_s"] > 0 and c["parent_span_s"] > 0 and c["branch_start_s"] is not None
-    assert "cb-cbs: 3/3 runs DONE, 0 to run" in res.stdout
+    assert "[cbs] 1 branched run(s) had every branch DONE already (mid-run)" in res.stdout
     assert "measured critical batch" in res.stdout
 
 
