@@ -426,8 +426,7 @@ class CBSScalingFit:
         sq = [np.mean((np.log(_tokens_at(law, N, L)) - np.log(D)) ** 2)]
         for n in np.unique(N):
             tr, te = N != n, N == n
-            fold = fit_chinchilla(N[tr], D[tr], L[tr])
-            pred = _tokens_at(fold, N[te], L[te])  # nan where the fold's law cannot reach the loss
+            pred = _fold_tokens(used, np.flatnonzero(tr), np.flatnonzero(te))
             err = np.where(
                 np.isfinite(pred), np.log(np.where(np.isfinite(pred), pred, 1.0)) - np.log(D[te]), 1.0
             )
@@ -542,8 +541,9 @@ def fit_cbs_scaling(
             c = np.linalg.lstsq(X, y[tr], rcond=None)[0]
             held = dict(feats)
             if "tokens" in names and not tokens_known:
-                if n not in fold_d:  # one L(N, D_min) law per fold, shared by the D forms
-                    fold_d[n] = _fold_tokens(used, tr, te)
+                if n not in fold_d:  # one L(N, D_min) law per fold, shared by the D forms; it needs
+                    enough = len(np.unique(sizes[tr])) >= 3 and len(tr) >= 6  # >= 3 sizes, >= 6 cells
+                    fold_d[n] = _fold_tokens(used, tr, te) if enough else None
                 d_hat = fold_d[n]
                 if d_hat is None:
                     ok = False
@@ -584,12 +584,10 @@ def fit_cbs_scaling(
     )
 
 
-def _fold_tokens(used: list[BatchSweepFit], tr: np.ndarray, te: np.ndarray) -> np.ndarray | None:
+def _fold_tokens(used: list[BatchSweepFit], tr: np.ndarray, te: np.ndarray) -> np.ndarray:
     """D_min of the cells ``te`` from ``L = E + A / N**alpha + B / D_min**beta`` fitted on the cells ``tr``
-    (nan where that law cannot reach the cell's loss); None when ``tr`` has < 3 sizes or < 6 cells."""
+    (indices into ``used``; nan where that law cannot reach the cell's loss)."""
     N = np.array([used[i].sweep.n_params for i in tr])
-    if len(np.unique(N)) < 3 or len(tr) < 6:
-        return None
     D = np.array([used[i].D_min for i in tr])
     L = np.array([used[i].sweep.target_loss for i in tr])
     law = fit_chinchilla(N, D, L)

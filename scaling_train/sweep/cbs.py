@@ -216,7 +216,7 @@ def sweep_branch_plan(plan: Plan, run: RunSpec, *, require_checkpoints: bool = T
 class MidRun:
     """The cbs block's branches of a sweep, started while their parents still train (Merrill et al. measure
     mid-run): a parent's branches of step s become ready as soon as the parent has written its checkpoint
-    of step s (``train.keep_steps`` keeps it), each handed out once per launch (``put_back`` returns some).
+    of step s (``train.keep_steps`` keeps it), each handed out once per launch.
     The local backend starts ready branches before the next run of the sweep, the Slurm array backend
     submits them as a job array of their own, so a measurement lands in ``RUN/cbs/cbs.json`` (rewritten
     when a branch or its parent ends) while the sweep is still going. A parent stopped early (adaptive)
@@ -229,13 +229,12 @@ class MidRun:
             r.run_dir: (r, list(r.cbs_steps)) for r in plan.runs if on and r.cbs_steps
         }
         self.plans: dict[str, Plan] = {}  # parent run_dir -> its branch plan, once it has a branch point
-        self._again: list[tuple[Plan, RunSpec]] = []  # put back by ``put_back``
 
     def poll(self) -> list[tuple[Plan, RunSpec]]:
         """The (branch plan, branch) pairs that became ready since the last call, not finished yet."""
         from scaling_train.sweep.backends.common import prepare_dir
 
-        out, self._again = list(self._again), []
+        out: list[tuple[Plan, RunSpec]] = []
         for key, (run, steps) in list(self.waiting.items()):
             if state.is_stopped(run.run_dir):
                 del self.waiting[key]
@@ -263,10 +262,6 @@ class MidRun:
             else:
                 del self.waiting[key]
         return out
-
-    def put_back(self, found: list[tuple[Plan, RunSpec]]) -> None:
-        """Hand ``found`` (from ``poll``) out again at the next ``poll``."""
-        self._again += found
 
     def expecting(self, running: set[str]) -> bool:
         """Whether a run in flight (run folders ``running``) may still write a branch point's checkpoint."""

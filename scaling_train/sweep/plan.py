@@ -25,6 +25,7 @@ import yaml
 from scaling_train.config import ConfigError, deep_merge, from_dict, load_yaml, parse_overrides
 from scaling_train.data.pools import format_mix, pool_counts
 from scaling_train.fitter.adaptive import MIN_LAW_POINTS, AdaptivePolicy
+from scaling_train.fitter.cbs import LR_BATCH_RULES
 from scaling_train.models import sizes
 from scaling_train.run_names import NAME_RE, parse_run_name, run_name  # noqa: F401 (names live there; re-exported)
 from scaling_train.sweep.spec import PowerRule, SweepSpec, adaptive_policy
@@ -289,7 +290,7 @@ def _size_point(spec: SweepSpec, pt: _Point, base: dict[str, Any], spec_over: di
     B_rule = int(apply_rule(rules.batch_size, pt.n_target, where=f"{src}: rules.batch_size"))
     B = int(pt.bs_axis) if pt.bs_axis is not None else B_rule
     lr = rules.lr.value if rules.mup else apply_rule(rules.lr, pt.n_target, where=f"{src}: rules.lr")
-    lr *= {"none": 1.0, "sqrt": math.sqrt(B / B_rule), "linear": B / B_rule}[rules.lr_batch]
+    lr *= (B / B_rule) ** LR_BATCH_RULES[rules.lr_batch]  # the rule the fitter groups batch sweeps by
     if cfg0.data.pools:  # every mixed pool gets >= 1 sequence of each step
         try:
             pool_counts(list(cfg0.data.mix.values()), B, names=list(cfg0.data.mix))
@@ -526,10 +527,6 @@ def describe(plan: Plan) -> str:
         f"(~{_fmt_s(total / conc)} wall with launch.concurrency={conc})"
     )
     return "\n".join(lines)
-
-
-MID_RUN_BACKENDS = ("local", "slurm")
-"""Backends that start a cbs block's branches while their parents train (``sweep.cbs.MidRun``)."""
 
 
 def describe_cbs(plan: Plan, backend: str) -> str:

@@ -246,6 +246,18 @@ def test_cli_end_to_end_kill_and_rerun(parent, env, tmp_path):
     assert [len(state.attempts(r.run_dir)) for r in (first, second)] == [1, 1]
 
 
+def _sweep(tmp_path: Path, env, spec: dict):
+    """``scaling-train sweep`` of ``spec`` into tmp_path/out, checked to exit 0; (its result, its plan)."""
+    path = write_spec(tmp_path / f"{spec['name']}.yaml", spec)
+    out = tmp_path / "out"
+    res = subprocess.run(
+        [PY, "-m", "scaling_train.cli", "sweep", str(path), "--output", str(out)],
+        cwd=REPO, env=env, capture_output=True, text=True, timeout=300,
+    )  # fmt: skip
+    assert res.returncode == 0, res.stdout + res.stderr
+    return res, make_plan(load_spec(path), output=out)
+
+
 @pytest.mark.slow
 def test_sweep_with_cbs_block_branches_mid_run(tmp_path, env):
     """The local backend starts a run's branches while the run still trains (a free slot, its branch point's
@@ -254,14 +266,8 @@ def test_sweep_with_cbs_block_branches_mid_run(tmp_path, env):
         "cb", grid={"sizes": ["0.1M"], "tokens": [256 * 400]}, cbs={"every": 25, "factors": [2]},
         launch={"concurrency": 2},
     )  # fmt: skip
-    path = write_spec(tmp_path / "cb.yaml", spec)
-    out = tmp_path / "out"
-    res = subprocess.run(
-        [PY, "-m", "scaling_train.cli", "sweep", str(path), "--output", str(out)],
-        cwd=REPO, env=env, capture_output=True, text=True, timeout=300,
-    )  # fmt: skip
-    assert res.returncode == 0, res.stdout + res.stderr
-    (run,) = make_plan(load_spec(path), output=out).runs
+    res, plan = _sweep(tmp_path, env, spec)
+    (run,) = plan.runs
     assert run.cbs_steps == [100, 200, 300]
     got = json.loads((Path(run.run_dir) / "cbs" / "cbs.json").read_text())
     assert [m["step"] for m in got["measurements"]] == [100, 200, 300]
@@ -386,14 +392,8 @@ def test_one_slot_runs_a_runs_branches_before_the_next_run(tmp_path, env):
     spec = tiny_spec(
         "c1", grid={"sizes": ["0.1M"], "tokens": [256 * 40, 256 * 80]}, cbs={"every": 50, "factors": [2]}
     )
-    path = write_spec(tmp_path / "c1.yaml", spec)
-    out = tmp_path / "out"
-    res = subprocess.run(
-        [PY, "-m", "scaling_train.cli", "sweep", str(path), "--output", str(out)],
-        cwd=REPO, env=env, capture_output=True, text=True, timeout=300,
-    )  # fmt: skip
-    assert res.returncode == 0, res.stdout + res.stderr
-    short, long_ = sorted(make_plan(load_spec(path), output=out).runs, key=lambda r: r.steps)
+    _, plan = _sweep(tmp_path, env, spec)
+    short, long_ = sorted(plan.runs, key=lambda r: r.steps)
     (m,) = json.loads((Path(long_.run_dir) / "cbs" / "cbs.json").read_text())["measurements"]
     (b,) = m["branches"]
     (long_try,) = state.attempts(long_.run_dir)

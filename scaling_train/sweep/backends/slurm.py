@@ -164,17 +164,6 @@ def run_slurm(plan: Plan, *, say=print) -> int:
     seen: dict[Path, tuple[int, bool]] = {}
     last = None
     while True:
-        found = mid.poll()
-        if found:
-            got = _submit_branches(found, say)
-            if got is None:  # the pass after the runs (sweep.cbs.sweep_branches) submits them again
-                say("[sweep] the branches above were not submitted; they run after the sweep's runs")
-            else:
-                jobs += got
-                for bp, r in found:
-                    branched.setdefault(Path(bp.sweep_dir).parent, []).append(r.run_dir)
-                atomic_write(plan.sweep_dir / "slurm" / "jobs.json", json.dumps(jobs))
-        _write_cbs(branched, seen)
         q = subprocess.run(
             ["squeue", "-h", "-j", ",".join(jobs), "-o", "%i %T"], capture_output=True, text=True
         )
@@ -184,10 +173,21 @@ def run_slurm(plan: Plan, *, say=print) -> int:
         if msg != last:
             say(msg)
             last = msg
-        if not lines and q.returncode == 0:
-            if not (late := mid.poll()):  # a branch point written just before its run ended
-                break
-            mid.put_back(late)  # the next turn of the loop submits them
+        # polled after squeue: a branch point written just before its run ended is still submitted
+        found = mid.poll()
+        if found:
+            got = _submit_branches(found, say)
+            if got is None:  # the pass after the runs (sweep.cbs.sweep_branches) submits them again
+                say("[sweep] the branches above were not submitted; they run after the sweep's runs")
+                found = []
+            else:
+                jobs += got
+                for bp, r in found:
+                    branched.setdefault(Path(bp.sweep_dir).parent, []).append(r.run_dir)
+                atomic_write(plan.sweep_dir / "slurm" / "jobs.json", json.dumps(jobs))
+        _write_cbs(branched, seen)
+        if not lines and q.returncode == 0 and not found:
+            break
         time.sleep(2)
     _write_cbs(branched, seen)
     side.finish()
