@@ -430,7 +430,7 @@ def cbs_scaling_block(measured: list[dict[str, Any]], targets: list[dict[str, An
         "choice": "the form with the lowest leave-one-size-out rmse of log B_crit (ties: fewer variables); "
         "a held-out size's D_min from the fold's own L(N, D_min) law, as it is predicted",
         "tokens_known": fit.tokens_known,
-        "sigma_log": fit.sigma_log, "dof": fit.dof, "level": fit.level, "seq_len": fit.seq_len,
+        "sigma_log": fit.sigma_log, "dof": fit.dof, "n_sizes": fit.n_sizes, "level": fit.level, "seq_len": fit.seq_len,
         "n_sweeps": len(fit.points), "n_excluded": fit.n_excluded, "sizes": used,
     }  # fmt: skip
     runs = {}

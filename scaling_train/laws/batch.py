@@ -388,9 +388,13 @@ class CBSScalingFit:
     ``L = E + A / N**alpha + B / D**beta`` (``tokens_law``) fitted on the same sweeps, its held-out error
     added in quadrature.
 
-    Interval: ``t_{dof}(1 - (1 - level) / 2) * s`` around the log prediction, with ``s`` the larger of
+    Interval: ``t_k(1 - (1 - level) / 2) * s`` around the log prediction, with ``s`` the larger of
     the in-sample predictive sd and the chosen form's leave-one-size-out rmse (extrapolating to a new size
-    is what a user does, so held-out error is the honest scale)."""
+    is what a user does, so held-out error is the honest scale). ``k`` counts what that scale was estimated
+    from: ``dof`` (sweeps - coefficients) for the in-sample sd, ``n_sizes`` (one held-out error per size: the
+    cells of one size share a fold's coefficients and move together) for the leave-one-size-out rmse. With 2
+    or 3 sizes the latter is a guess from 2 or 3 numbers, and a normal or many-dof quantile on it made
+    intervals that missed a held-out size 4 times in 4 (``benchmarks/results/cbs.md``)."""
 
     form: str
     coef: tuple[float, ...]
@@ -407,6 +411,8 @@ class CBSScalingFit:
     xtx_inv: tuple[tuple[float, ...], ...]
     tokens_known: bool = False
     """Whether the form was chosen for predictions given ``tokens`` (``fit_cbs_scaling(tokens_known=)``)."""
+    n_sizes: int = 0
+    """Sizes held out in turn for ``loso_rmse`` (the degrees of freedom of that scale)."""
 
     @cached_property
     def tokens_law(self) -> tuple[ChinchillaFit, float]:
@@ -461,8 +467,10 @@ class CBSScalingFit:
         x0 = np.array([1.0] + [feats[f] for f in self.features])
         mu = float(x0 @ np.asarray(self.coef))
         h0 = float(x0 @ np.asarray(self.xtx_inv) @ x0)
-        sd = np.sqrt(max(self.sigma_log**2 * (1.0 + h0), self.loso_rmse.get(self.form, 0.0) ** 2) + extra)
-        q = float(t_dist.ppf(0.5 + self.level / 2, self.dof))
+        v_in, v_loso = self.sigma_log**2 * (1.0 + h0), self.loso_rmse.get(self.form, 0.0) ** 2
+        sd = np.sqrt(max(v_in, v_loso) + extra)
+        k = self.dof if v_in >= v_loso or self.n_sizes < 1 else self.n_sizes
+        q = float(t_dist.ppf(0.5 + self.level / 2, k))
         return CBSPrediction(
             value=float(np.exp(mu)),
             low=float(np.exp(mu - q * sd)),
@@ -581,6 +589,7 @@ def fit_cbs_scaling(
         n_excluded=len(fits) - len(used),
         xtx_inv=tuple(tuple(float(v) for v in r) for r in np.linalg.inv(X.T @ X)),
         tokens_known=bool(tokens_known),
+        n_sizes=len(np.unique(sizes)),
     )
 
 

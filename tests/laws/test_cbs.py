@@ -155,6 +155,24 @@ def test_cbs_law_in_loss_and_size():
             assert p.low <= bn <= p.high
 
 
+def test_cbs_law_interval_from_few_sizes_counts_sizes_not_cells():
+    """The leave-one-size-out rmse is estimated from one error per size (a fold's cells move together), so with
+    it as the scale the quantile is Student's t with n_sizes degrees of freedom, not sweeps - coefficients:
+    with the loss form fitted on two sizes (a size term it lacks), the held-out rmse dominates, and the 90%
+    interval is t_2(0.95) = 2.92 of it wide each way, not t_4(0.95) = 2.13."""
+    from scipy.stats import t as t_dist
+
+    sweeps, _ = _ladder(0, law="loss", sizes=(1e7, 1e8))
+    fit = fit_cbs_scaling(sweeps)
+    assert fit.n_sizes == 2 and fit.dof == 4 and fit.form == "loss"
+    loso = fit.loso_rmse["loss"]
+    assert loso > 2 * fit.sigma_log  # what the loss cannot say about size shows only across sizes
+    p = fit.predict(n_params=3e8, loss=2.6)
+    half = np.log(p.high / p.value)
+    assert half == pytest.approx(t_dist.ppf(0.95, 2) * loso, rel=1e-9)
+    assert np.log(p.value / p.low) == pytest.approx(half, rel=1e-9)
+
+
 # ------------------------------------------------------------------------------------------ bad input
 
 
