@@ -188,6 +188,15 @@ def fit_chinchilla(
         raise ValueError(f"len(weights)={len(w)} != len(loss)={n}; one weight per point is needed")
     if n < 5:
         raise ValueError(f"len(N)={n} points cannot determine 5 parameters; at least 5 are needed")
+    for name, x, term, what in (
+        ("N", N, "A / N**alpha", "model sizes"),
+        ("D", D, "B / D**beta", "token budgets"),
+    ):
+        if np.ptp(np.log(x)) < 1e-9:  # one value: the term is a constant beside E, any (A, alpha) fits
+            raise ValueError(
+                f"all {n} points have {name} = {x[0]:.6g}: the term {term} is a constant next to E and cannot be "
+                f"fitted; the law needs points at >= 2 {what}"
+            )
     check_range("delta", delta, 0.0, np.inf, lo_open=True)
     check_range("confidence", confidence, 0.0, 1.0, lo_open=True, hi_open=True)
     if n_best is not None and n_best < 1:

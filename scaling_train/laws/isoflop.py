@@ -64,8 +64,8 @@ def fit_isoflop(
     loss; its vertex gives N_opt (and D_opt = C / (6 N_opt)). A least-squares line through
     (log C, log N_opt) and (log C, log D_opt) gives ``N_opt ∝ C**a`` and ``D_opt ∝ C**b``.
 
-    Budgets with fewer than ``min_points`` runs or an upward-open parabola whose vertex lies outside the
-    sampled N range are rejected with an error naming the budget (an optimum outside the sweep is an
+    Budgets with fewer than ``min_points`` runs, runs at fewer than 3 distinct sizes, or an upward-open
+    parabola whose vertex lies outside the sampled N range are rejected with an error naming the budget (an optimum outside the sweep is an
     extrapolation the analysis cannot support)."""
     N = as_1d("N", N, positive=True)
     D = as_1d("D", D, positive=True)
@@ -85,7 +85,15 @@ def fit_isoflop(
                 f"budget C={c:.3g} has {int(m.sum())} runs; at least min_points={min_points} are needed"
             )
         x = np.log(N[m])
-        c2, c1, c0 = np.polyfit(x, loss[m], 2)
+        sizes = np.unique(np.round(x, 9))
+        if len(sizes) < 3:
+            raise ValueError(
+                f"budget C={c:.3g} has runs at {len(sizes)} distinct size(s) "
+                f"({', '.join(f'{v:.3g}' for v in np.exp(sizes))}); a parabola in log N needs >= 3"
+            )
+        xm = float(np.mean(x))  # centred: the fit is well conditioned however large N is
+        k2, k1, k0 = np.polyfit(x - xm, loss[m], 2)
+        c2, c1, c0 = k2, k1 - 2 * k2 * xm, k0 - k1 * xm + k2 * xm * xm
         if c2 <= 0:
             raise ValueError(f"budget C={c:.3g}: parabola curvature c2={c2:.3g} must be > 0 (no minimum)")
         x_opt = -c1 / (2 * c2)

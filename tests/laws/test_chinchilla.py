@@ -94,6 +94,15 @@ def test_real_gemstone_cooldown_ends():
         (dict(N=[], D=[], loss=[]), "N has 0 entries"),
         (dict(N=[1e8] * 5, D=[1e9] * 5, loss=[3.0, 3.0, np.nan, 3.0, 3.0]), r"loss\[2\]=nan must be finite"),
         (dict(N=[1e8] * 3, D=[1e9] * 3, loss=[3.0] * 3), "at least 5"),
+        # one token budget (a batch-size sweep): B / D**beta is a constant beside E, any (B, beta) fits
+        (
+            dict(N=[1e7, 2e7, 4e7, 8e7, 1.6e8], D=[8e8] * 5, loss=[3.4, 3.2, 3.05, 2.95, 2.9]),
+            r"all 5 points have D = 8e\+08: the term B / D\*\*beta is a constant next to E.*>= 2 token budgets",
+        ),
+        (
+            dict(N=[5e7] * 5, D=[1e9, 2e9, 4e9, 8e9, 1.6e10], loss=[3.4, 3.2, 3.05, 2.95, 2.9]),
+            r"all 5 points have N = 5e\+07: the term A / N\*\*alpha .*>= 2 model sizes",
+        ),
     ],
 )
 def test_bad_input(kwargs, match):
@@ -142,6 +151,19 @@ def test_isoflop_exponents():
     np.testing.assert_allclose(6 * res.predict_N_opt(C) * res.predict_D_opt(C), C, rtol=1e-9)
     with pytest.raises(ValueError, match="at least min_points=3"):
         fit_isoflop(np.array(Ns[:2]), np.array(Ds[:2]), np.array(Ls[:2]))
+    # a budget whose runs share sizes (a batch axis at one size): 4 runs, 2 sizes, no parabola to fit
+    n2 = np.array([1e8, 1e8, 2e8, 2e8])
+    with pytest.raises(
+        ValueError, match=r"budget C=1e\+18 has runs at 2 distinct size\(s\) \(1e\+08, 2e\+08\)"
+    ):
+        fit_isoflop(n2, 1e18 / (6 * n2), np.array([3.0, 3.01, 2.9, 2.92]))
+    # centred in log N: the same vertices at N ~ 1e12 as at N ~ 1e8 (no conditioning loss)
+    big = fit_isoflop(
+        np.array(Ns) * 1e4, np.array(Ds) / 1e4, np.array(Ls), compute=6 * np.array(Ns) * np.array(Ds)
+    )
+    np.testing.assert_allclose(
+        [p.N_opt / 1e4 for p in big.parabolas], [p.N_opt for p in res.parabolas], rtol=1e-6
+    )
 
 
 @pytest.mark.slow  # ~9 s on a loaded 2-core machine (fast-tier budget, issue 16)
