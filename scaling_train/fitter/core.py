@@ -36,6 +36,7 @@ import numpy as np
 
 from scaling_train._io import atomic_write
 from scaling_train.fitter.tail import RunTail, plan_runs
+from scaling_train.metrics.config import law_burn_in
 from scaling_train.metrics.jsonl import clean_for_json
 from scaling_train.run_folder import PREDICTIONS, PREDICTIONS_LOG, STOP, STOPPED, STOPPED_ARCHIVES, find_runs
 
@@ -233,7 +234,10 @@ class SweepFitter:
         if lr is None:
             return None
         steps, losses = t.loss_points(len(lr))
-        return Curve(steps, losses, lr, t.name, n_params=t.n_params, tokens_per_step=t.batch_tokens)
+        return Curve(
+            steps, losses, lr, t.name, n_params=t.n_params, tokens_per_step=t.batch_tokens,
+            burn_in=law_burn_in(t.config),
+        )  # fmt: skip
 
     def _references(self, t: RunTail) -> list[RunTail]:
         return [

@@ -47,6 +47,10 @@ class Curve:
     """Whether ``lr`` holds the real learning rates. False for a normalised shape (e.g. peak 1) whose real LR is
     unknown: the ``alone`` prediction then takes the annealing prior calibrated on runs of unknown LR, since
     how much a cooldown gains grows with the peak LR (``MultiPowerPrior.b_lr_exponent``)."""
+    burn_in: float = 0.0
+    """Points before this step are left out of every fit, on top of the warmup rule (``_burn_in``): for a run
+    whose early transient outlasts its warmup (``metrics.law_burn_in``). A fit still keeps the later half of the
+    observed steps and at least 3 points."""
 
     def __post_init__(self) -> None:
         steps = np.asarray(self.steps, dtype=np.float64).reshape(-1)
@@ -71,6 +75,8 @@ class Curve:
             raise ValueError(f"lr[{i}]={lr[i]} must be >= 0 (curve {self.name!r})")
         if lr.max() <= 0:
             raise ValueError(f"max(lr)={lr.max()} must be > 0 (curve {self.name!r})")
+        if not (np.isfinite(self.burn_in) and self.burn_in >= 0):
+            raise ValueError(f"burn_in={self.burn_in} must be a finite step >= 0 (curve {self.name!r})")
         for key in ("n_params", "tokens_per_step", "batch_size"):
             v = getattr(self, key)
             if v is not None and not (np.isfinite(v) and v > 0):
@@ -94,7 +100,7 @@ class Curve:
         return Curve(
             self.steps[keep], self.losses[keep], self.lr, self.name,
             n_params=self.n_params, tokens_per_step=self.tokens_per_step, batch_size=self.batch_size,
-            lr_absolute=self.lr_absolute,
+            lr_absolute=self.lr_absolute, burn_in=self.burn_in,
         )  # fmt: skip
 
     def digest(self) -> str:
@@ -105,7 +111,7 @@ class Curve:
         h = hashlib.sha1()
         for a in (self.steps, self.losses, self.lr):
             h.update(np.ascontiguousarray(a).tobytes())
-        h.update(repr((self.n_params, self.tokens_per_step, self.lr_absolute)).encode())
+        h.update(repr((self.n_params, self.tokens_per_step, self.lr_absolute, float(self.burn_in))).encode())
         object.__setattr__(self, "_digest", h.hexdigest())
         return self.__dict__["_digest"]
 
@@ -181,10 +187,12 @@ def warmup_end(curve: Curve) -> float:
 
 def _burn_in(curve: Curve, s: np.ndarray) -> float:
     """First step fitted: BURN_IN_WARMUPS x the warmup length (the early transient is not a power law in the
-    LR area), capped at BURN_IN_CAP x the last observed step so a short prefix keeps its later points."""
-    if BURN_IN_WARMUPS <= 0 or len(s) == 0:
+    LR area) or the curve's own ``burn_in``, whichever is later, capped at BURN_IN_CAP x the last observed step
+    so a short prefix keeps its later points."""
+    if len(s) == 0:
         return 0.0
-    return min(BURN_IN_WARMUPS * warmup_end(curve), BURN_IN_CAP * float(s[-1]))
+    first = max(BURN_IN_WARMUPS * warmup_end(curve) if BURN_IN_WARMUPS > 0 else 0.0, float(curve.burn_in))
+    return min(first, BURN_IN_CAP * float(s[-1]))
 
 
 def _prepare(curve: Curve, *, max_points: int, n_bins: int, extra_t: Sequence[float] = ()) -> _Prepared:

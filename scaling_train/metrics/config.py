@@ -46,6 +46,13 @@ class MetricsConfig:
         "final value carry no batch noise; give the run evaluations, e.g. rules.evals_per_run in a sweep).",
         "train",
     )
+    law_burn_in: int = doc(
+        "Leave this run's points before this optimizer step out of every loss-curve fit (its own prediction and as "
+        "a reference), on top of the laws' rule of 3 warmup lengths: for runs whose early transient outlasts a short "
+        "warmup (the quickstart: 10 warmup steps, loss still leaving its token-frequency phase near step 100). A fit "
+        "never drops more than half of the observed steps. 0 = the laws' rule only.",
+        0,
+    )
     fit_in_process: bool = doc(
         "Refit this run's final-loss prediction in the training process at flushes.", False
     )
@@ -66,6 +73,12 @@ class MetricsConfig:
             )
         if not 0 <= self.gns_decay < 1:
             raise ValueError(f"metrics.gns_decay={self.gns_decay} must be in [0, 1)")
+        if (
+            isinstance(self.law_burn_in, bool)
+            or not isinstance(self.law_burn_in, int)
+            or self.law_burn_in < 0
+        ):
+            raise ValueError(f"metrics.law_burn_in={self.law_burn_in!r} must be an integer step >= 0")
 
 
 def law_column(run_config: dict | None) -> str:
@@ -74,3 +87,10 @@ def law_column(run_config: dict | None) -> str:
     The fitter (``RunTail``) and the report (``RunData``) both read it here."""
     law = ((run_config or {}).get("metrics") or {}).get("law_loss", "train")
     return "eval_loss" if law == "eval" else "loss"
+
+
+def law_burn_in(run_config: dict | None) -> int:
+    """``metrics.law_burn_in`` of a run's resolved config (``config.yaml`` as a dict; 0 when absent or not a
+    non-negative integer: a config the run itself accepted validated it)."""
+    v = ((run_config or {}).get("metrics") or {}).get("law_burn_in", 0)
+    return v if isinstance(v, int) and not isinstance(v, bool) and v >= 0 else 0

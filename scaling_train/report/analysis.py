@@ -15,6 +15,7 @@ from typing import Any
 
 import numpy as np
 
+from scaling_train.metrics.config import law_burn_in
 from scaling_train.report.data import RunData, SweepData, lr_schedule
 
 GNS_SKIP = 0.2
@@ -309,7 +310,7 @@ def replay_history(run: RunData, fractions: tuple[float, ...] = REPLAY_FRACTIONS
     steps, losses = run.steps, run.column(run.law_column)
     keep = (steps >= 1) & (steps <= T) & np.isfinite(losses)
     try:
-        curve = Curve(steps[keep], losses[keep], lr, run.name)
+        curve = Curve(steps[keep], losses[keep], lr, run.name, burn_in=law_burn_in(run.config))
     except ValueError:
         return []
     out = []

@@ -48,6 +48,9 @@ class RecordedRun:
     lr: np.ndarray
     final_loss: float | None = None
     lr_absolute: bool = True  # False: ``lr`` is a normalised shape (as in ``Curve``)
+    burn_in: float = (
+        0.0  # points before this step are not fitted (``Curve.burn_in``, ``metrics.law_burn_in``)
+    )
 
     def __post_init__(self) -> None:
         c = self.curve()  # validates steps, losses, lr
@@ -86,7 +89,7 @@ class RecordedRun:
             np.asarray(self.steps, dtype=np.float64), np.asarray(self.losses, dtype=np.float64),
             np.asarray(self.lr, dtype=np.float64), self.name,
             n_params=float(self.n_params), tokens_per_step=float(self.tokens_per_step),
-            lr_absolute=self.lr_absolute,
+            lr_absolute=self.lr_absolute, burn_in=self.burn_in,
         )  # fmt: skip
         return c if until is None else c.observed_until(until)
 
@@ -436,6 +439,7 @@ def recorded_runs(sweep_dir: str | Path) -> list[RecordedRun]:
     """Every finished run of ``sweep_dir`` as a ``RecordedRun``: its training-loss rows, the LR schedule the
     fitter uses, non-embedding N and tokens per step from its config; in the sweep's planned order."""
     from scaling_train.fitter.tail import RunTail, find_runs
+    from scaling_train.metrics.config import law_burn_in
 
     sweep_dir = Path(sweep_dir)
     if not sweep_dir.is_dir():
@@ -459,7 +463,17 @@ def recorded_runs(sweep_dir: str | Path) -> list[RecordedRun]:
         steps, losses = t.loss_points(len(lr))
         if len(steps) < 3:
             continue
-        out.append(RecordedRun(t.name, float(t.n_params), float(t.batch_tokens), steps, losses, lr))
+        out.append(
+            RecordedRun(
+                t.name,
+                float(t.n_params),
+                float(t.batch_tokens),
+                steps,
+                losses,
+                lr,
+                burn_in=law_burn_in(t.config),
+            )
+        )
     if not out:
         raise ValueError(f"{sweep_dir} holds no finished run with a loss curve and an LR schedule to replay")
     return sorted(out, key=lambda r: (order.get(r.name, len(order)), r.compute))

@@ -89,3 +89,28 @@ def test_sweep_law_waits_for_an_ended_run_or_its_interval(eval_sweep, tmp_path, 
     law = json.loads((sw / "sweep_law.json").read_text())
     assert (sw / "sweep_law.json").stat().st_mtime_ns > second
     assert {q["run"]: q["source"] for q in law["points"]}["partial"] == "observed"
+
+
+def test_law_burn_in_reaches_every_fit_of_the_run(tmp_path):
+    """metrics.law_burn_in: the run accepts it, and the fitter's curve of the run (its own prediction, and the
+    reference it is for others) carries it, so the fits leave out the points before that step."""
+    from scaling_train.laws.curve import _prepare
+    from scaling_train.metrics.config import MetricsConfig, law_burn_in
+
+    sw = tmp_path / "sw"
+    train(run_config(sw / "burn", max_steps=24, **{"train.log_every": 2, "metrics.law_burn_in": 10}))
+    f = SweepFitter(sw, log=lambda s: None)
+    f.step()
+    curve = f._curve(f.tails["burn"])
+    assert curve.burn_in == 10 and law_burn_in(f.tails["burn"].config) == 10
+    kept = _prepare(curve, max_points=500, n_bins=8).t
+    assert kept.min() >= 10 and curve.steps.min() < 10  # the early points exist and are not fitted
+    assert curve.observed_until(16).burn_in == 10
+    plain = tmp_path / "plain"
+    train(run_config(plain / "p", max_steps=8))
+    g = SweepFitter(plain, log=lambda s: None)
+    g.step()
+    assert g._curve(g.tails["p"]).burn_in == 0
+    for bad in (-1, 2.5, True):
+        with pytest.raises(ValueError, match=rf"metrics.law_burn_in={bad!r} must be an integer step >= 0"):
+            MetricsConfig(law_burn_in=bad)

@@ -152,6 +152,23 @@ def test_too_few_points():
     assert pred.low < target.losses[-1] < pred.high
 
 
+def test_a_curves_own_burn_in_is_left_out_of_its_fits():
+    """Curve.burn_in (metrics.law_burn_in): points before it are not fitted, beyond the 3-warmup rule; a short
+    prefix still keeps its later half; the digest (the fit caches' key) sees it; a bad value names itself."""
+    from scaling_train.laws.curve import _prepare
+
+    lr = 5e-3 * cosine(1000, warm=10)
+    steps = np.arange(12.0, 1001.0, 12.0)
+    y = 6.0 * steps**-0.12
+    plain, burnt = Curve(steps, y, lr), Curve(steps, y, lr, burn_in=100)
+    assert _prepare(plain, max_points=500, n_bins=8).t[0] == 36.0  # 3 x the 11-step warmup end
+    assert _prepare(burnt, max_points=500, n_bins=8).t[0] == 108.0
+    assert _prepare(burnt.observed_until(120), max_points=500, n_bins=8).t[0] == 60.0  # half of 120
+    assert plain.digest() != burnt.digest()
+    with pytest.raises(ValueError, match=r"burn_in=-5.0 must be a finite step >= 0"):
+        Curve(steps, y, lr, burn_in=-5.0)
+
+
 def test_curve_validation():
     lr = np.ones(100)
     with pytest.raises(ValueError, match=r"steps must lie in \[1, T=100\]"):
