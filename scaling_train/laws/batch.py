@@ -393,8 +393,8 @@ class CBSScalingFit:
     is what a user does, so held-out error is the honest scale). ``k`` counts what that scale was estimated
     from: ``dof`` (sweeps - coefficients) for the in-sample sd, ``n_sizes`` (one held-out error per size: the
     cells of one size share a fold's coefficients and move together) for the leave-one-size-out rmse. With 2
-    or 3 sizes the latter is a guess from 2 or 3 numbers, and a normal or many-dof quantile on it made
-    intervals that missed a held-out size 4 times in 4 (``benchmarks/results/cbs.md``)."""
+    or 3 sizes the latter is a guess from 2 or 3 numbers; read with ``dof`` degrees of freedom it made those
+    intervals 1.5x too narrow in log on the CPU bench (``benchmarks/results/cbs.md``)."""
 
     form: str
     coef: tuple[float, ...]

@@ -65,8 +65,8 @@ def fit_isoflop(
     (log C, log N_opt) and (log C, log D_opt) gives ``N_opt ∝ C**a`` and ``D_opt ∝ C**b``.
 
     Budgets with fewer than ``min_points`` runs, runs at fewer than 3 distinct sizes, or an upward-open
-    parabola whose vertex lies outside the sampled N range are rejected with an error naming the budget (an optimum outside the sweep is an
-    extrapolation the analysis cannot support)."""
+    parabola whose vertex lies outside the sampled N range are rejected with an error naming the budget
+    (an optimum outside the sweep is an extrapolation the analysis cannot support)."""
     N = as_1d("N", N, positive=True)
     D = as_1d("D", D, positive=True)
     loss = as_1d("loss", loss, positive=True)
