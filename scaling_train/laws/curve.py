@@ -191,7 +191,7 @@ def _burn_in(curve: Curve, s: np.ndarray) -> float:
     so a short prefix keeps its later points."""
     if len(s) == 0:
         return 0.0
-    first = max(BURN_IN_WARMUPS * warmup_end(curve) if BURN_IN_WARMUPS > 0 else 0.0, float(curve.burn_in))
+    first = max(BURN_IN_WARMUPS * warmup_end(curve), float(curve.burn_in))  # burn_in >= 0 (Curve checks)
     return min(first, BURN_IN_CAP * float(s[-1]))
 
 

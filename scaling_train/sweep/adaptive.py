@@ -48,9 +48,8 @@ class RecordedRun:
     lr: np.ndarray
     final_loss: float | None = None
     lr_absolute: bool = True  # False: ``lr`` is a normalised shape (as in ``Curve``)
-    burn_in: float = (
-        0.0  # points before this step are not fitted (``Curve.burn_in``, ``metrics.law_burn_in``)
-    )
+    # points before this step are not fitted (``Curve.burn_in``, ``metrics.law_burn_in``)
+    burn_in: float = 0.0
 
     def __post_init__(self) -> None:
         c = self.curve()  # validates steps, losses, lr
