@@ -9,6 +9,11 @@ A run is stopped (cleanly, with a checkpoint, resumable to the end later) once
 - and it is not exempt: with ``keep_full_per_size`` the shortest-budget run of every size runs to the end
   (a finished reference per size), with ``keep_largest`` every run of the largest size does.
 
+With ``law_tolerance`` a run that meets all of that but the width (its predictions steady, its interval still
+wider than ``tolerance``) is also stopped once the sweep's law does not need the rest of it: with this run and
+the runs already stopped at their intervals instead of finished, the linearised law's loss moves by at most
+``law_tolerance`` (90%, relative) over the planned runs' (N, D) (``law_excess``).
+
 With ``launch_order: uncertainty`` the next planned run to start (on a backend with a limited number of
 slots: ``launch.concurrency`` of the local backend, the replay's ``slots``) is the one that most reduces the
 uncertainty of the law's loss at ``target_compute`` x the sweep's largest planned run (compute-optimal
@@ -24,7 +29,7 @@ interval is the union of the intervals of the updates the stop rests on (``stop_
 from __future__ import annotations
 
 import math
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import asdict, dataclass, fields
 from typing import Any
 
@@ -54,6 +59,7 @@ class AdaptivePolicy:
     keep_largest: bool = False
     launch_order: str = "plan"
     target_compute: float = 10.0
+    law_tolerance: float | None = None
 
     def __post_init__(self) -> None:
         self.check()
@@ -81,6 +87,13 @@ class AdaptivePolicy:
         for name in ("relative", "keep_full_per_size", "keep_largest"):
             if not isinstance(getattr(self, name), bool):
                 raise bad(name, getattr(self, name), "true or false")
+        if self.law_tolerance is not None and not (
+            isinstance(self.law_tolerance, (int, float))
+            and not isinstance(self.law_tolerance, bool)
+            and math.isfinite(self.law_tolerance)
+            and 0 < self.law_tolerance < 1
+        ):
+            raise bad("law_tolerance", self.law_tolerance, "null or in (0, 1) (a fraction of the law's loss)")
         if self.launch_order not in LAUNCH_ORDERS:
             raise bad("launch_order", self.launch_order, f"one of {list(LAUNCH_ORDERS)}")
         if not (
@@ -148,9 +161,18 @@ class AdaptivePolicy:
             float(max(h["high"] for h in picked)),
         )
 
-    def decide(self, history: Sequence[Mapping[str, Any]]) -> tuple[bool, str]:
+    def decide(
+        self,
+        history: Sequence[Mapping[str, Any]],
+        law_excess: Callable[[], tuple[float | None, str]] | None = None,
+    ) -> tuple[bool, str]:
         """Whether to stop, from the run's published predictions (oldest first; each with ``fraction``,
-        ``loss``, ``low``, ``high``). Returns (stop, reason): the reason says what is still missing."""
+        ``loss``, ``low``, ``high``). Returns (stop, reason): the reason says what is still missing.
+
+        With ``law_tolerance``, a run whose interval is still wider than ``tolerance`` stops when the sweep's
+        law does not need it: ``law_excess()`` (called only then; the caller binds the sweep's points, see
+        ``law_excess``) returns how far the law may move at worst, relative to its loss, with this run and
+        the runs already stopped at their intervals instead of finished; <= ``law_tolerance`` stops it."""
         picked = self._picked(history)
         if not picked:
             return False, "no prediction yet"
@@ -159,9 +181,6 @@ class AdaptivePolicy:
             return False, f"at {last['fraction']:.0%} of the run, before min_fraction {self.min_fraction:.0%}"
         if len(picked) < self.stable_updates:
             return False, f"{len(picked)} of {self.stable_updates} spaced updates so far"
-        widths = [self.width(h["loss"], h["low"], h["high"]) for h in picked]
-        if max(widths) > self.tolerance:
-            return False, f"interval width {max(widths):.4g} > tolerance {self.tolerance:g}"
         losses = [h["loss"] for h in picked]
         spread = (max(losses) - min(losses)) / (last["loss"] if self.relative else 1.0)
         if spread > self.tolerance / 2:
@@ -169,10 +188,22 @@ class AdaptivePolicy:
                 False,
                 f"predictions moved by {spread:.4g} > tolerance / 2 over the last {len(picked)} updates",
             )
-        unit = "" if not self.relative else " (relative)"
-        return True, (
-            f"interval width {max(widths):.4g} <= {self.tolerance:g}{unit} over {len(picked)} updates "
-            f"from {picked[-1]['fraction']:.0%} to {last['fraction']:.0%} of the run"
+        widths = [self.width(h["loss"], h["low"], h["high"]) for h in picked]
+        span = f"over {len(picked)} updates from {picked[-1]['fraction']:.0%} to {last['fraction']:.0%} of the run"
+        if max(widths) <= self.tolerance:
+            unit = "" if not self.relative else " (relative)"
+            return True, f"interval width {max(widths):.4g} <= {self.tolerance:g}{unit} {span}"
+        why = f"interval width {max(widths):.4g} > tolerance {self.tolerance:g}"
+        if self.law_tolerance is None or law_excess is None:
+            return False, why
+        excess, detail = law_excess()
+        if excess is None:
+            return False, f"{why}; {detail}"
+        if excess > self.law_tolerance:
+            return False, f"{why}; the law needs it: {detail} > law_tolerance {self.law_tolerance:g}"
+        return (
+            True,
+            f"the law does not need the rest of it: {detail} <= law_tolerance {self.law_tolerance:g} {span}",
         )
 
     def exempt(self, runs: Sequence[tuple[str, float, float]]) -> dict[str, str]:
@@ -258,3 +289,50 @@ def launch_ranking(
     except (ValueError, RuntimeError, FloatingPointError, np.linalg.LinAlgError) as e:
         return None, f"no law to rank by ({type(e).__name__}: {e}): the planned order"
     return ranking, f"ranked by the law over {len(points)} points"
+
+
+def law_excess(
+    policy: AdaptivePolicy,
+    stopped: Sequence[tuple[float, float, float, float, float]],
+    finishing: Sequence[tuple[float, float]],
+    *,
+    fit,
+) -> tuple[float | None, str]:
+    """How far the sweep's law may move, at worst over the planned runs' (N, D) (where issue 19's target reads
+    it: every run's final loss and the largest run's), because the ``stopped`` runs (N, D, loss, low, high: the
+    candidate among them) enter it at their predicted intervals instead of finished: ``Z90`` x the sd that
+    adds to the law's loss there, relative to it. Linearised Chinchilla law at ``fit`` (``laws.design``): Fisher
+    information from every point, a stopped one at the sd behind its interval, a ``finishing`` one (N, D: every
+    other planned run, finished, running or not started) at ``FINAL_LOSS_NOISE``; the excess variance at x is
+    ``c_x^T (F_stopped^-1 - F_finished^-1) c_x``. Returns (excess or None, what it was measured on)."""
+    import numpy as np
+
+    from scaling_train.laws.design import PRIOR_SD, law_jacobian
+
+    if fit is None:
+        return None, "no sweep law yet"
+    pts = [(p[0], p[1]) for p in stopped] + [tuple(f) for f in finishing]
+    if len({p[0] for p in pts}) < 2 or len(pts) < MIN_LAW_POINTS:
+        return None, f"{len(pts)} planned points: too few for the law to say what it needs"
+    N = np.array([p[0] for p in pts], dtype=np.float64)
+    D = np.array([p[1] for p in pts], dtype=np.float64)
+    try:
+        J = law_jacobian(fit, N, D)
+        L = fit.predict(N, D)
+        floor = (FINAL_LOSS_NOISE * L) ** 2
+        s2 = floor.copy()
+        for i, (_, _, loss, low, high) in enumerate(stopped):
+            s2[i] = point_sd(loss, low, high) ** 2
+        prior = np.diag(1.0 / np.square(PRIOR_SD))
+        F_s = prior + (J / s2[:, None]).T @ J
+        F_f = prior + (J / floor[:, None]).T @ J
+        ex = np.einsum("ij,ji->i", J, np.linalg.solve(F_s, J.T) - np.linalg.solve(F_f, J.T))
+        rel = Z90 * np.sqrt(np.maximum(ex, 0.0)) / L
+    except (ValueError, FloatingPointError, np.linalg.LinAlgError) as e:
+        return None, f"no law to weigh it ({type(e).__name__}: {e})"
+    if not np.all(np.isfinite(rel)):
+        return None, "the law's sensitivity is not finite"
+    k = int(np.argmax(rel))
+    return float(rel[k]), (
+        f"law moves <= {rel[k]:.4g} (at N={N[k]:.3g}, D={D[k]:.3g}; {len(stopped)} stopped of {len(pts)} runs)"
+    )

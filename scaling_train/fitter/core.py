@@ -154,6 +154,8 @@ class SweepFitter:
         self._policy_key: tuple | None = None
         self._policy_obj = None
         self._launch_head: str | None = None  # the run launch_order.json put first, last written
+        # the sweep's Chinchilla law last fitted (law): the adaptive policy's law_tolerance reads it
+        self._chinchilla = None
         if only is None:
             self._load_state()
 
@@ -371,7 +373,7 @@ class SweepFitter:
         from scaling_train.metrics.jsonl import read_jsonl
 
         history = read_jsonl(t.run_dir / PREDICTIONS_LOG).rows
-        stop, why = pol.decide(history)
+        stop, why = pol.decide(history, lambda: self._law_excess(pol, t.name, history))
         pred["adaptive"] = {"stop": stop, "reason": why}
         if stop and not (t.run_dir / STOP).exists():
             loss, low, high = pol.stop_interval(history)  # the union of the intervals the stop rests on
@@ -381,6 +383,26 @@ class SweepFitter:
             }  # fmt: skip
             write_json_atomic(t.run_dir / STOP, request)
             self.log(f"[fit] {t.name}: stop requested at step {pred['step']}/{t.total_steps}: {why}")
+
+    def _law_excess(self, pol, name: str, history: list[dict[str, Any]]) -> tuple[float | None, str]:
+        """``fitter.adaptive.law_excess`` for stopping run ``name`` now: it (at the interval its stop would rest
+        on) and every run already stopped or asked to stop (at its prediction's interval) against every other
+        planned run finishing, on the sweep law last fitted (``law``)."""
+        from scaling_train.fitter.adaptive import law_excess
+
+        stopped, finishing = [], []
+        for n, N, D in self._planned():
+            t, p = self.tails.get(n), self.predictions.get(n, {})
+            if n == name:
+                stopped.append((N, D, *pol.stop_interval(history)))
+            elif (
+                t is not None and (t.stopped or (t.run_dir / STOP).exists())
+                and all(isinstance(p.get(k), (int, float)) for k in ("loss", "low", "high"))
+            ):  # fmt: skip
+                stopped.append((N, D, p["loss"], p["low"], p["high"]))
+            else:
+                finishing.append((N, D))
+        return law_excess(pol, stopped, finishing, fit=self._chinchilla)
 
     # -------------------------------------------------------------- sweep laws
     def sweep_points(self) -> list[dict[str, Any]]:
@@ -424,6 +446,7 @@ class SweepFitter:
         chinchilla = None
         try:
             chinchilla = fit_chinchilla(N, D, L, weights=np.array([p["weight"] for p in pts]))
+            self._chinchilla = chinchilla
             out["chinchilla"] = {
                 k: getattr(chinchilla, k) for k in ("E", "A", "B", "alpha", "beta", "objective", "n_points")
             }

@@ -252,6 +252,8 @@ class _SweepClock:
         self.launched: list[str] = []
         self.rankings: list[dict[str, Any]] = []  # launch_order uncertainty: each pick and why
         self.planned_compute = max(r.compute for r in runs)
+        self._law_key: int | None = None  # law_excess: the law and how many runs had ended when it was fitted
+        self._law = None
 
     def pick(self, now: float) -> str:
         """The queued run to start next: the first in planned order, or under ``launch_order: uncertainty``
@@ -352,9 +354,36 @@ class _SweepClock:
         if n in self.exempt:
             rp.reason = self.exempt[n]
             return False
-        stop, why = self.policy.decide(rp.history)
+        stop, why = self.policy.decide(rp.history, lambda: self.law_excess(n, now))
         rp.reason = why
         return stop
+
+    def law_excess(self, n: str, now: float) -> tuple[float | None, str]:
+        """``fitter.adaptive.law_excess`` for stopping run ``n`` at ``now``: the runs stopped so far and ``n`` at
+        their stop intervals, every other run finishing, on the Chinchilla law fitted to what is known then
+        (weighted as the sweep law; refitted when a run has ended or stopped since the last fit)."""
+        from scaling_train.fitter.adaptive import law_excess
+        from scaling_train.laws import fit_chinchilla
+
+        ended = sum(rp.end is not None for rp in self.replay.values())
+        if self._law_key != ended:
+            pts = self.known(now)
+            self._law_key, self._law = ended, None
+            if len(pts) >= 5 and len({p[0] for p in pts}) >= 2:
+                N, D, L = (np.array([p[i] for p in pts], dtype=np.float64) for i in range(3))
+                w = np.array([1.0 if p[3] is None else prediction_weight(p[2], p[3], p[4]) for p in pts])
+                try:
+                    self._law = fit_chinchilla(N, D, L, weights=w)
+                except (ValueError, RuntimeError, FloatingPointError):
+                    self._law = None
+        stopped, finishing = [], []
+        for m in self.names:
+            r, rp = self.by_name[m], self.replay[m]
+            if m == n or rp.stopped_at is not None:
+                stopped.append((r.n_params, r.tokens, *self.policy.stop_interval(rp.history)))
+            else:
+                finishing.append((r.n_params, r.tokens))
+        return law_excess(self.policy, stopped, finishing, fit=self._law)
 
 
 def known_at(
@@ -548,7 +577,9 @@ def _cmd_replay(args: Any) -> int:
     elif (sweep_dir / ADAPTIVE_FILE).is_file():
         src = str(sweep_dir / ADAPTIVE_FILE)
         block = json.loads((sweep_dir / ADAPTIVE_FILE).read_text())
-    for key in ("tolerance", "stable_updates", "spacing", "min_fraction", "launch_order", "target_compute"):
+    for key in (
+        "tolerance", "stable_updates", "spacing", "min_fraction", "launch_order", "target_compute", "law_tolerance"
+    ):  # fmt: skip
         v = getattr(args, key)
         if v is not None:
             block[key] = v
@@ -634,6 +665,11 @@ def register(sub: Any) -> None:
     p.add_argument(
         "--target-compute", dest="target_compute", type=float,
         help="launch_order uncertainty: the target compute, a multiple of the largest run's 6ND (default 10)",
+    )  # fmt: skip
+    p.add_argument(
+        "--law-tolerance", dest="law_tolerance", type=float,
+        help="also stop a steady run whose interval is wider than --tolerance once the sweep's law would move by at "
+        "most this much (relative) with it stopped (docs/sweep.md)",
     )  # fmt: skip
     p.add_argument("--out", help=f"where to write the JSON summary (default SWEEP_DIR/{REPLAY_FILE})")
     p.set_defaults(func=_cmd_replay, relative=None, keep_largest=None, keep_full_per_size=None)

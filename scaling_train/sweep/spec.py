@@ -237,7 +237,7 @@ class SweepSpec:
         "Adaptive sweep: the online fitter stops a run (RUN/STOP, resumable) once its predicted final loss is "
         "known within the policy's tolerance; keys of scaling_train.fitter.adaptive.AdaptivePolicy (tolerance, "
         "relative, stable_updates, spacing, min_fraction, keep_full_per_size, keep_largest, launch_order, "
-        "target_compute); {} = the defaults, "
+        "target_compute, law_tolerance); {} = the defaults, "
         "null = off. A sweep-level setting: no run's config or hash depends on it.",
         None,
     )

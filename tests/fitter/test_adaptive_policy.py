@@ -47,6 +47,84 @@ def test_decide_needs_min_fraction_k_spaced_narrow_and_agreeing_updates():
     )
 
 
+def test_decide_asks_the_law_only_for_a_stable_run_whose_interval_is_wide():
+    pol = AdaptivePolicy(
+        tolerance=0.02, stable_updates=3, spacing=0.05, min_fraction=0.25, law_tolerance=0.01
+    )
+    wide = [_h(f, 3.0, 0.06) for f in (0.15, 0.20, 0.25)]  # width 4% > 2%, predictions steady
+    calls = []
+
+    def law(value, detail="law moves <= x"):
+        def f():
+            calls.append(value)
+            return value, detail
+
+        return f
+
+    stop, why = pol.decide(wide, law(0.004))
+    assert stop and why.startswith(
+        "the law does not need the rest of it: law moves <= x <= law_tolerance 0.01"
+    )
+    stop, why = pol.decide(wide, law(0.02))
+    assert not stop and "the law needs it: law moves <= x > law_tolerance 0.01" in why
+    stop, why = pol.decide(wide, law(None, "no sweep law yet"))
+    assert not stop and why == "interval width 0.04 > tolerance 0.02; no sweep law yet"
+    assert calls == [0.004, 0.02, None]
+    # never asked: before min_fraction, while predictions move, when the interval alone stops it, or without
+    # law_tolerance
+    assert not pol.decide(wide[:2], law(0.0))[0]
+    moving = [_h(0.15, 3.0, 0.06), _h(0.20, 3.05, 0.06), _h(0.25, 3.1, 0.06)]
+    assert pol.decide(moving, law(0.0))[1].startswith("predictions moved by")
+    assert pol.decide([_h(f, 3.0, 0.02) for f in (0.15, 0.20, 0.25)], law(1.0))[0]
+    assert not AdaptivePolicy(tolerance=0.02).decide(wide, law(0.0))[0]
+    assert calls == [0.004, 0.02, None]
+
+
+def _grid_law():
+    from scaling_train.laws.chinchilla import ChinchillaFit
+
+    fit = ChinchillaFit(E=1.7, A=400.0, B=410.0, alpha=0.34, beta=0.28, objective=0.0, n_points=0, n_starts=0)
+    runs = [(n, d) for n in (2e7, 6e7, 2e8) for d in (4e8, 1.2e9, 3.6e9)]
+    return fit, runs
+
+
+def _stopped(fit, nd, half):
+    loss = float(fit.predict(*nd))
+    return (nd[0], nd[1], loss, loss * (1 - half), loss * (1 + half))
+
+
+def test_law_excess_grows_with_the_stopped_intervals_and_their_number():
+    """How far the law may move because runs stop at their intervals (linearised law, ``law_excess``): 0 for
+    a stop at a finished run's noise, more the wider the interval, more with each further stop, and more for an
+    isolated corner run than for one whose (N, D) other runs also cover."""
+    from scaling_train.fitter.adaptive import FINAL_LOSS_NOISE, law_excess
+
+    fit, runs = _grid_law()
+    pol = AdaptivePolicy(law_tolerance=0.01)
+    big = runs[-1]
+
+    def ex(stopped_nds, half, extra=()):
+        st = [_stopped(fit, nd, half) for nd in stopped_nds]
+        rest = [nd for nd in list(runs) + list(extra) if nd not in stopped_nds]
+        value, detail = law_excess(pol, st, rest, fit=fit)
+        assert value is not None and "stopped of" in detail
+        return value
+
+    floor = FINAL_LOSS_NOISE * 1.6449  # an interval no wider than a finished run's noise adds nothing
+    assert ex([big], floor * 0.5) == pytest.approx(0.0, abs=1e-9)
+    widths = [ex([big], h) for h in (0.01, 0.02, 0.04)]
+    assert 0 < widths[0] < widths[1] < widths[2]
+    assert ex([big, runs[-2]], 0.02) > ex([big], 0.02)
+    # the same stop with three more finished runs next to it: its point matters less
+    near = [(big[0] * 0.9, big[1] * 1.1), (big[0] * 1.1, big[1] * 0.9), (big[0], big[1] * 1.05)]
+    assert ex([big], 0.02, extra=near) < 0.8 * ex([big], 0.02)
+    # nothing to weigh it on: no law, too few points or one size
+    assert law_excess(pol, [_stopped(fit, big, 0.02)], runs[:2], fit=fit)[0] is None
+    assert law_excess(pol, [_stopped(fit, big, 0.02)], runs, fit=None) == (None, "no sweep law yet")
+    one_size = [(2e8, d) for d in (1e8, 2e8, 4e8, 8e8, 1.6e9)]
+    assert law_excess(pol, [_stopped(fit, one_size[0], 0.02)], one_size[1:], fit=fit)[0] is None
+
+
 def test_stop_interval_is_the_union_of_the_updates_the_stop_rests_on():
     pol = AdaptivePolicy(tolerance=0.05, stable_updates=3, spacing=0.05, min_fraction=0.25)
     hist = [
@@ -84,6 +162,12 @@ def test_exempt_runs():
         ({"tolerence": 0.1}, r"unknown key\(s\) \['tolerence'\]; allowed: "),
         ({"launch_order": "fastest"}, r"launch_order='fastest' must be one of \['plan', 'uncertainty'\]"),
         ({"target_compute": 0.5}, r"target_compute=0.5 must be in \[1, 1e6\] \(a multiple of the largest"),
+        (
+            {"law_tolerance": 0},
+            r"law_tolerance=0 must be null or in \(0, 1\) \(a fraction of the law's loss\)",
+        ),
+        ({"law_tolerance": 1.5}, r"law_tolerance=1.5 must be null or in \(0, 1\)"),
+        ({"law_tolerance": True}, r"law_tolerance=True must be null or in \(0, 1\)"),
     ],
 )
 def test_policy_validation_names_value_range_and_source(block, match):
@@ -228,6 +312,40 @@ def test_fitter_exempt_run_and_bad_policy_file(sweep, tmp_path):
     f.step()
     assert not (part / "STOP").exists()
     assert any("adaptive policy ignored" in s and "tolerance=-1" in s for s in logs)
+
+
+def test_fitter_asks_the_law_under_law_tolerance(sweep, tmp_path):
+    """The live fitter hands the policy its sweep's points: a steady run whose interval is still too wide for
+    ``tolerance`` is weighed against the law (here three runs of one size: too few for it to say, so that
+    update does not stop it)."""
+    sw = tmp_path / "sw"
+    shutil.copytree(sweep, sw)
+    part, rows = _growing(sw, "lr3e-3", "partial")
+    pol = AdaptivePolicy(
+        tolerance=0.1,
+        stable_updates=2,
+        spacing=0.0,
+        min_fraction=0.0,
+        keep_full_per_size=False,
+        law_tolerance=0.5,
+    )
+    (sw / "adaptive.json").write_text(json.dumps(pol.to_dict()))
+    f = SweepFitter(sw, log=lambda s: None)
+    reasons = []
+    for r in rows[:-1]:
+        _append(part, r)
+        f.step()
+        reasons.append(
+            json.loads((part / "predictions.json").read_text()).get("adaptive", {}).get("reason", "")
+        )
+        if (part / "STOP").exists():
+            break
+    asked = [x for x in reasons if x.startswith("interval width") and "; " in x]
+    assert asked, reasons
+    assert all(x.endswith(("no sweep law yet", "too few for the law to say what it needs")) for x in asked), (
+        asked
+    )
+    assert not any(x.startswith("the law does not need") for x in reasons)
 
 
 @pytest.mark.slow  # ~15-25 s: a real run stopped by the real fitter process
