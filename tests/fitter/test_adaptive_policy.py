@@ -346,6 +346,32 @@ def test_fitter_asks_the_law_under_law_tolerance(sweep, tmp_path):
         asked
     )
     assert not any(x.startswith("the law does not need") for x in reasons)
+    # with a law and a plan of 3 sizes: the run asking is counted at its stop interval, a run with a STOP at its
+    # prediction's interval, every other planned run as finishing
+    from scaling_train.fitter.adaptive import law_excess
+    from scaling_train.laws.chinchilla import ChinchillaFit
+
+    nd = {"partial": (1e6, 1e7), "lr1e-3": (1e6, 2e7), "lr3e-3": (1e6, 4e7)}
+    nd.update(
+        {f"p{k}": (n, d) for k, (n, d) in enumerate((n, d) for n in (3e6, 1e7) for d in (1e7, 2e7, 4e7))}
+    )
+    plan = {"runs": [{"name": k, "n_params": v[0], "tokens": v[1]} for k, v in nd.items()]}
+    (sw / "plan.json").write_text(json.dumps(plan))
+    f._chinchilla = ChinchillaFit(
+        E=1.7, A=400.0, B=410.0, alpha=0.34, beta=0.28, objective=0, n_points=0, n_starts=0
+    )
+    hist = read_jsonl(part / "predictions.jsonl").rows
+    (sw / "lr3e-3" / "STOP").write_text("{}")
+    q = f.predictions["lr3e-3"]
+    q.update(low=q["loss"] * 0.98, high=q["loss"] * 1.02)
+    got = f._law_excess(pol, "partial", hist)
+    want = law_excess(
+        pol,
+        [(*nd["partial"], *pol.stop_interval(hist)), (*nd["lr3e-3"], q["loss"], q["low"], q["high"])],
+        [v for k, v in nd.items() if k not in ("partial", "lr3e-3")],
+        fit=f._chinchilla,
+    )
+    assert got == want and got[0] > 0 and "2 stopped of 9 runs" in got[1]
 
 
 @pytest.mark.slow  # ~15-25 s: a real run stopped by the real fitter process
