@@ -274,13 +274,11 @@ def launch_ranking(
         return None, "no planned run left to launch"
     import numpy as np
 
-    from scaling_train.laws import fit_chinchilla, rank_by_information
+    from scaling_train.laws import rank_by_information
 
     try:
         if fit is None:
-            N, D, L = (np.array([p[i] for p in points], dtype=np.float64) for i in range(3))
-            w = [1.0 if p[3] is None or p[4] is None else prediction_weight(p[2], p[3], p[4]) for p in points]
-            fit = fit_chinchilla(N, D, L, weights=np.array(w))
+            fit = fit_known_law(points)
         known = [(p[0], p[1], point_sd(p[2], p[3], p[4])) for p in points]
         ranking = rank_by_information(
             fit, known, list(pending), target_compute=policy.target_compute * planned_compute,
@@ -291,8 +289,19 @@ def launch_ranking(
     return ranking, f"ranked by the law over {len(points)} points"
 
 
+def fit_known_law(points: Sequence[tuple[float, float, float, float | None, float | None]]):
+    """The Chinchilla law fitted to known points (N, D, loss, low, high; low/high None for an observed loss),
+    weighted as the sweep law (``prediction_weight``). Raises what ``fit_chinchilla`` raises."""
+    import numpy as np
+
+    from scaling_train.laws import fit_chinchilla
+
+    N, D, L = (np.array([p[i] for p in points], dtype=np.float64) for i in range(3))
+    w = [1.0 if p[3] is None or p[4] is None else prediction_weight(p[2], p[3], p[4]) for p in points]
+    return fit_chinchilla(N, D, L, weights=np.array(w))
+
+
 def law_excess(
-    policy: AdaptivePolicy,
     stopped: Sequence[tuple[float, float, float, float, float]],
     finishing: Sequence[tuple[float, float]],
     *,

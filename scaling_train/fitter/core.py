@@ -402,7 +402,7 @@ class SweepFitter:
                 stopped.append((N, D, p["loss"], p["low"], p["high"]))
             else:
                 finishing.append((N, D))
-        return law_excess(pol, stopped, finishing, fit=self._chinchilla)
+        return law_excess(stopped, finishing, fit=self._chinchilla)
 
     # -------------------------------------------------------------- sweep laws
     def sweep_points(self) -> list[dict[str, Any]]:

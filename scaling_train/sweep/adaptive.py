@@ -362,18 +362,15 @@ class _SweepClock:
         """``fitter.adaptive.law_excess`` for stopping run ``n`` at ``now``: the runs stopped so far and ``n`` at
         their stop intervals, every other run finishing, on the Chinchilla law fitted to what is known then
         (weighted as the sweep law; refitted when a run has ended or stopped since the last fit)."""
-        from scaling_train.fitter.adaptive import law_excess
-        from scaling_train.laws import fit_chinchilla
+        from scaling_train.fitter.adaptive import MIN_LAW_POINTS, fit_known_law, law_excess
 
         ended = sum(rp.end is not None for rp in self.replay.values())
         if self._law_key != ended:
             pts = self.known(now)
             self._law_key, self._law = ended, None
-            if len(pts) >= 5 and len({p[0] for p in pts}) >= 2:
-                N, D, L = (np.array([p[i] for p in pts], dtype=np.float64) for i in range(3))
-                w = np.array([1.0 if p[3] is None else prediction_weight(p[2], p[3], p[4]) for p in pts])
+            if len(pts) >= MIN_LAW_POINTS and len({p[0] for p in pts}) >= 2:
                 try:
-                    self._law = fit_chinchilla(N, D, L, weights=w)
+                    self._law = fit_known_law(pts)
                 except (ValueError, RuntimeError, FloatingPointError):
                     self._law = None
         stopped, finishing = [], []
@@ -383,7 +380,7 @@ class _SweepClock:
                 stopped.append((r.n_params, r.tokens, *self.policy.stop_interval(rp.history)))
             else:
                 finishing.append((r.n_params, r.tokens))
-        return law_excess(self.policy, stopped, finishing, fit=self._law)
+        return law_excess(stopped, finishing, fit=self._law)
 
 
 def known_at(

@@ -100,13 +100,12 @@ def test_law_excess_grows_with_the_stopped_intervals_and_their_number():
     from scaling_train.fitter.adaptive import FINAL_LOSS_NOISE, law_excess
 
     fit, runs = _grid_law()
-    pol = AdaptivePolicy(law_tolerance=0.01)
     big = runs[-1]
 
     def ex(stopped_nds, half, extra=()):
         st = [_stopped(fit, nd, half) for nd in stopped_nds]
         rest = [nd for nd in list(runs) + list(extra) if nd not in stopped_nds]
-        value, detail = law_excess(pol, st, rest, fit=fit)
+        value, detail = law_excess(st, rest, fit=fit)
         assert value is not None and "stopped of" in detail
         return value
 
@@ -119,10 +118,10 @@ def test_law_excess_grows_with_the_stopped_intervals_and_their_number():
     near = [(big[0] * 0.9, big[1] * 1.1), (big[0] * 1.1, big[1] * 0.9), (big[0], big[1] * 1.05)]
     assert ex([big], 0.02, extra=near) < 0.8 * ex([big], 0.02)
     # nothing to weigh it on: no law, too few points or one size
-    assert law_excess(pol, [_stopped(fit, big, 0.02)], runs[:2], fit=fit)[0] is None
-    assert law_excess(pol, [_stopped(fit, big, 0.02)], runs, fit=None) == (None, "no sweep law yet")
+    assert law_excess([_stopped(fit, big, 0.02)], runs[:2], fit=fit)[0] is None
+    assert law_excess([_stopped(fit, big, 0.02)], runs, fit=None) == (None, "no sweep law yet")
     one_size = [(2e8, d) for d in (1e8, 2e8, 4e8, 8e8, 1.6e9)]
-    assert law_excess(pol, [_stopped(fit, one_size[0], 0.02)], one_size[1:], fit=fit)[0] is None
+    assert law_excess([_stopped(fit, one_size[0], 0.02)], one_size[1:], fit=fit)[0] is None
 
 
 def test_stop_interval_is_the_union_of_the_updates_the_stop_rests_on():
@@ -366,7 +365,6 @@ def test_fitter_asks_the_law_under_law_tolerance(sweep, tmp_path):
     q.update(low=q["loss"] * 0.98, high=q["loss"] * 1.02)
     got = f._law_excess(pol, "partial", hist)
     want = law_excess(
-        pol,
         [(*nd["partial"], *pol.stop_interval(hist)), (*nd["lr3e-3"], q["loss"], q["low"], q["high"])],
         [v for k, v in nd.items() if k not in ("partial", "lr3e-3")],
         fit=f._chinchilla,
