@@ -28,7 +28,9 @@ The running references are named in ``LossPrediction.ignored``.
 A reference only ever enters through a candidate, and candidates are combined by inverse variance, where
 a candidate's variance is its calibrated scale squared plus its squared error on a held-out tail of the
 target's own prefix (``_backtest``): a reference model that does not describe the target's own points
-loses its weight. Disagreement between the candidates widens the interval (``d`` below). The interval
+loses its weight. Disagreement between the candidates widens the interval (``d`` below). A target with 1-9
+points of its own triples every candidate's scale (``few``, set by hand): so few points do not pin its
+offset, and the calibration curves hardly ever have so few. The interval
 constants are fitted on calibration groups of real curves by ``benchmarks/calibrate_laws.py`` and
 stored in ``_calibration.py`` with the list of groups they came from.
 """
@@ -388,7 +390,7 @@ def _sweep(
     s_obs2 = max(fit.rmse, 1e-4) ** 2 / max(n_t, 1)
     post = np.sqrt(1.0 / (1.0 / (sr * loss) ** 2 + (n_t > 0) / s_obs2))
     v_fit = (post / loss) ** 2
-    few = 1.0
+    few = 3.0 if 1 <= n_t < 10 else 1.0
     # extrapolation beyond the references: in time (the target's own area ratio) plus in size and in
     # tokens (log of the target's N and total tokens over the largest among the references)
     n_max = max(float(c.n_params) for c in refs)

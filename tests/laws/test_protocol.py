@@ -98,8 +98,8 @@ def _cosine(T, warm=100):
     return lr
 
 
-def test_sweep_model_recovers_a_synthetic_sweep():
-    rng = np.random.default_rng(0)
+def _synthetic_sweep(rng) -> tuple[float, list[Curve]]:
+    """Three sizes x two horizons of the exact sweep law with 0.4% noise: (tokens per step, runs)."""
     tps = 65536.0
     runs = []
     for n in (1e7, 4e7, 1.6e8):  # a 16x range of sizes: enough to pin the N exponent against its prior
@@ -108,6 +108,12 @@ def test_sweep_model_recovers_a_synthetic_sweep():
             s = np.arange(100, T + 1, 50).astype(float)
             runs.append(Curve(s, _sweep_law(n, tps, lr, s) + rng.normal(0, 0.004, len(s)), lr, f"N{n:g}-T{T}",
                               n_params=n, tokens_per_step=tps))  # fmt: skip
+    return tps, runs
+
+
+def test_sweep_model_recovers_a_synthetic_sweep():
+    rng = np.random.default_rng(0)
+    tps, runs = _synthetic_sweep(rng)
     fit = fit_sweep(runs)
     assert fit.a == pytest.approx(0.3, abs=0.1) and fit.alpha == pytest.approx(0.35, abs=0.1)
     # a larger, longer run before it starts, then from 25% of itself
@@ -244,6 +250,27 @@ def test_running_references_are_left_out():
     # a finished run logged every 200 steps that ends 200 steps before T is finished, not running
     r = c.refs[running.index(False)]
     assert not is_running(r.observed_until(r.total_steps - 1))
+
+
+def test_a_prefix_of_few_points_widens_the_sweep_candidate_too():
+    """Under 10 own points the target's offset from the sweep law rests on too few of them: the sweep
+    candidate takes the same x3 on its scale as the alone and same-size candidates (the quickstart's 16
+    evaluations per run give 4-6 points at 40%)."""
+    rng = np.random.default_rng(0)
+    tps, runs = _synthetic_sweep(rng)
+    n, T = 3e8, 6000
+    lr = _cosine(T)
+    width = {}
+    for every in (100, 300):  # 15 and 5 points in the first 25%
+        s = np.arange(100, 0.25 * T + 1, every).astype(float)
+        t = Curve(s, _sweep_law(n, tps, lr, s) + rng.normal(0, 0.004, len(s)), lr, "big", n_params=n,
+                  tokens_per_step=tps)  # fmt: skip
+        p = predict_final_loss(t, runs)
+        assert max(p.weights, key=p.weights.get) == "sweep" and p.scale_terms[0] == (
+            1.0 if every == 100 else 3.0
+        )
+        width[every] = (p.high - p.low) / p.loss
+    assert width[300] > 2 * width[100]
 
 
 def test_quickstart_cases_are_the_live_sweep_at_40_percent():
