@@ -93,6 +93,7 @@ def _keep_stop_interval(run_dir: Path, pred: dict[str, Any]) -> None:
 
 
 REPEAT_EPOCHS = 1.05  # a run that sees its unique tokens more than this many times repeats data
+MIN_RHO_SIZES = 3  # sizes among the repeating runs before the size exponent of R_D* is fitted
 
 
 def _repetition_law(pts: list[dict[str, Any]]) -> dict[str, Any]:
@@ -113,14 +114,22 @@ def _repetition_law(pts: list[dict[str, Any]]) -> dict[str, Any]:
     try:
         from scaling_train.laws import fit_data_constrained
 
+        # R_D*'s size exponent rho only when the repeating runs span >= 3 sizes: with 2 it trades off
+        # against alpha and is set by noise
+        n_sizes = len({round(p["N"], -2) for p in usable if p["D"] / p["U"] > REPEAT_EPOCHS})
         f = fit_data_constrained(
             np.array([p["N"] for p in usable]), np.array([p["D"] for p in usable]),
             np.array([p["U"] for p in usable]), np.array([p["eval_loss"] for p in usable]),
+            fit_rho=n_sizes >= MIN_RHO_SIZES,
         )  # fmt: skip
         out["data_constrained"] = {
             k: getattr(f, k)
-            for k in ("E", "A", "B", "alpha", "beta", "R_D_star", "R_N_star", "objective", "n_points")
+            for k in ("E", "A", "B", "alpha", "beta", "R_D_star", "R_N_star", "rho", "objective", "n_points")
         }
+        out["data_constrained"]["rho_fitted"] = n_sizes >= MIN_RHO_SIZES
+        out["data_constrained"]["rho_reason"] = f"the repeating runs span {n_sizes} sizes" + (
+            "" if n_sizes >= MIN_RHO_SIZES else f" (< {MIN_RHO_SIZES}): rho held at 0, the paper's law"
+        )
         out["data_constrained"]["diverged"] = [usable[d.index]["run"] for d in f.diverged]
         out["law"] = "data_constrained"
         out["law_reason"] = f"{len(rep)} run(s) repeat their training data (D / U > {REPEAT_EPOCHS})"

@@ -4,8 +4,12 @@ With ``N`` parameters trained on ``D`` tokens drawn from ``U`` unique tokens (``
 
     U_D = min(U, D)                                    unique tokens actually seen
     R_D = D / U_D - 1                                  repetitions beyond the first epoch (0 if D <= U)
-    D'  = U_D + U_D * R_D* * (1 - exp(-R_D / R_D*))    effective data: the k-th repetition is worth
-                                                       exp(-k / R_D*) of a fresh token; D' <= U_D (1 + R_D*)
+    R_D*(N) = R_D* * (N / 1e8)**(-rho)                 how many repetitions a token stays useful for, shorter
+                                                       for a larger model (it memorises sooner); rho = 0 is
+                                                       the paper's law, a single R_D* for every size
+    D'  = U_D + U_D * R_D*(N) * (1 - exp(-R_D / R_D*(N)))
+                                                       effective data: the k-th repetition is worth
+                                                       exp(-k / R_D*(N)) of a fresh token; D' <= U_D (1 + R_D*(N))
     U_N = min(N, N_opt(U_D))                           "unique" parameters: the compute-optimal size for
                                                        U_D tokens under the base law below,
                                                        N_opt(U) = (alpha A / (beta B) * U**beta) ** (1/alpha)
@@ -15,8 +19,15 @@ With ``N`` parameters trained on ``D`` tokens drawn from ``U`` unique tokens (``
     L(N, D, U) = E + A / N'**alpha + B / D'**beta
 
 With ``U >= D`` and ``N <= N_opt(D)`` this is the Chinchilla law ``E + A / N**alpha + B / D**beta``.
-All seven parameters (E, A, B, alpha, beta, R_D*, R_N*) are fitted jointly, as in Hoffmann et al.'s
-approach 3: Huber loss on log L over a grid of starts, BFGS with the analytic gradient.
+All eight parameters (E, A, B, alpha, beta, R_D*, R_N*, rho) are fitted jointly, as in Hoffmann et al.'s
+approach 3: Huber loss on log L over a grid of starts, BFGS with the analytic gradient
+(``fit_rho=False`` holds rho at 0: Muennighoff et al.'s seven-parameter law).
+
+Why rho: on the datablations runs the number of epochs after which more repetition stops helping falls
+with the model size (at 1e8 unique tokens: ~60 epochs at 146M parameters, ~27 at 421M, ~15 at 619M), and a
+single R_D* fitted to all sizes lets the largest models gain too much from repeats. Chosen on the inner
+split only (fit < 250M, predict the 250M-500M multi-epoch runs: MAE ratio to Chinchilla 0.79 -> 0.46),
+then reported on the outer one (fit < 500M, predict 574M-2.2B: 0.63 -> 0.39; BENCHMARKS.md).
 
 The law is non-increasing in N, D and U. Real multi-epoch runs can end *worse* with more training
 (heavy over-fitting, loss spikes, divergence); such runs are detected by an explicit rule (see
@@ -36,8 +47,11 @@ from ._lse import LSEProblem, multistart
 from ._validate import as_1d, check_range, same_length
 from .chinchilla import hoffmann_grid
 
-PARAM_NAMES = ("E", "A", "B", "alpha", "beta", "R_D_star", "R_N_star")
+PARAM_NAMES = ("E", "A", "B", "alpha", "beta", "R_D_star", "R_N_star", "rho")
+# R_D*(N) = R_D* (N / N_PIVOT)**(-rho): the fitted R_D* is that of a 1e8-parameter model
+N_PIVOT = 1e8
 _R_GRID = np.log([2.0, 5.0, 15.0, 50.0])  # log R_D*, log R_N* starts (paper's fit: R_D* ~ 15, R_N* ~ 5)
+_RHO_GRID = (0.0, 0.5)  # rho starts
 _EXP_FLOOR = 1e-3  # alpha, beta floor inside N_opt(U) only (the grid holds 0 exponents)
 _LOPT_RANGE = (0.0, 80.0)  # log N_opt(U) clipped to [1, e^80] parameters: finite at any grid point
 _LOG_RSTAR_RANGE = (-7.0, 30.0)  # log R* clipped: R* in [1e-3, 1e13] (1e13 = no decay at all in practice)
@@ -127,12 +141,17 @@ def _log_nopt(a, b, al, be, log_u):
     return lopt, d_a, d_alpha, d_beta
 
 
+def _log_rd(rd, rho, ln):
+    """log R_D*(N) = log R_D* - rho (log N - log N_PIVOT)."""
+    return rd - rho * (ln - np.log(N_PIVOT))
+
+
 def _log_effective_nd(theta: np.ndarray, log_x: np.ndarray):
-    """(log N', log D') for parameter rows ``theta`` (..., 7) and data columns (log N, log D, log U)."""
-    a, b, _, al, be, rd, rn = (theta[..., k, None] for k in range(7))  # (..., 1)
+    """(log N', log D') for parameter rows ``theta`` (..., 8) and data columns (log N, log D, log U)."""
+    a, b, _, al, be, rd, rn, rho = (theta[..., k, None] for k in range(8))  # (..., 1)
     ln, ld, lu = log_x[:, 0], log_x[:, 1], log_x[:, 2]  # (n,)
     lud = np.minimum(lu, ld)  # log U_D
-    log_dp, _, _ = _effective(lud, ld, rd)
+    log_dp, _, _ = _effective(lud, ld, _log_rd(rd, rho, ln))
     lopt, _, _, _ = _log_nopt(a, b, al, be, lud)
     log_np, _, _ = _effective(np.minimum(ln, lopt), ln, rn)
     return log_np, log_dp
@@ -146,15 +165,15 @@ def _terms(theta: np.ndarray, log_x: np.ndarray) -> np.ndarray:
 
 
 def _jac(theta: np.ndarray, log_x: np.ndarray) -> np.ndarray:
-    a, b, _, al, be, rd, rn = theta
+    a, b, _, al, be, rd, rn, rho = theta
     ln, ld, lu = log_x[:, 0], log_x[:, 1], log_x[:, 2]
     lud = np.minimum(lu, ld)
-    log_dp, dd_rd, _ = _effective(lud, ld, rd)
+    log_dp, dd_rd, _ = _effective(lud, ld, _log_rd(rd, rho, ln))
     lopt, o_a, o_alpha, o_beta = _log_nopt(a, b, al, be, lud)
     active = lopt < ln  # U_N = N_opt(U) < N: excess parameters
     log_np, dn_rn, dn_lu = _effective(np.minimum(ln, lopt), ln, rn)
     dn_lopt = np.where(active, dn_lu, 0.0)  # d log N' / d log N_opt
-    j = np.zeros((len(ln), 3, 7))  # d term_j / d (a, b, e, alpha, beta, log R_D*, log R_N*)
+    j = np.zeros((len(ln), 3, 8))  # d term_j / d (a, b, e, alpha, beta, log R_D*, log R_N*, rho)
     j[:, 0, 0] = 1.0 - al * dn_lopt * o_a
     j[:, 0, 1] = al * dn_lopt * o_a  # d lopt / d b = -d lopt / d a
     j[:, 0, 3] = -log_np - al * dn_lopt * o_alpha
@@ -163,14 +182,15 @@ def _jac(theta: np.ndarray, log_x: np.ndarray) -> np.ndarray:
     j[:, 1, 1] = 1.0
     j[:, 1, 4] = -log_dp
     j[:, 1, 5] = -be * dd_rd
+    j[:, 1, 7] = be * dd_rd * (ln - np.log(N_PIVOT))  # d log R_D*(N) / d rho = -(log N - log N_PIVOT)
     j[:, 2, 2] = 1.0
     return j
 
 
 def _to_natural(theta: np.ndarray) -> np.ndarray:
-    # (..., 7) rows (a, b, e, alpha, beta, log R_D*, log R_N*) -> PARAM_NAMES order
+    # (..., 8) rows (a, b, e, alpha, beta, log R_D*, log R_N*, rho) -> PARAM_NAMES order
     t = np.array(theta, dtype=np.float64, copy=True)
-    t[..., 5:] = np.clip(t[..., 5:], *_LOG_RSTAR_RANGE)  # the law only ever sees the clipped R*
+    t[..., 5:7] = np.clip(t[..., 5:7], *_LOG_RSTAR_RANGE)  # the law only ever sees the clipped R*
     return np.stack(
         [
             np.exp(t[..., 2]),
@@ -180,18 +200,19 @@ def _to_natural(theta: np.ndarray) -> np.ndarray:
             t[..., 4],
             np.exp(t[..., 5]),
             np.exp(t[..., 6]),
+            t[..., 7],
         ],
         axis=-1,
     )
 
 
 def _to_theta(nat: np.ndarray) -> np.ndarray:
-    E, A, B, al, be, rd, rn = (nat[..., k] for k in range(7))
-    return np.stack([np.log(A), np.log(B), np.log(E), al, be, np.log(rd), np.log(rn)], axis=-1)
+    E, A, B, al, be, rd, rn, rho = (nat[..., k] for k in range(8))
+    return np.stack([np.log(A), np.log(B), np.log(E), al, be, np.log(rd), np.log(rn), rho], axis=-1)
 
 
 def _law(nat: np.ndarray, N, D, U) -> np.ndarray:
-    """Loss at (N, D, U) for parameter rows ``nat`` (..., 7) in PARAM_NAMES order -> (..., n)."""
+    """Loss at (N, D, U) for parameter rows ``nat`` (..., 8) in PARAM_NAMES order -> (..., n)."""
     log_x = np.column_stack([np.log(N), np.log(D), np.log(U)])
     return np.exp(logsumexp(_terms(_to_theta(nat), log_x), axis=-1))
 
@@ -214,11 +235,14 @@ class DataConstrainedFit:
     objective: float
     n_points: int
     n_starts: int
+    rho: float = 0.0
+    """Exponent of the model size in the repetition half-life, R_D*(N) = R_D* (N / 1e8)**(-rho) (0: the
+    paper's seven-parameter law)."""
     diverged: tuple[DivergedRun, ...] = ()
     confidence: float = 0.9
     ci: dict[str, tuple[float, float]] = field(default_factory=dict)
-    draws: np.ndarray = field(default_factory=lambda: np.empty((0, 7)), repr=False)
-    """(n_bootstrap, 7) bootstrap parameter draws in PARAM_NAMES order."""
+    draws: np.ndarray = field(default_factory=lambda: np.empty((0, 8)), repr=False)
+    """(n_bootstrap, 8) bootstrap parameter draws in PARAM_NAMES order."""
     log_residuals: np.ndarray = field(default_factory=lambda: np.empty(0), repr=False)
     """log(observed / fitted) of the fitted runs (resampled into prediction intervals)."""
 
@@ -307,17 +331,25 @@ def _best_rows(f: np.ndarray, grid: np.ndarray, n_best: int) -> np.ndarray:
     return np.array(sorted(chosen))
 
 
-def _starts(problem: LSEProblem, n_best: int) -> np.ndarray:
+def _jac_rho_fixed(theta: np.ndarray, log_x: np.ndarray) -> np.ndarray:
+    """``_jac`` with no gradient in rho: BFGS keeps rho where it started (``fit_rho=False``)."""
+    j = _jac(theta, log_x)
+    j[..., 7] = 0.0
+    return j
+
+
+def _starts(problem: LSEProblem, n_best: int, rhos: tuple[float, ...]) -> np.ndarray:
     """BFGS starts in two scoring passes (one vectorised call each):
 
-    1. the Hoffmann grid (4500 rows of a, b, e, alpha, beta) at R_D* = 15, R_N* = 5 (the paper's fit);
+    1. the Hoffmann grid (4500 rows of a, b, e, alpha, beta) at R_D* = 15, R_N* = 5 (the paper's fit), rho 0;
        keep the ``n_best`` best rows plus the best row of every (alpha, beta) pair (<= n_best + 25);
-    2. those rows times log R_D*, log R_N* in ``_R_GRID`` x ``_R_GRID`` (16 pairs); keep the same way.
+    2. those rows times log R_D*, log R_N* in ``_R_GRID`` x ``_R_GRID`` x rho in ``rhos`` (16 or 32
+       triples); keep the same way.
     """
     h = hoffmann_grid()
-    first = np.hstack([h, np.tile([np.log(15.0), np.log(5.0)], (len(h), 1))])
+    first = np.hstack([h, np.tile([np.log(15.0), np.log(5.0), 0.0], (len(h), 1))])
     kept = h[_best_rows(problem.objective_batch(first), first, n_best)]
-    rr = np.array(list(itertools.product(_R_GRID, _R_GRID)))  # (16, 2)
+    rr = np.array(list(itertools.product(_R_GRID, _R_GRID, rhos)))  # (16 x len(rhos), 3)
     second = np.hstack([np.repeat(kept, len(rr), axis=0), np.tile(rr, (len(kept), 1))])
     return second[_best_rows(problem.objective_batch(second), second, n_best)]
 
@@ -336,16 +368,20 @@ def fit_data_constrained(
     vocab_size: int | None = None,
     uniform_fraction: float = 0.9,
     rise_tolerance: float = 0.10,
+    fit_rho: bool = True,
 ) -> DataConstrainedFit:
-    """Fit ``L(N, D, U) = E + A / N'**alpha + B / D'**beta`` (Muennighoff et al. 2023; see module docstring).
+    """Fit ``L(N, D, U) = E + A / N'**alpha + B / D'**beta`` (Muennighoff et al. 2023, with the repetition
+    half-life ``R_D*(N)`` falling with the model size as ``N**-rho``; see module docstring).
 
     ``N`` parameters, ``D`` training tokens, ``U`` unique tokens available (epochs = D / U), ``L`` final loss.
     Diverged runs (``find_diverged`` with ``vocab_size``, ``uniform_fraction``, ``rise_tolerance``) are
     excluded first and listed in ``fit.diverged``. Parametrisation ``A, B, E = exp(a, b, e)``,
     ``R_D*, R_N* = exp(rd, rn)``; objective ``sum_i Huber_delta(log L_hat_i - log L_i)``; the Hoffmann grid
-    and then 4 x 4 values of (R_D*, R_N*) are scored in two passes (see ``_starts``) and BFGS runs from the
+    and then 4 x 4 x 2 values of (R_D*, R_N*, rho) are scored in two passes (see ``_starts``) and BFGS runs from the
     ``n_best`` best points plus the best of every (alpha, beta) pair. ``n_bootstrap > 0`` adds case-resampling bootstrap draws
     (each a BFGS refit started at the full-data optimum): ``ci`` per parameter and ``predict_interval``.
+    ``fit_rho=False`` holds rho at 0 (the paper's seven-parameter law); with rho fitted the runs should span
+    several model sizes, or rho is set by the prior-free fit alone and may be anywhere.
     """
     N = as_1d("N", N, positive=True)
     D = as_1d("D", D, positive=True)
@@ -364,25 +400,28 @@ def fit_data_constrained(
     keep = np.ones(n_all, dtype=bool)
     keep[[r.index for r in diverged]] = False
     n = int(keep.sum())
-    if n < 7:
+    n_par = 8 if fit_rho else 7
+    if n < n_par:
         raise ValueError(
-            f"{n} runs left after excluding {len(diverged)} diverged of {n_all}; at least 7 are needed for 7 parameters"
+            f"{n} runs left after excluding {len(diverged)} diverged of {n_all}; at least {n_par} are needed for "
+            f"{n_par} parameters"
         )
     log_x = np.column_stack([np.log(N[keep]), np.log(D[keep]), np.log(U[keep])])
-    problem = LSEProblem(log_x, np.log(L[keep]), np.ones(n), delta, _terms, _jac)
-    starts = _starts(problem, n_best)
+    jac = _jac if fit_rho else _jac_rho_fixed
+    problem = LSEProblem(log_x, np.log(L[keep]), np.ones(n), delta, _terms, jac)
+    starts = _starts(problem, n_best, _RHO_GRID if fit_rho else (0.0,))
     theta, f = multistart(problem, starts)
     nat = _to_natural(theta)
     resid = problem.log_y - logsumexp(_terms(theta, log_x), axis=-1)
     ci: dict[str, tuple[float, float]] = {}
-    draws = np.empty((0, 7))
+    draws = np.empty((0, 8))
     if n_bootstrap > 0:
         draws = _to_natural(_bootstrap(problem, theta, n_bootstrap=n_bootstrap, seed=seed))
         q = (1.0 - confidence) / 2.0
         lo, hi = np.quantile(draws, [q, 1.0 - q], axis=0)
         ci = {name: (float(lo[k]), float(hi[k])) for k, name in enumerate(PARAM_NAMES)}
     return DataConstrainedFit(
-        *(float(v) for v in nat),
+        **{k: float(v) for k, v in zip(PARAM_NAMES, nat)},
         objective=f,
         n_points=n,
         n_starts=len(starts),
@@ -395,7 +434,7 @@ def fit_data_constrained(
 
 
 def _bootstrap(problem: LSEProblem, theta: np.ndarray, *, n_bootstrap: int, seed: int) -> np.ndarray:
-    """Case-resampling bootstrap: multinomial weights, one BFGS refit from ``theta`` each -> (B, 7)."""
+    """Case-resampling bootstrap: multinomial weights, one BFGS refit from ``theta`` each -> (B, 8)."""
     rng = np.random.default_rng(seed)
     n = len(problem.log_y)
     scale = 1.0 / (problem.delta * n)

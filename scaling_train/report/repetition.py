@@ -23,13 +23,19 @@ from scaling_train.report.figures import Figure, NoData, fmt_n, png_bytes, pyplo
 
 def fit_from_law(dc: dict[str, Any]) -> DataConstrainedFit:
     """The fitter's ``sweep_law.json`` ``data_constrained`` block as a ``DataConstrainedFit`` (no bootstrap)."""
-    missing = [k for k in PARAM_NAMES if not isinstance(dc.get(k), (int, float))]
+    # rho is absent from laws written before it existed: those are the paper's law, rho = 0
+    missing = [k for k in PARAM_NAMES if k != "rho" and not isinstance(dc.get(k), (int, float))]
     if missing:
         raise NoData(f"sweep_law.json data_constrained lacks {missing} ({dc.get('error', 'no error given')})")
     return DataConstrainedFit(
-        **{k: float(dc[k]) for k in PARAM_NAMES}, objective=float(dc.get("objective", np.nan)),
+        **{k: float(dc.get(k, 0.0)) for k in PARAM_NAMES}, objective=float(dc.get("objective", np.nan)),
         n_points=int(dc.get("n_points", 0)), n_starts=0,
     )  # fmt: skip
+
+
+def dc_rho_reason(law: dict[str, Any]) -> str:
+    """Why rho was fitted or held at 0, from ``sweep_law.json`` (older laws: held at 0, no reason given)."""
+    return str((law.get("data_constrained") or {}).get("rho_reason", "held at 0"))
 
 
 def repetition(sweep: SweepData, an: Analysis) -> Figure:
@@ -81,8 +87,9 @@ def repetition(sweep: SweepData, an: Analysis) -> Figure:
     rep = law.get("repeating_runs", [])
     cap = (
         f"The sweep's law is the data-constrained one ({law.get('law_reason', '')}): E={fit.E:.3g}, "
-        f"alpha={fit.alpha:.3g}, beta={fit.beta:.3g}, R_D*={fit.R_D_star:.3g} (the k-th repetition of a token is "
-        f"worth exp(-k/R_D*) of a fresh one), R_N*={fit.R_N_star:.3g}; {len(rep)} of {len(pts)} runs repeat their "
+        f"alpha={fit.alpha:.3g}, beta={fit.beta:.3g}, R_D*={fit.R_D_star:.3g} x (N/1e8)^-{fit.rho:.3g} (the k-th "
+        f"repetition of a token is worth exp(-k/R_D*(N)) of a fresh one; rho: {dc_rho_reason(law)}), "
+        f"R_N*={fit.R_N_star:.3g}; {len(rep)} of {len(pts)} runs repeat their "
         "data. Dashed (left): the same law with every token fresh, what a fit that ignores repetition would "
         "promise. Right: N minimising the law's loss at C = 6ND with unlimited data and with each data limit."
     )

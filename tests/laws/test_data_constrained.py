@@ -45,7 +45,7 @@ def test_objective_gradient_is_exact_in_both_branches():
     D = U * np.exp(rng.uniform(np.log(0.3), np.log(200), n))
     log_x = np.column_stack([np.log(N), np.log(D), np.log(U)])
     problem = LSEProblem(log_x, np.log(rng.uniform(2.5, 4.0, n)), np.ones(n), 1e-3, _terms, _jac)
-    theta = np.array([6.0, 6.1, 0.5, 0.35, 0.3, np.log(15.0), np.log(5.0)])
+    theta = np.array([6.0, 6.1, 0.5, 0.35, 0.3, np.log(15.0), np.log(5.0), 0.4])
     lopt = (np.log(0.35 / 0.3) + 6.0 - 6.1 + 0.3 * np.log(np.minimum(U, D))) / 0.35
     assert 0 < np.sum(np.log(N) > lopt) < n and 0 < np.sum(D > U) < n  # both branches present
     _, g = problem.objective_and_grad(theta)
@@ -53,7 +53,7 @@ def test_objective_gradient_is_exact_in_both_branches():
     num = [
         (problem.objective_and_grad(theta + eps * e)[0] - problem.objective_and_grad(theta - eps * e)[0])
         / (2 * eps)
-        for e in np.eye(7)
+        for e in np.eye(8)
     ]
     np.testing.assert_allclose(g, num, rtol=1e-4, atol=1e-9)
 
@@ -85,6 +85,7 @@ def test_recovers_known_parameters_with_bootstrap_intervals():
     assert fit.R_N_star == pytest.approx(TRUE["R_N_star"], rel=0.25)
     lo, hi = fit.ci["R_D_star"]
     assert lo < TRUE["R_D_star"] < hi
+    assert abs(fit.rho) < 0.05 and fit.ci["rho"][0] < 0 < fit.ci["rho"][1]  # the paper's law: no size effect
     for name, (lo, hi) in fit.ci.items():
         assert lo <= getattr(fit, name) <= hi, name
     # new points, including 2x beyond the largest fitted size and 300 epochs
@@ -94,6 +95,28 @@ def test_recovers_known_parameters_with_bootstrap_intervals():
     assert np.all(low < fit.predict(Nt, Dt, Ut)) and np.all(fit.predict(Nt, Dt, Ut) < high)
     p_lo, p_hi = fit.predict_interval(Nt, Dt, Ut, noise=False)
     assert np.all(p_hi - p_lo < high - low)  # the curve's uncertainty alone is narrower
+
+
+def test_recovers_a_repetition_half_life_that_falls_with_size():
+    """Data from R_D*(N) = 15.4 (N / 1e8)**-0.5: the fit finds rho inside its interval and predicts a larger,
+    repeated run; the paper's seven-parameter law (``fit_rho=False``) on the same runs cannot (one R_D* for
+    every size), and misses it by more."""
+    N, D, U, _ = synthetic()
+    law = DataConstrainedFit(**TRUE, objective=0.0, n_points=0, n_starts=0, rho=0.5)
+    L = law.predict(N, D, U) * np.exp(np.random.default_rng(3).normal(0, 0.005, len(N)))
+    fit = fit_data_constrained(N, D, U, L, n_bootstrap=20)
+    assert fit.rho == pytest.approx(0.5, abs=0.05) and fit.ci["rho"][0] < 0.5 < fit.ci["rho"][1]
+    assert fit.R_D_star == pytest.approx(TRUE["R_D_star"], rel=0.15)
+    paper = fit_data_constrained(N, D, U, L, fit_rho=False)
+    assert paper.rho == 0.0
+    Nt, Dt, Ut = (
+        np.array([4e9, 3e8]),
+        np.array([3e11, 3e10]),
+        np.array([1e10, 1e8]),
+    )  # 2x the largest size; 300 epochs
+    err = np.abs(fit.predict(Nt, Dt, Ut) / law.predict(Nt, Dt, Ut) - 1)
+    err_paper = np.abs(paper.predict(Nt, Dt, Ut) / law.predict(Nt, Dt, Ut) - 1)
+    assert np.all(err < 0.005) and np.max(err_paper) > 0.02
 
 
 def test_find_diverged_rules_on_a_small_example():
@@ -131,30 +154,33 @@ def _held_out_errors(d, fit, chin, mask):
     return err, err_chin
 
 
-@pytest.mark.slow  # ~8 s on a loaded 2-core machine (fast-tier budget, issue 16)
-def test_held_out_larger_multi_epoch_runs_beat_chinchilla():
-    """Fit on the runs below 500M parameters; predict the non-diverged multi-epoch runs of 574M-2.2B.
-
-    Thresholds come from the issue (<= 5% mean error) and from the nominal 90% level (coverage >= 0.75,
-    about 3 binomial sd below 0.9 for 31 runs), not from these groups' measured values. The issue's
-    other target (<= half Chinchilla's error) is not met on this data: measured 4.6% vs 7.4% (ratio 0.63),
-    recorded in benchmarks/results/data_constrained.md; here the law must be better in every size group
-    and at least 20% better overall.
-    """
-    d = datablations()
-    train = d["N"] < HELD_OUT_N
+def _split_fit(d, below: float, **kw):
+    """fit_data_constrained on the runs below ``below`` parameters, Chinchilla on the same non-diverged runs."""
+    train = d["N"] < below
     fit = fit_data_constrained(
-        d["N"][train], d["D"][train], d["U"][train], d["L"][train], vocab_size=GPT2_VOCAB, n_bootstrap=60
+        d["N"][train], d["D"][train], d["U"][train], d["L"][train], vocab_size=GPT2_VOCAB, **kw
     )
     fitted = np.flatnonzero(train)[np.setdiff1d(np.arange(train.sum()), [r.index for r in fit.diverged])]
     chin = fit_chinchilla(d["N"][fitted], d["D"][fitted], d["L"][fitted])  # same runs, repetition ignored
     diverged = np.zeros(len(d["L"]), dtype=bool)
     diverged[[r.index for r in find_diverged(d["N"], d["D"], d["U"], d["L"], vocab_size=GPT2_VOCAB)]] = True
-    test = ~train & ~diverged & (d["D"] > 1.01 * d["U"])
+    return fit, chin, ~train & ~diverged & (d["D"] > 1.01 * d["U"])
+
+
+@pytest.mark.slow  # ~10 s on a loaded 2-core machine (fast-tier budget, issue 16)
+def test_held_out_larger_multi_epoch_runs_beat_chinchilla():
+    """Fit on the runs below 500M parameters; predict the non-diverged multi-epoch runs of 574M-2.2B.
+
+    Thresholds are the issue's (<= 5% mean error, <= half of Chinchilla's) and the nominal 90% level
+    (coverage >= 0.75, about 3 binomial sd below 0.9 for 31 runs), not these groups' measured values
+    (2.9% against Chinchilla's 7.4%, ratio 0.39: benchmarks/results/data_constrained.md).
+    """
+    d = datablations()
+    fit, chin, test = _split_fit(d, HELD_OUT_N, n_bootstrap=60)
     assert test.sum() == 31
     err, err_chin = _held_out_errors(d, fit, chin, test)
     assert np.mean(np.abs(err)) <= 0.05
-    assert np.mean(np.abs(err)) <= 0.8 * np.mean(np.abs(err_chin))
+    assert np.mean(np.abs(err)) <= 0.5 * np.mean(np.abs(err_chin))
     assert abs(np.mean(err)) < abs(np.mean(err_chin))  # less biased (both predict too low)
     for name, (lo, hi) in SIZE_GROUPS.items():
         g = test & (d["N"] >= lo) & (d["N"] < hi)
@@ -163,6 +189,23 @@ def test_held_out_larger_multi_epoch_runs_beat_chinchilla():
     low, high = fit.predict_interval(d["N"][test], d["D"][test], d["U"][test])
     coverage = np.mean((d["L"][test] >= low) & (d["L"][test] <= high))
     assert coverage >= 0.75
+
+
+@pytest.mark.slow  # ~12 s
+def test_rho_was_chosen_on_the_inner_split():
+    """The size exponent of R_D* was adopted because it helps on the inner split (fit < 250M, predict the
+    250M-500M multi-epoch runs), which never sees the outer groups above: there it must beat the paper's
+    seven-parameter law fitted on the same runs."""
+    d = datablations()
+    fit, _, test = _split_fit(d, 2.5e8)
+    paper, _, _ = _split_fit(d, 2.5e8, fit_rho=False)
+    inner = test & (d["N"] < HELD_OUT_N)
+    assert inner.sum() == 21 and fit.rho > 0.3
+    mae = [
+        np.mean(np.abs(f.predict(d["N"][inner], d["D"][inner], d["U"][inner]) / d["L"][inner] - 1))
+        for f in (fit, paper)
+    ]
+    assert mae[0] < 0.8 * mae[1]
 
 
 def test_optimal_allocation_uses_more_epochs_when_unique_data_is_scarce():
@@ -192,8 +235,10 @@ def test_errors_name_the_value_and_the_allowed_range():
         fit_data_constrained(N, D, U[:3], L)
     with pytest.raises(ValueError, match=r"D\[0\]=-1.0 must be > 0"):
         fit_data_constrained(N, np.r_[-1.0, D[1:]], U, L)
-    with pytest.raises(ValueError, match="at least 7 are needed"):
+    with pytest.raises(ValueError, match="6 runs left .* at least 8 are needed for 8 parameters"):
         fit_data_constrained(N[:6], D[:6], U[:6], L[:6])
+    with pytest.raises(ValueError, match="at least 7 are needed for 7 parameters"):
+        fit_data_constrained(N[:6], D[:6], U[:6], L[:6], fit_rho=False)
     with pytest.raises(ValueError, match="n_bootstrap > 0"):
         truth().predict_interval(1e9, 1e10, 1e9)
     with pytest.raises(ValueError, match=r"rise_tolerance=-0.1 must be in"):
