@@ -36,7 +36,7 @@ import numpy as np
 
 from scaling_train._io import atomic_write
 from scaling_train.fitter.tail import RunTail, plan_runs
-from scaling_train.metrics.config import law_burn_in
+from scaling_train.metrics.config import REPEAT_EPOCHS, law_burn_in, memorised_loss_reason
 from scaling_train.metrics.jsonl import clean_for_json
 from scaling_train.run_folder import PREDICTIONS, PREDICTIONS_LOG, STOP, STOPPED, STOPPED_ARCHIVES, find_runs
 
@@ -92,7 +92,6 @@ def _keep_stop_interval(run_dir: Path, pred: dict[str, Any]) -> None:
         pred["low"], pred["high"] = min(pred["low"], lo), max(pred["high"], hi)
 
 
-REPEAT_EPOCHS = 1.05  # a run that sees its unique tokens more than this many times repeats data
 MIN_RHO_SIZES = 3  # sizes among the repeating runs before the size exponent of R_D* is fitted
 
 
@@ -254,7 +253,11 @@ class SweepFitter:
         return [
             r
             for r in self.tails.values()
-            if r is not t and r.diverged_at is None and len(r.rows) >= MIN_POINTS and r.config is not None
+            if r is not t
+            and r.diverged_at is None
+            and len(r.rows) >= MIN_POINTS
+            and r.config is not None
+            and memorised_loss_reason(r.config) is None  # a memorised training curve is no one's reference
         ]
 
     def _refit(self) -> set[str]:
@@ -291,25 +294,29 @@ class SweepFitter:
                 pred.update(status="done", loss=lo, low=lo, high=lo, final_eval_loss=last.get("eval_loss"))
             else:
                 pred["status"] = "stopped" if t.stopped else "running"
-                try:
-                    curve = self._curve(t)
-                    if curve is None:
-                        raise NotEnoughDataError("no rows or no LR schedule yet")
-                    ref_curves = [c for c in (self._curve(r) for r in refs) if c is not None]
-                    p = predict_final_loss(curve, ref_curves, curve_points=CURVE_POINTS)
-                    if not all(math.isfinite(v) for v in (p.loss, p.low, p.high)):  # never publish a nan
-                        raise FloatingPointError(f"non-finite prediction {p.loss} [{p.low}, {p.high}]")
-                    pred.update(
-                        loss=p.loss, low=p.low, high=p.high, n_used=p.n_used, n_spikes=p.n_spikes,
-                        extrapolation=p.extrapolation, mode=p.mode,
-                        references=[c.name for c in ref_curves if c.name not in p.ignored],
-                        running_references_ignored=list(p.ignored),
-                        candidates=p.candidates, weights=p.weights,
-                        curve={"step": p.curve_steps.tolist(), "loss": p.curve.tolist(),
-                               "low": p.curve_low.tolist(), "high": p.curve_high.tolist()},
-                    )  # fmt: skip
-                except (ValueError, RuntimeError, FloatingPointError) as e:
-                    pred.update(loss=None, low=None, high=None, error=f"{type(e).__name__}: {e}")
+                why_not = memorised_loss_reason(t.config)
+                if why_not is not None:  # its training loss past epoch 1 is memorisation: no law predicts it
+                    pred.update(loss=None, low=None, high=None, error=why_not)
+                else:
+                    try:
+                        curve = self._curve(t)
+                        if curve is None:
+                            raise NotEnoughDataError("no rows or no LR schedule yet")
+                        ref_curves = [c for c in (self._curve(r) for r in refs) if c is not None]
+                        p = predict_final_loss(curve, ref_curves, curve_points=CURVE_POINTS)
+                        if not all(math.isfinite(v) for v in (p.loss, p.low, p.high)):  # never publish a nan
+                            raise FloatingPointError(f"non-finite prediction {p.loss} [{p.low}, {p.high}]")
+                        pred.update(
+                            loss=p.loss, low=p.low, high=p.high, n_used=p.n_used, n_spikes=p.n_spikes,
+                            extrapolation=p.extrapolation, mode=p.mode,
+                            references=[c.name for c in ref_curves if c.name not in p.ignored],
+                            running_references_ignored=list(p.ignored),
+                            candidates=p.candidates, weights=p.weights,
+                            curve={"step": p.curve_steps.tolist(), "loss": p.curve.tolist(),
+                                   "low": p.curve_low.tolist(), "high": p.curve_high.tolist()},
+                        )  # fmt: skip
+                    except (ValueError, RuntimeError, FloatingPointError) as e:
+                        pred.update(loss=None, low=None, high=None, error=f"{type(e).__name__}: {e}")
                 if t.stopped:
                     _keep_stop_interval(t.run_dir, pred)
             self.predictions[name] = pred

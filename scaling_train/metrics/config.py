@@ -89,6 +89,35 @@ def law_column(run_config: dict | None) -> str:
     return "eval_loss" if law == "eval" else "loss"
 
 
+REPEAT_EPOCHS = 1.05
+"""A run whose training tokens exceed this many epochs of its training split repeats its data."""
+
+
+def memorised_loss_reason(run_config: dict | None) -> str | None:
+    """Why a run's final loss is not predicted, or None: its laws read the training loss
+    (``law_column`` = ``loss``) and it plans more than ``REPEAT_EPOCHS`` epochs (``resolved.epochs``). Past
+    its first epoch the training loss measures how well the model memorised the repeated tokens (a 1M model
+    after 8 epochs of 5e4 tokens: training loss 0.99, validation loss 5.49), which no learning curve of the
+    laws describes; its validation loss can be predicted instead. The fitter neither predicts such a run nor
+    uses its curve as a reference; the report does not replay it."""
+    if law_column(run_config) != "loss":
+        return None
+    resolved = (run_config or {}).get("resolved") or {}
+    ep = resolved.get("epochs")
+    if (
+        resolved.get("pools")
+        or not isinstance(ep, (int, float))
+        or isinstance(ep, bool)
+        or ep <= REPEAT_EPOCHS
+    ):
+        return None
+    return (
+        f"the run repeats its training data ({ep:.3g} epochs planned) and its laws read the training loss, "
+        "which past the first epoch measures memorisation; set metrics.law_loss: eval (and rules.evals_per_run "
+        "in a sweep) to predict its validation loss"
+    )
+
+
 def law_burn_in(run_config: dict | None) -> int:
     """``metrics.law_burn_in`` of a run's resolved config (``config.yaml`` as a dict; 0 when absent or not a
     non-negative integer: a config the run itself accepted validated it)."""

@@ -15,7 +15,7 @@ from typing import Any
 
 import numpy as np
 
-from scaling_train.metrics.config import law_burn_in
+from scaling_train.metrics.config import law_burn_in, memorised_loss_reason
 from scaling_train.report.data import RunData, SweepData, lr_schedule
 
 GNS_SKIP = 0.2
@@ -26,7 +26,7 @@ AT_FRACTION = 0.4
 ones standing at this fraction of each run (``standing_at``)."""
 """Prefixes of each finished run on which its final-loss prediction is replayed."""
 CONFIDENCE = 0.9
-CACHE_VERSION = 3
+CACHE_VERSION = 4
 """Part of every cache key: bump when a cached result's content changes (fits, notes, replay rule)."""
 
 
@@ -304,7 +304,7 @@ def replay_history(run: RunData, fractions: tuple[float, ...] = REPLAY_FRACTIONS
             for h in run.history if _ok(h.get("loss"))
         ]  # fmt: skip
     lr = lr_schedule(run)
-    if lr is None:
+    if lr is None or memorised_loss_reason(run.config) is not None:  # no prediction for a memorised loss
         return []
     T = len(lr)
     steps, losses = run.steps, run.column(run.law_column)

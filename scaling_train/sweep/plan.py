@@ -26,6 +26,7 @@ from scaling_train.config import ConfigError, deep_merge, from_dict, load_yaml, 
 from scaling_train.data.pools import format_mix, pool_counts
 from scaling_train.fitter.adaptive import MIN_LAW_POINTS, AdaptivePolicy
 from scaling_train.fitter.cbs import LR_BATCH_RULES
+from scaling_train.metrics.config import REPEAT_EPOCHS
 from scaling_train.models import sizes
 from scaling_train.run_names import NAME_RE, parse_run_name, run_name  # noqa: F401 (names live there; re-exported)
 from scaling_train.sweep.spec import PowerRule, SweepSpec, adaptive_policy
@@ -419,7 +420,7 @@ def repetition_warnings(plan: Plan, unique_tokens: Callable[[RunConfig], int | N
     repeating run, then a summary line (nothing when no run repeats data)."""
     cache: dict[str, int | None] = {}
     out: list[str] = []
-    worst, unknown = 0.0, 0
+    worst, unknown, train_loss = 0.0, 0, 0
     pooled: list[str] = []
     for run in plan.runs:
         cfg = run_config(plan, run)
@@ -444,6 +445,7 @@ def repetition_warnings(plan: Plan, unique_tokens: Callable[[RunConfig], int | N
         epochs = run.tokens / U
         if epochs > 1.0:
             worst = max(worst, epochs)
+            train_loss += epochs > REPEAT_EPOCHS and cfg.metrics.law_loss == "train"
             out.append(
                 f"warning: run {run.index} {run.name} trains on D={run.tokens:,} tokens but data.corpus="
                 f"{cfg.data.corpus!r} (max_bytes={cfg.data.max_bytes}, seq_len={cfg.model.seq_len}) holds "
@@ -453,9 +455,16 @@ def repetition_warnings(plan: Plan, unique_tokens: Callable[[RunConfig], int | N
     if out:
         out.append(
             f"warning: {len(out)} of {len(plan.runs)} runs repeat data (up to {worst:.2f} epochs); a Chinchilla "
-            "fit on (N, D) ignores repetition: use scaling_train.laws.fit_data_constrained, a larger corpus "
-            "(data.corpus, data.max_bytes) or smaller token budgets"
+            "fit on (N, D) ignores repetition, so the fitter's sweep law is the data-constrained one "
+            "(sweep_law.json law; laws.fit_data_constrained), or use a larger corpus (data.corpus, "
+            "data.max_bytes) or smaller token budgets"
         )
+        if train_loss:
+            out.append(
+                f"warning: {train_loss} repeating run(s) have metrics.law_loss: train; past the first epoch the "
+                "training loss measures memorisation, so the fitter will not predict their final loss: set "
+                "metrics.law_loss: eval (and rules.evals_per_run) to predict their validation loss"
+            )
     if pooled:
         out = ["per-pool epochs (data.pools; epochs = D x n_p / B / U_p):", *pooled, *out]
     if unknown:

@@ -229,3 +229,46 @@ def test_a_non_finite_prediction_is_never_published(sweep, tmp_path, monkeypatch
     assert p["status"] == "running" and p["loss"] is None and p["low"] is None
     assert p["error"].startswith("FloatingPointError: non-finite prediction nan")
     assert not (part / "predictions.jsonl").exists()
+
+
+def test_a_run_memorising_repeated_data_is_neither_predicted_nor_a_reference(sweep, tmp_path):
+    """Past its first epoch a run's training loss measures memorisation (issue 18): with metrics.law_loss:
+    train the fitter publishes no final-loss prediction for a run planned over > 1.05 epochs, says why, and
+    leaves it out of the other runs' references."""
+    import yaml
+
+    from scaling_train.metrics.config import memorised_loss_reason
+
+    sw, part, _ = partial_copy(sweep, tmp_path / "sw", upto=12)
+
+    def set_epochs(run: Path, epochs: float) -> None:
+        cfg = yaml.safe_load((run / "config.yaml").read_text())
+        cfg.setdefault("resolved", {})["epochs"] = epochs
+        (run / "config.yaml").write_text(yaml.safe_dump(cfg))
+
+    set_epochs(sw / "lr3e-3", 8.0)  # a finished run that repeated its data 8 times
+    f = SweepFitter(sw, log=lambda s: None)
+    f.step()
+    p = json.loads((part / "predictions.json").read_text())
+    assert p["loss"] is not None and p["references"] == ["lr1e-3"]
+    n_published = len(read_jsonl(part / "predictions.jsonl").rows)
+    set_epochs(part, 8.0)
+    f = SweepFitter(sw, log=lambda s: None)
+    f.step()
+    p = json.loads((part / "predictions.json").read_text())
+    assert p["status"] == "running" and p["loss"] is None and "memorisation" in p["error"]
+    assert "8 epochs planned" in p["error"]
+    assert len(read_jsonl(part / "predictions.jsonl").rows) == n_published  # nothing more published
+    # the report does not replay a prediction for it either (a finished run without the fitter's record)
+    from scaling_train.report.analysis import replay_history
+    from scaling_train.report.data import load_sweep
+
+    runs = {r.name: r for r in load_sweep(sw).runs}
+    assert replay_history(runs["lr3e-3"]) == [] and replay_history(runs["lr1e-3"])
+    # the rule itself: only the training loss, only past 1.05 epochs, never for a run on data pools
+    cfg = {"resolved": {"epochs": 8.0}}
+    assert memorised_loss_reason(cfg) and memorised_loss_reason({**cfg, "metrics": {"law_loss": "train"}})
+    assert memorised_loss_reason({**cfg, "metrics": {"law_loss": "eval"}}) is None
+    assert memorised_loss_reason({"resolved": {"epochs": 1.04}}) is None
+    assert memorised_loss_reason({"resolved": {"epochs": 8.0, "pools": {"a": {}}}}) is None
+    assert memorised_loss_reason({}) is None and memorised_loss_reason(None) is None

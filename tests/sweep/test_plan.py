@@ -326,12 +326,20 @@ def test_repetition_warnings_give_epochs_per_run_and_a_summary(tmp_path):
 
     lines = repetition_warnings(plan, fake_u)
     assert len(calls) == 1  # one data config: U computed once
-    assert len(lines) == 3  # runs 1 and 2 repeat (1.28 and 2.56 epochs), then the summary
+    assert len(lines) == 4  # runs 1 and 2 repeat (1.28 and 2.56 epochs), the summary, the training-loss line
     assert (
         "run 1 " in lines[0] and "D=5,120" in lines[0] and "U=4,000" in lines[0] and "1.28 epochs" in lines[0]
     )
     assert "2.56 epochs" in lines[1] and "1.56 more times" in lines[1]
     assert lines[2].startswith("warning: 2 of 3 runs repeat data (up to 2.56 epochs)")
+    # their laws read the training loss (the default): the fitter will not predict them, and says how to
+    assert (
+        lines[3].startswith("warning: 2 repeating run(s) have metrics.law_loss: train") and "eval" in lines[3]
+    )
+    (tmp_path / "ev").mkdir()
+    ev = plan_of(tmp_path / "ev", tiny_spec(grid={"sizes": ["0.1M"], "tokens": [2560, 5120, 10240]},
+                                            run={"metrics": {"law_loss": "eval"}}))  # fmt: skip
+    assert len(repetition_warnings(ev, fake_u)) == 3
     assert repetition_warnings(plan, lambda cfg: 10**6) == []
     assert repetition_warnings(plan, lambda cfg: None) == [
         "note: U unknown before training for 3 runs (remote corpus); repetition not checked"
@@ -352,8 +360,8 @@ def test_dry_run_warns_when_runs_repeat_the_corpus(tmp_path, env):
     )
     assert out.returncode == 0, out.stderr
     warnings = [ln for ln in out.stdout.splitlines() if ln.startswith("warning:")]
-    assert len(warnings) == 2 and "run 1 " in warnings[0] and "epochs" in warnings[0], out.stdout
-    assert "1 of 2 runs repeat data" in warnings[1]
+    assert len(warnings) == 3 and "run 1 " in warnings[0] and "epochs" in warnings[0], out.stdout
+    assert "1 of 2 runs repeat data" in warnings[1] and "law_loss: train" in warnings[2]
     assert not (tmp_path / "out").exists()
 
 
