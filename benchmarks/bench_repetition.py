@@ -20,7 +20,6 @@ from pathlib import Path
 
 import numpy as np
 
-from scaling_train.fitter.core import MIN_RHO_SIZES, REPEAT_EPOCHS
 from scaling_train.laws import fit_chinchilla, fit_data_constrained
 
 
@@ -41,11 +40,7 @@ def main() -> None:
     fit = ep <= a.max_fit_epochs
     test = ~fit
     ch = fit_chinchilla(N[fit], D[fit], L[fit])
-    # the fitter's rule: rho (R_D*'s size exponent) only when the repeating runs span >= MIN_RHO_SIZES sizes
-    n_sizes = len({round(float(n), -2) for n in N[fit & (ep > REPEAT_EPOCHS)]})
-    dc = fit_data_constrained(
-        N[fit], D[fit], U[fit], L[fit], n_bootstrap=100, fit_rho=n_sizes >= MIN_RHO_SIZES
-    )
+    dc = fit_data_constrained(N[fit], D[fit], U[fit], L[fit], n_bootstrap=100)  # rho: the law's own rule
     p_ch, p_dc = ch.predict(N, D), dc.predict(N, D, U)
     lo, hi = dc.predict_interval(N, D, U)
     print("# Repetition on the CPU: data-constrained law vs Chinchilla, fitted on <= 2 epochs\n")

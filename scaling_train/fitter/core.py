@@ -92,9 +92,6 @@ def _keep_stop_interval(run_dir: Path, pred: dict[str, Any]) -> None:
         pred["low"], pred["high"] = min(pred["low"], lo), max(pred["high"], hi)
 
 
-MIN_RHO_SIZES = 3  # sizes among the repeating runs before the size exponent of R_D* is fitted
-
-
 def _repetition_law(pts: list[dict[str, Any]]) -> dict[str, Any]:
     """When any run repeats its data (D / U > REPEAT_EPOCHS), the data-constrained law (Muennighoff et al.
     2023, ``laws.fit_data_constrained``) over (N, D, U, loss) is the sweep's law and says so: Chinchilla
@@ -113,22 +110,15 @@ def _repetition_law(pts: list[dict[str, Any]]) -> dict[str, Any]:
     try:
         from scaling_train.laws import fit_data_constrained
 
-        # R_D*'s size exponent rho only when the repeating runs span >= 3 sizes: with 2 it trades off
-        # against alpha and is set by noise
-        n_sizes = len({round(p["N"], -2) for p in usable if p["D"] / p["U"] > REPEAT_EPOCHS})
         f = fit_data_constrained(
             np.array([p["N"] for p in usable]), np.array([p["D"] for p in usable]),
             np.array([p["U"] for p in usable]), np.array([p["eval_loss"] for p in usable]),
-            fit_rho=n_sizes >= MIN_RHO_SIZES,
         )  # fmt: skip
         out["data_constrained"] = {
             k: getattr(f, k)
             for k in ("E", "A", "B", "alpha", "beta", "R_D_star", "R_N_star", "rho", "objective", "n_points")
         }
-        out["data_constrained"]["rho_fitted"] = n_sizes >= MIN_RHO_SIZES
-        out["data_constrained"]["rho_reason"] = f"the repeating runs span {n_sizes} sizes" + (
-            "" if n_sizes >= MIN_RHO_SIZES else f" (< {MIN_RHO_SIZES}): rho held at 0, the paper's law"
-        )
+        out["data_constrained"]["rho_reason"] = f.rho_reason  # fitted from >= 3 repeating sizes, else 0
         out["data_constrained"]["diverged"] = [usable[d.index]["run"] for d in f.diverged]
         out["law"] = "data_constrained"
         out["law_reason"] = f"{len(rep)} run(s) repeat their training data (D / U > {REPEAT_EPOCHS})"

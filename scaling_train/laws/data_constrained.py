@@ -21,7 +21,8 @@ With ``N`` parameters trained on ``D`` tokens drawn from ``U`` unique tokens (``
 With ``U >= D`` and ``N <= N_opt(D)`` this is the Chinchilla law ``E + A / N**alpha + B / D**beta``.
 All eight parameters (E, A, B, alpha, beta, R_D*, R_N*, rho) are fitted jointly, as in Hoffmann et al.'s
 approach 3: Huber loss on log L over a grid of starts, BFGS with the analytic gradient
-(``fit_rho=False`` holds rho at 0: Muennighoff et al.'s seven-parameter law).
+(rho is held at 0, Muennighoff et al.'s seven-parameter law, when the repeated runs span fewer than
+``MIN_RHO_SIZES`` model sizes, or with ``fit_rho=False``).
 
 Why rho: on the datablations runs the number of epochs after which more repetition stops helping falls
 with the model size (at 1e8 unique tokens: ~60 epochs at 146M parameters, ~27 at 421M, ~15 at 619M), and a
@@ -52,6 +53,9 @@ PARAM_NAMES = ("E", "A", "B", "alpha", "beta", "R_D_star", "R_N_star", "rho")
 N_PIVOT = 1e8
 _R_GRID = np.log([2.0, 5.0, 15.0, 50.0])  # log R_D*, log R_N* starts (paper's fit: R_D* ~ 15, R_N* ~ 5)
 _RHO_GRID = (0.0, 0.5)  # rho starts
+MIN_RHO_SIZES = (
+    3  # sizes among the repeated runs (D > 1.05 U) before rho is fitted: with 2 it trades off with alpha
+)
 _EXP_FLOOR = 1e-3  # alpha, beta floor inside N_opt(U) only (the grid holds 0 exponents)
 _LOPT_RANGE = (0.0, 80.0)  # log N_opt(U) clipped to [1, e^80] parameters: finite at any grid point
 _LOG_RSTAR_RANGE = (-7.0, 30.0)  # log R* clipped: R* in [1e-3, 1e13] (1e13 = no decay at all in practice)
@@ -238,6 +242,8 @@ class DataConstrainedFit:
     rho: float = 0.0
     """Exponent of the model size in the repetition half-life, R_D*(N) = R_D* (N / 1e8)**(-rho) (0: the
     paper's seven-parameter law)."""
+    rho_reason: str = ""
+    """Why rho was fitted or held at 0 (``fit_data_constrained``'s ``fit_rho``)."""
     diverged: tuple[DivergedRun, ...] = ()
     confidence: float = 0.9
     ci: dict[str, tuple[float, float]] = field(default_factory=dict)
@@ -368,7 +374,7 @@ def fit_data_constrained(
     vocab_size: int | None = None,
     uniform_fraction: float = 0.9,
     rise_tolerance: float = 0.10,
-    fit_rho: bool = True,
+    fit_rho: bool | None = None,
 ) -> DataConstrainedFit:
     """Fit ``L(N, D, U) = E + A / N'**alpha + B / D'**beta`` (Muennighoff et al. 2023, with the repetition
     half-life ``R_D*(N)`` falling with the model size as ``N**-rho``; see module docstring).
@@ -380,8 +386,9 @@ def fit_data_constrained(
     and then 4 x 4 x 2 values of (R_D*, R_N*, rho) are scored in two passes (see ``_starts``) and BFGS runs from the
     ``n_best`` best points plus the best of every (alpha, beta) pair. ``n_bootstrap > 0`` adds case-resampling bootstrap draws
     (each a BFGS refit started at the full-data optimum): ``ci`` per parameter and ``predict_interval``.
-    ``fit_rho=False`` holds rho at 0 (the paper's seven-parameter law); with rho fitted the runs should span
-    several model sizes, or rho is set by the prior-free fit alone and may be anywhere.
+    ``fit_rho``: None (default) fits rho when the repeated runs (D > 1.05 U, not diverged) span at least
+    ``MIN_RHO_SIZES`` distinct sizes and holds it at 0 otherwise (with one or two sizes it is not identified:
+    it trades off with R_D* and alpha); True / False force it. ``fit.rho_reason`` says which and why.
     """
     N = as_1d("N", N, positive=True)
     D = as_1d("D", D, positive=True)
@@ -400,6 +407,14 @@ def fit_data_constrained(
     keep = np.ones(n_all, dtype=bool)
     keep[[r.index for r in diverged]] = False
     n = int(keep.sum())
+    rep_sizes = len(np.unique(np.round(np.log(N[keep & (D > 1.05 * U)]), 3)))
+    if fit_rho is None:
+        fit_rho = rep_sizes >= MIN_RHO_SIZES
+        rho_reason = f"the repeated runs span {rep_sizes} sizes" + (
+            "" if fit_rho else f" (< {MIN_RHO_SIZES}): rho held at 0, the paper's law"
+        )
+    else:
+        rho_reason = "fitted (fit_rho=True)" if fit_rho else "held at 0 (fit_rho=False), the paper's law"
     n_par = 8 if fit_rho else 7
     if n < n_par:
         raise ValueError(
@@ -425,6 +440,7 @@ def fit_data_constrained(
         objective=f,
         n_points=n,
         n_starts=len(starts),
+        rho_reason=rho_reason,
         diverged=tuple(diverged),
         confidence=confidence,
         ci=ci,

@@ -107,8 +107,12 @@ def test_recovers_a_repetition_half_life_that_falls_with_size():
     fit = fit_data_constrained(N, D, U, L, n_bootstrap=20)
     assert fit.rho == pytest.approx(0.5, abs=0.05) and fit.ci["rho"][0] < 0.5 < fit.ci["rho"][1]
     assert fit.R_D_star == pytest.approx(TRUE["R_D_star"], rel=0.15)
+    assert fit.rho_reason == "the repeated runs span 8 sizes"  # the default rule fits rho from >= 3 sizes
     paper = fit_data_constrained(N, D, U, L, fit_rho=False)
     assert paper.rho == 0.0
+    two = N >= np.sort(np.unique(N))[-2]  # the two largest sizes only: rho is held at 0
+    held = fit_data_constrained(N[two], D[two], U[two], L[two])
+    assert held.rho == 0.0 and held.rho_reason.startswith("the repeated runs span 2 sizes (< 3): rho held at 0")
     Nt, Dt, Ut = (
         np.array([4e9, 3e8]),
         np.array([3e11, 3e10]),
@@ -236,7 +240,7 @@ def test_errors_name_the_value_and_the_allowed_range():
     with pytest.raises(ValueError, match=r"D\[0\]=-1.0 must be > 0"):
         fit_data_constrained(N, np.r_[-1.0, D[1:]], U, L)
     with pytest.raises(ValueError, match="6 runs left .* at least 8 are needed for 8 parameters"):
-        fit_data_constrained(N[:6], D[:6], U[:6], L[:6])
+        fit_data_constrained(N[:6], D[:6], U[:6], L[:6], fit_rho=True)
     with pytest.raises(ValueError, match="at least 7 are needed for 7 parameters"):
         fit_data_constrained(N[:6], D[:6], U[:6], L[:6], fit_rho=False)
     with pytest.raises(ValueError, match="n_bootstrap > 0"):
