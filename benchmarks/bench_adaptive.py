@@ -242,7 +242,7 @@ def main() -> None:
         "`law_tolerance` (rows with a law tolerance; stopped (by the law): how many of the stops it made) also",
         "stops a steady run whose interval is still wide once the linearised law moves by at most that much with",
         "it and the runs stopped before it at their intervals (`fitter.adaptive.law_excess`). At 0.01 it takes",
-        "every ladder's compute down by 16-33 points (most stops come at 35% of a run, the earliest the default",
+        "every ladder's compute down by 25-29 points (most stops come at 35% of a run, the earliest the default",
         "min_fraction and 3 spaced updates allow; the rest is the shortest budget of each size, kept as a",
         "reference), with the law within 1% of the full sweep's on the validation-loss ladders but not on the",
         "training-loss one or Gemstone: the bound is a linearised Gaussian one, while the law is a Huber fit whose",
