@@ -30,9 +30,11 @@ single R_D* fitted to all sizes lets the largest models gain too much from repea
 split only (fit < 250M, predict the 250M-500M multi-epoch runs: MAE ratio to Chinchilla 0.79 -> 0.46),
 then reported on the outer one (fit < 500M, predict 574M-2.2B: 0.63 -> 0.39; BENCHMARKS.md).
 
-The law is non-increasing in N, D and U. Real multi-epoch runs can end *worse* with more training
-(heavy over-fitting, loss spikes, divergence); such runs are detected by an explicit rule (see
-``find_diverged``), excluded from the fit and reported on the result.
+The law is non-increasing in D and U. With rho = 0 it is non-increasing in N too; with rho > 0 a larger
+model gets less from each repeat, so at many epochs the loss can rise with N (what the datablations runs show),
+but it never rises with more training. Real multi-epoch runs can end *worse* with more training (heavy
+over-fitting, loss spikes, divergence); such runs are detected by an explicit rule (see ``find_diverged``),
+excluded from the fit and reported on the result.
 """
 
 from __future__ import annotations
