@@ -250,9 +250,32 @@ class SweepFitter:
             and memorised_loss_reason(r.config) is None  # a memorised training curve is no one's reference
         ]
 
-    def _refit(self) -> set[str]:
+    def _predict(self, t: RunTail, refs: list[RunTail]) -> dict[str, Any]:
+        """The prediction fields of a running or stopped run: its final loss from its curve and its references'
+        (``laws.predict_final_loss``), or ``loss: None`` and the ``error`` that prevented one."""
         from scaling_train.laws import NotEnoughDataError, predict_final_loss
 
+        try:
+            curve = self._curve(t)
+            if curve is None:
+                raise NotEnoughDataError("no rows or no LR schedule yet")
+            ref_curves = [c for c in (self._curve(r) for r in refs) if c is not None]
+            p = predict_final_loss(curve, ref_curves, curve_points=CURVE_POINTS)
+            if not all(math.isfinite(v) for v in (p.loss, p.low, p.high)):  # never publish a nan
+                raise FloatingPointError(f"non-finite prediction {p.loss} [{p.low}, {p.high}]")
+        except (ValueError, RuntimeError, FloatingPointError) as e:
+            return {"loss": None, "low": None, "high": None, "error": f"{type(e).__name__}: {e}"}
+        return dict(
+            loss=p.loss, low=p.low, high=p.high, n_used=p.n_used, n_spikes=p.n_spikes,
+            extrapolation=p.extrapolation, mode=p.mode,
+            references=[c.name for c in ref_curves if c.name not in p.ignored],
+            running_references_ignored=list(p.ignored),
+            candidates=p.candidates, weights=p.weights,
+            curve={"step": p.curve_steps.tolist(), "loss": p.curve.tolist(),
+                   "low": p.curve_low.tolist(), "high": p.curve_high.tolist()},
+        )  # fmt: skip
+
+    def _refit(self) -> set[str]:
         refit = set()
         names = [self.only] if self.only is not None else list(self.tails)
         for name in names:
@@ -288,25 +311,7 @@ class SweepFitter:
                 if why_not is not None:  # its training loss past epoch 1 is memorisation: no law predicts it
                     pred.update(loss=None, low=None, high=None, error=why_not)
                 else:
-                    try:
-                        curve = self._curve(t)
-                        if curve is None:
-                            raise NotEnoughDataError("no rows or no LR schedule yet")
-                        ref_curves = [c for c in (self._curve(r) for r in refs) if c is not None]
-                        p = predict_final_loss(curve, ref_curves, curve_points=CURVE_POINTS)
-                        if not all(math.isfinite(v) for v in (p.loss, p.low, p.high)):  # never publish a nan
-                            raise FloatingPointError(f"non-finite prediction {p.loss} [{p.low}, {p.high}]")
-                        pred.update(
-                            loss=p.loss, low=p.low, high=p.high, n_used=p.n_used, n_spikes=p.n_spikes,
-                            extrapolation=p.extrapolation, mode=p.mode,
-                            references=[c.name for c in ref_curves if c.name not in p.ignored],
-                            running_references_ignored=list(p.ignored),
-                            candidates=p.candidates, weights=p.weights,
-                            curve={"step": p.curve_steps.tolist(), "loss": p.curve.tolist(),
-                                   "low": p.curve_low.tolist(), "high": p.curve_high.tolist()},
-                        )  # fmt: skip
-                    except (ValueError, RuntimeError, FloatingPointError) as e:
-                        pred.update(loss=None, low=None, high=None, error=f"{type(e).__name__}: {e}")
+                    pred.update(self._predict(t, refs))
                 if t.stopped:
                     _keep_stop_interval(t.run_dir, pred)
             self.predictions[name] = pred

@@ -55,9 +55,11 @@ PARAM_NAMES = ("E", "A", "B", "alpha", "beta", "R_D_star", "R_N_star", "rho")
 N_PIVOT = 1e8
 _R_GRID = np.log([2.0, 5.0, 15.0, 50.0])  # log R_D*, log R_N* starts (paper's fit: R_D* ~ 15, R_N* ~ 5)
 _RHO_GRID = (0.0, 0.5)  # rho starts
-MIN_RHO_SIZES = (
-    3  # sizes among the repeated runs (D > 1.05 U) before rho is fitted: with 2 it trades off with alpha
-)
+# sizes among the repeated runs (D > REPEATED_EPOCHS U) before rho is fitted: with 2 it trades off with alpha
+MIN_RHO_SIZES = 3
+# a run with D > REPEATED_EPOCHS U repeats its data: the fitter's metrics.config.REPEAT_EPOCHS, restated here
+# because laws sits below metrics in the layers
+REPEATED_EPOCHS = 1.05
 _EXP_FLOOR = 1e-3  # alpha, beta floor inside N_opt(U) only (the grid holds 0 exponents)
 _LOPT_RANGE = (0.0, 80.0)  # log N_opt(U) clipped to [1, e^80] parameters: finite at any grid point
 _LOG_RSTAR_RANGE = (-7.0, 30.0)  # log R* clipped: R* in [1e-3, 1e13] (1e13 = no decay at all in practice)
@@ -409,7 +411,7 @@ def fit_data_constrained(
     keep = np.ones(n_all, dtype=bool)
     keep[[r.index for r in diverged]] = False
     n = int(keep.sum())
-    rep_sizes = len(np.unique(np.round(np.log(N[keep & (D > 1.05 * U)]), 3)))
+    rep_sizes = len(np.unique(np.round(np.log(N[keep & (D > REPEATED_EPOCHS * U)]), 3)))
     if fit_rho is None:
         fit_rho = rep_sizes >= MIN_RHO_SIZES
         rho_reason = f"the repeated runs span {rep_sizes} sizes" + (

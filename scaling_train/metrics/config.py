@@ -90,7 +90,8 @@ def law_column(run_config: dict | None) -> str:
 
 
 REPEAT_EPOCHS = 1.05
-"""A run whose training tokens exceed this many epochs of its training split repeats its data."""
+"""A run whose training tokens exceed this many epochs of its training split repeats its data (the same value
+as ``laws.data_constrained.REPEATED_EPOCHS``; tests/fitter/test_fitter.py checks they agree)."""
 
 
 def memorised_loss_reason(run_config: dict | None) -> str | None:

@@ -274,3 +274,8 @@ def test_a_run_memorising_repeated_data_is_neither_predicted_nor_a_reference(swe
     assert memorised_loss_reason({"resolved": {"epochs": 1.04}}) is None
     assert memorised_loss_reason({"resolved": {"epochs": 8.0, "pools": {"a": {}}}}) is None
     assert memorised_loss_reason({}) is None and memorised_loss_reason(None) is None
+    # the law's own "repeated" threshold (laws sit below metrics, so it is restated there) is the same
+    from scaling_train.laws.data_constrained import REPEATED_EPOCHS
+    from scaling_train.metrics.config import REPEAT_EPOCHS
+
+    assert REPEATED_EPOCHS == REPEAT_EPOCHS
