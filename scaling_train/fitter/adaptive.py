@@ -31,7 +31,7 @@ from __future__ import annotations
 import math
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import asdict, dataclass, fields
-from typing import Any
+from typing import Any, NamedTuple
 
 Z90 = 1.6448536269514722
 LAUNCH_ORDERS = ("plan", "uncertainty")
@@ -241,10 +241,10 @@ def prediction_weight(loss: float, low: float, high: float, *, noise: float = FI
     return noise**2 / (noise**2 + sd**2)
 
 
-def point_sd(loss: float, low: float | None, high: float | None) -> float:
-    """The sd (nats) a final-loss point carries: ``FINAL_LOSS_NOISE`` x loss for an observed one (no interval),
-    else the sd behind its 90% interval, never below that noise."""
-    floor = FINAL_LOSS_NOISE * loss
+def point_sd(loss: float, low: float | None, high: float | None, *, noise: float = FINAL_LOSS_NOISE) -> float:
+    """The sd (nats) a final-loss point carries: ``noise`` x loss for an observed one (no interval), else the
+    sd behind its 90% interval, never below that noise."""
+    floor = noise * loss
     if low is None or high is None or not (math.isfinite(low) and math.isfinite(high)):
         return floor
     return max(floor, interval_sd(low, high))
@@ -278,27 +278,79 @@ def launch_ranking(
 
     try:
         if fit is None:
-            fit = fit_known_law(points)
-        known = [(p[0], p[1], point_sd(p[2], p[3], p[4])) for p in points]
+            fit, noise, _ = fit_known_law(points)
+        else:
+            noise = law_noise(fit, points)
+        known = [(p[0], p[1], point_sd(p[2], p[3], p[4], noise=noise)) for p in points]
         ranking = rank_by_information(
             fit, known, list(pending), target_compute=policy.target_compute * planned_compute,
-            noise=FINAL_LOSS_NOISE,
+            noise=noise,
         )  # fmt: skip
     except (ValueError, RuntimeError, FloatingPointError, np.linalg.LinAlgError) as e:
         return None, f"no law to rank by ({type(e).__name__}: {e}): the planned order"
     return ranking, f"ranked by the law over {len(points)} points"
 
 
-def fit_known_law(points: Sequence[tuple[float, float, float, float | None, float | None]]):
+def law_noise(fit, points: Sequence[tuple[float, float, float, float | None, float | None]]) -> float:
+    """The relative sd of an observed final loss about the law ``fit``: ``FINAL_LOSS_NOISE`` (seed noise) or,
+    when the observed points (low/high None) scatter more about it, their rms log residual with the law's 5
+    parameters taken off the degrees of freedom (its misfit: a law that does not describe the sweep exactly).
+    Against it a predicted point's interval is weighed: where the law misses finished runs by 2%, a prediction
+    good to 1% is nearly as informative as a finished run."""
+    import numpy as np
+
+    obs = [p for p in points if p[3] is None or p[4] is None]
+    if len(obs) < MIN_LAW_POINTS + 3:  # too few observed points to say the law misses them
+        return FINAL_LOSS_NOISE
+    N, D, L = (np.array([p[i] for p in obs], dtype=np.float64) for i in range(3))
+    r = np.log(L) - np.log(fit.predict(N, D))
+    if not np.all(np.isfinite(r)):
+        return FINAL_LOSS_NOISE
+    n_pts = len(points)
+    s = float(np.sqrt(np.sum(r**2) / len(r) * n_pts / max(n_pts - 5, 1)))
+    return max(FINAL_LOSS_NOISE, s)
+
+
+class KnownLaw(NamedTuple):
+    """The sweep's Chinchilla law fitted to its known points (``fit_known_law``)."""
+
+    fit: Any  # laws.ChinchillaFit
+    noise: float  # the relative sd an observed point carries about it (``law_noise``)
+    weights: tuple[float, ...]  # each point's weight in the fit, in the points' order
+
+
+def fit_known_law(
+    points: Sequence[tuple[float, float, float, float | None, float | None]], **fit_kwargs: Any
+) -> KnownLaw:
     """The Chinchilla law fitted to known points (N, D, loss, low, high; low/high None for an observed loss),
-    weighted as the sweep law (``prediction_weight``). Raises what ``fit_chinchilla`` raises."""
+    each predicted point weighted by ``prediction_weight``: first against ``FINAL_LOSS_NOISE``, then, when the
+    observed points scatter more about that fit (``law_noise``), refitted against their scatter. This is how
+    the sweep law is weighted wherever it is fitted (the live fitter, the replay, the report). ``fit_kwargs``
+    go to ``fit_chinchilla`` (bootstrap, confidence) for the final fit. Raises what ``fit_chinchilla``
+    raises."""
     import numpy as np
 
     from scaling_train.laws import fit_chinchilla
 
     N, D, L = (np.array([p[i] for p in points], dtype=np.float64) for i in range(3))
-    w = [1.0 if p[3] is None or p[4] is None else prediction_weight(p[2], p[3], p[4]) for p in points]
-    return fit_chinchilla(N, D, L, weights=np.array(w))
+
+    def weights(noise: float) -> np.ndarray:
+        return np.array(
+            [
+                1.0 if p[3] is None or p[4] is None else prediction_weight(p[2], p[3], p[4], noise=noise)
+                for p in points
+            ]
+        )
+
+    w = weights(FINAL_LOSS_NOISE)
+    fit = fit_chinchilla(N, D, L, weights=w)
+    noise = law_noise(fit, points)
+    if noise > FINAL_LOSS_NOISE and np.any(w < 1.0):  # predicted points weigh more against a law that misses
+        w = weights(noise)
+        fit = fit_chinchilla(N, D, L, weights=w, **fit_kwargs)
+    elif fit_kwargs:
+        fit = fit_chinchilla(N, D, L, weights=w, **fit_kwargs)
+    return KnownLaw(fit, noise, tuple(float(x) for x in w))
 
 
 def law_excess(
@@ -306,14 +358,17 @@ def law_excess(
     finishing: Sequence[tuple[float, float]],
     *,
     fit,
+    noise: float = FINAL_LOSS_NOISE,
 ) -> tuple[float | None, str]:
     """How far the sweep's law may move, at worst over the planned runs' (N, D) (where issue 19's target reads
     it: every run's final loss and the largest run's), because the ``stopped`` runs (N, D, loss, low, high: the
-    candidate among them) enter it at their predicted intervals instead of finished: ``Z90`` x the sd that
-    adds to the law's loss there, relative to it. Linearised Chinchilla law at ``fit`` (``laws.design``): Fisher
-    information from every point, a stopped one at the sd behind its interval, a ``finishing`` one (N, D: every
-    other planned run, finished, running or not started) at ``FINAL_LOSS_NOISE``; the excess variance at x is
-    ``c_x^T (F_stopped^-1 - F_finished^-1) c_x``. Returns (excess or None, what it was measured on)."""
+    candidate among them) enter it at their predictions instead of their true final losses: ``Z90`` x the sd
+    of the difference between the two laws there, relative to the loss. Linearised Chinchilla law at ``fit``
+    (``laws.design``), fitted by weighted least squares, every point carrying ``noise`` (the seed noise, or the
+    law's misfit: ``law_noise``), a stopped one weighted by ``prediction_weight`` and a ``finishing`` one (N, D:
+    every other planned run, finished, running or not started) by 1. The difference has two parts: the stopped
+    runs' prediction errors (the sd behind each interval) passed through the fit, and the change of weights
+    acting on every point's scatter about the law. Returns (excess or None, what it was measured on)."""
     import numpy as np
 
     from scaling_train.laws.design import PRIOR_SD, law_jacobian
@@ -328,15 +383,23 @@ def law_excess(
     try:
         J = law_jacobian(fit, N, D)
         L = fit.predict(N, D)
-        floor = (FINAL_LOSS_NOISE * L) ** 2
-        s2 = floor.copy()
+        sd_p = np.zeros(len(pts))  # a stopped point's prediction error sd (nats) against its true final loss
+        w = np.ones(len(pts))  # its weight in the law fit (prediction_weight), 1 for a finished one
         for i, (_, _, loss, low, high) in enumerate(stopped):
-            s2[i] = point_sd(loss, low, high) ** 2
+            sd_p[i] = interval_sd(low, high)
+            w[i] = prediction_weight(loss, low, high, noise=noise)
         prior = np.diag(1.0 / np.square(PRIOR_SD))
-        F_s = prior + (J / s2[:, None]).T @ J
-        F_f = prior + (J / floor[:, None]).T @ J
-        ex = np.einsum("ij,ji->i", J, np.linalg.solve(F_s, J.T) - np.linalg.solve(F_f, J.T))
-        rel = Z90 * np.sqrt(np.maximum(ex, 0.0)) / L
+        s2 = (noise * L) ** 2  # what each point carries besides: seed noise and the law's misfit
+
+        def hat(wt: np.ndarray) -> np.ndarray:  # theta's linear response to the points' losses, (5, n)
+            Jw = J * (wt / s2)[:, None]
+            return np.linalg.solve(prior + Jw.T @ J, Jw.T)
+
+        H_s, H_f = hat(w), hat(np.ones(len(pts)))
+        # law_stopped - law_full = H_s (prediction errors) + (H_s - H_f) (the points' misfit about the law)
+        G_e, G_m = J @ H_s * sd_p[None, :], J @ (H_s - H_f) * np.sqrt(s2)[None, :]
+        ex = np.sum(G_e**2, axis=1) + np.sum(G_m**2, axis=1)
+        rel = Z90 * np.sqrt(ex) / L
     except (ValueError, FloatingPointError, np.linalg.LinAlgError) as e:
         return None, f"no law to weigh it ({type(e).__name__}: {e})"
     if not np.all(np.isfinite(rel)):

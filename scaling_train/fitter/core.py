@@ -35,6 +35,7 @@ from typing import Any
 import numpy as np
 
 from scaling_train._io import atomic_write
+from scaling_train.fitter.adaptive import FINAL_LOSS_NOISE
 from scaling_train.fitter.tail import RunTail, plan_runs
 from scaling_train.metrics.config import REPEAT_EPOCHS, law_burn_in, memorised_loss_reason
 from scaling_train.metrics.jsonl import clean_for_json
@@ -154,6 +155,7 @@ class SweepFitter:
         self._launch_head: str | None = None  # the run launch_order.json put first, last written
         # the sweep's Chinchilla law last fitted (law): the adaptive policy's law_tolerance reads it
         self._chinchilla = None
+        self._law_noise = FINAL_LOSS_NOISE  # the sweep law's point noise (fit_known_law), for law_excess
         if only is None:
             self._load_state()
 
@@ -413,12 +415,13 @@ class SweepFitter:
                 stopped.append((N, D, p["loss"], p["low"], p["high"]))
             else:
                 finishing.append((N, D))
-        return law_excess(stopped, finishing, fit=self._chinchilla)
+        return law_excess(stopped, finishing, fit=self._chinchilla, noise=self._law_noise)
 
     # -------------------------------------------------------------- sweep laws
     def sweep_points(self) -> list[dict[str, Any]]:
         """(N, D, final loss) of every healthy run: observed when done, else predicted, with its weight in
-        the law fits (``prediction_weight``: 1 observed, less the wider the predicted interval)."""
+        the law fits (``prediction_weight``: 1 observed, less the wider the predicted interval; ``law`` weighs them
+        again against the law's misfit, ``fitter.adaptive.fit_known_law``) and its interval (None observed)."""
         from scaling_train.fitter.adaptive import prediction_weight
 
         pts = []
@@ -436,12 +439,17 @@ class SweepFitter:
                  "weight": 1.0 if p.get("status") == "done" else
                  prediction_weight(loss, p.get("low") or loss, p.get("high") or loss)}
             )  # fmt: skip
+            done = p.get("status") == "done" or not all(
+                isinstance(p.get(k), (int, float)) for k in ("low", "high")
+            )
+            pts[-1]["low"], pts[-1]["high"] = (None, None) if done else (p["low"], p["high"])
             if name in flops:
                 pts[-1]["C"] = flops[name]
         return pts
 
     def law(self) -> dict[str, Any]:
-        from scaling_train.laws import fit_chinchilla, fit_critical_batch, fit_isoflop
+        from scaling_train.fitter.adaptive import fit_known_law
+        from scaling_train.laws import fit_critical_batch, fit_isoflop
 
         pts = self.sweep_points()
         out: dict[str, Any] = {
@@ -456,11 +464,15 @@ class SweepFitter:
         L = np.array([p["loss"] for p in pts])
         chinchilla = None
         try:
-            chinchilla = fit_chinchilla(N, D, L, weights=np.array([p["weight"] for p in pts]))
+            known = fit_known_law([(p["N"], p["D"], p["loss"], p["low"], p["high"]) for p in pts])
+            chinchilla, self._law_noise = known.fit, known.noise
+            for p, w in zip(pts, known.weights):
+                p["weight"] = w
             self._chinchilla = chinchilla
             out["chinchilla"] = {
                 k: getattr(chinchilla, k) for k in ("E", "A", "B", "alpha", "beta", "objective", "n_points")
             }
+            out["chinchilla"]["point_noise"] = known.noise
         except (ValueError, RuntimeError, FloatingPointError) as e:
             out["chinchilla"] = {"error": str(e), "n_points": len(pts)}
         out["launch_order"] = self._write_launch_order(pts, chinchilla)

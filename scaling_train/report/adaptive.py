@@ -40,14 +40,16 @@ def _laws_table(rows: list[tuple[str, dict[str, Any] | None]]) -> str:
     return f"<table class='adaptive-laws'>{head}{body}</table>"
 
 
-def _chinchilla(points: list[tuple[float, float, float, float]]) -> dict[str, float] | None:
-    from scaling_train.laws import fit_chinchilla
+def _chinchilla(
+    points: list[tuple[float, float, float, float | None, float | None]],
+) -> dict[str, float] | None:
+    """The law over (N, D, loss, low, high) points (low/high None observed), weighted as the sweep law."""
+    from scaling_train.fitter.adaptive import fit_known_law
 
     if len(points) < 5:
         return None
-    N, D, L, w = (np.array(c, dtype=np.float64) for c in zip(*points))
     try:
-        f = fit_chinchilla(N, D, L, weights=w)
+        f = fit_known_law(points).fit
     except (ValueError, RuntimeError, FloatingPointError):
         return None
     return {k: getattr(f, k) for k in ("E", "A", "B", "alpha", "beta")}
@@ -58,8 +60,6 @@ def live_account(sweep: SweepData) -> dict[str, Any] | None:
     ``policy`` (adaptive.json, or None), ``stops`` (per stopped run: name, N, step, total_steps, loss, low,
     high, why), ``planned`` / ``spent`` FLOPs, and ``laws``: (label, Chinchilla law or None) with the stopped
     runs at their predicted loss (weighted by their interval) and over the finished runs alone."""
-    from scaling_train.fitter.adaptive import prediction_weight
-
     policy_path = sweep.sweep_dir / "adaptive.json"
     stopped = sweep.by_status("stopped")
     if not policy_path.is_file() and not stopped:
@@ -93,12 +93,13 @@ def live_account(sweep: SweepData) -> dict[str, Any] | None:
         if not (r.N and r.D):
             continue
         if r.status == "done" and r.final_loss is not None and math.isfinite(r.final_loss):
-            with_stopped.append((r.N, r.D, r.final_loss, 1.0))
-            finished.append((r.N, r.D, r.final_loss, 1.0))
+            with_stopped.append((r.N, r.D, r.final_loss, None, None))
+            finished.append((r.N, r.D, r.final_loss, None, None))
         elif r.status == "stopped" and r.prediction and isinstance(r.prediction.get("loss"), (int, float)):
             p = r.prediction
-            w = prediction_weight(p["loss"], p.get("low") or p["loss"], p.get("high") or p["loss"])
-            with_stopped.append((r.N, r.D, float(p["loss"]), w))
+            lo, hi = p.get("low"), p.get("high")
+            ok = isinstance(lo, (int, float)) and isinstance(hi, (int, float)) and hi > lo
+            with_stopped.append((r.N, r.D, float(p["loss"]), lo if ok else None, hi if ok else None))
     laws = [
         (f"stopped runs at their predicted loss ({len(with_stopped)} runs)", _chinchilla(with_stopped)),
         (f"finished runs only ({len(finished)} runs)", _chinchilla(finished)),

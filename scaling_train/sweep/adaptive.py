@@ -28,7 +28,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from scaling_train.fitter.adaptive import LAUNCH_ORDERS, AdaptivePolicy, prediction_weight
+from scaling_train.fitter.adaptive import FINAL_LOSS_NOISE, LAUNCH_ORDERS, AdaptivePolicy, fit_known_law
 
 if TYPE_CHECKING:  # the laws (scipy) load when a replay runs, not with the command line
     from scaling_train.laws import ChinchillaFit, Curve, LossPrediction
@@ -254,6 +254,7 @@ class _SweepClock:
         self.planned_compute = max(r.compute for r in runs)
         self._law_key: int | None = None  # law_excess: the law and how many runs had ended when it was fitted
         self._law = None
+        self._law_noise = FINAL_LOSS_NOISE
 
     def pick(self, now: float) -> str:
         """The queued run to start next: the first in planned order, or under ``launch_order: uncertainty``
@@ -362,15 +363,15 @@ class _SweepClock:
         """``fitter.adaptive.law_excess`` for stopping run ``n`` at ``now``: the runs stopped so far and ``n`` at
         their stop intervals, every other run finishing, on the Chinchilla law fitted to what is known then
         (weighted as the sweep law; refitted when a run has ended or stopped since the last fit)."""
-        from scaling_train.fitter.adaptive import MIN_LAW_POINTS, fit_known_law, law_excess
+        from scaling_train.fitter.adaptive import MIN_LAW_POINTS, law_excess
 
         ended = sum(rp.end is not None for rp in self.replay.values())
         if self._law_key != ended:
             pts = self.known(now)
-            self._law_key, self._law = ended, None
+            self._law_key, self._law, self._law_noise = ended, None, FINAL_LOSS_NOISE
             if len(pts) >= MIN_LAW_POINTS and len({p[0] for p in pts}) >= 2:
                 try:
-                    self._law = fit_known_law(pts)
+                    self._law, self._law_noise, _ = fit_known_law(pts)
                 except (ValueError, RuntimeError, FloatingPointError):
                     self._law = None
         stopped, finishing = [], []
@@ -380,7 +381,7 @@ class _SweepClock:
                 stopped.append((r.n_params, r.tokens, *self.policy.stop_interval(rp.history)))
             else:
                 finishing.append((r.n_params, r.tokens))
-        return law_excess(stopped, finishing, fit=self._law)
+        return law_excess(stopped, finishing, fit=self._law, noise=self._law_noise)
 
 
 def known_at(
@@ -440,11 +441,14 @@ def _laws(
     if len(runs) < 5:
         return None, None, {}, float("nan"), f"{len(runs)} runs: a Chinchilla law needs at least 5"
     y_full = np.array([true_final[r.name] for r in runs])
-    y_ad = np.array([predicted[r.name].loss for r in runs])
-    w = np.array([prediction_weight(p.loss, p.low, p.high) for p in (predicted[r.name] for r in runs)])
+    pts = []
+    for r in runs:
+        p = predicted[r.name]
+        exact = not (p.high > p.low)
+        pts.append((r.n_params, r.tokens, p.loss, None if exact else p.low, None if exact else p.high))
     try:
         law_f = fit_chinchilla(N, D, y_full)
-        law_a = fit_chinchilla(N, D, y_ad, weights=w)
+        law_a = fit_known_law(pts).fit
     except (ValueError, RuntimeError, FloatingPointError) as e:
         return None, None, {}, float("nan"), f"{type(e).__name__}: {e}"
     dev = {

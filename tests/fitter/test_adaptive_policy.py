@@ -94,9 +94,10 @@ def _stopped(fit, nd, half):
 
 
 def test_law_excess_grows_with_the_stopped_intervals_and_their_number():
-    """How far the law may move because runs stop at their intervals (linearised law, ``law_excess``): 0 for
-    a stop at a finished run's noise, more the wider the interval, more with each further stop, and more for an
-    isolated corner run than for one whose (N, D) other runs also cover."""
+    """How far the law may move from the full sweep's because runs stop at their intervals (linearised law,
+    ``law_excess``): 0 for a stop at an exact prediction, more the wider the interval, more with each further
+    stop, more for an isolated corner run than for one whose (N, D) other runs also cover, and more against a
+    law that misses the sweep's points (the stop's lower weight then moves it too)."""
     from scaling_train.fitter.adaptive import FINAL_LOSS_NOISE, law_excess
 
     fit, runs = _grid_law()
@@ -109,10 +110,14 @@ def test_law_excess_grows_with_the_stopped_intervals_and_their_number():
         assert value is not None and "stopped of" in detail
         return value
 
-    floor = FINAL_LOSS_NOISE * 1.6449  # an interval no wider than a finished run's noise adds nothing
-    assert ex([big], floor * 0.5) == pytest.approx(0.0, abs=1e-9)
+    assert ex([big], 0.0) == pytest.approx(0.0, abs=1e-12)  # an exact prediction: weight 1, no error
     widths = [ex([big], h) for h in (0.01, 0.02, 0.04)]
     assert 0 < widths[0] < widths[1] < widths[2]
+    # an interval as narrow as a finished run's noise: a small excess (its error), less than Z90 x that noise
+    assert 0 < ex([big], FINAL_LOSS_NOISE * 1.6449) < 1.6449 * FINAL_LOSS_NOISE
+    # against a law that misses its points by 2%, the same stop: larger (down-weighting moves a misfit law)
+    st = [_stopped(fit, big, 0.02)]
+    assert law_excess(st, runs[:-1], fit=fit, noise=0.02)[0] > ex([big], 0.02)
     assert ex([big, runs[-2]], 0.02) > ex([big], 0.02)
     # the same stop with three more finished runs next to it: its point matters less
     near = [(big[0] * 0.9, big[1] * 1.1), (big[0] * 1.1, big[1] * 0.9), (big[0], big[1] * 1.05)]
@@ -122,6 +127,35 @@ def test_law_excess_grows_with_the_stopped_intervals_and_their_number():
     assert law_excess([_stopped(fit, big, 0.02)], runs, fit=None) == (None, "no sweep law yet")
     one_size = [(2e8, d) for d in (1e8, 2e8, 4e8, 8e8, 1.6e9)]
     assert law_excess([_stopped(fit, one_size[0], 0.02)], one_size[1:], fit=fit)[0] is None
+
+
+def test_law_noise_and_the_sweep_law_weights_follow_the_laws_misfit():
+    """``law_noise`` is the seed noise for points on the law and their scatter (dof-corrected) otherwise;
+    ``fit_known_law`` weighs a predicted point against it: a 2%-wide interval counts little next to points
+    the law fits to 0.1%, and nearly as much as an observed one next to points it misses by 3%."""
+    from scaling_train.fitter.adaptive import FINAL_LOSS_NOISE, fit_known_law, law_noise
+
+    fit, _ = _grid_law()
+    runs = [(n, d) for n in (2e7, 5e7, 1.2e8, 3e8, 8e8) for d in (4e8, 1e9, 2.5e9, 6e9)]
+    exact = [(n, d, float(fit.predict(n, d)), None, None) for n, d in runs]
+    assert law_noise(fit, exact) == FINAL_LOSS_NOISE
+    assert law_noise(fit, exact[:7]) == FINAL_LOSS_NOISE  # too few observed points to read a misfit off
+    rng = np.random.default_rng(0)
+    eps = rng.normal(0.0, 0.03, len(runs))
+    eps -= eps.mean()
+    scattered = [(n, d, loss * np.exp(e), None, None) for (n, d, loss, _, _), e in zip(exact, eps)]
+    want = float(np.sqrt(np.mean(eps**2) * len(runs) / (len(runs) - 5)))
+    assert law_noise(fit, scattered) == pytest.approx(want, rel=1e-9)
+    big = runs[-1]
+    pred = _stopped(fit, big, 0.02)
+    tight = [
+        (n, d, loss * (1 + 0.001 * (-1) ** i), None, None) for i, (n, d, loss, _, _) in enumerate(exact[:-1])
+    ]
+    k_tight = fit_known_law([*tight, pred])
+    assert k_tight.noise == FINAL_LOSS_NOISE and k_tight.weights[:-1] == (1.0,) * (len(runs) - 1)
+    k_loose = fit_known_law([*scattered[:-1], pred])
+    assert k_loose.noise > 0.02
+    assert k_tight.weights[-1] < 0.3 < 0.7 < k_loose.weights[-1] < 1.0
 
 
 def test_stop_interval_is_the_union_of_the_updates_the_stop_rests_on():
