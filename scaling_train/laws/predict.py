@@ -255,6 +255,7 @@ class _Candidate:
     u: float  # calibrated relative scale (without the q quantiles)
     terms: tuple[float, ...]
     fit: object = None  # MultiPowerFit or SweepFit
+    size_error: float = 0.0  # sweep: its rms relative error extrapolating this far in size (_size_backtest)
 
 
 _FIT_CACHE: OrderedDict[tuple, object] = OrderedDict()  # reference-only fits, keyed by the curves' digests
@@ -426,6 +427,51 @@ def _backtest_error(target: Curve, build) -> float:
     return float(np.mean(pred - obs) / np.mean(obs))
 
 
+_SIZE_BT_CACHE: OrderedDict[tuple, float] = OrderedDict()
+
+
+def _size_backtest(target: Curve, refs: Sequence[Curve], mp: int, nb: int) -> float:
+    """How far the sweep candidate is off when it extrapolates in size as far as it must for ``target``, on
+    this sweep's own runs: for a target larger than every reference, the references of the largest size are
+    held out and each is predicted by the sweep candidate from the smaller sizes, at the fraction of its steps
+    the target has reached; their rms relative error, scaled by the target's log-size extrapolation over
+    theirs. 0 when the target lies within the references' sizes or fewer than 3 sizes are finished (nothing
+    to hold out and still fit N). The ``sweep`` scale's calibration cannot show this error: its calibration
+    sweeps extrapolate too little in size (``benchmarks/calibrate_laws.py``)."""
+    refs = [r for r in refs if not is_running(r)]
+    if target.n_params is None or len(refs) < 3:
+        return 0.0
+    sizes = sorted({round(float(r.n_params), -3) for r in refs})
+    n_max = max(float(r.n_params) for r in refs)
+    beyond = math.log(float(target.n_params) / n_max)
+    if len(sizes) < 3 or beyond <= 0.01:
+        return 0.0
+    top = [r for r in refs if abs(float(r.n_params) / n_max - 1) < 0.01]
+    rest = [r for r in refs if abs(float(r.n_params) / n_max - 1) >= 0.01]
+    beyond_top = math.log(n_max / max(float(r.n_params) for r in rest))
+    fin = target.steps[np.isfinite(target.losses)]
+    frac = round(float(fin[-1]) / target.total_steps, 2) if len(fin) else 0.0
+    key = tuple(r.digest() for r in refs) + (frac, mp, nb)
+
+    def measure() -> float:
+        errs = []
+        for h in top:
+            ok = np.isfinite(h.losses)
+            if not ok.any():
+                continue
+            at = h.observed_until(frac * h.total_steps)
+            p = _prep(at, mp, nb, [float(h.total_steps)])
+            n_t = len(p.t)
+            area_last = p.area[n_t - 1] if n_t else max(p.area[-1] * 1e-3, 1e-9)
+            c = _sweep(at, p, rest, float(h.total_steps), n_t, float(np.log(p.area[-1] / area_last)),
+                       _calibration.INTERVAL["sweep"], mp, nb)  # fmt: skip
+            if c is not None and math.isfinite(c.final):
+                errs.append(c.final / float(h.losses[ok][-1]) - 1)
+        return float(np.sqrt(np.mean(np.square(errs)))) if errs else 0.0
+
+    return _cached(_SIZE_BT_CACHE, 64, key, measure) * beyond / max(beyond_top, 1e-9)
+
+
 # --------------------------------------------------------------------------------------------------
 # the public entry point
 
@@ -514,6 +560,8 @@ def _candidates(
         if c is None:
             continue
         b = _backtest_error(target, lambda tc, w=which: build(tc, w)) if backtest and len(refs) else 0.0
+        if which == "sweep" and backtest:
+            c = replace(c, size_error=_size_backtest(target, sized, mp, nb))
         out.append((c, b))
     if bad and not out:
         raise FloatingPointError(f"no finite prediction for {target.name!r}: " + "; ".join(bad))
@@ -561,6 +609,9 @@ def _combine(
     cal = _calibration.INTERVAL
     finals = np.array([c.final for c, _ in cands])
     loss, u, w = blend(finals, [c.u for c, _ in cands], [b for _, b in cands], cal["blend"]["d"])
+    # the sweep candidate's error when extrapolating in size, measured on this sweep: it widens the interval
+    # by its share of the blend (not the weights: the held-out sizes' error does not say which candidate wins)
+    u = float(np.hypot(u, sum(wi * c.size_error for (c, _), wi in zip(cands, w))))
     mode = "+".join(c.name for c, _ in cands)
     key = interval_key([c.name for c, _ in cands])
     q_lo, q_hi = cal[key]["q_lo"], cal[key]["q_hi"]

@@ -273,6 +273,57 @@ def test_a_prefix_of_few_points_widens_the_sweep_candidate_too():
     assert width[300] > 2 * width[100]
 
 
+def test_the_sweep_candidates_size_extrapolation_is_checked_on_the_sweeps_own_sizes(monkeypatch):
+    """A target larger than every reference: the references of the largest size are predicted from the smaller
+    ones (``_size_backtest``) and the sweep candidate's rms error there, scaled to the target's extrapolation,
+    widens the interval by the candidate's share of the blend; the point prediction does not move. Where the
+    law holds across sizes it adds almost nothing; where the larger sizes break from it, the interval takes
+    it; nothing for a target within the references' sizes or with fewer than 3 finished sizes. On the real
+    quickstart (qs@40) it is what puts the largest size's truth inside its interval."""
+    from scaling_train.laws.predict import _size_backtest
+    from tests.fixtures.protocol import quickstart_cases
+
+    rng = np.random.default_rng(0)
+    tps, runs = _synthetic_sweep(rng)
+    n, T = 3e8, 6000
+    lr = _cosine(T)
+    s = np.arange(100, T + 1, 50).astype(float)
+    y = _sweep_law(n, tps, lr, s)
+    big = Curve(s, y + rng.normal(0, 0.004, len(s)), lr, "big", n_params=n, tokens_per_step=tps)
+    assert _size_backtest(big.truncated(0.25), runs, 64, 48) < 0.005  # the law holds: about its noise
+    assert _size_backtest(runs[0].truncated(0.25), runs, 64, 48) == 0.0  # within the references' sizes
+    assert _size_backtest(big.truncated(0.25), [r for r in runs if r.n_params < 1.6e8], 64, 48) == 0.0
+
+    def broken(n_params):  # above 4e7 the loss falls 8% per 4x in size more than the law says
+        return 1 - 0.08 * max(0.0, np.log(n_params / 4e7)) / np.log(4)
+
+    kinked = [
+        Curve(r.steps, _sweep_law(r.n_params, tps, r.lr, r.steps) * broken(r.n_params)
+              + rng.normal(0, 0.004, len(r.steps)), r.lr, r.name, n_params=r.n_params, tokens_per_step=tps)
+        for r in runs
+    ]  # fmt: skip
+    yk = y[-1] * broken(n)
+    before = Curve(s[:0], y[:0], lr, "big", n_params=n, tokens_per_step=tps)
+    err = _size_backtest(before, kinked, 64, 48)
+    assert err > 0.015
+    with_check = predict_final_loss(before, kinked)
+    without = predict_final_loss(before, kinked, backtest=False)
+    assert with_check.loss == pytest.approx(without.loss, rel=1e-9)
+    assert with_check.rel_scale == pytest.approx(np.hypot(without.rel_scale, err), rel=1e-6)  # one candidate
+    assert with_check.low < without.low and with_check.high > without.high
+    assert with_check.low <= yk <= with_check.high
+    # the live quickstart's largest size (0.22M) at 40%, from the 0.027M-0.107M runs finished by then
+    (case,) = [c for c in quickstart_cases() if c.target.n_params > 2e5]
+    got = predict_final_loss(case.target, case.refs)
+    assert got.candidates["sweep"] > case.truth * 1.04  # the sweep candidate extrapolates in size too high
+    assert got.low <= case.truth <= got.high
+    import scaling_train.laws.predict as pm
+
+    monkeypatch.setattr(pm, "_size_backtest", lambda *a: 0.0)
+    bare = predict_final_loss(case.target, case.refs)
+    assert bare.loss == pytest.approx(got.loss, rel=1e-9) and not (bare.low <= case.truth <= bare.high)
+
+
 def test_quickstart_cases_are_the_live_sweep_at_40_percent():
     """qs@40: each quickstart run cut at 40% of its steps, its references the runs finished by then (never
     itself, never a longer run of its own size), truth = its final evaluation; reported only."""
