@@ -64,6 +64,7 @@ from .curve import (
 )
 
 CANDIDATES = ("alone", "same_size", "sweep")
+Z90 = 1.6448536269514722  # the standard normal 95% quantile: a Gaussian 90% interval is +-Z90 sd
 
 
 @dataclass(frozen=True)
@@ -609,12 +610,15 @@ def _combine(
     cal = _calibration.INTERVAL
     finals = np.array([c.final for c, _ in cands])
     loss, u, w = blend(finals, [c.u for c, _ in cands], [b for _, b in cands], cal["blend"]["d"])
-    # the sweep candidate's error when extrapolating in size, measured on this sweep: it widens the interval
-    # by its share of the blend (not the weights: the held-out sizes' error does not say which candidate wins)
-    u = float(np.hypot(u, sum(wi * c.size_error for (c, _), wi in zip(cands, w))))
     mode = "+".join(c.name for c, _ in cands)
     key = interval_key([c.name for c, _ in cands])
     q_lo, q_hi = cal[key]["q_lo"], cal[key]["q_hi"]
+    # the sweep candidate's error when extrapolating in size, measured on this sweep (an rms error: a Gaussian
+    # sd, whose 90% half-width is Z90 x it, in the units of u that the key's quantiles widen): it widens the
+    # interval by its share of the blend (not the weights: the held-out sizes' error does not say which
+    # candidate is right for the target)
+    size_sd = sum(wi * c.size_error for (c, _), wi in zip(cands, w))
+    u = float(np.hypot(u, size_sd * Z90 / (0.5 * (q_hi - q_lo))))
     p = _prep(target, mp, nb, [float(target.total_steps)])
     n_t = len(p.t)
     area_last = p.area[n_t - 1] if n_t else max(p.area[-1] * 1e-3, 1e-9)

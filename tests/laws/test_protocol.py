@@ -309,7 +309,8 @@ def test_the_sweep_candidates_size_extrapolation_is_checked_on_the_sweeps_own_si
     with_check = predict_final_loss(before, kinked)
     without = predict_final_loss(before, kinked, backtest=False)
     assert with_check.loss == pytest.approx(without.loss, rel=1e-9)
-    assert with_check.rel_scale == pytest.approx(np.hypot(without.rel_scale, err), rel=1e-6)  # one candidate
+    # one candidate, key "sweep" (quantiles +-1.645): the error enters u as it is
+    assert with_check.rel_scale == pytest.approx(np.hypot(without.rel_scale, err), rel=1e-4)
     assert with_check.low < without.low and with_check.high > without.high
     assert with_check.low <= yk <= with_check.high
     # the live quickstart's largest size (0.22M) at 40%, from the 0.027M-0.107M runs finished by then
