@@ -241,6 +241,13 @@ def prediction_weight(loss: float, low: float, high: float, *, noise: float = FI
     return noise**2 / (noise**2 + sd**2)
 
 
+def known_interval(low: Any, high: Any) -> tuple[float | None, float | None]:
+    """A final-loss point's (low, high) as the sweep law's fits take it: the 90% interval of a prediction, or
+    (None, None) for a point that counts as observed (no interval, a non-finite one, or one of zero width)."""
+    ok = all(isinstance(x, (int, float)) and math.isfinite(x) for x in (low, high)) and high > low
+    return (float(low), float(high)) if ok else (None, None)
+
+
 def point_sd(loss: float, low: float | None, high: float | None, *, noise: float = FINAL_LOSS_NOISE) -> float:
     """The sd (nats) a final-loss point carries: ``noise`` x loss for an observed one (no interval), else the
     sd behind its 90% interval, never below that noise."""

@@ -422,7 +422,7 @@ class SweepFitter:
         """(N, D, final loss) of every healthy run: observed when done, else predicted, with its weight in
         the law fits (``prediction_weight``: 1 observed, less the wider the predicted interval; ``law`` weighs them
         again against the law's misfit, ``fitter.adaptive.fit_known_law``) and its interval (None observed)."""
-        from scaling_train.fitter.adaptive import prediction_weight
+        from scaling_train.fitter.adaptive import known_interval, prediction_weight
 
         pts = []
         flops = self._planned_flops()
@@ -439,10 +439,9 @@ class SweepFitter:
                  "weight": 1.0 if p.get("status") == "done" else
                  prediction_weight(loss, p.get("low") or loss, p.get("high") or loss)}
             )  # fmt: skip
-            done = p.get("status") == "done" or not all(
-                isinstance(p.get(k), (int, float)) for k in ("low", "high")
+            pts[-1]["low"], pts[-1]["high"] = (
+                (None, None) if p.get("status") == "done" else known_interval(p.get("low"), p.get("high"))
             )
-            pts[-1]["low"], pts[-1]["high"] = (None, None) if done else (p["low"], p["high"])
             if name in flops:
                 pts[-1]["C"] = flops[name]
         return pts

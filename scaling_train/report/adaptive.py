@@ -60,6 +60,8 @@ def live_account(sweep: SweepData) -> dict[str, Any] | None:
     ``policy`` (adaptive.json, or None), ``stops`` (per stopped run: name, N, step, total_steps, loss, low,
     high, why), ``planned`` / ``spent`` FLOPs, and ``laws``: (label, Chinchilla law or None) with the stopped
     runs at their predicted loss (weighted by their interval) and over the finished runs alone."""
+    from scaling_train.fitter.adaptive import known_interval
+
     policy_path = sweep.sweep_dir / "adaptive.json"
     stopped = sweep.by_status("stopped")
     if not policy_path.is_file() and not stopped:
@@ -97,9 +99,7 @@ def live_account(sweep: SweepData) -> dict[str, Any] | None:
             finished.append((r.N, r.D, r.final_loss, None, None))
         elif r.status == "stopped" and r.prediction and isinstance(r.prediction.get("loss"), (int, float)):
             p = r.prediction
-            lo, hi = p.get("low"), p.get("high")
-            ok = isinstance(lo, (int, float)) and isinstance(hi, (int, float)) and hi > lo
-            with_stopped.append((r.N, r.D, float(p["loss"]), lo if ok else None, hi if ok else None))
+            with_stopped.append((r.N, r.D, float(p["loss"]), *known_interval(p.get("low"), p.get("high"))))
     laws = [
         (f"stopped runs at their predicted loss ({len(with_stopped)} runs)", _chinchilla(with_stopped)),
         (f"finished runs only ({len(finished)} runs)", _chinchilla(finished)),

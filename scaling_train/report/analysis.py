@@ -125,19 +125,15 @@ def gns_points(sweep: SweepData) -> tuple[np.ndarray, np.ndarray]:
 
 # ----------------------------------------------------------------------------------- laws
 def _fit_chinchilla(pts: list[Point], n_bootstrap: int) -> tuple[Any, LawRow]:
-
     row = LawRow("Chinchilla", "L(N, D) = E + A / N^alpha + B / D^beta", n_points=len(pts))
     if len(pts) < 5:
         row.error = f"{len(pts)} finished or predicted runs; at least 5 are needed for 5 parameters"
         return None, row
-    from scaling_train.fitter.adaptive import fit_known_law
+    from scaling_train.fitter.adaptive import fit_known_law, known_interval
 
     N, D, L = (np.array([getattr(p, k) for p in pts]) for k in ("N", "D", "loss"))
     # a predicted final loss counts less the wider its interval against the law's misfit (observed: weight 1)
-    known = [
-        (p.N, p.D, p.loss, *((p.low, p.high) if p.low and p.high and p.high > p.low else (None, None)))
-        for p in pts
-    ]
+    known = [(p.N, p.D, p.loss, *known_interval(p.low, p.high)) for p in pts]
     try:
         f = fit_known_law(known, n_bootstrap=n_bootstrap, confidence=CONFIDENCE).fit
     except (ValueError, RuntimeError, FloatingPointError) as e:

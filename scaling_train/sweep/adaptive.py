@@ -28,7 +28,13 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from scaling_train.fitter.adaptive import FINAL_LOSS_NOISE, LAUNCH_ORDERS, AdaptivePolicy, fit_known_law
+from scaling_train.fitter.adaptive import (
+    FINAL_LOSS_NOISE,
+    LAUNCH_ORDERS,
+    AdaptivePolicy,
+    fit_known_law,
+    known_interval,
+)
 
 if TYPE_CHECKING:  # the laws (scipy) load when a replay runs, not with the command line
     from scaling_train.laws import ChinchillaFit, Curve, LossPrediction
@@ -444,8 +450,7 @@ def _laws(
     pts = []
     for r in runs:
         p = predicted[r.name]
-        exact = not (p.high > p.low)
-        pts.append((r.n_params, r.tokens, p.loss, None if exact else p.low, None if exact else p.high))
+        pts.append((r.n_params, r.tokens, p.loss, *known_interval(p.low, p.high)))
     try:
         law_f = fit_chinchilla(N, D, y_full)
         law_a = fit_known_law(pts).fit

@@ -158,6 +158,21 @@ def test_law_noise_and_the_sweep_law_weights_follow_the_laws_misfit():
     assert k_tight.weights[-1] < 0.3 < 0.7 < k_loose.weights[-1] < 1.0
 
 
+def test_known_interval_counts_a_point_without_a_usable_interval_as_observed():
+    from scaling_train.fitter.adaptive import known_interval
+
+    assert known_interval(2.9, 3.1) == (2.9, 3.1)
+    for lo, hi in (
+        (None, 3.1),
+        (2.9, None),
+        (3.0, 3.0),
+        (3.1, 2.9),
+        (float("nan"), 3.1),
+        (2.9, float("inf")),
+    ):
+        assert known_interval(lo, hi) == (None, None)
+
+
 def test_stop_interval_is_the_union_of_the_updates_the_stop_rests_on():
     pol = AdaptivePolicy(tolerance=0.05, stable_updates=3, spacing=0.05, min_fraction=0.25)
     hist = [
