@@ -285,7 +285,7 @@ class SweepFitter:
             if t is None or t.config is None:
                 continue
             refs = self._references(t)
-            key = (t.version, t.stopped, tuple(sorted((r.name, r.version) for r in refs)))
+            key = (t.law_version, t.stopped, tuple(sorted((r.name, r.law_version) for r in refs)))
             if self._fitted.get(name) == key:
                 continue
             self._fitted[name] = key

@@ -49,7 +49,12 @@ class RunTail:
     stopped: bool = False
     """Stopped early by the adaptive policy (``STOPPED`` present, no ``DONE``): resumable, not finished."""
     version: int = 0
-    """Bumped whenever the rows change (predictions are refitted only then)."""
+    """Bumped whenever the rows change."""
+    law_version: int = 0
+    """Bumped whenever what a prediction reads changes: a new point of ``law_column``, the config, ``DONE``,
+    ``STOPPED``, a roll-back or the divergence step. A run whose law loss is the validation loss (16 points per
+    run) appends training rows far more often than points; the fitter refits only on this one, so its poll
+    can be frequent and each prediction is made as soon as a point lands."""
 
     @property
     def name(self) -> str:
@@ -73,6 +78,7 @@ class RunTail:
         self.rows = {int(s): {k: x for k, v in r.items() if (x := _num(v)) is not None} for s, r in d["rows"]}
         self._update_diverged()
         self.version += 1
+        self.law_version += 1
 
     # ------------------------------------------------------------ polling
     def _signature_ok(self) -> bool:
@@ -104,6 +110,7 @@ class RunTail:
         if stopped != self.stopped:  # stopped, or resumed to the end (STOPPED archived)
             self.stopped, changed = stopped, True
             self.version += 1
+            self.law_version += 1
         if not self.path.is_file():
             return changed
         if not self._signature_ok():  # rolled back: start over
@@ -120,10 +127,14 @@ class RunTail:
         new = [r for r in res.rows if "step" in r and "loss" in r]
         # a rolled-back run rewrites steps it had written: later rows replace earlier ones (run_folder.put_row)
         rows_by_step(new, keep=_compact, into=self.rows)
+        law_changed = changed or any(self.law_column in r for r in new)
         changed = changed or bool(new)
         if changed:
+            diverged = self.diverged_at
             self._update_diverged()
             self.version += 1
+            if law_changed or self.diverged_at != diverged:
+                self.law_version += 1
         return changed
 
     def _update_diverged(self) -> None:

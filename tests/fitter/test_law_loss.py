@@ -73,17 +73,21 @@ def test_sweep_law_waits_for_an_ended_run_or_its_interval(eval_sweep, tmp_path, 
     assert "partial" in f.step()
     assert json.loads((part / "predictions.json").read_text())["step"] == 16
     assert (sw / "sweep_law.json").stat().st_mtime_ns == first
-    # ... until the interval has passed
+    # ... until the interval has passed and the run's prediction changed (its next evaluation, step 20: the
+    # training rows between two leave both as they were)
     monkeypatch.setattr(core, "LAW_EVERY_S", 0.0)
     with open(part / "metrics.jsonl", "a") as fh:
         fh.write("".join(json.dumps(r) + "\n" for r in rows if 16 < r["step"] <= 18))
+    assert f.step() == set() and (sw / "sweep_law.json").stat().st_mtime_ns == first
+    with open(part / "metrics.jsonl", "a") as fh:
+        fh.write("".join(json.dumps(r) + "\n" for r in rows if 18 < r["step"] <= 20))
     f.step()
     second = (sw / "sweep_law.json").stat().st_mtime_ns
     assert second > first
     # or a run ended: the law follows at once
     monkeypatch.setattr(core, "LAW_EVERY_S", 1e9)
     with open(part / "metrics.jsonl", "a") as fh:
-        fh.write("".join(json.dumps(r) + "\n" for r in rows if r["step"] > 18))
+        fh.write("".join(json.dumps(r) + "\n" for r in rows if r["step"] > 20))
     shutil.copy(sw / "lr3e-3" / "DONE", part / "DONE")
     f.step()
     law = json.loads((sw / "sweep_law.json").read_text())

@@ -61,3 +61,46 @@ def test_plan_runs_reads_the_plan_again_only_when_it_changes(tmp_path, monkeypat
     assert [r["name"] for r in plan_runs(tmp_path)] == ["a", "bb"] and reads == ["plan.json"] * 2
     plan.write_text("{not json")
     assert plan_runs(tmp_path) == [] and plan_runs(None) == [] and plan_runs(tmp_path / "missing") == []
+
+
+def test_the_fitter_refits_a_run_only_when_what_its_prediction_reads_changes(tmp_path):
+    """A run whose laws read the validation loss appends training rows between its evaluations: those leave its
+    prediction as it was (no refit, no new line in predictions.jsonl), an evaluation point or a divergence
+    refits it at once."""
+    import yaml
+
+    from scaling_train.fitter.core import SweepFitter
+    from tests.fixtures.synth import write_sweep
+
+    sweep = write_sweep(tmp_path / "s", runs=[{"N": 1e5, "D": 3e5, "status": "partial", "fraction": 0.5}])
+    (run,) = [p for p in sweep.iterdir() if (p / "config.yaml").is_file()]
+    cfg = yaml.safe_load((run / "config.yaml").read_text())
+    cfg["metrics"] = {"law_loss": "eval"}
+    (run / "config.yaml").write_text(yaml.safe_dump(cfg))
+    rows = [json.loads(x) for x in (run / "metrics.jsonl").read_text().splitlines()]
+    with open(run / "metrics.jsonl", "w") as f:  # an evaluation every 8th row
+        for i, r in enumerate(rows):
+            f.write(json.dumps({**r, "eval_loss": r["loss"] + 0.05} if i % 8 == 7 else r) + "\n")
+    fitter = SweepFitter(sweep, log=lambda s: None)
+    assert fitter.step() == {run.name}
+    record = (run / "predictions.jsonl").read_text().splitlines()
+    assert json.loads(record[-1])["loss"] is not None
+    step = rows[-1]["step"]
+
+    def append(**extra):
+        nonlocal step
+        step += 1
+        with open(run / "metrics.jsonl", "a") as f:
+            f.write(json.dumps({"step": step, "loss": rows[-1]["loss"], **extra}) + "\n")
+
+    append()
+    append()
+    assert fitter.step() == set()  # two training rows: nothing a prediction reads
+    assert (run / "predictions.jsonl").read_text().splitlines() == record
+    assert fitter.tails[run.name].last_step == step  # the rows were read all the same
+    append(eval_loss=rows[-1]["loss"])
+    assert fitter.step() == {run.name}
+    assert len((run / "predictions.jsonl").read_text().splitlines()) == len(record) + 1
+    append(loss="nan")  # a diverged training loss ends the run's predictions whatever the law column
+    assert fitter.step() == {run.name}
+    assert json.loads((run / "predictions.json").read_text())["status"] == "diverged"
