@@ -27,9 +27,9 @@ The running references are named in ``LossPrediction.ignored``.
 
 A reference only ever enters through a candidate, and candidates are combined by inverse variance, where
 a candidate's variance is its calibrated scale squared plus its squared error on a held-out tail of the
-target's own prefix (``_backtest``, scaled down where the prediction extrapolates less far than the backtest
-did): a reference model that does not describe the target's own points loses its weight. Disagreement
-between the candidates widens the interval (``d`` below). A target with 1-9 points of its own triples every candidate's scale (``few``, set by hand): so few points do not pin its
+target's own prefix (``_backtest``): a reference model that does not describe the target's own points
+loses its weight. Disagreement between the candidates widens the interval (``d`` below). A target with 1-9
+points of its own triples every candidate's scale (``few``, set by hand): so few points do not pin its
 offset, and the calibration curves hardly ever have so few. The interval
 constants are fitted on calibration groups of real curves by ``benchmarks/calibrate_laws.py`` and
 stored in ``_calibration.py`` with the list of groups they came from.
@@ -413,13 +413,7 @@ def _sweep(
 
 def _backtest_error(target: Curve, build) -> float:
     """Relative mean error of a candidate, refitted on the first 2/3 of the target's observed steps, on the
-    last 1/3 (0 when the prefix is too short to split): how well it describes the target's own points.
-
-    That error is made over the backtest's own extrapolation, log(LR area at the last observed step / at the
-    cut); the prediction extrapolates log(area at T / at the last step). Where the prediction reaches less far
-    (late in a run, a cooldown branch from its parent) the error is scaled down by their ratio, as the
-    calibrated scale grows with the extrapolation (``s1``); it is never scaled up, so up to half way through a
-    constant-LR run (every calibrated ``@25`` / ``@30`` / ``@40`` setting) it is as measured."""
+    last 1/3 (0 when the prefix is too short to split): how well it describes the target's own points."""
     s = target.steps[np.isfinite(target.losses)]
     if len(s) < 12:
         return 0.0
@@ -431,12 +425,7 @@ def _backtest_error(target: Curve, build) -> float:
     tail = (target.steps > cut) & np.isfinite(target.losses)
     obs = target.losses[tail]
     pred = np.asarray(cand.predict(target.steps[tail]))
-    area = np.cumsum(target.lr)
-    at = lambda step: float(area[int(np.clip(round(step), 1, len(area))) - 1])  # noqa: E731
-    x_pred = math.log(at(target.total_steps) / at(s[-1]))
-    x_back = math.log(at(s[-1]) / at(cut))
-    err = float(np.mean(pred - obs) / np.mean(obs))
-    return err * min(1.0, max(x_pred, 0.0) / x_back) if x_back > 0 else err
+    return float(np.mean(pred - obs) / np.mean(obs))
 
 
 _SIZE_BT_CACHE: OrderedDict[tuple, float] = OrderedDict()

@@ -363,34 +363,3 @@ def test_training_truth_is_the_curve_at_the_window_mean_step():
         train_truth(s, curve + np.random.default_rng(k).normal(0.0, 0.02, len(s)))[1] - y for k in range(200)
     ]
     assert abs(np.mean(errs)) < 0.002 and 0.5 < np.std(errs) / train_truth(s, noisy)[2] < 1.5
-
-
-def test_the_backtest_error_counts_in_full_only_as_far_as_the_prediction_reaches():
-    """The backtest refits a candidate on the first 2/3 of the target's prefix and measures it on the last 1/3:
-    an error made over that extrapolation. Up to half way through a constant-LR run the prediction reaches at
-    least as far and the error counts in full; late in the run (0.95 here) it counts in the ratio of the two
-    extrapolations (log LR areas), never more."""
-    from dataclasses import dataclass
-
-    from scaling_train.laws.predict import _backtest_error
-
-    T = 1000
-    steps = np.arange(10, T + 1, 10, dtype=float)
-    curve = Curve(steps, 2.0 + 3.0 * steps**-0.3, np.full(T, 1e-3), "c")
-
-    @dataclass
-    class Off:  # a candidate 1% above the truth wherever it is asked
-        def predict(self, s):
-            return (2.0 + 3.0 * np.asarray(s, float) ** -0.3) * 1.01
-
-    for frac in (0.25, 0.5):
-        assert _backtest_error(curve.observed_until(frac * T), lambda tc: Off()) == pytest.approx(0.01)
-    late = curve.observed_until(0.95 * T)
-    s = late.steps[-1]
-    cut = 10 + (s - 10) * 2 / 3
-    ratio = np.log(T / s) / np.log(s / cut)  # constant LR: the areas are the steps
-    assert 0 < ratio < 0.2
-    assert _backtest_error(late, lambda tc: Off()) == pytest.approx(
-        0.01 * ratio, rel=0.01
-    )  # cut: a whole step
-    assert _backtest_error(late, lambda tc: None) == 0.0
