@@ -266,14 +266,31 @@ def _ld_basis(
     return g @ p.bin_drop
 
 
+_LD_MEMO_SIZE = 4  # shape triples remembered per prepared curve (see _ld_fit_basis)
+
+
 def _ld_fit_basis(p: _Prepared, C: float, beta: float, gamma: float) -> np.ndarray:
-    """``_ld_basis(p, p.t, p.area[: len(p.t)], C, beta, gamma)`` over the pairs that are not 0 only."""
+    """``_ld_basis(p, p.t, p.area[: len(p.t)], C, beta, gamma)`` over the pairs that are not 0 only (read-only).
+
+    The last few (C, beta, gamma) are remembered on ``p``: a fit's numeric Jacobian steps alpha (and the
+    sweep model's a) with the annealing shape unchanged, so those steps reuse the costly term."""
+    memo = p.__dict__.setdefault("_ld_memo", {})
+    key = (float(C), float(beta), float(gamma))
+    out = memo.get(key)
+    if out is not None:
+        return out
     rows, bins, gap, drop = p.fit_pairs
     if rows.size == 0:
-        return np.zeros(len(p.t))
-    x = (C * np.maximum(p.bin_eta, ETA_FLOOR) ** (-gamma))[bins] * gap  # per bin first: M powers, not nnz
-    g = -np.expm1(-beta * np.log1p(x))
-    return np.bincount(rows, weights=g * drop, minlength=len(p.t))
+        out = np.zeros(len(p.t))
+    else:
+        x = (C * np.maximum(p.bin_eta, ETA_FLOOR) ** (-gamma))[bins] * gap  # per bin first: M powers, not nnz
+        g = -np.expm1(-beta * np.log1p(x))
+        out = np.bincount(rows, weights=g * drop, minlength=len(p.t))
+    out.flags.writeable = False
+    if len(memo) >= _LD_MEMO_SIZE:
+        memo.pop(next(iter(memo)))
+    memo[key] = out
+    return out
 
 
 ETA_FLOOR = 1e-6  # the smallest normalised LR of a drop bin in the annealing term (_ld_basis)

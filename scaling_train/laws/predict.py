@@ -174,9 +174,6 @@ def _fit_sweep(
     n_lin = 4 + 2 * n_c
     prior = _sw_prior()
 
-    ld_memo: dict[tuple[float, float, float], list[np.ndarray]] = {}  # the numeric Jacobian's steps in alpha
-    # and a leave (C, beta, gamma) as they were: the annealing columns, the costly part, are reused then
-
     def design(theta: np.ndarray) -> np.ndarray:
         alpha, C, beta, gamma, a = (
             np.exp(theta[0]),
@@ -185,12 +182,6 @@ def _fit_sweep(
             theta[3],
             np.exp(theta[4]),
         )
-        key = (float(theta[1]), float(theta[2]), float(theta[3]))
-        if key not in ld_memo:
-            if len(ld_memo) >= 4:
-                ld_memo.pop(next(iter(ld_memo)))
-            ld_memo[key] = [_ld_fit_basis(p, C, beta, gamma) for p in preps]
-        lds = ld_memo[key]
         rows = []
         for c, p in enumerate(preps):
             x = np.zeros((len(p.t), n_lin))
@@ -198,7 +189,7 @@ def _fit_sweep(
             x[:, 0] = 1.0
             x[:, 1] = nrel[c] ** (-a)
             x[:, 2] = (area * drel[c]) ** (-alpha)
-            x[:, 3] = -lds[c]
+            x[:, 3] = -_ld_fit_basis(p, C, beta, gamma)
             x[:, 4 + 2 * c] = 1.0
             x[:, 5 + 2 * c] = -1.0
             rows.append(x)
