@@ -430,13 +430,15 @@ def _backtest_error(target: Curve, build) -> float:
 
 
 _SIZE_BT_CACHE: OrderedDict[tuple, float] = OrderedDict()
+SIZE_BT_WINDOW = 0.05  # _size_backtest: a held-out run's end = its points in this last fraction of its steps
 
 
 def _size_backtest(target: Curve, refs: Sequence[Curve], mp: int, nb: int) -> float:
     """How far the sweep candidate is off when it extrapolates in size as far as it must for ``target``, on
     this sweep's own runs: for a target larger than every reference, the references of the largest size are
     held out and each is predicted by the sweep candidate from the smaller sizes, at the fraction of its steps
-    the target has reached; their rms relative error, scaled by the target's log-size extrapolation over
+    the target has reached; their rms relative error (each over its points in the last ``SIZE_BT_WINDOW`` of its
+    steps, so a noisy training loss is not read as a size error), scaled by the target's log-size extrapolation over
     theirs. 0 when the target lies within the references' sizes or fewer than 3 sizes are finished (nothing
     to hold out and still fit N). The ``sweep`` scale's calibration cannot show this error: its calibration
     sweeps extrapolate too little in size (``benchmarks/calibrate_laws.py``)."""
@@ -468,7 +470,14 @@ def _size_backtest(target: Curve, refs: Sequence[Curve], mp: int, nb: int) -> fl
             c = _sweep(at, p, rest, float(h.total_steps), n_t, float(np.log(p.area[-1] / area_last)),
                        _calibration.INTERVAL["sweep"], mp, nb)  # fmt: skip
             if c is not None and math.isfinite(c.final):
-                errs.append(c.final / float(h.losses[ok][-1]) - 1)
+                # against its points in the last SIZE_BT_WINDOW of its steps, the prediction read at the same
+                # steps: one training-loss point is one batch (~4% noise on the lr_schedules runs), which read
+                # as a size error 2-3x that of the same runs' validation loss
+                s_ok = h.steps[ok].astype(float)
+                tail = s_ok >= s_ok[-1] - SIZE_BT_WINDOW * h.total_steps
+                pred = np.asarray(c.predict(s_ok[tail]), float)
+                if np.all(np.isfinite(pred)):
+                    errs.append(float(np.mean(pred) / np.mean(h.losses[ok][tail]) - 1))
         return float(np.sqrt(np.mean(np.square(errs)))) if errs else 0.0
 
     return _cached(_SIZE_BT_CACHE, 64, key, measure) * beyond / max(beyond_top, 1e-9)

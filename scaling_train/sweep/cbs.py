@@ -217,7 +217,8 @@ class MidRun:
     """The cbs block's branches of a sweep, started while their parents still train (Merrill et al. measure
     mid-run): a parent's branches of step s become ready as soon as the parent has written its checkpoint
     of step s (``train.keep_steps`` keeps it), each handed out once per launch.
-    The local backend starts ready branches before the next run of the sweep, the Slurm array backend
+    The local backend starts a ready branch in the next free slot (after a ready run of the sweep while the
+    branch's parent still trains: the parent's slot takes the branch at the latest), the Slurm array backend
     submits them as a job array of their own, so a measurement lands in ``RUN/cbs/cbs.json`` (rewritten
     when a branch or its parent ends) while the sweep is still going. A parent stopped early (adaptive)
     gets no more branches: there is no main curve to compare them with."""

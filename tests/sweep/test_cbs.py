@@ -400,3 +400,30 @@ def test_one_slot_runs_a_runs_branches_before_the_next_run(tmp_path, env):
     (branch_try,) = state.attempts(Path(long_.run_dir) / "cbs" / b["run"])
     (short_try,) = state.attempts(short.run_dir)
     assert long_try["end"] <= branch_try["start"] and branch_try["end"] <= short_try["start"]
+
+
+def test_a_ready_run_starts_before_a_branch_whose_parent_still_trains(tmp_path):
+    """Local backend, two slots: a branch ready while its parent trains yields to a run of the sweep that is
+    ready (started late, a long run would end the sweep alone); once the parent has ended, its branch goes
+    before any run, so it starts no later than the slot its parent frees."""
+    from types import SimpleNamespace
+
+    from scaling_train.sweep.backends.local import _todo, _Workers
+
+    spec = tiny_spec(
+        "cy", grid={"sizes": ["0.1M"], "tokens": [256 * 40, 256 * 80]}, cbs={"every": 50, "factors": [2]},
+        launch={"concurrency": 2},
+    )  # fmt: skip
+    plan = make_plan(load_spec(write_spec(tmp_path / "cy.yaml", spec)), output=tmp_path / "out")
+    short, long_ = sorted(plan.runs, key=lambda r: r.steps)
+    w = _Workers(plan, _todo(plan), say=lambda s: None)
+    claimed = w.claim()[1]  # nothing trains yet: the longest run first (LPT)
+    assert claimed.name == long_.name and w.running == {long_.run_dir}
+    branch = SimpleNamespace(run_dir=str(Path(long_.run_dir) / "cbs" / "b"), name="b")
+    w.branch_pending = [(SimpleNamespace(sweep_dir=Path(long_.run_dir) / "cbs"), branch)]
+    assert w.claim()[1].name == short.name, "the branch took the slot a ready run was waiting for"
+    assert w.claim()[1] is branch  # no run left to start: the branch takes the next slot
+    w.running = {short.run_dir}
+    w.branch_pending = [(SimpleNamespace(sweep_dir=Path(long_.run_dir) / "cbs"), branch)]
+    w.pending = [short]  # its parent has ended: the branch goes before a ready run
+    assert w.claim()[1] is branch

@@ -1,7 +1,8 @@
 """The local backend: k concurrent runs on this machine (``launch.concurrency``), longest first; a run with
 several processes goes through torchrun (``--standalone``). With a ``cbs:`` block a run's critical-batch
 branches start while it still trains, as soon as it has written their branch point's checkpoint
-(``sweep.cbs.MidRun``), before the sweep's next run."""
+(``sweep.cbs.MidRun``): in the next free slot, unless a run of the sweep is ready to start and the branch's
+parent still trains (then in the slot the parent frees, at the latest)."""
 
 from __future__ import annotations
 
@@ -81,7 +82,7 @@ class _Workers:
         self.pending = list(todo)
         self.ended: set[str] = set()  # runs of this invocation that ended (done, failed or stopped)
         self.cond = threading.Condition()
-        # the cbs block's branches: found as their parents checkpoint, started before the next run
+        # the cbs block's branches: found as their parents checkpoint (claim says when they start)
         self.branches = cbs.MidRun(plan, say=say)
         self.branch_pending: list[tuple[Plan, RunSpec]] = []
         self.running: set[str] = set()  # run folders in flight
@@ -118,22 +119,27 @@ class _Workers:
                     self.cond.notify_all()
 
     def claim(self) -> tuple[Plan, RunSpec] | None:
-        """(plan, run) of the next ready branch (``cbs.MidRun``) or else the next ready pending run of the
-        sweep, taken off its list (no other worker takes it); None when the sweep is stopped or nothing is
-        pending or still to come. Waits while every pending run waits for another, or while nothing is
-        pending but a run in flight may still reach a branch point."""
+        """(plan, run) of the next ready branch (``cbs.MidRun``) whose parent has ended or, while a pending run
+        of the sweep is ready, that run, else a branch whose parent still trains; taken off its list (no other
+        worker takes it). A branch thus starts no later than the slot its parent frees. None when the sweep is
+        stopped or nothing is pending or still to come. Waits while every pending run waits for another, or while
+        nothing is pending but a run in flight may still reach a branch point."""
         with self.cond:
             while True:
                 if self.stop.is_set():
                     return None
                 self.branch_pending += self.branches.poll()
-                if self.branch_pending:
-                    bp, run = self.branch_pending.pop(0)
-                    self.running.add(run.run_dir)
-                    return bp, run
-                if not self.pending and not self.branches.expecting(self.running):
-                    return None
                 ready = [r for r in self.pending if self.ready(r)]
+                for i, (bp, run) in enumerate(self.branch_pending):
+                    # a branch whose parent still trains yields to a ready run: it can take the parent's slot
+                    # when the parent ends, while a long run started late would end the sweep alone
+                    parent = Path(bp.sweep_dir).parent.resolve()
+                    if not ready or all(Path(r).resolve() != parent for r in self.running):
+                        del self.branch_pending[i]
+                        self.running.add(run.run_dir)
+                        return bp, run
+                if not self.pending and not self.branch_pending and not self.branches.expecting(self.running):
+                    return None
                 run = self.ranked(ready)[0] if ready else None
                 if run is not None:
                     self.pending.remove(run)
