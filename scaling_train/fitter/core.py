@@ -43,6 +43,7 @@ from scaling_train.run_folder import PREDICTIONS, PREDICTIONS_LOG, STOP, STOPPED
 
 STATE_FILE = ".fitter_state.json"
 LAW_EVERY_S = 15.0  # the sweep law is rewritten at most this often while no run ends (SweepFitter.step)
+LAW_COST_FACTOR = 10.0  # ... and at most every this many times its own last wall time (<= 10% of a core)
 ADAPTIVE_FILE = "adaptive.json"  # the sweep's adaptive policy (absent: no run is ever stopped early)
 MIN_POINTS = 3
 CURVE_POINTS = 24  # steps of the predicted remaining curve in predictions.json
@@ -150,6 +151,7 @@ class SweepFitter:
         self.last_law: dict[str, Any] | None = None  # the sweep law last written
         self._law_ended: frozenset = frozenset()  # the runs' ended states when it was written
         self._law_time = 0.0
+        self._law_cost = 0.0  # wall seconds the last law rewrite took
         self._policy_key: tuple | None = None
         self._policy_obj = None
         self._launch_head: str | None = None  # the run launch_order.json put first, last written
@@ -194,7 +196,8 @@ class SweepFitter:
     def step(self) -> set[str]:
         """One poll + refit + write cycle. The sweep law (a multistart Chinchilla fit and the other laws, ~1 s of
         CPU) is rewritten when a run finished, stopped or diverged since the last one, and otherwise at most
-        every ``LAW_EVERY_S`` seconds: the per-run predictions of short runs must not wait for it."""
+        every ``LAW_EVERY_S`` seconds and every ``LAW_COST_FACTOR`` times its own cost (on 2 cores the fitter
+        shares the CPU with the runs it follows): the per-run predictions of short runs must not wait for it."""
         changed = self.poll()
         refit = self._refit()
         if refit and self.write_sweep_law and self.only is None:
@@ -204,10 +207,11 @@ class SweepFitter:
             if (
                 self.last_law is None
                 or ended != self._law_ended
-                or time.time() - self._law_time >= LAW_EVERY_S
+                or time.time() - self._law_time >= max(LAW_EVERY_S, LAW_COST_FACTOR * self._law_cost)
             ):
+                t0 = time.time()
                 self.last_law = self.write_law()
-                self._law_ended, self._law_time = ended, time.time()
+                self._law_ended, self._law_time, self._law_cost = ended, time.time(), time.time() - t0
         if changed and self.only is None:
             self._save_state()
         return refit
@@ -285,7 +289,13 @@ class SweepFitter:
             if t is None or t.config is None:
                 continue
             refs = self._references(t)
-            key = (t.law_version, t.stopped, tuple(sorted((r.name, r.law_version) for r in refs)))
+            # a reference counts by its points only once it is DONE: predict_final_loss leaves running ones out,
+            # so a running run's new point (with 2 in flight, every other poll) refits nobody else
+            key = (
+                t.law_version,
+                t.stopped,
+                tuple(sorted((r.name, r.law_version if r.done else -1) for r in refs)),
+            )
             if self._fitted.get(name) == key:
                 continue
             self._fitted[name] = key

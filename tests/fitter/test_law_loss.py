@@ -76,6 +76,7 @@ def test_sweep_law_waits_for_an_ended_run_or_its_interval(eval_sweep, tmp_path, 
     # ... until the interval has passed and the run's prediction changed (its next evaluation, step 20: the
     # training rows between two leave both as they were)
     monkeypatch.setattr(core, "LAW_EVERY_S", 0.0)
+    monkeypatch.setattr(f, "_law_cost", 0.0)  # its last rewrite's wall time, x LAW_COST_FACTOR, also gates it
     with open(part / "metrics.jsonl", "a") as fh:
         fh.write("".join(json.dumps(r) + "\n" for r in rows if 16 < r["step"] <= 18))
     assert f.step() == set() and (sw / "sweep_law.json").stat().st_mtime_ns == first
@@ -83,11 +84,13 @@ def test_sweep_law_waits_for_an_ended_run_or_its_interval(eval_sweep, tmp_path, 
         fh.write("".join(json.dumps(r) + "\n" for r in rows if 18 < r["step"] <= 20))
     f.step()
     second = (sw / "sweep_law.json").stat().st_mtime_ns
-    assert second > first
-    # or a run ended: the law follows at once
-    monkeypatch.setattr(core, "LAW_EVERY_S", 1e9)
+    assert second > first and f._law_cost > 0
+    # a law that costs much waits 10x its cost: on 2 cores the fitter shares the CPU with the runs
+    f._law_cost = 1e6
     with open(part / "metrics.jsonl", "a") as fh:
         fh.write("".join(json.dumps(r) + "\n" for r in rows if r["step"] > 20))
+    assert "partial" in f.step() and (sw / "sweep_law.json").stat().st_mtime_ns == second
+    # but a run ended: the law follows at once
     shutil.copy(sw / "lr3e-3" / "DONE", part / "DONE")
     f.step()
     law = json.loads((sw / "sweep_law.json").read_text())
@@ -118,3 +121,25 @@ def test_law_burn_in_reaches_every_fit_of_the_run(tmp_path):
     for bad in (-1, 2.5, True):
         with pytest.raises(ValueError, match=rf"metrics.law_burn_in={bad!r} must be an integer step >= 0"):
             MetricsConfig(law_burn_in=bad)
+
+
+def test_a_running_reference_refits_nobody_until_it_is_done(eval_sweep, tmp_path):
+    """predict_final_loss leaves running references out, so a second running run's new point refits only
+    that run (with 2 runs in flight the fitter did twice the predictions for nothing); its DONE refits the
+    others, which now use it."""
+    sw, part, rows = partial_copy(eval_sweep, tmp_path / "sw", upto=12)
+    other = sw / "other"
+    shutil.copytree(sw / "lr1e-3", other)
+    (other / "DONE").unlink()
+    full = (other / "metrics.jsonl").read_text().splitlines(keepends=True)
+    (other / "metrics.jsonl").write_text("".join(full[: len(full) // 2]))
+    f = SweepFitter(sw, log=lambda s: None)
+    f.step()
+    before = json.loads((part / "predictions.json").read_text())
+    assert "other" in before["running_references_ignored"]
+    (other / "metrics.jsonl").write_text("".join(full))  # its points up to the end, no DONE yet
+    assert f.step() == {"other"}
+    shutil.copy(sw / "lr1e-3" / "DONE", other / "DONE")
+    assert "partial" in f.step()
+    after = json.loads((part / "predictions.json").read_text())
+    assert "other" in after["references"] and after["updated"] > before["updated"]
