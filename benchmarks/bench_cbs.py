@@ -222,7 +222,8 @@ def analyse(sweep: Path) -> tuple[list[str], dict]:
         "held-out error is its scale (2 here): the other two sizes' intervals, so set, are 1.5x wider (in log) "
         "than with cells - coefficients and still hold their truth.\n"
         + "* Branches start mid-run on the local backend: a run's branches of step s take the next free slot "
-        "once the run has written its step-s checkpoint, before the sweep's next run.\n"
+        "once the run has written its step-s checkpoint (since 2026-12-03 a ready run of the sweep goes first while "
+        "the branch's parent still trains; the slot the parent frees takes the branch at the latest).\n"
     )
     return lines, summary
 
