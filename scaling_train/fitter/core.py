@@ -42,10 +42,9 @@ from scaling_train.metrics.jsonl import clean_for_json
 from scaling_train.run_folder import PREDICTIONS, PREDICTIONS_LOG, STOP, STOPPED, STOPPED_ARCHIVES, find_runs
 
 STATE_FILE = ".fitter_state.json"
-STATE_EVERY_S = (
-    30.0  # the state is saved at most this often while following, and when follow returns: it holds
-)
-# every run's rows, and rewriting it on every poll with a new row was ~40% of the live fitter's CPU
+# the state is saved at most this often while following, and when follow returns: it holds every run's rows,
+# and rewriting it on every poll with a new row was ~40% of the live fitter's CPU
+STATE_EVERY_S = 30.0
 LAW_EVERY_S = 15.0  # the sweep law is rewritten at most this often while no run ends (SweepFitter.step)
 LAW_COST_FACTOR = 10.0  # ... and at most every this many times its own last wall time (<= 10% of a core)
 ADAPTIVE_FILE = "adaptive.json"  # the sweep's adaptive policy (absent: no run is ever stopped early)
@@ -218,7 +217,8 @@ class SweepFitter:
             ):
                 t0 = time.time()
                 self.last_law = self.write_law()
-                self._law_ended, self._law_time, self._law_cost = ended, time.time(), time.time() - t0
+                now = time.time()
+                self._law_ended, self._law_time, self._law_cost = ended, now, now - t0
         if changed and self.only is None:
             self._state_dirty = True
         if self._state_dirty and time.time() - self._state_time >= STATE_EVERY_S:

@@ -251,6 +251,11 @@ def _prepare(curve: Curve, *, max_points: int, n_bins: int, extra_t: Sequence[fl
     return _Prepared(s, y, w, area, bin_drop, bin_eta, bin_cs, bin_end, n_dropped, n_spikes, n_valid)
 
 
+def _anneal_response(x: np.ndarray, beta: float) -> np.ndarray:
+    """G(x) = 1 - (1 + x)**-beta, the share of a drop's gain realised after scaled area x (``_ld_basis``)."""
+    return -np.expm1(-beta * np.log1p(x))
+
+
 def _ld_basis(
     p: _Prepared, t: np.ndarray, area: np.ndarray, C: float, beta: float, gamma: float
 ) -> np.ndarray:
@@ -261,7 +266,7 @@ def _ld_basis(
     # 0**-gamma * 0 would be nan; floored, that bin's term is 0 there (the drop has had no steps to act)
     eta = np.maximum(p.bin_eta, ETA_FLOOR)
     x = eta[None, :] ** (-gamma) * np.maximum(area[:, None] - p.bin_cs[None, :], 0.0)  # (n, M)
-    g = -np.expm1(-beta * np.log1p(C * x))
+    g = _anneal_response(C * x, beta)
     g = np.where(p.bin_end[None, :] <= t[:, None], g, 0.0)
     return g @ p.bin_drop
 
@@ -284,7 +289,7 @@ def _ld_fit_basis(p: _Prepared, C: float, beta: float, gamma: float) -> np.ndarr
         out = np.zeros(len(p.t))
     else:
         x = (C * np.maximum(p.bin_eta, ETA_FLOOR) ** (-gamma))[bins] * gap  # per bin first: M powers, not nnz
-        g = -np.expm1(-beta * np.log1p(x))
+        g = _anneal_response(x, beta)
         out = np.bincount(rows, weights=g * drop, minlength=len(p.t))
     out.flags.writeable = False
     if len(memo) >= _LD_MEMO_SIZE:
