@@ -17,7 +17,7 @@ import torch
 _CSRC = Path(__file__).resolve().parents[2] / "csrc"
 _reason: str | None = None
 # same flags as setup.py; -march=native: the JIT build always runs on the machine that uses it
-_CXX_FLAGS = ["-O3", "-fopenmp", "-march=native"]
+_CXX_FLAGS = ["-O3", "-fopenmp", "-fno-trapping-math", "-march=native"]
 
 
 def _ops_registered() -> bool:
