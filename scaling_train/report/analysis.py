@@ -124,6 +124,19 @@ def gns_points(sweep: SweepData) -> tuple[np.ndarray, np.ndarray]:
 
 
 # ----------------------------------------------------------------------------------- laws
+DISTINCT_REL = 0.05  # _n_distinct: values within 5% of each other are one size / one token budget
+
+
+def _n_distinct(x: np.ndarray) -> int:
+    """How many distinct values ``x`` holds, values within ``DISTINCT_REL`` of the previous distinct one being
+    the same (the token counts of one budget differ by a step's worth of tokens between batch sizes)."""
+    out, last = 0, None
+    for v in np.sort(np.asarray(x, float)):
+        if last is None or v > last * (1 + DISTINCT_REL):
+            out, last = out + 1, v
+    return out
+
+
 def _fit_chinchilla(pts: list[Point], n_bootstrap: int) -> tuple[Any, LawRow]:
     row = LawRow("Chinchilla", "L(N, D) = E + A / N^alpha + B / D^beta", n_points=len(pts))
     if len(pts) < 5:
@@ -132,6 +145,16 @@ def _fit_chinchilla(pts: list[Point], n_bootstrap: int) -> tuple[Any, LawRow]:
     from scaling_train.fitter.adaptive import fit_known_law, known_interval
 
     N, D, L = (np.array([getattr(p, k) for p in pts]) for k in ("N", "D", "loss"))
+    n_sizes, n_budgets = _n_distinct(N), _n_distinct(D)
+    if n_sizes < 2 or n_budgets < 2:
+        # one of the two terms has nothing to vary against: the fit would return any exponent for it (a batch
+        # sweep at one token budget gave beta = -157 and a held-out prediction of nan)
+        row.error = (
+            f"the runs hold {n_sizes} model size(s) (N {N.min():.3g} to {N.max():.3g}) and {n_budgets} token "
+            f"count(s) (D {D.min():.3g} to {D.max():.3g}, within {DISTINCT_REL:.0%} counted as one): L(N, D) needs "
+            "at least 2 of each (a batch-size sweep at one budget does not identify the D term)"
+        )
+        return None, row
     # a predicted final loss counts less the wider its interval against the law's misfit (observed: weight 1)
     known = [(p.N, p.D, p.loss, *known_interval(p.low, p.high)) for p in pts]
     try:
@@ -377,8 +400,9 @@ def analyse(sweep: SweepData, *, n_bootstrap: int = 20, cache: Path | None = Non
     pts = sweep_points(sweep)
     a = Analysis(points=pts)
     inputs = [(p.N, p.D, p.loss, p.C, p.low, p.high) for p in pts] + [n_bootstrap]
+    # "design check": the fits cached before _fit_chinchilla refused a one-budget design are recomputed
     a.chinchilla, row = cached(
-        "chin-" + _digest(inputs), lambda: _fit_chinchilla(pts, n_bootstrap), _encode_fit,
+        "chin-" + _digest([*inputs, "design check"]), lambda: _fit_chinchilla(pts, n_bootstrap), _encode_fit,
         lambda d: _decode_fit("chin", d),
     )  # fmt: skip
     a.laws.append(row)

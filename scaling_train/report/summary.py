@@ -87,10 +87,15 @@ def heldout_largest(an: Analysis) -> dict[str, Any]:
         return {"error": f"{type(e).__name__}: {e}"}
     runs = []
     for p in sorted((p for p in pts if p.N == big), key=lambda p: p.D):
-        pred = float(f.predict(p.N, p.D))
+        with np.errstate(over="ignore", invalid="ignore"):  # a degenerate fit: checked below, not warned
+            pred = float(f.predict(p.N, p.D))
         runs.append(
             {"run": p.run, "D": p.D, "observed": p.loss, "predicted": pred, "error": pred / p.loss - 1}
         )
+    bad = [r for r in runs if not math.isfinite(r["predicted"])]
+    if bad:
+        return {"error": f"the law fitted below N={big:.3g} gives {bad[0]['predicted']} at D={bad[0]['D']:.3g} "
+                f"(alpha={f.alpha:.3g}, beta={f.beta:.3g}): no held-out check"}  # fmt: skip
     return {"N": big, "n_fit": len(fit_pts), "runs": runs, "within": WITHIN,
             "max_abs_error": max(abs(r["error"]) for r in runs)}  # fmt: skip
 

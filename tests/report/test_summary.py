@@ -72,3 +72,24 @@ def test_report_writes_and_prints_the_first_screen(sweep_dir, tmp_path):
         capture_output=True, text=True, check=True,
     )  # fmt: skip
     assert "what this sweep says" in p.stdout and "mid-run predictions: at 40% of each run" in p.stdout
+
+
+def test_a_sweep_at_one_token_budget_fits_no_chinchilla_law_and_says_why():
+    """A batch-size sweep (3 sizes, one token budget: D differs only by a step's tokens between batches) does not
+    identify the D term: before the check the fit returned beta = -157 and the first screen's held-out check
+    printed +nan%. Now the law is not fitted, with the reason, and the first screen says so."""
+    from scaling_train.report.analysis import Point, _fit_chinchilla
+
+    rng = np.random.default_rng(0)
+    pts = []
+    for n in (1.07e5, 3.32e5, 9.53e5):
+        for b in (8, 16, 32, 64):
+            d = 3.2e5 + 64 * b * rng.integers(0, 4)  # the last step's tokens differ by batch
+            pts.append(Point(f"N{n:g}-B{b}", n, d, 3.0 + 40 * n**-0.3 + rng.normal(0, 0.01), "observed"))
+    fit, row = _fit_chinchilla(pts, 0)
+    assert fit is None
+    assert "1 token count(s)" in row.error and "3 model size(s)" in row.error, row.error
+    # two budgets 2x apart: fitted as before
+    pts2 = pts + [Point(f"N{p.N:g}-2x", p.N, 2 * p.D, p.loss - 0.05, "observed") for p in pts[::4]]
+    fit2, row2 = _fit_chinchilla(pts2, 0)
+    assert fit2 is not None and row2.error is None
