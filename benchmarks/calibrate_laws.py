@@ -102,7 +102,8 @@ def candidates(cases: list[Case], prior: MultiPowerPrior, only_alone: bool = Fal
         refs = (
             [] if only_alone else [r for r in c.refs if not pred_mod.is_running(r)]
         )  # as predict_final_loss
-        got = pred_mod._candidates(c.target, refs, prior, 64, 48, True)
+        # only_alone (the empirical Bayes of the prior) reads the finals alone: no backtest refits
+        got = pred_mod._candidates(c.target, refs, prior, 64, 48, not only_alone)
         out.append({k.name: (k.final, k.terms, b) for k, b in got})
     return out
 

@@ -15,7 +15,7 @@ NO_REF_B_REL_UNKNOWN_LR = 0.0398045
 # alone candidate: prior mean of log C (how fast the loss answers an LR drop), empirical Bayes
 NO_REF_LOG_C = -3.90999
 # sweep model: prior mean of log a, the exponent of N (empirical Bayes on before-start cases)
-SWEEP_LOG_A = -2.2912
+SWEEP_LOG_A = -2.28972
 # sweep model: prior sd of a run's offset from the sweep law, relative to the loss (fixed, not fitted)
 SIGMA_DELTA = 0.02
 # sweep model: ridge sd of the references' offsets (fixed, not fitted: they must follow the law)
@@ -23,10 +23,10 @@ SIGMA_REF = 0.003
 # per candidate: s0, s1, r of the relative scale u; per interval key: q_lo, q_hi (quantiles of e / u);
 # blend: d, the weight of the candidates' disagreement
 INTERVAL = {
-    "alone": {"s0": 4.49854e-10, "s1": 0.00251353, "r": 0.112139, "q_lo": -3.75991, "q_hi": 4.41952},
-    "same_size": {"s0": 0.00167023, "s1": 0.00280558, "r": 0, "q_lo": -3.63836, "q_hi": 3.91066},
-    "sweep": {"s0": 0.00259308, "s1": 0.00259308, "r": 0, "q_lo": -1.6449, "q_hi": 1.6449},
-    "blend": {"d": 0.524426, "q_lo": -3.63836, "q_hi": 3.91066},
+    "alone": {"s0": 3.34252e-10, "s1": 0.00222721, "r": 0.105605, "q_lo": -3.80915, "q_hi": 2.0548},
+    "same_size": {"s0": 0.00167023, "s1": 0.00280559, "r": 0, "q_lo": -3.66721, "q_hi": 3.92759},
+    "sweep": {"s0": 0.00259311, "s1": 0.00259311, "r": 0, "q_lo": -1.6449, "q_hi": 1.6449},
+    "blend": {"d": 0.563926, "q_lo": -3.66721, "q_hi": 3.92759},
 }
 CALIBRATION_GROUPS = (
     "gem/even/PyGemma-1024x28_pretrain",

@@ -27,8 +27,8 @@ The running references are named in ``LossPrediction.ignored``.
 
 A reference only ever enters through a candidate, and candidates are combined by inverse variance, where
 a candidate's variance is its calibrated scale squared plus its squared error on a held-out tail of the
-target's own prefix (``_backtest``): a reference model that does not describe the target's own points
-loses its weight. Disagreement between the candidates widens the interval (``d`` below). A target with 1-9
+target's own prefix (``_backtest_error``): a reference model that does not describe the target's own points
+loses its weight, and a lone ``alone`` candidate that does not describe them gets a wider interval. Disagreement between the candidates widens the interval (``d`` below). A target with 1-9
 points of its own triples every candidate's scale (``few``, set by hand): so few points do not pin its
 offset, and the calibration curves hardly ever have so few. The interval
 constants are fitted on calibration groups of real curves by ``benchmarks/calibrate_laws.py`` and
@@ -570,7 +570,9 @@ def _candidates(
             continue
         if c is None:
             continue
-        b = _backtest_error(target, lambda tc, w=which: build(tc, w)) if backtest and len(refs) else 0.0
+        # the own-prefix backtest of every candidate, the alone one without references too: on a curve that the
+        # model does not describe (tiny runs still in their early fall) it is what widens the interval
+        b = _backtest_error(target, lambda tc, w=which: build(tc, w)) if backtest else 0.0
         if which == "sweep" and backtest:
             c = replace(c, size_error=_size_backtest(target, sized, mp, nb))
         out.append((c, b))
