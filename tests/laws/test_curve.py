@@ -226,3 +226,22 @@ def test_interval_coverage_on_held_out_runs(use_refs):
     # never below 85%, and an interval 8x narrower must fail.
     assert cov >= 0.85, f"held-out coverage {cov:.1%}"
     assert np.mean(inside_3x) > 0.97 and np.mean(inside_eighth) < 0.80  # the band can fail both ways
+
+
+def test_a_lone_alone_candidate_widens_when_it_does_not_describe_its_own_tail():
+    """Without references the alone candidate's interval takes its error on the last third of the target's own
+    prefix (refitted on the first two thirds), as every candidate does with references: a curve whose recent
+    points leave the multi-power law (here: the last third falls 4% faster than the law, as tiny runs still in
+    their early fall do) gets a wider interval than the same law without the departure. Before, a lone alone
+    candidate kept its calibrated width whatever its own tail said (cbs-cpu: 34% coverage)."""
+    T, warm = 2000, 50
+    lr = np.ones(T) * 3e-3
+    lr[:warm] = np.arange(1, warm + 1) / warm * 3e-3
+    steps = np.arange(10, 601, 10).astype(float)
+    clean = mpl_loss(lr, steps)
+    bent = clean * (1 - 0.04 * np.clip((steps - 400) / 200, 0, 1))
+    p_clean = predict_final_loss(Curve(steps, clean, lr, "clean"))
+    p_bent = predict_final_loss(Curve(steps, bent, lr, "bent"))
+    assert p_clean.mode == p_bent.mode == "alone"
+    assert p_bent.rel_scale > 2 * p_clean.rel_scale, (p_clean.rel_scale, p_bent.rel_scale)
+    assert (p_bent.high - p_bent.low) / p_bent.loss > 2 * (p_clean.high - p_clean.low) / p_clean.loss
