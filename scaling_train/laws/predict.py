@@ -28,11 +28,12 @@ The running references are named in ``LossPrediction.ignored``.
 A reference only ever enters through a candidate, and candidates are combined by inverse variance, where
 a candidate's variance is its calibrated scale squared plus its squared error on a held-out tail of the
 target's own prefix (``_backtest_error``): a reference model that does not describe the target's own points
-loses its weight, and a lone ``alone`` candidate that does not describe them gets a wider interval. Disagreement between the candidates widens the interval (``d`` below). A target with 1-9
-points of its own triples every candidate's scale (``few``, set by hand): so few points do not pin its
-offset, and the calibration curves hardly ever have so few. The interval
-constants are fitted on calibration groups of real curves by ``benchmarks/calibrate_laws.py`` and
-stored in ``_calibration.py`` with the list of groups they came from.
+loses its weight, and a lone ``alone`` candidate that does not describe them gets a wider interval.
+Disagreement between the candidates widens the interval (``d`` below). A target with 1-9 points of its own
+triples every candidate's scale (``few``, set by hand): so few points do not pin its offset, and the
+calibration curves hardly ever have so few. The interval constants are fitted on calibration groups of
+real curves by ``benchmarks/calibrate_laws.py`` and stored in ``_calibration.py`` with the list of groups
+they came from.
 """
 
 from __future__ import annotations

@@ -77,7 +77,7 @@ def test_report_writes_and_prints_the_first_screen(sweep_dir, tmp_path):
 def test_a_sweep_at_one_token_budget_fits_no_chinchilla_law_and_says_why():
     """A batch-size sweep (3 sizes, one token budget: D differs only by a step's tokens between batches) does not
     identify the D term: before the check the fit returned beta = -157 and the first screen's held-out check
-    printed +nan%. Now the law is not fitted, with the reason, and the first screen says so."""
+    printed +nan%. Now the law is not fitted and its row says why (the first screen prints that row's error)."""
     from scaling_train.report.analysis import Point, _fit_chinchilla
 
     rng = np.random.default_rng(0)
