@@ -29,7 +29,12 @@ Procedure (``weights``: each data set counts once, each group once within its da
    number of groups); a key takes the widest over its settings with >= 10 cases, so each setting is covered,
    the easier ones more than needed. Asymmetric on purpose: a remaining bias shifts the interval instead of
    being hidden. Never inside +-1.645 (Gaussian 90% of u): a key calibrated on few cases may look narrow by luck.
-5. The report (``--check``, a fresh interpreter so the written constants are the ones used) runs
+5. Past the extrapolation of every case above (``EXTRAP_CALIBRATED``, e^1.7 of the LR area: ~18% of a
+   constant-LR run), the early@ settings (3-15% of a run; fitted on by this step only): the factor
+   (``BEYOND_FACTOR``) on the ``alone`` candidate's sd (scale and backtest) that holds the group-weighted 92%
+   of the truths of each loss kind (the early@ settings pooled: one factor serves the whole range), the wider
+   of the two; past the earliest of them (``EXTRAP_MAX``) no own-prefix prediction is made.
+6. The report (``--check``, a fresh interpreter so the written constants are the ones used) runs
    ``predict_final_loss`` itself on every case and writes benchmarks/results/prediction.md.
 """
 
@@ -49,9 +54,9 @@ from scipy.optimize import minimize, minimize_scalar
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))  # the protocol is shared with the tests (tests/fixtures/protocol.py)
 
-from scaling_train.laws import MultiPowerPrior, NotEnoughDataError, predict_final_loss  # noqa: E402
+from scaling_train.laws import MultiPowerPrior, NotEnoughDataError, _calibration, predict_final_loss  # noqa: E402
 from scaling_train.laws import predict as pred_mod  # noqa: E402
-from tests.fixtures.protocol import REPORT_ONLY, Case, all_cases, is_held_out  # noqa: E402
+from tests.fixtures.protocol import REPORT_ONLY, Case, all_cases, is_early, is_held_out  # noqa: E402
 
 CONST_FILE = ROOT / "scaling_train" / "laws" / "_calibration.py"
 REPORT = ROOT / "benchmarks" / "results" / "prediction.md"
@@ -120,7 +125,11 @@ def wquantile(z: np.ndarray, w: np.ndarray, q: float) -> float:
 
 
 def calibrate(cases: list[Case], log) -> dict:
-    cal = [c for c in cases if not is_held_out(c.group) and c.setting not in REPORT_ONLY]
+    cal = [
+        c
+        for c in cases
+        if not is_held_out(c.group) and c.setting not in REPORT_ONLY and not is_early(c.setting)
+    ]
     # 1. empirical Bayes for the alone prior
     ann = [c for c in cal if c.setting in ANNEALING_SETTINGS]
     wa = weights(ann)
@@ -152,8 +161,6 @@ def calibrate(cases: list[Case], log) -> dict:
         "b_rel_unknown_lr": prior.b_rel_unknown_lr, "log_c": float(eb.x[2]), "interval": {},
     }  # fmt: skip
     # 1b. empirical Bayes for the sweep model's prior mean of log a (the N exponent), on the before-start cases
-    from scaling_train.laws import _calibration
-
     _calibration.SIGMA_DELTA = 0.02
     _calibration.SIGMA_REF = 0.003
     bef = [c for c in cal if c.setting == "before"]
@@ -294,7 +301,46 @@ def calibrate(cases: list[Case], log) -> dict:
             out["interval"][key].setdefault(q, out["interval"]["blend"][q])
     out["groups"] = sorted({c.group for c in cal})
     out["n"] = len(cal)
+    beyond(cases, cal, res, prior, out, truth_noise, log)
     return out
+
+
+def beyond(cases: list[Case], cal: list[Case], res: list[dict], prior, out: dict, truth_noise, log) -> None:
+    """Step 5: past the extrapolation of the cases above (``EXTRAP_CALIBRATED``, the largest of an own-prefix
+    candidate's), the factor ``BEYOND_FACTOR`` on the ``alone`` candidate's sd: per loss kind, over the early@
+    cases of the calibration groups beyond it, the group-weighted 92% quantile of the factor each case needs to
+    hold its truth; the larger of the kinds with >= 10 such cases. ``EXTRAP_MAX``: the largest extrapolation of
+    the early@ cases (no own-prefix prediction past it)."""
+    x_cal = max(r[n][1][1] for r in res for n in ("alone", "same_size") if n in r)
+    early = [c for c in cases if is_early(c.setting) and not is_held_out(c.group)]
+    _calibration.EXTRAP_MAX = math.inf  # every early case's candidates, however far it extrapolates
+    res_e = candidates(early, prior)
+    k = out["interval"]["alone"]
+    w_e = weights(early)
+    need: dict[str, list[tuple[float, float]]] = defaultdict(list)
+    x_max = 0.0
+    for c, r, w in zip(early, res_e, w_e):
+        if "alone" not in r:
+            continue
+        final, terms, bt = r["alone"]
+        x_max = max(x_max, terms[1])
+        if terms[1] <= x_cal:
+            continue
+        e = c.truth / final - 1
+        q = k["q_hi"] if e > 0 else -k["q_lo"]
+        u_a = u_of(terms, k["s0"], k["s1"], k["r"])
+        # the interval holds the truth when sqrt(M^2 (u_a^2 + bt^2) + tau^2) * q >= |e| (predict: the factor
+        # multiplies the candidate's whole sd)
+        m2 = ((e / q) ** 2 - (c.truth_sd / c.truth) ** 2) / (u_a**2 + bt**2)
+        need[f"beyond/{kind_of(c)}"].append((max(1.0, math.sqrt(max(m2, 0.0))), w))
+    factor = 1.0
+    for unit, v in sorted(need.items()):
+        m = wquantile(np.array([a for a, _ in v]), np.array([b for _, b in v]), 0.92)
+        log(f"beyond e^{x_cal:.2f}: {unit}: n = {len(v)}, factor needed (92%): {m:.3f}")
+        if len(v) >= 10:
+            factor = max(factor, m)
+    out["extrap_calibrated"], out["beyond_factor"], out["extrap_max"] = x_cal, factor, x_max
+    log(f"beyond: EXTRAP_CALIBRATED = {x_cal:.3f}, BEYOND_FACTOR = {factor:.3f}, EXTRAP_MAX = {x_max:.3f}")
 
 
 def write_constants(c: dict) -> None:
@@ -329,6 +375,13 @@ def write_constants(c: dict) -> None:
         kv = ", ".join(f'"{k}": {v:.6g}' for k, v in d.items())
         lines.append(f'    "{key}": {{{kv}}},')
     lines.append("}")
+    lines += [
+        "# own-prefix candidates (alone, same_size): the largest extrapolation (e-folds of LR area) among the cases",
+        "# that fitted the scales; the factor on a candidate's sd past it (early@ settings); none past EXTRAP_MAX",
+        f"EXTRAP_CALIBRATED = {c['extrap_calibrated']:.6g}",
+        f"BEYOND_FACTOR = {c['beyond_factor']:.6g}",
+        f"EXTRAP_MAX = {c['extrap_max']:.6g}",
+    ]
     lines.append("CALIBRATION_GROUPS = (")
     lines += [f'    "{g}",' for g in c["groups"]]
     lines.append(")")

@@ -28,6 +28,11 @@ INTERVAL = {
     "sweep": {"s0": 0.00259311, "s1": 0.00259311, "r": 0, "q_lo": -1.6449, "q_hi": 1.6449},
     "blend": {"d": 0.563926, "q_lo": -3.66721, "q_hi": 3.92759},
 }
+# own-prefix candidates (alone, same_size): the largest extrapolation (e-folds of LR area) among the cases
+# that fitted the scales; the factor on a candidate's sd past it (early@ settings); none past EXTRAP_MAX
+EXTRAP_CALIBRATED = 1.7204
+BEYOND_FACTOR = 2.06929
+EXTRAP_MAX = 3.99667
 CALIBRATION_GROUPS = (
     "gem/even/PyGemma-1024x28_pretrain",
     "gem/even/PyGemma-1280x36_pretrain",

@@ -282,9 +282,29 @@ def _prep(curve: Curve, mp: int, nb: int, extra_t: Sequence[float] = ()) -> _Pre
     return _cached(_PREP_CACHE, 512, key, lambda: _prepare(curve, max_points=mp, n_bins=nb, extra_t=extra_t))
 
 
+def own_extrapolation(target: Curve, mp: int = 64, nb: int = 48) -> float:
+    """log(area(T) / area(last fitted step)) of ``target``'s own prefix (``inf`` without valid points): how far a
+    candidate extrapolates it, in e-folds of the LR area (``LossPrediction.extrapolation``)."""
+    p = _prep(target, mp, nb, [float(target.total_steps)])
+    n_t = len(p.t)
+    return float(np.log(p.area[-1] / p.area[n_t - 1])) if n_t else math.inf
+
+
 def _scale(cal: dict, few: float, extrap: float, v_fit: float, extra: float = 0.0) -> float:
     """u = few * sqrt(s0^2 + (s1 * extrap)^2 + v_fit + extra^2)."""
     return float(few * np.sqrt(cal["s0"] ** 2 + (cal["s1"] * extrap) ** 2 + v_fit + extra**2))
+
+
+def _beyond(extrap: float) -> float:
+    """Factor on the sd (scale and backtest error) of a candidate extrapolating the target's own prefix (``alone``,
+    ``same_size``): 1 within
+    the extrapolation log(area(T) / area(last observed step)) of the calibration cases that fitted the scales
+    (``EXTRAP_CALIBRATED``, ~18% of a constant-LR run), ``BEYOND_FACTOR`` past it. The scale grows linearly in the
+    extrapolation, fitted where it is at most that; earlier prefixes (the ``early@`` settings, 3-15% of a run)
+    miss more than that line says on the training loss (coverage 54-72% at 3-10%), so the factor is fitted
+    there, on calibration groups. Past ``EXTRAP_MAX`` (the earliest calibrated prefix) ``_candidates`` makes
+    no own-prefix prediction at all."""
+    return _calibration.BEYOND_FACTOR if extrap > _calibration.EXTRAP_CALIBRATED else 1.0
 
 
 def _alone(
@@ -527,10 +547,17 @@ def predict_final_loss(
     cands = _candidates(target, refs, prior, max_points, n_bins, backtest)
     if not cands:
         p = _prepare(target, max_points=max_points, n_bins=n_bins)
+        x = own_extrapolation(target, max_points, n_bins)
+        early = (
+            f"; its prefix would be extrapolated {x:.2f} e-folds of its LR area to its last step, past the "
+            f"{_calibration.EXTRAP_MAX:.2f} of the earliest calibrated prefix (own-prefix predictions start later)"
+            if len(p.t) >= 3 and math.isfinite(x) and x > _calibration.EXTRAP_MAX
+            else ""
+        )
         raise NotEnoughDataError(
             f"target {target.name!r} has {len(p.t)} valid points (dropped {p.n_dropped} non-finite, "
             f"{p.n_spikes} spikes) and no usable references; at least 3 points are needed without references "
-            "(or references of >= 2 sizes with n_params and tokens_per_step for a run not yet started)"
+            f"(or references of >= 2 sizes with n_params and tokens_per_step for a run not yet started){early}"
         )
     return replace(_combine(target, cands, max_points, n_bins, curve_points), ignored=ignored)
 
@@ -540,11 +567,14 @@ def _candidates(
 ) -> list[tuple[_Candidate, float]]:
     """[(candidate, backtest error)] for every candidate the data allow. A target with fewer than 2 points
     past its warmup counts as not started: points in the warmup transient would only mislead the fits, and
-    its prediction comes from the references alone (none without references)."""
+    its prediction comes from the references alone (none without references). So does one whose prefix
+    would be extrapolated further than any calibration case was (``own_extrapolation`` > ``EXTRAP_MAX``)."""
     fin = target.steps[np.isfinite(target.losses)]
-    if len(fin) and np.sum(fin >= warmup_end(target)) < 2:
-        target = target.observed_until(0)
     T = float(target.total_steps)
+    if len(fin) and (
+        np.sum(fin >= warmup_end(target)) < 2 or own_extrapolation(target, mp, nb) > _calibration.EXTRAP_MAX
+    ):
+        target = target.observed_until(0)
     if target.n_params is None:
         same = list(refs)
     else:
@@ -576,6 +606,11 @@ def _candidates(
         b = _backtest_error(target, lambda tc, w=which: build(tc, w)) if backtest else 0.0
         if which == "sweep" and backtest:
             c = replace(c, size_error=_size_backtest(target, sized, mp, nb))
+        if (
+            which != "sweep"
+        ):  # past the calibrated extrapolation: the candidate's whole sd (scale and backtest)
+            f = _beyond(c.terms[1])
+            c, b = replace(c, u=c.u * f), b * f
         out.append((c, b))
     if bad and not out:
         raise FloatingPointError(f"no finite prediction for {target.name!r}: " + "; ".join(bad))
