@@ -301,11 +301,11 @@ def calibrate(cases: list[Case], log) -> dict:
             out["interval"][key].setdefault(q, out["interval"]["blend"][q])
     out["groups"] = sorted({c.group for c in cal})
     out["n"] = len(cal)
-    beyond(cases, cal, res, prior, out, truth_noise, log)
+    beyond(cases, res, prior, out, log)
     return out
 
 
-def beyond(cases: list[Case], cal: list[Case], res: list[dict], prior, out: dict, truth_noise, log) -> None:
+def beyond(cases: list[Case], res: list[dict], prior, out: dict, log) -> None:
     """Step 5: past the extrapolation of the cases above (``EXTRAP_CALIBRATED``, the largest of an own-prefix
     candidate's), the factor ``BEYOND_FACTOR`` on the ``alone`` candidate's sd: per loss kind, over the early@
     cases of the calibration groups beyond it, the group-weighted 92% quantile of the factor each case needs to
@@ -313,8 +313,11 @@ def beyond(cases: list[Case], cal: list[Case], res: list[dict], prior, out: dict
     the early@ cases (no own-prefix prediction past it)."""
     x_cal = max(r[n][1][1] for r in res for n in ("alone", "same_size") if n in r)
     early = [c for c in cases if is_early(c.setting) and not is_held_out(c.group)]
-    _calibration.EXTRAP_MAX = math.inf  # every early case's candidates, however far it extrapolates
-    res_e = candidates(early, prior)
+    kept, _calibration.EXTRAP_MAX = _calibration.EXTRAP_MAX, math.inf  # every early case, however far it goes
+    try:
+        res_e = candidates(early, prior)
+    finally:
+        _calibration.EXTRAP_MAX = kept
     k = out["interval"]["alone"]
     w_e = weights(early)
     need: dict[str, list[tuple[float, float]]] = defaultdict(list)

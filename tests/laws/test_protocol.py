@@ -2,6 +2,7 @@
 model before a run starts, the remaining curve. Figures for every group: benchmarks/results/prediction.md."""
 
 from collections import defaultdict
+from dataclasses import replace
 
 import numpy as np
 import pytest
@@ -413,3 +414,34 @@ def test_a_prefix_too_early_for_any_calibrated_prediction_is_refused_with_its_re
         np.arange(50, 1001, 50).astype(float), _sweep_law(8e7, tps, lr, np.arange(50, 1001, 50.0)), lr, "t"
     )
     assert predict_final_loss(later).mode == "alone"
+
+
+def test_the_calibration_step_past_the_extrapolation_reads_only_calibration_groups(monkeypatch, lrs_val):
+    """benchmarks/calibrate_laws.py step 5 (``beyond``) on controlled candidates: the factor is the weighted 92%
+    quantile of what the early@ cases past EXTRAP_CALIBRATED need (sd x factor x q >= |error|), per loss kind, the
+    larger kind; a held-out group's case, however badly missed, changes nothing; EXTRAP_MAX is the largest
+    extrapolation seen and the module's value is restored afterwards."""
+    import benchmarks.calibrate_laws as cl
+
+    cases, fake = [], {}
+    for i in range(40):
+        kind = "train" if i % 2 else "val"
+        g = f"lrs/{'33M' if i < 36 else '53M'}/slimpajama/g{i}/{kind}"  # 53M: a held-out size
+        c = replace(lrs_val[0], group=g, setting="early@5", name=f"r{i}", truth=1.0)
+        cases.append(c)
+        # needed factor: (i + 1) / 10 on the training loss, 1 on the validation loss; held out: 100
+        need = 100.0 if i >= 36 else ((i + 1) / 10 if kind == "train" else 0.5)
+        x = 2.0 + 0.01 * i
+        fake[c.name] = {"alone": (1.0 / (1.0 + need * 0.01 * 2.0), (1.0, x, 0.0, 0.0), 0.0)}
+    monkeypatch.setattr(cl, "candidates", lambda cs, prior: [fake[c.name] for c in cs])
+    out = {"interval": {"alone": {"s0": 0.01, "s1": 0.0, "r": 0.0, "q_lo": -2.0, "q_hi": 2.0}}}
+    before = _calibration.EXTRAP_MAX
+    cl.beyond(cases, [{"alone": (1.0, (1.0, 1.5, 0.0, 0.0), 0.0)}], None, out, log=lambda s: None)
+    assert _calibration.EXTRAP_MAX == before
+    assert out["extrap_calibrated"] == 1.5
+    assert out["extrap_max"] == pytest.approx(2.0 + 0.01 * 35)  # the held-out cases' x (2.36..2.39) unseen
+    train_need = np.array([(i + 1) / 10 for i in range(1, 36, 2)])
+    # equal weights within the 18 training-loss groups: the 92% quantile of their needs, never below 1
+    assert out["beyond_factor"] == pytest.approx(
+        np.sort(np.maximum(train_need, 1.0))[int(np.ceil(0.92 * 18)) - 1]
+    )
