@@ -444,7 +444,56 @@ def report(cases: list[Case]) -> str:
             f"{p.loss / c.truth - 1:+.2%} | {p.mode} |"
         )
     out += group_summary(rows)
+    out += refs_against_alone(rows)
     return "\n".join(out) + "\n"
+
+
+# a setting with references -> the setting predicting the same targets (same group, run and truth) alone
+ALONE_TWIN = {
+    "same@25": "alone@25", "far@25": "alone@25", "sweep@25": "alone@25", "cool_refs": "cool",
+    "gem_cool_refs": "gem_cool", "mp_refs@25%": "mp@25%", "mp_refs@50%": "mp@50%",
+}  # fmt: skip
+
+
+def refs_against_alone(rows: list[tuple[Case, object]]) -> list[str]:
+    """Issue 13's "a reference run must never make a prediction worse than the target alone": per setting with
+    references, its mean abs error against the same targets' alone prediction (``ALONE_TWIN``), and the groups
+    where the references made it worse."""
+    alone = {(c.setting, c.group, c.name, c.truth): p for c, p in rows if p is not None}
+    per: dict[tuple[str, str, str], list[tuple[str, float, float]]] = defaultdict(list)
+    for c, p in rows:
+        twin = ALONE_TWIN.get(c.setting)
+        a = alone.get((twin, c.group, c.name, c.truth)) if twin else None
+        if p is None or a is None:
+            continue
+        split = "held out" if is_held_out(c.group) else "calibration"
+        per[(c.setting, kind_of(c), split)].append(
+            (c.group, abs(p.loss / c.truth - 1), abs(a.loss / c.truth - 1))
+        )
+    out = [
+        "",
+        "## References against the target alone (same targets)",
+        "",
+        "Mean abs error with the setting's references and of the same targets predicted alone (`alone@25`, `cool`,",
+        "`gem_cool`, `mp@`); groups: how many groups the setting has, and in how many its references made the",
+        "group's mean abs error larger. Difference: the mean over targets of |error with| - |error alone| and its",
+        "standard error over the targets (one within two standard errors of 0 is not resolved by these cases).",
+        "",
+        "| setting | loss | split | n | with references | alone | difference (se) | groups | worse with references |",
+        "| --- | --- | --- | --- | --- | --- | --- | --- | --- |",
+    ]
+    for (st, kind, split), v in sorted(per.items()):
+        by_g: dict[str, list[tuple[float, float]]] = defaultdict(list)
+        for g, er, ea in v:
+            by_g[g].append((er, ea))
+        worse = sum(np.mean([x[0] for x in e]) > np.mean([x[1] for x in e]) for e in by_g.values())
+        d = np.array([x[1] - x[2] for x in v])
+        se = float(np.std(d, ddof=1) / math.sqrt(len(d))) if len(d) > 1 else float("nan")
+        out.append(
+            f"| {st} | {kind} | {split} | {len(v)} | {np.mean([x[1] for x in v]):.3%} | "
+            f"{np.mean([x[2] for x in v]):.3%} | {d.mean():+.3%} ({se:.3%}) | {len(by_g)} | {worse} |"
+        )
+    return out
 
 
 def group_summary(rows: list[tuple[Case, object]]) -> list[str]:
