@@ -29,7 +29,10 @@ A reference only ever enters through a candidate, and candidates are combined by
 a candidate's variance is its calibrated scale squared plus its squared error on a held-out tail of the
 target's own prefix (``_backtest_error``): a reference model that does not describe the target's own points
 loses its weight, and a lone ``alone`` candidate that does not describe them gets a wider interval.
-Disagreement between the candidates widens the interval (``d`` below). A target with 1-9 points of its own
+Disagreement between the candidates widens the interval (``d`` below). A prefix extrapolated further than
+the calibration cases that fitted the scales (``_beyond``: before ~18% of a constant-LR run) has its own-prefix
+candidates' sd multiplied by a factor fitted on early prefixes of calibration runs; one extrapolated further
+than those (before ~2% of a constant-LR run) is predicted as if not started. A target with 1-9 points of its own
 triples every candidate's scale (``few``, set by hand): so few points do not pin its offset, and the
 calibration curves hardly ever have so few. The interval constants are fitted on calibration groups of
 real curves by ``benchmarks/calibrate_laws.py`` and stored in ``_calibration.py`` with the list of groups
@@ -297,13 +300,12 @@ def _scale(cal: dict, few: float, extrap: float, v_fit: float, extra: float = 0.
 
 def _beyond(extrap: float) -> float:
     """Factor on the sd (scale and backtest error) of a candidate extrapolating the target's own prefix (``alone``,
-    ``same_size``): 1 within
-    the extrapolation log(area(T) / area(last observed step)) of the calibration cases that fitted the scales
-    (``EXTRAP_CALIBRATED``, ~18% of a constant-LR run), ``BEYOND_FACTOR`` past it. The scale grows linearly in the
-    extrapolation, fitted where it is at most that; earlier prefixes (the ``early@`` settings, 3-15% of a run)
-    miss more than that line says on the training loss (coverage 54-72% at 3-10%), so the factor is fitted
-    there, on calibration groups. Past ``EXTRAP_MAX`` (the earliest calibrated prefix) ``_candidates`` makes
-    no own-prefix prediction at all."""
+    ``same_size``): 1 up to the largest extrapolation log(area(T) / area(last observed step)) of the calibration
+    cases that fitted the scales (``EXTRAP_CALIBRATED``, ~18% of a constant-LR run), ``BEYOND_FACTOR`` past it.
+    The scale grows linearly in the extrapolation, fitted where it is at most that; earlier prefixes (the
+    ``early@`` settings, 3-15% of a run) miss more than that line says on the training loss (held-out coverage
+    54-72% at 3-10%), so the factor is fitted there, on calibration groups. Past ``EXTRAP_MAX`` (the earliest
+    calibrated prefix) ``_candidates`` makes no own-prefix prediction at all."""
     return _calibration.BEYOND_FACTOR if extrap > _calibration.EXTRAP_CALIBRATED else 1.0
 
 
@@ -606,10 +608,8 @@ def _candidates(
         b = _backtest_error(target, lambda tc, w=which: build(tc, w)) if backtest else 0.0
         if which == "sweep" and backtest:
             c = replace(c, size_error=_size_backtest(target, sized, mp, nb))
-        if (
-            which != "sweep"
-        ):  # past the calibrated extrapolation: the candidate's whole sd (scale and backtest)
-            f = _beyond(c.terms[1])
+        if which != "sweep":
+            f = _beyond(c.terms[1])  # past the calibrated extrapolation: the whole sd (scale and backtest)
             c, b = replace(c, u=c.u * f), b * f
         out.append((c, b))
     if bad and not out:
