@@ -67,9 +67,17 @@ Z90 = 1.6449  # the Gaussian 95% quantile: a two-sided 90% interval of +-Z90 sd
 LR_RANGE = (1e-4, 3e-3)  # set by calibrate(): the peak LRs of the calibration cases with a known LR
 
 
+def group_kind(group: str) -> str:
+    """val / train (lr_schedules), gem, mp, qs: the loss kind of a group's cases."""
+    return group.split("/")[-1] if group.startswith("lrs") else group.split("/")[0]
+
+
 def kind_of(c: Case) -> str:
-    """val / train (lr_schedules), gem, mp."""
-    return c.group.split("/")[-1] if c.group.startswith("lrs") else c.group.split("/")[0]
+    return group_kind(c.group)
+
+
+def split_of(group: str) -> str:
+    return "held out" if is_held_out(group) else "calibration"
 
 
 def weights(cases: list[Case]) -> np.ndarray:
@@ -406,7 +414,7 @@ def report(cases: list[Case]) -> str:
     elapsed = time.time() - t0
     by: dict[tuple, list] = defaultdict(list)
     for c, p in rows:
-        by[(c.setting, kind_of(c), "held out" if is_held_out(c.group) else "calibration")].append((c, p))
+        by[(c.setting, kind_of(c), split_of(c.group))].append((c, p))
     out = [
         "# predict_final_loss: the protocol, calibration and held-out groups",
         "",
@@ -466,8 +474,7 @@ def refs_against_alone(rows: list[tuple[Case, object]]) -> list[str]:
         a = alone.get((twin, c.group, c.name, c.truth)) if twin else None
         if p is None or a is None:
             continue
-        split = "held out" if is_held_out(c.group) else "calibration"
-        per[(c.setting, kind_of(c), split)].append(
+        per[(c.setting, kind_of(c), split_of(c.group))].append(
             (c.group, abs(p.loss / c.truth - 1), abs(a.loss / c.truth - 1))
         )
     out = [
@@ -510,12 +517,11 @@ def group_summary(rows: list[tuple[Case, object]]) -> list[str]:
     for (g, st), v in sorted(per.items()):
         e = np.array([x[0] for x in v])
         cov = float(np.mean([x[1] for x in v]))
-        split = "held out" if is_held_out(g) else "calibration"
+        split = split_of(g)
         lines.append(
             f"{g},{st},{split},{len(v)},{np.abs(e).mean():.5f},{e.mean():+.5f},{cov:.3f},{np.mean([x[2] for x in v]):.5f}"
         )
-        kind = g.split("/")[-1] if g.startswith("lrs") else g.split("/")[0]
-        b = bands[(st, kind, split)]
+        b = bands[(st, group_kind(g), split)]
         b[0] += 1
         b[1] += abs(e.mean()) > BIAS_BAND
         b[2] += cov < COVERAGE_BAND[0]

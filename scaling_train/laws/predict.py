@@ -285,12 +285,19 @@ def _prep(curve: Curve, mp: int, nb: int, extra_t: Sequence[float] = ()) -> _Pre
     return _cached(_PREP_CACHE, 512, key, lambda: _prepare(curve, max_points=mp, n_bins=nb, extra_t=extra_t))
 
 
+def _extrapolation(p: _Prepared) -> tuple[float, float]:
+    """(area at the last fitted step, log(area(T) / that area)) of a curve prepared with T as its last extra step;
+    with no fitted point, the area of a thousandth of T's stands in for the last one."""
+    n_t = len(p.t)
+    area_last = p.area[n_t - 1] if n_t else max(p.area[-1] * 1e-3, 1e-9)
+    return area_last, float(np.log(p.area[-1] / area_last))
+
+
 def own_extrapolation(target: Curve, mp: int = 64, nb: int = 48) -> float:
     """log(area(T) / area(last fitted step)) of ``target``'s own prefix (``inf`` without valid points): how far a
     candidate extrapolates it, in e-folds of the LR area (``LossPrediction.extrapolation``)."""
     p = _prep(target, mp, nb, [float(target.total_steps)])
-    n_t = len(p.t)
-    return float(np.log(p.area[-1] / p.area[n_t - 1])) if n_t else math.inf
+    return _extrapolation(p)[1] if len(p.t) else math.inf
 
 
 def _scale(cal: dict, few: float, extrap: float, v_fit: float, extra: float = 0.0) -> float:
@@ -489,8 +496,7 @@ def _size_backtest(target: Curve, refs: Sequence[Curve], mp: int, nb: int) -> fl
             at = h.observed_until(frac * h.total_steps)
             p = _prep(at, mp, nb, [float(h.total_steps)])
             n_t = len(p.t)
-            area_last = p.area[n_t - 1] if n_t else max(p.area[-1] * 1e-3, 1e-9)
-            c = _sweep(at, p, rest, float(h.total_steps), n_t, float(np.log(p.area[-1] / area_last)),
+            c = _sweep(at, p, rest, float(h.total_steps), n_t, _extrapolation(p)[1],
                        _calibration.INTERVAL["sweep"], mp, nb)  # fmt: skip
             if c is not None and math.isfinite(c.final):
                 # against its points in the last SIZE_BT_WINDOW of its steps, the prediction read at the same
@@ -587,8 +593,7 @@ def _candidates(
         p = _prep(tc, mp, nb, [T])
         n_t = len(p.t)
         area_T = p.area[-1]
-        area_last = p.area[n_t - 1] if n_t else max(p.area[-1] * 1e-3, 1e-9)
-        extrap = float(np.log(area_T / area_last))
+        extrap = _extrapolation(p)[1]
         if which == "alone":
             return _alone(tc, p, prior, T, area_T, n_t, extrap, _calibration.INTERVAL["alone"])
         if which == "same_size":
@@ -669,8 +674,7 @@ def _combine(
     u = float(np.hypot(u, size_sd * Z90 / (0.5 * (q_hi - q_lo))))
     p = _prep(target, mp, nb, [float(target.total_steps)])
     n_t = len(p.t)
-    area_last = p.area[n_t - 1] if n_t else max(p.area[-1] * 1e-3, 1e-9)
-    extrap = float(np.log(p.area[-1] / area_last))
+    area_last, extrap = _extrapolation(p)
     cs = cv = cl = ch = np.zeros(0)
     if curve_points > 0:
         last = float(target.steps[np.isfinite(target.losses)][-1]) if n_t else 1.0
