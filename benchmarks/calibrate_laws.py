@@ -6,6 +6,10 @@ Run:  . .venv/bin/activate && PYTHONPATH=. python benchmarks/calibrate_laws.py  
 
 Procedure (``weights``: each data set counts once, each group once within its data set):
 
+0. ``LR_POWER``, the power p of the normalised schedule in every fit's view ((lr / peak) ** p: its LR area and
+   its drops): a grid over 0.5-1.0 (refined by 0.05) of the weighted mean squared relative error of the
+   ``same_size`` candidate on the calibration cases with same-size references; that candidate uses only the
+   generic weak prior, so this step depends on no constant fitted before. Every later step is fitted under it.
 1. Empirical Bayes for the ``alone`` candidate's annealing prior: minimise the weighted mean squared relative
    error of the ``alone`` predictions over the calibration cases whose remaining schedule anneals (cooldown
    settings and decaying schedules), Nelder-Mead over (log b, k, log C, log b_unknown): the mean of B / loss
@@ -25,7 +29,9 @@ Procedure (``weights``: each data set counts once, each group once within its da
 3. The blend (``predict.blend``) with those constants; ``d`` (weight of the candidates' disagreement) by ML.
 4. Interval quantiles per key (``alone``, ``sweep`` before a run starts, ``blend``; the live settings enter only
    this step, so they leave the candidates' scales and d where the other settings put them): group-weighted 4% / 96%
-   quantiles of z = e / sqrt(u^2 + tau^2) per calibration setting and loss kind (a little wider than 5% / 95% for the finite
+   quantiles of z = e / sqrt(u^2 + rn^2) (against the truth as measured: rn = ``predict.read_noise``, the final
+   read's noise estimated from the target's own points, as the predicted interval has it) per calibration
+   setting and loss kind (a little wider than 5% / 95% for the finite
    number of groups); a key takes the widest over its settings with >= 10 cases, so each setting is covered,
    the easier ones more than needed. Asymmetric on purpose: a remaining bias shifts the interval instead of
    being hidden. Never inside +-1.645 (Gaussian 90% of u): a key calibrated on few cases may look narrow by luck.
@@ -134,12 +140,66 @@ def wquantile(z: np.ndarray, w: np.ndarray, q: float) -> float:
     return float(z[o][min(np.searchsorted(cw, q), len(z) - 1)])
 
 
+LR_POWER_GRID = (0.5, 0.6, 0.7, 0.8, 0.9, 1.0)  # profile_lr_power: the coarse grid, refined by +-0.05
+
+
+def same_size_final(c: Case) -> float | None:
+    """The ``same_size`` candidate's final loss for case ``c`` (None without same-size references): a fit with
+    the generic weak prior only, so it depends on no calibrated constant but ``LR_POWER``."""
+    refs = [r for r in c.refs if not pred_mod.is_running(r)]
+    n = c.target.n_params
+    same = [r for r in refs if n is None or r.n_params is None or abs(float(r.n_params) / n - 1) < 0.01]
+    if not same:
+        return None
+    T = float(c.target.total_steps)
+    p = pred_mod._prep(c.target, 64, 48, [T])
+    k = _calibration.INTERVAL["same_size"]  # enters only the candidate's scale, not its final
+    x = pred_mod._extrapolation(p)[1]
+    cand = pred_mod._same_size(c.target, p, same, T, p.area[-1], len(p.t), x, k, 64, 48)
+    return None if cand is None else float(cand.final)
+
+
+def profile_lr_power(cal: list[Case], log) -> float:
+    """Step 0: ``LR_POWER``, the schedule's power in every fit's view ((lr / peak) ** p: the LR area and the
+    drops), by the weighted squared error of the ``same_size`` candidate's finals on the calibration cases with
+    same-size references (a run predicted from its own prefix and other horizons or cooldowns of its model:
+    where the shared multi-power parameters must transfer between schedules). That candidate uses no fitted
+    constant, so the profile does not depend on the previous calibration."""
+    with_refs = [c for c in cal if c.refs and not c.setting.startswith("live@")]
+    w = weights(with_refs)
+    kept = _calibration.LR_POWER
+
+    def objective(pw: float) -> float:
+        _calibration.LR_POWER = pw
+        e = [(c.truth / f - 1) if (f := same_size_final(c)) is not None else None for c in with_refs]
+        ok = np.array([x is not None for x in e])
+        ee = np.array([x if x is not None else 0.0 for x in e])
+        return float(np.sum(w[ok] * ee[ok] ** 2) / np.sum(w[ok]))
+
+    t0 = time.time()
+    try:
+        seen = {pw: objective(pw) for pw in LR_POWER_GRID}
+        best = min(seen, key=seen.get)
+        for pw in (best - 0.05, best + 0.05):
+            if 0.05 < pw <= 1.0 and round(pw, 3) not in seen:
+                seen[round(pw, 3)] = objective(round(pw, 3))
+    finally:
+        _calibration.LR_POWER = kept
+    best = min(seen, key=seen.get)
+    table = ", ".join(f"{k:g}: {math.sqrt(v):.3%}" for k, v in sorted(seen.items()))
+    log(f"LR_POWER = {best:g} (weighted RMS rel err of same_size over {len(with_refs)} cases: {table}; "
+        f"{time.time() - t0:.0f} s)")  # fmt: skip
+    return best
+
+
 def calibrate(cases: list[Case], log) -> dict:
     cal = [
         c
         for c in cases
         if not is_held_out(c.group) and c.setting not in REPORT_ONLY and not is_early(c.setting)
     ]
+    # 0. the schedule's power in the fits' view; every later step is fitted under it
+    _calibration.LR_POWER = lr_power = profile_lr_power(cal, log)
     # 1. empirical Bayes for the alone prior
     ann = [c for c in cal if c.setting in ANNEALING_SETTINGS]
     wa = weights(ann)
@@ -167,7 +227,7 @@ def calibrate(cases: list[Case], log) -> dict:
         f"{len(ann)} cases)"
     )
     out = {
-        "b_rel": prior.b_rel, "b_lr_exponent": prior.b_lr_exponent, "b_lr_range": LR_RANGE,
+        "lr_power": lr_power, "b_rel": prior.b_rel, "b_lr_exponent": prior.b_lr_exponent, "b_lr_range": LR_RANGE,
         "b_rel_unknown_lr": prior.b_rel_unknown_lr, "log_c": float(eb.x[2]), "interval": {},
     }  # fmt: skip
     # 1b. empirical Bayes for the sweep model's prior mean of log a (the N exponent), on the before-start cases
@@ -221,8 +281,8 @@ def calibrate(cases: list[Case], log) -> dict:
     w_all[base] = weights([cal[i] for i in base])
     if is_live.any():
         w_all[is_live] = weights([c for c, lv in zip(cal, is_live) if lv])
-    # the truth's own noise (training loss: the mean of 40 noisy points), relative: it enters the likelihood and
-    # the quantiles next to u, so a noisy truth does not widen the interval of the true final loss
+    # the truth's own noise (training loss: the mean of 40 noisy points), relative: it enters the likelihoods
+    # next to u, so a noisy truth does not inflate the model's scales (the quantiles below read the truth as is)
     truth_noise = np.array([c.truth_sd / c.truth for c in cal])
     for name in pred_mod.CANDIDATES:
         idx = [i for i in base if name in res[i]]
@@ -282,13 +342,23 @@ def calibrate(cases: list[Case], log) -> dict:
     dd = float(math.exp(md.x))
     log(f"blend: ML d = {dd:.3f} (n = {len(multi)})")
     # quantiles per (key, setting, loss kind) unit; a key's interval is the widest over its units with >= 10
-    # cases, so it covers ~92% in every calibration setting (wider than needed in the easier ones)
+    # cases, so it covers ~92% in every calibration setting (wider than needed in the easier ones). Against the
+    # truth as measured, its noise included, as predict_final_loss's interval does: z = e / sqrt(u^2 + rn^2),
+    # rn = predict.read_noise, the read's noise estimated from the target's own points. The training loss's
+    # per-batch scatter is the data order's (a branch's residuals correlate 1.00 with its parent's), so a window's
+    # truth is off the smooth curve by ~0.9%; read off the measured truth_sd (as the scales above are fitted),
+    # the intervals came out narrower than the errors against that truth (held-out training-loss coverage 75-80%
+    # at live@30-70, far@25, same@25); e / u alone sent same_size's quantiles to -6.5 / +16.6 (7-10% wide
+    # intervals on validation losses predicted to 0.3%)
+    read = np.array(
+        [pred_mod.read_noise(c.target, [r for r in c.refs if not pred_mod.is_running(r)]) for c in cal]
+    )
     zs: dict[tuple[str, str], list[tuple[float, float]]] = defaultdict(list)
     for i, c in enumerate(cal):
         if not res[i]:
             continue
         lo, u, key = blended(i, dd)
-        z = (c.truth / lo - 1) / math.sqrt(u**2 + truth_noise[i] ** 2)
+        z = (c.truth / lo - 1) / math.hypot(u, read[i])
         zs[(key, f"{c.setting}/{kind_of(c)}")].append((z, w_all[i]))
     out["interval"]["blend"] = {"d": dd}
     per_key: dict[str, list[tuple[float, float]]] = defaultdict(list)
@@ -374,6 +444,8 @@ def write_constants(c: dict) -> None:
         f"NO_REF_B_REL_UNKNOWN_LR = {c['b_rel_unknown_lr']:.6g}",
         "# alone candidate: prior mean of log C (how fast the loss answers an LR drop), empirical Bayes",
         f"NO_REF_LOG_C = {c['log_c']:.6g}",
+        "# every candidate: the schedule's power in the fits' view, (lr / peak) ** p (profiled on calibration groups)",
+        f"LR_POWER = {c['lr_power']:.6g}",
         "# sweep model: prior mean of log a, the exponent of N (empirical Bayes on before-start cases)",
         f"SWEEP_LOG_A = {c['log_a']:.6g}",
         "# sweep model: prior sd of a run's offset from the sweep law, relative to the loss (fixed, not fitted)",

@@ -66,6 +66,7 @@ def _append_prediction(run_dir: Path, pred: dict[str, Any], total_steps: int | N
         "step": pred["step"], "fraction": pred["step"] / total_steps if total_steps else None,
         "loss": pred["loss"], "low": pred["low"], "high": pred["high"],
         "references": pred.get("references", []), "mode": pred.get("mode"), "time": pred["updated"],
+        "rel_scale": pred.get("rel_scale"), "read_noise": pred.get("read_noise"),
     }  # fmt: skip
     cur = pred.get("curve") or {}
     # the predicted remaining curve and band, so a report can show it against what happened
@@ -287,7 +288,7 @@ class SweepFitter:
             return {"loss": None, "low": None, "high": None, "error": f"{type(e).__name__}: {e}"}
         return dict(
             loss=p.loss, low=p.low, high=p.high, n_used=p.n_used, n_spikes=p.n_spikes,
-            extrapolation=p.extrapolation, mode=p.mode,
+            extrapolation=p.extrapolation, mode=p.mode, rel_scale=p.rel_scale, read_noise=p.read_noise,
             references=[c.name for c in ref_curves if c.name not in p.ignored],
             running_references_ignored=list(p.ignored),
             candidates=p.candidates, weights=p.weights,

@@ -12,6 +12,7 @@ and shared shape parameters transfer between runs of one model with different pe
 from __future__ import annotations
 
 import hashlib
+import math
 from collections.abc import Sequence
 from dataclasses import dataclass, field, replace
 from functools import cached_property
@@ -207,7 +208,12 @@ def _burn_in(curve: Curve, s: np.ndarray) -> float:
     return min(first, BURN_IN_CAP * float(s[-1]))
 
 
-def _prepare(curve: Curve, *, max_points: int, n_bins: int, extra_t: Sequence[float] = ()) -> _Prepared:
+def _prepare(
+    curve: Curve, *, max_points: int, n_bins: int, extra_t: Sequence[float] = (), lr_power: float = 1.0
+) -> _Prepared:
+    """The fit's view of ``curve``: valid points after the burn-in (binned past ``max_points``), the LR area at
+    them and at ``extra_t``, and the schedule's drops in ``n_bins`` bins. ``lr_power`` p: the schedule enters as
+    (lr / peak) ** p (the area is the sum of that, the drops are its drops); 1 is the multi-power law's own form."""
     s, y, n_dropped, n_spikes = _clean(curve.steps, curve.losses)
     keep = s >= _burn_in(curve, s)
     keep[len(s) - min(len(s), 3) :] = True  # the burn-in never leaves fewer than 3 points
@@ -222,6 +228,8 @@ def _prepare(curve: Curve, *, max_points: int, n_bins: int, extra_t: Sequence[fl
     else:
         w = np.ones(len(y))
     eta = curve.lr / curve.lr.max()  # (T,) normalised schedule
+    if lr_power != 1.0:
+        eta = eta**lr_power
     cs = np.concatenate([[0.0], np.cumsum(eta)])  # cs[t] = area of steps 1..t
     t_all = np.concatenate([s, np.asarray(extra_t, dtype=np.float64)])
     area = np.interp(t_all, np.arange(len(cs)), cs)
@@ -362,11 +370,12 @@ class MultiPowerFit:
     rmse: float
     n_points: int
     theta: np.ndarray = field(repr=False)
+    lr_power: float = 1.0  # the schedule's power in the fit's view (``_prepare``)
 
     def predict(self, curve: Curve, steps: np.ndarray, *, index: int = 0) -> np.ndarray:
         """Loss of ``curve`` (fitted as number ``index``) at ``steps`` under its schedule."""
         steps = np.asarray(steps, dtype=np.float64)
-        p = _prepare(curve, max_points=0, n_bins=256, extra_t=steps)
+        p = _prepare(curve, max_points=0, n_bins=256, extra_t=steps, lr_power=self.lr_power)
         area = p.area[len(p.t) :]
         return (
             self.L0[index]
@@ -437,21 +446,28 @@ def fit_multipower(
     prior_weight: float = 1.0,
     max_points: int = 64,
     n_bins: int = 48,
+    lr_power: float = 1.0,
 ) -> MultiPowerFit:
     """Fit the multi-power law (module docstring) jointly to ``curves``: one L0 per curve, all other
-    parameters shared. ``prior_weight`` scales the weak prior (0 disables it)."""
+    parameters shared. ``prior_weight`` scales the weak prior (0 disables it). ``lr_power`` != 1 fits the
+    schedule as (lr / peak) ** lr_power (``_prepare``; ``predict_final_loss`` uses its calibrated
+    ``LR_POWER``)."""
     if len(curves) == 0:
         raise ValueError("curves is empty; at least one curve is needed")
     prior = prior or MultiPowerPrior()
-    preps = [_prepare(c, max_points=max_points, n_bins=n_bins) for c in curves]
+    if not (math.isfinite(lr_power) and 0.0 < lr_power <= 2.0):
+        raise ValueError(f"lr_power={lr_power} must be in (0, 2]")
+    preps = [_prepare(c, max_points=max_points, n_bins=n_bins, lr_power=lr_power) for c in curves]
     for c, p in zip(curves, preps):
         if len(p.y) < 3:
             raise NotEnoughDataError(f"curve {c.name!r} has {len(p.y)} valid points; at least 3 are needed")
     theta, coef, rmse = _fit(preps, prior=prior, prior_weight=prior_weight, theta0=np.array(prior.theta))
-    return _as_fit(theta, coef, rmse, len(curves), sum(p.n_valid for p in preps))
+    return _as_fit(theta, coef, rmse, len(curves), sum(p.n_valid for p in preps), lr_power)
 
 
-def _as_fit(theta: np.ndarray, coef: np.ndarray, rmse: float, n_c: int, n_points: int) -> MultiPowerFit:
+def _as_fit(
+    theta: np.ndarray, coef: np.ndarray, rmse: float, n_c: int, n_points: int, lr_power: float = 1.0
+) -> MultiPowerFit:
     return MultiPowerFit(
         L0=tuple(float(v) for v in coef[:n_c]),
         A=float(coef[n_c]),
@@ -463,4 +479,5 @@ def _as_fit(theta: np.ndarray, coef: np.ndarray, rmse: float, n_c: int, n_points
         rmse=rmse,
         n_points=n_points,
         theta=theta,
+        lr_power=lr_power,
     )

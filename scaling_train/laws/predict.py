@@ -18,6 +18,17 @@ Three candidate models, each a multi-power law (``curve.py``) fitted to differen
   target. The Chinchilla form with the data term measured along each run's schedule: it predicts a run
   before it starts (delta = 0) and its prefix moves delta.
 
+Every candidate sees the schedule as (lr / peak) ** LR_POWER (``curve._prepare``: the LR area and the drops;
+1 is the multi-power law's own form). Profiled on the calibration groups' ``same_size`` cases, where the shared
+shape must carry from one horizon or schedule of a model to another (``calibrate_laws.py`` step 0): with 1, a
+cosine run's low-LR tail gained more than the law fitted on its prefix or on other horizons said (predictions
+from 25% drifted high over the last 40% of the run, by up to 2% at 60k steps).
+
+The interval is for the final loss as it will be read, not only the smooth curve: a noisy (training-loss)
+curve's read off its last points scatters by its per-point noise x ~0.24 (``read_noise``, estimated from the
+target's own points), which is added to the model's scale in quadrature; the calibration reads its quantiles
+the same way.
+
 Only finished references are used (``is_running``): a reference still training has not shown its own
 annealing and its asymptote is unconstrained, and on real ladders (protocol settings ``live@30`` /
 ``live@50``: every other run of the sweep as far as it has trained) predictions that leaned on running
@@ -70,6 +81,38 @@ from .curve import (
 
 CANDIDATES = ("alone", "same_size", "sweep")
 Z90 = 1.6448536269514722  # the standard normal 95% quantile: a Gaussian 90% interval is +-Z90 sd
+READ_WINDOW = 40  # a noisy curve's final loss is read from its last READ_WINDOW points (read_noise)
+_READ_X = np.vander(np.arange(READ_WINDOW) - (READ_WINDOW - 1) / 2, 3)
+# standard error of a quadratic's value at the window's centre, per unit of per-point noise
+_READ_FACTOR = float(np.sqrt(np.linalg.inv(_READ_X.T @ _READ_X)[-1, -1]))
+
+
+def _point_noise(curve: Curve, last: int = 4 * READ_WINDOW) -> float | None:
+    """Relative per-point noise of ``curve`` over its last ``last`` valid points: a robust sd (1.4826 MAD) of
+    the second differences / sqrt(6), which a smooth trend barely moves; None under 8 points."""
+    y = curve.losses[np.isfinite(curve.losses)][-last:]
+    if len(y) < 8:
+        return None
+    d2 = np.diff(y, 2)
+    sd = 1.4826 * float(np.median(np.abs(d2 - np.median(d2)))) / math.sqrt(6.0)
+    return sd / float(np.median(np.abs(y)))
+
+
+def read_noise(target: Curve, references: Sequence[Curve] = ()) -> float:
+    """Relative standard error with which ``target``'s final loss will be measured: a curve logged every
+    batch (a training loss) scatters by a few percent per point, and its final loss is read as the value at
+    the centre of a quadratic fitted to its last ``READ_WINDOW`` points (as ``tests/fixtures/protocol.py``
+    reads the truth): that read is off the smooth curve by the per-point noise x ``_READ_FACTOR`` (~0.24).
+    The per-point noise comes from the target's own points, or the references' median before it has 8. On
+    the lr_schedules training losses this estimate is 0.86-1.0x the truth's own standard error (median per
+    protocol setting); on validation and Gemstone curves it is ~0.01-0.03%. The interval covers the read,
+    not only the smooth curve: that scatter is the data order's, shared by every run at a step (a cooldown
+    branch's residuals correlate 1.00 with its parent's), so no model of the curve can predict it."""
+    sd = _point_noise(target)
+    if sd is None:
+        seen = [x for r in references if (x := _point_noise(r)) is not None]
+        sd = float(np.median(seen)) if seen else 0.0
+    return sd * _READ_FACTOR
 
 
 @dataclass(frozen=True)
@@ -92,6 +135,7 @@ class LossPrediction:
     extrapolation: float
     fit: MultiPowerFit | None = field(default=None, repr=False)
     rel_scale: float = float("nan")  # uncalibrated relative scale u; interval = loss * (1 + q * u)
+    read_noise: float = 0.0  # the part of u that is the final loss's measurement noise (``read_noise``)
     mode: str = ""
     scale_terms: tuple[float, ...] = field(default=(), repr=False)
     candidates: dict[str, float] = field(default_factory=dict)
@@ -140,11 +184,12 @@ class SweepFit:
     rmse: float
     n_points: int
     theta: np.ndarray = field(repr=False)
+    lr_power: float = 1.0  # the schedule's power in the fit's view (``curve._prepare``)
 
     def predict(self, curve: Curve, steps: np.ndarray, *, index: int | None = None) -> np.ndarray:
         """Loss of ``curve`` at ``steps`` (its fitted offset when ``index`` is given, else delta = 0)."""
         steps = np.asarray(steps, dtype=np.float64)
-        p = _prepare(curve, max_points=0, n_bins=256, extra_t=steps)
+        p = _prepare(curve, max_points=0, n_bins=256, extra_t=steps, lr_power=self.lr_power)
         area = p.area[len(p.t) :]
         d = area * float(curve.tokens_per_step) / _D_UNIT
         off = self.delta[index] if index is not None else 0.0
@@ -161,6 +206,7 @@ def _fit_sweep(
     sigma_rel: float,
     theta0: np.ndarray,
     target_sigma_rel: float | None = None,
+    lr_power: float = 1.0,
 ) -> SweepFit:
     """Variable projection: outer LS over theta, inner NNLS over (E, K, A, B, delta+_i, delta-_i) with a
     ridge row per offset (sd ``sigma_rel`` x the loss level; the last curve's ``target_sigma_rel`` when given:
@@ -227,15 +273,21 @@ def _fit_sweep(
         E=float(coef[0]), K=float(coef[1]), a=float(np.exp(th[4])), A=float(coef[2]), alpha=float(np.exp(th[0])),
         B=float(coef[3]), C=float(np.exp(th[1])), beta=float(np.exp(th[2])), gamma=float(th[3]),
         delta=tuple(float(coef[4 + 2 * c] - coef[5 + 2 * c]) for c in range(n_c)), sigma_delta=float(sigs[-1]),
-        rmse=rmse, n_points=int(sum(p.n_valid for p in preps)), theta=th,
+        rmse=rmse, n_points=int(sum(p.n_valid for p in preps)), theta=th, lr_power=lr_power,
     )  # fmt: skip
 
 
 def fit_sweep(
-    curves: Sequence[Curve], *, sigma_rel: float | None = None, max_points: int = 64, n_bins: int = 48
+    curves: Sequence[Curve],
+    *,
+    sigma_rel: float | None = None,
+    max_points: int = 64,
+    n_bins: int = 48,
+    lr_power: float | None = None,
 ) -> SweepFit:
     """Fit the sweep-level trajectory model (module docstring) to ``curves``; every curve needs
-    ``n_params`` and ``tokens_per_step``."""
+    ``n_params`` and ``tokens_per_step``. ``lr_power``: the schedule's power in the fit's view (``curve._prepare``;
+    default: the calibrated ``LR_POWER`` that ``predict_final_loss`` uses)."""
     if len(curves) == 0:
         raise ValueError("curves is empty; at least one curve is needed")
     for i, c in enumerate(curves):
@@ -244,9 +296,12 @@ def fit_sweep(
                 f"curves[{i}] ({c.name!r}) has n_params={c.n_params}, tokens_per_step={c.tokens_per_step}; "
                 "the sweep model needs both"
             )
-    preps = [_prepare(c, max_points=max_points, n_bins=n_bins) for c in curves]
+    lp = _calibration.LR_POWER if lr_power is None else float(lr_power)
+    if not (math.isfinite(lp) and 0.0 < lp <= 2.0):
+        raise ValueError(f"lr_power={lr_power} must be in (0, 2]")
+    preps = [_prepare(c, max_points=max_points, n_bins=n_bins, lr_power=lp) for c in curves]
     sr = _calibration.SIGMA_REF if sigma_rel is None else sigma_rel
-    return _fit_sweep(curves, preps, sigma_rel=sr, theta0=_sw_prior())
+    return _fit_sweep(curves, preps, sigma_rel=sr, theta0=_sw_prior(), lr_power=lp)
 
 
 # --------------------------------------------------------------------------------------------------
@@ -281,8 +336,11 @@ def _cached(cache: OrderedDict, size: int, key: tuple, make):
 
 def _prep(curve: Curve, mp: int, nb: int, extra_t: Sequence[float] = ()) -> _Prepared:
     """``_prepare`` memoised by the curve's digest: a sweep's references are prepared once, not per call."""
-    key = (curve.digest(), mp, nb, tuple(float(x) for x in extra_t))
-    return _cached(_PREP_CACHE, 512, key, lambda: _prepare(curve, max_points=mp, n_bins=nb, extra_t=extra_t))
+    lp = _calibration.LR_POWER
+    key = (curve.digest(), mp, nb, tuple(float(x) for x in extra_t), lp)
+    return _cached(
+        _PREP_CACHE, 512, key, lambda: _prepare(curve, max_points=mp, n_bins=nb, extra_t=extra_t, lr_power=lp)
+    )
 
 
 def _extrapolation(p: _Prepared) -> tuple[float, float]:
@@ -330,7 +388,7 @@ def _alone(
         return None
     prior = prior.for_curve(target)
     theta, coef, rmse = _fit([p], prior=prior, prior_weight=1.0, theta0=np.array(prior.theta))
-    fit = _as_fit(theta, coef, rmse, 1, p.n_valid)
+    fit = _as_fit(theta, coef, rmse, 1, p.n_valid, _calibration.LR_POWER)
     ld = _ld_basis(p, np.array([T]), np.array([area_T]), fit.C, fit.beta, fit.gamma)[0]
     loss = fit.L0[0] + fit.A * area_T ** (-fit.alpha) - fit.B * ld
     few = 3.0 if n_t < 10 else 1.0
@@ -348,21 +406,26 @@ def _same_size(
 ):  # fmt: skip
     if not refs:
         return None
-    key = ("mp",) + tuple(c.digest() for c in refs) + (mp, nb)
+    lp = _calibration.LR_POWER
+    key = ("mp",) + tuple(c.digest() for c in refs) + (mp, nb, lp)
     ref_fit = _cached(
-        _FIT_CACHE, 32, key, lambda: fit_multipower(refs, prior_weight=0.05, max_points=mp, n_bins=nb)
+        _FIT_CACHE,
+        32,
+        key,
+        lambda: fit_multipower(refs, prior_weight=0.05, max_points=mp, n_bins=nb, lr_power=lp),
     )
     few = 3.0 if n_t < 10 else 1.0
     if n_t >= 3:
         preps = [_prep(c, mp, nb) for c in refs] + [p]
         theta, coef, rmse = _fit(preps, prior=MultiPowerPrior(), prior_weight=0.05, theta0=ref_fit.theta)
-        fit = _as_fit(theta, coef, rmse, len(preps), ref_fit.n_points + p.n_valid)
+        fit = _as_fit(theta, coef, rmse, len(preps), ref_fit.n_points + p.n_valid, lp)
         extra = 0.0
     else:  # no usable target points: the references' mean L0, their spread and 5% of it as the uncertainty
         l0 = np.array(ref_fit.L0)
         fit = MultiPowerFit(
             L0=(*ref_fit.L0, float(l0.mean())), A=ref_fit.A, alpha=ref_fit.alpha, B=ref_fit.B, C=ref_fit.C,
             beta=ref_fit.beta, gamma=ref_fit.gamma, rmse=ref_fit.rmse, n_points=ref_fit.n_points, theta=ref_fit.theta,
+            lr_power=ref_fit.lr_power,
         )  # fmt: skip
         extra = float(np.sqrt(np.var(l0) + (0.05 * l0.mean()) ** 2))
     idx = len(fit.L0) - 1
@@ -397,15 +460,20 @@ def _sweep(
     if len(sizes) < 2:  # one size among the references: N is not identified; same_size covers it
         return None
     sr = _calibration.SIGMA_DELTA
+    lp = _calibration.LR_POWER
     key = (
-        ("sw",) + tuple(c.digest() for c in refs) + (mp, nb, _calibration.SIGMA_REF, _calibration.SWEEP_LOG_A)
+        ("sw",)
+        + tuple(c.digest() for c in refs)
+        + (mp, nb, _calibration.SIGMA_REF, _calibration.SWEEP_LOG_A, lp)
     )
     ref_preps = [_prep(c, mp, nb) for c in refs]
     base = _cached(
         _FIT_CACHE,
         32,
         key,
-        lambda: _fit_sweep(refs, ref_preps, sigma_rel=_calibration.SIGMA_REF, theta0=_sw_prior()),
+        lambda: _fit_sweep(
+            refs, ref_preps, sigma_rel=_calibration.SIGMA_REF, theta0=_sw_prior(), lr_power=lp
+        ),
     )
     if n_t >= 1:
         fit = _fit_sweep(
@@ -414,6 +482,7 @@ def _sweep(
             sigma_rel=_calibration.SIGMA_REF,
             theta0=base.theta,
             target_sigma_rel=sr,
+            lr_power=lp,
         )
         idx = len(refs)
     else:
@@ -485,7 +554,8 @@ def _size_backtest(target: Curve, refs: Sequence[Curve], mp: int, nb: int) -> fl
     beyond_top = math.log(n_max / max(float(r.n_params) for r in rest))
     fin = target.steps[np.isfinite(target.losses)]
     frac = round(float(fin[-1]) / target.total_steps, 2) if len(fin) else 0.0
-    key = tuple(r.digest() for r in refs) + (frac, mp, nb)
+    cal = (_calibration.LR_POWER, _calibration.SIGMA_REF, _calibration.SWEEP_LOG_A)  # what the fits depend on
+    key = tuple(r.digest() for r in refs) + (frac, mp, nb, *cal)
 
     def measure() -> float:
         errs = []
@@ -554,7 +624,7 @@ def predict_final_loss(
     refs = [r for r, run in zip(refs, running) if not run]
     cands = _candidates(target, refs, prior, max_points, n_bins, backtest)
     if not cands:
-        p = _prepare(target, max_points=max_points, n_bins=n_bins)
+        p = _prepare(target, max_points=max_points, n_bins=n_bins, lr_power=_calibration.LR_POWER)
         x = own_extrapolation(target, max_points, n_bins)
         early = (
             f"; its prefix would be extrapolated {x:.2f} e-folds of its LR area to its last step, past the "
@@ -567,7 +637,7 @@ def predict_final_loss(
             f"{p.n_spikes} spikes) and no usable references; at least 3 points are needed without references "
             f"(or references of >= 2 sizes with n_params and tokens_per_step for a run not yet started){early}"
         )
-    return replace(_combine(target, cands, max_points, n_bins, curve_points), ignored=ignored)
+    return replace(_combine(target, refs, cands, max_points, n_bins, curve_points), ignored=ignored)
 
 
 def _candidates(
@@ -658,7 +728,12 @@ def interval_key(names: Sequence[str]) -> str:
 
 
 def _combine(
-    target: Curve, cands: list[tuple[_Candidate, float]], mp: int, nb: int, curve_points: int
+    target: Curve,
+    refs: list[Curve],
+    cands: list[tuple[_Candidate, float]],
+    mp: int,
+    nb: int,
+    curve_points: int,
 ) -> LossPrediction:
     cal = _calibration.INTERVAL
     finals = np.array([c.final for c, _ in cands])
@@ -672,6 +747,8 @@ def _combine(
     # candidate is right for the target)
     size_sd = sum(wi * c.size_error for (c, _), wi in zip(cands, w))
     u = float(np.hypot(u, size_sd * Z90 / (0.5 * (q_hi - q_lo))))
+    rn = read_noise(target, refs)
+    u_all = float(np.hypot(u, rn))  # the measured final loss: the model's scale and the read's noise
     p = _prep(target, mp, nb, [float(target.total_steps)])
     n_t = len(p.t)
     area_last, extrap = _extrapolation(p)
@@ -682,16 +759,17 @@ def _combine(
         preds = np.array([np.asarray(c.predict(cs)) for c, _ in cands])  # (n_cand, n)
         cv = np.sum(w[:, None] * preds, axis=0)
         # band: the final-loss scale, shrunk with the remaining extrapolation (0 at the last observed step)
-        pc = _prepare(target, max_points=mp, n_bins=nb, extra_t=cs)
+        pc = _prepare(target, max_points=mp, n_bins=nb, extra_t=cs, lr_power=_calibration.LR_POWER)
         ex = np.log(pc.area[len(pc.t) :] / area_last) if n_t else np.full(len(cs), extrap)
         frac = np.sqrt(np.clip(ex / max(extrap, 1e-12), 0.0, 1.0)) if extrap > 0 else np.ones(len(cs))
         cv = cv + (loss - cv[-1]) * frac  # ends at the combined final loss, starts where the candidates do
-        cl, ch = cv * (1 + q_lo * u * frac), cv * (1 + q_hi * u * frac)
+        ub = np.hypot(u * frac, rn)  # a read at step t: the model's scale shrunk with the extrapolation left
+        cl, ch = cv * (1 + q_lo * ub), cv * (1 + q_hi * ub)
     heavy = cands[int(np.argmax(w))][0]
     return LossPrediction(
-        loss=loss, low=float(loss * (1 + q_lo * u)), high=float(loss * (1 + q_hi * u)), n_used=p.n_valid,
+        loss=loss, low=float(loss * (1 + q_lo * u_all)), high=float(loss * (1 + q_hi * u_all)), n_used=p.n_valid,
         n_dropped=p.n_dropped, n_spikes=p.n_spikes, extrapolation=extrap,
-        fit=heavy.fit if isinstance(heavy.fit, MultiPowerFit) else None, rel_scale=u, mode=mode,
+        fit=heavy.fit if isinstance(heavy.fit, MultiPowerFit) else None, rel_scale=u_all, read_noise=rn, mode=mode,
         scale_terms=heavy.terms, candidates={c.name: c.final for c, _ in cands},
         weights={c.name: float(wi) for (c, _), wi in zip(cands, w)},
         curve_steps=cs, curve=cv, curve_low=cl, curve_high=ch,

@@ -356,6 +356,7 @@ class _SweepClock:
             return False
         rp.history.append(
             {"step": s, "fraction": s / rp.total_steps, "loss": p.loss, "low": p.low, "high": p.high,
+             "rel_scale": p.rel_scale, "read_noise": p.read_noise,
              "mode": p.mode, "references": len(refs), "prediction": p}
         )  # fmt: skip
         if n in self.exempt:

@@ -47,6 +47,19 @@ def test_decide_needs_min_fraction_k_spaced_narrow_and_agreeing_updates():
     )
 
 
+def test_the_width_leaves_out_the_final_reads_noise():
+    """A training-loss prediction's interval holds the noise of reading the final value (``read_noise``), which
+    a finished run carries too: the stop rule reads the width without it."""
+    pol = AdaptivePolicy(tolerance=0.03, stable_updates=1, min_fraction=0)
+    row = {**_h(0.5, 3.0, 0.06), "rel_scale": 0.01, "read_noise": 0.008}  # 4% wide, 3/5 of it the model's
+    assert pol.width(3.0, 2.94, 3.06, pol.read_share(row)) == pytest.approx(0.04 * 0.6)
+    assert pol.decide([row])[0]
+    assert not pol.decide([_h(0.5, 3.0, 0.06)])[0]  # a row without the fields: the whole width
+    assert pol.read_share({**row, "rel_scale": 0.0}) == 0.0 and pol.read_share({**row, "read_noise": None}) == 0.0
+    # the interval's scale all read noise: nothing left to narrow, width 0
+    assert pol.width(3.0, 2.9, 3.1, 1.5) == 0.0
+
+
 def test_decide_asks_the_law_only_for_a_stable_run_whose_interval_is_wide():
     pol = AdaptivePolicy(
         tolerance=0.02, stable_updates=3, spacing=0.05, min_fraction=0.25, law_tolerance=0.01

@@ -57,6 +57,30 @@ def test_recovers_multipower_parameters_from_synthetic_runs():
     assert pred == pytest.approx(truth, rel=3e-3)
 
 
+def test_a_schedule_power_is_fitted_and_predicted_in_the_same_view():
+    # runs whose loss follows the multi-power law of (lr / peak) ** 0.6: the fit in that view recovers the law and
+    # predicts an unseen schedule's end; the plain view (power 1) describes the same curves worse
+    rng = np.random.default_rng(1)
+    p = 0.6
+    curves = []
+    for lr in (cosine(8000), wsd(8000, 6000), np.r_[np.linspace(0, 1, 200)[1:], np.ones(7801)]):
+        steps = np.arange(250, len(lr) + 1, 50).astype(float)
+        curves.append(Curve(steps, mpl_loss(lr**p, steps) + rng.normal(0, 0.001, len(steps)), lr))
+    fit = fit_multipower(curves, prior_weight=0.0, max_points=200, lr_power=p)
+    plain = fit_multipower(curves, prior_weight=0.0, max_points=200)
+    assert fit.lr_power == p and plain.lr_power == 1.0
+    assert fit.alpha == pytest.approx(0.45, abs=0.1)
+    assert fit.rmse < plain.rmse
+    lr = wsd(8000, 7000)
+    truth = mpl_loss(lr**p, np.array([8000.0]))[0]
+    pred = fit.predict(Curve([250.0], [4.0], lr), np.array([8000.0]), index=0)[
+        0
+    ]  # predicts in the fit's view
+    assert pred == pytest.approx(truth, rel=3e-3)
+    with pytest.raises(ValueError, match=r"lr_power=0 must be in \(0, 2\]"):
+        fit_multipower(curves, lr_power=0)
+
+
 # with references the prediction blends the joint fit with the target-alone fit (predict.py): 0.31% at 25%
 # (the joint fit alone had 0.26% here, but was 1-6% off on other ladders); the issue's target is 0.4%
 @pytest.mark.parametrize(
@@ -107,7 +131,7 @@ def test_a_schedule_ending_at_zero_gives_finite_predictions(schedule):
     """WSD or cosine decaying to exactly 0 (min_lr_ratio 0) over fewer steps than the annealing term has bins
     (48; the quickstart's runs under WSD): the last drop bin is the last step alone, of eta 0 and no area after
     it, which made 0**-gamma * 0 = nan and every prediction nan. Now finite, and the same as a schedule whose
-    last LR is 1e-6 of the peak, at every point of the run."""
+    last LR is 1e-9 of the peak (seen as 1e-9 ** LR_POWER), at every point of the run."""
     T = 200 if schedule == "wsd" else 60
     lr = wsd(T, 160, warm=10) if schedule == "wsd" else cosine(T, warm=5, floor=0.0)
     lr[-1] = 0.0
@@ -115,7 +139,7 @@ def test_a_schedule_ending_at_zero_gives_finite_predictions(schedule):
     steps = np.arange(T // 20, T + 1, T // 20).astype(float)
     y = mpl_loss(np.maximum(lr, 1e-6), steps)
     tiny = lr.copy()
-    tiny[-1] = 1e-6
+    tiny[-1] = 1e-9
     for frac in (0.3, 0.6, 0.95):
         p = predict_final_loss(Curve(steps, y, lr).observed_until(frac * T))
         q = predict_final_loss(Curve(steps, y, tiny).observed_until(frac * T))
