@@ -13,9 +13,11 @@ the sweep's clock, the fitter's view: each run's own prefix plus every other run
   50B and 100B tokens as three budgets (30 runs); the LR is a normalised shape (``lr_absolute=False``).
 
 Writes ``benchmarks/results/adaptive.md`` (the table is copied into BENCHMARKS.md by make_benchmarks_md.py).
-The policy's default tolerance (0.03) was chosen on the two ``lrs-cos`` ladders (validation and training loss):
-the largest of 0.02 / 0.03 / 0.04 / 0.05 whose law deviation stays under 1% with stop-time coverage near 90%
-on both; ``lrs-wsd`` and ``gemstone`` are read only.
+The policy's default tolerance (0.04) was chosen on the two ``lrs-cos`` ladders (validation and training loss):
+of 0.02 / 0.03 / 0.04 / 0.05, those whose law deviation stays under 1% with stop-time coverage near 90% on both
+(0.03-0.05 since the schedule power and the read-noise-free width; 2026-12-03), the largest that still saves
+compute on the validation ladder without coming within 0.05% of the 1% bound (0.05 spends what 0.04 does on
+``lrs-cos`` and has its training-loss law at 0.97%); ``lrs-wsd`` and ``gemstone`` are read only.
 """
 
 from __future__ import annotations
@@ -156,7 +158,7 @@ def order_rows(name: str, runs: list[RecordedRun], slots: int) -> list[str]:
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--quick", action="store_true", help="the lrs-cos ladder below 130M only, not written")
-    ap.add_argument("--tol", default="0.02,0.03,0.04", help="comma-separated tolerances to replay")
+    ap.add_argument("--tol", default="0.02,0.03,0.04,0.05", help="comma-separated tolerances to replay")
     ap.add_argument(
         "--law-tol",
         default="0.005,0.01,0.02",

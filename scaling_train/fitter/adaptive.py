@@ -50,7 +50,7 @@ run's point carries in a law fit, against which a predicted point's interval is 
 class AdaptivePolicy:
     """When to stop a run early (module docstring). ``source`` names where the values came from in errors."""
 
-    tolerance: float = 0.03
+    tolerance: float = 0.04
     relative: bool = True
     stable_updates: int = 3
     spacing: float = 0.05
