@@ -455,14 +455,20 @@ def fit_multipower(
     if len(curves) == 0:
         raise ValueError("curves is empty; at least one curve is needed")
     prior = prior or MultiPowerPrior()
-    if not (math.isfinite(lr_power) and 0.0 < lr_power <= 2.0):
-        raise ValueError(f"lr_power={lr_power} must be in (0, 2]")
+    lr_power = _checked_lr_power(lr_power)
     preps = [_prepare(c, max_points=max_points, n_bins=n_bins, lr_power=lr_power) for c in curves]
     for c, p in zip(curves, preps):
         if len(p.y) < 3:
             raise NotEnoughDataError(f"curve {c.name!r} has {len(p.y)} valid points; at least 3 are needed")
     theta, coef, rmse = _fit(preps, prior=prior, prior_weight=prior_weight, theta0=np.array(prior.theta))
     return _as_fit(theta, coef, rmse, len(curves), sum(p.n_valid for p in preps), lr_power)
+
+
+def _checked_lr_power(lr_power: float) -> float:
+    """``lr_power`` as a float, or ValueError naming it and its range (0, 2]."""
+    if not (math.isfinite(lr_power) and 0.0 < lr_power <= 2.0):
+        raise ValueError(f"lr_power={lr_power} must be in (0, 2]")
+    return float(lr_power)
 
 
 def _as_fit(

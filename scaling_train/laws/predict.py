@@ -70,6 +70,7 @@ from .curve import (
     MultiPowerPrior,
     NotEnoughDataError,
     _as_fit,
+    _checked_lr_power,
     _fit,
     _ld_basis,
     _ld_fit_basis,
@@ -296,9 +297,7 @@ def fit_sweep(
                 f"curves[{i}] ({c.name!r}) has n_params={c.n_params}, tokens_per_step={c.tokens_per_step}; "
                 "the sweep model needs both"
             )
-    lp = _calibration.LR_POWER if lr_power is None else float(lr_power)
-    if not (math.isfinite(lp) and 0.0 < lp <= 2.0):
-        raise ValueError(f"lr_power={lr_power} must be in (0, 2]")
+    lp = _checked_lr_power(_calibration.LR_POWER if lr_power is None else lr_power)
     preps = [_prepare(c, max_points=max_points, n_bins=n_bins, lr_power=lp) for c in curves]
     sr = _calibration.SIGMA_REF if sigma_rel is None else sigma_rel
     return _fit_sweep(curves, preps, sigma_rel=sr, theta0=_sw_prior(), lr_power=lp)
