@@ -146,9 +146,7 @@ LR_POWER_GRID = (0.5, 0.6, 0.7, 0.8, 0.9, 1.0)  # profile_lr_power: the coarse g
 def same_size_final(c: Case) -> float | None:
     """The ``same_size`` candidate's final loss for case ``c`` (None without same-size references): a fit with
     the generic weak prior only, so it depends on no calibrated constant but ``LR_POWER``."""
-    refs = [r for r in c.refs if not pred_mod.is_running(r)]
-    n = c.target.n_params
-    same = [r for r in refs if n is None or r.n_params is None or abs(float(r.n_params) / n - 1) < 0.01]
+    same = pred_mod.same_size_refs(c.target, [r for r in c.refs if not pred_mod.is_running(r)])
     if not same:
         return None
     T = float(c.target.total_steps)

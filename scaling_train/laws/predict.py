@@ -639,6 +639,13 @@ def predict_final_loss(
     return replace(_combine(target, refs, cands, max_points, n_bins, curve_points), ignored=ignored)
 
 
+def same_size_refs(target: Curve, refs: Sequence[Curve]) -> list[Curve]:
+    """The references the ``same_size`` candidate fits jointly with ``target``: those within 1% of its size
+    (every one when its size is unknown; one of unknown size counts as the same size)."""
+    n = target.n_params
+    return [r for r in refs if n is None or r.n_params is None or abs(float(r.n_params) / n - 1) < 0.01]
+
+
 def _candidates(
     target: Curve, refs: list[Curve], prior, mp: int, nb: int, backtest: bool
 ) -> list[tuple[_Candidate, float]]:
@@ -652,10 +659,7 @@ def _candidates(
         np.sum(fin >= warmup_end(target)) < 2 or own_extrapolation(target, mp, nb) > _calibration.EXTRAP_MAX
     ):
         target = target.observed_until(0)
-    if target.n_params is None:
-        same = list(refs)
-    else:
-        same = [r for r in refs if r.n_params is None or abs(float(r.n_params) / target.n_params - 1) < 0.01]
+    same = same_size_refs(target, refs)
     sized = [r for r in refs if r.n_params is not None and r.tokens_per_step is not None]
 
     def build(tc: Curve, which: str):
