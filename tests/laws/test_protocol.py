@@ -10,6 +10,7 @@ import pytest
 from scaling_train.laws import Curve, NotEnoughDataError, _calibration, fit_sweep, predict_final_loss
 from tests.fixtures.laws import mpl_loss
 from tests.fixtures.protocol import (
+    PRIOR_ONLY,
     REPORT_ONLY,
     all_cases,
     gemstone_cases,
@@ -31,13 +32,15 @@ def test_no_constant_was_fitted_on_a_held_out_group():
     held = {g for g in groups if is_held_out(g)}
     assert not cal & held, f"constants fitted on held-out groups: {sorted(cal & held)}"
     # the constants come from exactly the protocol's calibration groups (report-only settings never fit
-    # anything): regenerate them when it changes
+    # anything; prior-only ones, the quickstart's, only the range of the alone prior's LR law): regenerate
+    # them when it changes
     assert cal == {c.group for c in cases if c.setting not in REPORT_ONLY} - held
-    # a group only report-only settings have (the quickstart's) is in no calibration group; sparse@25 shares
-    # the groups of alone@25 (the same runs, thinned) and, being report-only, fits nothing
+    # sparse@25 shares the groups of alone@25 (the same runs, thinned) and, being report-only, fits nothing
     fitted = {c.group for c in cases if c.setting not in REPORT_ONLY}
     assert not cal & ({c.group for c in cases if c.setting in REPORT_ONLY} - fitted)
-    assert any(g.startswith("qs/") for g in {c.group for c in cases if c.setting in REPORT_ONLY} - fitted)
+    # the quickstart's two smaller sizes are calibration groups (of the prior only), its two larger held out
+    assert {g for g in cal if g.startswith("qs/")} == {"qs/0.027M", "qs/0.056M"}
+    assert not set(REPORT_ONLY) & set(PRIOR_ONLY)
     # every kind of held-out group is represented: sizes, a data set, a schedule family, other models
     for needle in ("/53M/", "/360M/", "slimpajama_chunk1", "-sqrt/", "gem/odd/", "mp/target", "qs/0.222M"):
         assert any(needle in g for g in held), needle
@@ -268,7 +271,7 @@ def test_a_prefix_of_few_points_widens_the_sweep_candidate_too():
     rng = np.random.default_rng(0)
     tps, runs = _synthetic_sweep(rng)
     n, T = 3e8, 6000
-    lr = _cosine(T)
+    lr = 3e-3 * _cosine(T)  # a real peak LR, inside the alone prior's range (its amplitude depends on it)
     width = {}
     for every in (100, 300):  # 15 and 5 points in the first 25%
         s = np.arange(100, 0.25 * T + 1, every).astype(float)
@@ -339,13 +342,14 @@ def test_the_sweep_candidates_size_extrapolation_is_checked_on_the_sweeps_own_si
 
 def test_quickstart_cases_are_the_live_sweep_at_40_percent():
     """qs@40: each quickstart run cut at 40% of its steps, its references the runs finished by then (never
-    itself, never a longer run of its own size), truth = its final evaluation; reported only."""
+    itself, never a longer run of its own size), truth = its final evaluation; its calibration sizes set
+    only the range of peak LRs of the alone prior's LR law (PRIOR_ONLY)."""
     from tests.fixtures.protocol import quickstart_cases
     from tests.fixtures.realdata import quickstart_runs
 
     runs = quickstart_runs()
     cases = quickstart_cases()
-    assert len(cases) == len(runs) == 12 and "qs@40" in REPORT_ONLY
+    assert len(cases) == len(runs) == 12 and "qs@40" in PRIOR_ONLY
     for c in cases:
         full = runs[c.name].curve
         assert (
