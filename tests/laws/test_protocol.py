@@ -340,6 +340,25 @@ def test_the_sweep_candidates_size_extrapolation_is_checked_on_the_sweeps_own_si
     assert got.low < bare.low * 0.99 and got.high > bare.high
 
 
+def test_the_alone_priors_lr_law_is_used_up_to_the_quickstarts_calibration_peaks():
+    """The prior amplitude's LR power law is clipped to the peaks of the calibration runs, the PRIOR_ONLY
+    quickstart sizes included (their 6.6e-3 and 9.4e-3 are the highest): a run at 9e-3 takes (9 / 5) ** k of
+    a 5e-3 run's amplitude (clipped at 5e-3 it took the same), one above the range that of its top."""
+    from scaling_train.laws.curve import NO_REF_PRIOR
+
+    qs = [c for c in all_cases() if c.setting in PRIOR_ONLY and not is_held_out(c.group)]
+    top = max(float(c.target.lr.max()) for c in qs)
+    assert _calibration.NO_REF_B_LR_RANGE[1] == pytest.approx(top, rel=1e-3) and top > 9e-3
+
+    def b(peak):
+        s = np.arange(1.0, 101.0)
+        return NO_REF_PRIOR.for_curve(Curve(s, 3.0 + 0 * s, np.full(100, peak), "c")).b_rel
+
+    k = _calibration.NO_REF_B_LR_EXPONENT
+    assert b(9e-3) / b(5e-3) == pytest.approx((9 / 5) ** k, rel=1e-6)
+    assert b(2e-2) == pytest.approx(b(_calibration.NO_REF_B_LR_RANGE[1]), rel=1e-9)
+
+
 def test_quickstart_cases_are_the_live_sweep_at_40_percent():
     """qs@40: each quickstart run cut at 40% of its steps, its references the runs finished by then (never
     itself, never a longer run of its own size), truth = its final evaluation; its calibration sizes set
