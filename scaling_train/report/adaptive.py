@@ -28,10 +28,29 @@ from scaling_train.report.fragments import figure_html
 REPLAY_FILE = "adaptive_replay.json"  # sweep/adaptive.py writes it (the report does not import the sweep)
 
 
+def _law_value(f: dict[str, Any], k: str) -> str:
+    """A law parameter, with its 90% bootstrap interval when the replay fitted one (``replay --bootstrap``)."""
+    ci = (f.get("ci") or {}).get(k)
+    return f"{f[k]:.4g}" + (f" [{ci[0]:.3g}, {ci[1]:.3g}]" if ci and None not in ci else "")
+
+
+def _ci_note(summary: dict[str, Any]) -> str:
+    """Which of the replayed adaptive law's parameters fall outside the full sweep's 90% bootstrap interval
+    ('' when the replay fitted no intervals)."""
+    out = summary.get("outside_full_ci")
+    if out is None:
+        return ""
+    return (
+        "Brackets: 90% bootstrap intervals. The adaptive law's parameters outside the full sweep's interval: "
+        + (", ".join(out) if out else "none")
+        + ". A wide interval is a parameter these runs do not pin: use either law within the sweep's (N, D) range."
+    )
+
+
 def _law_cells(f: dict[str, Any] | None) -> str:
     if not f:
         return "<td colspan='5'>not fitted</td>"
-    return "".join(f"<td>{f[k]:.4g}</td>" for k in ("E", "A", "B", "alpha", "beta"))
+    return "".join(f"<td>{_law_value(f, k)}</td>" for k in ("E", "A", "B", "alpha", "beta"))
 
 
 def _laws_table(rows: list[tuple[str, dict[str, Any] | None]]) -> str:
@@ -142,7 +161,9 @@ def live_section(sweep: SweepData) -> str:
 
 
 def _md_law(f: dict[str, Any] | None) -> str:
-    return " | ".join(f"{f[k]:.4g}" for k in ("E", "A", "B", "alpha", "beta")) if f else "not fitted | | | |"
+    return (
+        " | ".join(_law_value(f, k) for k in ("E", "A", "B", "alpha", "beta")) if f else "not fitted | | | |"
+    )
 
 
 def _md_laws_table(rows: list[tuple[str, dict[str, Any] | None]]) -> list[str]:
@@ -194,6 +215,8 @@ def adaptive_markdown(sweep: SweepData) -> str:
             out += _md_laws_table(
                 [("adaptive sweep (replayed)", s.get("law_adaptive")), ("full sweep", s.get("law_full"))]
             )
+            if _ci_note(s):
+                out.append("\n" + _ci_note(s))
     return "\n".join(out).strip()
 
 
@@ -262,6 +285,8 @@ def adaptive_section(sweep: SweepData) -> str:
                     ("full sweep", summary.get("law_full")),
                 ]
             )
+            if _ci_note(summary):
+                replay += f"<p class='caption'>{_e(_ci_note(summary))}</p>"
     if not live and not replay:
         return ""
     return f"<section id='adaptive-section'><h2>Adaptive sweep</h2>{live}{replay}</section>"

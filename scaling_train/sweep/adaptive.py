@@ -159,6 +159,18 @@ class SimulationResult:
         ]  # fmt: skip
 
     @property
+    def outside_full_ci(self) -> list[str] | None:
+        """The adaptive law's parameters (E, A, B, alpha, beta) that lie outside the full sweep's law's 90%
+        bootstrap interval; None without intervals (``simulate(..., law_bootstrap=k)``). A parameter the full
+        sweep itself does not pin has a wide interval: an adaptive law far from the full one there is within
+        what the same runs, resampled, give."""
+        if self.law_adaptive is None or self.law_full is None or not self.law_full.ci:
+            return None
+        return [
+            k for k, (lo, hi) in self.law_full.ci.items() if not lo <= getattr(self.law_adaptive, k) <= hi
+        ]
+
+    @property
     def max_law_deviation(self) -> float:
         vals = [abs(v) for v in self.law_deviation.values()] + [abs(self.at_largest)]
         return max(vals) if vals and all(math.isfinite(v) for v in vals) else float("nan")
@@ -166,8 +178,13 @@ class SimulationResult:
     def summary(self) -> dict[str, Any]:
         """A JSON-able account: what was stopped where, compute saved, both laws side by side."""
 
-        def law(f: ChinchillaFit | None) -> dict[str, float] | None:
-            return None if f is None else {k: getattr(f, k) for k in ("E", "A", "B", "alpha", "beta")}
+        def law(f: ChinchillaFit | None) -> dict[str, Any] | None:
+            if f is None:
+                return None
+            out: dict[str, Any] = {k: getattr(f, k) for k in ("E", "A", "B", "alpha", "beta")}
+            if f.ci:  # 90% bootstrap intervals (simulate's law_bootstrap)
+                out["ci"] = {k: list(v) for k, v in f.ci.items()}
+            return out
 
         return {
             "policy": self.policy.to_dict(),
@@ -180,6 +197,7 @@ class SimulationResult:
             "at_largest": self.at_largest,
             "law_adaptive": law(self.law_adaptive),
             "law_full": law(self.law_full),
+            "outside_full_ci": self.outside_full_ci,
             "law_error": self.law_error,
             "launched": self.launched,
             "runs": {
@@ -210,13 +228,20 @@ def simulate(
     *,
     slots: int | None = None,
     max_points: int = 64,
+    law_bootstrap: int = 0,
 ) -> SimulationResult:
-    """Replay ``runs`` (in planned order) under ``policy`` (default ``AdaptivePolicy()``); module docstring."""
+    """Replay ``runs`` (in planned order) under ``policy`` (default ``AdaptivePolicy()``); module docstring.
+    ``law_bootstrap`` > 0 fits both laws with that many case-resampling bootstrap refits: 90% intervals of their
+    parameters in ``ChinchillaFit.ci`` (``SimulationResult.outside_full_ci``)."""
     policy = policy or AdaptivePolicy()
     runs = _checked(runs, slots)
+    if not (isinstance(law_bootstrap, int) and law_bootstrap >= 0):
+        raise ValueError(
+            f"law_bootstrap={law_bootstrap!r} must be an integer >= 0 (0: no parameter intervals)"
+        )
     clock = _SweepClock(runs, policy, slots)
     clock.play(max_points)
-    res = _result(runs, policy, clock.replay, clock.cost)
+    res = _result(runs, policy, clock.replay, clock.cost, law_bootstrap)
     res.launched, res.rankings = clock.launched, clock.rankings
     return res
 
@@ -415,7 +440,11 @@ def known_at(
 
 
 def _result(
-    runs: list[RecordedRun], policy: AdaptivePolicy, replay: dict[str, RunReplay], cost: dict[str, float]
+    runs: list[RecordedRun],
+    policy: AdaptivePolicy,
+    replay: dict[str, RunReplay],
+    cost: dict[str, float],
+    law_bootstrap: int = 0,
 ) -> SimulationResult:
     """The SimulationResult of a played replay: compute spent, final predictions and both laws."""
     names = [r.name for r in runs]
@@ -431,7 +460,7 @@ def _result(
         else:  # the last prediction with the union of the intervals the stop rests on (as the live fitter)
             _, lo, hi = policy.stop_interval(rp.history)
             predicted[n] = replace(rp.history[-1]["prediction"], low=lo, high=hi)
-    law_a, law_f, dev, at_big, err = _laws(runs, predicted, true_final)
+    law_a, law_f, dev, at_big, err = _laws(runs, predicted, true_final, law_bootstrap)
     return SimulationResult(
         compute_fraction=spent / full, predicted=predicted, true_final=true_final, law_adaptive=law_a,
         law_full=law_f, law_deviation=dev, at_largest=at_big, runs=replay, policy=policy, law_error=err,
@@ -439,7 +468,10 @@ def _result(
 
 
 def _laws(
-    runs: Sequence[RecordedRun], predicted: dict[str, LossPrediction], true_final: dict[str, float]
+    runs: Sequence[RecordedRun],
+    predicted: dict[str, LossPrediction],
+    true_final: dict[str, float],
+    n_bootstrap: int = 0,
 ) -> tuple[ChinchillaFit | None, ChinchillaFit | None, dict[str, float], float, str]:
     from scaling_train.laws import fit_chinchilla
 
@@ -453,8 +485,9 @@ def _laws(
         p = predicted[r.name]
         pts.append((r.n_params, r.tokens, p.loss, *known_interval(p.low, p.high)))
     try:
-        law_f = fit_chinchilla(N, D, y_full)
-        law_a = fit_known_law(pts).fit
+        boot = {"n_bootstrap": n_bootstrap} if n_bootstrap else {}
+        law_f = fit_chinchilla(N, D, y_full, **boot)
+        law_a = fit_known_law(pts, **boot).fit
     except (ValueError, RuntimeError, FloatingPointError) as e:
         return None, None, {}, float("nan"), f"{type(e).__name__}: {e}"
     dev = {
@@ -545,6 +578,17 @@ def format_summary(res: SimulationResult) -> str:
             lines.append(
                 f"  {name:10s} {f['E']:8.4f} {f['A']:9.4g} {f['B']:9.4g} {f['alpha']:7.4f} {f['beta']:7.4f}"
             )
+            if f.get("ci"):
+                lines.append("  " + " " * 10 + " 90%: " + ", ".join(
+                    f"{k} [{f['ci'][k][0]:.4g}, {f['ci'][k][1]:.4g}]" for k in ("E", "A", "B", "alpha", "beta")
+                ))  # fmt: skip
+        out = s.get("outside_full_ci")
+        if out is not None:
+            lines.append(
+                "[replay] adaptive law's parameters outside the full sweep's 90% bootstrap interval: "
+                + (", ".join(out) if out else "none")
+                + " (a parameter whose interval is wide is not pinned by these runs: do not extrapolate with it)"
+            )
         lines.append(
             f"[replay] adaptive law / full law - 1: at most {s['max_law_deviation']:.2%} over the runs' (N, D); "
             f"{s['at_largest']:+.2%} at the largest (N, D)"
@@ -563,6 +607,10 @@ def _cmd_replay(args: Any) -> int:
             "error: --launch-order uncertainty needs --slots k (with every run at once there is no order)",
             file=sys.stderr,
         )
+        return 2
+    if args.bootstrap < 0:
+        print(f"error: --bootstrap {args.bootstrap} must be >= 0 (bootstrap refits of each law; 0: none)",
+              file=sys.stderr)  # fmt: skip
         return 2
     if not args.adaptive:
         print("error: replay needs --adaptive (the only replay there is so far)", file=sys.stderr)
@@ -599,7 +647,7 @@ def _cmd_replay(args: Any) -> int:
             raise ValueError(f"{src}: the adaptive policy must be a mapping, got {type(block).__name__}")
         policy = AdaptivePolicy.from_dict(block, source=f"{src} and the command line")
         runs = recorded_runs(sweep_dir)
-        res = simulate(runs, policy, slots=args.slots)
+        res = simulate(runs, policy, slots=args.slots, law_bootstrap=args.bootstrap)
     except (ValueError, FileNotFoundError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
@@ -664,6 +712,11 @@ def register(sub: Any) -> None:
     p.add_argument(
         "--slots", type=int, help="runs at a time, in --launch-order (default: all at once, no order)"
     )
+    p.add_argument(
+        "--bootstrap", type=int, default=0, metavar="K",
+        help="fit both laws with K bootstrap refits and print their parameters' 90%% intervals (default 0: none; "
+        "100-200 shows which parameters the runs pin)",
+    )  # fmt: skip
     p.add_argument(
         "--launch-order", dest="launch_order", choices=list(LAUNCH_ORDERS),
         help="with --slots: which run starts next, the planned one or the one that most reduces the law's "
