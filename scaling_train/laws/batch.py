@@ -549,7 +549,10 @@ def _fold_tokens(used: list[BatchSweepFit], tr: np.ndarray, te: np.ndarray) -> n
     N = np.array([used[i].sweep.n_params for i in tr])
     D = np.array([used[i].D_min for i in tr])
     L = np.array([used[i].sweep.target_loss for i in tr])
-    law = fit_chinchilla(N, D, L)
+    try:
+        law = fit_chinchilla(N, D, L)
+    except FloatingPointError:  # the fold's cells do not identify the law: none of its cells is predicted
+        return np.full(len(te), np.nan)
     return _tokens_at(
         law,
         np.array([used[i].sweep.n_params for i in te]),

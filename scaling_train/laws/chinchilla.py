@@ -204,7 +204,14 @@ def fit_chinchilla(
     problem = LSEProblem(np.column_stack([np.log(N), np.log(D)]), np.log(loss), w, delta, _terms, _jac)
     grid = hoffmann_grid()
     theta, f, idx = fit_lse(problem, grid, shape_cols=[3, 4], n_best=n_best)
-    nat = _to_natural(theta)
+    with np.errstate(over="ignore"):
+        nat = _to_natural(theta)
+    if not np.all(np.isfinite(nat)):  # exp overflowed: a term's amplitude ran off with its exponent
+        bad = ", ".join(f"{k}={v:.4g}" for k, v in zip(_NAMES, nat))
+        raise FloatingPointError(
+            f"the Chinchilla fit over {n} points diverged ({bad}): a term's amplitude and exponent grew without "
+            "bound, i.e. these points do not identify it; add points at other model sizes or token budgets"
+        )
     ci: dict[str, tuple[float, float]] = {}
     if n_bootstrap > 0:
         draws = _to_natural(bootstrap_lse(problem, theta, grid[idx], n_bootstrap=n_bootstrap, seed=seed))

@@ -107,6 +107,21 @@ def test_bad_input(kwargs, match):
         fit_chinchilla(**kwargs)
 
 
+def test_a_term_the_points_do_not_identify_raises_instead_of_an_infinite_law():
+    """Losses flat in D except a cliff at the smallest budget: the D term's amplitude and exponent run off
+    together (beta ~ 30) until exp(b) overflows. A law with B = inf predicts nan everywhere; the fit says so
+    instead, and a milder cliff still gives a finite law that fits the points."""
+    N = np.repeat([1e8, 2e8, 4e8, 8e8, 1.6e9], 3)
+    D = np.tile([2e10, 5e10, 1e11], 5)
+    L = 2.0 + 400 / N**0.3
+    with pytest.raises(
+        FloatingPointError, match=r"fit over 15 points diverged \(A=.*, B=inf, .*\): .* do not identify"
+    ):
+        fit_chinchilla(N, D, L + 0.3 * (D == 2e10))
+    f = fit_chinchilla(N, D, L + 0.02 * (D == 2e10))
+    assert np.isfinite(f.B) and np.allclose(f.predict(N, D), L + 0.02 * (D == 2e10), rtol=1e-3)
+
+
 def test_overtraining_recovers_shared_exponent():
     rng = np.random.default_rng(2)
     N = np.exp(rng.uniform(np.log(1e7), np.log(2e9), 150))
