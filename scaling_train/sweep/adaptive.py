@@ -166,9 +166,13 @@ class SimulationResult:
         what the same runs, resampled, give."""
         if self.law_adaptive is None or self.law_full is None or not self.law_full.ci:
             return None
-        return [
-            k for k, (lo, hi) in self.law_full.ci.items() if not lo <= getattr(self.law_adaptive, k) <= hi
-        ]
+        out = []
+        for k, (lo, hi) in self.law_full.ci.items():
+            v = getattr(self.law_adaptive, k)
+            tol = 1e-9 + 1e-9 * abs(v)  # E = 5e-13 against a bound of 8e-12: both the fit's floor, i.e. 0
+            if not lo - tol <= v <= hi + tol:
+                out.append(k)
+        return out
 
     @property
     def max_law_deviation(self) -> float:

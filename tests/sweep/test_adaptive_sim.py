@@ -123,7 +123,9 @@ def test_law_bootstrap_gives_both_laws_intervals_and_names_the_parameters_outsid
     names = {"E", "A", "B", "alpha", "beta"}
     for law in (res.law_full, res.law_adaptive):
         assert set(law.ci) == names and all(lo <= hi for lo, hi in law.ci.values())
-    outside = [k for k, (lo, hi) in res.law_full.ci.items() if not lo <= getattr(res.law_adaptive, k) <= hi]
+    ci, fit = res.law_full.ci, res.law_adaptive
+    tol = {k: 1e-9 + 1e-9 * abs(getattr(fit, k)) for k in ci}
+    outside = [k for k, (lo, hi) in ci.items() if not lo - tol[k] <= getattr(fit, k) <= hi + tol[k]]
     assert res.outside_full_ci == outside
     s = json.loads(json.dumps(res.summary(), default=float))
     assert set(s["law_full"]["ci"]) == names and s["outside_full_ci"] == outside
@@ -134,6 +136,14 @@ def test_law_bootstrap_gives_both_laws_intervals_and_names_the_parameters_outsid
         + (", ".join(outside) or "none")
         in text
     )
+    # an E at the fit's floor (5e-13) against a bound at it (8e-12) is 0 against 0: inside
+    floor = replace(
+        res,
+        law_full=replace(res.law_full, ci={**ci, "E": (7.6e-12, 1.5)}),
+        law_adaptive=replace(fit, E=4.85e-13),
+    )
+    assert "E" not in floor.outside_full_ci
+    assert "E" in replace(floor, law_adaptive=replace(fit, E=1.6)).outside_full_ci
     with pytest.raises(ValueError, match=r"law_bootstrap=-1 must be an integer >= 0"):
         simulate(runs, POL, law_bootstrap=-1)
 
@@ -214,6 +224,8 @@ def test_replay_cli_on_a_finished_sweep_folder(tmp_path, capsys):
         "sw/adaptive.json and the command line: tolerance=-1.0 must be a finite number > 0"
         in capsys.readouterr().err
     )
+    assert main(["replay", str(sw), "--adaptive", "--bootstrap", "-1"]) == 2
+    assert "--bootstrap -1 must be >= 0" in capsys.readouterr().err
     assert main(["replay", str(tmp_path / "nope"), "--adaptive"]) == 2
     assert "does not exist" in capsys.readouterr().err
 
