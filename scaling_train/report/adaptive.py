@@ -215,8 +215,9 @@ def adaptive_markdown(sweep: SweepData) -> str:
             out += _md_laws_table(
                 [("adaptive sweep (replayed)", s.get("law_adaptive")), ("full sweep", s.get("law_full"))]
             )
-            if _ci_note(s):
-                out.append("\n" + _ci_note(s))
+            note = _ci_note(s)
+            if note:
+                out.append("\n" + note)
     return "\n".join(out).strip()
 
 
@@ -285,8 +286,9 @@ def adaptive_section(sweep: SweepData) -> str:
                     ("full sweep", summary.get("law_full")),
                 ]
             )
-            if _ci_note(summary):
-                replay += f"<p class='caption'>{_e(_ci_note(summary))}</p>"
+            note = _ci_note(summary)
+            if note:
+                replay += f"<p class='caption'>{_e(note)}</p>"
     if not live and not replay:
         return ""
     return f"<section id='adaptive-section'><h2>Adaptive sweep</h2>{live}{replay}</section>"

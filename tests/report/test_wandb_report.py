@@ -144,35 +144,29 @@ def test_adaptive_section_only_for_an_adaptive_sweep(real_sweep, tmp_path):
     assert any("1 run(s) stopped early" in b.text for b in mds)
     # a replay's summary joins the account, with both of its laws
     law = {"E": 1.5, "A": 20.0, "B": 30.0, "alpha": 0.3, "beta": 0.28}
-    (sw / "adaptive_replay.json").write_text(json.dumps(
-        {"n_stopped": 1, "n_runs": 3, "compute_fraction": 0.6, "coverage": 1.0, "max_law_deviation": 0.004,
-         "law_adaptive": law, "law_full": None}
-    ))  # fmt: skip
-    (sec,) = [
-        s for s in build_spec(sw, entity="e", project="p")["sections"] if s["title"] == "Adaptive sweep"
-    ]
-    assert (
-        "**Replayed** (`adaptive_replay.json`): 1 of 3 runs would have stopped, spending 60%"
-        in sec["markdown"]
-    )
-    assert "| adaptive sweep (replayed) | 1.5 | 20 | 30 | 0.3 | 0.28 |" in sec["markdown"]
-    assert "| full sweep | not fitted |" in sec["markdown"] and "1 run(s) stopped early" in sec["markdown"]
+
+    def replayed_markdown(**laws) -> str:
+        """The section's Markdown after a replay summary with ``laws`` (law_adaptive, law_full, ...)."""
+        (sw / "adaptive_replay.json").write_text(json.dumps(
+            {"n_stopped": 1, "n_runs": 3, "compute_fraction": 0.6, "coverage": 1.0, "max_law_deviation": 0.004,
+             **laws}
+        ))  # fmt: skip
+        (sec,) = [
+            s for s in build_spec(sw, entity="e", project="p")["sections"] if s["title"] == "Adaptive sweep"
+        ]
+        return sec["markdown"]
+
+    md = replayed_markdown(law_adaptive=law, law_full=None)
+    assert "**Replayed** (`adaptive_replay.json`): 1 of 3 runs would have stopped, spending 60%" in md
+    assert "| adaptive sweep (replayed) | 1.5 | 20 | 30 | 0.3 | 0.28 |" in md
+    assert "| full sweep | not fitted |" in md and "1 run(s) stopped early" in md
     # a replay with bootstrap intervals (replay --bootstrap K): each parameter with its interval, and which of
     # the adaptive law's parameters lie outside the full sweep's (an open-ended bound is null in the JSON)
     full = {**law, "E": 1.6, "ci": {"E": [0.0, 2.0], "A": [5.0, None], "B": [10.0, 90.0], "alpha": [0.1, 0.5],
                                     "beta": [0.29, 0.4]}}  # fmt: skip
-    (sw / "adaptive_replay.json").write_text(json.dumps(
-        {"n_stopped": 1, "n_runs": 3, "compute_fraction": 0.6, "coverage": 1.0, "max_law_deviation": 0.004,
-         "law_adaptive": law, "law_full": full, "outside_full_ci": ["beta"]}
-    ))  # fmt: skip
-    (sec,) = [
-        s for s in build_spec(sw, entity="e", project="p")["sections"] if s["title"] == "Adaptive sweep"
-    ]
-    assert (
-        "| full sweep | 1.6 [0, 2] | 20 | 30 [10, 90] | 0.3 [0.1, 0.5] | 0.28 [0.29, 0.4] |"
-        in sec["markdown"]
-    )
-    assert "The adaptive law's parameters outside the full sweep's interval: beta." in sec["markdown"]
+    md = replayed_markdown(law_adaptive=law, law_full=full, outside_full_ci=["beta"])
+    assert "| full sweep | 1.6 [0, 2] | 20 | 30 [10, 90] | 0.3 [0.1, 0.5] | 0.28 [0.29, 0.4] |" in md
+    assert "The adaptive law's parameters outside the full sweep's interval: beta." in md
     from scaling_train.report.adaptive import adaptive_section
     from scaling_train.report.data import load_sweep
 
