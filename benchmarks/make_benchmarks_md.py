@@ -18,8 +18,8 @@ Measured side by side in one run per table (ratios, not absolute times, are the 
 machines named in each section. Regenerate a section with the command it names, then this file with
 `python benchmarks/make_benchmarks_md.py`.
 
-GPU figures (the fused loss against Liger-Kernel and CCE at V=128256, training MFU on an H100/H200)
-are pending: no GPU was lent to the sessions that wrote these results.
+GPU figures (the fused loss against Liger-Kernel and CCE at V=128256, training MFU on an H200) come from
+one session's 15 minutes on one device (section "GPU"); everything else was measured on CPUs.
 
 """
 

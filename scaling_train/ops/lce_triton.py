@@ -18,6 +18,7 @@ Matmul FLOPs: 2 N H V (logits) + 2 N H V (dH) + 2 N H V (dW) = 6 N H V per train
 
 from __future__ import annotations
 
+import json
 import os
 
 import torch
@@ -215,14 +216,40 @@ def _lce_dw_kernel(
             tl.store(DB_ptr + vs, db + col_sum, mask=v_mask)
 
 
+CONFIG_ENV = "SCALING_TRAIN_LCE_TRITON_CONFIG"
+"""JSON overriding some of `_configs`' entries (tuning only: benchmarks/tune_lce_triton.py)."""
+
+
+CUDA_CONFIGS = {
+    "sm90": dict(fwd=(128, 128, 64, 8, 3), bwd=(8, 1024, 4), dw=(128, 256, 64, 8, 3)),
+    "default": dict(fwd=(128, 128, 64, 8, 3), bwd=(8, 1024, 4), dw=(128, 128, 64, 8, 3)),
+}
+"""Tiles per device class. sm90 (H100/H200): from benchmarks/tune_lce_triton.py on an H200 (2026-12-04,
+N=4096, H=4096, V=128256, bf16): dW tiles 128x256 took the step from 34.9 to 30.4 ms; the forward's
+candidates were all within 33.1 +- 0.8 ms, so its tiles stayed. Other GPUs keep tiles whose 3-stage
+pipeline needs 96 KiB of shared memory (the sm90 dW tiles need 144 KiB)."""
+
+
 def _configs(device: torch.device) -> dict:
-    """Block sizes: H100-sized tiles on CUDA; small tiles under the (numpy) interpreter."""
+    """Tiles and launch settings: fwd (BLOCK_M, BLOCK_V, BLOCK_K, warps, stages), bwd (BLOCK_M, BLOCK_V,
+    warps), dw (BLOCK_V, BLOCK_H, BLOCK_K, warps, stages), and the programs to aim for per chunk.
+    Small tiles under the (numpy) interpreter; `CONFIG_ENV` overrides entries anywhere (tuning, tests)."""
     if _INTERPRET or device.type != "cuda":
-        return dict(fwd=(16, 32, 16), bwd=(16, 64), dw=(32, 16, 16), warps=4, stages=1, target_programs=2)
-    sms = torch.cuda.get_device_properties(device).multi_processor_count
-    return dict(
-        fwd=(128, 128, 64), bwd=(8, 1024), dw=(128, 128, 64), warps=8, stages=3, target_programs=2 * sms
-    )
+        cfg: dict = dict(fwd=(16, 32, 16, 4, 1), bwd=(16, 64, 4), dw=(32, 16, 16, 4, 1), target_programs=2)
+    else:
+        props = torch.cuda.get_device_properties(device)
+        cfg = dict(CUDA_CONFIGS["sm90" if props.major == 9 else "default"])
+        cfg["target_programs"] = 2 * props.multi_processor_count
+    override = os.environ.get(CONFIG_ENV)
+    if override:
+        extra = json.loads(override)
+        unknown = set(extra) - set(cfg)
+        if unknown:
+            raise ValueError(
+                f"{CONFIG_ENV}={override!r}: unknown keys {sorted(unknown)}; known: {sorted(cfg)}"
+            )
+        cfg.update({k: (tuple(v) if isinstance(v, list) else v) for k, v in extra.items()})
+    return cfg
 
 
 def lce_forward_triton(
@@ -243,7 +270,7 @@ def lce_forward_triton(
     f32 = torch.float32
     eps, zl, cap = opts.label_smoothing, opts.z_loss, opts.softcap
     cfg = _configs(dev)
-    bm, bv, bk = cfg["fwd"]
+    bm, bv, bk, fwd_warps, fwd_stages = cfg["fwd"]
     chunk = resolve_chunk_size(opts, n_tokens, vocab, dev)
     need_grad = need_d_hidden or need_d_weight or need_d_bias
     # fp32 inputs: IEEE fp32 dots (not TF32). The interpreter's bf16 tl.dot is broken (triton 3.9 returns
@@ -279,7 +306,7 @@ def lce_forward_triton(
             rows, vocab, hid, h.stride(0), weight.stride(0), z.stride(0), part_arg.stride(0), blocks_per_split * bv,
             float(cap) if cap is not None else 1.0,
             HAS_BIAS=bias is not None, HAS_SOFTCAP=cap is not None, DOT_FP32=dot_fp32,
-            BLOCK_M=bm, BLOCK_V=bv, BLOCK_K=bk, num_warps=cfg["warps"], num_stages=cfg["stages"],
+            BLOCK_M=bm, BLOCK_V=bv, BLOCK_K=bk, num_warps=fwd_warps, num_stages=fwd_stages,
         )  # fmt: skip
         # merge the SPLIT_V partials: (SPLIT_V, rows) -> (rows,)
         pm, ps, psez, psz, pzt = (p[:, :rows] for p in parts)
@@ -309,23 +336,23 @@ def lce_forward_triton(
         rs = validf if token_scale is None else validf * token_scale[start:end].to(f32)  # (rows,)
         a = rs * (1.0 + 2.0 * zl * c_lse)
         dz = dz_buf[:rows]  # (rows, V) input dtype
-        bbm, bbv = cfg["bwd"]
+        bbm, bbv, bwd_warps = cfg["bwd"]
         _lce_bwd_kernel[(triton.cdiv(rows, bbm), triton.cdiv(vocab, bbv))](
             z, dz, tgt, c_lse, a, rs, rows, vocab, z.stride(0), dz.stride(0),
             eps / vocab, 1.0 - eps, float(cap) if cap is not None else 1.0,
-            HAS_SOFTCAP=cap is not None, BLOCK_M=bbm, BLOCK_V=bbv, num_warps=4,
+            HAS_SOFTCAP=cap is not None, BLOCK_M=bbm, BLOCK_V=bbv, num_warps=bwd_warps,
         )  # fmt: skip
         if d_hidden is not None:
             torch.mm(dz, weight, out=d_hidden[start:end])  # (rows, V) @ (V, H), fp32 accumulate in cuBLAS
         if d_weight is not None or d_bias is not None:
-            dbv, dbh, dbk = cfg["dw"]
+            dbv, dbh, dbk, dw_warps, dw_stages = cfg["dw"]
             dw_arg = d_weight if d_weight is not None else torch.empty(0, 1, dtype=f32, device=dev)
             n_h = triton.cdiv(hid, dbh) if d_weight is not None else 1
             _lce_dw_kernel[(triton.cdiv(vocab, dbv), n_h)](
                 dz, h, dw_arg, d_bias if d_bias is not None else z_buf,
                 rows, vocab, hid if d_weight is not None else 0, dz.stride(0), h.stride(0), dw_arg.stride(0),
                 HAS_BIAS=d_bias is not None, DOT_FP32=dot_fp32,
-                BLOCK_V=dbv, BLOCK_H=dbh, BLOCK_K=dbk, num_warps=cfg["warps"], num_stages=cfg["stages"],
+                BLOCK_V=dbv, BLOCK_H=dbh, BLOCK_K=dbk, num_warps=dw_warps, num_stages=dw_stages,
             )  # fmt: skip
 
     return LCEKernelOut(loss, nll, lse, correct, entropy, d_hidden, d_weight, d_bias)

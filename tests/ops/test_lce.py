@@ -224,3 +224,51 @@ def test_fuzz_against_reference(
     inputs = make_inputs(n, h, v, bias=bias, ignore_frac=ignore_frac, num_segments=3, seed=seed)
     opts = dict(label_smoothing=label_smoothing, z_loss=z_loss, softcap=softcap)
     _call(impl, inputs, reduction, opts, seed=seed, chunk_size=chunk)
+
+
+@pytest.mark.parametrize("impl", impl_params("torch", "cpp"))
+def test_autocast_runs_the_loss_in_the_autocast_dtype(impl):
+    """Under bf16 autocast the fp32 hidden state and head weight are cast first (as F.linear would be):
+    the same result, bitwise, as calling with bf16 inputs outside autocast; fp32 leaves get fp32 grads."""
+    inputs = make_inputs(33, 24, 70, bias=True)
+    h = inputs["hidden"].requires_grad_(True)
+    w = inputs["weight"].requires_grad_(True)
+    b = inputs["bias"].requires_grad_(True)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        out = linear_cross_entropy(h, w, inputs["targets"], bias=b, impl=impl)
+    out.loss.backward()
+    h16, w16, b16 = (t.detach().bfloat16().requires_grad_(True) for t in (h, w, b))
+    ref = linear_cross_entropy(h16, w16, inputs["targets"], bias=b16, impl=impl)
+    ref.loss.backward()
+    assert torch.equal(out.token_nll, ref.token_nll) and torch.equal(out.loss, ref.loss)
+    for leaf, low in ((h, h16), (w, w16), (b, b16)):
+        assert leaf.grad.dtype == torch.float32
+        assert torch.equal(leaf.grad, low.grad.float())
+    # outside autocast nothing is cast: fp32 in, fp32 statistics of fp32 logits
+    plain = linear_cross_entropy(h.detach(), w.detach(), inputs["targets"], bias=b.detach(), impl=impl)
+    assert not torch.equal(plain.token_nll, ref.token_nll)
+
+
+@pytest.mark.parametrize("impl", impl_params("torch", "cpp", "triton"))
+def test_no_grad_computes_no_gradients(impl, monkeypatch):
+    """Under torch.no_grad (an eval of a model whose parameters require grad) the kernel is asked for no
+    gradient; the statistics are those of the grad-enabled call."""
+    import scaling_train.ops.lce as lce_mod
+
+    asked = []
+    real = lce_mod.lce_forward
+
+    def spy(*args, **kwargs):
+        asked.append(kwargs.get("need_grads", (False, False, False)))
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(lce_mod, "lce_forward", spy)
+    inputs = make_inputs(40, 12, 50, bias=True)
+    h, w, b = (inputs[k].requires_grad_(True) for k in ("hidden", "weight", "bias"))
+    with torch.no_grad():
+        out = linear_cross_entropy(h, w, inputs["targets"], bias=b, impl=impl)
+    assert asked == [(False, False, False)]
+    grad_out = linear_cross_entropy(h, w, inputs["targets"], bias=b, impl=impl)
+    assert asked[1] == (True, True, True)
+    assert torch.equal(out.loss, grad_out.loss.detach()) and torch.equal(out.token_nll, grad_out.token_nll)
+    assert not out.loss.requires_grad
