@@ -5,9 +5,10 @@
 
 Three stages, each keeping the best of the one before: the forward kernel's (BLOCK_M, BLOCK_V, BLOCK_K,
 warps, stages) timed on forward-only calls (`torch.no_grad`), then the dW kernel's tiles and the dlogits
-kernel's tiles timed on forward + backward; `--stages profile` adds a per-kernel profile of one step. A candidate that fails to compile (shared memory) is reported, not fatal. Each
-timing is the median of `--reps` calls after one warm-up (which compiles). The winner is printed as the
-JSON that `SCALING_TRAIN_LCE_TRITON_CONFIG` takes; bake it into `lce_triton._configs` by hand.
+kernel's tiles timed on forward + backward; `--stages profile` adds a per-kernel profile of one step. A
+candidate that fails to compile (shared memory) is reported, not fatal. Each timing is the median of `--reps`
+calls after one warm-up (which compiles). The winner is printed as the JSON that
+`SCALING_TRAIN_LCE_TRITON_CONFIG` takes; bake it into `lce_triton.CUDA_CONFIGS` by hand.
 """
 
 from __future__ import annotations

@@ -355,8 +355,8 @@ def _autocast_inputs(
 ) -> tuple[Tensor, Tensor, Tensor | None]:
     """Inside an autocast region, the inputs in its dtype, as the ``F.linear`` this call replaces would see
     them: under bf16 autocast a model's final norm and head weight are fp32, and an fp32 call would run
-    the logits GEMM without tensor cores (measured on an H200: training 2.1-2.9x slower at 100M-400M). Statistics
-    still accumulate in fp32; the gradients flow back through the cast to the fp32 parameters."""
+    the logits GEMM without tensor cores (measured on an H200: training 2.1-2.9x slower at 100M-400M).
+    Statistics still accumulate in fp32; the gradients flow back through the cast to the fp32 parameters."""
     device_type = hidden.device.type
     if not torch.is_autocast_enabled(device_type):
         return hidden, weight, bias

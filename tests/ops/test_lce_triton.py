@@ -94,16 +94,12 @@ def test_cuda_auto_uses_triton_without_host_sync():
     assert torch.isfinite(hidden.grad).all()
 
 
-def _to_cuda(inputs: dict) -> dict:
-    return {k: (t.cuda() if isinstance(t, torch.Tensor) else t) for k, t in inputs.items()}
-
-
 @pytest.mark.gpu
 @needs_cuda
 @pytest.mark.parametrize("impl", ["triton", "torch"])
 def test_cuda_llama3_head_against_float64_reference(impl):
     """The shape the kernels are tuned for: H=4096, V=128256 in bf16 (256 tokens keep the reference small)."""
-    inputs = _to_cuda(make_inputs(256, 4096, 128256, dtype=torch.bfloat16, num_segments=3, seed=1))
+    inputs = _cuda_inputs(256, 4096, 128256, torch.bfloat16, num_segments=3, seed=1)
     compare_with_reference(impl, inputs, dtype=torch.bfloat16)
 
 
@@ -170,7 +166,7 @@ def test_cuda_odd_shapes_and_options_against_float64_reference(
 ):
     """On the real device: every output and gradient of the compiled kernels against the float64 reference
     run on the same GPU, ignore_index -1 (not the default), 5 segments."""
-    inputs = _to_cuda(make_inputs(n, h, v, dtype=dtype, bias=bias, num_segments=5, seed=n, ignore_index=-1))
+    inputs = _cuda_inputs(n, h, v, dtype, bias=bias, num_segments=5, seed=n, ignore_index=-1)
     g = torch.randn(n, device="cuda") if reduction == "none" else None
     kw = dict(reduction=reduction, softcap=softcap, z_loss=z_loss, label_smoothing=label_smoothing)
     compare_with_reference(
