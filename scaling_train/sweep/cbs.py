@@ -4,7 +4,8 @@
     scaling-train cbs RUN_DIR --at 200,400 --lr-rule linear --backend slurm     # the sweep's backends
     scaling-train cbs RUN_DIR --at 200 --dry-run                                 # plan, exact commands
 
-From the parent's checkpoint at step s each branch trains ``T`` tokens at ``k x`` the parent's batch B,
+From the parent's checkpoint at step s each branch trains ``T`` tokens at ``k x`` the parent's batch B
+(k = 1/m goes below it: each parent batch split into m steps, which tells whether B itself already pays),
 LR = the parent's planned LR at the same token x sqrt(k) (Adam) or x k, on the parent's own batches in
 the parent's order (branch step j = parent steps s + jk .. s + jk + k - 1; ``BranchConfig`` in
 train/config.py). Its training loss over the last half of the T tokens is compared with the parent's
@@ -12,9 +13,11 @@ training loss over the same tokens -- the same sequences, so the difference is t
 data noise -- less the ``lag``: a branch step's loss is measured by a model that has not yet consumed
 the step's other k - 1 parent batches, so the parent's trend over those batches is subtracted (the
 comparison is at the same consumed tokens). Tolerance = ``Z_TOL`` x the standard error of the parent's own loss over that window, from
-the scatter of its metrics rows about a local quadratic trend (``_row_noise``), not a constant. The largest k whose
+the scatter of its metrics rows about a local quadratic trend (``_row_noise``), not a constant. Penalties
+are taken against the smallest batch measured (the parent, or a k < 1 branch). The largest k whose
 penalty stays within the tolerance (with every smaller k) is the measured critical batch at the
-parent's loss there, bracketed by the first k that pays a penalty.
+parent's loss there, bracketed by the first k that pays a penalty; ``low_is_reference`` says the lower
+bound is only the smallest batch measured.
 
 Branches are ordinary runs: a ``Plan`` whose runs live in ``RUN/cbs/<name>`` (name
 ``s<step>-k<k>-<rule>-T<tokens>-<config hash>``), executed by the sweep backends (DONE skipped, locked,
@@ -29,7 +32,8 @@ folders every time, so a rerun or a resumed branch is never counted twice):
                                      "eval_loss", "run", "time_s"}],
                        "pending": [names not DONE],
                        "cbs_measured": {"value", "low", "high" (sequences), "tokens", "low_tokens",
-                                        "high_tokens", "largest_ok", "source": "branches"},
+                                        "high_tokens", "largest_ok", "low_is_reference",
+                                        "source": "branches"},
                        "cost": {"tokens_ratio", "time_ratio", "branch_time_s", "parent_time_s",
                                 "branch_start_s", "branch_train_s", "branch_end_s", "parent_start_s",
                                 "parent_end_s", "parent_span_s", "train_vs_span"}}]}
@@ -62,6 +66,8 @@ from scaling_train.sweep.plan import (
     branch_length,
     branch_window,
     describe,
+    factor_label,
+    factor_parts,
     format_overrides,
 )
 from scaling_train.sweep.spec import SweepSpec
@@ -104,7 +110,7 @@ def make_branch_plan(
     run_dir: str | Path,
     *,
     at: list[int],
-    factors: list[int],
+    factors: list[float],
     tokens: float,
     lr_rule: str = "sqrt",
     spec: SweepSpec | None = None,
@@ -122,8 +128,15 @@ def make_branch_plan(
     where = f"scaling-train cbs {run_dir}"
     if lr_rule not in LR_RULES:
         raise ConfigError(f"{where}: --lr-rule={lr_rule!r} is not allowed; choose one of {list(LR_RULES)}")
-    if not factors or any(int(k) < 2 for k in factors) or len(set(factors)) != len(factors):
-        raise ConfigError(f"{where}: --factors={factors}: give distinct integers >= 2, e.g. 2,4,8")
+    try:
+        parts = [factor_parts(k) for k in factors]
+    except ValueError as e:
+        raise ConfigError(f"{where}: --factors={factors}: {e}") from None
+    if not factors or len(set(parts)) != len(parts):
+        raise ConfigError(
+            f"{where}: --factors={factors}: give distinct integers >= 2 (and 1/m below the run's batch), "
+            "e.g. 2,4,8 or 0.5,2,4,8"
+        )
     cfg = from_dict(RunConfig, base, source=str(run_dir / CONFIG))
     T = int(resolved.get("total_steps") or cfg.total_steps)
     B, log_every, tps = cfg.train.batch_size, cfg.train.log_every, cfg.tokens_per_step
@@ -150,29 +163,39 @@ def make_branch_plan(
     fps = spec.resources.flops_per_s or (GPU_FLOPS_PER_S if spec.resources.gpu else CPU_FLOPS_PER_S)
     world = int(resolved.get("world_size") or 1)
     nodes, devices = layout or _parent_layout(run_dir, world)
+    for _f, d in parts:
+        if d > 1 and B % (d * world):
+            raise ConfigError(
+                f"{where}: --factors: 1/{d} of the run's batch of {B} sequences over {world} processes is not a "
+                f"whole number of sequences per process; use a divisor of {B // world}"
+            )
     for s in at:
-        for k in factors:
+        for f, d in parts:
+            k = f / d
+            steps = n // f * d  # branch steps over the n parent steps
             over = {
-                "branch.parent": str(run_dir), "branch.step": int(s), "branch.factor": int(k),
+                "branch.parent": str(run_dir), "branch.step": int(s), "branch.factor": f,
                 "branch.lr_scale": float(f"{LR_RULES[lr_rule](k):.6g}"), "branch.parent_batch_size": B,
-                "branch.parent_total_steps": T, "train.batch_size": k * B, "train.max_steps": n // k,
+                "branch.parent_total_steps": T, "train.batch_size": f * B // d, "train.max_steps": steps,
                 "train.max_tokens": None, "train.log_every": 1, "train.eval_every": 0,
-                "train.ckpt_every": max(1, n // k // 2), "train.keep_steps": [], "train.progress": False,
+                "train.ckpt_every": max(1, steps // 2), "train.keep_steps": [], "train.progress": False,
             }  # fmt: skip
-            if cfg.train.micro_batch_size is None:
-                over["train.micro_batch_size"] = B // world  # the parent's memory footprint per pass
+            if d > 1:
+                over["branch.divisor"] = d
+            if cfg.train.micro_batch_size is None:  # the parent's memory footprint per pass (at most)
+                over["train.micro_batch_size"] = min(B, f * B // d) // world
             bcfg = from_dict(
                 RunConfig, deep_merge(base, parse_overrides(format_overrides(over))), source=where
             )
             h = config_hash(bcfg)
-            name = f"s{s}-k{k}-{lr_rule}-T{fmt_e(n * tps)}-{h}"
+            name = f"s{s}-k{factor_label(k)}-{lr_rule}-T{fmt_e(n * tps)}-{h}"
             over["run_dir"] = str(out / name)
             est = fpt * n * tps / (fps * world) + spec.resources.overhead_s
             runs.append(
                 RunSpec(
                     index=len(runs), name=name, size=str(cfg.model.size), n_params=int(
                         (resolved.get("params") or {}).get("non_embedding", 0)), tokens=n * tps,
-                    steps=n // k, batch_size=k * B, lr=bcfg.optim.lr, seed=cfg.seed, flops=fpt * n * tps,
+                    steps=steps, batch_size=f * B // d, lr=bcfg.optim.lr, seed=cfg.seed, flops=fpt * n * tps,
                     devices=devices, nodes=nodes, est_s=est, time_limit_min=int(math.ceil(2 * est / 60 + 10)),
                     config_hash=h, run_dir=str(out / name), overrides=over,
                 )
@@ -361,13 +384,19 @@ def _row_noise(rows: dict[int, dict[str, Any]], s: int, b: int, span: int):
     return sd, lambda u: np.polyval(c, (np.asarray(u, dtype=np.float64) - mu) / sc)
 
 
-def _lag(trend, s: int, a: int, b: int, k: int) -> float:
+def _lag(trend, s: int, a: int, b: int, k: float) -> float:
     """What the parent's trend gains in the window from updates the branch has not taken yet: a branch
     step's loss is measured before its update, on k parent batches, by a model that has consumed the
     tokens of the step's first parent batch only; the parent's loss on batch u (step u, 1-based) by one
-    that consumed u - 1. Mean over u in (a, b] of trend(first step of u's branch batch) - trend(u)."""
+    that consumed u - 1. Mean over u in (a, b] of trend(first step of u's branch batch) - trend(u).
+    Below the parent's batch (k = 1/m) the branch is ahead instead: its loss on part p of batch u is
+    measured after u - 1 + p/m parent batches, so the lag is the mean of trend(u + p/m) - trend(u) (< 0)."""
     u = np.arange(a + 1, b + 1)
-    first = s + ((u - 1 - s) // k) * k + 1
+    f, d = factor_parts(k) if k != 1 else (1, 1)
+    if d > 1:
+        ahead = u[:, None] + np.arange(d)[None, :] / d  # (window, m)
+        return float(np.mean(trend(ahead) - trend(u)[:, None]))
+    first = s + ((u - 1 - s) // f) * f + 1
     return float(np.mean(trend(first) - trend(u)))
 
 
@@ -422,17 +451,19 @@ def measure(run_dir: str | Path) -> dict[str, Any]:
         br = braw.get("branch") or {}
         if not br.get("parent"):
             continue
-        k, s = int(br["factor"]), int(br["step"])
-        n = int((braw.get("resolved") or {}).get("total_steps") or braw["train"]["max_steps"]) * k
+        f, d, s = int(br["factor"]), int(br.get("divisor") or 1), int(br["step"])
+        k = f / d
+        n = int((braw.get("resolved") or {}).get("total_steps") or braw["train"]["max_steps"]) * f // d
         rule = _lr_rule_of(k, float(br["lr_scale"]))
         groups.setdefault((s, n, rule), []).append(
             {"dir": bdir, "factor": k, "lr_scale": float(br["lr_scale"]), "done": state.is_done(bdir)}
         )
     for r in _planned_not_started(run_dir / CBS_DIR):  # pending too: a measurement waits for all its k
         o = r["overrides"]
-        k, lr_scale = int(o["branch.factor"]), float(o["branch.lr_scale"])
+        f, d = int(o["branch.factor"]), int(o.get("branch.divisor") or 1)
+        k, lr_scale = f / d, float(o["branch.lr_scale"])
         rule = _lr_rule_of(k, lr_scale)
-        key = (int(o["branch.step"]), int(o["train.max_steps"]) * k, rule)
+        key = (int(o["branch.step"]), int(o["train.max_steps"]) * f // d, rule)
         groups.setdefault(key, []).append(
             {"dir": Path(r["run_dir"]), "factor": k, "lr_scale": lr_scale, "done": False}
         )
@@ -460,7 +491,7 @@ def measure(run_dir: str | Path) -> dict[str, Any]:
                 continue
             k = it["factor"]
             brow = _rows(it["dir"])
-            bl = window_loss(brow, (a - s) // k, (b - s) // k)
+            bl = window_loss(brow, round((a - s) / k), round((b - s) / k))  # branch steps of the window
             done = json.loads((it["dir"] / state.DONE).read_text() or "{}")
             t = _time_s(it["dir"])
             btime += t
@@ -472,11 +503,16 @@ def measure(run_dir: str | Path) -> dict[str, Any]:
             lag = _lag(trend, s, a, b, k) if trend is not None else 0.0
             pen = bl - main - lag if bl is not None and main is not None else None
             m["branches"].append(
-                {"factor": k, "batch_size": k * B, "lr_scale": it["lr_scale"], "loss": bl, "penalty": pen, "lag": lag,
+                {"factor": k, "batch_size": round(k * B), "lr_scale": it["lr_scale"], "loss": bl, "penalty": pen, "lag": lag,
                  "ok": (pen <= tol) if pen is not None and tol is not None else None,
                  "eval_loss": done.get("final_eval_loss"), "run": it["dir"].name, "time_s": t,
                  "start_s": start_s, "train_s": train_s, "end_s": end_s}
             )  # fmt: skip
+        # "ok" against the smallest batch measured (critical_from_branches): the parent, or a branch below it
+        pens = sorted((x["factor"], x["penalty"]) for x in m["branches"] if x["penalty"] is not None)
+        ref = pens[0][1] if pens and pens[0][0] < 1 else 0.0
+        for x in m["branches"]:
+            x["ok"] = (x["penalty"] - ref <= tol) if x["penalty"] is not None and tol is not None else None
         # none until every branch of the step is DONE: a partial set would bracket the wrong k
         m["cbs_measured"] = None if m["pending"] else critical_from_branches(m["branches"], B, seq, tol)
         m["cost"] = {
@@ -504,7 +540,7 @@ def measure(run_dir: str | Path) -> dict[str, Any]:
     }  # fmt: skip
 
 
-def _lr_rule_of(k: int, lr_scale: float) -> str:
+def _lr_rule_of(k: float, lr_scale: float) -> str:
     """The LR_RULES name that scales the LR by ``lr_scale`` at factor ``k``, else "custom"."""
     return next((n for n, f in LR_RULES.items() if math.isclose(f(k), lr_scale, rel_tol=1e-4)), "custom")
 
@@ -529,14 +565,20 @@ def critical_from_branches(
     branches: list[dict[str, Any]], batch_size: int, seq_len: int, tol: float | None
 ) -> dict[str, Any] | None:
     """Largest k x B whose penalty (and every smaller k's) is within ``tol``; bracketed by the first k that
-    pays one (``high`` = inf when none does). ``value`` interpolates in log k where the penalty crosses
-    ``tol`` between the two (the parent itself, k = 1, is the zero-penalty point). Sequences."""
+    pays one (``high`` = inf when none does). Penalties are taken against the smallest batch measured: the
+    parent itself (k = 1, penalty 0) or, with branches below its batch (k = 1/m), the smallest of those, so a
+    parent whose own batch already pays (a smaller batch reaches a lower loss on the same tokens) is
+    bracketed below its batch. ``value`` interpolates in log k where the penalty crosses ``tol`` between
+    the two. ``low_is_reference``: the smallest batch measured is the lower bound -- the critical batch may
+    lie below it too (nothing smaller was measured to tell). Sequences."""
     pts = [(b["factor"], b["penalty"]) for b in branches if b.get("penalty") is not None]
     if tol is None or not pts:
         return None
-    pts.sort()
-    k_ok, d_ok, k_bad, d_bad = 1, 0.0, None, None
-    for k, d in pts:
+    pts = sorted([*pts, (1, 0.0)] if all(k != 1 for k, _ in pts) else pts)
+    ref = pts[0][1]
+    k_ok, d_ok, k_bad, d_bad = pts[0][0], 0.0, None, None
+    for k, p in pts[1:]:
+        d = p - ref
         if d <= tol:
             k_ok, d_ok = k, d
         else:
@@ -549,7 +591,8 @@ def critical_from_branches(
         value, high = float(np.exp(np.log(k_ok) + f * (np.log(k_bad) - np.log(k_ok)))), float(k_bad)
     res = {
         "value": value * batch_size, "low": float(k_ok) * batch_size, "high": high * batch_size,
-        "largest_ok": k_ok * batch_size, "source": "branches", "unit": "sequences",
+        "largest_ok": round(k_ok * batch_size), "source": "branches", "unit": "sequences",
+        "low_is_reference": k_ok == pts[0][0],
     }  # fmt: skip
     res.update({f"{key}_tokens": res[key] * seq_len for key in ("value", "low", "high")})
     res["tokens"] = res.pop("value_tokens")
@@ -581,16 +624,22 @@ def describe_results(res: dict[str, Any]) -> str:
         for b in m["branches"]:
             pen = b["penalty"]
             lines.append(
-                f"[cbs]   k={b['factor']:<3} B={b['batch_size']:<5} loss {b['loss']:.4f} penalty "
+                f"[cbs]   k={factor_label(b['factor']):<4} B={b['batch_size']:<5} loss {b['loss']:.4f} penalty "
                 f"{pen:+.4f} {'ok' if b['ok'] else 'PENALTY'}"
                 if pen is not None
-                else f"[cbs]   k={b['factor']} B={b['batch_size']}: rows do not cover the window"
+                else f"[cbs]   k={factor_label(b['factor'])} B={b['batch_size']}: rows do not cover the window"
             )
         c = m.get("cbs_measured")
         if c:
             lines.append(
                 f"[cbs]   measured critical batch {c['value']:.0f} sequences [{c['low']:.0f}, {c['high']:.0f}]"
                 f" at loss {m['loss']:.4f}"
+                + (
+                    f" (the lower bound is the smallest batch measured, {c['low']:.0f}: add a factor below it, "
+                    "e.g. 0.5, to test it)"
+                    if c.get("low_is_reference") and math.isfinite(c["high"])
+                    else ""
+                )
             )
         cost = m.get("cost") or {}
         if cost.get("branch_train_s") is not None:  # branches trained in one attempt
@@ -614,6 +663,22 @@ def _ints(text: str) -> list[int]:
         return [int(float(x)) for x in text.split(",") if x.strip()]
     except ValueError:
         raise argparse.ArgumentTypeError(f"{text!r} must be comma-separated integers, e.g. 2,4,8") from None
+
+
+def _factors(text: str) -> list[float]:
+    """--factors: comma-separated batch multiples, integers >= 2 and 1/m below the run's batch (0.5 or 1/2)."""
+    out = []
+    for x in (x.strip() for x in text.split(",")):
+        if not x:
+            continue
+        try:
+            num, _, den = x.partition("/")
+            out.append(float(num) / float(den) if den else float(num))
+        except (ValueError, ZeroDivisionError):
+            raise argparse.ArgumentTypeError(
+                f"--factors {text!r}: {x!r} is no number; give e.g. 2,4,8 or 0.5,2,4,8"
+            ) from None
+    return out
 
 
 def _cmd_cbs(args: argparse.Namespace) -> int:
@@ -645,7 +710,10 @@ def register(subparsers) -> None:
     )
     p.add_argument("run_dir", help="a run folder with a checkpoint at each --at step")
     p.add_argument("--at", type=_ints, required=True, help="parent step(s) to branch from, e.g. 200,400")
-    p.add_argument("--factors", type=_ints, default=[2, 4, 8], help="batch multiples k (default 2,4,8)")
+    p.add_argument(
+        "--factors", type=_factors, default=[2.0, 4.0, 8.0],
+        help="batch multiples k: integers >= 2, and 1/m (0.5, 1/4) below the run's batch (default 2,4,8)",
+    )  # fmt: skip
     p.add_argument(
         "--tokens", type=float, required=True, help="tokens per branch (rounded up to whole steps of every k)"
     )

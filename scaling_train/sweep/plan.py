@@ -29,7 +29,7 @@ from scaling_train.fitter.cbs import LR_BATCH_RULES
 from scaling_train.metrics.config import REPEAT_EPOCHS
 from scaling_train.models import sizes
 from scaling_train.run_names import NAME_RE, parse_run_name, run_name  # noqa: F401 (names live there; re-exported)
-from scaling_train.sweep.spec import PowerRule, SweepSpec, adaptive_policy
+from scaling_train.sweep.spec import PowerRule, SweepSpec, adaptive_policy, factor_label, factor_parts
 from scaling_train.train.config import RunConfig, config_hash
 
 CPU_FLOPS_PER_S = 4e9  # measured: ~0.2M-param model, 1 thread, 2-core VM (benchmarks/results/sweep.md)
@@ -163,22 +163,23 @@ MIN_BRANCH_STEPS = 4
 holds >= 2 steps taken after >= 2 updates (a 1-step branch window is the checkpoint itself)."""
 
 
-def branch_window(log_every: int, factors: list[int] | tuple[int, ...]) -> int:
-    """Parent steps a branch length must be a multiple of: every factor k divides it (whole branch steps)
-    and so does the parent's log_every (its metrics rows bound the compared window)."""
-    return math.lcm(int(log_every), *(int(k) for k in factors))
+def branch_window(log_every: int, factors: list[float] | tuple[float, ...]) -> int:
+    """Parent steps a branch length must be a multiple of: every integer factor k divides it (whole branch
+    steps; a factor 1/m splits each parent step into m branch steps, so any length is whole) and so does
+    the parent's log_every (its metrics rows bound the compared window)."""
+    return math.lcm(int(log_every), *(factor_parts(k)[0] for k in factors))
 
 
-def branch_length(want_steps: float, log_every: int, factors: list[int] | tuple[int, ...]) -> int:
+def branch_length(want_steps: float, log_every: int, factors: list[float] | tuple[float, ...]) -> int:
     """Parent steps of a branch: ``want_steps`` rounded up to a multiple of ``branch_window`` and to at
     least ``MIN_BRANCH_STEPS`` steps of the largest factor."""
     unit = branch_window(log_every, factors)
-    floor = MIN_BRANCH_STEPS * max(int(k) for k in factors)
+    floor = MIN_BRANCH_STEPS * max(factor_parts(k)[0] for k in factors)
     return unit * max(1, math.ceil(want_steps / unit), math.ceil(floor / unit))
 
 
 def branch_points(
-    total_steps: int, log_every: int, *, every: float, factors: list[int], tokens_fraction: float
+    total_steps: int, log_every: int, *, every: float, factors: list[float], tokens_fraction: float
 ) -> tuple[list[int], int]:
     """(branch steps, parent steps per branch) of a sweep's cbs block for one run: every ``every`` percent,
     rounded to the run's log rows, each leaving room for the branch before the run ends; the branch length
@@ -565,7 +566,7 @@ def describe_cbs(plan: Plan, backend: str) -> str:
     rule = "sqrt(k)" if c.lr_rule == "sqrt" else "k"
     head = (
         f"cbs: {len(runs)} of {len(plan.runs)} runs branched every {c.every:g}% of their steps, k = "
-        f"{', '.join(map(str, c.factors))} (lr x {rule})"
+        f"{', '.join(map(factor_label, c.factors))} (lr x {rule})"
     )
     if not runs:
         return head + ": no run leaves room for a branch (raise the budget or lower cbs.tokens_fraction)"

@@ -199,8 +199,10 @@ class CBS:
     every: float | None = doc(
         "Branch at every this many percent of each run (25 = at 25%, 50%, 75%); null = no branches.", None
     )
-    factors: list[int] = doc(
-        "Batch multiples k of the branches (each an integer >= 2).", default_factory=lambda: [2, 4, 8]
+    factors: list[float] = doc(
+        "Batch multiples k of the branches: integers >= 2, and 1/m (0.5, 0.25) for branches below the run's "
+        "own batch (they tell whether that batch already pays a penalty).",
+        default_factory=lambda: [2, 4, 8],
     )
     tokens_fraction: float = doc(
         "Tokens each branch trains, as a fraction of its run's tokens (rounded up so every k divides).", 0.1
@@ -370,6 +372,25 @@ def _check_pools(mixes: list[str], src: str) -> None:
         seen[key] = m
 
 
+def factor_parts(k: float) -> tuple[int, int]:
+    """(factor, divisor) of a branch's batch multiple ``k``: an integer k >= 2 is (k, 1) (k parent batches per
+    branch step), k = 1/m with an integer m >= 2 is (1, m) (each parent batch split into m branch steps: a
+    branch below the parent's batch, which tells whether the parent's own batch already pays a penalty).
+    ValueError naming the value and the allowed values otherwise."""
+    x = float(k)
+    if x >= 2 and x == int(x):
+        return int(x), 1
+    if 0 < x < 1 and abs(1 / x - round(1 / x)) < 1e-6 * (1 / x) and round(1 / x) >= 2:
+        return 1, int(round(1 / x))
+    raise ValueError(f"batch multiple {k!r} must be an integer >= 2 or 1/m for an integer m >= 2 (0.5, 0.25)")
+
+
+def factor_label(k: float) -> str:
+    """``k`` as written in branch names and tables: 2, 4, 0.5, 0.25."""
+    f, d = factor_parts(k)
+    return str(f) if d == 1 else f"{1 / d:g}"
+
+
 def _check_cbs(c: CBS, g: Grid, src: str) -> None:
     if c.every is None:
         return
@@ -379,11 +400,14 @@ def _check_cbs(c: CBS, g: Grid, src: str) -> None:
         )
     if not c.factors:
         raise ConfigError(f"{src}: cbs.factors is empty; list batch multiples >= 2, e.g. [2, 4, 8]")
-    bad = [k for k in c.factors if k < 2]
-    if bad or len(set(c.factors)) != len(c.factors):
-        raise ConfigError(
-            f"{src}: cbs.factors={c.factors}: every factor must be an integer >= 2, without duplicates"
-        )
+    shown = "[" + ", ".join(f"{float(k):g}" for k in c.factors) + "]"
+    for k in c.factors:
+        try:
+            factor_parts(k)
+        except (TypeError, ValueError) as e:
+            raise ConfigError(f"{src}: cbs.factors={shown}: {e}") from None
+    if len({float(k) for k in c.factors}) != len(c.factors):
+        raise ConfigError(f"{src}: cbs.factors={shown}: a factor is listed twice")
     if not 0 < c.tokens_fraction <= 1:
         raise ConfigError(f"{src}: cbs.tokens_fraction={c.tokens_fraction} must be in (0, 1]")
     if c.sizes is not None:

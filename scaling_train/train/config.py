@@ -73,11 +73,15 @@ class BranchConfig:
     parent's checkpoint at ``step`` and reads the parent's data in the parent's order, ``factor`` parent
     steps per branch step (so ``train.batch_size = factor x parent_batch_size``). Branch step j trains on
     parent steps ``step + j*factor .. step + (j+1)*factor - 1`` with LR ``lr_scale x`` the mean of the
-    parent's planned LR over those steps (the parent's schedule, in tokens)."""
+    parent's planned LR over those steps (the parent's schedule, in tokens). ``divisor`` m > 1 (with
+    factor 1) goes below the parent's batch: each parent batch is split into m branch steps of
+    ``parent_batch_size / m`` sequences in order (branch step j trains on part j mod m of parent step
+    ``step + j // m``, at ``lr_scale x`` that step's LR)."""
 
     parent: str | None = doc("Parent run folder; null = an ordinary run (not a branch).", None)
     step: int = doc("Parent step whose checkpoint (parent/checkpoints/step-*.pt) the branch starts from.", 0)
     factor: int = doc("Parent steps (batches) per branch step: the batch multiple k.", 1)
+    divisor: int = doc("Branch steps per parent step (batch = parent's / divisor; factor must be 1).", 1)
     lr_scale: float = doc("Branch LR / parent LR at the same token (sqrt(k) or k).", 1.0)
     parent_batch_size: int = doc("The parent's train.batch_size (sequences).", 1)
     parent_total_steps: int = doc("The parent's planned steps (its LR schedule's length).", 1)
@@ -85,10 +89,15 @@ class BranchConfig:
     def __post_init__(self) -> None:
         if self.parent is None:
             return
-        if self.step < 1 or self.factor < 1 or self.parent_batch_size < 1:
+        if self.step < 1 or self.factor < 1 or self.divisor < 1 or self.parent_batch_size < 1:
             raise ValueError(
-                f"branch.step={self.step}, branch.factor={self.factor} and branch.parent_batch_size="
-                f"{self.parent_batch_size} must be >= 1"
+                f"branch.step={self.step}, branch.factor={self.factor}, branch.divisor={self.divisor} and "
+                f"branch.parent_batch_size={self.parent_batch_size} must be >= 1"
+            )
+        if self.divisor > 1 and (self.factor != 1 or self.parent_batch_size % self.divisor):
+            raise ValueError(
+                f"branch.divisor={self.divisor} needs branch.factor=1 (got {self.factor}) and a "
+                f"branch.parent_batch_size ({self.parent_batch_size}) it divides"
             )
         if not self.lr_scale > 0:
             raise ValueError(f"branch.lr_scale={self.lr_scale} must be > 0")
@@ -152,13 +161,12 @@ class RunConfig:
     )
 
     def __post_init__(self) -> None:
-        if (
-            self.branch.parent is not None
-            and self.train.batch_size != self.branch.factor * self.branch.parent_batch_size
-        ):
+        br = self.branch
+        if br.parent is not None and self.train.batch_size * br.divisor != br.factor * br.parent_batch_size:
             raise ValueError(
-                f"train.batch_size={self.train.batch_size} must be branch.factor={self.branch.factor} x "
-                f"branch.parent_batch_size={self.branch.parent_batch_size}"
+                f"train.batch_size={self.train.batch_size} must be branch.factor={br.factor} x "
+                f"branch.parent_batch_size={br.parent_batch_size}"
+                + (f" / branch.divisor={br.divisor}" if br.divisor > 1 else "")
             )
         if self.model.vocab_size is not None and self.model.vocab_size < self.data.vocab_size:
             raise ValueError(
@@ -206,6 +214,7 @@ LATER_FIELDS = (
     LaterField(("data", "pools"), []),  # data pools
     LaterField(("data", "mix"), None),  # ... and their mix (set exactly when pools are)
     LaterField(("data", "unique_tokens"), None),  # repeated data: null = the whole training split
+    LaterField(("branch", "divisor"), 1),  # branches below the parent's batch (cbs factors 1/m)
 )
 """Every key added after the hash was defined, and the value at which it is left out: the next one is a line."""
 

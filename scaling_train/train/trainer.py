@@ -280,6 +280,10 @@ class Trainer:
         br, train = self.cfg.branch, self.data.train
         if br.parent is None:  # batch_indices over the split, or each pool's share of the step (data.pools)
             idx = train.step_indices(self.cfg.seed, step, self.cfg.train.batch_size)
+        elif br.divisor > 1:  # a branch below the parent's batch: part (step mod m) of one parent batch
+            part = br.parent_batch_size // br.divisor
+            idx = train.step_indices(self.cfg.seed, br.step + step // br.divisor, br.parent_batch_size)
+            idx = idx[(step % br.divisor) * part : (step % br.divisor + 1) * part]  # (batch_size,)
         else:  # a branch reads the parent's batches in the parent's order, factor of them per step
             first = br.step + step * br.factor
             idx = np.concatenate(
@@ -300,6 +304,8 @@ class Trainer:
         br = self.cfg.branch
         if br.parent is None:
             return lr_at(self.cfg.optim, step, self.total_steps)
+        if br.divisor > 1:
+            return br.lr_scale * lr_at(self.cfg.optim, br.step + step // br.divisor, br.parent_total_steps)
         first = br.step + step * br.factor
         return br.lr_scale * float(
             np.mean([lr_at(self.cfg.optim, first + i, br.parent_total_steps) for i in range(br.factor)])
@@ -314,7 +320,8 @@ class Trainer:
         self.backend.load_model_state(self.model, state["model"])
         self.backend.load_optim_state(self.optimizer, state["optimizer"])
         self.log(
-            f"[train] branch of {br.parent} from its step {br.step}: x{br.factor} batch, lr x{br.lr_scale:.3g}"
+            f"[train] branch of {br.parent} from its step {br.step}: x{br.factor / br.divisor:g} batch, "
+            f"lr x{br.lr_scale:.3g}"
         )
 
     def _val_docs_before(self, seq: int) -> int:

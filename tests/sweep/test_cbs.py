@@ -15,6 +15,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
 import yaml
 
 from scaling_train.config import ConfigError, from_dict
@@ -99,8 +100,16 @@ def test_cli_errors_name_the_value_and_the_range(parent):
         cbs.make_branch_plan(parent, at=[30], factors=[2], tokens=1024)
     with pytest.raises(ConfigError, match=r"--at 70: a branch point must be a multiple .* in \[2, 64\]"):
         cbs.make_branch_plan(parent, at=[70], factors=[2, 4], tokens=4096)
-    with pytest.raises(ConfigError, match=r"--factors=\[1, 2\]: give distinct integers >= 2"):
+    with pytest.raises(
+        ConfigError, match=r"--factors=\[1, 2\]: batch multiple 1 must be an integer >= 2 or 1/m"
+    ):
         cbs.make_branch_plan(parent, at=[20], factors=[1, 2], tokens=1024)
+    with pytest.raises(ConfigError, match=r"--factors=\[0.3, 2\]: batch multiple 0.3 must be"):
+        cbs.make_branch_plan(parent, at=[20], factors=[0.3, 2], tokens=1024)
+    with pytest.raises(ConfigError, match=r"--factors=\[2, 2.0\]: give distinct"):
+        cbs.make_branch_plan(parent, at=[20], factors=[2, 2.0], tokens=1024)
+    with pytest.raises(ConfigError, match=r"1/16 of the run's batch of 8 sequences over 1 processes"):
+        cbs.make_branch_plan(parent, at=[20], factors=[1 / 16, 2], tokens=1024)
     plan = cbs.make_branch_plan(parent, at=[20, 40], factors=[2, 4], tokens=8000)
     assert [r.name.split("-")[:3] for r in plan.runs] == [
         ["s20", "k2", "sqrt"], ["s20", "k4", "sqrt"], ["s40", "k2", "sqrt"], ["s40", "k4", "sqrt"]
@@ -122,8 +131,86 @@ def test_critical_from_branches_brackets_and_interpolates():
     assert c["tokens"] == pytest.approx(c["value"] * 64) and c["source"] == "branches"
     every = cbs.critical_from_branches(br[:2], 16, 64, tol=0.05)
     assert every["high"] == math.inf and every["value"] == 64
-    none = cbs.critical_from_branches(br, 16, 64, tol=0.001)  # k=2 already pays: below 2B, at least B
-    assert (none["low"], none["high"]) == (16, 32)
+    none = cbs.critical_from_branches(br, 16, 64, tol=0.001)  # k=2 already pays: below 2B; B is the floor
+    assert (none["low"], none["high"], none["low_is_reference"]) == (16, 32, True)
+    assert not c["low_is_reference"]
+
+
+def test_branches_below_the_parents_batch_set_the_reference():
+    """With a k = 1/2 branch the penalties are taken against it: a parent whose own batch loses more than
+    the tolerance to half its batch is bracketed below its batch; one that does not keeps a measured
+    lower bound."""
+    below = [{"factor": 0.5, "penalty": -0.10}, {"factor": 2, "penalty": 0.01}, {"factor": 4, "penalty": 0.2}]
+    c = cbs.critical_from_branches(below, 16, 64, tol=0.05)
+    # the parent (k = 1) pays 0.10 against k = 1/2: crossing 0.05 half way in log k between 1/2 and 1
+    assert (c["low"], c["high"], c["low_is_reference"]) == (8, 16, True)
+    assert c["value"] == pytest.approx(16 * 0.5 * 2**0.5) and c["largest_ok"] == 8
+    within = [
+        {"factor": 0.5, "penalty": -0.01},
+        {"factor": 2, "penalty": 0.02},
+        {"factor": 4, "penalty": 0.2},
+    ]
+    c = cbs.critical_from_branches(within, 16, 64, tol=0.05)
+    assert (c["low"], c["high"], c["low_is_reference"]) == (32, 64, False)
+    # 0.05 crossed between d = 0.03 (k = 2) and d = 0.21 (k = 4), both against k = 1/2's -0.01
+    assert c["value"] == pytest.approx(16 * 2 * 2 ** (0.02 / 0.18))
+
+
+def test_a_half_batch_branch_reads_each_parent_batch_in_two_halves(parent, tmp_path):
+    """k = 1/2: branch steps 2j and 2j + 1 train on the two halves of parent step s + j's batch, in order,
+    at lr_scale x the parent's LR of that step; the lag runs the other way (the branch is ahead)."""
+    over = {
+        "branch.parent": str(parent), "branch.step": 20, "branch.factor": 1, "branch.divisor": 2,
+        "branch.lr_scale": 0.7, "branch.parent_batch_size": 8, "branch.parent_total_steps": PARENT_STEPS,
+        "train.batch_size": 4, "train.micro_batch_size": 4, "train.max_steps": 8, "train.log_every": 1,
+        "train.keep_steps": [],
+    }  # fmt: skip
+    br = Trainer(_parent_cfg(tmp_path / "half", **over), log=lambda s: None)
+    main = Trainer(_parent_cfg(tmp_path / "main"), log=lambda s: None)
+    br._setup(), main._setup()  # data and model, no training
+    for j in range(4):
+        (a,), (b,), (whole,) = (
+            br.micro_batches(2 * j),
+            br.micro_batches(2 * j + 1),
+            main.micro_batches(20 + j),
+        )
+        assert torch.equal(torch.cat([a.idx, b.idx]), whole.idx) and torch.equal(
+            torch.cat([a.targets, b.targets]), whole.targets
+        )
+        assert br.lr_at(2 * j) == br.lr_at(2 * j + 1) == pytest.approx(0.7 * main.lr_at(20 + j))
+    with pytest.raises(ConfigError, match=r"branch.divisor=3 needs branch.factor=1 \(got 1\) and a branch"):
+        _parent_cfg(
+            tmp_path / "x",
+            **{**over, "branch.divisor": 3, "train.batch_size": 2, "train.micro_batch_size": 2},
+        )
+    trend = lambda u: 5.0 - 0.01 * np.asarray(u, dtype=float)  # noqa: E731
+    assert cbs._lag(trend, 20, 28, 36, 0.5) == pytest.approx(-0.0025)  # mean of 0 and -0.005
+
+
+@pytest.mark.slow
+def test_a_branch_below_the_parents_batch_end_to_end(parent, tmp_path):
+    """k = 1/2, 2 and 4 from step 20 on the local backend: the half-batch branch takes twice the parent's
+    steps over the same tokens, its window loss and (negative) lag are measured, and the penalties and the
+    bracket are taken against it."""
+    plan = cbs.make_branch_plan(parent, at=[20], factors=[0.5, 2, 4], tokens=16 * 8 * 32)
+    assert [(r.name.split("-")[1], r.steps, r.batch_size) for r in plan.runs] == [
+        ("k0.5", 32, 4), ("k2", 8, 16), ("k4", 4, 32)
+    ]  # fmt: skip
+    try:
+        assert cbs.run_branches(plan, backend="local", say=lambda s: None) == 0
+        (m,) = cbs.measure(parent)["measurements"]
+        half, *rest = m["branches"]
+        assert half["factor"] == 0.5 and half["batch_size"] == 4 and half["loss"] is not None
+        assert half["lag"] < 0 < rest[0]["lag"]
+        c = m["cbs_measured"]
+        for b in m["branches"]:
+            assert b["ok"] == (b["penalty"] - half["penalty"] <= m["tolerance"])
+        assert c is not None and c["low"] in (4, 8, 16, 32) and c["low"] < c["high"]
+        assert c == cbs.critical_from_branches(m["branches"], 8, 32, m["tolerance"])
+    finally:
+        import shutil
+
+        shutil.rmtree(parent / "cbs", ignore_errors=True)  # the module's other tests expect no branches
 
 
 def test_fitter_and_report_ignore_branch_folders(parent):
@@ -148,7 +235,11 @@ def _spec(tmp_path: Path, **cbs_block) -> Path:
 def test_spec_cbs_block_validation(tmp_path):
     for block, msg in [
         ({"every": 120}, r"c.yaml: cbs.every=120.0 must be a percent in \(0, 100\)"),
-        ({"every": 25, "factors": [1, 4]}, r"cbs.factors=\[1, 4\]: every factor must be an integer >= 2"),
+        (
+            {"every": 25, "factors": [1, 4]},
+            r"cbs.factors=\[1, 4\]: batch multiple 1.0 must be an integer >= 2",
+        ),
+        ({"every": 25, "factors": [0.5, 4, 4]}, r"cbs.factors=\[0.5, 4, 4\]: a factor is listed twice"),
         ({"every": 25, "factors": []}, r"cbs.factors is empty"),
         ({"every": 25, "tokens_fraction": 0}, r"cbs.tokens_fraction=0.0 must be in \(0, 1\]"),
         (
