@@ -127,7 +127,8 @@ def analyse(sweep: Path) -> tuple[list[str], dict]:
         fmt = lambda p: f"{p.value / seq:.1f} [{p.low / seq:.1f}, {p.high / seq:.1f}]" if p else "-"  # noqa: E731
         lines.append(
             f"| {m['n_params']:.3g}, B={B} | {m['loss']:.3f} | {m['value'] / seq:.1f} "
-            f"[{float(m['low']) / seq:.0f}, {'inf' if not math.isfinite(hi) else f'{hi / seq:.0f}'}] | "
+            f"[{float(m['low']) / seq:.0f}{'*' if m.get('low_is_reference') else ''}, "
+            f"{'inf' if not math.isfinite(hi) else f'{hi / seq:.0f}'}] | "
             f"{(sw_v or float('nan')) / seq:.1f}{' (' + note + ')' if note else ''} | {fmt(p_in)} | {fmt(p_ho)} | "
             f"{(m['gns_b_simple'] or float('nan')) / seq:.1f} / {float(gns_law.predict(m['loss'])) / seq:.1f} | "
             f"{ratio:.2f} (in-sample {ratio_in:.2f}) | {'yes' if ok else '**no**'} | "
@@ -158,7 +159,7 @@ def analyse(sweep: Path) -> tuple[list[str], dict]:
         "branch's tokens: what the branch's training would cost at the parent's pace.\n"
     )
     lines.append(
-        "| run | branch tokens / run tokens | branch training / parent's span (mean of 3) | start-up: branch / "
+        "| run | branch tokens / run tokens | branch training / parent's span (mean over its branches) | start-up: branch / "
         "parent (s) | end: branch / parent (s) | wall time of one branch / run |"
     )
     lines.append("| --- | --- | --- | --- | --- | --- |")
@@ -181,9 +182,15 @@ def analyse(sweep: Path) -> tuple[list[str], dict]:
     summary["start_extra_s"] = extra
     lines.append(
         "\n### Reading\n\n"
-        "* Branches are bracketed by factors of 2 (k = 2, 4, 8): each measured interval is [k B, 2 k B]; the "
+        "* Branches are bracketed by factors of 2 (k = 1/2, 2, 4, 8): each measured interval is [k B, 2 k B]; the "
         "value interpolates where the penalty crosses the tolerance (2 standard errors of the parent's own "
-        "window loss, 0.05-0.07 nats here).\n"
+        "window loss, 0.05-0.07 nats here). Penalties are taken against the k = 1/2 branch (half the parent's "
+        "batch, the parent's own batches split in two): a * marks a lower bound that is only that smallest "
+        "batch, where the parent's own batch already paid against half of it. Before the k = 1/2 branches "
+        "(2026-12-04, k = 2, 4, 8 against the parent) the bracket could not go below the parent's batch: 11 of "
+        "12 cells within 2x, the B = 64 runs read [64, 128] (0.1M: 121.7 against the batch sweep's 51.1, "
+        "2.66x of the three), branches against the batch sweep 1.04-2.38x; with them, the two larger sizes' "
+        "B = 64 parents pay against half their batch ([32*, 64]) and land within 1.03x of the batch sweep.\n"
         "* The batch sweep's targets stop at the lowest loss its largest batch reaches; branch points of the "
         "B = 8 and 16 runs lie below that, where the table uses the nearest target (flagged).\n"
         "* The batch sweep runs every batch at its size's LR; the branches scale the LR by sqrt(k). The two "
@@ -309,7 +316,7 @@ def main() -> int:
         f"sessions, torch CPU, Python {platform.python_version()}. Command: `python benchmarks/bench_cbs.py` "
         f"(spec `configs/sweeps/cbs-cpu.yaml`: sizes 0.1M / 0.3M / 1M x batch 8 / 16 / 32 / 64 sequences of 64 "
         "tokens at 3.2e5 tokens each, constant LR after 10 warmup steps, lr(N) = 1.6e-3 (N / 2e6)^-0.25 the same "
-        "at every batch size; `cbs: {every: 50, factors: [2, 4, 8], tokens_fraction: 0.1, lr_rule: sqrt}`)"
+        "at every batch size; `cbs: {every: 50, factors: [0.5, 2, 4, 8], tokens_fraction: 0.1, lr_rule: sqrt}`)"
         + (
             f"; wall time of the whole sweep with its branches, fit and report: {wall / 60:.1f} min"
             + (

@@ -174,6 +174,7 @@ def branch_measurements(tails: Mapping[str, RunTail]) -> list[dict[str, Any]]:
                  "loss": m["loss"], "value": float(c["tokens"]), "low": float(c["low_tokens"]),
                  "high": float(c["high_tokens"]), "value_sequences": float(c["value"]),
                  "bounded": float(c["low"]) > 0 and math.isfinite(float(c["high"])),
+                 "low_is_reference": bool(c.get("low_is_reference", False)),
                  "gns_b_simple": m.get("gns_b_simple"), "lr_rule": m.get("lr_rule"),
                  "branch_tokens": m.get("tokens"), "cost": m.get("cost")}
             )  # fmt: skip
