@@ -71,6 +71,24 @@ def _calibrated(use: list[dict], loss: float, gns_law, info: dict, *, level: flo
     return cal.predict(loss=loss, b_simple=float(gns_law.predict(loss)), b_simple_sd_log=sd_b), cal
 
 
+def _span_ratios(run_dir: Path, step: int) -> tuple[list[float], list[float]]:
+    """Each branch's training seconds / the parent's over the same tokens, for the k >= 2 and the k < 1 branches
+    of ``run_dir``'s measurement at ``step`` (``RUN/cbs/cbs.json``)."""
+    try:
+        res = json.loads((run_dir / "cbs" / "cbs.json").read_text())
+    except (OSError, ValueError):
+        return [], []
+    up, down = [], []
+    for m in res.get("measurements", []):
+        span = (m.get("cost") or {}).get("parent_span_s")
+        if m.get("step") != step or not span:
+            continue
+        for b in m.get("branches", []):
+            if b.get("train_s"):
+                (down if b["factor"] < 1 else up).append(b["train_s"] / span)
+    return up, down
+
+
 def analyse(sweep: Path) -> tuple[list[str], dict]:
     from scaling_train.laws import CriticalBatchFit
 
@@ -159,15 +177,18 @@ def analyse(sweep: Path) -> tuple[list[str], dict]:
         "branch's tokens: what the branch's training would cost at the parent's pace.\n"
     )
     lines.append(
-        "| run | branch tokens / run tokens | branch training / parent's span (mean over its branches) | start-up: branch / "
-        "parent (s) | end: branch / parent (s) | wall time of one branch / run |"
+        "| run | branch tokens / run tokens | branch training / parent's span (mean over its branches) | the same, "
+        "k >= 2 (median) / k < 1 | start-up: branch / parent (s) | end: branch / parent (s) | wall time of one "
+        "branch / run |"
     )
-    lines.append("| --- | --- | --- | --- | --- | --- |")
+    lines.append("| --- | --- | --- | --- | --- | --- | --- |")
     f = lambda v, d=2: "-" if v is None else f"{v:.{d}f}"  # noqa: E731
     for m in sorted(br, key=lambda m: (m["n_params"], m["run"])):
         c = m.get("cost") or {}
+        up, down = _span_ratios(sweep / m["run"], m["step"])
         lines.append(
             f"| {m['run']} | {c.get('tokens_ratio', float('nan')):.3f} | {f(c.get('train_vs_span'))} | "
+            f"{f(float(np.median(up)) if up else None)} / {f(float(np.median(down)) if down else None)} | "
             f"{f(c.get('branch_start_s'), 1)} / {f(c.get('parent_start_s'), 1)} | "
             f"{f(c.get('branch_end_s'), 1)} / {f(c.get('parent_end_s'), 1)} | {f(c.get('time_ratio'), 3)} |"
         )
@@ -180,6 +201,9 @@ def analyse(sweep: Path) -> tuple[list[str], dict]:
     ]
     summary["train_vs_span"] = tvs
     summary["start_extra_s"] = extra
+    split = [_span_ratios(sweep / m["run"], m["step"]) for m in br]
+    up = [x for u, _ in split for x in u]
+    down = [x for _, d in split for x in d]
     lines.append(
         "\n### Reading\n\n"
         "* Branches are bracketed by factors of 2 (k = 1/2, 2, 4, 8): each measured interval is [k B, 2 k B]; the "
@@ -208,7 +232,16 @@ def analyse(sweep: Path) -> tuple[list[str], dict]:
         "agrees as often as in-sample.\n"
         + (
             f"* Cost: a branch's training takes {np.min(tvs):.2f}..{np.max(tvs):.2f} (median {np.median(tvs):.2f}) "
-            "of the parent's wall time over the same tokens, i.e. its token share; its start-up exceeds the "
+            "of the parent's wall time over the same tokens, i.e. its token share"
+            + (
+                f" (per branch: k >= 2 median {np.median(up):.2f}, {np.min(up):.2f}..{np.max(up):.2f}; k < 1, whose "
+                f"half-size steps use the cores less well, median {np.median(down):.2f}, "
+                f"{np.min(down):.2f}..{np.max(down):.2f}; the spread is the shared machine: a branch trains beside "
+                "another run)"
+                if up and down
+                else ""
+            )
+            + "; its start-up exceeds the "
             f"parent's by {np.min(extra):+.1f}..{np.max(extra):+.1f} s (median {np.median(extra):+.1f} s: the "
             "checkpoint load, within the noise of a shared machine). What a branch costs beyond its token share "
             "plus one checkpoint load is one more process start and end (imports, the first optimizer's "
