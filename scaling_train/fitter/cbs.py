@@ -173,7 +173,10 @@ def branch_measurements(tails: Mapping[str, RunTail]) -> list[dict[str, Any]]:
                 {"source": "branches", "run": name, "n_params": t.n_params, "step": m["step"],
                  "loss": m["loss"], "value": float(c["tokens"]), "low": float(c["low_tokens"]),
                  "high": float(c["high_tokens"]), "value_sequences": float(c["value"]),
-                 "bounded": float(c["low"]) > 0 and math.isfinite(float(c["high"])),
+                 # a lower bound that is only the smallest batch measured is an assumption: such a measurement is
+                 # an upper bound, and the calibration (bounded measurements, sd from the bracket) leaves it out
+                 "bounded": float(c["low"]) > 0 and math.isfinite(float(c["high"]))
+                 and not c.get("low_is_reference", False),
                  "low_is_reference": bool(c.get("low_is_reference", False)),
                  "gns_b_simple": m.get("gns_b_simple"), "lr_rule": m.get("lr_rule"),
                  "branch_tokens": m.get("tokens"), "cost": m.get("cost")}

@@ -425,8 +425,8 @@ def noise_scale(sweep: SweepData, an: Analysis) -> Figure:
 
 
 def _draw_cbs(ax, law: dict) -> str:
-    """cbs_measured (batch sweeps: squares, branches: triangles, 90% intervals as bars; an open end as an
-    arrow) and cbs_predicted (the calibrated law with its band) from sweep_law.json; returns the caption."""
+    """cbs_measured (batch sweeps: squares, branches: triangles, 90% intervals as bars; an open end, or a lower
+    bound that is only the smallest batch measured, as an arrow) and cbs_predicted (the calibrated law with its band) from sweep_law.json; returns the caption."""
     measured = law.get("cbs_measured") or []
     for src, marker, color in (("batch_sweep", "s", "tab:green"), ("branches", "^", "tab:orange")):
         ms = [m for m in measured if m.get("source") == src]
@@ -443,6 +443,11 @@ def _draw_cbs(ax, law: dict) -> str:
             if not hf:
                 ax.annotate(
                     "", xy=(xi, ti * 1.5), xytext=(xi, ti), arrowprops={"arrowstyle": "->", "color": color}
+                )
+        for xi, li, m in zip(x, lo, ms):  # a lower bound that is only the smallest batch measured: open below
+            if m.get("low_is_reference"):
+                ax.annotate(
+                    "", xy=(xi, li / 1.5), xytext=(xi, li), arrowprops={"arrowstyle": "->", "color": color}
                 )
     pred = law.get("cbs_predicted") or {}
     curve = pred.get("curve") or {}
@@ -472,7 +477,13 @@ def _draw_cbs(ax, law: dict) -> str:
     )  # fmt: skip
     return (
         f"cbs_measured: {len(measured)} critical batches measured directly (batch sweeps: B_noise of "
-        "S(B) = S_min (1 + B_noise/B); branches: scaling-train cbs), 90% intervals. cbs_predicted = "
+        "S(B) = S_min (1 + B_noise/B); branches: scaling-train cbs), 90% intervals"
+        + (
+            f" ({n_open} with a lower bound that is only the smallest batch measured: arrow down, not calibrated on)"
+            if (n_open := sum(bool(m.get("low_is_reference")) for m in measured))
+            else ""
+        )
+        + ". cbs_predicted = "
         f"ratio(L) x B_simple(L) (the noise scale's law over pooled windows of rows), the ratio measured / "
         f"B_simple(L) fitted on {cal.get('n_points')} "
         f"measurements ({', '.join(cal.get('sources', []))}): {law_txt}, log-sd {cal.get('sigma_log', 0):.2f}. "

@@ -62,6 +62,10 @@ def test_fitter_measures_calibrates_and_predicts_the_critical_batch(tmp_path):
         "step": 200, "loss": 3.6, "tokens": 8192, "lr_rule": "sqrt", "gns_b_simple": float(_b_simple(3.6)),
         "cbs_measured": {"value": 24.0, "low": 16.0, "high": 32.0, "tokens": 24.0 * SEQ,
                          "low_tokens": 16.0 * SEQ, "high_tokens": 32.0 * SEQ, "source": "branches"},
+    }, {  # one whose lower bound is only the smallest batch measured (k = 2 paid already): an upper bound
+        "step": 400, "loss": 3.3, "tokens": 8192, "lr_rule": "sqrt", "gns_b_simple": float(_b_simple(3.3)),
+        "cbs_measured": {"value": 12.0, "low": 8.0, "high": 16.0, "tokens": 12.0 * SEQ, "low_tokens": 8.0 * SEQ,
+                         "high_tokens": 16.0 * SEQ, "low_is_reference": True, "source": "branches"},
     }]}))  # fmt: skip
     SweepFitter(sweep, log=lambda s: None).step()
     law = json.loads((sweep / "sweep_law.json").read_text())
@@ -69,7 +73,8 @@ def test_fitter_measures_calibrates_and_predicts_the_critical_batch(tmp_path):
     assert law["critical_batch"]["of"] == "gns_b_simple" and "B_star" in law["critical_batch"]
     sw = [m for m in law["cbs_measured"] if m["source"] == "batch_sweep"]
     br = [m for m in law["cbs_measured"] if m["source"] == "branches"]
-    assert len(sw) == 4 and len(br) == 1 and br[0]["run"] == runs[8].name
+    assert len(sw) == 4 and len(br) == 2 and br[0]["run"] == runs[8].name
+    assert br[0]["bounded"] and not br[1]["bounded"] and br[1]["low_is_reference"]
     for m in sw:  # B_noise of the stretched curves, at every target loss
         assert m["value_sequences"] == pytest.approx(B_NOISE, rel=0.15) and m["bounded"]
         assert m["low"] <= B_NOISE * SEQ <= m["high"] and m["value"] == pytest.approx(
@@ -105,7 +110,8 @@ def test_fitter_measures_calibrates_and_predicts_the_critical_batch(tmp_path):
     from scaling_train.report import write_report
 
     html = write_report(sweep, n_bootstrap=0).read_text()
-    assert "cbs_measured: 5 critical batches measured directly" in html
+    assert "cbs_measured: 6 critical batches measured directly" in html
+    assert "(1 with a lower bound that is only the smallest batch measured: arrow down" in html
     assert "cbs_predicted = ratio(L) x B_simple(L)" in html and "it is not the critical batch" in html
 
 
