@@ -5,6 +5,7 @@ fitter and the report never take branches for runs of the sweep."""
 
 from __future__ import annotations
 
+import argparse
 import json
 import math
 import os
@@ -110,6 +111,9 @@ def test_cli_errors_name_the_value_and_the_range(parent):
         cbs.make_branch_plan(parent, at=[20], factors=[2, 2.0], tokens=1024)
     with pytest.raises(ConfigError, match=r"1/16 of the run's batch of 8 sequences over 1 processes"):
         cbs.make_branch_plan(parent, at=[20], factors=[1 / 16, 2], tokens=1024)
+    assert cbs._factors("0.5, 2,4") == [0.5, 2.0, 4.0] and cbs._factors("1/4,8") == [0.25, 8.0]
+    with pytest.raises(argparse.ArgumentTypeError, match=r"--factors '2,x': 'x' is no number"):
+        cbs._factors("2,x")
     plan = cbs.make_branch_plan(parent, at=[20, 40], factors=[2, 4], tokens=8000)
     assert [r.name.split("-")[:3] for r in plan.runs] == [
         ["s20", "k2", "sqrt"], ["s20", "k4", "sqrt"], ["s40", "k2", "sqrt"], ["s40", "k4", "sqrt"]
