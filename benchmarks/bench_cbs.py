@@ -183,9 +183,10 @@ def analyse(sweep: Path) -> tuple[list[str], dict]:
     )
     lines.append("| --- | --- | --- | --- | --- | --- | --- |")
     f = lambda v, d=2: "-" if v is None else f"{v:.{d}f}"  # noqa: E731
+    spans = {(m["run"], m["step"]): _span_ratios(sweep / m["run"], m["step"]) for m in br}
     for m in sorted(br, key=lambda m: (m["n_params"], m["run"])):
         c = m.get("cost") or {}
-        up, down = _span_ratios(sweep / m["run"], m["step"])
+        up, down = spans[(m["run"], m["step"])]
         lines.append(
             f"| {m['run']} | {c.get('tokens_ratio', float('nan')):.3f} | {f(c.get('train_vs_span'))} | "
             f"{f(float(np.median(up)) if up else None)} / {f(float(np.median(down)) if down else None)} | "
@@ -201,9 +202,8 @@ def analyse(sweep: Path) -> tuple[list[str], dict]:
     ]
     summary["train_vs_span"] = tvs
     summary["start_extra_s"] = extra
-    split = [_span_ratios(sweep / m["run"], m["step"]) for m in br]
-    up = [x for u, _ in split for x in u]
-    down = [x for _, d in split for x in d]
+    up = [x for u, _ in spans.values() for x in u]
+    down = [x for _, d in spans.values() for x in d]
     lines.append(
         "\n### Reading\n\n"
         "* Branches are bracketed by factors of 2 (k = 1/2, 2, 4, 8): each measured interval is [k B, 2 k B]; the "

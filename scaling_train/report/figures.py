@@ -426,7 +426,8 @@ def noise_scale(sweep: SweepData, an: Analysis) -> Figure:
 
 def _draw_cbs(ax, law: dict) -> str:
     """cbs_measured (batch sweeps: squares, branches: triangles, 90% intervals as bars; an open end, or a lower
-    bound that is only the smallest batch measured, as an arrow) and cbs_predicted (the calibrated law with its band) from sweep_law.json; returns the caption."""
+    bound that is only the smallest batch measured, as an arrow) and cbs_predicted (the calibrated law with its
+    band) from sweep_law.json; returns the caption."""
     measured = law.get("cbs_measured") or []
     for src, marker, color in (("batch_sweep", "s", "tab:green"), ("branches", "^", "tab:orange")):
         ms = [m for m in measured if m.get("source") == src]

@@ -504,13 +504,11 @@ def measure(run_dir: str | Path) -> dict[str, Any]:
             pen = bl - main - lag if bl is not None and main is not None else None
             m["branches"].append(
                 {"factor": k, "batch_size": round(k * B), "lr_scale": it["lr_scale"], "loss": bl, "penalty": pen, "lag": lag,
-                 "ok": (pen <= tol) if pen is not None and tol is not None else None,
-                 "eval_loss": done.get("final_eval_loss"), "run": it["dir"].name, "time_s": t,
+                 "ok": None, "eval_loss": done.get("final_eval_loss"), "run": it["dir"].name, "time_s": t,
                  "start_s": start_s, "train_s": train_s, "end_s": end_s}
             )  # fmt: skip
         # "ok" against the smallest batch measured (critical_from_branches): the parent, or a branch below it
-        pens = sorted((x["factor"], x["penalty"]) for x in m["branches"] if x["penalty"] is not None)
-        ref = pens[0][1] if pens and pens[0][0] < 1 else 0.0
+        ref = _reference_penalty(m["branches"])
         for x in m["branches"]:
             x["ok"] = (x["penalty"] - ref <= tol) if x["penalty"] is not None and tol is not None else None
         # none until every branch of the step is DONE: a partial set would bracket the wrong k
@@ -561,6 +559,15 @@ def _planned_not_started(cbs_dir: Path) -> list[dict[str, Any]]:
     ]
 
 
+def _reference_penalty(branches: list[dict[str, Any]]) -> float:
+    """The penalty of the smallest batch measured, which every other is taken against: the parent's (0) unless
+    a branch below its batch (k < 1) has one."""
+    below = [
+        (b["factor"], b["penalty"]) for b in branches if b.get("penalty") is not None and b["factor"] < 1
+    ]
+    return min(below)[1] if below else 0.0
+
+
 def critical_from_branches(
     branches: list[dict[str, Any]], batch_size: int, seq_len: int, tol: float | None
 ) -> dict[str, Any] | None:
@@ -575,7 +582,7 @@ def critical_from_branches(
     if tol is None or not pts:
         return None
     pts = sorted([*pts, (1, 0.0)] if all(k != 1 for k, _ in pts) else pts)
-    ref = pts[0][1]
+    ref = _reference_penalty(branches)
     k_ok, d_ok, k_bad, d_bad = pts[0][0], 0.0, None, None
     for k, p in pts[1:]:
         d = p - ref
