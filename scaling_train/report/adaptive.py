@@ -208,7 +208,7 @@ def adaptive_markdown(sweep: SweepData) -> str:
             cov = s.get("coverage")
             out.append(
                 f"\n**Replayed** (`{REPLAY_FILE}`): {s.get('n_stopped')} of {s.get('n_runs')} runs would have stopped, "
-                f"spending {s.get('compute_fraction', math.nan):.0%} of the full sweep's compute; "
+                f"spending {s.get('compute_fraction', math.nan):.0%} of the full sweep's compute{_floor_note(s)}; "
                 f"{'-' if cov is None else f'{cov:.0%}'} of the stopped runs' intervals hold the truth; the adaptive "
                 f"sweep's law is within {s.get('max_law_deviation') or math.nan:.2%} of the full sweep's at every run."
             )
@@ -258,11 +258,20 @@ def replay_figure(summary: dict[str, Any]) -> Figure:
         png_bytes(fig),
         f"Replay of this finished sweep under the adaptive policy: {summary.get('n_stopped')} of "
         f"{summary.get('n_runs')} runs would have stopped, spending {summary.get('compute_fraction', math.nan):.0%} "
-        f"of the full sweep's compute. Squares: the predicted final loss at the stop and its 90% interval, "
+        f"of the full sweep's compute{_floor_note(summary)}. Squares: the predicted final loss at the stop and its 90% interval, "
         f"relative to the true final loss (0 = exact); "
         f"{'-' if cov is None else f'{cov:.0%}'} of them hold the truth. Crosses: the adaptive sweep's law "
         f"against the full sweep's at each run (at most {summary.get('max_law_deviation') or math.nan:.2%} apart).",
     )
+
+
+def _floor_note(summary: dict) -> str:
+    """' (the policy's floor on these runs: F%)' from a replay summary's ``compute_floor``; '' when it has none
+    (a replay written before the floor was recorded)."""
+    f = summary.get("compute_floor")
+    if not isinstance(f, (int, float)) or not math.isfinite(f):
+        return ""
+    return f" (the policy's floor on these runs: {f:.0%}, its exempt runs to the end and the others at their earliest stop)"
 
 
 def adaptive_section(sweep: SweepData) -> str:

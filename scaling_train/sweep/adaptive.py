@@ -138,6 +138,11 @@ class SimulationResult:
     rankings: list[dict[str, Any]] = field(default_factory=list)
     """Under ``launch_order: uncertainty``, each pick: time, picked run, why, the queued runs, the law's ranking of
     them (None: the planned order) and the sd of the target loss then."""
+    compute_floor: float = float("nan")
+    """The least compute (/ the full sweep's) this policy can spend on these runs: the exempt runs to the end, every
+    other one stopped at its ``stable_updates``-th prediction of the replay (``_decision_steps``), the earliest
+    step the rule could stop it. A replay at its floor saves no more with tighter predictions, only with another
+    policy."""
 
     @property
     def stopped(self) -> dict[str, int]:
@@ -193,6 +198,7 @@ class SimulationResult:
         return {
             "policy": self.policy.to_dict(),
             "compute_fraction": self.compute_fraction,
+            "compute_floor": self.compute_floor,
             "n_runs": len(self.runs),
             "n_stopped": len(self.stopped),
             "coverage": self.coverage,
@@ -247,7 +253,16 @@ def simulate(
     clock.play(max_points)
     res = _result(runs, policy, clock.replay, clock.cost, law_bootstrap)
     res.launched, res.rankings = clock.launched, clock.rankings
+    res.compute_floor = clock.floor()
     return res
+
+
+def _decision_steps(policy: AdaptivePolicy, total_steps: int) -> list[int]:
+    """The steps (before the end) at which the replay predicts a run's final loss and asks the policy: from
+    ``min_fraction`` of the run, every ``spacing`` of it (at least 1%)."""
+    T = total_steps
+    fracs = np.arange(policy.min_fraction, 1.0 - 1e-9, max(policy.spacing, 0.01))
+    return sorted({int(math.ceil(f * T)) for f in fracs if f * T >= 1} - {T})
 
 
 def _checked(runs: Sequence[RecordedRun], slots: int | None) -> list[RecordedRun]:
@@ -309,6 +324,17 @@ class _SweepClock:
         self.queue.remove(n)
         return n
 
+    def floor(self) -> float:
+        """``SimulationResult.compute_floor``: exempt runs to the end, the others to their ``stable_updates``-th
+        decision step (the rule needs that many predictions; the run's end when it has fewer)."""
+        k = self.policy.stable_updates
+        least = 0.0
+        for n in self.names:
+            T = self.by_name[n].total_steps
+            steps = _decision_steps(self.policy, T)
+            least += self.cost[n] * (T if n in self.exempt or len(steps) < k else steps[k - 1])
+        return least / sum(self.cost[n] * self.by_name[n].total_steps for n in self.names)
+
     def known(self, now: float) -> list[tuple[float, float, float, float | None, float | None]]:
         """``known_at`` the clock's ``now``."""
         return known_at([self.by_name[n] for n in self.names], self.replay, self.policy, now)
@@ -322,8 +348,7 @@ class _SweepClock:
             self.free -= 1
             self.replay[n].start = now
             T = self.by_name[n].total_steps
-            fracs = np.arange(policy.min_fraction, 1.0 - 1e-9, max(policy.spacing, 0.01))
-            for s in sorted({int(math.ceil(f * T)) for f in fracs if f * T >= 1} - {T}):
+            for s in _decision_steps(policy, T):
                 heapq.heappush(self.heap, (now + s * self.cost[n], self.order, n, s))
                 self.order += 1
             heapq.heappush(self.heap, (now + T * self.cost[n], self.order, n, T))
@@ -562,7 +587,8 @@ def format_summary(res: SimulationResult) -> str:
     s = res.summary()
     lines = [
         f"[replay] {s['n_runs']} runs, {s['n_stopped']} stopped early; compute {s['compute_fraction']:.1%} of "
-        f"the full sweep (saved {1 - s['compute_fraction']:.1%})",
+        f"the full sweep (saved {1 - s['compute_fraction']:.1%}; this policy's floor on these runs: "
+        f"{s['compute_floor']:.1%}, the exempt runs to the end and every other one at its earliest stop)",
     ]
     for n, r in s["runs"].items():
         where = f"stopped at {r['stopped_at']}/{r['total_steps']}" if r["stopped_at"] else "ran to the end"

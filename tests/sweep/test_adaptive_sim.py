@@ -300,3 +300,20 @@ def test_real_ladder_law_tolerance_saves_more_compute_and_keeps_the_law():
     assert len(runs) == 19 and res.compute_fraction < base.compute_fraction - 0.05
     assert res.max_law_deviation < 0.012 and res.coverage >= 0.9
     assert any(rp.reason.startswith("the law does not need") for rp in res.runs.values())
+
+
+def test_compute_floor_is_the_least_the_policy_can_spend():
+    """``compute_floor``: the exempt runs (the shortest budget of each size) to the end, every other run at its
+    ``stable_updates``-th decision step; a replay never spends less, and a policy that stops nothing spends 1."""
+    runs = _ladder()
+    res = simulate(runs, POL)
+    full = sum(_cost(r) * r.total_steps for r in runs)
+    # POL: decisions at 30%, 50%, 70%, 90% of a run; 2 stable updates: the earliest stop at 50%
+    least = sum(_cost(r) * (r.total_steps if r.total_steps == 600 else 0.5 * r.total_steps) for r in runs)
+    assert res.compute_floor == pytest.approx(least / full, rel=1e-9)
+    assert res.compute_floor <= res.compute_fraction < 1
+    assert res.summary()["compute_floor"] == res.compute_floor
+    never = simulate(runs, replace(POL, tolerance=1e-9))
+    assert never.compute_fraction == 1.0 and never.compute_floor == res.compute_floor
+    few = simulate(runs, replace(POL, stable_updates=5))  # 4 decisions per run: nothing can stop
+    assert few.compute_floor == 1.0 and not few.stopped
