@@ -22,13 +22,15 @@ SWEEP_LOG_A = -2.2956
 SIGMA_DELTA = 0.02
 # sweep model: ridge sd of the references' offsets (fixed, not fitted: they must follow the law)
 SIGMA_REF = 0.003
+# sweep model: prior sd of the target's own data-term coefficient, its effect at T relative to the loss (fixed)
+SIGMA_SLOPE = 0.0015
 # per candidate: s0, s1, r of the relative scale u; per interval key: q_lo, q_hi (quantiles of e / u);
 # blend: d, the weight of the candidates' disagreement
 INTERVAL = {
     "alone": {"s0": 3.46494e-10, "s1": 0.00277105, "r": 0.0930187, "q_lo": -3.13851, "q_hi": 2.49248},
-    "same_size": {"s0": 0.00168974, "s1": 0.00216434, "r": 0, "q_lo": -2.59878, "q_hi": 3.25158},
-    "sweep": {"s0": 0.00245286, "s1": 0.00245286, "r": 0, "q_lo": -1.6449, "q_hi": 1.6449},
-    "blend": {"d": 0.46564, "q_lo": -2.59878, "q_hi": 3.25158},
+    "same_size": {"s0": 0.00168974, "s1": 0.00216434, "r": 0, "q_lo": -2.29892, "q_hi": 3.82187},
+    "sweep": {"s0": 0.00130955, "s1": 0.00257756, "r": 0, "q_lo": -1.6449, "q_hi": 1.6449},
+    "blend": {"d": 0.515531, "q_lo": -2.29892, "q_hi": 3.82187},
 }
 # own-prefix candidates (alone, same_size): the largest extrapolation (e-folds of LR area) among the cases
 # that fitted the scales; the factor on a candidate's sd past it (early@ settings); none past EXTRAP_MAX

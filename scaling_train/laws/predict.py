@@ -13,10 +13,18 @@ Three candidate models, each a multi-power law (``curve.py``) fitted to differen
       D_i(t) = tokens_per_step_i * S1_i(t)       (tokens weighted by the normalised LR: the forward area)
 
   with the annealing term LD of the multi-power law, every parameter shared except a per-run offset
-  delta_i (ridge): ~ N(0, (SIGMA_REF * loss)^2) for the references, which must follow the law (a looser
-  ridge lets per-run offsets mimic any N-dependence with few sizes), ~ N(0, (SIGMA_DELTA * loss)^2) for the
-  target. The Chinchilla form with the data term measured along each run's schedule: it predicts a run
-  before it starts (delta = 0) and its prefix moves delta.
+  delta_i (ridge): nominally ~ N(0, (SIGMA_REF * loss)^2) for the references, which must follow the law (a
+  looser ridge lets per-run offsets mimic any N-dependence with few sizes), ~ N(0, (SIGMA_DELTA * loss)^2)
+  for the target; in the fit, sd / the per-point noise (``_fit_sweep``; docs/laws.md). The Chinchilla form with the data term measured along each run's schedule: it predicts a run
+  before it starts (delta = 0) and its prefix moves delta. Once the target has points of its own, its data
+  term also gets its own extra coefficient (``SweepFit.slope``, ridge in loss units: its effect at T ~ N(0,
+  (SIGMA_SLOPE * loss)^2)): runs of other shapes (Gemstone's depths and widths) or other data follow the law's
+  D exponent but not its coefficient, and an offset alone carries the prefix's misfit to T. Measured
+  (2026-12-04): Gemstone 1536x50 at 35% of a 26k-step run, sweep candidate +3.80% with the offset alone,
+  +3.36% / +2.63% / +1.59% at SIGMA_SLOPE 0.0015 / 0.003 / 0.02; the quickstart's runs at 40%, mean abs
+  2.95% -> 2.91% / 2.83% / 1.75%. The shipped 0.0015 was chosen on the calibration groups' live and sweep@25
+  cases, where a looser prior follows the training loss's noise (``calibrate_laws.py``). The coefficient's
+  posterior enters the candidate's scale (``v_fit``).
 
 Every candidate sees the schedule as (lr / peak) ** LR_POWER (``curve._prepare``: the LR area and the drops;
 1 is the multi-power law's own form). Profiled on the calibration groups' ``same_size`` cases, where the shared
@@ -186,6 +194,7 @@ class SweepFit:
     n_points: int
     theta: np.ndarray = field(repr=False)
     lr_power: float = 1.0  # the schedule's power in the fit's view (``curve._prepare``)
+    slope: float = 0.0  # the target's own extra data-term coefficient (last curve fitted; 0 without one)
 
     def predict(self, curve: Curve, steps: np.ndarray, *, index: int | None = None) -> np.ndarray:
         """Loss of ``curve`` at ``steps`` (its fitted offset when ``index`` is given, else delta = 0)."""
@@ -194,9 +203,10 @@ class SweepFit:
         area = p.area[len(p.t) :]
         d = area * float(curve.tokens_per_step) / _D_UNIT
         off = self.delta[index] if index is not None else 0.0
+        a_run = self.A + (self.slope if index is not None and index == len(self.delta) - 1 else 0.0)
         return (
             self.E + self.K * (float(curve.n_params) / _N_UNIT) ** (-self.a) + off
-            + self.A * d ** (-self.alpha) - self.B * _ld_basis(p, steps, area, self.C, self.beta, self.gamma)
+            + a_run * d ** (-self.alpha) - self.B * _ld_basis(p, steps, area, self.C, self.beta, self.gamma)
         )  # fmt: skip
 
 
@@ -208,11 +218,14 @@ def _fit_sweep(
     theta0: np.ndarray,
     target_sigma_rel: float | None = None,
     lr_power: float = 1.0,
+    target_slope_rel: float | None = None,
 ) -> SweepFit:
     """Variable projection: outer LS over theta, inner NNLS over (E, K, A, B, delta+_i, delta-_i) with a
     ridge row per offset (sd ``sigma_rel`` x the loss level; the last curve's ``target_sigma_rel`` when given:
     the references must follow the law, the target may deviate and its prefix says by how much) and a weak
-    prior on theta."""
+    prior on theta. With ``target_slope_rel`` > 0 (and ``target_sigma_rel`` given) the last curve also gets its
+    own extra data-term coefficient (+-, ridge: its effect at the curve's end, the prep's last area, has sd
+    ``target_slope_rel`` x the loss level, in loss units)."""
     n_c = len(preps)
     y = np.concatenate([p.y for p in preps])
     sw = np.sqrt(np.concatenate([p.w for p in preps]))
@@ -222,7 +235,8 @@ def _fit_sweep(
     sig = sigma_rel * level
     nrel = np.array([float(c.n_params) / _N_UNIT for c in curves])
     drel = np.array([float(c.tokens_per_step) / _D_UNIT for c in curves])
-    n_lin = 4 + 2 * n_c
+    slope = target_sigma_rel is not None and target_slope_rel is not None and target_slope_rel > 0
+    n_lin = 4 + 2 * n_c + 2 * slope
     prior = _sw_prior()
 
     def design(theta: np.ndarray) -> np.ndarray:
@@ -243,19 +257,28 @@ def _fit_sweep(
             x[:, 3] = -_ld_fit_basis(p, C, beta, gamma)
             x[:, 4 + 2 * c] = 1.0
             x[:, 5 + 2 * c] = -1.0
+            if slope and c == n_c - 1:
+                x[:, -2] = x[:, 2]
+                x[:, -1] = -x[:, 2]
             rows.append(x)
         return np.vstack(rows)
 
-    ridge = np.zeros((2 * n_c, n_lin))
+    ridge = np.zeros((2 * n_c + 2 * slope, n_lin))
     sigs = np.full(n_c, sig)
     if target_sigma_rel is not None:
         sigs[-1] = target_sigma_rel * level
-    # delta+- ~ N(0, sig^2), in scaled units
+    # delta+- ridge rows of coef * scale / sig, beside data rows of residual / scale: the effective prior sd is
+    # sig / scale (docs/laws.md), looser than sig; SIGMA_REF / SIGMA_DELTA were set with the rows as they are
     ridge[np.arange(2 * n_c), 4 + np.arange(2 * n_c)] = scale / np.repeat(sigs, 2)
 
+    d_end = float(preps[-1].area[-1]) * drel[-1]  # the target's data term at its end (extra_t = [T])
+
     def inner(theta: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        if slope:  # its change in the data term at T ~ N(0, (target_slope_rel * level)^2)
+            g = d_end ** (-np.exp(theta[0]))
+            ridge[-2, -2] = ridge[-1, -1] = g / (target_slope_rel * level)
         x = np.vstack([design(theta) * sw[:, None] / scale, ridge])
-        rhs = np.r_[y * sw / scale, np.zeros(2 * n_c)]
+        rhs = np.r_[y * sw / scale, np.zeros(len(ridge))]
         coef, _ = nnls(x, rhs, maxiter=400)
         return coef, x @ coef - rhs
 
@@ -275,6 +298,7 @@ def _fit_sweep(
         B=float(coef[3]), C=float(np.exp(th[1])), beta=float(np.exp(th[2])), gamma=float(th[3]),
         delta=tuple(float(coef[4 + 2 * c] - coef[5 + 2 * c]) for c in range(n_c)), sigma_delta=float(sigs[-1]),
         rmse=rmse, n_points=int(sum(p.n_valid for p in preps)), theta=th, lr_power=lr_power,
+        slope=float(coef[-2] - coef[-1]) if slope else 0.0,
     )  # fmt: skip
 
 
@@ -482,15 +506,13 @@ def _sweep(
             theta0=base.theta,
             target_sigma_rel=sr,
             lr_power=lp,
+            target_slope_rel=_calibration.SIGMA_SLOPE,
         )
         idx = len(refs)
     else:
         fit, idx = base, None
     loss = float(fit.predict(target, np.array([T]), index=idx)[0])
-    # offset uncertainty: the prior sd shrunk by the target's own points (noise ~ rmse per point)
-    s_obs2 = max(fit.rmse, 1e-4) ** 2 / max(n_t, 1)
-    post = np.sqrt(1.0 / (1.0 / (sr * loss) ** 2 + (n_t > 0) / s_obs2))
-    v_fit = (post / loss) ** 2
+    v_fit = _own_terms_variance(fit, p, target, n_t, loss, sr) / loss**2
     few = 3.0 if 1 <= n_t < 10 else 1.0
     # extrapolation beyond the references: in time (the target's own area ratio) plus in size and in
     # tokens (log of the target's N and total tokens over the largest among the references)
@@ -508,6 +530,25 @@ def _sweep(
         (few, extrap, v_fit, 0.0),
         fit,
     )
+
+
+def _own_terms_variance(
+    fit: SweepFit, p: _Prepared, target: Curve, n_t: int, loss: float, sr: float
+) -> float:
+    """Posterior variance (loss units squared) of the target's own terms at T, the shared parameters held
+    fixed: its offset (prior sd ``sr`` x the loss) and, once it has points, its extra data-term coefficient
+    (prior sd of its effect at T: ``SIGMA_SLOPE`` x the loss), each of its ``n_t`` points read with the fit's
+    rmse as noise."""
+    slope = _calibration.SIGMA_SLOPE
+    d = p.area[: n_t + 1] * float(target.tokens_per_step) / _D_UNIT  # its points, then T (extra_t = [T])
+    g = d ** (-fit.alpha)
+    if slope <= 0 or n_t < 1:  # the offset alone
+        return 1.0 / (1.0 / (sr * loss) ** 2 + n_t / max(fit.rmse, 1e-4) ** 2)
+    prec = np.diag([1.0 / (sr * loss) ** 2, (g[-1] / (slope * loss)) ** 2])
+    x = np.column_stack([np.ones(n_t), g[:n_t]])
+    prec = prec + x.T @ x / max(fit.rmse, 1e-4) ** 2
+    x_t = np.array([1.0, g[-1]])
+    return float(x_t @ np.linalg.solve(prec, x_t))
 
 
 def _backtest_error(target: Curve, build) -> float:
@@ -553,7 +594,7 @@ def _size_backtest(target: Curve, refs: Sequence[Curve], mp: int, nb: int) -> fl
     beyond_top = math.log(n_max / max(float(r.n_params) for r in rest))
     fin = target.steps[np.isfinite(target.losses)]
     frac = round(float(fin[-1]) / target.total_steps, 2) if len(fin) else 0.0
-    cal = (_calibration.LR_POWER, _calibration.SIGMA_REF, _calibration.SWEEP_LOG_A)  # what the fits depend on
+    cal = (_calibration.LR_POWER, _calibration.SIGMA_REF, _calibration.SWEEP_LOG_A, _calibration.SIGMA_SLOPE)
     key = tuple(r.digest() for r in refs) + (frac, mp, nb, *cal)
 
     def measure() -> float:
