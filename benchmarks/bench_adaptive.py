@@ -132,6 +132,8 @@ def anytime(runs: list[RecordedRun], res: SimulationResult, fractions=(0.25, 0.5
 
     wall = max(rp.end for rp in res.runs.values())
     planned = max(r.compute for r in runs)
+    if res.law_full is None:  # no law pair (res.law_error says why): nothing to compare against
+        return [(f, 0, float("nan"), float("nan")) for f in fractions]
     full = float(res.law_full.optimal(res.policy.target_compute * planned)[2])
     probe = [("probe", runs[0].n_params, runs[0].tokens)]
     out = []
