@@ -130,10 +130,10 @@ def anytime(runs: list[RecordedRun], res: SimulationResult, fractions=(0.25, 0.5
     law's there, and its own sd there (``LaunchRanking.sd_now``): (fraction, points, error, sd)."""
     from scaling_train.fitter.adaptive import launch_ranking
 
-    wall = max(rp.end for rp in res.runs.values())
-    planned = max(r.compute for r in runs)
     if res.law_full is None:  # no law pair (res.law_error says why): nothing to compare against
         return [(f, 0, float("nan"), float("nan")) for f in fractions]
+    wall = max(rp.end for rp in res.runs.values())
+    planned = max(r.compute for r in runs)
     full = float(res.law_full.optimal(res.policy.target_compute * planned)[2])
     probe = [("probe", runs[0].n_params, runs[0].tokens)]
     out = []

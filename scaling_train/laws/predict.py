@@ -15,8 +15,9 @@ Three candidate models, each a multi-power law (``curve.py``) fitted to differen
   with the annealing term LD of the multi-power law, every parameter shared except a per-run offset
   delta_i (ridge): nominally ~ N(0, (SIGMA_REF * loss)^2) for the references, which must follow the law (a
   looser ridge lets per-run offsets mimic any N-dependence with few sizes), ~ N(0, (SIGMA_DELTA * loss)^2)
-  for the target; in the fit, sd / the per-point noise (``_fit_sweep``; docs/laws.md). The Chinchilla form with the data term measured along each run's schedule: it predicts a run
-  before it starts (delta = 0) and its prefix moves delta. Once the target has points of its own, its data
+  for the target; in the fit, sd / the per-point noise (``_fit_sweep``; docs/laws.md). The Chinchilla form
+  with the data term measured along each run's schedule: it predicts a run before it starts (delta = 0) and
+  its prefix moves delta. Once the target has points of its own, its data
   term also gets its own extra coefficient (``SweepFit.slope``, ridge in loss units: its effect at T ~ N(0,
   (SIGMA_SLOPE * loss)^2)): runs of other shapes (Gemstone's depths and widths) or other data follow the law's
   D exponent but not its coefficient, and an offset alone carries the prefix's misfit to T. Measured
@@ -540,10 +541,10 @@ def _own_terms_variance(
     (prior sd of its effect at T: ``SIGMA_SLOPE`` x the loss), each of its ``n_t`` points read with the fit's
     rmse as noise."""
     slope = _calibration.SIGMA_SLOPE
-    d = p.area[: n_t + 1] * float(target.tokens_per_step) / _D_UNIT  # its points, then T (extra_t = [T])
-    g = d ** (-fit.alpha)
     if slope <= 0 or n_t < 1:  # the offset alone
         return 1.0 / (1.0 / (sr * loss) ** 2 + n_t / max(fit.rmse, 1e-4) ** 2)
+    d = p.area[: n_t + 1] * float(target.tokens_per_step) / _D_UNIT  # its points, then T (extra_t = [T])
+    g = d ** (-fit.alpha)
     prec = np.diag([1.0 / (sr * loss) ** 2, (g[-1] / (slope * loss)) ** 2])
     x = np.column_stack([np.ones(n_t), g[:n_t]])
     prec = prec + x.T @ x / max(fit.rmse, 1e-4) ** 2
