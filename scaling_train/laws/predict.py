@@ -220,13 +220,14 @@ def _fit_sweep(
     target_sigma_rel: float | None = None,
     lr_power: float = 1.0,
     target_slope_rel: float | None = None,
+    target_area_T: float | None = None,
 ) -> SweepFit:
     """Variable projection: outer LS over theta, inner NNLS over (E, K, A, B, delta+_i, delta-_i) with a
     ridge row per offset (sd ``sigma_rel`` x the loss level; the last curve's ``target_sigma_rel`` when given:
     the references must follow the law, the target may deviate and its prefix says by how much) and a weak
     prior on theta. With ``target_slope_rel`` > 0 (and ``target_sigma_rel`` given) the last curve also gets its
-    own extra data-term coefficient (+-, ridge: its effect at the curve's end, the prep's last area, has sd
-    ``target_slope_rel`` x the loss level, in loss units)."""
+    own extra data-term coefficient (+-, ridge: its effect at its last step T, whose LR area is ``target_area_T``,
+    has sd ``target_slope_rel`` x the loss level, in loss units)."""
     n_c = len(preps)
     y = np.concatenate([p.y for p in preps])
     sw = np.sqrt(np.concatenate([p.w for p in preps]))
@@ -237,6 +238,10 @@ def _fit_sweep(
     nrel = np.array([float(c.n_params) / _N_UNIT for c in curves])
     drel = np.array([float(c.tokens_per_step) / _D_UNIT for c in curves])
     slope = target_sigma_rel is not None and target_slope_rel is not None and target_slope_rel > 0
+    if slope and not (target_area_T is not None and target_area_T > 0):
+        raise ValueError(
+            f"target_area_T={target_area_T} must be > 0 with target_slope_rel={target_slope_rel}"
+        )
     n_lin = 4 + 2 * n_c + 2 * slope
     prior = _sw_prior()
 
@@ -272,7 +277,7 @@ def _fit_sweep(
     # sig / scale (docs/laws.md), looser than sig; SIGMA_REF / SIGMA_DELTA were set with the rows as they are
     ridge[np.arange(2 * n_c), 4 + np.arange(2 * n_c)] = scale / np.repeat(sigs, 2)
 
-    d_end = float(preps[-1].area[-1]) * drel[-1]  # the target's data term at its end (extra_t = [T])
+    d_end = float(target_area_T or 1.0) * drel[-1]  # the target's data term at its last step
 
     def inner(theta: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         if slope:  # its change in the data term at T ~ N(0, (target_slope_rel * level)^2)
@@ -499,6 +504,9 @@ def _sweep(
             refs, ref_preps, sigma_rel=_calibration.SIGMA_REF, theta0=_sw_prior(), lr_power=lp
         ),
     )
+    slope_rel = _calibration.SIGMA_SLOPE
+    # the target's LR area at T (memoised: the prep every caller passes as p)
+    area_T = float(_prep(target, mp, nb, [T]).area[-1])
     if n_t >= 1:
         fit = _fit_sweep(
             [*refs, target],
@@ -507,13 +515,14 @@ def _sweep(
             theta0=base.theta,
             target_sigma_rel=sr,
             lr_power=lp,
-            target_slope_rel=_calibration.SIGMA_SLOPE,
+            target_slope_rel=slope_rel,
+            target_area_T=area_T,
         )
         idx = len(refs)
     else:
         fit, idx = base, None
     loss = float(fit.predict(target, np.array([T]), index=idx)[0])
-    v_fit = _own_terms_variance(fit, p, target, n_t, loss, sr) / loss**2
+    v_fit = _own_terms_variance(fit, p, target, n_t, loss, sr, slope_rel, area_T) / loss**2
     few = 3.0 if 1 <= n_t < 10 else 1.0
     # extrapolation beyond the references: in time (the target's own area ratio) plus in size and in
     # tokens (log of the target's N and total tokens over the largest among the references)
@@ -534,16 +543,15 @@ def _sweep(
 
 
 def _own_terms_variance(
-    fit: SweepFit, p: _Prepared, target: Curve, n_t: int, loss: float, sr: float
+    fit: SweepFit, p: _Prepared, target: Curve, n_t: int, loss: float, sr: float, slope: float, area_T: float
 ) -> float:
     """Posterior variance (loss units squared) of the target's own terms at T, the shared parameters held
     fixed: its offset (prior sd ``sr`` x the loss) and, once it has points, its extra data-term coefficient
-    (prior sd of its effect at T: ``SIGMA_SLOPE`` x the loss), each of its ``n_t`` points read with the fit's
-    rmse as noise."""
-    slope = _calibration.SIGMA_SLOPE
+    (prior sd of its effect at T, whose LR area is ``area_T``: ``slope`` x the loss, as ``_fit_sweep`` was
+    given it), each of its ``n_t`` points read with the fit's rmse as noise."""
     if slope <= 0 or n_t < 1:  # the offset alone
         return 1.0 / (1.0 / (sr * loss) ** 2 + n_t / max(fit.rmse, 1e-4) ** 2)
-    d = p.area[: n_t + 1] * float(target.tokens_per_step) / _D_UNIT  # its points, then T (extra_t = [T])
+    d = np.r_[p.area[:n_t], area_T] * float(target.tokens_per_step) / _D_UNIT  # its points, then T
     g = d ** (-fit.alpha)
     prec = np.diag([1.0 / (sr * loss) ** 2, (g[-1] / (slope * loss)) ** 2])
     x = np.column_stack([np.ones(n_t), g[:n_t]])

@@ -174,10 +174,13 @@ def test_sweep_candidate_follows_a_target_whose_data_term_differs(monkeypatch):
     assert shipped <= e_off, (shipped, e_off)
     # v_fit: the coefficient's posterior adds to the offset's (the same fit, with and without it)
     prep = P._prep(at, 64, 48, [float(T)])
+    area_T = float(prep.area[-1])
     args = (loose.fit, prep, at, len(prep.t), loose.final, _calibration.SIGMA_DELTA)
-    v_off = P._own_terms_variance(*args)
-    monkeypatch.setattr(_calibration, "SIGMA_SLOPE", 0.02)
-    assert P._own_terms_variance(*args) > 1.5 * v_off
+    v_off = P._own_terms_variance(*args, 0.0, area_T)
+    assert P._own_terms_variance(*args, 0.02, area_T) > 1.5 * v_off
+    with pytest.raises(ValueError, match="target_area_T=None"):
+        P._fit_sweep([*runs, at], [P._prep(c, 64, 48) for c in [*runs, at]], sigma_rel=0.003,
+                     theta0=P._sw_prior(), target_sigma_rel=0.02, target_slope_rel=0.0015)  # fmt: skip
 
 
 def test_remaining_curve_and_band_hold_the_real_tail():
