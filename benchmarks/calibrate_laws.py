@@ -12,20 +12,15 @@ Procedure (``weights``: each data set counts once, each group once within its da
    generic weak prior, so this step depends on no constant fitted before. Every later step is fitted under it.
 1. Empirical Bayes for the ``alone`` candidate's annealing prior: minimise the weighted mean squared relative
    error of the ``alone`` predictions over the calibration cases whose remaining schedule anneals (cooldown
-   settings and decaying schedules), Nelder-Mead over (log b, k, log C, log b_unknown, m): the mean of B / loss
-   is b * (peak LR / 1e-3) ** k * (N / 1e8) ** m for a curve with its real LRs (the gain of a cooldown grows
-   with the LR it anneals from: on the calibration runs the gain needed at peak 3e-3 is ~2.5x that at 1e-4;
-   and with the size: the lr_schedules ladders' larger models, trained at lower peaks, were predicted too high
-   at 209M and too low at 33-60M under the LR factor alone; N clipped to the sizes fitted on), b_unknown for
+   settings and decaying schedules), Nelder-Mead over (log b, k, log C, log b_unknown): the mean of B / loss
+   is b * (peak LR / 1e-3) ** k for a curve with its real LRs (the gain of a cooldown grows with the LR it
+   anneals from: on the calibration runs the gain needed at peak 3e-3 is ~2.5x that at 1e-4), b_unknown for
    one whose LR scale is unknown (Gemstone: normalised schedules); C shared. The peak is clipped to the range
    of the calibration runs' peaks, the PRIOR_ONLY setting's included (the quickstart's two smaller sizes, the
    only calibration runs above 5e-3: 6.6e-3 and 9.4e-3); their errors are fitted on by no step. Probe: with
    them in this step's objective too (a fourth data set) k = 0.354, log C = -2.67 and the quickstart's cases
    decided it: held-out `alone@25` validation 0.80% -> 0.85%, `gem_cool` 0.36% -> 0.45%, `cool` validation
-   0.82% -> 0.64%; not kept. The same fit is repeated without each of two folds of calibration groups
-   (``assign_folds``: per data set, alternating); steps 2-5 read each case's ``alone`` candidate under the prior
-   fitted without its fold (cross-fitted), so the scales and quantiles carry the prior's own estimation error
-   (fitted in-sample, the size exponent narrowed the intervals: held-out `alone@25` validation coverage 86%).
+   0.82% -> 0.64%; not kept.
 2. Every candidate (alone, same_size, sweep) on every case once; per candidate, Gaussian maximum likelihood
    of its relative errors e = truth / prediction - 1 under e ~ N(0, u^2 + backtest^2 + tau^2) (tau: the
    truth's own relative noise, nonzero for the training loss, the mean of its last 40 noisy points),
@@ -48,9 +43,8 @@ Procedure (``weights``: each data set counts once, each group once within its da
 5. Past the extrapolation of every case above (``EXTRAP_CALIBRATED``, e^1.7 of the LR area: ~18% of a
    constant-LR run), the early@ settings (3-15% of a run; fitted on by this step only): the factor
    (``BEYOND_FACTOR``) on the ``alone`` candidate's sd (scale and backtest) that holds the group-weighted 92%
-   of the truths of each early@ setting and loss kind, the widest of them (as step 4 takes the widest over its
-   settings: pooled, the hardest setting was covered 86% on the calibration groups themselves); past the
-   earliest of them (``EXTRAP_MAX``) no own-prefix prediction is made.
+   of the truths of each loss kind (the early@ settings pooled: one factor serves the whole range), the wider
+   of the two; past the earliest of them (``EXTRAP_MAX``) no own-prefix prediction is made.
 6. The report (``--check``, a fresh interpreter so the written constants are the ones used) runs
    ``predict_final_loss`` itself on every case and writes benchmarks/results/prediction.md.
 """
@@ -82,8 +76,6 @@ BIAS_BAND, COVERAGE_BAND = 0.003, (0.85, 0.95)  # issue 13's targets, per group
 ANNEALING_SETTINGS = ("cool", "gem_cool", "alone@25", "mp@25%", "mp@50%")
 Z90 = 1.6449  # the Gaussian 95% quantile: a two-sided 90% interval of +-Z90 sd
 LR_RANGE = (1e-4, 3e-3)  # set by calibrate(): the peak LRs of the calibration cases with a known LR
-# set by calibrate(): the sizes of the annealing cases with a known LR the empirical Bayes is fitted on
-N_RANGE = (1e7, 1e9)
 
 
 def group_kind(group: str) -> str:
@@ -116,7 +108,7 @@ def weights(cases: list[Case]) -> np.ndarray:
 
 
 def alone_prior(x) -> MultiPowerPrior:
-    """x = (log b_rel, b_lr_exponent, log C, log b_rel for curves of unknown LR, b_n_exponent)."""
+    """x = (log b_rel, b_lr_exponent, log C, log b_rel for curves of unknown LR)."""
     base = MultiPowerPrior()
     b = math.exp(x[0])
     return MultiPowerPrior(
@@ -126,60 +118,7 @@ def alone_prior(x) -> MultiPowerPrior:
         b_lr_exponent=float(x[1]),
         b_lr_range=LR_RANGE,
         b_rel_unknown_lr=math.exp(x[3]),
-        b_n_exponent=float(x[4]),
-        b_n_range=N_RANGE,
     )
-
-
-def fit_alone_prior(ann: list[Case]):
-    """Step 1's empirical Bayes on the annealing cases ``ann``: Nelder-Mead over ``alone_prior``'s x, minimising
-    the group-weighted mean squared relative error of the alone predictions."""
-    wa = weights(ann)
-
-    def loss_eb(x):
-        res = candidates(ann, alone_prior(x), only_alone=True)
-        e = np.array([c.truth / r["alone"][0] - 1 if "alone" in r else 0.0 for c, r in zip(ann, res)])
-        return float(np.sum(wa * e**2))
-
-    x0 = np.array([math.log(0.06), 0.2, -4.5, math.log(0.05), 0.1])
-    step = np.diag([0.15, 0.1, 0.25, 0.15, 0.1])  # the initial simplex: a step in each coordinate
-    return minimize(
-        loss_eb,
-        x0,
-        method="Nelder-Mead",
-        options={"xatol": 0.02, "fatol": 1e-9, "maxiter": 200, "initial_simplex": np.vstack([x0, x0 + step])},
-    )
-
-
-def _fold_key(group: str) -> str:
-    return group.rsplit("/", 1)[0] if group.endswith(("/train", "/val")) else group
-
-
-def assign_folds(groups) -> dict[str, int]:
-    """group -> 0 or 1: within each data set the groups, without their loss kind (a run's training and validation
-    curves share a fold), alternate between two folds in sorted order."""
-    by_ds: dict[str, list[str]] = defaultdict(list)
-    for k in sorted({_fold_key(g) for g in groups}):
-        by_ds[k.split("/")[0]].append(k)
-    fold = {k: i % 2 for ks in by_ds.values() for i, k in enumerate(ks)}
-    return {g: fold[_fold_key(g)] for g in groups}
-
-
-FOLDS: dict[str, int] = {}  # set by calibrate(): the calibration groups' folds
-
-
-def fold_of(group: str) -> int:
-    return FOLDS[group]
-
-
-def cross_fitted(cases: list[Case], fold_prior: dict) -> list[dict]:
-    """``candidates`` of each case under the alone prior fitted without its fold."""
-    out: list[dict] = [{} for _ in cases]
-    for f, prior in fold_prior.items():
-        idx = [i for i, c in enumerate(cases) if fold_of(c.group) == f]
-        for i, r in zip(idx, candidates([cases[i] for i in idx], prior)):
-            out[i] = r
-    return out
 
 
 def candidates(cases: list[Case], prior: MultiPowerPrior, only_alone: bool = False) -> list[dict]:
@@ -276,45 +215,34 @@ def calibrate(cases: list[Case], log) -> dict:
     _calibration.LR_POWER = lr_power = profile_lr_power(cal, log)
     # 1. empirical Bayes for the alone prior
     ann = [c for c in cal if c.setting in ANNEALING_SETTINGS]
+    wa = weights(ann)
 
-    global LR_RANGE, N_RANGE
+    def loss_eb(x):
+        res = candidates(ann, alone_prior(x), only_alone=True)
+        e = np.array([c.truth / r["alone"][0] - 1 if "alone" in r else 0.0 for c, r in zip(ann, res)])
+        return float(np.sum(wa * e**2))
+
+    global LR_RANGE
     # the range the LR power law is trusted on: every calibration run's peak, the PRIOR_ONLY runs' included
     peaks = [float(c.target.lr.max()) for c in ann + prior_only if c.target.lr_absolute]
     LR_RANGE = (min(peaks), max(peaks))
-    # the size power law: the sizes it is fitted on only (the PRIOR_ONLY quickstart runs, 1e3x smaller, excluded:
-    # nothing says the power law holds down there)
-    sizes = [float(c.target.n_params) for c in ann if c.target.lr_absolute and c.target.n_params is not None]
-    N_RANGE = (min(sizes), max(sizes))
     t0 = time.time()
-    eb = fit_alone_prior(ann)
+    eb = minimize(
+        loss_eb,
+        [math.log(0.06), 0.2, -4.5, math.log(0.05)],
+        method="Nelder-Mead",
+        options={"xatol": 0.02, "fatol": 1e-9, "maxiter": 120},
+    )
     prior = alone_prior(eb.x)
     log(
         f"alone prior: b_rel = {prior.b_rel:.4f} x (peak / 1e-3) ** {prior.b_lr_exponent:.3f} (peak clipped to "
-        f"[{LR_RANGE[0]:g}, {LR_RANGE[1]:g}]) x (N / 1e8) ** {prior.b_n_exponent:.3f} (N clipped to "
-        f"[{N_RANGE[0]:.3g}, {N_RANGE[1]:.3g}]), unknown LR: {prior.b_rel_unknown_lr:.4f}, log C = {eb.x[2]:.3f} "
+        f"[{LR_RANGE[0]:g}, {LR_RANGE[1]:g}]), unknown LR: {prior.b_rel_unknown_lr:.4f}, log C = {eb.x[2]:.3f} "
         f"(weighted RMS rel err {math.sqrt(eb.fun):.3%}, {eb.nfev} evaluations, {time.time() - t0:.0f} s, "
         f"{len(ann)} cases)"
     )
-    FOLDS.clear()
-    FOLDS.update(assign_folds({c.group for c in cases if not is_held_out(c.group)}))
-    # the same prior fitted without each fold of groups: the errors that calibrate the scales and the interval
-    # below are cross-fitted (each case's alone candidate under the prior fitted on the other fold), so they
-    # carry the prior's own estimation error; in-sample they came out smaller than on held-out groups (fitted
-    # with the size exponent: held-out coverage 86% alone@25 validation, 82% early@5 training loss)
-    fold_prior = {}
-    for f in (0, 1):
-        t0 = time.time()
-        e_f = fit_alone_prior([c for c in ann if fold_of(c.group) != f])
-        fold_prior[f] = alone_prior(e_f.x)
-        log(
-            f"alone prior without fold {f}: b_rel = {fold_prior[f].b_rel:.4f}, k = {fold_prior[f].b_lr_exponent:.3f}, "
-            f"m = {fold_prior[f].b_n_exponent:.3f}, unknown LR: {fold_prior[f].b_rel_unknown_lr:.4f}, "
-            f"log C = {e_f.x[2]:.3f} ({e_f.nfev} evaluations, {time.time() - t0:.0f} s)"
-        )
     out = {
         "lr_power": lr_power, "b_rel": prior.b_rel, "b_lr_exponent": prior.b_lr_exponent, "b_lr_range": LR_RANGE,
         "b_rel_unknown_lr": prior.b_rel_unknown_lr, "log_c": float(eb.x[2]), "interval": {},
-        "b_n_exponent": prior.b_n_exponent, "b_n_range": N_RANGE,
     }  # fmt: skip
     # 1b. empirical Bayes for the sweep model's prior mean of log a (the N exponent), on the before-start cases
     _calibration.SIGMA_DELTA = 0.02
@@ -356,7 +284,7 @@ def calibrate(cases: list[Case], log) -> dict:
     # 2. every candidate once; ML per candidate. The sweep candidate's offset prior starts at a fixed 2% (one
     # step of the estimate below; the file's previous value must not feed the new one)
     t0 = time.time()
-    res = cross_fitted(cal, fold_prior)
+    res = candidates(cal, prior)
     res = [cross.get(id(c), r) for c, r in zip(cal, res)]  # before-start cases: the cross-fitted predictions
     log(f"candidates on {len(cal)} calibration cases: {time.time() - t0:.0f} s")
     # the live settings (references still running) calibrate only their own interval key: the candidates'
@@ -469,21 +397,21 @@ def calibrate(cases: list[Case], log) -> dict:
             out["interval"][key].setdefault(q, out["interval"]["blend"][q])
     out["groups"] = sorted({c.group for c in cal + prior_only})
     out["n"] = len(cal) + len(prior_only)
-    beyond(cases, res, fold_prior, out, log)
+    beyond(cases, res, prior, out, log)
     return out
 
 
-def beyond(cases: list[Case], res: list[dict], fold_prior: dict, out: dict, log) -> None:
+def beyond(cases: list[Case], res: list[dict], prior, out: dict, log) -> None:
     """Step 5: past the extrapolation of the cases above (``EXTRAP_CALIBRATED``, the largest of an own-prefix
     candidate's), the factor ``BEYOND_FACTOR`` on the ``alone`` candidate's sd: per loss kind, over the early@
     cases of the calibration groups beyond it, the group-weighted 92% quantile of the factor each case needs to
-    hold its truth, per early@ setting and loss kind; the largest of those with >= 10 such cases. ``EXTRAP_MAX``: the largest extrapolation of
+    hold its truth; the larger of the kinds with >= 10 such cases. ``EXTRAP_MAX``: the largest extrapolation of
     the early@ cases (no own-prefix prediction past it)."""
     x_cal = max(r[n][1][1] for r in res for n in ("alone", "same_size") if n in r)
     early = [c for c in cases if is_early(c.setting) and not is_held_out(c.group)]
     kept, _calibration.EXTRAP_MAX = _calibration.EXTRAP_MAX, math.inf  # every early case, however far it goes
     try:
-        res_e = cross_fitted(early, fold_prior)
+        res_e = candidates(early, prior)
     finally:
         _calibration.EXTRAP_MAX = kept
     k = out["interval"]["alone"]
@@ -503,7 +431,7 @@ def beyond(cases: list[Case], res: list[dict], fold_prior: dict, out: dict, log)
         # the interval holds the truth when sqrt(M^2 (u_a^2 + bt^2) + tau^2) * q >= |e| (predict: the factor
         # multiplies the candidate's whole sd)
         m2 = ((e / q) ** 2 - (c.truth_sd / c.truth) ** 2) / (u_a**2 + bt**2)
-        need[f"{c.setting}/{kind_of(c)}"].append((max(1.0, math.sqrt(max(m2, 0.0))), w))
+        need[f"beyond/{kind_of(c)}"].append((max(1.0, math.sqrt(max(m2, 0.0))), w))
     factor = 1.0
     for unit, v in sorted(need.items()):
         m = wquantile(np.array([a for a, _ in v]), np.array([b for _, b in v]), 0.92)
@@ -528,10 +456,6 @@ def write_constants(c: dict) -> None:
         f"NO_REF_B_LR_EXPONENT = {c['b_lr_exponent']:.6g}",
         "# alone candidate: the calibration runs' peak LRs, PRIOR_ONLY ones included (a peak outside is clipped to them)",
         f"NO_REF_B_LR_RANGE = ({c['b_lr_range'][0]:.6g}, {c['b_lr_range'][1]:.6g})",
-        "# alone candidate: exponent of the size in that prior mean (x (N / 1e8) ** m, real LRs and N known), empirical Bayes",
-        f"NO_REF_B_N_EXPONENT = {c['b_n_exponent']:.6g}",
-        "# alone candidate: the sizes that exponent was fitted on (a size outside is clipped to them)",
-        f"NO_REF_B_N_RANGE = ({c['b_n_range'][0]:.6g}, {c['b_n_range'][1]:.6g})",
         "# alone candidate: prior mean of B / loss for a curve whose real LR is unknown, empirical Bayes",
         f"NO_REF_B_REL_UNKNOWN_LR = {c['b_rel_unknown_lr']:.6g}",
         "# alone candidate: prior mean of log C (how fast the loss answers an LR drop), empirical Bayes",

@@ -333,25 +333,17 @@ class MultiPowerPrior:
     b_lr_ref: float = 1e-3
     b_lr_range: tuple[float, float] = (1e-4, 3e-3)
     b_rel_unknown_lr: float | None = None
-    b_n_exponent: float = 0.0
-    b_n_ref: float = 1e8
-    b_n_range: tuple[float, float] = (1e7, 1e9)
 
     def for_curve(self, curve: Curve) -> MultiPowerPrior:
-        """This prior with the B mean (and its sd, in proportion) resolved for ``curve``'s peak LR and size."""
+        """This prior with the B mean (and its sd, in proportion) resolved for ``curve``'s peak LR."""
         if not curve.lr_absolute:
             b = self.b_rel if self.b_rel_unknown_lr is None else self.b_rel_unknown_lr
-        elif self.b_lr_exponent == 0.0 and self.b_n_exponent == 0.0:
+        elif self.b_lr_exponent == 0.0:
             return self
         else:
             peak = float(np.clip(curve.lr.max(), *self.b_lr_range))
             b = self.b_rel * (peak / self.b_lr_ref) ** self.b_lr_exponent
-            if self.b_n_exponent != 0.0 and curve.n_params is not None:
-                n = float(np.clip(curve.n_params, *self.b_n_range))
-                b *= (n / self.b_n_ref) ** self.b_n_exponent
-        return replace(
-            self, b_rel=b, b_rel_sd=self.b_rel_sd * b / self.b_rel, b_lr_exponent=0.0, b_n_exponent=0.0
-        )
+        return replace(self, b_rel=b, b_rel_sd=self.b_rel_sd * b / self.b_rel, b_lr_exponent=0.0)
 
 
 NO_REF_PRIOR = MultiPowerPrior(
@@ -361,8 +353,6 @@ NO_REF_PRIOR = MultiPowerPrior(
     b_lr_exponent=_calibration.NO_REF_B_LR_EXPONENT,
     b_lr_range=_calibration.NO_REF_B_LR_RANGE,
     b_rel_unknown_lr=_calibration.NO_REF_B_REL_UNKNOWN_LR,
-    b_n_exponent=getattr(_calibration, "NO_REF_B_N_EXPONENT", 0.0),
-    b_n_range=getattr(_calibration, "NO_REF_B_N_RANGE", (1e7, 1e9)),
 )
 
 
