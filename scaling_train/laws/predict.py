@@ -277,7 +277,7 @@ def _fit_sweep(
     # sig / scale (docs/laws.md), looser than sig; SIGMA_REF / SIGMA_DELTA were set with the rows as they are
     ridge[np.arange(2 * n_c), 4 + np.arange(2 * n_c)] = scale / np.repeat(sigs, 2)
 
-    d_end = float(target_area_T or 1.0) * drel[-1]  # the target's data term at its last step
+    d_end = float(target_area_T) * drel[-1] if slope else 0.0  # the target's data term at its last step
 
     def inner(theta: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         if slope:  # its change in the data term at T ~ N(0, (target_slope_rel * level)^2)

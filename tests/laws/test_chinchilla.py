@@ -129,6 +129,10 @@ def test_a_term_the_points_do_not_identify_raises_instead_of_an_infinite_law():
             continue
         params = [f.E, f.A, f.B, f.alpha, f.beta]
         assert np.all(np.isfinite(params)) and np.allclose(f.predict(N, D), y, rtol=1e-3), (cliff, params)
+    # a D term the three budgets do identify (a power law) still fits
+    smooth = L + 60 / D**0.2
+    f = fit_chinchilla(N, D, smooth)
+    assert np.isfinite(f.B) and f.beta < 1 and np.allclose(f.predict(N, D), smooth, rtol=1e-3)
 
 
 def test_an_overflowing_fit_is_reported_with_its_parameters(monkeypatch):
