@@ -8,11 +8,8 @@ Procedure (``weights``: each data set counts once, each group once within its da
 
 0. ``LR_POWER``, the power p of the normalised schedule in every fit's view ((lr / peak) ** p: its LR area and
    its drops): a grid over 0.5-1.0 (refined by 0.05) of the weighted mean squared relative error of the
-   ``same_size`` candidate on the calibration cases with same-size references, with the multi-power law's own
-   annealing term; then, under it, ``DROP_POWER`` m of that candidate's fits (each drop's gain x (LR area before
-   it / 1e4) ** -m: a later drop gains less; grid 0-0.3, refined by 0.025) on the same cases. That candidate
-   uses only the generic weak prior, so this step depends on no constant fitted before. Every later step is
-   fitted under both.
+   ``same_size`` candidate on the calibration cases with same-size references; that candidate uses only the
+   generic weak prior, so this step depends on no constant fitted before. Every later step is fitted under it.
 1. Empirical Bayes for the ``alone`` candidate's annealing prior: minimise the weighted mean squared relative
    error of the ``alone`` predictions over the calibration cases whose remaining schedule anneals (cooldown
    settings and decaying schedules), Nelder-Mead over (log b, k, log C, log b_unknown): the mean of B / loss
@@ -36,11 +33,10 @@ Procedure (``weights``: each data set counts once, each group once within its da
    fixed at 2% of the loss, not fitted; so is SIGMA_SLOPE (the target's own data-term coefficient, below).
 3. The blend (``predict.blend``) with those constants; ``d`` (weight of the candidates' disagreement) by ML.
 4. Interval quantiles per key (``alone``, ``sweep`` before a run starts, ``blend``; the live settings enter only
-   this step, so they leave the candidates' scales and d where the other settings put them): 4% / 96%
+   this step, so they leave the candidates' scales and d where the other settings put them): group-weighted 4% / 96%
    quantiles of z = e / sqrt(u^2 + rn^2) (against the truth as measured: rn = ``predict.read_noise``, the final
    read's noise estimated from the target's own points, as the predicted interval has it) per calibration
-   setting and loss kind, weighted within that unit (each data set, and each group in it, the same; a little
-   wider than 5% / 95% for the finite
+   setting and loss kind (a little wider than 5% / 95% for the finite
    number of groups); a key takes the widest over its settings with >= 10 cases, so each setting is covered,
    the easier ones more than needed. Asymmetric on purpose: a remaining bias shifts the interval instead of
    being hidden. Never inside +-1.645 (Gaussian 90% of u): a key calibrated on few cases may look narrow by luck.
@@ -158,8 +154,7 @@ def wquantile(z: np.ndarray, w: np.ndarray, q: float) -> float:
 # sweep candidate's scale floor s0 came out 0 (no floor where it extrapolates little) and the synthetic sweep
 # of tests/laws/test_protocol.py leaned on the alone candidate (1.5% off), so 0.0015 (docs/laws.md)
 SIGMA_SLOPE = 0.0015
-LR_POWER_GRID = (0.5, 0.6, 0.7, 0.8, 0.9, 1.0)  # profile_same_size: the coarse grid, refined by +-0.05
-DROP_POWER_GRID = (0.0, 0.05, 0.1, 0.15, 0.2, 0.3)  # the same for DROP_POWER, refined by +-0.025
+LR_POWER_GRID = (0.5, 0.6, 0.7, 0.8, 0.9, 1.0)  # profile_lr_power: the coarse grid, refined by +-0.05
 
 
 def same_size_final(c: Case) -> float | None:
@@ -176,21 +171,18 @@ def same_size_final(c: Case) -> float | None:
     return None if cand is None else float(cand.final)
 
 
-def profile_same_size(
-    cal: list[Case], log, name: str, grid: tuple[float, ...], step: float, lo: float
-) -> float:
-    """Step 0: a constant of the ``same_size`` candidate's model (``name`` in ``_calibration``: ``LR_POWER``, then
-    ``DROP_POWER`` under it), by the weighted squared error of that candidate's finals on the calibration cases
-    with same-size references (a run predicted from its own prefix and other horizons or cooldowns of its model:
-    where the shared multi-power parameters must transfer between schedules and horizons): the best of
-    ``grid``, refined by +-``step`` (kept above ``lo``). That candidate uses no other fitted constant, so the
-    profile does not depend on the previous calibration."""
+def profile_lr_power(cal: list[Case], log) -> float:
+    """Step 0: ``LR_POWER``, the schedule's power in every fit's view ((lr / peak) ** p: the LR area and the
+    drops), by the weighted squared error of the ``same_size`` candidate's finals on the calibration cases with
+    same-size references (a run predicted from its own prefix and other horizons or cooldowns of its model:
+    where the shared multi-power parameters must transfer between schedules). That candidate uses no fitted
+    constant, so the profile does not depend on the previous calibration."""
     with_refs = [c for c in cal if c.refs and not c.setting.startswith("live@")]
     w = weights(with_refs)
-    kept = getattr(_calibration, name)
+    kept = _calibration.LR_POWER
 
-    def objective(v: float) -> float:
-        setattr(_calibration, name, v)
+    def objective(pw: float) -> float:
+        _calibration.LR_POWER = pw
         e = [(c.truth / f - 1) if (f := same_size_final(c)) is not None else None for c in with_refs]
         ok = np.array([x is not None for x in e])
         ee = np.array([x if x is not None else 0.0 for x in e])
@@ -198,16 +190,16 @@ def profile_same_size(
 
     t0 = time.time()
     try:
-        seen = {v: objective(v) for v in grid}
+        seen = {pw: objective(pw) for pw in LR_POWER_GRID}
         best = min(seen, key=seen.get)
-        for v in (best - step, best + step):
-            if lo < v <= max(grid) and round(v, 3) not in seen:
-                seen[round(v, 3)] = objective(round(v, 3))
+        for pw in (best - 0.05, best + 0.05):
+            if 0.05 < pw <= 1.0 and round(pw, 3) not in seen:
+                seen[round(pw, 3)] = objective(round(pw, 3))
     finally:
-        setattr(_calibration, name, kept)
+        _calibration.LR_POWER = kept
     best = min(seen, key=seen.get)
     table = ", ".join(f"{k:g}: {math.sqrt(v):.3%}" for k, v in sorted(seen.items()))
-    log(f"{name} = {best:g} (weighted RMS rel err of same_size over {len(with_refs)} cases: {table}; "
+    log(f"LR_POWER = {best:g} (weighted RMS rel err of same_size over {len(with_refs)} cases: {table}; "
         f"{time.time() - t0:.0f} s)")  # fmt: skip
     return best
 
@@ -219,13 +211,8 @@ def calibrate(cases: list[Case], log) -> dict:
         if not is_held_out(c.group) and c.setting not in REPORT_ONLY + PRIOR_ONLY and not is_early(c.setting)
     ]
     prior_only = [c for c in cases if not is_held_out(c.group) and c.setting in PRIOR_ONLY]
-    # 0. the schedule's power in the fits' view (with the multi-power law's own annealing term), then the
-    # same_size model's drop power under it; every later step is fitted under both
-    _calibration.DROP_POWER = 0.0
-    _calibration.LR_POWER = lr_power = profile_same_size(cal, log, "LR_POWER", LR_POWER_GRID, 0.05, 0.05)
-    _calibration.DROP_POWER = drop_power = profile_same_size(
-        cal, log, "DROP_POWER", DROP_POWER_GRID, 0.025, -1e-9
-    )
+    # 0. the schedule's power in the fits' view; every later step is fitted under it
+    _calibration.LR_POWER = lr_power = profile_lr_power(cal, log)
     # 1. empirical Bayes for the alone prior
     ann = [c for c in cal if c.setting in ANNEALING_SETTINGS]
     wa = weights(ann)
@@ -254,8 +241,7 @@ def calibrate(cases: list[Case], log) -> dict:
         f"{len(ann)} cases)"
     )
     out = {
-        "lr_power": lr_power, "drop_power": drop_power, "b_rel": prior.b_rel, "b_lr_exponent": prior.b_lr_exponent,
-        "b_lr_range": LR_RANGE,
+        "lr_power": lr_power, "b_rel": prior.b_rel, "b_lr_exponent": prior.b_lr_exponent, "b_lr_range": LR_RANGE,
         "b_rel_unknown_lr": prior.b_rel_unknown_lr, "log_c": float(eb.x[2]), "interval": {},
     }  # fmt: skip
     # 1b. empirical Bayes for the sweep model's prior mean of log a (the N exponent), on the before-start cases
@@ -383,22 +369,18 @@ def calibrate(cases: list[Case], log) -> dict:
     read = np.array(
         [pred_mod.read_noise(c.target, [r for r in c.refs if not pred_mod.is_running(r)]) for c in cal]
     )
-    zs: dict[tuple[str, str], list[tuple[float, int]]] = defaultdict(list)
+    zs: dict[tuple[str, str], list[tuple[float, float]]] = defaultdict(list)
     for i, c in enumerate(cal):
         if not res[i]:
             continue
         lo, u, key = blended(i, dd)
         z = (c.truth / lo - 1) / math.hypot(u, read[i])
-        zs[(key, f"{c.setting}/{kind_of(c)}")].append((z, i))
+        zs[(key, f"{c.setting}/{kind_of(c)}")].append((z, w_all[i]))
     out["interval"]["blend"] = {"d": dd}
     per_key: dict[str, list[tuple[float, float]]] = defaultdict(list)
     for (key, unit), v in sorted(zs.items()):
         z = np.array([a for a, _ in v])
-        # weighed within the unit (each data set, and each group within it, the same): with the weights of
-        # every calibration case, a group's share of a setting shrank with its count of other settings' cases,
-        # and a setting's nine cases of one large group weighed less than one case of a small group (far@25
-        # validation: the 4% quantile read past three misses of the 124M WSD group)
-        w = weights([cal[i] for _, i in v])
+        w = np.array([b for _, b in v])
         ql, qh = wquantile(z, w, 0.04), wquantile(z, w, 0.96)
         log(f"{key} / {unit}: n = {len(z)}, 4% / 96% quantiles of e / u: {ql:.3f}, {qh:.3f}")
         if len(z) >= 10:
@@ -480,8 +462,6 @@ def write_constants(c: dict) -> None:
         f"NO_REF_LOG_C = {c['log_c']:.6g}",
         "# every candidate: the schedule's power in the fits' view, (lr / peak) ** p (profiled on calibration groups)",
         f"LR_POWER = {c['lr_power']:.6g}",
-        "# same_size candidate: a drop's annealing gain x (LR area before it / 1e4) ** -p (profiled after LR_POWER)",
-        f"DROP_POWER = {c['drop_power']:.6g}",
         "# sweep model: prior mean of log a, the exponent of N (empirical Bayes on before-start cases)",
         f"SWEEP_LOG_A = {c['log_a']:.6g}",
         "# sweep model: prior sd of a run's offset from the sweep law, relative to the loss (fixed, not fitted)",

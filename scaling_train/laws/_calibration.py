@@ -16,10 +16,8 @@ NO_REF_B_REL_UNKNOWN_LR = 0.0422938
 NO_REF_LOG_C = -3.97264
 # every candidate: the schedule's power in the fits' view, (lr / peak) ** p (profiled on calibration groups)
 LR_POWER = 0.7
-# same_size candidate: a drop's annealing gain x (LR area before it / 1e4) ** -p (profiled after LR_POWER)
-DROP_POWER = 0.15
 # sweep model: prior mean of log a, the exponent of N (empirical Bayes on before-start cases)
-SWEEP_LOG_A = -2.28939
+SWEEP_LOG_A = -2.2956
 # sweep model: prior sd of a run's offset from the sweep law, relative to the loss (fixed, not fitted)
 SIGMA_DELTA = 0.02
 # sweep model: ridge sd of the references' offsets (fixed, not fitted: they must follow the law)
@@ -29,15 +27,15 @@ SIGMA_SLOPE = 0.0015
 # per candidate: s0, s1, r of the relative scale u; per interval key: q_lo, q_hi (quantiles of e / u);
 # blend: d, the weight of the candidates' disagreement
 INTERVAL = {
-    "alone": {"s0": 3.99506e-10, "s1": 0.00277106, "r": 0.0930185, "q_lo": -3.13851, "q_hi": 2.93233},
-    "same_size": {"s0": 0.00143664, "s1": 0.00211345, "r": 0, "q_lo": -5.44, "q_hi": 3.31228},
-    "sweep": {"s0": 0.00130982, "s1": 0.00257751, "r": 0, "q_lo": -1.6449, "q_hi": 1.6449},
-    "blend": {"d": 0.452851, "q_lo": -5.44, "q_hi": 3.31228},
+    "alone": {"s0": 3.46494e-10, "s1": 0.00277105, "r": 0.0930187, "q_lo": -3.13851, "q_hi": 2.49248},
+    "same_size": {"s0": 0.00168974, "s1": 0.00216434, "r": 0, "q_lo": -2.29892, "q_hi": 3.82187},
+    "sweep": {"s0": 0.00130955, "s1": 0.00257756, "r": 0, "q_lo": -1.6449, "q_hi": 1.6449},
+    "blend": {"d": 0.515531, "q_lo": -2.29892, "q_hi": 3.82187},
 }
 # own-prefix candidates (alone, same_size): the largest extrapolation (e-folds of LR area) among the cases
 # that fitted the scales; the factor on a candidate's sd past it (early@ settings); none past EXTRAP_MAX
 EXTRAP_CALIBRATED = 1.6862
-BEYOND_FACTOR = 1.89783
+BEYOND_FACTOR = 2.06015
 EXTRAP_MAX = 3.91113
 CALIBRATION_GROUPS = (
     "gem/even/PyGemma-1024x28_pretrain",

@@ -5,8 +5,6 @@
     LD(t) = B * sum_{k <= t} (eta_{k-1} - eta_k) * G(eta_k**(-gamma) * S_k(t)),  S_k(t) = sum_{k <= tau <= t} eta_tau
     G(x) = 1 - (C x + 1)**(-beta)
 
-(optionally each drop (eta_{k-1} - eta_k) x (S1(k) / 1e4)**(-m): ``drop_power``, ``_drop_scaled``)
-
 LRs are normalised by the schedule's peak (eta = lr / max(lr)), so A, B, C are in "peak-LR step" units
 and shared shape parameters transfer between runs of one model with different peak LRs only approximately.
 """
@@ -309,22 +307,6 @@ def _ld_fit_basis(p: _Prepared, C: float, beta: float, gamma: float) -> np.ndarr
 
 
 ETA_FLOOR = 1e-6  # the smallest normalised LR of a drop bin in the annealing term (_ld_basis)
-DROP_AREA_REF = 1e4  # _drop_scaled: the LR area (peak-LR steps) at which a drop's gain factor is 1
-
-
-def _drop_scaled(p: _Prepared, power: float) -> _Prepared:
-    """``p`` with each drop bin's size times (area before it / ``DROP_AREA_REF``) ** -power: a drop made later in
-    training (after more LR area) gains less per unit of LR drop. 0: the multi-power law's own term (``p``
-    itself). Memoised on ``p`` per power, so a prepared reference keeps one scaled copy (and its term memo)."""
-    if power == 0.0 or p.bin_drop.size == 0:
-        return p
-    memo = p.__dict__.setdefault("_drop_scaled", {})
-    out = memo.get(power)
-    if out is None:
-        f = (np.maximum(p.bin_cs, 1.0) / DROP_AREA_REF) ** (-power)
-        out = memo[power] = replace(p, bin_drop=p.bin_drop * f)
-    return out
-
 
 # nonlinear parameters theta = (log alpha, log C, log beta, gamma)
 _LO = np.array([np.log(0.02), np.log(1e-7), np.log(0.02), 0.0])
@@ -389,14 +371,11 @@ class MultiPowerFit:
     n_points: int
     theta: np.ndarray = field(repr=False)
     lr_power: float = 1.0  # the schedule's power in the fit's view (``_prepare``)
-    # a drop's gain x (area before it / DROP_AREA_REF) ** -drop_power (``_drop_scaled``)
-    drop_power: float = 0.0
 
     def predict(self, curve: Curve, steps: np.ndarray, *, index: int = 0) -> np.ndarray:
         """Loss of ``curve`` (fitted as number ``index``) at ``steps`` under its schedule."""
         steps = np.asarray(steps, dtype=np.float64)
         p = _prepare(curve, max_points=0, n_bins=256, extra_t=steps, lr_power=self.lr_power)
-        p = _drop_scaled(p, self.drop_power)
         area = p.area[len(p.t) :]
         return (
             self.L0[index]
@@ -468,29 +447,21 @@ def fit_multipower(
     max_points: int = 64,
     n_bins: int = 48,
     lr_power: float = 1.0,
-    drop_power: float = 0.0,
 ) -> MultiPowerFit:
     """Fit the multi-power law (module docstring) jointly to ``curves``: one L0 per curve, all other
     parameters shared. ``prior_weight`` scales the weak prior (0 disables it). ``lr_power`` != 1 fits the
     schedule as (lr / peak) ** lr_power (``_prepare``; ``predict_final_loss`` uses its calibrated
-    ``LR_POWER``). ``drop_power`` m > 0 scales each drop's gain by (LR area before it / 1e4) ** -m (a later
-    drop gains less; ``predict_final_loss``'s ``same_size`` candidate uses its calibrated ``DROP_POWER``).
-    """
+    ``LR_POWER``)."""
     if len(curves) == 0:
         raise ValueError("curves is empty; at least one curve is needed")
     prior = prior or MultiPowerPrior()
     lr_power = _checked_lr_power(lr_power)
-    if not (math.isfinite(drop_power) and 0.0 <= drop_power <= 1.0):
-        raise ValueError(f"drop_power={drop_power} must be in [0, 1]")
-    preps = [
-        _drop_scaled(_prepare(c, max_points=max_points, n_bins=n_bins, lr_power=lr_power), drop_power)
-        for c in curves
-    ]
+    preps = [_prepare(c, max_points=max_points, n_bins=n_bins, lr_power=lr_power) for c in curves]
     for c, p in zip(curves, preps):
         if len(p.y) < 3:
             raise NotEnoughDataError(f"curve {c.name!r} has {len(p.y)} valid points; at least 3 are needed")
     theta, coef, rmse = _fit(preps, prior=prior, prior_weight=prior_weight, theta0=np.array(prior.theta))
-    return _as_fit(theta, coef, rmse, len(curves), sum(p.n_valid for p in preps), lr_power, drop_power)
+    return _as_fit(theta, coef, rmse, len(curves), sum(p.n_valid for p in preps), lr_power)
 
 
 def _checked_lr_power(lr_power: float) -> float:
@@ -501,13 +472,7 @@ def _checked_lr_power(lr_power: float) -> float:
 
 
 def _as_fit(
-    theta: np.ndarray,
-    coef: np.ndarray,
-    rmse: float,
-    n_c: int,
-    n_points: int,
-    lr_power: float = 1.0,
-    drop_power: float = 0.0,
+    theta: np.ndarray, coef: np.ndarray, rmse: float, n_c: int, n_points: int, lr_power: float = 1.0
 ) -> MultiPowerFit:
     return MultiPowerFit(
         L0=tuple(float(v) for v in coef[:n_c]),
@@ -521,5 +486,4 @@ def _as_fit(
         n_points=n_points,
         theta=theta,
         lr_power=lr_power,
-        drop_power=drop_power,
     )

@@ -80,7 +80,6 @@ from .curve import (
     NotEnoughDataError,
     _as_fit,
     _checked_lr_power,
-    _drop_scaled,
     _fit,
     _ld_basis,
     _ld_fit_basis,
@@ -437,27 +436,25 @@ def _same_size(
     if not refs:
         return None
     lp = _calibration.LR_POWER
-    dp = _calibration.DROP_POWER
-    key = ("mp",) + tuple(c.digest() for c in refs) + (mp, nb, lp, dp)
+    key = ("mp",) + tuple(c.digest() for c in refs) + (mp, nb, lp)
     ref_fit = _cached(
         _FIT_CACHE,
         32,
         key,
-        lambda: fit_multipower(refs, prior_weight=0.05, max_points=mp, n_bins=nb, lr_power=lp, drop_power=dp),
+        lambda: fit_multipower(refs, prior_weight=0.05, max_points=mp, n_bins=nb, lr_power=lp),
     )
-    p = _drop_scaled(p, dp)
     few = 3.0 if n_t < 10 else 1.0
     if n_t >= 3:
-        preps = [_drop_scaled(_prep(c, mp, nb), dp) for c in refs] + [p]
+        preps = [_prep(c, mp, nb) for c in refs] + [p]
         theta, coef, rmse = _fit(preps, prior=MultiPowerPrior(), prior_weight=0.05, theta0=ref_fit.theta)
-        fit = _as_fit(theta, coef, rmse, len(preps), ref_fit.n_points + p.n_valid, lp, dp)
+        fit = _as_fit(theta, coef, rmse, len(preps), ref_fit.n_points + p.n_valid, lp)
         extra = 0.0
     else:  # no usable target points: the references' mean L0, their spread and 5% of it as the uncertainty
         l0 = np.array(ref_fit.L0)
         fit = MultiPowerFit(
             L0=(*ref_fit.L0, float(l0.mean())), A=ref_fit.A, alpha=ref_fit.alpha, B=ref_fit.B, C=ref_fit.C,
             beta=ref_fit.beta, gamma=ref_fit.gamma, rmse=ref_fit.rmse, n_points=ref_fit.n_points, theta=ref_fit.theta,
-            lr_power=ref_fit.lr_power, drop_power=dp,
+            lr_power=ref_fit.lr_power,
         )  # fmt: skip
         extra = float(np.sqrt(np.var(l0) + (0.05 * l0.mean()) ** 2))
     idx = len(fit.L0) - 1
