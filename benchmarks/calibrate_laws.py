@@ -33,12 +33,14 @@ Procedure (``weights``: each data set counts once, each group once within its da
    fixed at 2% of the loss, not fitted; so is SIGMA_SLOPE (the target's own data-term coefficient, below).
 3. The blend (``predict.blend``) with those constants; ``d`` (weight of the candidates' disagreement) by ML.
 4. Interval quantiles per key (``alone``, ``sweep`` before a run starts, ``blend``; the live settings enter only
-   this step, so they leave the candidates' scales and d where the other settings put them): group-weighted 4% / 96%
+   this step, so they leave the candidates' scales and d where the other settings put them), the blend's per
+   regime (``predict.interval_regime``: before or from 60% of the run, a smooth or a noisy read): group-weighted 4% / 96%
    quantiles of z = e / sqrt(u^2 + rn^2) (against the truth as measured: rn = ``predict.read_noise``, the final
    read's noise estimated from the target's own points, as the predicted interval has it) per calibration
-   setting and loss kind (a little wider than 5% / 95% for the finite
-   number of groups); a key takes the widest over its settings with >= 10 cases, so each setting is covered,
-   the easier ones more than needed. Asymmetric on purpose: a remaining bias shifts the interval instead of
+   setting and loss kind (a little wider than 5% / 95% for the finite number of groups; weighted within that
+   unit); a key's regime takes the widest over its units with >= 10 cases, so each setting is covered, the
+   easier ones more than needed (fewer than with one set per key: the late validation-loss predictions, the
+   hardest for their scale, no longer set the early training-loss intervals). Asymmetric on purpose: a remaining bias shifts the interval instead of
    being hidden. Never inside +-1.645 (Gaussian 90% of u): a key calibrated on few cases may look narrow by luck.
 5. Past the extrapolation of every case above (``EXTRAP_CALIBRATED``, e^1.7 of the LR area: ~18% of a
    constant-LR run), the early@ settings (3-15% of a run; fitted on by this step only): the factor
@@ -369,32 +371,51 @@ def calibrate(cases: list[Case], log) -> dict:
     read = np.array(
         [pred_mod.read_noise(c.target, [r for r in c.refs if not pred_mod.is_running(r)]) for c in cal]
     )
-    zs: dict[tuple[str, str], list[tuple[float, float]]] = defaultdict(list)
+    zs: dict[tuple[str, str, str], list[tuple[float, int]]] = defaultdict(list)
     for i, c in enumerate(cal):
         if not res[i]:
             continue
         lo, u, key = blended(i, dd)
         z = (c.truth / lo - 1) / math.hypot(u, read[i])
-        zs[(key, f"{c.setting}/{kind_of(c)}")].append((z, w_all[i]))
+        regime = pred_mod.interval_regime(c.target, read[i]) if key in pred_mod.REGIME_KEYS else "any"
+        zs[(key, regime, f"{c.setting}/{kind_of(c)}")].append((z, i))
     out["interval"]["blend"] = {"d": dd}
-    per_key: dict[str, list[tuple[float, float]]] = defaultdict(list)
-    for (key, unit), v in sorted(zs.items()):
+    # weighed within each unit (1 / cases per group there): with the weights of all calibration cases a setting's
+    # cases in a group that holds many cases of other settings counted for less than one case of a small group
+    per_cell: dict[tuple[str, str], list[tuple[float, float]]] = defaultdict(list)
+    for (key, regime, unit), v in sorted(zs.items()):
         z = np.array([a for a, _ in v])
-        w = np.array([b for _, b in v])
+        w = weights([cal[i] for _, i in v])
         ql, qh = wquantile(z, w, 0.04), wquantile(z, w, 0.96)
-        log(f"{key} / {unit}: n = {len(z)}, 4% / 96% quantiles of e / u: {ql:.3f}, {qh:.3f}")
+        log(f"{key} / {regime} / {unit}: n = {len(z)}, 4% / 96% quantiles of e / u: {ql:.3f}, {qh:.3f}")
         if len(z) >= 10:
-            per_key[key].append((ql, qh))
-    for key, qs in per_key.items():
+            per_cell[(key, regime)].append((ql, qh))
+    quant: dict[str, dict[str, tuple[float, float]]] = defaultdict(dict)
+    for (key, regime), qs in sorted(per_cell.items()):
         ql, qh = min(q[0] for q in qs), max(q[1] for q in qs)
         # never inside the Gaussian 90% quantiles of u (an ML standard deviation): a key calibrated on few cases
         # (before-start: 19 per loss kind, two sizes) can look narrower than it is by luck of the draw
-        out["interval"].setdefault(key, {}).update(q_lo=min(ql, -Z90), q_hi=max(qh, Z90))
-        log(f"{key}: q_lo = {ql:.3f}, q_hi = {qh:.3f} (widest over {len(qs)} settings)")
+        quant[key][regime] = (min(ql, -Z90), max(qh, Z90))
+        log(f"{key} / {regime}: q_lo = {ql:.3f}, q_hi = {qh:.3f} (widest over {len(qs)} settings)")
+    for (
+        key,
+        by,
+    ) in quant.items():  # the key's widest over its regimes: the fallback where a regime has no cell
+        out["interval"].setdefault(key, {}).update(
+            q_lo=min(q[0] for q in by.values()), q_hi=max(q[1] for q in by.values())
+        )
     for key in (*pred_mod.CANDIDATES, "blend"):  # a key without calibration cases takes the blend's
         out["interval"].setdefault(key, {"s0": 0.01, "s1": 0.01, "r": 0.0})
         for q in ("q_lo", "q_hi"):
             out["interval"][key].setdefault(q, out["interval"]["blend"][q])
+    # the keys with regimes: a regime without a cell takes the key's widest
+    out["quantiles"] = {
+        key: {
+            r: quant[key].get(r, (out["interval"][key]["q_lo"], out["interval"][key]["q_hi"]))
+            for r in pred_mod.REGIMES
+        }
+        for key in pred_mod.REGIME_KEYS
+    }
     out["groups"] = sorted({c.group for c in cal + prior_only})
     out["n"] = len(cal) + len(prior_only)
     beyond(cases, res, prior, out, log)
@@ -477,6 +498,16 @@ def write_constants(c: dict) -> None:
     for key, d in c["interval"].items():
         kv = ", ".join(f'"{k}": {v:.6g}' for k, v in d.items())
         lines.append(f'    "{key}": {{{kv}}},')
+    lines.append("}")
+    lines += [
+        "# per interval key of predict.REGIME_KEYS and regime (predict.interval_regime: how far the target has run,",
+        "# whether its read is noisy): (q_lo, q_hi), the widest over the calibration settings with >= 10 cases there",
+        "QUANTILES = {",
+    ]
+    for key, by in c["quantiles"].items():
+        lines.append(f'    "{key}": {{')
+        lines += [f'        "{r}": ({q[0]:.6g}, {q[1]:.6g}),' for r, q in sorted(by.items())]
+        lines.append("    },")
     lines.append("}")
     lines += [
         "# own-prefix candidates (alone, same_size): the largest extrapolation (e-folds of LR area) among the cases",

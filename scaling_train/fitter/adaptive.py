@@ -346,7 +346,12 @@ def fit_known_law(
     observed points scatter more about that fit (``law_noise``), refitted against their scatter. This is how
     the sweep law is weighted wherever it is fitted (the live fitter, the replay, the report). ``fit_kwargs``
     go to ``fit_chinchilla`` (bootstrap, confidence) for the final fit. Raises what ``fit_chinchilla``
-    raises."""
+    raises.
+
+    When the first fit diverges (a term the heavily weighted points do not identify: a replayed Gemstone sweep
+    had every finished run at one budget, the stopped ones at ~0.15 weight each at the two others, and its D term
+    ran off to beta 67), the law's misfit is read off the unweighted fit instead, and the refit against it kept;
+    a refit that diverges again leaves the unweighted fit (weights 1)."""
     import numpy as np
 
     from scaling_train.laws import fit_chinchilla
@@ -362,7 +367,23 @@ def fit_known_law(
         )
 
     w = weights(FINAL_LOSS_NOISE)
-    fit = fit_chinchilla(N, D, L, weights=w)
+    try:
+        fit = fit_chinchilla(N, D, L, weights=w)
+    except FloatingPointError:
+        if not np.any(w < 1.0):
+            raise
+        w = np.ones(len(points))
+        fit = fit_chinchilla(N, D, L)  # raises when even the points at full weight do not identify the law
+        noise = law_noise(fit, points)
+        try:
+            wn = weights(noise)
+            return KnownLaw(
+                fit_chinchilla(N, D, L, weights=wn, **fit_kwargs), noise, tuple(float(x) for x in wn)
+            )
+        except FloatingPointError:
+            if fit_kwargs:
+                fit = fit_chinchilla(N, D, L, **fit_kwargs)
+            return KnownLaw(fit, noise, tuple(float(x) for x in w))
     noise = law_noise(fit, points)
     if noise > FINAL_LOSS_NOISE and np.any(w < 1.0):  # predicted points weigh more against a law that misses
         w = weights(noise)

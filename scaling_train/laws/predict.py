@@ -56,7 +56,9 @@ than those (before ~2% of a constant-LR run) is predicted as if not started. A t
 triples every candidate's scale (``few``, set by hand): so few points do not pin its offset, and the
 calibration curves hardly ever have so few. The interval constants are fitted on calibration groups of
 real curves by ``benchmarks/calibrate_laws.py`` and stored in ``_calibration.py`` with the list of groups
-they came from.
+they came from. A blend's interval quantiles (in units of the scale) depend on the regime the predictor sees
+(``interval_regime``: before or from 60% of the run; a smooth or a noisy read), each the widest over the
+calibration settings in that regime.
 """
 
 from __future__ import annotations
@@ -780,6 +782,38 @@ def interval_key(names: Sequence[str]) -> str:
     return names[0] if len(names) == 1 else "blend"
 
 
+LATE_FRACTION = 0.6
+"""A target observed to this fraction of its schedule or beyond is predicted in the ``late`` regime."""
+NOISY_READ = 0.002
+"""``read_noise`` above which a curve counts as ``noisy``: the lr_schedules training losses read 0.3-1.2%, their
+validation losses and the Gemstone, multipower and quickstart curves under 0.25%."""
+REGIMES = ("mid/smooth", "mid/noisy", "late/smooth", "late/noisy")
+REGIME_KEYS = ("blend",)
+"""Interval keys calibrated per regime. A single candidate's key keeps one set: split, its cells held too few
+settings (the ``alone`` key's upper quantile fell to the Gaussian floor in two of them and the held-out
+multipower runs at 50% were covered 4 of 6)."""
+
+
+def interval_regime(target: Curve, rn: float) -> str:
+    """The regime whose calibrated quantiles an interval takes (``calibrate_laws.py`` step 4), from what the
+    predictor sees: how far the target has run (before / from ``LATE_FRACTION`` of its schedule) and whether its
+    final read is noisy (``rn`` = ``read_noise`` > ``NOISY_READ``). One set of quantiles for every case had to
+    cover the hardest calibration setting (late validation-loss predictions with running references), so the
+    easier ones were covered 96-100% (docs/laws.md)."""
+    fin = target.steps[np.isfinite(target.losses)]
+    frac = float(fin[-1]) / target.total_steps if len(fin) else 0.0
+    return f"{'late' if frac >= LATE_FRACTION else 'mid'}/{'noisy' if rn > NOISY_READ else 'smooth'}"
+
+
+def interval_quantiles(key: str, regime: str) -> tuple[float, float]:
+    """(q_lo, q_hi) of interval key ``key`` (``interval_key``) in ``regime`` (``interval_regime``): the regime's
+    calibrated quantiles (``_calibration.QUANTILES``, keys of ``REGIME_KEYS``), else the key's own (``INTERVAL``)."""
+    q = getattr(_calibration, "QUANTILES", {}).get(key, {}).get(regime)
+    if q is None:
+        return _calibration.INTERVAL[key]["q_lo"], _calibration.INTERVAL[key]["q_hi"]
+    return float(q[0]), float(q[1])
+
+
 def _combine(
     target: Curve,
     refs: list[Curve],
@@ -793,14 +827,14 @@ def _combine(
     loss, u, w = blend(finals, [c.u for c, _ in cands], [b for _, b in cands], cal["blend"]["d"])
     mode = "+".join(c.name for c, _ in cands)
     key = interval_key([c.name for c, _ in cands])
-    q_lo, q_hi = cal[key]["q_lo"], cal[key]["q_hi"]
+    rn = read_noise(target, refs)
+    q_lo, q_hi = interval_quantiles(key, interval_regime(target, rn))
     # the sweep candidate's error when extrapolating in size, measured on this sweep (an rms error: a Gaussian
     # sd, whose 90% half-width is Z90 x it, in the units of u that the key's quantiles widen): it widens the
     # interval by its share of the blend (not the weights: the held-out sizes' error does not say which
     # candidate is right for the target)
     size_sd = sum(wi * c.size_error for (c, _), wi in zip(cands, w))
     u = float(np.hypot(u, size_sd * Z90 / (0.5 * (q_hi - q_lo))))
-    rn = read_noise(target, refs)
     u_all = float(np.hypot(u, rn))  # the measured final loss: the model's scale and the read's noise
     p = _prep(target, mp, nb, [float(target.total_steps)])
     n_t = len(p.t)

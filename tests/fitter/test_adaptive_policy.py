@@ -55,7 +55,10 @@ def test_the_width_leaves_out_the_final_reads_noise():
     assert pol.width(3.0, 2.94, 3.06, pol.read_share(row)) == pytest.approx(0.04 * 0.6)
     assert pol.decide([row])[0]
     assert not pol.decide([_h(0.5, 3.0, 0.06)])[0]  # a row without the fields: the whole width
-    assert pol.read_share({**row, "rel_scale": 0.0}) == 0.0 and pol.read_share({**row, "read_noise": None}) == 0.0
+    assert (
+        pol.read_share({**row, "rel_scale": 0.0}) == 0.0
+        and pol.read_share({**row, "read_noise": None}) == 0.0
+    )
     # the interval's scale all read noise: nothing left to narrow, width 0
     assert pol.width(3.0, 2.9, 3.1, 1.5) == 0.0
 
@@ -169,6 +172,47 @@ def test_law_noise_and_the_sweep_law_weights_follow_the_laws_misfit():
     k_loose = fit_known_law([*scattered[:-1], pred])
     assert k_loose.noise > 0.02
     assert k_tight.weights[-1] < 0.3 < 0.7 < k_loose.weights[-1] < 1.0
+
+
+def test_a_sweep_law_whose_weighted_fit_diverges_reads_its_misfit_off_the_unweighted_fit(monkeypatch):
+    """When the first, seed-noise-weighted fit runs off (``FloatingPointError``: a term the heavily weighted
+    points do not identify), ``fit_known_law`` fits every point at weight 1, reads the misfit off that law and
+    refits against it; when that refit diverges too, the unweighted law stays. Only a fit that diverges at
+    weight 1 everywhere raises."""
+    import scaling_train.laws as laws_mod
+    from scaling_train.fitter.adaptive import FINAL_LOSS_NOISE, fit_known_law, prediction_weight
+
+    fit, _ = _grid_law()
+    runs = [(n, d) for n in (2e7, 5e7, 1.2e8, 3e8, 8e8) for d in (4e8, 1e9, 2.5e9, 6e9)]
+    rng = np.random.default_rng(1)
+    pts = [(n, d, float(fit.predict(n, d)) * np.exp(rng.normal(0.0, 0.02)), None, None) for n, d in runs[:-4]]
+    pts += [_stopped(fit, r, 0.02) for r in runs[-4:]]
+    real = laws_mod.fit_chinchilla
+    calls = []
+
+    def flaky(N, D, L, weights=None, **kw):  # diverges whenever a point weighs less than 1, `limit` times
+        calls.append(None if weights is None else tuple(np.round(weights, 6)))
+        if weights is not None and np.any(np.asarray(weights) < 1.0) and len(calls) <= limit:
+            raise FloatingPointError("diverged")
+        return real(N, D, L, weights=weights, **kw)
+
+    monkeypatch.setattr(laws_mod, "fit_chinchilla", flaky)
+    limit = 1  # the first fit runs off, the refit against the misfit does not
+    k = fit_known_law(pts)
+    assert calls[1] is None and k.noise > FINAL_LOSS_NOISE
+    assert (
+        k.weights[-1] == pytest.approx(prediction_weight(*pts[-1][2:], noise=k.noise)) and k.weights[-1] < 1.0
+    )
+    calls.clear()
+    limit = 3  # the refit diverges too: the unweighted law, all weights 1
+    k = fit_known_law(pts)
+    assert k.weights == (1.0,) * len(pts) and np.isfinite(k.fit.predict(8e8, 6e9))
+    observed = [(n, d, y, None, None) for n, d, y, _, _ in pts]
+    monkeypatch.setattr(
+        laws_mod, "fit_chinchilla", lambda *a, **kw: (_ for _ in ()).throw(FloatingPointError("x"))
+    )
+    with pytest.raises(FloatingPointError):  # all observed: nothing to reweigh
+        fit_known_law(observed)
 
 
 def test_known_interval_counts_a_point_without_a_usable_interval_as_observed():
