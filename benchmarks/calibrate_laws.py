@@ -397,10 +397,8 @@ def calibrate(cases: list[Case], log) -> dict:
         # (before-start: 19 per loss kind, two sizes) can look narrower than it is by luck of the draw
         quant[key][regime] = (min(ql, -Z90), max(qh, Z90))
         log(f"{key} / {regime}: q_lo = {ql:.3f}, q_hi = {qh:.3f} (widest over {len(qs)} settings)")
-    for (
-        key,
-        by,
-    ) in quant.items():  # the key's widest over its regimes: the fallback where a regime has no cell
+    # the key's widest over its regimes: the fallback where a regime has no cell
+    for key, by in quant.items():
         out["interval"].setdefault(key, {}).update(
             q_lo=min(q[0] for q in by.values()), q_hi=max(q[1] for q in by.values())
         )

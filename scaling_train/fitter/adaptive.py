@@ -367,27 +367,26 @@ def fit_known_law(
         )
 
     w = weights(FINAL_LOSS_NOISE)
+    predicted = bool(np.any(w < 1.0))
+    diverged = False
     try:
         fit = fit_chinchilla(N, D, L, weights=w)
     except FloatingPointError:
-        if not np.any(w < 1.0):
+        if not predicted:
             raise
-        w = np.ones(len(points))
+        diverged, w = True, np.ones(len(points))
         fit = fit_chinchilla(N, D, L)  # raises when even the points at full weight do not identify the law
-        noise = law_noise(fit, points)
+    noise = law_noise(fit, points)
+    # predicted points weigh more against a law that misses (and after a divergence, against the unweighted law's)
+    if predicted and (diverged or noise > FINAL_LOSS_NOISE):
         try:
             wn = weights(noise)
-            return KnownLaw(
-                fit_chinchilla(N, D, L, weights=wn, **fit_kwargs), noise, tuple(float(x) for x in wn)
-            )
+            fit, w = fit_chinchilla(N, D, L, weights=wn, **fit_kwargs), wn
         except FloatingPointError:
-            if fit_kwargs:
+            if not diverged:
+                raise
+            if fit_kwargs:  # the refit diverged too: the unweighted law stays
                 fit = fit_chinchilla(N, D, L, **fit_kwargs)
-            return KnownLaw(fit, noise, tuple(float(x) for x in w))
-    noise = law_noise(fit, points)
-    if noise > FINAL_LOSS_NOISE and np.any(w < 1.0):  # predicted points weigh more against a law that misses
-        w = weights(noise)
-        fit = fit_chinchilla(N, D, L, weights=w, **fit_kwargs)
     elif fit_kwargs:
         fit = fit_chinchilla(N, D, L, weights=w, **fit_kwargs)
     return KnownLaw(fit, noise, tuple(float(x) for x in w))

@@ -808,7 +808,7 @@ def interval_regime(target: Curve, rn: float) -> str:
 def interval_quantiles(key: str, regime: str) -> tuple[float, float]:
     """(q_lo, q_hi) of interval key ``key`` (``interval_key``) in ``regime`` (``interval_regime``): the regime's
     calibrated quantiles (``_calibration.QUANTILES``, keys of ``REGIME_KEYS``), else the key's own (``INTERVAL``)."""
-    q = getattr(_calibration, "QUANTILES", {}).get(key, {}).get(regime)
+    q = _calibration.QUANTILES.get(key, {}).get(regime)
     if q is None:
         return _calibration.INTERVAL[key]["q_lo"], _calibration.INTERVAL[key]["q_hi"]
     return float(q[0]), float(q[1])
