@@ -42,6 +42,11 @@ Procedure (``weights``: each data set counts once, each group once within its da
    easier ones more than needed (fewer than with one set per key: the late validation-loss predictions, the
    hardest for their scale, no longer set the early training-loss intervals). Asymmetric on purpose: a remaining bias shifts the interval instead of
    being hidden. Never inside +-1.645 (Gaussian 90% of u): a key calibrated on few cases may look narrow by luck.
+5a. The few-points factor (``predict.few_factor``: a target with 1-9 points of its own has every candidate's
+   scale multiplied by its steepness over ``FEW_SLOPE``, between 1 and ``FEW_FACTOR`` = 3; steps 2-4 assume the
+   full 3 on every such case): ``FEW_SLOPE`` is the largest value on a grid at which no calibration unit with
+   >= 5 such cases (the quickstart's two smaller sizes included) covers less than at the full factor, nominal
+   90% at most (``few_slope``).
 5. Past the extrapolation of every case above (``EXTRAP_CALIBRATED``, e^1.7 of the LR area: ~18% of a
    constant-LR run), the early@ settings (3-15% of a run; fitted on by this step only): the factor
    (``BEYOND_FACTOR``) on the ``alone`` candidate's sd (scale and backtest) that holds the group-weighted 92%
@@ -136,8 +141,16 @@ def candidates(cases: list[Case], prior: MultiPowerPrior, only_alone: bool = Fal
     return out
 
 
-def u_of(terms, s0, s1, r) -> float:
-    few, x, v, g = terms
+def u_of(terms, s0, s1, r, slope: float | None = None) -> float:
+    """A candidate's scale from its terms. The few-points factor: ``FEW_FACTOR`` on every target with 1-9
+    points while ``slope`` is None (steps 2-4, so no value of ``FEW_SLOPE`` feeds the constants it is fitted
+    against), ``predict.few_factor`` of its steepness with ``FEW_SLOPE`` = ``slope`` after (step 5, as
+    ``predict_final_loss`` applies it)."""
+    _, x, v, g, steep = terms
+    if slope is None:
+        few = pred_mod.FEW_FACTOR if steep > 0 else 1.0
+    else:
+        few = pred_mod.few_factor(steep, slope)
     return few * math.sqrt(s0**2 + (s1 * x) ** 2 + v + (r * g) ** 2)
 
 
@@ -416,8 +429,62 @@ def calibrate(cases: list[Case], log) -> dict:
     }
     out["groups"] = sorted({c.group for c in cal + prior_only})
     out["n"] = len(cal) + len(prior_only)
+    few_slope(cal, res, prior_only, prior, out, log)
     beyond(cases, res, prior, out, log)
     return out
+
+
+FEW_SLOPE_GRID = np.round(np.arange(0.02, 0.0801, 0.005), 4)
+# a unit (setting / loss kind) with fewer few-point calibration cases does not set FEW_SLOPE
+FEW_MIN_CASES = 5
+
+
+def few_slope(cal: list[Case], res: list[dict], prior_only: list[Case], prior, out: dict, log) -> None:
+    """Step 5a: ``FEW_SLOPE``, the steepness (``predict.steepness``) at which a target with 1-9 points of its own
+    gets the factor 1 (``predict.few_factor``: steepness / FEW_SLOPE, between 1 and ``FEW_FACTOR``). On the
+    calibration cases with so few points (the PRIOR_ONLY quickstart's two smaller sizes included: tiny runs early
+    in their fall, which need the factor), per unit (setting / loss kind) with >= ``FEW_MIN_CASES`` of them: the
+    group-weighted share of truths inside ``predict_final_loss``'s interval (the constants of steps 0-4) with the
+    full factor on every such case (what steps 2-4 assumed) and on an increasing grid of ``FEW_SLOPE``: the last
+    value (the least widening) before the first at which a unit holds less than at the full factor (nominal 90%
+    at most). The early@
+    cases (the next step's) and the REPORT_ONLY ``sparse@25`` are not among them."""
+    res_p = candidates(prior_only, prior)
+    touched = [c for c, r in zip(cal + prior_only, res + res_p) if any(v[1][4] > 0 for v in r.values())]
+    units: dict[str, list[int]] = defaultdict(list)
+    for i, c in enumerate(touched):
+        units[f"{c.setting}/{kind_of(c)}"].append(i)
+    units = {u: ix for u, ix in units.items() if len(ix) >= FEW_MIN_CASES}
+    w = {u: weights([touched[i] for i in ix]) for u, ix in units.items()}
+    kept = (_calibration.INTERVAL, _calibration.QUANTILES, _calibration.FEW_SLOPE)
+    _calibration.INTERVAL, _calibration.QUANTILES = out["interval"], out["quantiles"]
+
+    def coverage(slope: float) -> dict[str, float]:
+        _calibration.FEW_SLOPE = slope
+        ins = []
+        for c in touched:
+            p = predict_final_loss(c.target, c.refs, prior=prior)
+            ins.append(float(p.low <= c.truth <= p.high))
+        ins = np.array(ins)
+        return {u: float(np.sum(w[u] * ins[ix])) for u, ix in units.items()}
+
+    try:
+        full = coverage(1e-9)  # steepness / 1e-9: the full factor on every touched case
+        for u, v in sorted(full.items()):
+            log(f"few points: {u}: n = {len(units[u])}, coverage at the full factor {v:.0%}")
+        best = None
+        for slope in FEW_SLOPE_GRID:
+            cov = coverage(float(slope))
+            ok = all(cov[u] >= min(full[u], 0.90) - 1e-9 for u in units)
+            log(f"few points: FEW_SLOPE = {slope:g}: " + ", ".join(f"{u} {v:.0%}" for u, v in sorted(cov.items()))
+                + ("" if ok else " (loses coverage)"))  # fmt: skip
+            if not ok:  # the largest value below the first that loses coverage
+                break
+            best = float(slope)
+    finally:
+        _calibration.INTERVAL, _calibration.QUANTILES, _calibration.FEW_SLOPE = kept
+    out["few_slope"] = best if best is not None else float(FEW_SLOPE_GRID[0])
+    log(f"few points: FEW_SLOPE = {out['few_slope']:g} ({len(touched)} cases, {len(units)} units)")
 
 
 def beyond(cases: list[Case], res: list[dict], prior, out: dict, log) -> None:
@@ -446,7 +513,7 @@ def beyond(cases: list[Case], res: list[dict], prior, out: dict, log) -> None:
             continue
         e = c.truth / final - 1
         q = k["q_hi"] if e > 0 else -k["q_lo"]
-        u_a = u_of(terms, k["s0"], k["s1"], k["r"])
+        u_a = u_of(terms, k["s0"], k["s1"], k["r"], out["few_slope"])
         # the interval holds the truth when sqrt(M^2 (u_a^2 + bt^2) + tau^2) * q >= |e| (predict: the factor
         # multiplies the candidate's whole sd)
         m2 = ((e / q) ** 2 - (c.truth_sd / c.truth) ** 2) / (u_a**2 + bt**2)
@@ -513,6 +580,8 @@ def write_constants(c: dict) -> None:
         f"EXTRAP_CALIBRATED = {c['extrap_calibrated']:.6g}",
         f"BEYOND_FACTOR = {c['beyond_factor']:.6g}",
         f"EXTRAP_MAX = {c['extrap_max']:.6g}",
+        "# targets with 1-9 points: the steepness (|d log loss / d log step|, last 3 points) of factor 1 (predict.few_factor)",
+        f"FEW_SLOPE = {c['few_slope']:.6g}",
     ]
     lines.append("CALIBRATION_GROUPS = (")
     lines += [f'    "{g}",' for g in c["groups"]]

@@ -45,8 +45,10 @@ QUANTILES = {
 # own-prefix candidates (alone, same_size): the largest extrapolation (e-folds of LR area) among the cases
 # that fitted the scales; the factor on a candidate's sd past it (early@ settings); none past EXTRAP_MAX
 EXTRAP_CALIBRATED = 1.6862
-BEYOND_FACTOR = 1.89783
+BEYOND_FACTOR = 1.91438
 EXTRAP_MAX = 3.91113
+# targets with 1-9 points: the steepness (|d log loss / d log step|, last 3 points) of factor 1 (predict.few_factor)
+FEW_SLOPE = 0.04
 CALIBRATION_GROUPS = (
     "gem/even/PyGemma-1024x28_pretrain",
     "gem/even/PyGemma-1280x36_pretrain",

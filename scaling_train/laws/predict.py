@@ -53,8 +53,10 @@ Disagreement between the candidates widens the interval (``d`` below). A prefix 
 the calibration cases that fitted the scales (``_beyond``: before ~18% of a constant-LR run) has its own-prefix
 candidates' sd multiplied by a factor fitted on early prefixes of calibration runs; one extrapolated further
 than those (before ~2% of a constant-LR run) is predicted as if not started. A target with 1-9 points of its own
-triples every candidate's scale (``few``, set by hand): so few points do not pin its offset, and the
-calibration curves hardly ever have so few. The interval constants are fitted on calibration groups of
+multiplies every candidate's scale by 1 to 3 (``few_factor``): so few points do not pin its offset or its
+extrapolation, the less so the more steeply they still fall (a tiny model early in its fall needs the full
+3, a sparsely logged long run past its first quarter hardly any); the steepness of factor 1 (``FEW_SLOPE``) is
+fitted on the calibration cases with so few points. The interval constants are fitted on calibration groups of
 real curves by ``benchmarks/calibrate_laws.py`` and stored in ``_calibration.py`` with the list of groups
 they came from. A blend's interval quantiles (in units of the scale) depend on the regime the predictor sees
 (``interval_regime``: before or from 60% of the run; a smooth or a noisy read), each the widest over the
@@ -92,6 +94,9 @@ from .curve import (
 )
 
 CANDIDATES = ("alone", "same_size", "sweep")
+FEW_POINTS = 10  # a target with fewer fitted points than this: every candidate's scale times few_factor
+FEW_FACTOR = 3.0  # the most few_factor gives (and what a target with 1-2 points gets)
+BACKTEST_POINTS = 12  # _backtest_error needs this many valid points
 Z90 = 1.6448536269514722  # the standard normal 95% quantile: a Gaussian 90% interval is +-Z90 sd
 READ_WINDOW = 40  # a noisy curve's final loss is read from its last READ_WINDOW points (read_noise)
 _READ_X = np.vander(np.arange(READ_WINDOW) - (READ_WINDOW - 1) / 2, 3)
@@ -394,6 +399,32 @@ def _scale(cal: dict, few: float, extrap: float, v_fit: float, extra: float = 0.
     return float(few * np.sqrt(cal["s0"] ** 2 + (cal["s1"] * extrap) ** 2 + v_fit + extra**2))
 
 
+def steepness(p: _Prepared) -> float:
+    """How steeply a target with few points of its own is still falling: |d log loss / d log step| over its last
+    3 fitted points; 0 (no factor) with >= ``FEW_POINTS`` points, ``inf`` (the largest factor) with 0-2."""
+    n_t = len(p.t)
+    if n_t >= FEW_POINTS:
+        return 0.0
+    if n_t < 3:
+        return math.inf
+    t, y = p.t[-3:].astype(float), p.y[-3:].astype(float)
+    if np.any(t <= 0) or np.any(y <= 0) or np.ptp(np.log(t)) <= 0:
+        return math.inf
+    return float(abs(np.polyfit(np.log(t), np.log(y), 1)[0]))
+
+
+def few_factor(steep: float, slope: float | None = None) -> float:
+    """Factor on every candidate's scale for a target with 1-9 points (``steepness`` > 0): its steepness over
+    ``slope`` (``_calibration.FEW_SLOPE``, fitted on calibration groups: ``benchmarks/calibrate_laws.py`` step
+    5a), between 1 and ``FEW_FACTOR``. A few points of a prefix that still falls steeply (a tiny model early in
+    its fall, the first points of a short run) pin its extrapolation far less than a few points of a curve
+    already in its slow power-law tail (a sparsely logged long run past its first quarter)."""
+    if steep <= 0:
+        return 1.0
+    ref = _calibration.FEW_SLOPE if slope is None else slope
+    return float(min(FEW_FACTOR, max(1.0, steep / ref)))
+
+
 def _beyond(extrap: float) -> float:
     """Factor on the sd (scale and backtest error) of a candidate extrapolating the target's own prefix (``alone``,
     ``same_size``): 1 up to the largest extrapolation log(area(T) / area(last observed step)) of the calibration
@@ -422,12 +453,18 @@ def _alone(
     fit = _as_fit(theta, coef, rmse, 1, p.n_valid, _calibration.LR_POWER)
     ld = _ld_basis(p, np.array([T]), np.array([area_T]), fit.C, fit.beta, fit.gamma)[0]
     loss = fit.L0[0] + fit.A * area_T ** (-fit.alpha) - fit.B * ld
-    few = 3.0 if n_t < 10 else 1.0
+    steep = steepness(p)
+    few = few_factor(steep)
     v_fit = (fit.rmse / loss) ** 2 / max(n_t, 1)
     g = float(fit.B * ld / loss)  # the annealing gain rests on the prior
     u = _scale(cal, few, extrap, v_fit, cal.get("r", 0.0) * g)
     return _Candidate(
-        "alone", float(loss), lambda s, f=fit: f.predict(target, s, index=0), u, (few, extrap, v_fit, g), fit
+        "alone",
+        float(loss),
+        lambda s, f=fit: f.predict(target, s, index=0),
+        u,
+        (few, extrap, v_fit, g, steep),
+        fit,
     )
 
 
@@ -445,7 +482,8 @@ def _same_size(
         key,
         lambda: fit_multipower(refs, prior_weight=0.05, max_points=mp, n_bins=nb, lr_power=lp),
     )
-    few = 3.0 if n_t < 10 else 1.0
+    steep = steepness(p)
+    few = few_factor(steep)
     if n_t >= 3:
         preps = [_prep(c, mp, nb) for c in refs] + [p]
         theta, coef, rmse = _fit(preps, prior=MultiPowerPrior(), prior_weight=0.05, theta0=ref_fit.theta)
@@ -469,7 +507,7 @@ def _same_size(
         float(loss),
         lambda s, f=fit, i=idx: f.predict(target, s, index=i),
         u,
-        (few, extrap, v_fit, 0.0),
+        (few, extrap, v_fit, 0.0, steep),
         fit,
     )
 
@@ -525,7 +563,8 @@ def _sweep(
         fit, idx = base, None
     loss = float(fit.predict(target, np.array([T]), index=idx)[0])
     v_fit = _own_terms_variance(fit, p, target, n_t, loss, sr, slope_rel, area_T) / loss**2
-    few = 3.0 if 1 <= n_t < 10 else 1.0
+    steep = steepness(p) if n_t >= 1 else 0.0  # not started: the references' law alone, no factor
+    few = few_factor(steep)
     # extrapolation beyond the references: in time (the target's own area ratio) plus in size and in
     # tokens (log of the target's N and total tokens over the largest among the references)
     n_max = max(float(c.n_params) for c in refs)
@@ -539,7 +578,7 @@ def _sweep(
         loss,
         lambda s, f=fit, i=idx: f.predict(target, s, index=i),
         u,
-        (few, extrap, v_fit, 0.0),
+        (few, extrap, v_fit, 0.0, steep),
         fit,
     )
 
@@ -566,7 +605,7 @@ def _backtest_error(target: Curve, build) -> float:
     """Relative mean error of a candidate, refitted on the first 2/3 of the target's observed steps, on the
     last 1/3 (0 when the prefix is too short to split): how well it describes the target's own points."""
     s = target.steps[np.isfinite(target.losses)]
-    if len(s) < 12:
+    if len(s) < BACKTEST_POINTS:
         return 0.0
     cut = s[0] + (s[-1] - s[0]) * 2.0 / 3.0
     part = target.observed_until(cut)

@@ -33,7 +33,8 @@ def test_no_constant_was_fitted_on_a_held_out_group():
     held = {g for g in groups if is_held_out(g)}
     assert not cal & held, f"constants fitted on held-out groups: {sorted(cal & held)}"
     # the constants come from exactly the protocol's calibration groups (report-only settings never fit
-    # anything; prior-only ones, the quickstart's, only the range of the alone prior's LR law): regenerate
+    # anything; prior-only ones, the quickstart's, only the range of the alone prior's LR law and, with the
+    # other calibration cases of 1-9 points, FEW_SLOPE): regenerate
     # them when it changes
     assert cal == {c.group for c in cases if c.setting not in REPORT_ONLY} - held
     # sparse@25 shares the groups of alone@25 (the same runs, thinned) and, being report-only, fits nothing
@@ -325,6 +326,41 @@ def test_a_prefix_of_few_points_widens_the_sweep_candidate_too():
     assert width[300] > 2 * width[100]
 
 
+def test_the_few_points_factor_follows_how_steeply_the_prefix_still_falls(lrs_val, monkeypatch):
+    """Under 10 own points every candidate's scale takes ``few_factor``: the prefix's steepness (its last 3
+    points' log-log slope) over ``FEW_SLOPE``, between 1 and 3 (a flat 3, set by hand, before). The held-out
+    ``sparse@25`` runs (lr_schedules validation curves thinned to 6 points at 25% of the run, past their early
+    fall; report-only, so nothing was fitted on them) take much less than 3 and their intervals still hold
+    >= 90% of the truths, narrower than under the flat factor; the quickstart's 40% prefixes (tiny models
+    still falling fast) keep most of it. Measured: median factor 1.46 (held-out sparse@25) / 2.7 (the 12
+    quickstart prefixes); sparse@25 held out 97% inside at 5.6% wide, against 99% at 10.8% under the flat 3."""
+    import math
+
+    from scaling_train.laws.predict import FEW_FACTOR, few_factor, steepness
+    from tests.fixtures.protocol import quickstart_cases
+
+    assert few_factor(0.0) == 1.0 and few_factor(math.inf) == FEW_FACTOR
+    f = [few_factor(x) for x in np.linspace(0.0, 0.5, 51)]
+    assert all(1.0 <= a <= b <= FEW_FACTOR for a, b in zip(f, f[1:])) and f[-1] == FEW_FACTOR
+    cases = [c for c in lrs_val if c.setting == "sparse@25" and is_held_out(c.group)]
+    assert len(cases) >= 50
+
+    def run(cs):
+        p = [predict_final_loss(c.target, c.refs) for c in cs]
+        cover = np.mean([q.low <= c.truth <= q.high for q, c in zip(p, cs)])
+        return p, cover, np.mean([(q.high - q.low) / q.loss for q in p])
+
+    p, cover, width = run(cases)
+    fac = np.array([q.scale_terms[0] for q in p])
+    assert all(q.scale_terms[0] == few_factor(q.scale_terms[4]) for q in p)
+    assert np.median(fac) < 1.6 and cover >= 0.9, (np.median(fac), cover)
+    qs = [few_factor(steepness(pred_mod._prep(c.target, 64, 48))) for c in quickstart_cases()]
+    assert np.median(qs) > 2.0, qs
+    monkeypatch.setattr(_calibration, "FEW_SLOPE", 1e-9)  # the flat factor
+    _, cover_flat, width_flat = run(cases)
+    assert width < 0.7 * width_flat and cover_flat >= cover, (width, width_flat)
+
+
 def test_the_sweep_candidates_size_extrapolation_is_checked_on_the_sweeps_own_sizes(monkeypatch):
     """A target larger than every reference: the references of the largest size are predicted from the smaller
     ones (``_size_backtest``) and the sweep candidate's rms error there, scaled to the target's extrapolation,
@@ -402,7 +438,8 @@ def test_the_alone_priors_lr_law_is_used_up_to_the_quickstarts_calibration_peaks
 def test_quickstart_cases_are_the_live_sweep_at_40_percent():
     """qs@40: each quickstart run cut at 40% of its steps, its references the runs finished by then (never
     itself, never a longer run of its own size), truth = its final evaluation; its calibration sizes set
-    only the range of peak LRs of the alone prior's LR law (PRIOR_ONLY)."""
+    only the range of peak LRs of the alone prior's LR law and, among the few-point cases, FEW_SLOPE
+    (PRIOR_ONLY)."""
     from tests.fixtures.protocol import quickstart_cases
     from tests.fixtures.realdata import quickstart_runs
 
@@ -539,11 +576,14 @@ def test_the_calibration_step_past_the_extrapolation_reads_only_calibration_grou
         # needed factor: (i + 1) / 10 on the training loss, 1 on the validation loss; held out: 100
         need = 100.0 if i >= 36 else ((i + 1) / 10 if kind == "train" else 0.5)
         x = 2.0 + 0.01 * i
-        fake[c.name] = {"alone": (1.0 / (1.0 + need * 0.01 * 2.0), (1.0, x, 0.0, 0.0), 0.0)}
+        fake[c.name] = {"alone": (1.0 / (1.0 + need * 0.01 * 2.0), (1.0, x, 0.0, 0.0, 0.0), 0.0)}
     monkeypatch.setattr(cl, "candidates", lambda cs, prior: [fake[c.name] for c in cs])
-    out = {"interval": {"alone": {"s0": 0.01, "s1": 0.0, "r": 0.0, "q_lo": -2.0, "q_hi": 2.0}}}
+    out = {
+        "interval": {"alone": {"s0": 0.01, "s1": 0.0, "r": 0.0, "q_lo": -2.0, "q_hi": 2.0}},
+        "few_slope": 0.04,
+    }
     before = _calibration.EXTRAP_MAX
-    cl.beyond(cases, [{"alone": (1.0, (1.0, 1.5, 0.0, 0.0), 0.0)}], None, out, log=lambda s: None)
+    cl.beyond(cases, [{"alone": (1.0, (1.0, 1.5, 0.0, 0.0, 0.0), 0.0)}], None, out, log=lambda s: None)
     assert _calibration.EXTRAP_MAX == before
     assert out["extrap_calibrated"] == 1.5
     assert out["extrap_max"] == pytest.approx(2.0 + 0.01 * 35)  # the held-out cases' x (2.36..2.39) unseen
