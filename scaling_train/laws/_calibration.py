@@ -17,38 +17,40 @@ NO_REF_LOG_C = -3.97264
 # every candidate: the schedule's power in the fits' view, (lr / peak) ** p (profiled on calibration groups)
 LR_POWER = 0.7
 # sweep model: prior mean of log a, the exponent of N (empirical Bayes on before-start cases)
-SWEEP_LOG_A = -2.28939
+SWEEP_LOG_A = -1.56575
 # sweep model: prior sd of a run's offset from the sweep law, relative to the loss (fixed, not fitted)
 SIGMA_DELTA = 0.02
 # sweep model: ridge sd of the references' offsets (fixed, not fitted: they must follow the law)
 SIGMA_REF = 0.003
 # sweep model: prior sd of the target's own data-term coefficient, its effect at T relative to the loss (fixed)
 SIGMA_SLOPE = 0.0015
+# sweep model: prior sd of the data-term coefficient's change per e-fold of N, its effect relative to the loss (fixed)
+SIGMA_SIZE_SLOPE = 0.03
 # per candidate: s0, s1, r of the relative scale u; per interval key: q_lo, q_hi (quantiles of e / u);
 # blend: d, the weight of the candidates' disagreement
 INTERVAL = {
     "alone": {"s0": 3.99506e-10, "s1": 0.00277106, "r": 0.0930185, "q_lo": -3.13851, "q_hi": 2.93233},
-    "same_size": {"s0": 0.00168971, "s1": 0.00216432, "r": 0, "q_lo": -2.72565, "q_hi": 3.82164},
-    "sweep": {"s0": 0.00130982, "s1": 0.00257751, "r": 0, "q_lo": -1.6449, "q_hi": 1.6449},
-    "blend": {"d": 0.51554, "q_lo": -2.72565, "q_hi": 3.82164},
+    "same_size": {"s0": 0.00168971, "s1": 0.00216432, "r": 0, "q_lo": -3.43004, "q_hi": 4.02521},
+    "sweep": {"s0": 2.14835e-09, "s1": 0.00310014, "r": 0, "q_lo": -1.6449, "q_hi": 1.6449},
+    "blend": {"d": 0.528523, "q_lo": -3.43004, "q_hi": 4.02521},
 }
 # per interval key of predict.REGIME_KEYS and regime (predict.interval_regime: how far the target has run,
 # whether its read is noisy): (q_lo, q_hi), the widest over the calibration settings with >= 10 cases there
 QUANTILES = {
     "blend": {
-        "late/noisy": (-2.10651, 1.65118),
-        "late/smooth": (-1.6449, 3.82164),
-        "mid/noisy": (-1.6449, 2.94545),
-        "mid/smooth": (-2.72565, 2.41398),
+        "late/noisy": (-2.05078, 1.67375),
+        "late/smooth": (-3.43004, 4.02521),
+        "mid/noisy": (-1.6449, 2.73183),
+        "mid/smooth": (-2.72322, 2.41305),
     },
 }
 # own-prefix candidates (alone, same_size): the largest extrapolation (e-folds of LR area) among the cases
 # that fitted the scales; the factor on a candidate's sd past it (early@ settings); none past EXTRAP_MAX
 EXTRAP_CALIBRATED = 1.6862
-BEYOND_FACTOR = 1.91438
+BEYOND_FACTOR = 1.89844
 EXTRAP_MAX = 3.91113
 # targets with 1-9 points: the steepness (|d log loss / d log step|, last 3 points) of factor 1 (predict.few_factor)
-FEW_SLOPE = 0.04
+FEW_SLOPE = 0.03
 CALIBRATION_GROUPS = (
     "gem/even/PyGemma-1024x28_pretrain",
     "gem/even/PyGemma-1280x36_pretrain",

@@ -9,13 +9,18 @@ Three candidate models, each a multi-power law (``curve.py``) fitted to differen
 - ``sweep``: the sweep-level trajectory model over references of any size (``Curve.n_params`` and
   ``Curve.tokens_per_step`` given)::
 
-      L_i(t) = E + K * N_i**(-a) + delta_i + A * D_i(t)**(-alpha) - B * LD_i(t)
+      L_i(t) = E + K * N_i**(-a) + delta_i + (A + A_N * log(N_i / N_ref)) * D_i(t)**(-alpha) - B * LD_i(t)
       D_i(t) = tokens_per_step_i * S1_i(t)       (tokens weighted by the normalised LR: the forward area)
 
   with the annealing term LD of the multi-power law, every parameter shared except a per-run offset
   delta_i (ridge): nominally ~ N(0, (SIGMA_REF * loss)^2) for the references, which must follow the law (a
   looser ridge lets per-run offsets mimic any N-dependence with few sizes), ~ N(0, (SIGMA_DELTA * loss)^2)
-  for the target; in the fit, sd / the per-point noise (``_fit_sweep``; docs/laws.md). The Chinchilla form
+  for the target; in the fit, sd / the per-point noise (``_fit_sweep``; docs/laws.md). A_N lets the data
+  term's coefficient change with the size (N_ref: the references' geometric mean size; ridge: its effect at the
+  curves' median last data term ~ N(0, (SIGMA_SIZE_SLOPE * loss)^2) per e-fold of N): with one A for every size
+  a larger model was predicted to gain no more per token than the smaller ones, and the quickstart's largest
+  sizes came out 4-7% too high from 40% of their runs (held-out ``qs@40`` sweep candidate: mean abs 4.4% ->
+  0.8%; the lr_schedules ladders' held-out ``sweep@25`` / ``live@30``: 0.5-1.5% -> 0.3-1.1%). The Chinchilla form
   with the data term measured along each run's schedule: it predicts a run before it starts (delta = 0) and
   its prefix moves delta. Once the target has points of its own, its data
   term also gets its own extra coefficient (``SweepFit.slope``, ridge in loss units: its effect at T ~ N(0,
@@ -203,6 +208,8 @@ class SweepFit:
     theta: np.ndarray = field(repr=False)
     lr_power: float = 1.0  # the schedule's power in the fit's view (``curve._prepare``)
     slope: float = 0.0  # the target's own extra data-term coefficient (last curve fitted; 0 without one)
+    A_N: float = 0.0  # the data-term coefficient's change per e-fold of N (A + A_N * log(N / N_ref))
+    log_n_ref: float = 0.0  # log(N_ref / _N_UNIT): the references' mean log size
 
     def predict(self, curve: Curve, steps: np.ndarray, *, index: int | None = None) -> np.ndarray:
         """Loss of ``curve`` at ``steps`` (its fitted offset when ``index`` is given, else delta = 0)."""
@@ -211,7 +218,8 @@ class SweepFit:
         area = p.area[len(p.t) :]
         d = area * float(curve.tokens_per_step) / _D_UNIT
         off = self.delta[index] if index is not None else 0.0
-        a_run = self.A + (self.slope if index is not None and index == len(self.delta) - 1 else 0.0)
+        a_run = self.A + self.A_N * (math.log(float(curve.n_params) / _N_UNIT) - self.log_n_ref)
+        a_run += self.slope if index is not None and index == len(self.delta) - 1 else 0.0
         return (
             self.E + self.K * (float(curve.n_params) / _N_UNIT) ** (-self.a) + off
             + a_run * d ** (-self.alpha) - self.B * _ld_basis(p, steps, area, self.C, self.beta, self.gamma)
@@ -228,13 +236,17 @@ def _fit_sweep(
     lr_power: float = 1.0,
     target_slope_rel: float | None = None,
     target_area_T: float | None = None,
+    size_slope_rel: float = 0.0,
 ) -> SweepFit:
     """Variable projection: outer LS over theta, inner NNLS over (E, K, A, B, delta+_i, delta-_i) with a
     ridge row per offset (sd ``sigma_rel`` x the loss level; the last curve's ``target_sigma_rel`` when given:
     the references must follow the law, the target may deviate and its prefix says by how much) and a weak
     prior on theta. With ``target_slope_rel`` > 0 (and ``target_sigma_rel`` given) the last curve also gets its
     own extra data-term coefficient (+-, ridge: its effect at its last step T, whose LR area is ``target_area_T``,
-    has sd ``target_slope_rel`` x the loss level, in loss units)."""
+    has sd ``target_slope_rel`` x the loss level, in loss units). With ``size_slope_rel`` > 0 and >= 2 sizes the
+    data-term coefficient depends on the size, A + A_N log(N / N_ref) (N_ref: the references' geometric mean
+    size; +-, ridge: A_N's effect at the curves' median last data term has sd ``size_slope_rel`` x the loss
+    level per e-fold of N)."""
     n_c = len(preps)
     y = np.concatenate([p.y for p in preps])
     sw = np.sqrt(np.concatenate([p.w for p in preps]))
@@ -249,7 +261,11 @@ def _fit_sweep(
         raise ValueError(
             f"target_area_T={target_area_T} must be > 0 with target_slope_rel={target_slope_rel}"
         )
-    n_lin = 4 + 2 * n_c + 2 * slope
+    n_refs = n_c - 1 if target_sigma_rel is not None and n_c > 1 else n_c
+    log_n_ref = float(np.mean(np.log(nrel[:n_refs])))
+    lnn = np.log(nrel) - log_n_ref
+    inter = size_slope_rel > 0 and np.ptp(np.log(nrel)) > 0.01
+    n_lin = 4 + 2 * n_c + 2 * inter + 2 * slope
     prior = _sw_prior()
 
     def design(theta: np.ndarray) -> np.ndarray:
@@ -270,13 +286,16 @@ def _fit_sweep(
             x[:, 3] = -_ld_fit_basis(p, C, beta, gamma)
             x[:, 4 + 2 * c] = 1.0
             x[:, 5 + 2 * c] = -1.0
+            if inter:
+                x[:, 4 + 2 * n_c] = lnn[c] * x[:, 2]
+                x[:, 5 + 2 * n_c] = -lnn[c] * x[:, 2]
             if slope and c == n_c - 1:
                 x[:, -2] = x[:, 2]
                 x[:, -1] = -x[:, 2]
             rows.append(x)
         return np.vstack(rows)
 
-    ridge = np.zeros((2 * n_c + 2 * slope, n_lin))
+    ridge = np.zeros((2 * n_c + 2 * inter + 2 * slope, n_lin))
     sigs = np.full(n_c, sig)
     if target_sigma_rel is not None:
         sigs[-1] = target_sigma_rel * level
@@ -285,8 +304,15 @@ def _fit_sweep(
     ridge[np.arange(2 * n_c), 4 + np.arange(2 * n_c)] = scale / np.repeat(sigs, 2)
 
     d_end = float(target_area_T) * drel[-1] if slope else 0.0  # the target's data term at its last step
+    # the curves' median data term at their last fitted point: where A_N's prior sd is set
+    d_typ = float(
+        np.median([p.area[len(p.t) - 1] * drel[i] for i, p in enumerate(preps) if len(p.t)] or [1.0])
+    )
 
     def inner(theta: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        if inter:  # A_N's effect at d_typ per e-fold of N ~ N(0, (size_slope_rel * level)^2)
+            g = d_typ ** (-np.exp(theta[0]))
+            ridge[2 * n_c, 4 + 2 * n_c] = ridge[2 * n_c + 1, 5 + 2 * n_c] = g / (size_slope_rel * level)
         if slope:  # its change in the data term at T ~ N(0, (target_slope_rel * level)^2)
             g = d_end ** (-np.exp(theta[0]))
             ridge[-2, -2] = ridge[-1, -1] = g / (target_slope_rel * level)
@@ -312,6 +338,7 @@ def _fit_sweep(
         delta=tuple(float(coef[4 + 2 * c] - coef[5 + 2 * c]) for c in range(n_c)), sigma_delta=float(sigs[-1]),
         rmse=rmse, n_points=int(sum(p.n_valid for p in preps)), theta=th, lr_power=lr_power,
         slope=float(coef[-2] - coef[-1]) if slope else 0.0,
+        A_N=float(coef[4 + 2 * n_c] - coef[5 + 2 * n_c]) if inter else 0.0, log_n_ref=log_n_ref,
     )  # fmt: skip
 
 
@@ -337,7 +364,14 @@ def fit_sweep(
     lp = _checked_lr_power(_calibration.LR_POWER if lr_power is None else lr_power)
     preps = [_prepare(c, max_points=max_points, n_bins=n_bins, lr_power=lp) for c in curves]
     sr = _calibration.SIGMA_REF if sigma_rel is None else sigma_rel
-    return _fit_sweep(curves, preps, sigma_rel=sr, theta0=_sw_prior(), lr_power=lp)
+    return _fit_sweep(
+        curves,
+        preps,
+        sigma_rel=sr,
+        theta0=_sw_prior(),
+        lr_power=lp,
+        size_slope_rel=_calibration.SIGMA_SIZE_SLOPE,
+    )
 
 
 # --------------------------------------------------------------------------------------------------
@@ -533,7 +567,7 @@ def _sweep(
     key = (
         ("sw",)
         + tuple(c.digest() for c in refs)
-        + (mp, nb, _calibration.SIGMA_REF, _calibration.SWEEP_LOG_A, lp)
+        + (mp, nb, _calibration.SIGMA_REF, _calibration.SWEEP_LOG_A, lp, _calibration.SIGMA_SIZE_SLOPE)
     )
     ref_preps = [_prep(c, mp, nb) for c in refs]
     base = _cached(
@@ -541,8 +575,13 @@ def _sweep(
         32,
         key,
         lambda: _fit_sweep(
-            refs, ref_preps, sigma_rel=_calibration.SIGMA_REF, theta0=_sw_prior(), lr_power=lp
-        ),
+            refs,
+            ref_preps,
+            sigma_rel=_calibration.SIGMA_REF,
+            theta0=_sw_prior(),
+            lr_power=lp,
+            size_slope_rel=_calibration.SIGMA_SIZE_SLOPE,
+        ),  # fmt: skip
     )
     slope_rel = _calibration.SIGMA_SLOPE
     # the target's LR area at T (memoised: the prep every caller passes as p)
@@ -557,6 +596,7 @@ def _sweep(
             lr_power=lp,
             target_slope_rel=slope_rel,
             target_area_T=area_T,
+            size_slope_rel=_calibration.SIGMA_SIZE_SLOPE,
         )
         idx = len(refs)
     else:
@@ -644,7 +684,10 @@ def _size_backtest(target: Curve, refs: Sequence[Curve], mp: int, nb: int) -> fl
     beyond_top = math.log(n_max / max(float(r.n_params) for r in rest))
     fin = target.steps[np.isfinite(target.losses)]
     frac = round(float(fin[-1]) / target.total_steps, 2) if len(fin) else 0.0
-    cal = (_calibration.LR_POWER, _calibration.SIGMA_REF, _calibration.SWEEP_LOG_A, _calibration.SIGMA_SLOPE)
+    cal = (
+        _calibration.LR_POWER, _calibration.SIGMA_REF, _calibration.SWEEP_LOG_A, _calibration.SIGMA_SLOPE,
+        _calibration.SIGMA_SIZE_SLOPE,
+    )  # fmt: skip
     key = tuple(r.digest() for r in refs) + (frac, mp, nb, *cal)
 
     def measure() -> float:

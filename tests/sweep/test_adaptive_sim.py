@@ -288,16 +288,17 @@ def test_law_tolerance_stops_wide_runs_the_law_does_not_need():
 
 @pytest.mark.slow  # ~45 s: two replays of a 19-run real ladder
 def test_real_ladder_law_tolerance_saves_more_compute_and_keeps_the_law():
-    """lr_schedules WSD ladder 33M-360M (validation loss) at tolerance 0.03: stopping the runs the law does not
-    need spends less than the interval rule alone (benchmark: 59% -> 55%; 63% -> 55% before the blend's quantiles
-    per regime narrowed the mid-run intervals, 2026-12-05), with the stopped runs' truths inside their intervals.
-    The law is 1.15% off the full sweep's (run013), a miss of issue 19's 1% since the schedule power (LR_POWER
-    0.7; it was 0.84%): bounded here at 1.2% so a further drift fails."""
+    """lr_schedules WSD ladder 33M-360M (validation loss) at tolerance 0.02: stopping the runs the law does not
+    need spends less than the interval rule alone (90% -> 55%, 2026-12-05; at 0.03 the interval rule alone now
+    stops at 55%, next to the ladder's 54% floor, since the sweep model's data term changes with the size), with
+    the stopped runs' truths inside their intervals. The law is 1.06% off the full sweep's (run013), a miss of
+    issue 19's 1% since the schedule power (LR_POWER 0.7; it was 0.84%): bounded here at 1.2% so a further drift
+    fails."""
     from benchmarks.bench_adaptive import lrs_ladder
 
     runs = lrs_ladder("wsd", "val")
-    base = simulate(runs, AdaptivePolicy(tolerance=0.03))
-    res = simulate(runs, AdaptivePolicy(tolerance=0.03, law_tolerance=0.01))
+    base = simulate(runs, AdaptivePolicy(tolerance=0.02))
+    res = simulate(runs, AdaptivePolicy(tolerance=0.02, law_tolerance=0.01))
     assert len(runs) == 19 and res.compute_fraction < base.compute_fraction - 0.03
     assert res.max_law_deviation < 0.012 and res.coverage >= 0.9
     assert any(rp.reason.startswith("the law does not need") for rp in res.runs.values())
