@@ -170,6 +170,8 @@ def read_wandb_records(path: str | Path) -> list[Any]:
     The file is a LevelDB-style log (7-byte header ``:W&B`` + magic + version, then 32 KiB blocks of
     records with a 7-byte header: crc32c, length u16, type FULL/FIRST/MIDDLE/LAST); the payloads are
     W&B's own protobuf records. wandb >= 0.2x keeps its reader in the Go core, so this is the Python side.
+    A file still being written (read while W&B's core flushes it) ends in a partial record: the records before
+    it are returned, never a half-read one (a truncated payload failed to parse: "Wire format was corrupt").
     """
     from wandb.proto import wandb_internal_pb2 as pb
 
@@ -184,6 +186,8 @@ def read_wandb_records(path: str | Path) -> list[Any]:
             continue
         length = int.from_bytes(data[pos + 4 : pos + 6], "little")
         kind = data[pos + 6]
+        if pos + 7 + length > len(data):  # the writer is still appending this record: stop before it
+            break
         payload = data[pos + 7 : pos + 7 + length]
         pos += 7 + length
         if kind == 0 and length == 0:

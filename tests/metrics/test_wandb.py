@@ -44,3 +44,14 @@ def test_wandb_offline_run_folder(tmp_path, monkeypatch):
     assert hist[-1]["tokens"] == 12 * cfg.tokens_per_step
     assert hist[-1]["flops/loss"] == hist[-1]["loss"]
     assert "eval_loss" in hist[-1]
+    # read while W&B still appends (a CI failure: "Wire format was corrupt"): a file cut anywhere gives the
+    # records before the cut, never a half-read one
+    from scaling_train.metrics.wandb_sink import read_wandb_records
+
+    data = files[0].read_bytes()
+    full = [r.SerializeToString() for r in recs]
+    cut_file = tmp_path / "cut.wandb"
+    for cut in (8, 20, len(data) // 3, len(data) // 2, len(data) - 3):
+        cut_file.write_bytes(data[:cut])
+        got = [r.SerializeToString() for r in read_wandb_records(cut_file)]
+        assert got == full[: len(got)] and len(got) < len(full), cut
