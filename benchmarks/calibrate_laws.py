@@ -45,9 +45,9 @@ Procedure (``weights``: each data set counts once, each group once within its da
    being hidden. Never inside +-1.645 (Gaussian 90% of u): a key calibrated on few cases may look narrow by luck.
 5a. The few-points factor (``predict.few_factor``: a target with 1-9 points of its own has every candidate's
    scale multiplied by its steepness over ``FEW_SLOPE``, between 1 and ``FEW_FACTOR`` = 3; steps 2-4 assume the
-   full 3 on every such case): ``FEW_SLOPE`` is the largest value on a grid at which no calibration unit with
-   >= 5 such cases (the quickstart's two smaller sizes included) covers less than at the full factor, nominal
-   90% at most (``few_slope``).
+   full 3 on every such case): on an increasing grid, ``FEW_SLOPE`` is the last value before the first at which
+   a calibration unit with >= 5 such cases (the quickstart's two smaller sizes included) covers less than at
+   the full factor, nominal 90% at most (``few_slope``).
 5. Past the extrapolation of every case above (``EXTRAP_CALIBRATED``, e^1.7 of the LR area: ~18% of a
    constant-LR run), the early@ settings (3-15% of a run; fitted on by this step only): the factor
    (``BEYOND_FACTOR``) on the ``alone`` candidate's sd (scale and backtest) that holds the group-weighted 92%
@@ -456,8 +456,7 @@ def few_slope(cal: list[Case], res: list[dict], prior_only: list[Case], prior, o
     group-weighted share of truths inside ``predict_final_loss``'s interval (the constants of steps 0-4) with the
     full factor on every such case (what steps 2-4 assumed) and on an increasing grid of ``FEW_SLOPE``: the last
     value (the least widening) before the first at which a unit holds less than at the full factor (nominal 90%
-    at most). The early@
-    cases (the next step's) and the REPORT_ONLY ``sparse@25`` are not among them."""
+    at most). The early@ cases (the next step's) and the REPORT_ONLY ``sparse@25`` are not among them."""
     res_p = candidates(prior_only, prior)
     touched = [c for c, r in zip(cal + prior_only, res + res_p) if any(v[1][4] > 0 for v in r.values())]
     units: dict[str, list[int]] = defaultdict(list)
