@@ -444,6 +444,8 @@ def calibrate(cases: list[Case], log) -> dict:
 
 
 FEW_SLOPE_GRID = np.round(np.arange(0.02, 0.0801, 0.005), 4)
+# steepness / FEW_SLOPE_FULL exceeds FEW_FACTOR on every touched case: the full factor (what steps 2-4 assume)
+FEW_SLOPE_FULL = 1e-9
 # a unit (setting / loss kind) with fewer few-point calibration cases does not set FEW_SLOPE
 FEW_MIN_CASES = 5
 
@@ -456,7 +458,8 @@ def few_slope(cal: list[Case], res: list[dict], prior_only: list[Case], prior, o
     group-weighted share of truths inside ``predict_final_loss``'s interval (the constants of steps 0-4) with the
     full factor on every such case (what steps 2-4 assumed) and on an increasing grid of ``FEW_SLOPE``: the last
     value (the least widening) before the first at which a unit holds less than at the full factor (nominal 90%
-    at most). The early@ cases (the next step's) and the REPORT_ONLY ``sparse@25`` are not among them."""
+    at most); the full factor itself when even the grid's first value loses coverage. The early@ cases (the next
+    step's) and the REPORT_ONLY ``sparse@25`` are not among them."""
     res_p = candidates(prior_only, prior)
     touched = [c for c, r in zip(cal + prior_only, res + res_p) if any(v[1][4] > 0 for v in r.values())]
     units: dict[str, list[int]] = defaultdict(list)
@@ -477,7 +480,7 @@ def few_slope(cal: list[Case], res: list[dict], prior_only: list[Case], prior, o
         return {u: float(np.sum(w[u] * ins[ix])) for u, ix in units.items()}
 
     try:
-        full = coverage(1e-9)  # steepness / 1e-9: the full factor on every touched case
+        full = coverage(FEW_SLOPE_FULL)
         for u, v in sorted(full.items()):
             log(f"few points: {u}: n = {len(units[u])}, coverage at the full factor {v:.0%}")
         best = None
@@ -491,7 +494,10 @@ def few_slope(cal: list[Case], res: list[dict], prior_only: list[Case], prior, o
             best = float(slope)
     finally:
         _calibration.INTERVAL, _calibration.QUANTILES, _calibration.FEW_SLOPE = kept
-    out["few_slope"] = best if best is not None else float(FEW_SLOPE_GRID[0])
+    if best is None:  # even the least widening of the grid loses coverage: keep the full factor on every case
+        best = FEW_SLOPE_FULL
+        log(f"few points: every grid value loses coverage; FEW_SLOPE = {best:g} (the full factor)")
+    out["few_slope"] = best
     log(f"few points: FEW_SLOPE = {out['few_slope']:g} ({len(touched)} cases, {len(units)} units)")
 
 

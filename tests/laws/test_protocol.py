@@ -691,3 +691,51 @@ def test_held_out_coverage_holds_in_every_regime():
     for cell, (inside, _) in cells.items():
         assert np.mean(inside) >= 0.80, f"{cell}: coverage {np.mean(inside):.0%} of {len(inside)}"
     assert min(np.mean(n) for _, n in cells.values()) < 0.85
+
+
+def test_the_calibration_step_for_the_few_points_slope_keeps_the_full_factor_when_every_value_loses(
+    monkeypatch, lrs_val
+):
+    """benchmarks/calibrate_laws.py step 5a (``few_slope``) on controlled cases: each case's interval half-width
+    is 1% x its few-points factor and it needs ``need``; FEW_SLOPE is the last grid value before the first that
+    covers less than the full factor does. When even the grid's first value loses coverage the step keeps the
+    full factor (what the scales were fitted with), not the least widening of the grid; the module's FEW_SLOPE is
+    restored afterwards."""
+    import benchmarks.calibrate_laws as cl
+
+    steep = [0.03 + 0.005 * i for i in range(10)]  # 0.03-0.075
+    cases = [
+        replace(
+            lrs_val[0],
+            group=f"lrs/33M/slimpajama/g{i}/val",
+            setting="alone@25",
+            target=replace(lrs_val[0].target, name=f"r{i}"),
+            truth=1.0,
+        )
+        for i in range(10)
+    ]
+    res = [{"alone": (1.0, (1.0, 0.1, 0.0, 0.0, s), 0.0)} for s in steep]  # terms[4]: the steepness
+    monkeypatch.setattr(cl, "candidates", lambda cs, prior: [])
+
+    def few_slope(need: list[float]) -> float:
+        by_name = {c.target.name: (s, n) for c, s, n in zip(cases, steep, need)}
+
+        def fake_predict(target, refs, prior=None):
+            s, n = by_name[target.name]
+            half = 0.01 * pred_mod.few_factor(s)
+            inside = half >= n - 1e-12
+            return type("P", (), {"low": 1.0 - 0.5 if inside else 2.0, "high": 1.5})()
+
+        monkeypatch.setattr(cl, "predict_final_loss", fake_predict)
+        out = {"interval": _calibration.INTERVAL, "quantiles": _calibration.QUANTILES}
+        kept = _calibration.FEW_SLOPE
+        cl.few_slope(cases, res, [], None, out, log=lambda s: None)
+        assert _calibration.FEW_SLOPE == kept
+        return out["few_slope"]
+
+    # a case holds its truth while its factor steep / FEW_SLOPE >= need / 1%: every case up to FEW_SLOPE = 0.05
+    assert few_slope([0.01 * s / 0.05 for s in steep]) == pytest.approx(0.05)
+    # every case needs the full factor: even the grid's first value loses (0.02: factor 1.5 at steepness 0.03)
+    full = few_slope([0.01 * pred_mod.FEW_FACTOR for _ in steep])
+    assert full == cl.FEW_SLOPE_FULL
+    assert all(pred_mod.few_factor(s, slope=full) == pred_mod.FEW_FACTOR for s in steep)
