@@ -12,10 +12,12 @@ Procedure (``weights``: each data set counts once, each group once within its da
    generic weak prior, so this step depends on no constant fitted before. Every later step is fitted under it.
 1. Empirical Bayes for the ``alone`` candidate's annealing prior: minimise the weighted mean squared relative
    error of the ``alone`` predictions over the calibration cases whose remaining schedule anneals (cooldown
-   settings and decaying schedules), Nelder-Mead over (log b, k, log C, log b_unknown): the mean of B / loss
-   is b * (peak LR / 1e-3) ** k for a curve with its real LRs (the gain of a cooldown grows with the LR it
-   anneals from: on the calibration runs the gain needed at peak 3e-3 is ~2.5x that at 1e-4), b_unknown for
-   one whose LR scale is unknown (Gemstone: normalised schedules); C shared. The peak is clipped to the range
+   settings and decaying schedules), Nelder-Mead over (log b, k, log C, log b_unknown, k_N): the mean of
+   B / loss is b * (peak LR / 1e-3) ** k * (N / 1e8) ** k_N for a curve with its real LRs and size (the gain of
+   a cooldown grows with the LR it anneals from: on the calibration runs the gain needed at peak 3e-3 is ~2.5x
+   that at 1e-4; and with the model's size), b_unknown for one whose LR scale is unknown (Gemstone: normalised
+   schedules, no size factor); C shared. N is clipped to the sizes of this step's cases (lr_schedules 33M-209M:
+   the Gemstone and multipower cases carry no size). The peak is clipped to the range
    of the calibration runs' peaks, the PRIOR_ONLY setting's included (the quickstart's two smaller sizes, the
    only calibration runs above 5e-3: 6.6e-3 and 9.4e-3); their errors are fitted on by no step. Probe: with
    them in this step's objective too (a fourth data set) k = 0.354, log C = -2.67 and the quickstart's cases
@@ -84,6 +86,7 @@ BIAS_BAND, COVERAGE_BAND = 0.003, (0.85, 0.95)  # issue 13's targets, per group
 ANNEALING_SETTINGS = ("cool", "gem_cool", "alone@25", "mp@25%", "mp@50%")
 Z90 = 1.6449  # the Gaussian 95% quantile: a two-sided 90% interval of +-Z90 sd
 LR_RANGE = (1e-4, 3e-3)  # set by calibrate(): the peak LRs of the calibration cases with a known LR
+N_RANGE = (1e7, 1e10)  # set by calibrate(): the sizes of the empirical-Bayes cases
 
 
 def group_kind(group: str) -> str:
@@ -116,7 +119,7 @@ def weights(cases: list[Case]) -> np.ndarray:
 
 
 def alone_prior(x) -> MultiPowerPrior:
-    """x = (log b_rel, b_lr_exponent, log C, log b_rel for curves of unknown LR)."""
+    """x = (log b_rel, b_lr_exponent, log C, log b_rel for curves of unknown LR, b_n_exponent)."""
     base = MultiPowerPrior()
     b = math.exp(x[0])
     return MultiPowerPrior(
@@ -126,6 +129,8 @@ def alone_prior(x) -> MultiPowerPrior:
         b_lr_exponent=float(x[1]),
         b_lr_range=LR_RANGE,
         b_rel_unknown_lr=math.exp(x[3]),
+        b_n_exponent=float(x[4]),
+        b_n_range=N_RANGE,
     )
 
 
@@ -244,27 +249,32 @@ def calibrate(cases: list[Case], log) -> dict:
         e = np.array([c.truth / r["alone"][0] - 1 if "alone" in r else 0.0 for c, r in zip(ann, res)])
         return float(np.sum(wa * e**2))
 
-    global LR_RANGE
+    global LR_RANGE, N_RANGE
     # the range the LR power law is trusted on: every calibration run's peak, the PRIOR_ONLY runs' included
     peaks = [float(c.target.lr.max()) for c in ann + prior_only if c.target.lr_absolute]
     LR_RANGE = (min(peaks), max(peaks))
+    # the size law's: the sizes its exponent is fitted on (the quickstart's 0.03-0.2M models are clipped to them)
+    sizes = [float(c.target.n_params) for c in ann if c.target.n_params is not None]
+    N_RANGE = (min(sizes), max(sizes))
     t0 = time.time()
     eb = minimize(
         loss_eb,
-        [math.log(0.06), 0.2, -4.5, math.log(0.05)],
+        [math.log(0.06), 0.2, -4.5, math.log(0.05), 0.1],  # no 0: Nelder-Mead steps a zero start by 2.5e-4
         method="Nelder-Mead",
-        options={"xatol": 0.02, "fatol": 1e-9, "maxiter": 120},
+        options={"xatol": 0.02, "fatol": 1e-9, "maxiter": 200},
     )
     prior = alone_prior(eb.x)
     log(
         f"alone prior: b_rel = {prior.b_rel:.4f} x (peak / 1e-3) ** {prior.b_lr_exponent:.3f} (peak clipped to "
-        f"[{LR_RANGE[0]:g}, {LR_RANGE[1]:g}]), unknown LR: {prior.b_rel_unknown_lr:.4f}, log C = {eb.x[2]:.3f} "
+        f"[{LR_RANGE[0]:g}, {LR_RANGE[1]:g}]) x (N / 1e8) ** {prior.b_n_exponent:.3f} (N clipped to "
+        f"[{N_RANGE[0]:.3g}, {N_RANGE[1]:.3g}]), unknown LR: {prior.b_rel_unknown_lr:.4f}, log C = {eb.x[2]:.3f} "
         f"(weighted RMS rel err {math.sqrt(eb.fun):.3%}, {eb.nfev} evaluations, {time.time() - t0:.0f} s, "
         f"{len(ann)} cases)"
     )
     out = {
         "lr_power": lr_power, "b_rel": prior.b_rel, "b_lr_exponent": prior.b_lr_exponent, "b_lr_range": LR_RANGE,
         "b_rel_unknown_lr": prior.b_rel_unknown_lr, "log_c": float(eb.x[2]), "interval": {},
+        "b_n_exponent": prior.b_n_exponent, "b_n_range": N_RANGE,
     }  # fmt: skip
     # 1b. empirical Bayes for the sweep model's prior mean of log a (the N exponent), on the before-start cases
     _calibration.SIGMA_DELTA = 0.02
@@ -558,6 +568,10 @@ def write_constants(c: dict) -> None:
         f"NO_REF_B_LR_RANGE = ({c['b_lr_range'][0]:.6g}, {c['b_lr_range'][1]:.6g})",
         "# alone candidate: prior mean of B / loss for a curve whose real LR is unknown, empirical Bayes",
         f"NO_REF_B_REL_UNKNOWN_LR = {c['b_rel_unknown_lr']:.6g}",
+        "# alone candidate: exponent of the model's size in that prior mean (x (N / 1e8) ** k), empirical Bayes",
+        f"NO_REF_B_N_EXPONENT = {c['b_n_exponent']:.6g}",
+        "# alone candidate: the empirical-Bayes runs' sizes (a size outside is clipped to them)",
+        f"NO_REF_B_N_RANGE = ({c['b_n_range'][0]:.6g}, {c['b_n_range'][1]:.6g})",
         "# alone candidate: prior mean of log C (how fast the loss answers an LR drop), empirical Bayes",
         f"NO_REF_LOG_C = {c['log_c']:.6g}",
         "# every candidate: the schedule's power in the fits' view, (lr / peak) ** p (profiled on calibration groups)",

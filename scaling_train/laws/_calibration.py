@@ -5,15 +5,19 @@ split: tests/fixtures/protocol.py; tests/laws/test_protocol.py checks that no he
 """
 
 # alone candidate: prior mean of the annealing amplitude B (fraction of the loss level), empirical Bayes
-NO_REF_B_REL = 0.0659551
+NO_REF_B_REL = 0.0656268
 # alone candidate: exponent of the peak LR in that prior mean (B_rel * (peak / 1e-3) ** k), empirical Bayes
-NO_REF_B_LR_EXPONENT = 0.335417
+NO_REF_B_LR_EXPONENT = 0.393398
 # alone candidate: the calibration runs' peak LRs, PRIOR_ONLY ones included (a peak outside is clipped to them)
 NO_REF_B_LR_RANGE = (0.0001, 0.00936)
 # alone candidate: prior mean of B / loss for a curve whose real LR is unknown, empirical Bayes
-NO_REF_B_REL_UNKNOWN_LR = 0.0422938
+NO_REF_B_REL_UNKNOWN_LR = 0.0382111
+# alone candidate: exponent of the model's size in that prior mean (x (N / 1e8) ** k), empirical Bayes
+NO_REF_B_N_EXPONENT = 0.18792
+# alone candidate: the empirical-Bayes runs' sizes (a size outside is clipped to them)
+NO_REF_B_N_RANGE = (3.3479e+07, 2.0854e+08)
 # alone candidate: prior mean of log C (how fast the loss answers an LR drop), empirical Bayes
-NO_REF_LOG_C = -3.97264
+NO_REF_LOG_C = -3.59861
 # every candidate: the schedule's power in the fits' view, (lr / peak) ** p (profiled on calibration groups)
 LR_POWER = 0.7
 # sweep model: prior mean of log a, the exponent of N (empirical Bayes on before-start cases)
@@ -29,28 +33,28 @@ SIGMA_SIZE_SLOPE = 0.03
 # per candidate: s0, s1, r of the relative scale u; per interval key: q_lo, q_hi (quantiles of e / u);
 # blend: d, the weight of the candidates' disagreement
 INTERVAL = {
-    "alone": {"s0": 3.99506e-10, "s1": 0.00277106, "r": 0.0930185, "q_lo": -3.13851, "q_hi": 2.93233},
-    "same_size": {"s0": 0.00168971, "s1": 0.00216432, "r": 0, "q_lo": -3.43004, "q_hi": 4.02521},
+    "alone": {"s0": 4.64716e-10, "s1": 0.00248301, "r": 0.066499, "q_lo": -2.82765, "q_hi": 2.96476},
+    "same_size": {"s0": 0.00168971, "s1": 0.00216432, "r": 0, "q_lo": -3.43173, "q_hi": 4.14706},
     "sweep": {"s0": 2.14835e-09, "s1": 0.00310014, "r": 0, "q_lo": -1.6449, "q_hi": 1.6449},
-    "blend": {"d": 0.528523, "q_lo": -3.43004, "q_hi": 4.02521},
+    "blend": {"d": 0.563141, "q_lo": -3.43173, "q_hi": 4.14706},
 }
 # per interval key of predict.REGIME_KEYS and regime (predict.interval_regime: how far the target has run,
 # whether its read is noisy): (q_lo, q_hi), the widest over the calibration settings with >= 10 cases there
 QUANTILES = {
     "blend": {
-        "late/noisy": (-2.05078, 1.67375),
-        "late/smooth": (-3.43004, 4.02521),
-        "mid/noisy": (-1.6449, 2.73183),
-        "mid/smooth": (-2.72322, 2.41305),
+        "late/noisy": (-2.05082, 1.6737),
+        "late/smooth": (-3.43173, 4.14706),
+        "mid/noisy": (-1.6449, 2.51981),
+        "mid/smooth": (-2.50752, 2.50789),
     },
 }
 # own-prefix candidates (alone, same_size): the largest extrapolation (e-folds of LR area) among the cases
 # that fitted the scales; the factor on a candidate's sd past it (early@ settings); none past EXTRAP_MAX
 EXTRAP_CALIBRATED = 1.6862
-BEYOND_FACTOR = 1.89844
+BEYOND_FACTOR = 2.27498
 EXTRAP_MAX = 3.91113
 # targets with 1-9 points: the steepness (|d log loss / d log step|, last 3 points) of factor 1 (predict.few_factor)
-FEW_SLOPE = 0.03
+FEW_SLOPE = 0.05
 CALIBRATION_GROUPS = (
     "gem/even/PyGemma-1024x28_pretrain",
     "gem/even/PyGemma-1280x36_pretrain",

@@ -323,7 +323,12 @@ class MultiPowerPrior:
     ``benchmarks/calibrate_laws.py``, constants in ``_calibration.py``). There the B mean grows with the
     run's peak LR: ``b_rel * (peak / b_lr_ref) ** b_lr_exponent``, the peak clipped to ``b_lr_range`` (the
     LRs the exponent was fitted on); a curve whose LR scale is unknown (``Curve.lr_absolute`` False) takes
-    ``b_rel_unknown_lr`` (``b_rel`` when None). ``for_curve`` resolves both."""
+    ``b_rel_unknown_lr`` (``b_rel`` when None). With a known LR and ``Curve.n_params`` the mean also changes with
+    the model's size: times ``(N / b_n_ref) ** b_n_exponent``, N clipped to ``b_n_range`` (the sizes that exponent
+    was fitted on, all of them runs with a known LR):
+    a larger model gains more of its loss from the same relative LR drop (on lr_schedules a size-blind prior left
+    the cooldowns and cosine tails of the 152M-360M runs predicted 0.5-1.5% too high, those of 33M-93M too low).
+    ``for_curve`` resolves them."""
 
     theta: tuple[float, float, float, float] = (np.log(0.5), np.log(2e-3), np.log(0.6), 0.5)
     theta_sd: tuple[float, float, float, float] = (0.7, 2.0, 0.7, 0.4)
@@ -333,17 +338,24 @@ class MultiPowerPrior:
     b_lr_ref: float = 1e-3
     b_lr_range: tuple[float, float] = (1e-4, 3e-3)
     b_rel_unknown_lr: float | None = None
+    b_n_exponent: float = 0.0
+    b_n_ref: float = 1e8
+    b_n_range: tuple[float, float] = (1e7, 1e10)
 
     def for_curve(self, curve: Curve) -> MultiPowerPrior:
-        """This prior with the B mean (and its sd, in proportion) resolved for ``curve``'s peak LR."""
+        """This prior with the B mean (and its sd, in proportion) resolved for ``curve``'s peak LR and size."""
         if not curve.lr_absolute:
             b = self.b_rel if self.b_rel_unknown_lr is None else self.b_rel_unknown_lr
         elif self.b_lr_exponent == 0.0:
-            return self
+            b = self.b_rel
         else:
             peak = float(np.clip(curve.lr.max(), *self.b_lr_range))
             b = self.b_rel * (peak / self.b_lr_ref) ** self.b_lr_exponent
-        return replace(self, b_rel=b, b_rel_sd=self.b_rel_sd * b / self.b_rel, b_lr_exponent=0.0)
+        if self.b_n_exponent != 0.0 and curve.n_params is not None and curve.lr_absolute:
+            b *= (float(np.clip(curve.n_params, *self.b_n_range)) / self.b_n_ref) ** self.b_n_exponent
+        return replace(
+            self, b_rel=b, b_rel_sd=self.b_rel_sd * b / self.b_rel, b_lr_exponent=0.0, b_n_exponent=0.0
+        )
 
 
 NO_REF_PRIOR = MultiPowerPrior(
@@ -353,6 +365,8 @@ NO_REF_PRIOR = MultiPowerPrior(
     b_lr_exponent=_calibration.NO_REF_B_LR_EXPONENT,
     b_lr_range=_calibration.NO_REF_B_LR_RANGE,
     b_rel_unknown_lr=_calibration.NO_REF_B_REL_UNKNOWN_LR,
+    b_n_exponent=_calibration.NO_REF_B_N_EXPONENT,
+    b_n_range=_calibration.NO_REF_B_N_RANGE,
 )
 
 

@@ -136,9 +136,12 @@ def test_sweep_model_recovers_a_synthetic_sweep():
     before = predict_final_loss(target.observed_until(0), runs)
     early = predict_final_loss(target.truncated(0.25), runs)
     assert before.mode == "sweep" and abs(before.loss / y[-1] - 1) < 0.01
-    # from 25% the sweep candidate is within 0.1%; the blend also weighs the target-alone fit, whose annealing
-    # prior (fitted on real runs) is off for this synthetic law, and lands within 1%
-    assert abs(early.candidates["sweep"] / y[-1] - 1) < 0.003 and abs(early.loss / y[-1] - 1) < 0.01
+    # from 25% the sweep candidate is within 0.3%; the blend also weighs the target-alone fit, whose annealing
+    # prior (fitted on real runs) is off for this synthetic law: its normalised peak 1.0 reads as a real LR
+    # (clipped to the calibrated 9.4e-3) of a 300M model, a prior amplitude twice the law's B; the blend lands
+    # between the two, within 2% (1.8%; within 1% before the prior grew with the size, 2026-12-05)
+    assert abs(early.candidates["sweep"] / y[-1] - 1) < 0.003 and abs(early.loss / y[-1] - 1) < 0.02
+    assert abs(early.loss / y[-1] - 1) < abs(early.candidates["alone"] / y[-1] - 1)
     assert before.low <= y[-1] <= before.high and early.low <= y[-1] <= early.high
     with pytest.raises(ValueError, match="n_params=None"):
         fit_sweep([Curve(s, y, lr)])
@@ -359,8 +362,9 @@ def test_running_references_are_left_out():
 
 def test_a_prefix_of_few_points_widens_the_sweep_candidate_too():
     """Under 10 own points the target's offset from the sweep law rests on too few of them: the sweep
-    candidate takes the same x3 on its scale as the alone and same-size candidates (the quickstart's 16
-    evaluations per run give 4-6 points at 40%)."""
+    candidate takes the same few-points factor on its scale as the alone and same-size candidates (the
+    quickstart's 16 evaluations per run give 4-6 points at 40%): 1 with 15 points, > 2 with these 5 points of a
+    prefix still falling steeply (``predict.few_factor``)."""
     rng = np.random.default_rng(0)
     tps, runs = _synthetic_sweep(rng)
     n, T = 3e8, 6000
@@ -371,11 +375,14 @@ def test_a_prefix_of_few_points_widens_the_sweep_candidate_too():
         t = Curve(s, _sweep_law(n, tps, lr, s) + rng.normal(0, 0.004, len(s)), lr, "big", n_params=n,
                   tokens_per_step=tps)  # fmt: skip
         p = predict_final_loss(t, runs)
-        assert max(p.weights, key=p.weights.get) == "sweep" and p.scale_terms[0] == (
-            1.0 if every == 100 else 3.0
+        few = p.scale_terms[0]
+        assert max(p.weights, key=p.weights.get) == "sweep" and (few == 1.0 if every == 100 else few > 2.0), (
+            few
         )
         width[every] = (p.high - p.low) / p.loss
-    assert width[300] > 2 * width[100]
+    assert (
+        width[300] > 1.3 * width[100]
+    )  # measured x1.56 (few factor 2.4; x2 and more with the flat 3 before)
 
 
 def test_the_few_points_factor_follows_how_steeply_the_prefix_still_falls(lrs_val, monkeypatch):
@@ -466,6 +473,41 @@ def test_the_sweep_candidates_size_extrapolation_is_checked_on_the_sweeps_own_si
     assert bare.loss == pytest.approx(got.loss, rel=1e-9)
     # the check only ever widens; the interval holds the truth (the blend +3.0%: the alone candidate is +7.5%)
     assert got.low <= bare.low and got.high >= bare.high and got.low <= case.truth <= got.high
+
+
+def test_alone_annealing_prior_follows_the_model_size():
+    """With a known LR and size the alone prior's B mean also scales as (N / 1e8) ** k (calibrated k > 0, N
+    clipped to the empirical-Bayes runs' sizes); a curve of unknown LR scale or size takes no size factor. On
+    the held-out lr_schedules cosine validation runs the size-blind prior left the larger models' alone
+    predictions from 25% too high (152M / 360M: +0.79% / +0.72%) and the smaller ones' too low (53M: -1.64%)."""
+    from scaling_train.laws.curve import NO_REF_PRIOR
+
+    lr = np.full(100, 1e-3)
+    lo, hi = _calibration.NO_REF_B_N_RANGE
+    k = _calibration.NO_REF_B_N_EXPONENT
+    assert k > 0 and lo < 1e8 < hi
+
+    def b(n, lr_absolute=True):
+        return NO_REF_PRIOR.for_curve(Curve([], [], lr, n_params=n, lr_absolute=lr_absolute)).b_rel
+
+    got = [b(n) for n in (lo / 10, lo, 1e8, hi, hi * 10)]
+    assert got[0] == got[1] < got[2] < got[3] == got[4]
+    assert got[2] == pytest.approx(_calibration.NO_REF_B_REL) == b(None)
+    assert got[3] / got[2] == pytest.approx((hi / 1e8) ** k)
+    assert b(hi, lr_absolute=False) == pytest.approx(_calibration.NO_REF_B_REL_UNKNOWN_LR) == b(None, False)
+    resolved = NO_REF_PRIOR.for_curve(Curve([], [], lr, n_params=hi))
+    assert resolved.for_curve(Curve([], [], lr, n_params=lo)).b_rel == got[3]  # resolved once
+
+    bias = defaultdict(list)
+    for c in lr_schedule_cases(("val",)):
+        size = c.group.split("/")[1]
+        if c.setting == "alone@25" and "/slimpajama/cos/" in c.group and size in ("53M", "152M", "360M"):
+            assert is_held_out(c.group)
+            p = predict_final_loss(c.target, backtest=False)
+            bias["small" if size == "53M" else "large"].append(p.candidates["alone"] / c.truth - 1)
+    large, small = float(np.mean(bias["large"])), float(np.mean(bias["small"]))
+    assert len(bias["large"]) == 6 and len(bias["small"]) == 3
+    assert abs(large) < 0.005 and abs(small) < 0.015, (large, small)  # measured +0.31% / -1.36%
 
 
 def test_the_alone_priors_lr_law_is_used_up_to_the_quickstarts_calibration_peaks():
