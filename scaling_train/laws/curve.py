@@ -324,11 +324,10 @@ class MultiPowerPrior:
     run's peak LR: ``b_rel * (peak / b_lr_ref) ** b_lr_exponent``, the peak clipped to ``b_lr_range`` (the
     LRs the exponent was fitted on); a curve whose LR scale is unknown (``Curve.lr_absolute`` False) takes
     ``b_rel_unknown_lr`` (``b_rel`` when None). With a known LR and ``Curve.n_params`` the mean also changes with
-    the model's size: times ``(N / b_n_ref) ** b_n_exponent``, N clipped to ``b_n_range`` (the sizes that exponent
-    was fitted on, all of them runs with a known LR):
-    a larger model gains more of its loss from the same relative LR drop (on lr_schedules a size-blind prior left
-    the cooldowns and cosine tails of the 152M-360M runs predicted 0.5-1.5% too high, those of 33M-93M too low).
-    ``for_curve`` resolves them."""
+    the model's size, times ``(N / b_n_ref) ** b_n_exponent`` with N clipped to ``b_n_range`` (the sizes that
+    exponent was fitted on, all of them runs with a known LR): a larger model gains more of its loss from the same
+    relative LR drop (on lr_schedules a size-blind prior left the cooldowns and cosine tails of the 124M-360M runs
+    predicted 0.5-1.5% too high, those of the 33M-93M cosine runs too low). ``for_curve`` resolves them."""
 
     theta: tuple[float, float, float, float] = (np.log(0.5), np.log(2e-3), np.log(0.6), 0.5)
     theta_sd: tuple[float, float, float, float] = (0.7, 2.0, 0.7, 0.4)
