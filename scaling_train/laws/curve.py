@@ -341,6 +341,22 @@ class MultiPowerPrior:
     b_n_ref: float = 1e8
     b_n_range: tuple[float, float] = (1e7, 1e10)
 
+    def __post_init__(self) -> None:
+        for name in ("b_rel", "b_rel_sd", "b_lr_ref", "b_n_ref"):
+            v = getattr(self, name)
+            if not (math.isfinite(v) and v > 0):
+                raise ValueError(f"MultiPowerPrior.{name}={v} must be finite and > 0")
+        for name in ("b_lr_exponent", "b_n_exponent"):
+            if not math.isfinite(getattr(self, name)):
+                raise ValueError(f"MultiPowerPrior.{name}={getattr(self, name)} must be finite")
+        for name in ("b_lr_range", "b_n_range"):
+            lo, hi = getattr(self, name)
+            if not (math.isfinite(lo) and math.isfinite(hi) and 0 < lo <= hi):
+                raise ValueError(f"MultiPowerPrior.{name}=({lo}, {hi}) must be finite with 0 < low <= high")
+        u = self.b_rel_unknown_lr
+        if u is not None and not (math.isfinite(u) and u > 0):
+            raise ValueError(f"MultiPowerPrior.b_rel_unknown_lr={u} must be None or finite and > 0")
+
     def for_curve(self, curve: Curve) -> MultiPowerPrior:
         """This prior with the B mean (and its sd, in proportion) resolved for ``curve``'s peak LR and size."""
         if not curve.lr_absolute:

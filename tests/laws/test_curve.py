@@ -269,3 +269,15 @@ def test_a_lone_alone_candidate_widens_when_it_does_not_describe_its_own_tail():
     assert p_clean.mode == p_bent.mode == "alone"
     assert p_bent.rel_scale > 2 * p_clean.rel_scale, (p_clean.rel_scale, p_bent.rel_scale)
     assert (p_bent.high - p_bent.low) / p_bent.loss > 2 * (p_clean.high - p_clean.low) / p_clean.loss
+
+
+@pytest.mark.parametrize(
+    "field, value",
+    [("b_rel", 0.0), ("b_rel_sd", -1.0), ("b_n_ref", float("nan")), ("b_lr_exponent", float("inf")),
+     ("b_n_range", (2e8, 3e7)), ("b_lr_range", (0.0, 1e-3)), ("b_rel_unknown_lr", -0.01)],
+)  # fmt: skip
+def test_multipower_prior_rejects_a_bad_field_by_name(field, value):
+    from scaling_train.laws.curve import MultiPowerPrior
+
+    with pytest.raises(ValueError, match=f"MultiPowerPrior.{field}="):
+        MultiPowerPrior(**{field: value})
