@@ -12,11 +12,13 @@ Procedure (``weights``: each data set counts once, each group once within its da
    generic weak prior, so this step depends on no constant fitted before. Every later step is fitted under it.
 1. Empirical Bayes for the ``alone`` candidate's annealing prior: minimise the weighted mean squared relative
    error of the ``alone`` predictions over the calibration cases whose remaining schedule anneals (cooldown
-   settings and decaying schedules), Nelder-Mead over (log b, k, log C, log b_unknown, k_N): the mean of
+   settings and decaying schedules), Nelder-Mead over (log b, k, log C, log b_unknown, k_N, log f): the mean of
    B / loss is b * (peak LR / 1e-3) ** k * (N / 1e8) ** k_N for a curve with its real LRs and size (the gain of
    a cooldown grows with the LR it anneals from: on the calibration runs the gain needed at peak 3e-3 is ~2.5x
    that at 1e-4; and with the model's size), b_unknown for one whose LR scale is unknown (Gemstone: normalised
-   schedules, no size factor); C shared. N is clipped to the sizes of this step's cases (lr_schedules 33M-209M:
+   schedules, no size factor); C shared; the prior's sd is f times its mean (f was 0.57 by hand before
+   2026-12-05: a looser prior let a cosine prefix's own early decay pull B down, the large runs' `alone`
+   candidate +0.9% at 35%). N is clipped to the sizes of this step's cases (lr_schedules 33M-209M:
    the Gemstone and multipower cases carry no size). The peak is clipped to the range
    of the calibration runs' peaks, the PRIOR_ONLY setting's included (the quickstart's two smaller sizes, the
    only calibration runs above 5e-3: 6.6e-3 and 9.4e-3); their errors are fitted on by no step. Probe: with
@@ -52,9 +54,9 @@ Procedure (``weights``: each data set counts once, each group once within its da
    the full factor, nominal 90% at most (``few_slope``).
 5. Past the extrapolation of every case above (``EXTRAP_CALIBRATED``, e^1.7 of the LR area: ~18% of a
    constant-LR run), the early@ settings (3-15% of a run; fitted on by this step only): the factor
-   (``BEYOND_FACTOR``) on the ``alone`` candidate's sd (scale and backtest) that holds the group-weighted 92%
-   of the truths of each loss kind (the early@ settings pooled: one factor serves the whole range), the wider
-   of the two; past the earliest of them (``EXTRAP_MAX``) no own-prefix prediction is made.
+   (``BEYOND_FACTOR``, one per read regime, noisy / smooth) on the ``alone`` candidate's sd (scale and
+   backtest) that holds the group-weighted 92% of the truths of each early@ setting and loss kind, the widest
+   of a regime's units (``beyond``); past the earliest of them (``EXTRAP_MAX``) no own-prefix prediction is made.
 6. The report (``--check``, a fresh interpreter so the written constants are the ones used) runs
    ``predict_final_loss`` itself on every case and writes benchmarks/results/prediction.md.
 """
@@ -119,13 +121,13 @@ def weights(cases: list[Case]) -> np.ndarray:
 
 
 def alone_prior(x) -> MultiPowerPrior:
-    """x = (log b_rel, b_lr_exponent, log C, log b_rel for curves of unknown LR, b_n_exponent)."""
+    """x = (log b_rel, b_lr_exponent, log C, log b_rel for curves of unknown LR, b_n_exponent, log sd / mean)."""
     base = MultiPowerPrior()
     b = math.exp(x[0])
     return MultiPowerPrior(
         theta=(base.theta[0], float(x[2]), base.theta[2], base.theta[3]),
         b_rel=b,
-        b_rel_sd=b * base.b_rel_sd / base.b_rel,
+        b_rel_sd=b * math.exp(x[5]),
         b_lr_exponent=float(x[1]),
         b_lr_range=LR_RANGE,
         b_rel_unknown_lr=math.exp(x[3]),
@@ -259,22 +261,24 @@ def calibrate(cases: list[Case], log) -> dict:
     t0 = time.time()
     eb = minimize(
         loss_eb,
-        [math.log(0.06), 0.2, -4.5, math.log(0.05), 0.1],  # no 0: Nelder-Mead steps a zero start by 2.5e-4
+        # no 0: Nelder-Mead steps a zero start by 2.5e-4; the sd starts at the generic prior's 0.02 / 0.035
+        [math.log(0.06), 0.2, -4.5, math.log(0.05), 0.1, math.log(0.02 / 0.035)],
         method="Nelder-Mead",
-        options={"xatol": 0.02, "fatol": 1e-9, "maxiter": 200},
+        options={"xatol": 0.02, "fatol": 1e-9, "maxiter": 240},
     )
     prior = alone_prior(eb.x)
     log(
         f"alone prior: b_rel = {prior.b_rel:.4f} x (peak / 1e-3) ** {prior.b_lr_exponent:.3f} (peak clipped to "
         f"[{LR_RANGE[0]:g}, {LR_RANGE[1]:g}]) x (N / 1e8) ** {prior.b_n_exponent:.3f} (N clipped to "
-        f"[{N_RANGE[0]:.3g}, {N_RANGE[1]:.3g}]), unknown LR: {prior.b_rel_unknown_lr:.4f}, log C = {eb.x[2]:.3f} "
+        f"[{N_RANGE[0]:.3g}, {N_RANGE[1]:.3g}]), sd {prior.b_rel_sd / prior.b_rel:.3f} x the mean, unknown LR: "
+        f"{prior.b_rel_unknown_lr:.4f}, log C = {eb.x[2]:.3f} "
         f"(weighted RMS rel err {math.sqrt(eb.fun):.3%}, {eb.nfev} evaluations, {time.time() - t0:.0f} s, "
         f"{len(ann)} cases)"
     )
     out = {
         "lr_power": lr_power, "b_rel": prior.b_rel, "b_lr_exponent": prior.b_lr_exponent, "b_lr_range": LR_RANGE,
         "b_rel_unknown_lr": prior.b_rel_unknown_lr, "log_c": float(eb.x[2]), "interval": {},
-        "b_n_exponent": prior.b_n_exponent, "b_n_range": N_RANGE,
+        "b_n_exponent": prior.b_n_exponent, "b_n_range": N_RANGE, "b_sd_factor": prior.b_rel_sd / prior.b_rel,
     }  # fmt: skip
     # 1b. empirical Bayes for the sweep model's prior mean of log a (the N exponent), on the before-start cases
     _calibration.SIGMA_DELTA = 0.02
@@ -513,17 +517,23 @@ def few_slope(cal: list[Case], res: list[dict], prior_only: list[Case], prior, o
 
 def beyond(cases: list[Case], res: list[dict], prior, out: dict, log) -> None:
     """Step 5: past the extrapolation of the cases above (``EXTRAP_CALIBRATED``, the largest of an own-prefix
-    candidate's), the factor ``BEYOND_FACTOR`` on the ``alone`` candidate's sd: per loss kind, over the early@
-    cases of the calibration groups beyond it, the group-weighted 92% quantile of the factor each case needs to
-    hold its truth; the larger of the kinds with >= 10 such cases. ``EXTRAP_MAX``: the largest extrapolation of
+    candidate's), the factor ``BEYOND_FACTOR`` on the ``alone`` candidate's sd, one per read regime (noisy /
+    smooth: ``predict.read_noise`` > ``NOISY_READ``, what the predictor sees of a training / validation loss):
+    per early@ setting and loss kind, over the early@ cases of the calibration groups beyond it, the
+    group-weighted 92% quantile of the factor each case needs to hold its truth; per regime the largest of its
+    units with >= 10 such cases (one factor pooled over the settings and kinds held 92% of them together and
+    84% of early@10's training losses, once the alone prior's sd was fitted: 2026-12-05). ``EXTRAP_MAX``: the largest extrapolation of
     the early@ cases (no own-prefix prediction past it)."""
     x_cal = max(r[n][1][1] for r in res for n in ("alone", "same_size") if n in r)
     early = [c for c in cases if is_early(c.setting) and not is_held_out(c.group)]
-    kept, _calibration.EXTRAP_MAX = _calibration.EXTRAP_MAX, math.inf  # every early case, however far it goes
+    # every early case, however far it goes, and its backtest error unscaled (``_candidates`` returns it times the
+    # factor in force: the factor needed was measured against the last calibration's, before 2026-12-05)
+    kept = _calibration.EXTRAP_MAX, _calibration.BEYOND_FACTOR
+    _calibration.EXTRAP_MAX, _calibration.BEYOND_FACTOR = math.inf, {"noisy": 1.0, "smooth": 1.0}
     try:
         res_e = candidates(early, prior)
     finally:
-        _calibration.EXTRAP_MAX = kept
+        _calibration.EXTRAP_MAX, _calibration.BEYOND_FACTOR = kept
     k = out["interval"]["alone"]
     w_e = weights(early)
     need: dict[str, list[tuple[float, float]]] = defaultdict(list)
@@ -541,15 +551,22 @@ def beyond(cases: list[Case], res: list[dict], prior, out: dict, log) -> None:
         # the interval holds the truth when sqrt(M^2 (u_a^2 + bt^2) + tau^2) * q >= |e| (predict: the factor
         # multiplies the candidate's whole sd)
         m2 = ((e / q) ** 2 - (c.truth_sd / c.truth) ** 2) / (u_a**2 + bt**2)
-        need[f"beyond/{kind_of(c)}"].append((max(1.0, math.sqrt(max(m2, 0.0))), w))
-    factor = 1.0
-    for unit, v in sorted(need.items()):
+        rn = pred_mod.read_noise(c.target, [r for r in c.refs if not pred_mod.is_running(r)])
+        regime = "noisy" if rn > pred_mod.NOISY_READ else "smooth"
+        need[(regime, c.setting, kind_of(c))].append((max(1.0, math.sqrt(max(m2, 0.0))), w))
+    factor = {"noisy": 1.0, "smooth": 1.0}
+    for (regime, setting, kind), v in sorted(need.items()):
         m = wquantile(np.array([a for a, _ in v]), np.array([b for _, b in v]), 0.92)
-        log(f"beyond e^{x_cal:.2f}: {unit}: n = {len(v)}, factor needed (92%): {m:.3f}")
+        log(f"beyond e^{x_cal:.2f}: {regime} {setting} {kind}: n = {len(v)}, factor needed (92%): {m:.3f}")
         if len(v) >= 10:
-            factor = max(factor, m)
+            factor[regime] = max(factor[regime], m)
     out["extrap_calibrated"], out["beyond_factor"], out["extrap_max"] = x_cal, factor, x_max
-    log(f"beyond: EXTRAP_CALIBRATED = {x_cal:.3f}, BEYOND_FACTOR = {factor:.3f}, EXTRAP_MAX = {x_max:.3f}")
+    log(f"beyond: EXTRAP_CALIBRATED = {x_cal:.3f}, BEYOND_FACTOR = {factor}, EXTRAP_MAX = {x_max:.3f}")
+
+
+def beyond_dict(f: dict[str, float]) -> str:
+    """``BEYOND_FACTOR``'s source text: one factor per read regime."""
+    return "{" + ", ".join(f'"{k}": {v:.6g}' for k, v in sorted(f.items())) + "}"
 
 
 def write_constants(c: dict) -> None:
@@ -572,6 +589,8 @@ def write_constants(c: dict) -> None:
         f"NO_REF_B_N_EXPONENT = {c['b_n_exponent']:.6g}",
         "# alone candidate: the empirical-Bayes runs' sizes (a size outside is clipped to them)",
         f"NO_REF_B_N_RANGE = ({c['b_n_range'][0]:.6g}, {c['b_n_range'][1]:.6g})",
+        "# alone candidate: the prior sd of B as a fraction of its mean, empirical Bayes",
+        f"NO_REF_B_SD_FACTOR = {c['b_sd_factor']:.6g}",
         "# alone candidate: prior mean of log C (how fast the loss answers an LR drop), empirical Bayes",
         f"NO_REF_LOG_C = {c['log_c']:.6g}",
         "# every candidate: the schedule's power in the fits' view, (lr / peak) ** p (profiled on calibration groups)",
@@ -608,7 +627,7 @@ def write_constants(c: dict) -> None:
         "# own-prefix candidates (alone, same_size): the largest extrapolation (e-folds of LR area) among the cases",
         "# that fitted the scales; the factor on a candidate's sd past it (early@ settings); none past EXTRAP_MAX",
         f"EXTRAP_CALIBRATED = {c['extrap_calibrated']:.6g}",
-        f"BEYOND_FACTOR = {c['beyond_factor']:.6g}",
+        "BEYOND_FACTOR = " + beyond_dict(c["beyond_factor"]),
         f"EXTRAP_MAX = {c['extrap_max']:.6g}",
         "# targets with 1-9 points: the steepness (|d log loss / d log step|, last 3 points) of factor 1 (predict.few_factor)",
         f"FEW_SLOPE = {c['few_slope']:.6g}",

@@ -5,19 +5,21 @@ split: tests/fixtures/protocol.py; tests/laws/test_protocol.py checks that no he
 """
 
 # alone candidate: prior mean of the annealing amplitude B (fraction of the loss level), empirical Bayes
-NO_REF_B_REL = 0.0656268
+NO_REF_B_REL = 0.0660157
 # alone candidate: exponent of the peak LR in that prior mean (B_rel * (peak / 1e-3) ** k), empirical Bayes
-NO_REF_B_LR_EXPONENT = 0.393398
+NO_REF_B_LR_EXPONENT = 0.403897
 # alone candidate: the calibration runs' peak LRs, PRIOR_ONLY ones included (a peak outside is clipped to them)
 NO_REF_B_LR_RANGE = (0.0001, 0.00936)
 # alone candidate: prior mean of B / loss for a curve whose real LR is unknown, empirical Bayes
-NO_REF_B_REL_UNKNOWN_LR = 0.0382111
+NO_REF_B_REL_UNKNOWN_LR = 0.037748
 # alone candidate: exponent of the model's size in that prior mean (x (N / 1e8) ** k), empirical Bayes
-NO_REF_B_N_EXPONENT = 0.18792
+NO_REF_B_N_EXPONENT = 0.200386
 # alone candidate: the empirical-Bayes runs' sizes (a size outside is clipped to them)
 NO_REF_B_N_RANGE = (3.3479e+07, 2.0854e+08)
+# alone candidate: the prior sd of B as a fraction of its mean, empirical Bayes
+NO_REF_B_SD_FACTOR = 0.198474
 # alone candidate: prior mean of log C (how fast the loss answers an LR drop), empirical Bayes
-NO_REF_LOG_C = -3.59861
+NO_REF_LOG_C = -3.54578
 # every candidate: the schedule's power in the fits' view, (lr / peak) ** p (profiled on calibration groups)
 LR_POWER = 0.7
 # sweep model: prior mean of log a, the exponent of N (empirical Bayes on before-start cases)
@@ -33,25 +35,25 @@ SIGMA_SIZE_SLOPE = 0.03
 # per candidate: s0, s1, r of the relative scale u; per interval key: q_lo, q_hi (quantiles of e / u);
 # blend: d, the weight of the candidates' disagreement
 INTERVAL = {
-    "alone": {"s0": 4.64716e-10, "s1": 0.00248301, "r": 0.066499, "q_lo": -2.82765, "q_hi": 2.96476},
-    "same_size": {"s0": 0.00168971, "s1": 0.00216432, "r": 0, "q_lo": -3.43173, "q_hi": 4.14706},
+    "alone": {"s0": 5.76163e-10, "s1": 0.00244081, "r": 0.0564024, "q_lo": -2.78441, "q_hi": 2.9693},
+    "same_size": {"s0": 0.00168971, "s1": 0.00216432, "r": 0, "q_lo": -3.48855, "q_hi": 3.79254},
     "sweep": {"s0": 2.14835e-09, "s1": 0.00310014, "r": 0, "q_lo": -1.6449, "q_hi": 1.6449},
-    "blend": {"d": 0.563141, "q_lo": -3.43173, "q_hi": 4.14706},
+    "blend": {"d": 0.564543, "q_lo": -3.48855, "q_hi": 3.79254},
 }
 # per interval key of predict.REGIME_KEYS and regime (predict.interval_regime: how far the target has run,
 # whether its read is noisy): (q_lo, q_hi), the widest over the calibration settings with >= 10 cases there
 QUANTILES = {
     "blend": {
-        "late/noisy": (-2.05082, 1.6737),
-        "late/smooth": (-3.43173, 4.14706),
-        "mid/noisy": (-1.6449, 2.51981),
-        "mid/smooth": (-2.50752, 2.50789),
+        "late/noisy": (-2.05083, 1.67371),
+        "late/smooth": (-3.48855, 3.79254),
+        "mid/noisy": (-1.6449, 2.52077),
+        "mid/smooth": (-2.72405, 2.52464),
     },
 }
 # own-prefix candidates (alone, same_size): the largest extrapolation (e-folds of LR area) among the cases
 # that fitted the scales; the factor on a candidate's sd past it (early@ settings); none past EXTRAP_MAX
 EXTRAP_CALIBRATED = 1.6862
-BEYOND_FACTOR = 2.27498
+BEYOND_FACTOR = {"noisy": 3.30167, "smooth": 1.40133}
 EXTRAP_MAX = 3.91113
 # targets with 1-9 points: the steepness (|d log loss / d log step|, last 3 points) of factor 1 (predict.few_factor)
 FEW_SLOPE = 0.05

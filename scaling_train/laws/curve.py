@@ -376,7 +376,7 @@ class MultiPowerPrior:
 NO_REF_PRIOR = MultiPowerPrior(
     theta=(np.log(0.5), _calibration.NO_REF_LOG_C, np.log(0.6), 0.5),
     b_rel=_calibration.NO_REF_B_REL,
-    b_rel_sd=_calibration.NO_REF_B_REL * 0.02 / 0.035,
+    b_rel_sd=_calibration.NO_REF_B_REL * _calibration.NO_REF_B_SD_FACTOR,
     b_lr_exponent=_calibration.NO_REF_B_LR_EXPONENT,
     b_lr_range=_calibration.NO_REF_B_LR_RANGE,
     b_rel_unknown_lr=_calibration.NO_REF_B_REL_UNKNOWN_LR,

@@ -459,15 +459,18 @@ def few_factor(steep: float, slope: float | None = None) -> float:
     return float(min(FEW_FACTOR, max(1.0, steep / ref)))
 
 
-def _beyond(extrap: float) -> float:
+def _beyond(extrap: float, noisy: bool) -> float:
     """Factor on the sd (scale and backtest error) of a candidate extrapolating the target's own prefix (``alone``,
     ``same_size``): 1 up to the largest extrapolation log(area(T) / area(last observed step)) of the calibration
-    cases that fitted the scales (``EXTRAP_CALIBRATED``, ~18% of a constant-LR run), ``BEYOND_FACTOR`` past it.
-    The scale grows linearly in the extrapolation, fitted where it is at most that; earlier prefixes (the
-    ``early@`` settings, 3-15% of a run) miss more than that line says on the training loss (held-out coverage
-    54-72% at 3-10%), so the factor is fitted there, on calibration groups. Past ``EXTRAP_MAX`` (the earliest
-    calibrated prefix) ``_candidates`` makes no own-prefix prediction at all."""
-    return _calibration.BEYOND_FACTOR if extrap > _calibration.EXTRAP_CALIBRATED else 1.0
+    cases that fitted the scales (``EXTRAP_CALIBRATED``, ~18% of a constant-LR run), ``BEYOND_FACTOR`` past it,
+    one per read regime (``noisy``: the target's final read is noisy, ``read_noise`` > ``NOISY_READ``, as for a
+    training loss; ``interval_regime``). The scale grows linearly in the extrapolation, fitted where it is at most
+    that; earlier prefixes (the ``early@`` settings, 3-15% of a run) miss more than that line says on the training
+    loss (held-out coverage 54-72% at 3-10%), so the factor is fitted there, on calibration groups. Past
+    ``EXTRAP_MAX`` (the earliest calibrated prefix) ``_candidates`` makes no own-prefix prediction at all."""
+    if extrap <= _calibration.EXTRAP_CALIBRATED:
+        return 1.0
+    return _calibration.BEYOND_FACTOR["noisy" if noisy else "smooth"]
 
 
 def _alone(
@@ -812,6 +815,7 @@ def _candidates(
             return _same_size(tc, p, same, T, area_T, n_t, extrap, _calibration.INTERVAL["same_size"], mp, nb)
         return _sweep(tc, p, sized, T, n_t, extrap, _calibration.INTERVAL["sweep"], mp, nb)
 
+    noisy = read_noise(target, refs) > NOISY_READ
     out, bad = [], []
     for which in CANDIDATES:
         c = build(target, which)
@@ -826,7 +830,8 @@ def _candidates(
         if which == "sweep" and backtest:
             c = replace(c, size_error=_size_backtest(target, sized, mp, nb))
         if which != "sweep":
-            f = _beyond(c.terms[1])  # past the calibrated extrapolation: the whole sd (scale and backtest)
+            # past the calibrated extrapolation: the whole sd (scale and backtest)
+            f = _beyond(c.terms[1], noisy)
             c, b = replace(c, u=c.u * f), b * f
         out.append((c, b))
     if bad and not out:

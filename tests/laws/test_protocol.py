@@ -139,8 +139,10 @@ def test_sweep_model_recovers_a_synthetic_sweep():
     # from 25% the sweep candidate is within 0.3%; the blend also weighs the target-alone fit, whose annealing
     # prior (fitted on real runs) is off for this synthetic law: its normalised peak 1.0 reads as a real LR
     # (clipped to the calibrated 9.4e-3) of a 300M model, a prior amplitude twice the law's B; the blend lands
-    # between the two, within 2% (1.8%; within 1% before the prior grew with the size, 2026-12-05)
-    assert abs(early.candidates["sweep"] / y[-1] - 1) < 0.003 and abs(early.loss / y[-1] - 1) < 0.02
+    # between the two, within 2.5% (2.2% since the prior's sd was fitted, 0.2x its mean against 0.57x, which
+    # holds the alone fit nearer that amplitude: -7.2%; 1.8% before; within 1% before the prior grew with the
+    # size, 2026-12-05)
+    assert abs(early.candidates["sweep"] / y[-1] - 1) < 0.003 and abs(early.loss / y[-1] - 1) < 0.025
     assert abs(early.loss / y[-1] - 1) < abs(early.candidates["alone"] / y[-1] - 1)
     assert before.low <= y[-1] <= before.high and early.low <= y[-1] <= early.high
     with pytest.raises(ValueError, match="n_params=None"):
@@ -354,8 +356,10 @@ def test_alone_is_unbiased_on_held_out_annealing_runs(lrs_val):
 def test_long_runs_from_the_sweeps_short_budgets_are_not_predicted_low(lrs_val):
     """The issue's headline failure: runs 3x-10x longer than their finished same-size references were predicted
     4-8% too low with 0% coverage. On the real validation curves (far@25: references of <= 1/3 the horizon)
-    the blend's bias is a fraction of that, it beats the target alone, and its interval mostly covers (measured:
-    bias +0.38%, mean |error| 0.91% vs 1.46% alone, coverage 82%: below the 85% target; see prediction.md)."""
+    the blend's bias is a fraction of that, it is about as good as the target alone, and its interval mostly
+    covers (measured: bias +0.38%, mean |error| 0.91% vs 1.46% alone, coverage 82%, when written; since the alone
+    prior's sd was fitted, 2026-12-05, the alone prediction is as good: 0.39% vs 0.36%, the references' short
+    horizons no longer help here -- docs/laws.md, session 26)."""
     cases = [c for c in lrs_val if c.setting == "far@25"]
     assert len(cases) >= 20
     p = [predict_final_loss(c.target, c.refs) for c in cases]
@@ -363,7 +367,7 @@ def test_long_runs_from_the_sweeps_short_budgets_are_not_predicted_low(lrs_val):
     alone = np.array([_err(c, ()) for c in cases])
     cover = np.mean([q.low <= c.truth <= q.high for q, c in zip(p, cases)])
     assert abs(e.mean()) < 0.01 and np.mean(np.abs(e)) < 0.012, (e.mean(), np.mean(np.abs(e)))
-    assert np.mean(np.abs(e)) < 0.8 * np.mean(np.abs(alone)) and cover >= 0.75, cover
+    assert np.mean(np.abs(e)) < 1.15 * np.mean(np.abs(alone)) and cover >= 0.75, cover
 
 
 def test_running_references_are_left_out():
@@ -401,7 +405,9 @@ def test_a_prefix_of_few_points_widens_the_sweep_candidate_too():
                   tokens_per_step=tps)  # fmt: skip
         p = predict_final_loss(t, runs)
         few = p.scale_terms[0]
-        assert max(p.weights, key=p.weights.get) == "sweep"
+        # the sweep candidate carries a large share of the blend (0.57 / 0.47; the largest before the alone
+        # prior's sd was fitted, 2026-12-05: the alone scale is narrower since)
+        assert p.weights["sweep"] > 0.4, p.weights
         assert few == 1.0 if every == 100 else few > 2.0, few
         width[every] = (p.high - p.low) / p.loss
     # measured x1.56 (few factor 2.4; x2 and more with the flat 3 before)
@@ -533,6 +539,26 @@ def test_alone_annealing_prior_follows_the_model_size():
     assert abs(large) < 0.005 and abs(small) < 0.015, (large, small)  # measured +0.31% / -1.36%
 
 
+def test_a_cosine_prefix_does_not_talk_the_alone_prior_out_of_its_annealing_gain():
+    """The alone prior's sd is a calibrated fraction of its mean (empirical Bayes; 0.57 by hand before): looser,
+    the early part of a cosine decay in the prefix pulled B down, and the larger held-out cosine runs were
+    predicted too high from 35% of their steps (where the adaptive policy stops them: +0.93% on 152M / 360M,
+    validation loss)."""
+    from scaling_train.laws.curve import NO_REF_PRIOR
+
+    assert NO_REF_PRIOR.b_rel_sd == pytest.approx(_calibration.NO_REF_B_REL * _calibration.NO_REF_B_SD_FACTOR)
+    assert 0 < _calibration.NO_REF_B_SD_FACTOR < 0.5
+    errs = []
+    for c in lr_schedule_cases(("val",)):
+        size = c.group.split("/")[1]
+        if c.setting == "live@90" and "/slimpajama/cos/" in c.group and size in ("152M", "360M"):
+            assert is_held_out(c.group)
+            at = c.target.observed_until(0.35 * c.target.total_steps)
+            errs.append(predict_final_loss(at, backtest=False).candidates["alone"] / c.truth - 1)
+    assert len(errs) == 6
+    assert abs(float(np.mean(errs))) < 0.006, np.mean(errs)  # measured +0.42% (+0.91% with the sd at 0.57)
+
+
 def test_the_alone_priors_lr_law_is_used_up_to_the_quickstarts_calibration_peaks():
     """The prior amplitude's LR power law is clipped to the peaks of the calibration runs, the PRIOR_ONLY
     quickstart sizes included (their 6.6e-3 and 9.4e-3 are the highest): a run at 9e-3 takes (9 / 5) ** k of
@@ -649,7 +675,8 @@ def test_early_prefixes_past_the_calibrated_extrapolation_keep_their_coverage():
     assert len(beyond) >= 0.8 * len(got)
     cover = np.mean([p.low <= t <= p.high for p, t in beyond])
     assert cover >= 0.85, cover
-    assert 1.0 < _calibration.BEYOND_FACTOR < 5.0 and _calibration.EXTRAP_CALIBRATED < _calibration.EXTRAP_MAX
+    assert all(1.0 <= f < 5.0 for f in _calibration.BEYOND_FACTOR.values())
+    assert _calibration.EXTRAP_CALIBRATED < _calibration.EXTRAP_MAX
 
 
 def test_a_prefix_too_early_for_any_calibrated_prediction_is_refused_with_its_reason():
@@ -678,10 +705,12 @@ def test_a_prefix_too_early_for_any_calibrated_prediction_is_refused_with_its_re
 
 
 def test_the_calibration_step_past_the_extrapolation_reads_only_calibration_groups(monkeypatch, lrs_val):
-    """benchmarks/calibrate_laws.py step 5 (``beyond``) on controlled candidates: the factor is the weighted 92%
-    quantile of what the early@ cases past EXTRAP_CALIBRATED need (sd x factor x q >= |error|), per loss kind, the
-    larger kind; a held-out group's case, however badly missed, changes nothing; EXTRAP_MAX is the largest
-    extrapolation seen and the module's value is restored afterwards."""
+    """benchmarks/calibrate_laws.py step 5 (``beyond``) on controlled candidates: a read regime's factor is the
+    weighted 92% quantile of what the early@ cases past EXTRAP_CALIBRATED need (sd x factor x q >= |error|), per
+    setting and loss kind, the largest of the regime's units (every fake case here has the same validation-loss
+    target: one smooth regime, whose training-labelled unit sets it; the noisy regime has no case: 1); a held-out
+    group's case, however badly missed, changes nothing; EXTRAP_MAX is the largest extrapolation seen and the
+    module's values are restored afterwards (BEYOND_FACTOR set to 1 while the cases are measured)."""
     import benchmarks.calibrate_laws as cl
 
     cases, fake = [], {}
@@ -694,21 +723,30 @@ def test_the_calibration_step_past_the_extrapolation_reads_only_calibration_grou
         need = 100.0 if i >= 36 else ((i + 1) / 10 if kind == "train" else 0.5)
         x = 2.0 + 0.01 * i
         fake[c.name] = {"alone": (1.0 / (1.0 + need * 0.01 * 2.0), (1.0, x, 0.0, 0.0, 0.0), 0.0)}
-    monkeypatch.setattr(cl, "candidates", lambda cs, prior: [fake[c.name] for c in cs])
     out = {
         "interval": {"alone": {"s0": 0.01, "s1": 0.0, "r": 0.0, "q_lo": -2.0, "q_hi": 2.0}},
         "few_slope": 0.04,
     }
-    before = _calibration.EXTRAP_MAX
+    before = _calibration.EXTRAP_MAX, _calibration.BEYOND_FACTOR
+    seen = []
+    monkeypatch.setattr(
+        cl,
+        "candidates",
+        lambda cs, prior: seen.append(dict(_calibration.BEYOND_FACTOR)) or [fake[c.name] for c in cs],
+    )
     cl.beyond(cases, [{"alone": (1.0, (1.0, 1.5, 0.0, 0.0, 0.0), 0.0)}], None, out, log=lambda s: None)
-    assert _calibration.EXTRAP_MAX == before
+    assert (_calibration.EXTRAP_MAX, _calibration.BEYOND_FACTOR) == before
+    assert seen == [
+        {"noisy": 1.0, "smooth": 1.0}
+    ]  # the cases' backtest errors unscaled by the factor in force
     assert out["extrap_calibrated"] == 1.5
     assert out["extrap_max"] == pytest.approx(2.0 + 0.01 * 35)  # the held-out cases' x (2.36..2.39) unseen
     train_need = np.array([(i + 1) / 10 for i in range(1, 36, 2)])
     # equal weights within the 18 training-loss groups: the 92% quantile of their needs, never below 1
-    assert out["beyond_factor"] == pytest.approx(
+    assert out["beyond_factor"]["smooth"] == pytest.approx(
         np.sort(np.maximum(train_need, 1.0))[int(np.ceil(0.92 * 18)) - 1]
     )
+    assert out["beyond_factor"]["noisy"] == 1.0
 
 
 def test_interval_regimes_are_read_off_the_target_and_each_has_its_quantiles():
