@@ -517,8 +517,8 @@ def few_slope(cal: list[Case], res: list[dict], prior_only: list[Case], prior, o
 
 def beyond(cases: list[Case], res: list[dict], prior, out: dict, log) -> None:
     """Step 5: past the extrapolation of the cases above (``EXTRAP_CALIBRATED``, the largest of an own-prefix
-    candidate's), the factor ``BEYOND_FACTOR`` on the ``alone`` candidate's sd, one per read regime (noisy /
-    smooth: ``predict.read_noise`` > ``NOISY_READ``, what the predictor sees of a training / validation loss):
+    candidate's), the factor ``BEYOND_FACTOR`` on the ``alone`` candidate's sd, one per read regime
+    (``predict.read_regime``: noisy / smooth, what the predictor sees of a training / validation loss):
     per early@ setting and loss kind, over the early@ cases of the calibration groups beyond it, the
     group-weighted 92% quantile of the factor each case needs to hold its truth; per regime the largest of its
     units with >= 10 such cases (one factor pooled over the settings and kinds held 92% of them together and
@@ -551,8 +551,9 @@ def beyond(cases: list[Case], res: list[dict], prior, out: dict, log) -> None:
         # the interval holds the truth when sqrt(M^2 (u_a^2 + bt^2) + tau^2) * q >= |e| (predict: the factor
         # multiplies the candidate's whole sd)
         m2 = ((e / q) ** 2 - (c.truth_sd / c.truth) ** 2) / (u_a**2 + bt**2)
-        rn = pred_mod.read_noise(c.target, [r for r in c.refs if not pred_mod.is_running(r)])
-        regime = "noisy" if rn > pred_mod.NOISY_READ else "smooth"
+        regime = pred_mod.read_regime(
+            pred_mod.read_noise(c.target, [r for r in c.refs if not pred_mod.is_running(r)])
+        )
         need[(regime, c.setting, kind_of(c))].append((max(1.0, math.sqrt(max(m2, 0.0))), w))
     factor = {"noisy": 1.0, "smooth": 1.0}
     for (regime, setting, kind), v in sorted(need.items()):

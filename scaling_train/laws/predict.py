@@ -459,18 +459,17 @@ def few_factor(steep: float, slope: float | None = None) -> float:
     return float(min(FEW_FACTOR, max(1.0, steep / ref)))
 
 
-def _beyond(extrap: float, noisy: bool) -> float:
+def _beyond(extrap: float, read: str) -> float:
     """Factor on the sd (scale and backtest error) of a candidate extrapolating the target's own prefix (``alone``,
     ``same_size``): 1 up to the largest extrapolation log(area(T) / area(last observed step)) of the calibration
     cases that fitted the scales (``EXTRAP_CALIBRATED``, ~18% of a constant-LR run), ``BEYOND_FACTOR`` past it,
-    one per read regime (``noisy``: the target's final read is noisy, ``read_noise`` > ``NOISY_READ``, as for a
-    training loss; ``interval_regime``). The scale grows linearly in the extrapolation, fitted where it is at most
+    one per ``read_regime`` of the target's final read (``read``: "noisy" for a training loss, "smooth"). The scale grows linearly in the extrapolation, fitted where it is at most
     that; earlier prefixes (the ``early@`` settings, 3-15% of a run) miss more than that line says on the training
     loss (held-out coverage 54-72% at 3-10%), so the factor is fitted there, on calibration groups. Past
     ``EXTRAP_MAX`` (the earliest calibrated prefix) ``_candidates`` makes no own-prefix prediction at all."""
     if extrap <= _calibration.EXTRAP_CALIBRATED:
         return 1.0
-    return _calibration.BEYOND_FACTOR["noisy" if noisy else "smooth"]
+    return _calibration.BEYOND_FACTOR[read]
 
 
 def _alone(
@@ -567,7 +566,7 @@ def _sweep(
     # the references' shape (data term, annealing, horizon) while its offset takes its level (a sweep's first run
     # of a new size beside the finished runs of one smaller size: lr_schedules' 53M short runs from 25%,
     # held-out sweep@25 validation -2.9% -> -1.9% on run183); of the references' own size, same_size covers it
-    if len(sizes) < 2 and (n_t < 1 or round(float(target.n_params), -3) in sizes):
+    if len(sizes) < 2 and (n_t < 1 or same_size_refs(target, refs)):
         return None
     sr = _calibration.SIGMA_DELTA
     lp = _calibration.LR_POWER
@@ -815,7 +814,7 @@ def _candidates(
             return _same_size(tc, p, same, T, area_T, n_t, extrap, _calibration.INTERVAL["same_size"], mp, nb)
         return _sweep(tc, p, sized, T, n_t, extrap, _calibration.INTERVAL["sweep"], mp, nb)
 
-    noisy = read_noise(target, refs) > NOISY_READ
+    read = read_regime(read_noise(target, refs))
     out, bad = [], []
     for which in CANDIDATES:
         c = build(target, which)
@@ -831,7 +830,7 @@ def _candidates(
             c = replace(c, size_error=_size_backtest(target, sized, mp, nb))
         if which != "sweep":
             # past the calibrated extrapolation: the whole sd (scale and backtest)
-            f = _beyond(c.terms[1], noisy)
+            f = _beyond(c.terms[1], read)
             c, b = replace(c, u=c.u * f), b * f
         out.append((c, b))
     if bad and not out:
@@ -886,15 +885,21 @@ settings (the ``alone`` key's upper quantile fell to the Gaussian floor in two o
 multipower runs at 50% were covered 4 of 6)."""
 
 
+def read_regime(rn: float) -> str:
+    """ "noisy" when a final read's noise ``rn`` (``read_noise``) exceeds ``NOISY_READ`` (a training loss), else
+    "smooth"."""
+    return "noisy" if rn > NOISY_READ else "smooth"
+
+
 def interval_regime(target: Curve, rn: float) -> str:
     """The regime whose calibrated quantiles an interval takes (``calibrate_laws.py`` step 4), from what the
     predictor sees: how far the target has run (before / from ``LATE_FRACTION`` of its schedule) and whether its
-    final read is noisy (``rn`` = ``read_noise`` > ``NOISY_READ``). One set of quantiles for every case had to
+    final read is noisy (``read_regime`` of ``rn`` = ``read_noise``). One set of quantiles for every case had to
     cover the hardest calibration setting (late validation-loss predictions with running references), so the
     easier ones were covered 96-100% (docs/laws.md)."""
     fin = target.steps[np.isfinite(target.losses)]
     frac = float(fin[-1]) / target.total_steps if len(fin) else 0.0
-    return f"{'late' if frac >= LATE_FRACTION else 'mid'}/{'noisy' if rn > NOISY_READ else 'smooth'}"
+    return f"{'late' if frac >= LATE_FRACTION else 'mid'}/{read_regime(rn)}"
 
 
 def interval_quantiles(key: str, regime: str) -> tuple[float, float]:

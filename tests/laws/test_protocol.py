@@ -736,9 +736,8 @@ def test_the_calibration_step_past_the_extrapolation_reads_only_calibration_grou
     )
     cl.beyond(cases, [{"alone": (1.0, (1.0, 1.5, 0.0, 0.0, 0.0), 0.0)}], None, out, log=lambda s: None)
     assert (_calibration.EXTRAP_MAX, _calibration.BEYOND_FACTOR) == before
-    assert seen == [
-        {"noisy": 1.0, "smooth": 1.0}
-    ]  # the cases' backtest errors unscaled by the factor in force
+    # the cases' backtest errors unscaled by the factor in force
+    assert seen == [{"noisy": 1.0, "smooth": 1.0}]
     assert out["extrap_calibrated"] == 1.5
     assert out["extrap_max"] == pytest.approx(2.0 + 0.01 * 35)  # the held-out cases' x (2.36..2.39) unseen
     train_need = np.array([(i + 1) / 10 for i in range(1, 36, 2)])
